@@ -1,0 +1,63 @@
+# kong-watcher: build and test entry points. `make help` lists them.
+SHELL := /usr/bin/env bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/kong-watcher/kong-watcher/internal/version.Version=$(VERSION)
+BIN := bin
+
+.PHONY: help
+help: ## Show this help.
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+##@ Build
+
+.PHONY: build
+build: ## Build bin/kong-watcher-webhook and bin/kong-watcher-agent (static, BPF objects embedded).
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/kong-watcher-webhook ./cmd/webhook
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/kong-watcher-agent ./cmd/agent
+
+.PHONY: generate
+generate: ## Regenerate the bpf2go Go bindings and .o files (needs clang, bpftool).
+	$(GO) generate ./bpf/...
+
+.PHONY: manifests
+manifests: ## Render config/default to stdout-checked YAML (kubectl kustomize).
+	kubectl kustomize config/default > /dev/null
+	@echo "config/default renders"
+
+.PHONY: deps
+deps: ## Install the Debian packages the tests need (when missing).
+	hack/install-deps.sh
+
+.PHONY: k8s-binaries
+k8s-binaries: ## Build (or reuse) kube-apiserver, kube-controller-manager and etcd for envtest.
+	hack/k8s-binaries.sh
+
+##@ Test
+
+.PHONY: test
+test: deps ## Run every test this machine can run: unit, envtest, root-only integration.
+	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" KW_REQUIRE_INTEGRATION=1 \
+		$(GO) test -count=1 -timeout 30m ./...
+
+.PHONY: test-unit
+test-unit: ## Unit tests only (no root, no API server).
+	$(GO) test -count=1 -short ./...
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME (default 20s each).
+	hack/fuzz.sh $(or $(FUZZTIME),20s)
+
+##@ Run and measure
+
+.PHONY: demo
+demo: ## Start the Kong-like gateway fixture, drive traffic, run the agent, show live stats.
+	hack/demo.sh $(DEMO_ARGS)
+
+.PHONY: bench
+bench: build ## Gateway throughput and CPU with vs without the agent (docs/benchmarks.md).
+	hack/bench-agent.sh
+
+.PHONY: bench-webhook
+bench-webhook: ## AdmissionReviews/s and p50/p99 of the real TLS endpoint (docs/benchmarks.md).
+	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" hack/bench-webhook.sh

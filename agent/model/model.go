@@ -1,0 +1,76 @@
+// Package model holds the HTTP model of the agent's pipeline: one Request is one client
+// request paired with its response, whichever data path (nginx's request object or the wire)
+// produced it. Decoders produce Requests; the aggregator and the per-request logger consume
+// them. It has no dependencies so every stage can be tested alone.
+package model
+
+import "time"
+
+// LuaPhase indexes Request.LuaPhases.
+type LuaPhase int
+
+const (
+	LuaRewrite LuaPhase = iota
+	LuaAccess
+	LuaContent
+	LuaLog
+	NumLuaPhases
+)
+
+// LuaPhaseNames are the names used in Stats JSON and metric labels.
+var LuaPhaseNames = [NumLuaPhases]string{"rewrite", "access", "content", "log"}
+
+// Request is one HTTP request and its response.
+type Request struct {
+	// Start is when nginx started reading the request; End when the agent saw it finish.
+	Start time.Time
+	End   time.Time
+	// Method as sent ("GET", "PURGE", ...); the aggregator folds unknown ones into OTHER.
+	Method string
+	// Host is nginx's $host: the Host header / :authority without port, lower-cased.
+	Host string
+	// URI is what the client sent ($request_uri), query string included; the aggregator
+	// normalises it and drops the query, the logger masks it.
+	URI string
+	// Proto is "HTTP/1.0", "HTTP/1.1", "HTTP/2.0", ... ("" if unknown).
+	Proto string
+	// Status is the response status; 0 means no valid response was sent.
+	Status int
+	// Latency is $request_time: End - Start at nginx's millisecond precision.
+	Latency time.Duration
+	// Upstream is $upstream_response_time summed over tries; valid only if HasUpstream.
+	Upstream    time.Duration
+	HasUpstream bool
+	// BytesSent is $bytes_sent (0 if unknown).
+	BytesSent uint64
+	// ClientAddr is $remote_addr ("" if unknown).
+	ClientAddr string
+	// LuaPhases holds the time spent in each Lua phase handler for this request; valid only
+	// if HasLua (Lua timing may be sampled, see docs/design.md).
+	LuaPhases [NumLuaPhases]time.Duration
+	HasLua    bool
+	// PID is the worker process that served it (as seen from the agent's PID namespace).
+	PID int
+}
+
+// KongLatency is the time Kong itself spent: total minus upstream for proxied requests.
+func (r *Request) KongLatency() time.Duration {
+	if !r.HasUpstream {
+		return r.Latency
+	}
+	if d := r.Latency - r.Upstream; d > 0 {
+		return d
+	}
+	return 0
+}
+
+// Sink consumes Requests. Implementations must not block the caller for long: the caller is
+// the event reader, and a stalled reader makes the kernel drop events.
+type Sink interface {
+	Observe(r *Request)
+}
+
+// SinkFunc adapts a function to Sink.
+type SinkFunc func(r *Request)
+
+func (f SinkFunc) Observe(r *Request) { f(r) }

@@ -1,0 +1,73 @@
+package v1alpha1
+
+// Domain prefixes every label and annotation kong-watcher owns.
+const Domain = "kong-watcher.io"
+
+// Opt-in label, set on the pod template of a Kong Deployment.
+const (
+	LabelInject      = Domain + "/inject"
+	LabelInjectValue = "true"
+)
+
+// Per-pod overrides: annotations on the pod template. An invalid value is ignored with an
+// admission warning, never a rejected pod. The agent image is deliberately not overridable.
+const (
+	AnnotationLogLevel      = Domain + "/log-level"
+	AnnotationJSONLog       = Domain + "/json-log"
+	AnnotationProcessName   = Domain + "/process-name"
+	AnnotationStatsInterval = Domain + "/stats-interval"
+	AnnotationNativeSidecar = Domain + "/native-sidecar"
+)
+
+// Written by the webhook: the agent version injected.
+const AnnotationInjected = Domain + "/injected"
+
+// Written by the agent on its own pod; short and human-readable for `kubectl describe pod`,
+// except AnnotationStats which holds the bounded machine-readable Stats JSON.
+const (
+	AnnotationRequests    = Domain + "/requests"
+	AnnotationLatency     = Domain + "/latency"
+	AnnotationMethods     = Domain + "/methods"
+	AnnotationStatus      = Domain + "/status"
+	AnnotationTopHosts    = Domain + "/top-hosts"
+	AnnotationTopPaths    = Domain + "/top-paths"
+	AnnotationLastRequest = Domain + "/last-request"
+	AnnotationStats       = Domain + "/stats"
+)
+
+// AgentContainerName is the name of the injected sidecar container.
+const AgentContainerName = "kong-watcher-agent"
+
+// Agent environment variables (the seed's names, kept).
+const (
+	EnvLogLevel      = "LOG_LEVEL"
+	EnvJSONLog       = "ENABLE_JSON_LOG"
+	EnvProcessName   = "KONG_PROCESS_NAME"
+	EnvStatsInterval = "STATS_INTERVAL"
+	EnvPodName       = "POD_NAME"
+	EnvPodNamespace  = "POD_NAMESPACE"
+	EnvMetricsAddr   = "METRICS_ADDR"
+)
+
+// Agent defaults.
+const (
+	DefaultProcessName   = "nginx"
+	DefaultStatsInterval = "30s"
+	DefaultMetricsAddr   = ":9464"
+	DefaultMetricsPort   = 9464
+	MetricsPortName      = "kw-metrics"
+)
+
+// Event reasons.
+const (
+	// Agent, on its own pod.
+	ReasonKongDetected      = "KongDetected"
+	ReasonProbesAttached    = "ProbesAttached"
+	ReasonProbeAttachFailed = "ProbeAttachFailed"
+	ReasonTrafficStats      = "TrafficStats"
+	ReasonHighErrorRate     = "HighErrorRate"
+	ReasonHighLatency       = "HighLatency"
+	// Webhook, on the pod's owner.
+	ReasonInjected         = "Injected"
+	ReasonInjectionSkipped = "InjectionSkipped"
+)

@@ -12,6 +12,13 @@ type Process struct {
 	// StartTime is the process start time in clock ticks since boot (/proc/<pid>/stat field
 	// 22): together with PID it identifies a process across PID reuse.
 	StartTime uint64
+	// Title is /proc/<pid>/cmdline with NULs turned into spaces and trimmed: nginx's process
+	// title, e.g. "nginx: worker process" (added: diagnostics and role detection).
+	Title string
+	// ShuttingDown marks a worker retired by a reload or graceful stop ("nginx: worker
+	// process is shutting down"): it still finishes its in-flight requests, then exits
+	// (added: the agent keeps watching it until it is gone).
+	ShuttingDown bool
 }
 
 // Gateway is one nginx instance: a master and its workers (or a single process when nginx
@@ -27,6 +34,10 @@ type Gateway struct {
 	// ExeDev and ExeIno identify the executable file; gateways sharing a binary share uprobes.
 	ExeDev uint64
 	ExeIno uint64
+	// Err is set when the gateway was found but its executable could not be identified
+	// (ExeDev/ExeIno are then zero), typically EACCES on another user's /proc/<pid>/exe
+	// without CAP_SYS_PTRACE (added: Scan reports such gateways instead of dropping them).
+	Err error
 }
 
 // ID identifies a gateway instance for as long as its master lives.

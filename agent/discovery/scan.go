@@ -1,0 +1,198 @@
+package discovery
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+const (
+	// DefaultProcRoot is where the agent's PID namespace's /proc is mounted.
+	DefaultProcRoot = "/proc"
+	// DefaultName is the comm of Kong's (OpenResty's) and nginx's processes.
+	DefaultName = "nginx"
+	// commLen is TASK_COMM_LEN-1: the kernel keeps only the first 15 bytes of a name.
+	commLen = 15
+)
+
+// Scanner finds nginx gateways by walking a /proc tree.
+//
+// PIDs are those of the PID namespace whose /proc is mounted at ProcRoot: in a pod with
+// shareProcessNamespace (or under `unshare --pid --mount-proc`) they are the pod's PIDs,
+// not the host's. A /proc mounted with hidepid=1/2 hides other users' processes.
+type Scanner struct {
+	// ProcRoot is the /proc to read; empty means /proc. Tests point it at a fake tree.
+	ProcRoot string
+	// Name is the process name to look for, compared with /proc/<pid>/comm (what
+	// `ps -o comm` shows, not the command line); empty means "nginx". Names longer than 15
+	// bytes are compared on their first 15, as the kernel truncates comm.
+	Name string
+}
+
+type role int
+
+const (
+	roleOther  role = iota // a title nginx did not set (e.g. master_process off), or unknown
+	roleMaster             // "nginx: master process ..."
+	roleWorker             // "nginx: worker process" (possibly "... is shutting down")
+	roleHelper             // cache manager/loader, privileged agent: serve no requests
+)
+
+type proc struct {
+	Process
+	role role
+}
+
+// classify reads nginx's process title. nginx (and OpenResty, so Kong) always prefixes
+// its titles with "nginx: ", whatever the binary is called.
+func classify(title string) (role, bool) {
+	switch {
+	case strings.HasPrefix(title, "nginx: master process"):
+		return roleMaster, false
+	case strings.HasPrefix(title, "nginx: worker process"):
+		return roleWorker, strings.Contains(title, "shutting down")
+	case strings.HasPrefix(title, "nginx: cache "), strings.HasPrefix(title, "nginx: privileged agent"):
+		return roleHelper, false
+	}
+	return roleOther, false
+}
+
+func (s Scanner) root() string {
+	if s.ProcRoot == "" {
+		return DefaultProcRoot
+	}
+	return s.ProcRoot
+}
+
+func (s Scanner) name() string {
+	n := s.Name
+	if n == "" {
+		n = DefaultName
+	}
+	if len(n) > commLen {
+		n = n[:commLen]
+	}
+	return n
+}
+
+// Scan returns the gateways running now, sorted by master PID, each with its workers
+// sorted by PID.
+//
+// Processes that exit while being read are ignored, as are zombies. A master with no
+// children (master_process off) is a gateway without workers; so is a worker whose master
+// died (it keeps serving). Cache manager/loader and privileged agent processes are not
+// workers. A new master started by a binary upgrade (a child of the old master titled
+// "master process") is a gateway of its own.
+//
+// The error is non-nil when ProcRoot cannot be read (the result is then nil) or when some
+// gateway's executable could not be identified: those gateways are still returned, with
+// Gateway.Err set, and the error joins their errors.
+func (s Scanner) Scan() ([]Gateway, error) {
+	root := s.root()
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return nil, fmt.Errorf("discovery: reading %s: %w", root, err)
+	}
+	want := s.name()
+	procs := map[int]*proc{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 {
+			continue
+		}
+		p, ok := readProc(filepath.Join(root, e.Name()), pid, want)
+		if ok {
+			procs[pid] = p
+		}
+	}
+
+	byMaster := map[int]*Gateway{}
+	isRoot := func(p *proc) bool {
+		parent, ok := procs[p.PPID]
+		return !ok || p.role == roleMaster || parent.PID == p.PID
+	}
+	for _, p := range procs {
+		if isRoot(p) {
+			byMaster[p.PID] = &Gateway{Master: p.Process}
+		}
+	}
+	for _, p := range procs {
+		if isRoot(p) || (p.role != roleWorker && p.role != roleOther) {
+			continue
+		}
+		// Only children of a root are workers: a same-named grandchild is a transient
+		// fork (e.g. Lua's os.execute before exec), not a request server.
+		if g, ok := byMaster[p.PPID]; ok {
+			g.Workers = append(g.Workers, p.Process)
+		}
+	}
+
+	var errs []error
+	out := make([]Gateway, 0, len(byMaster))
+	for pid, g := range byMaster {
+		sort.Slice(g.Workers, func(i, j int) bool { return g.Workers[i].PID < g.Workers[j].PID })
+		dir := filepath.Join(root, strconv.Itoa(pid))
+		g.Exe = filepath.Join(dir, "exe")
+		g.Root = filepath.Join(dir, "root")
+		fi, err := os.Stat(g.Exe)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH):
+			continue // the master exited since we read it
+		case errors.Is(err, fs.ErrPermission):
+			g.Err = fmt.Errorf("discovery: gateway master %d: stat %s: %w (reading another user's "+
+				"/proc/<pid>/exe needs CAP_SYS_PTRACE)", pid, g.Exe, err)
+		case err != nil:
+			g.Err = fmt.Errorf("discovery: gateway master %d: stat %s: %w", pid, g.Exe, err)
+		default:
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				g.ExeDev, g.ExeIno = uint64(st.Dev), st.Ino
+			}
+		}
+		if g.Err != nil {
+			errs = append(errs, g.Err)
+		}
+		out = append(out, *g)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Master.PID < out[j].Master.PID })
+	return out, errors.Join(errs...)
+}
+
+// readProc reads one /proc/<pid> directory. ok is false when the process is not ours, is
+// a zombie, or vanished (or became unreadable) while being read.
+func readProc(dir string, pid int, want string) (*proc, bool) {
+	comm, err := os.ReadFile(filepath.Join(dir, "comm"))
+	if err != nil {
+		return nil, false
+	}
+	// The kernel appends one newline; the name itself may end in whitespace.
+	comm = bytes.TrimSuffix(comm, []byte{'\n'})
+	if string(comm) != want {
+		return nil, false
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return nil, false
+	}
+	st, err := ParseStat(raw)
+	if err != nil || st.PID != pid || st.State == 'Z' || st.State == 'X' {
+		return nil, false
+	}
+	cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
+	if err != nil {
+		return nil, false
+	}
+	title := strings.TrimSpace(string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
+	r, down := classify(title)
+	return &proc{
+		Process: Process{PID: pid, PPID: st.PPID, Comm: string(comm), StartTime: st.StartTime,
+			Title: title, ShuttingDown: down},
+		role: r,
+	}, true
+}

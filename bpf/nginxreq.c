@@ -1,0 +1,585 @@
+//go:build ignore
+
+// SPDX-License-Identifier: GPL-2.0
+/* nginxreq: one event per HTTP request, read from nginx's own request object.
+ *
+ * The probe sits on ngx_http_free_request(r, rc): it is called once per client request (once
+ * per HTTP/2 stream), starts with an emulated `push` (cheap uprobe), and runs before the
+ * access log and before r's pool is destroyed, so everything nginx logs is still in r.
+ *
+ * nginx's ngx_http_request_t layout depends on version and build options and Kong's binary has
+ * no debug info, so the offsets live in a map (nginxreq_layouts) that user space fills once it
+ * has learnt them. Until then the program runs in CALIBRATION mode: it ships a raw snapshot of
+ * r plus everything it can find without knowing the layout (start_sec found by a bounded scan,
+ * the strings at the positions that are fixed relative to start_sec, the candidates of the
+ * few fields that are not), so user space can both learn the layout and decode the request.
+ *
+ * Optional Lua phase timing: uprobe + uretprobe on ngx_http_lua_{rewrite,access,content,log}
+ * _handler accumulate per-request time keyed by (tgid, r). The log phase runs inside
+ * free_request (ngx_http_log_request), after our entry probe, so when Lua timing is on the
+ * entry probe parks the event per thread and a uretprobe on free_request completes and emits it.
+ */
+#include "headers/common.h"
+
+char __license[] SEC("license") = "GPL";
+
+/* Set by the loader (spec.Variables) before load. */
+volatile const __u64 agent_ns_dev = 0;      /* st_dev of the agent's /proc/self/ns/pid, kernel encoding */
+volatile const __u64 agent_ns_ino = 0;      /* st_ino of the agent's /proc/self/ns/pid */
+volatile const __u32 agent_in_init_ns = 0;  /* 1: fall back to global tgids (agent on the host) */
+volatile const __u64 wakeup_bytes = 262144; /* wake the reader only when this much is queued */
+
+#define EV_REQUEST 1
+#define EV_CALIB 2
+
+/* event flags */
+#define F_URI_TRUNC (1 << 0)
+#define F_HOST_TRUNC (1 << 1)
+#define F_NO_CLOCK (1 << 2)   /* no ngx_cached_time: now_* not set, use ktime */
+#define F_READ_ERR (1 << 3)   /* a read of r failed: fields may be zero */
+#define F_HAS_LUA (1 << 4)
+#define F_CALIB_NO_S (1 << 5) /* calibration: start_sec not found */
+#define F_UPSTREAM_BAD (1 << 6)
+
+/* counters (per-CPU array indexes) */
+#define C_RING_DROP 0    /* ring buffer full: request event lost */
+#define C_CALIB_DROP 1   /* ring buffer full: calibration event lost */
+#define C_NS_ERR 2       /* bpf_get_ns_current_pid_tgid failed */
+#define C_PENDING_LOST 3 /* Lua mode: parked event not completed (map full) */
+#define C_EVENTS 4       /* events submitted */
+#define C_MAX 8
+
+#define METHOD_LEN 16
+#define HOST_LEN 64
+#define URI_LEN 160
+#define ADDR_LEN 48
+#define SNAP_LEN 2048
+#define N_HOST_CAND 3
+#define N_UP_CAND 2
+#define MAX_UP_TRIES 4
+#define MAX_LAYOUTS 16
+
+/* start_sec scan window in r (8-byte steps): covers every layout in FACTS.md (960 in Debian
+ * 1.22, ~900-1000 elsewhere) with room for builds with more fields before it. */
+#define S_SCAN_LO 512
+#define S_SCAN_HI 1600
+
+/* Offsets relative to start_sec that are the same in every nginx version checked. */
+#define S_TO_MSEC 8
+#define S_TO_METHOD 16
+#define S_TO_HTTPVER 24
+#define S_TO_UNPARSED_URI 96
+#define S_TO_METHOD_NAME 112
+
+struct nginxreq_event {
+	__u32 kind;
+	__u32 tgid; /* in the agent's PID namespace */
+	__u64 r;    /* request address: the request's identity within the worker */
+	__u64 ktime_ns; /* bpf_ktime_get_boot_ns() at free_request */
+	__u64 start_sec;
+	__u64 start_msec;
+	__u64 now_sec; /* nginx's cached clock (ngx_cached_time) */
+	__u64 now_msec;
+	__u64 method_bit; /* NGX_HTTP_GET, ... (a bit) */
+	__u64 http_version;
+	__u64 status; /* headers_out.status (calibration: 0, user space reads the snapshot) */
+	__u64 rc;     /* free_request's rc */
+	__u64 sent;   /* connection->sent: $bytes_sent */
+	__u64 upstream_ms; /* sum of upstream_states[*].response_time */
+	__u64 lua_ns[4];
+	__u32 upstream_tries; /* upstream_states->nelts; 0 = not proxied */
+	__u32 flags;
+	__u32 method_len; /* lengths as in r (may exceed the buffers: truncation) */
+	__u32 uri_len;
+	__u32 host_len;
+	__u32 addr_len;
+	__u32 layout_id;
+	__u32 _pad0;
+	char method[METHOD_LEN];
+	char host[HOST_LEN];
+	char uri[URI_LEN];
+	char addr[ADDR_LEN];
+};
+
+struct nginxreq_upcand {
+	__u64 ptr;   /* value at r+U */
+	__u64 nelts; /* ngx_array_t fields */
+	__u64 size;
+	__u64 pool;
+	__u64 sum_ms; /* response_time summed as the hot path would */
+};
+
+struct nginxreq_calib {
+	struct nginxreq_event ev;
+	__u32 s_off;    /* start_sec offset found by the scan (0: none) */
+	__u32 snap_len; /* bytes of r in snap (0 if unreadable) */
+	struct nginxreq_upcand up[N_UP_CAND]; /* U = 72, 80 */
+	__u32 host_len[N_HOST_CAND]; /* headers_in.server at S - D - 40, D = 424, 360, 368 */
+	__u32 _pad1;
+	char host[N_HOST_CAND][HOST_LEN];
+	__u8 snap[SNAP_LEN];
+};
+
+struct nginxreq_layout {
+	__u32 ready;        /* 0: calibrate */
+	__u32 off_status;   /* headers_out.status */
+	__u32 off_server;   /* headers_in.server (ngx_str_t) */
+	__u32 off_start;    /* start_sec; start_msec, method, http_version follow */
+	__u32 off_uri;      /* unparsed_uri (ngx_str_t) */
+	__u32 off_mname;    /* method_name (ngx_str_t) */
+	__u32 off_ustates;  /* upstream_states (ngx_array_t *) */
+	__u32 off_conn;     /* connection */
+	__u32 conn_sent;    /* ngx_connection_t.sent */
+	__u32 conn_addr;    /* ngx_connection_t.addr_text */
+	__u32 ustate_rt;    /* ngx_http_upstream_state_t.response_time */
+	__u32 _pad;
+};
+
+struct nginxreq_proc {
+	__u64 cached_time_addr; /* runtime address of the ngx_cached_time pointer, 0 if unknown */
+	__u32 layout_id;
+	__u32 _pad;
+};
+
+struct nginxreq_config {
+	__u64 now_sec; /* user space's wall clock, for the start_sec scan */
+	__u32 lua;     /* 1: park events for the free_request return probe */
+	__u32 _pad;
+};
+
+struct nginxreq_lua_call {
+	__u64 start_ns;
+	__u64 r;
+	__u32 phase;
+	__u32 _pad;
+};
+
+struct nginxreq_lua_key {
+	__u64 r;
+	__u32 tgid; /* kernel tgid: r is only unique within a process */
+	__u32 _pad;
+};
+
+struct nginxreq_lua_acc {
+	__u64 ns[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 21); /* resized by the loader */
+} nginxreq_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* tgid in the agent's PID namespace */
+	__type(value, struct nginxreq_proc);
+} nginxreq_procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_LAYOUTS);
+	__type(key, __u32);
+	__type(value, struct nginxreq_layout);
+} nginxreq_layouts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nginxreq_config);
+} nginxreq_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} nginxreq_counters SEC(".maps");
+
+/* Scratch space: events are too big for the 512-byte BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nginxreq_calib);
+} nginxreq_scratch SEC(".maps");
+
+/* Lua mode: the event between free_request's entry and return, per thread (a call stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct nginxreq_event);
+} nginxreq_pending SEC(".maps");
+
+/* Lua handler in progress, per thread (a call stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct nginxreq_lua_call);
+} nginxreq_lua_calls SEC(".maps");
+
+/* Lua time per request; LRU so requests that never reach free_request cannot fill it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct nginxreq_lua_key);
+	__type(value, struct nginxreq_lua_acc);
+} nginxreq_lua_time SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&nginxreq_counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+/* The calling process, if tracked. The map is keyed by the PID the agent sees, so a pod's
+ * agent (its own PID namespace) and a host agent both work. */
+static __always_inline struct nginxreq_proc *lookup_proc(__u32 *tgid)
+{
+	struct bpf_pidns_info ns = {};
+	if (bpf_get_ns_current_pid_tgid(agent_ns_dev, agent_ns_ino, &ns, sizeof(ns)) == 0) {
+		*tgid = ns.tgid;
+	} else if (agent_in_init_ns) {
+		/* nginx in a container, agent on the host: global PIDs are what it sees. */
+		*tgid = bpf_get_current_pid_tgid() >> 32;
+	} else {
+		count(C_NS_ERR);
+		return 0;
+	}
+	return bpf_map_lookup_elem(&nginxreq_procs, tgid);
+}
+
+static __always_inline void read_clock(struct nginxreq_event *e, struct nginxreq_proc *p)
+{
+	__u64 tp = 0;
+	__u64 t[2] = {}; /* ngx_time_t: sec, msec (gmtoff not needed) */
+	if (p->cached_time_addr && bpf_probe_read_user(&tp, sizeof(tp), (void *)p->cached_time_addr) == 0 &&
+	    tp && bpf_probe_read_user(t, sizeof(t), (void *)tp) == 0) {
+		e->now_sec = t[0];
+		e->now_msec = t[1];
+		return;
+	}
+	e->flags |= F_NO_CLOCK;
+}
+
+static __always_inline void read_conn(struct nginxreq_event *e, __u64 c, __u32 sent_off, __u32 addr_off)
+{
+	__u64 addr[2] = {}; /* ngx_str_t: len, data */
+	if (!c) {
+		e->flags |= F_READ_ERR;
+		return;
+	}
+	if (bpf_probe_read_user(&e->sent, sizeof(e->sent), (void *)(c + sent_off)))
+		e->flags |= F_READ_ERR;
+	if (bpf_probe_read_user(addr, sizeof(addr), (void *)(c + addr_off)) == 0) {
+		e->addr_len = addr[0];
+		KW_READ_STR(e->addr, ADDR_LEN, addr[1], addr[0]);
+	}
+}
+
+/* method, http_version, start time and the two strings fixed relative to start_sec. */
+static __always_inline void read_from_start(struct nginxreq_event *e, __u64 r, __u32 s, __u32 uri_off,
+					    __u32 mname_off)
+{
+	__u64 v[4] = {};
+	__u64 str[2] = {};
+	if (bpf_probe_read_user(v, sizeof(v), (void *)(r + s)) == 0) {
+		e->start_sec = v[0];
+		e->start_msec = v[1];
+		e->method_bit = v[2];
+		e->http_version = v[3];
+	} else {
+		e->flags |= F_READ_ERR;
+	}
+	if (bpf_probe_read_user(str, sizeof(str), (void *)(r + uri_off)) == 0) {
+		e->uri_len = str[0];
+		if (str[0] > URI_LEN)
+			e->flags |= F_URI_TRUNC;
+		KW_READ_STR(e->uri, URI_LEN, str[1], str[0]);
+	}
+	if (bpf_probe_read_user(str, sizeof(str), (void *)(r + mname_off)) == 0) {
+		e->method_len = str[0];
+		KW_READ_STR(e->method, METHOD_LEN, str[1], str[0]);
+	}
+}
+
+static __always_inline __u32 read_host(char *dst, __u64 r, __u32 off, __u32 *flags)
+{
+	__u64 str[2] = {};
+	if (bpf_probe_read_user(str, sizeof(str), (void *)(r + off)))
+		return 0;
+	if (str[0] > HOST_LEN)
+		*flags |= F_HOST_TRUNC;
+	KW_READ_STR(dst, HOST_LEN, str[1], str[0]);
+	return str[0];
+}
+
+/* Sum response_time over the first tries of an ngx_array_t of ngx_http_upstream_state_t,
+ * using the array's own element size as stride (72 in nginx, 112 in Kong 3.10+). */
+static __always_inline int read_upstream(__u64 arr, __u32 rt_off, __u64 hdr[5], __u64 *sum)
+{
+	/* ngx_array_t: elts, nelts, size, nalloc, pool */
+	if (bpf_probe_read_user(hdr, 5 * sizeof(__u64), (void *)arr))
+		return -1;
+	if (hdr[1] == 0)
+		return 0;
+	if (hdr[2] < 16 || hdr[2] > 512 || hdr[1] > 64)
+		return -1;
+	__u64 total = 0;
+#pragma unroll
+	for (int i = 0; i < MAX_UP_TRIES; i++) {
+		if (i >= hdr[1])
+			break;
+		__u64 rt = 0;
+		if (bpf_probe_read_user(&rt, sizeof(rt), (void *)(hdr[0] + i * hdr[2] + rt_off)))
+			return -1;
+		if (rt != (__u64)-1)
+			total += rt;
+	}
+	*sum = total;
+	return 0;
+}
+
+static __always_inline struct nginxreq_calib *scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&nginxreq_scratch, &zero);
+}
+
+static __always_inline __u64 wake_flags(void)
+{
+	return bpf_ringbuf_query(&nginxreq_events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										       : BPF_RB_NO_WAKEUP;
+}
+
+struct s_scan_ctx {
+	__u8 *snap;
+	__u64 now;
+	__u32 found;
+};
+
+static long s_scan_cb(__u32 i, struct s_scan_ctx *c)
+{
+	__u32 off = S_SCAN_LO + i * 8;
+	if (off > S_SCAN_HI)
+		return 1;
+	__u64 *v = (__u64 *)(c->snap + off);
+	__u64 sec = v[0], msec = v[1], method = v[2], ver = v[3];
+	if (sec + 86400 < c->now || sec > c->now + 86400)
+		return 0;
+	if (msec >= 1000)
+		return 0;
+	if (method == 0 || method > 0x10000 || (method & (method - 1)))
+		return 0;
+	if (ver != 9 && ver != 1000 && ver != 1001 && ver != 2000 && ver != 3000)
+		return 0;
+	c->found = off;
+	return 1;
+}
+
+static __always_inline int calibrate(struct pt_regs *ctx, struct nginxreq_calib *cb, __u64 r)
+{
+	struct nginxreq_event *e = &cb->ev;
+	__u32 zero = 0;
+	struct nginxreq_config *cfg = bpf_map_lookup_elem(&nginxreq_cfg, &zero);
+	if (!cfg)
+		return 0;
+
+	e->kind = EV_CALIB;
+	cb->snap_len = SNAP_LEN;
+	if (bpf_probe_read_user(cb->snap, SNAP_LEN, (void *)r)) {
+		/* r near the end of a mapping: keep what fits. */
+		cb->snap_len = SNAP_LEN / 2;
+		if (bpf_probe_read_user(cb->snap, SNAP_LEN / 2, (void *)r))
+			cb->snap_len = 0;
+	}
+
+	struct s_scan_ctx sc = {.snap = cb->snap, .now = cfg->now_sec};
+	if (cb->snap_len == SNAP_LEN)
+		bpf_loop((S_SCAN_HI - S_SCAN_LO) / 8 + 1, s_scan_cb, &sc, 0);
+	cb->s_off = sc.found;
+	if (!sc.found) {
+		e->flags |= F_CALIB_NO_S;
+	} else {
+		__u32 s = sc.found;
+		read_from_start(e, r, s, s + S_TO_UNPARSED_URI, s + S_TO_METHOD_NAME);
+		/* headers_in.server = headers_out - 40, headers_out = start_sec - D */
+		cb->host_len[0] = read_host(cb->host[0], r, s - 424 - 40, &e->flags);
+		cb->host_len[1] = read_host(cb->host[1], r, s - 360 - 40, &e->flags);
+		cb->host_len[2] = read_host(cb->host[2], r, s - 368 - 40, &e->flags);
+	}
+
+	/* upstream_states candidates: U = 72 without the cache module, 80 with it. */
+#pragma unroll
+	for (int k = 0; k < N_UP_CAND; k++) {
+		__u64 ptr = 0, hdr[5] = {};
+		if (bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(r + 72 + 8 * k)) || !ptr)
+			continue;
+		cb->up[k].ptr = ptr;
+		__u64 sum = 0;
+		if (read_upstream(ptr, 8, hdr, &sum) == 0) {
+			cb->up[k].nelts = hdr[1];
+			cb->up[k].size = hdr[2];
+			cb->up[k].pool = hdr[4];
+			cb->up[k].sum_ms = sum;
+		}
+	}
+
+	/* connection is the first pointer after the 4-byte signature in every version. */
+	__u64 c = 0;
+	bpf_probe_read_user(&c, sizeof(c), (void *)(r + 8));
+	read_conn(e, c, 72, 120);
+
+	if (bpf_ringbuf_output(&nginxreq_events, cb, sizeof(*cb), wake_flags())) {
+		count(C_CALIB_DROP);
+		return 0;
+	}
+	count(C_EVENTS);
+	return 0;
+}
+
+SEC("uprobe/ngx_http_free_request")
+int nginxreq_free_request(struct pt_regs *ctx)
+{
+	__u32 tgid = 0;
+	struct nginxreq_proc *p = lookup_proc(&tgid);
+	if (!p)
+		return 0;
+	__u64 r = KW_PARM1(ctx);
+	__s64 rc = (__s64)KW_PARM2(ctx);
+	if (!r)
+		return 0;
+
+	struct nginxreq_calib *cb = scratch();
+	if (!cb)
+		return 0;
+	struct nginxreq_event *e = &cb->ev;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->tgid = tgid;
+	e->r = r;
+	e->rc = rc;
+	e->ktime_ns = bpf_ktime_get_boot_ns();
+	e->layout_id = p->layout_id;
+	read_clock(e, p);
+
+	__u32 lid = p->layout_id;
+	struct nginxreq_layout *l = bpf_map_lookup_elem(&nginxreq_layouts, &lid);
+	if (!l)
+		return 0;
+	if (!l->ready) {
+		__builtin_memset((__u8 *)cb + sizeof(*e), 0, sizeof(*cb) - sizeof(*e) - SNAP_LEN);
+		return calibrate(ctx, cb, r);
+	}
+
+	e->kind = EV_REQUEST;
+	read_from_start(e, r, l->off_start, l->off_uri, l->off_mname);
+	e->host_len = read_host(e->host, r, l->off_server, &e->flags);
+	if (bpf_probe_read_user(&e->status, sizeof(e->status), (void *)(r + l->off_status)))
+		e->flags |= F_READ_ERR;
+
+	__u64 c = 0;
+	bpf_probe_read_user(&c, sizeof(c), (void *)(r + l->off_conn));
+	read_conn(e, c, l->conn_sent, l->conn_addr);
+
+	__u64 us = 0;
+	if (bpf_probe_read_user(&us, sizeof(us), (void *)(r + l->off_ustates)) == 0 && us) {
+		__u64 hdr[5] = {}, sum = 0;
+		if (read_upstream(us, l->ustate_rt, hdr, &sum) == 0) {
+			e->upstream_tries = hdr[1];
+			e->upstream_ms = sum;
+		} else {
+			e->flags |= F_UPSTREAM_BAD;
+		}
+	}
+
+	__u32 zero = 0;
+	struct nginxreq_config *cfg = bpf_map_lookup_elem(&nginxreq_cfg, &zero);
+	if (cfg && cfg->lua) {
+		/* Park it: the log phase (and its Lua handler) runs after this point. */
+		__u64 id = bpf_get_current_pid_tgid();
+		if (bpf_map_update_elem(&nginxreq_pending, &id, e, BPF_ANY) == 0)
+			return 0;
+		count(C_PENDING_LOST);
+	}
+
+	if (bpf_ringbuf_output(&nginxreq_events, e, sizeof(*e), wake_flags())) {
+		count(C_RING_DROP);
+		return 0;
+	}
+	count(C_EVENTS);
+	return 0;
+}
+
+SEC("uretprobe/ngx_http_free_request")
+int nginxreq_free_request_ret(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct nginxreq_event *e = bpf_map_lookup_elem(&nginxreq_pending, &id);
+	if (!e)
+		return 0;
+	struct nginxreq_lua_key k = {.r = e->r, .tgid = id >> 32};
+	struct nginxreq_lua_acc *acc = bpf_map_lookup_elem(&nginxreq_lua_time, &k);
+	if (acc) {
+		e->lua_ns[0] = acc->ns[0];
+		e->lua_ns[1] = acc->ns[1];
+		e->lua_ns[2] = acc->ns[2];
+		e->lua_ns[3] = acc->ns[3];
+		e->flags |= F_HAS_LUA;
+	}
+	if (bpf_ringbuf_output(&nginxreq_events, e, sizeof(*e), wake_flags()))
+		count(C_RING_DROP);
+	else
+		count(C_EVENTS);
+	if (acc)
+		bpf_map_delete_elem(&nginxreq_lua_time, &k);
+	bpf_map_delete_elem(&nginxreq_pending, &id);
+	return 0;
+}
+
+/* Lua phase handlers: the attach cookie is the phase (0 rewrite, 1 access, 2 content, 3 log). */
+SEC("uprobe/ngx_http_lua_handler")
+int nginxreq_lua_enter(struct pt_regs *ctx)
+{
+	__u32 tgid = 0;
+	if (!lookup_proc(&tgid))
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct nginxreq_lua_call call = {
+		.start_ns = bpf_ktime_get_ns(),
+		.r = KW_PARM1(ctx),
+		.phase = bpf_get_attach_cookie(ctx) & 3,
+	};
+	bpf_map_update_elem(&nginxreq_lua_calls, &id, &call, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe/ngx_http_lua_handler")
+int nginxreq_lua_exit(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct nginxreq_lua_call *call = bpf_map_lookup_elem(&nginxreq_lua_calls, &id);
+	if (!call) {
+		/* Untracked process (its entry was filtered) or a lost entry. */
+		return 0;
+	}
+	__u64 d = bpf_ktime_get_ns() - call->start_ns;
+	struct nginxreq_lua_key k = {.r = call->r, .tgid = id >> 32};
+	__u32 phase = call->phase & 3;
+	bpf_map_delete_elem(&nginxreq_lua_calls, &id);
+
+	struct nginxreq_lua_acc *acc = bpf_map_lookup_elem(&nginxreq_lua_time, &k);
+	if (!acc) {
+		struct nginxreq_lua_acc zero = {};
+		bpf_map_update_elem(&nginxreq_lua_time, &k, &zero, BPF_NOEXIST);
+		acc = bpf_map_lookup_elem(&nginxreq_lua_time, &k);
+		if (!acc)
+			return 0;
+	}
+	/* One worker thread runs a request's handlers: no concurrent writers for this key. */
+	acc->ns[phase] += d;
+	return 0;
+}

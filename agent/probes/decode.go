@@ -1,0 +1,221 @@
+package probes
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+	"unsafe"
+
+	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/agent/nginxlayout"
+	"github.com/kong-watcher/kong-watcher/bpf"
+)
+
+// Event kinds and flags; they mirror bpf/nginxreq.c.
+const (
+	evRequest = 1
+	evCalib   = 2
+
+	fURITrunc    = 1 << 0
+	fHostTrunc   = 1 << 1
+	fNoClock     = 1 << 2
+	fReadErr     = 1 << 3
+	fHasLua      = 1 << 4
+	fCalibNoS    = 1 << 5
+	fUpstreamBad = 1 << 6
+)
+
+type (
+	rawEvent = bpf.NginxReqNginxreqEvent
+	rawCalib = bpf.NginxReqNginxreqCalib
+)
+
+const (
+	eventSize = int(unsafe.Sizeof(rawEvent{}))
+	calibSize = int(unsafe.Sizeof(rawCalib{}))
+)
+
+var errShortRecord = errors.New("short record")
+
+// record is one ring buffer record, copied out of the ring (which is reused after reading).
+type record struct {
+	kind  uint32
+	ev    rawEvent
+	calib *rawCalib // only for calibration events
+}
+
+// parseRecord copies a raw ring buffer record into a typed one. It never trusts the record's
+// contents beyond its length: strings are clamped when converted.
+func parseRecord(raw []byte, into *record, calib *rawCalib) error {
+	if len(raw) < 4 {
+		return errShortRecord
+	}
+	into.kind = binary.LittleEndian.Uint32(raw)
+	switch into.kind {
+	case evRequest:
+		if len(raw) < eventSize {
+			return fmt.Errorf("request event: %w (%d < %d)", errShortRecord, len(raw), eventSize)
+		}
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&into.ev)), eventSize), raw)
+		into.calib = nil
+	case evCalib:
+		if len(raw) < calibSize {
+			return fmt.Errorf("calibration event: %w (%d < %d)", errShortRecord, len(raw), calibSize)
+		}
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(calib)), calibSize), raw)
+		into.ev = calib.Ev
+		into.calib = calib
+	default:
+		return fmt.Errorf("unknown event kind %d", into.kind)
+	}
+	return nil
+}
+
+// str converts a C buffer holding the first bytes of a string of length n.
+func str(b []int8, n uint32) string {
+	if int(n) < len(b) {
+		b = b[:n]
+	}
+	return string(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(b))), len(b)))
+}
+
+func proto(v uint64) string {
+	switch v {
+	case 9:
+		return "HTTP/0.9"
+	case 1000:
+		return "HTTP/1.0"
+	case 1001:
+		return "HTTP/1.1"
+	case 2000:
+		return "HTTP/2.0"
+	case 3000:
+		return "HTTP/3.0"
+	}
+	return ""
+}
+
+// clock converts the kernel's boot-time clock to wall time.
+type clock struct{ bootToWall time.Duration }
+
+// toRequest fills out from a request event. status is headers_out.status (for calibration
+// events it comes from the snapshot).
+func (c clock) toRequest(ev *rawEvent, status uint64, out *model.Request) {
+	*out = model.Request{}
+	out.Start = time.Unix(int64(ev.StartSec), int64(ev.StartMsec)*int64(time.Millisecond))
+	if ev.Flags&fNoClock == 0 {
+		// nginx's own cached clock: the same value $request_time is computed from.
+		out.End = time.Unix(int64(ev.NowSec), int64(ev.NowMsec)*int64(time.Millisecond))
+		out.Latency = out.End.Sub(out.Start)
+	} else {
+		out.End = time.Unix(0, int64(ev.KtimeNs)).Add(c.bootToWall)
+		out.Latency = out.End.Sub(out.Start).Truncate(time.Millisecond)
+	}
+	if out.Latency < 0 {
+		out.Latency = 0
+	}
+	out.Method = str(ev.Method[:], ev.MethodLen)
+	out.Host = str(ev.Host[:], ev.HostLen)
+	out.URI = str(ev.Uri[:], ev.UriLen)
+	out.Proto = proto(ev.HttpVersion)
+	out.Status = finalStatus(status, int64(ev.Rc), ev.Sent)
+	out.HasUpstream = ev.UpstreamTries > 0
+	if out.HasUpstream {
+		out.Upstream = time.Duration(ev.UpstreamMs) * time.Millisecond
+	}
+	out.BytesSent = ev.Sent
+	out.ClientAddr = str(ev.Addr[:], ev.AddrLen)
+	if ev.Flags&fHasLua != 0 {
+		out.HasLua = true
+		for i := range out.LuaPhases {
+			out.LuaPhases[i] = time.Duration(ev.LuaNs[i])
+		}
+	}
+	out.PID = int(ev.Tgid)
+}
+
+// finalStatus applies what ngx_http_free_request does right after our probe: a positive rc
+// (e.g. 499 for a client abort, 400/408 while reading the request) replaces the status when
+// none was set or nothing was sent.
+func finalStatus(status uint64, rc int64, sent uint64) int {
+	if rc > 0 && (status == 0 || sent == 0) {
+		status = uint64(rc)
+	}
+	if status > 999 {
+		return 0
+	}
+	return int(status)
+}
+
+// calibSample turns a calibration event into a learning sample.
+func calibSample(cb *rawCalib, nowSec int64) nginxlayout.Sample {
+	n := int(cb.SnapLen)
+	if n > len(cb.Snap) {
+		n = len(cb.Snap)
+	}
+	s := nginxlayout.Sample{
+		Snap:     cb.Snap[:n],
+		Addr:     cb.Ev.R,
+		NowSec:   nowSec,
+		BPFStart: int(cb.S_off),
+	}
+	if cb.Ev.Flags&fNoClock == 0 && cb.Ev.NowSec != 0 {
+		s.NowSec = int64(cb.Ev.NowSec)
+	}
+	for i := range s.Upstream {
+		u := cb.Up[i]
+		s.Upstream[i] = nginxlayout.UpstreamArray{Ptr: u.Ptr, Nelts: u.Nelts, Size: u.Size, Pool: u.Pool}
+	}
+	if cb.Ev.MethodLen > 0 {
+		s.MethodName = str(cb.Ev.Method[:], cb.Ev.MethodLen)
+	}
+	return s
+}
+
+var errCalibDecode = errors.New("calibration event does not fit the learnt layout")
+
+// decodeCalib decodes a calibration event with a learnt layout: the scalar fields come from
+// the snapshot, the strings from the captures the BPF program made at candidate positions.
+func (c clock) decodeCalib(cb *rawCalib, l nginxlayout.Layout, out *model.Request) error {
+	if int(cb.S_off) != l.Start || int(cb.SnapLen) < l.Status()+8 || int(cb.SnapLen) > len(cb.Snap) {
+		return errCalibDecode
+	}
+	hi, ui := l.HostCandidate(), l.UpstreamCandidate()
+	if hi < 0 || ui < 0 {
+		return errCalibDecode
+	}
+	ev := cb.Ev
+	ev.HostLen = cb.HostLen[hi]
+	copy(ev.Host[:], cb.Host[hi][:])
+	up := cb.Up[ui]
+	if up.Ptr != 0 && up.Nelts > 0 {
+		ev.UpstreamTries = uint32(up.Nelts)
+		ev.UpstreamMs = up.SumMs
+	}
+	status := binary.LittleEndian.Uint64(cb.Snap[l.Status():])
+	c.toRequest(&ev, status, out)
+	if !plausible(&ev, status, out) {
+		return errCalibDecode
+	}
+	return nil
+}
+
+// plausible is the sanity check applied to every decoded request: a wrong layout shows up
+// as garbage here long before it shows up in the statistics.
+func plausible(ev *rawEvent, status uint64, r *model.Request) bool {
+	if ev.MethodLen == 0 || ev.MethodLen > 32 || !nginxlayout.ValidToken(r.Method) {
+		return ev.HttpVersion == 9 || ev.MethodBit == 1 // HTTP/0.9 or a bad request line
+	}
+	if want := nginxlayout.MethodForBit(ev.MethodBit); want != "" && want != r.Method {
+		return false
+	}
+	if status > 999 || r.Proto == "" {
+		return false
+	}
+	if bytes.IndexByte([]byte(r.Host), 0) >= 0 {
+		return false
+	}
+	return r.Latency >= 0 && r.Latency < 48*time.Hour
+}

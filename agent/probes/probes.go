@@ -1,0 +1,679 @@
+// Package probes loads kong-watcher's nginx eBPF program (bpf/nginxreq.c), attaches it to the
+// nginx executables of the gateways discovery finds, keeps the in-kernel process filter up
+// to date, learns each binary's ngx_http_request_t layout (agent/nginxlayout) and turns ring
+// buffer events into model.Requests.
+//
+// One probe hit per request: a uprobe on ngx_http_free_request. Optionally (LuaPhases) two
+// more per Lua phase handler plus a uretprobe on free_request.
+package probes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
+
+	"github.com/kong-watcher/kong-watcher/agent/discovery"
+	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/agent/nginxlayout"
+	"github.com/kong-watcher/kong-watcher/bpf"
+)
+
+// Options configures Probes.
+type Options struct {
+	// LuaPhases times the Lua phase handlers (rewrite, access, content, log) per request.
+	// Costs 2 probe hits per Lua phase per request plus one uretprobe on free_request.
+	LuaPhases bool
+	// RingBufferBytes is the event ring size (rounded up to a power of two pages); default 4 MiB.
+	RingBufferBytes int
+	Log             logr.Logger
+	// Now is the wall clock (tests); default time.Now.
+	Now func() time.Time
+}
+
+// Status is a snapshot of the probes' health, for /readyz, metrics and Events.
+type Status struct {
+	AttachedBinaries int
+	TrackedPIDs      int
+	// Mode is "calibrating" (no layout learnt yet), "ready" or "failed" (see Err).
+	Mode string
+	// Layout describes the learnt offsets of each attached binary.
+	Layout       string
+	Dropped      uint64 // events the kernel could not queue (ring buffer full)
+	Decoded      uint64 // requests delivered to the sink
+	DecodeErrors uint64 // events that could not be turned into a plausible request
+	Calibration  uint64 // calibration events seen
+	AttachMethod string // "uprobe_multi" or "perf"
+	LuaPhases    bool
+	Err          string
+}
+
+// Learning parameters: a layout needs learnNeed agreeing requests (and an 80% majority) and
+// must be found within learnMax requests.
+const (
+	learnNeed = 5
+	learnMax  = 200
+	// pendingMax bounds the calibration events kept to decode once the layout is known.
+	pendingMax = 256
+	// verifyWindow hot-path events are checked after a layout is switched on; if more than
+	// half are implausible the binary goes back to calibration.
+	verifyWindow = 64
+	pollInterval = 150 * time.Millisecond
+)
+
+type binKey struct{ dev, ino uint64 }
+
+type nginxBin struct {
+	key      binKey
+	exe      string
+	id       uint32 // index into nginxreq_layouts
+	info     *binaryInfo
+	links    []link.Link
+	users    int
+	learner  *nginxlayout.Learner
+	layout   *nginxlayout.Layout
+	failed   error
+	pending  []*rawCalib // calibration events waiting for the layout
+	verified int         // hot-path events checked since the layout was switched on
+	bad      int
+	lua      string // where the Lua handlers were attached ("" none)
+}
+
+type gateway struct {
+	gw   discovery.Gateway
+	bin  *nginxBin
+	pids map[int]bool
+}
+
+// Probes is the loaded BPF collection and everything attached from it.
+type Probes struct {
+	opts  Options
+	objs  bpf.NginxReqObjects
+	multi bool
+	clk   clock
+
+	mu       sync.Mutex
+	bins     map[binKey]*nginxBin
+	byID     map[uint32]*nginxBin
+	gws      map[discovery.GatewayID]*gateway
+	pidOwner map[int]discovery.GatewayID
+	nextID   uint32
+	freeIDs  []uint32
+	lastErr  string
+	calPool  sync.Pool
+
+	decoded, decodeErrs, calibs atomic.Uint64
+}
+
+// New loads the BPF collection (nothing is attached yet).
+func New(opts Options) (*Probes, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.RingBufferBytes <= 0 {
+		opts.RingBufferBytes = 4 << 20
+	}
+	size := os.Getpagesize()
+	for size < opts.RingBufferBytes {
+		size <<= 1
+	}
+	spec, err := bpf.LoadNginxReq()
+	if err != nil {
+		return nil, fmt.Errorf("load BPF spec: %w", err)
+	}
+	spec.Maps["nginxreq_events"].MaxEntries = uint32(size)
+
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
+		return nil, fmt.Errorf("stat own PID namespace: %w", err)
+	}
+	// The kernel compares against the nsfs superblock's dev_t in its internal encoding.
+	kdev := uint64(unix.Major(st.Dev))<<20 | uint64(unix.Minor(st.Dev))
+	const procPidInitIno = 0xEFFFFFFC
+	inInit := uint32(0)
+	if st.Ino == procPidInitIno {
+		inInit = 1
+	}
+	for name, v := range map[string]any{
+		"agent_ns_dev": kdev, "agent_ns_ino": st.Ino, "agent_in_init_ns": inInit,
+		"wakeup_bytes": uint64(size / 4),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+
+	p := &Probes{opts: opts, bins: map[binKey]*nginxBin{}, byID: map[uint32]*nginxBin{},
+		gws: map[discovery.GatewayID]*gateway{}, pidOwner: map[int]discovery.GatewayID{}}
+	p.calPool.New = func() any { return new(rawCalib) }
+
+	// uprobe_multi links need CAP_BPF+CAP_PERFMON only; perf-event uprobes need CAP_SYS_ADMIN.
+	// A program is loaded for one or the other, so decide before loading.
+	if err := features.HaveBPFLinkUprobeMulti(); err == nil {
+		p.multi = true
+		for _, ps := range spec.Programs {
+			ps.AttachType = ebpf.AttachTraceUprobeMulti
+		}
+	} else if isPerm(err) {
+		return nil, permError("probe for uprobe_multi support", err, capBPF, capPerfmon)
+	}
+	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("BPF verifier rejected nginxreq: %+v", ve)
+		}
+		return nil, permError("load BPF programs", err, capBPF, capPerfmon)
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err == nil {
+		p.clk.bootToWall = time.Duration(opts.Now().UnixNano() - ts.Nano())
+	}
+	cfg := bpf.NginxReqNginxreqConfig{NowSec: uint64(opts.Now().Unix())}
+	if opts.LuaPhases {
+		cfg.Lua = 1
+	}
+	if err := p.objs.NginxreqCfg.Put(uint32(0), &cfg); err != nil {
+		p.objs.Close()
+		return nil, fmt.Errorf("write BPF config: %w", err)
+	}
+	return p, nil
+}
+
+func (p *Probes) log() logr.Logger { return p.opts.Log }
+
+// Track starts watching a gateway: attaches to its executable unless a gateway using the
+// same file is already tracked, and puts its PIDs into the kernel's process filter.
+func (p *Probes) Track(gw discovery.Gateway) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id := gw.ID()
+	if g, ok := p.gws[id]; ok {
+		g.gw = gw
+		return p.setPIDsLocked(g, gw.PIDs())
+	}
+	key := binKey{gw.ExeDev, gw.ExeIno}
+	b := p.bins[key]
+	if b == nil {
+		var err error
+		if b, err = p.attach(gw, key); err != nil {
+			p.lastErr = err.Error()
+			return err
+		}
+	}
+	b.users++
+	g := &gateway{gw: gw, bin: b, pids: map[int]bool{}}
+	p.gws[id] = g
+	return p.setPIDsLocked(g, gw.PIDs())
+}
+
+func (p *Probes) attach(gw discovery.Gateway, key binKey) (*nginxBin, error) {
+	info, err := readBinary(gw.Exe)
+	if err != nil {
+		return nil, permError("read "+gw.Exe, err, capSysPtrace)
+	}
+	if !info.has["ngx_http_free_request"] {
+		return nil, fmt.Errorf("%s does not export ngx_http_free_request: not an nginx/OpenResty binary kong-watcher can probe", gw.Exe)
+	}
+	ex, err := link.OpenExecutable(gw.Exe)
+	if err != nil {
+		return nil, permError("open "+gw.Exe, err, capSysPtrace)
+	}
+	b := &nginxBin{key: key, exe: gw.Exe, info: info, learner: nginxlayout.NewLearner(learnNeed, learnMax)}
+	if n := len(p.freeIDs); n > 0 {
+		b.id, p.freeIDs = p.freeIDs[n-1], p.freeIDs[:n-1]
+	} else {
+		if p.nextID >= p.objs.NginxreqLayouts.MaxEntries() {
+			return nil, fmt.Errorf("too many distinct nginx binaries (%d)", p.nextID)
+		}
+		b.id = p.nextID
+		p.nextID++
+	}
+	if err := p.objs.NginxreqLayouts.Put(b.id, &bpf.NginxReqNginxreqLayout{}); err != nil {
+		return nil, fmt.Errorf("reset layout: %w", err)
+	}
+	fail := func(err error) (*nginxBin, error) {
+		for _, l := range b.links {
+			l.Close()
+		}
+		p.freeIDs = append(p.freeIDs, b.id)
+		return nil, err
+	}
+	// With Lua timing on, the return probe must be in place before the entry probe parks
+	// events for it.
+	if p.opts.LuaPhases {
+		if err := p.attachSyms(b, ex, []string{"ngx_http_free_request"}, p.objs.NginxreqFreeRequestRet, true, nil); err != nil {
+			return fail(err)
+		}
+	}
+	if err := p.attachSyms(b, ex, []string{"ngx_http_free_request"}, p.objs.NginxreqFreeRequest, false, nil); err != nil {
+		return fail(err)
+	}
+	if p.opts.LuaPhases {
+		if err := p.attachLua(b, gw); err != nil {
+			// Request events still flow; say why Lua timing is missing.
+			p.log().Info("Lua phase timing unavailable", "exe", gw.Exe, "err", err.Error())
+			p.lastErr = err.Error()
+		}
+	}
+	p.bins[key] = b
+	p.byID[b.id] = b
+	p.log().Info("attached nginx probes", "exe", gw.Exe, "method", p.attachMethod(), "lua", b.lua,
+		"ngx_cached_time", info.cachedTime != 0)
+	return b, nil
+}
+
+var luaHandlers = []string{
+	"ngx_http_lua_rewrite_handler", "ngx_http_lua_access_handler",
+	"ngx_http_lua_content_handler", "ngx_http_lua_log_handler",
+}
+
+// attachLua finds the Lua phase handlers: in the executable itself (OpenResty, Kong) or in a
+// dynamically loaded lua module (Debian's libnginx-mod-http-lua), opened through the
+// gateway's root so it is the file the gateway really mapped.
+func (p *Probes) attachLua(b *nginxBin, gw discovery.Gateway) error {
+	path := gw.Exe
+	info, err := readBinary(path, luaHandlers...)
+	if err != nil || !info.has[luaHandlers[0]] {
+		lib, lerr := findLibrary(gw.Master.PID, "lua")
+		if lerr != nil {
+			return fmt.Errorf("no Lua module: %s does not export %s and no lua library is mapped", gw.Exe, luaHandlers[0])
+		}
+		root := gw.Root
+		if root == "" {
+			root = fmt.Sprintf("/proc/%d/root", gw.Master.PID)
+		}
+		path = filepath.Join(root, lib)
+		if info, err = readBinary(path, luaHandlers...); err != nil {
+			return permError("read "+path, err, capSysPtrace)
+		}
+	}
+	var syms []string
+	var cookies []uint64
+	for i, s := range luaHandlers {
+		if info.has[s] {
+			syms = append(syms, s)
+			cookies = append(cookies, uint64(i))
+		}
+	}
+	if len(syms) == 0 {
+		return fmt.Errorf("%s exports no Lua phase handler", path)
+	}
+	ex, err := link.OpenExecutable(path)
+	if err != nil {
+		return permError("open "+path, err, capSysPtrace)
+	}
+	if err := p.attachSyms(b, ex, syms, p.objs.NginxreqLuaExit, true, cookies); err != nil {
+		return err
+	}
+	if err := p.attachSyms(b, ex, syms, p.objs.NginxreqLuaEnter, false, cookies); err != nil {
+		return err
+	}
+	b.lua = path
+	return nil
+}
+
+func (p *Probes) attachMethod() string {
+	if p.multi {
+		return "uprobe_multi"
+	}
+	return "perf"
+}
+
+func (p *Probes) attachSyms(b *nginxBin, ex *link.Executable, syms []string, prog *ebpf.Program, ret bool, cookies []uint64) error {
+	what := fmt.Sprintf("attach %s to %s", prog, strings.Join(syms, ","))
+	if p.multi {
+		opts := &link.UprobeMultiOptions{Cookies: cookies}
+		var l link.Link
+		var err error
+		if ret {
+			l, err = ex.UretprobeMulti(syms, prog, opts)
+		} else {
+			l, err = ex.UprobeMulti(syms, prog, opts)
+		}
+		if err != nil {
+			return permError(what+" (uprobe_multi)", err, capBPF, capPerfmon)
+		}
+		b.links = append(b.links, l)
+		return nil
+	}
+	for i, s := range syms {
+		opts := &link.UprobeOptions{}
+		if cookies != nil {
+			opts.Cookie = cookies[i]
+		}
+		var l link.Link
+		var err error
+		if ret {
+			l, err = ex.Uretprobe(s, prog, opts)
+		} else {
+			l, err = ex.Uprobe(s, prog, opts)
+		}
+		if err != nil {
+			// perf_event_open uprobes need CAP_SYS_ADMIN on this kernel generation.
+			return permError(what+" (perf event)", err, capSysAdmin, capPerfmon, capBPF)
+		}
+		b.links = append(b.links, l)
+	}
+	return nil
+}
+
+// Untrack stops watching a gateway; its binary is detached when no gateway uses it.
+func (p *Probes) Untrack(id discovery.GatewayID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	g, ok := p.gws[id]
+	if !ok {
+		return
+	}
+	p.setPIDsLocked(g, nil)
+	delete(p.gws, id)
+	b := g.bin
+	b.users--
+	if b.users <= 0 {
+		p.detachLocked(b)
+	}
+}
+
+func (p *Probes) detachLocked(b *nginxBin) {
+	for _, l := range b.links {
+		l.Close()
+	}
+	b.links = nil
+	delete(p.bins, b.key)
+	delete(p.byID, b.id)
+	p.freeIDs = append(p.freeIDs, b.id)
+}
+
+// SetPIDs replaces a tracked gateway's PIDs (after a reload or a worker respawn).
+func (p *Probes) SetPIDs(id discovery.GatewayID, pids []int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if g, ok := p.gws[id]; ok {
+		if err := p.setPIDsLocked(g, pids); err != nil {
+			p.lastErr = err.Error()
+			p.log().Error(err, "update process filter", "gateway", id)
+		}
+	}
+}
+
+func (p *Probes) setPIDsLocked(g *gateway, pids []int) error {
+	want := map[int]bool{}
+	for _, pid := range pids {
+		want[pid] = true
+	}
+	for pid := range g.pids {
+		if !want[pid] {
+			p.objs.NginxreqProcs.Delete(uint32(pid))
+			delete(g.pids, pid)
+			delete(p.pidOwner, pid)
+		}
+	}
+	var errs []error
+	for pid := range want {
+		if g.pids[pid] {
+			continue
+		}
+		v := bpf.NginxReqNginxreqProc{LayoutId: g.bin.id}
+		if g.bin.info.cachedTime != 0 {
+			base, err := loadBase(pid, g.bin.key.ino, g.bin.info)
+			if err != nil {
+				// Latency falls back to the kernel clock (not nginx's exact ms).
+				p.log().Info("no load base; latency from kernel clock", "pid", pid, "err", err.Error())
+			} else {
+				v.CachedTimeAddr = base + g.bin.info.cachedTime
+			}
+		}
+		if err := p.objs.NginxreqProcs.Put(uint32(pid), &v); err != nil {
+			errs = append(errs, fmt.Errorf("filter pid %d: %w", pid, err))
+			continue
+		}
+		g.pids[pid] = true
+		p.pidOwner[pid] = g.gw.ID()
+	}
+	return errors.Join(errs...)
+}
+
+// Run reads events until ctx is done, delivering each request to sink.
+func (p *Probes) Run(ctx context.Context, sink model.Sink) error {
+	rd, err := ringbuf.NewReader(p.objs.NginxreqEvents)
+	if err != nil {
+		return fmt.Errorf("open ring buffer: %w", err)
+	}
+	defer rd.Close()
+	var (
+		rec     ringbuf.Record
+		r       record
+		req     model.Request
+		lastNow time.Time
+	)
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		now := p.opts.Now()
+		if now.Sub(lastNow) >= time.Second {
+			// The BPF calibration scan looks for start_sec near this.
+			p.objs.NginxreqCfg.Put(uint32(0), p.config(now))
+			lastNow = now
+		}
+		// Wake-ups are batched in the kernel: poll with a deadline so no event waits long.
+		rd.SetDeadline(now.Add(pollInterval))
+		for {
+			err := rd.ReadInto(&rec)
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					break
+				}
+				if errors.Is(err, ringbuf.ErrClosed) {
+					return nil
+				}
+				return fmt.Errorf("read ring buffer: %w", err)
+			}
+			p.handle(rec.RawSample, &r, &req, sink)
+		}
+	}
+}
+
+func (p *Probes) config(now time.Time) *bpf.NginxReqNginxreqConfig {
+	cfg := &bpf.NginxReqNginxreqConfig{NowSec: uint64(now.Unix())}
+	if p.opts.LuaPhases {
+		cfg.Lua = 1
+	}
+	return cfg
+}
+
+func (p *Probes) handle(raw []byte, r *record, req *model.Request, sink model.Sink) {
+	cb := p.calPool.Get().(*rawCalib)
+	if err := parseRecord(raw, r, cb); err != nil {
+		p.calPool.Put(cb)
+		p.decodeErrs.Add(1)
+		return
+	}
+	if r.kind == evRequest {
+		p.calPool.Put(cb)
+		p.clk.toRequest(&r.ev, r.ev.Status, req)
+		if !plausible(&r.ev, r.ev.Status, req) {
+			p.decodeErrs.Add(1)
+			p.verify(r.ev.LayoutId, false)
+			return
+		}
+		p.verify(r.ev.LayoutId, true)
+		p.decoded.Add(1)
+		sink.Observe(req)
+		return
+	}
+	p.calibs.Add(1)
+	for _, c := range p.calibrate(cb) {
+		if err := p.clk.decodeCalib(c, *p.layoutOf(c.Ev.LayoutId), req); err != nil {
+			p.decodeErrs.Add(1)
+		} else {
+			p.decoded.Add(1)
+			sink.Observe(req)
+		}
+		p.calPool.Put(c)
+	}
+}
+
+func (p *Probes) layoutOf(id uint32) *nginxlayout.Layout {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b := p.byID[id]; b != nil {
+		return b.layout
+	}
+	return nil
+}
+
+// calibrate feeds a calibration event to its binary's learner and returns the calibration
+// events that can now be decoded (none while learning).
+func (p *Probes) calibrate(cb *rawCalib) []*rawCalib {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.byID[cb.Ev.LayoutId]
+	if b == nil || b.failed != nil {
+		p.decodeErrs.Add(1)
+		p.calPool.Put(cb)
+		return nil
+	}
+	if b.layout != nil {
+		return []*rawCalib{cb}
+	}
+	lay, err := b.learner.Add(calibSample(cb, p.opts.Now().Unix()))
+	if err != nil {
+		b.failed = err
+		p.lastErr = fmt.Sprintf("%s: %v", b.exe, err)
+		p.log().Error(err, "cannot learn nginx request layout; detaching", "exe", b.exe)
+		p.decodeErrs.Add(uint64(len(b.pending)) + 1)
+		b.pending = nil
+		for _, l := range b.links {
+			l.Close()
+		}
+		b.links = nil
+		return nil
+	}
+	if lay == nil {
+		if len(b.pending) < pendingMax {
+			b.pending = append(b.pending, cb)
+		} else {
+			p.decodeErrs.Add(1)
+			p.calPool.Put(cb)
+		}
+		return nil
+	}
+	b.layout = lay
+	kl := bpf.NginxReqNginxreqLayout{
+		Ready:      1,
+		OffStatus:  uint32(lay.Status()),
+		OffServer:  uint32(lay.Server()),
+		OffStart:   uint32(lay.Start),
+		OffUri:     uint32(lay.UnparsedURI()),
+		OffMname:   uint32(lay.MethodName()),
+		OffUstates: uint32(lay.UpstreamStates),
+		OffConn:    nginxlayout.ConnOffset,
+		ConnSent:   nginxlayout.ConnSentOffset,
+		ConnAddr:   nginxlayout.ConnAddrOffset,
+		UstateRt:   nginxlayout.UpstreamRTOffset,
+	}
+	if err := p.objs.NginxreqLayouts.Put(b.id, &kl); err != nil {
+		p.lastErr = err.Error()
+	}
+	p.log().Info("learnt nginx request layout", "exe", b.exe, "layout", lay.String(), "samples", b.learner.Seen())
+	out := append(b.pending, cb)
+	b.pending = nil
+	return out
+}
+
+// verify watches the first hot-path events after a layout went live: if most are
+// implausible the layout was wrong after all, and the binary goes back to calibration.
+func (p *Probes) verify(id uint32, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.byID[id]
+	if b == nil || b.layout == nil || b.verified >= verifyWindow {
+		return
+	}
+	b.verified++
+	if !ok {
+		b.bad++
+	}
+	if b.bad*2 > verifyWindow || (b.verified == verifyWindow && b.bad*2 > b.verified) {
+		p.log().Info("learnt layout produces implausible requests; recalibrating", "exe", b.exe, "layout", b.layout.String())
+		b.layout, b.verified, b.bad = nil, 0, 0
+		b.learner = nginxlayout.NewLearner(learnNeed, learnMax)
+		p.objs.NginxreqLayouts.Put(b.id, &bpf.NginxReqNginxreqLayout{})
+	}
+}
+
+// Status reports the probes' state.
+func (p *Probes) Status() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := Status{AttachedBinaries: 0, TrackedPIDs: len(p.pidOwner), AttachMethod: p.attachMethod(),
+		LuaPhases: p.opts.LuaPhases, Err: p.lastErr}
+	mode := "ready"
+	var layouts []string
+	calibrating := len(p.bins) == 0
+	for _, b := range p.bins {
+		if len(b.links) > 0 {
+			s.AttachedBinaries++
+		}
+		switch {
+		case b.failed != nil:
+			mode = "failed"
+		case b.layout == nil:
+			calibrating = true
+			layouts = append(layouts, b.exe+": calibrating")
+		default:
+			layouts = append(layouts, b.exe+": "+b.layout.String())
+		}
+	}
+	if mode != "failed" && calibrating {
+		mode = "calibrating"
+	}
+	s.Mode = mode
+	sort.Strings(layouts)
+	s.Layout = strings.Join(layouts, "; ")
+	s.Dropped = p.counter(0) + p.counter(1) + p.counter(3)
+	s.Decoded = p.decoded.Load()
+	s.DecodeErrors = p.decodeErrs.Load()
+	s.Calibration = p.calibs.Load()
+	return s
+}
+
+func (p *Probes) counter(idx uint32) uint64 {
+	var per []uint64
+	if err := p.objs.NginxreqCounters.Lookup(idx, &per); err != nil {
+		return 0
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n
+}
+
+// Close detaches everything and unloads the collection.
+func (p *Probes) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range p.bins {
+		for _, l := range b.links {
+			l.Close()
+		}
+		b.links = nil
+	}
+	p.bins = map[binKey]*nginxBin{}
+	return p.objs.Close()
+}

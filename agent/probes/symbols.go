@@ -1,0 +1,127 @@
+package probes
+
+import (
+	"bufio"
+	"debug/elf"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// binaryInfo is what the agent needs from an nginx executable's ELF file.
+type binaryInfo struct {
+	pie bool
+	// cachedTime is the st_value of ngx_cached_time (a `volatile ngx_time_t *`), 0 if the
+	// binary does not export it.
+	cachedTime uint64
+	// firstLoad is the page-aligned virtual address of the first PT_LOAD segment.
+	firstLoad uint64
+	// has reports which of the symbols we care about the file exports (dynamic or static).
+	has map[string]bool
+}
+
+var wantedSymbols = []string{"ngx_http_free_request", "ngx_cached_time"}
+
+func readBinary(path string, extra ...string) (*binaryInfo, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	bi := &binaryInfo{pie: f.Type == elf.ET_DYN, has: map[string]bool{}}
+	first := true
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_LOAD && first {
+			bi.firstLoad = p.Vaddr &^ 0xfff
+			first = false
+		}
+	}
+	want := map[string]bool{}
+	for _, s := range append(wantedSymbols, extra...) {
+		want[s] = true
+	}
+	scan := func(syms []elf.Symbol) {
+		for _, s := range syms {
+			if !want[s.Name] || s.Section == elf.SHN_UNDEF {
+				continue
+			}
+			bi.has[s.Name] = true
+			if s.Name == "ngx_cached_time" {
+				bi.cachedTime = s.Value
+			}
+		}
+	}
+	if syms, err := f.DynamicSymbols(); err == nil {
+		scan(syms)
+	}
+	if syms, err := f.Symbols(); err == nil {
+		scan(syms)
+	}
+	return bi, nil
+}
+
+// mapping is one line of /proc/<pid>/maps.
+type mapping struct {
+	start, offset, inode uint64
+	path                 string
+}
+
+func readMaps(pid int) ([]mapping, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []mapping
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// start-end perms offset dev inode path
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 6 {
+			continue
+		}
+		rng := strings.SplitN(fs[0], "-", 2)
+		start, err1 := strconv.ParseUint(rng[0], 16, 64)
+		off, err2 := strconv.ParseUint(fs[2], 16, 64)
+		ino, err3 := strconv.ParseUint(fs[4], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil {
+			continue
+		}
+		out = append(out, mapping{start: start, offset: off, inode: ino, path: strings.Join(fs[5:], " ")})
+	}
+	return out, sc.Err()
+}
+
+// loadBase is the difference between run-time and link-time addresses of the executable
+// (identified by inode) in process pid.
+func loadBase(pid int, ino uint64, bi *binaryInfo) (uint64, error) {
+	if !bi.pie {
+		return 0, nil
+	}
+	ms, err := readMaps(pid)
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range ms {
+		if m.inode == ino && m.offset == 0 {
+			return m.start - bi.firstLoad, nil
+		}
+	}
+	return 0, fmt.Errorf("executable (inode %d) not mapped in pid %d", ino, pid)
+}
+
+// findLibrary returns the path (as the process sees it) of a mapped file whose name
+// contains substr, e.g. the lua module of Debian's nginx.
+func findLibrary(pid int, substr string) (string, error) {
+	ms, err := readMaps(pid)
+	if err != nil {
+		return "", err
+	}
+	for _, m := range ms {
+		if strings.HasPrefix(m.path, "/") && strings.Contains(m.path, substr) {
+			return strings.TrimSuffix(m.path, " (deleted)"), nil
+		}
+	}
+	return "", os.ErrNotExist
+}

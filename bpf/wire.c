@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+// The wire-level fallback data path: copies what an nginx worker reads from and writes to its
+// client sockets (libc recv/send/writev/sendfile/close) and TLS sessions (OpenSSL
+// SSL_read/SSL_write/SSL_free) into a ring buffer; agent/wire parses HTTP/1 from it.
+//
+// One program handles every function's entry and one every return: the function is told
+// apart by the attach cookie, so a library costs two links however many functions it has.
+// No vmlinux.h: uprobes only need the UAPI pt_regs, which keeps this file independent of the
+// other data path's headers.
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "headers/wire_types.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+// The agent's PID namespace (st_dev, st_ino of /proc/self/ns/pid), set at load time: the
+// probes live in shared libraries and fire in every process on the host, and PIDs in the
+// pids map are the agent's view of the gateway's workers.
+volatile const __u64 pidns_dev;
+volatile const __u64 pidns_ino;
+// Wake the reader only once this many bytes wait in the ring: one wake-up per event costs
+// more than the probes on 2 cores (FACTS.md); the reader polls on a short timer anyway.
+volatile const __u64 wakeup_bytes = 64 * 1024;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20); // resized by the loader
+} wire_events SEC(".maps");
+
+// Namespaced TGIDs whose I/O is captured (the gateway's workers).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} wire_pids SEC(".maps");
+
+// Arguments of a call in flight, by thread (pid_tgid): a thread is in at most one of these
+// functions at a time. LRU so that a return that never comes (thread killed) cannot fill it.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct wire_call);
+} wire_calls SEC(".maps");
+
+// Event under construction: too big for the 512-byte stack.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wire_event);
+} wire_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WIRE_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} wire_stats SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&wire_stats, &which);
+	if (v)
+		*v += 1;
+}
+
+// tracked returns the caller's TGID as the agent sees it, or 0 when the caller is not one of
+// the gateway processes (or lives in another PID namespace, which bpf_get_ns_current_pid_tgid
+// reports as an error).
+static __always_inline __u32 tracked(void)
+{
+	struct bpf_pidns_info ns = {};
+	if (bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino, &ns, sizeof(ns)))
+		return 0;
+	__u32 tgid = ns.tgid;
+	if (!bpf_map_lookup_elem(&wire_pids, &tgid))
+		return 0;
+	return tgid;
+}
+
+static __always_inline __u64 wake_flags(void)
+{
+	return bpf_ringbuf_query(&wire_events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									      : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void submit(struct wire_event *e)
+{
+	__u64 size = sizeof(struct wire_event_hdr) + (e->hdr.cap & (WIRE_CAP - 1 | WIRE_CAP));
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	if (bpf_ringbuf_output(&wire_events, e, size, wake_flags()))
+		count(WIRE_STAT_DROPS);
+	else
+		count(WIRE_STAT_EVENTS);
+}
+
+// emit_buf sends the len bytes at user address p as up to WIRE_MAX_PARTS events of at most
+// WIRE_CAP captured bytes. The last event accounts for everything left (its len exceeds its
+// cap), so the lengths always add up to what the call transferred: user space frames bodies
+// by these lengths, never by captured bytes.
+static __always_inline void emit_buf(struct wire_event *e, __u64 p, __u64 len)
+{
+	for (int i = 0; i < WIRE_MAX_PARTS; i++) {
+		if (len == 0)
+			return;
+		__u64 n = len;
+		if (n > WIRE_CAP)
+			n = WIRE_CAP;
+		e->hdr.len = (i == WIRE_MAX_PARTS - 1) ? len : n;
+		e->hdr.cap = n;
+		if (bpf_probe_read_user(e->data, n & (WIRE_CAP - 1 | WIRE_CAP), (void *)p))
+			e->hdr.cap = 0;
+		submit(e);
+		p += n;
+		len -= e->hdr.len;
+	}
+}
+
+static __always_inline struct wire_event *new_event(__u32 tgid, __u64 conn, __u8 fn)
+{
+	__u32 zero = 0;
+	struct wire_event *e = bpf_map_lookup_elem(&wire_scratch, &zero);
+	if (!e)
+		return 0;
+	e->hdr.ts = bpf_ktime_get_ns();
+	e->hdr.conn = conn;
+	e->hdr.tgid = tgid;
+	e->hdr.len = 0;
+	e->hdr.cap = 0;
+	e->hdr.fn = fn;
+	e->hdr.kind = WIRE_KIND_DATA;
+	e->hdr.tls = fn == WIRE_FN_SSL_READ || fn == WIRE_FN_SSL_WRITE || fn == WIRE_FN_SSL_FREE;
+	e->hdr.dir = (fn == WIRE_FN_RECV || fn == WIRE_FN_SSL_READ) ? WIRE_DIR_IN : WIRE_DIR_OUT;
+	e->hdr._pad[0] = e->hdr._pad[1] = 0;
+	return e;
+}
+
+SEC("uprobe")
+int wire_enter(struct pt_regs *ctx)
+{
+	__u8 fn = bpf_get_attach_cookie(ctx);
+	__u32 tgid = tracked();
+	if (!tgid)
+		return 0;
+	if (fn == WIRE_FN_CLOSE || fn == WIRE_FN_SSL_FREE) {
+		__u64 conn = fn == WIRE_FN_CLOSE ? (__u64)(__u32)PT_REGS_PARM1(ctx) : PT_REGS_PARM1(ctx);
+		if (!conn && fn == WIRE_FN_SSL_FREE)
+			return 0;
+		struct wire_event *e = new_event(tgid, conn, fn);
+		if (!e)
+			return 0;
+		e->hdr.kind = WIRE_KIND_CLOSE;
+		submit(e);
+		return 0;
+	}
+	// nginx peeks one byte with recv(MSG_PEEK) to tell TLS from plain HTTP: not consumed.
+	if (fn == WIRE_FN_RECV && (PT_REGS_PARM4(ctx) & 2 /* MSG_PEEK */))
+		return 0;
+	struct wire_call c = {
+		.a0 = PT_REGS_PARM1(ctx),
+		.a1 = PT_REGS_PARM2(ctx),
+		.a2 = PT_REGS_PARM3(ctx),
+		.tgid = tgid,
+		.fn = fn,
+	};
+	if (fn == WIRE_FN_SENDFILE) // sendfile(out_fd, in_fd, off, count): only out_fd matters
+		c.a1 = 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&wire_calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int wire_exit(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct wire_call *cp = bpf_map_lookup_elem(&wire_calls, &id);
+	if (!cp)
+		return 0; // not a tracked process
+	struct wire_call c = *cp;
+	bpf_map_delete_elem(&wire_calls, &id);
+	long ret = PT_REGS_RC(ctx);
+	if (ret <= 0)
+		return 0;
+	__u64 conn = c.a0;
+	if (c.fn != WIRE_FN_SSL_READ && c.fn != WIRE_FN_SSL_WRITE)
+		conn = (__u32)c.a0; // an int fd
+	struct wire_event *e = new_event(c.tgid, conn, c.fn);
+	if (!e)
+		return 0;
+	__u64 left = ret;
+	switch (c.fn) {
+	case WIRE_FN_WRITEV: {
+		// One event train per iovec, so a header buffer followed by a body buffer keeps the
+		// header whole; iovecs past WIRE_MAX_IOV are folded into the last event's len.
+		for (int i = 0; i < WIRE_MAX_IOV; i++) {
+			if (left == 0 || i >= (int)c.a2)
+				break;
+			struct { __u64 base, len; } iov;
+			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(c.a1 + i * 16)))
+				break;
+			__u64 n = iov.len < left ? iov.len : left;
+			if (i == WIRE_MAX_IOV - 1 || i == (int)c.a2 - 1)
+				n = left;
+			emit_buf(e, iov.base, n);
+			left -= n;
+		}
+		if (left) { // unreadable iovec: still account for the bytes
+			e->hdr.len = left;
+			e->hdr.cap = 0;
+			submit(e);
+		}
+		break;
+	}
+	case WIRE_FN_SENDFILE:
+		// File data: only its length matters, to skip it in the response body.
+		e->hdr.len = ret;
+		e->hdr.cap = 0;
+		submit(e);
+		break;
+	default:
+		emit_buf(e, c.a1, ret);
+	}
+	return 0;
+}

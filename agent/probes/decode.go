@@ -119,7 +119,10 @@ func (c clock) toRequest(ev *rawEvent, status uint64, out *model.Request) {
 	out.Method = str(ev.Method[:], ev.MethodLen)
 	out.Host = str(ev.Host[:], ev.HostLen)
 	out.URI = str(ev.Uri[:], ev.UriLen)
-	out.Proto = proto(ev.HttpVersion)
+	if ev.MethodLen > 0 {
+		// No request line parsed (a 400 on it): nginx logs no protocol either.
+		out.Proto = proto(ev.HttpVersion)
+	}
 	out.Status = finalStatus(status, int64(ev.Rc), ev.Sent)
 	out.HasUpstream = ev.UpstreamTries > 0
 	if out.HasUpstream {

@@ -1,0 +1,294 @@
+package probes
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/kong-watcher/kong-watcher/agent/discovery"
+)
+
+const (
+	ndkModule = "/usr/lib/nginx/modules/ndk_http_module.so"
+	luaModule = "/usr/lib/nginx/modules/ngx_http_lua_module.so"
+	nginxExe  = "/usr/sbin/nginx"
+)
+
+// requireIntegration skips (or, with KW_REQUIRE_INTEGRATION=1, fails) a test whose
+// prerequisites are missing.
+func requireIntegration(t testing.TB, bins ...string) {
+	t.Helper()
+	need := os.Getenv("KW_REQUIRE_INTEGRATION") == "1"
+	miss := func(why string) {
+		t.Helper()
+		if need {
+			t.Fatalf("KW_REQUIRE_INTEGRATION=1 but %s", why)
+		}
+		t.Skip(why)
+	}
+	if os.Geteuid() != 0 {
+		miss("needs root (BPF, uprobes)")
+	}
+	for _, f := range []string{nginxExe, ndkModule, luaModule} {
+		if _, err := os.Stat(f); err != nil {
+			miss(f + " missing (apt-get install nginx libnginx-mod-http-lua)")
+		}
+	}
+	for _, b := range append([]string{"openssl"}, bins...) {
+		if _, err := exec.LookPath(b); err != nil {
+			miss(b + " not installed")
+		}
+	}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// testNginx is a private nginx (Debian's binary + the lua module) on loopback ports.
+type testNginx struct {
+	Dir                          string
+	Port, TLSPort, UpPort, Dead  int
+	AccessLog                    string
+	cmd                          *exec.Cmd
+	Master                       int
+}
+
+const nginxConf = `
+load_module {{.NDK}};
+load_module {{.Lua}};
+worker_processes 2;
+daemon off;
+master_process on;
+pid {{.Dir}}/nginx.pid;
+error_log {{.Dir}}/error.log warn;
+events { worker_connections 1024; }
+http {
+  client_body_temp_path {{.Dir}}/tmp/body;
+  proxy_temp_path {{.Dir}}/tmp/proxy;
+  fastcgi_temp_path {{.Dir}}/tmp/fastcgi;
+  uwsgi_temp_path {{.Dir}}/tmp/uwsgi;
+  scgi_temp_path {{.Dir}}/tmp/scgi;
+  lua_socket_log_errors off;
+  log_format kw '$status	$host	$request_method	$request_uri	$request_time	$upstream_response_time	$bytes_sent	$server_protocol	$remote_addr	$pid';
+  access_log {{.Dir}}/access.log kw;
+  server {
+    listen 127.0.0.1:{{.Port}};
+    listen 127.0.0.1:{{.TLSPort}} ssl http2;
+    ssl_certificate {{.Dir}}/cert.pem;
+    ssl_certificate_key {{.Dir}}/key.pem;
+    server_name kw.test;
+    root {{.Dir}}/html;
+    location = /ok { return 200 "ok\n"; }
+    location /static/ { error_page 404 /404.html; }
+    location = /404.html { internal; }
+    location /slow { proxy_pass http://127.0.0.1:{{.UpPort}}; }
+    location /dead { proxy_pass http://127.0.0.1:{{.Dead}}; }
+    location /lua { content_by_lua_block { ngx.sleep(0.005) ngx.say("lua") } }
+    location /phases {
+      rewrite_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
+      access_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
+      content_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end ngx.say(x) }
+      log_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
+    }
+  }
+  server {
+    listen 127.0.0.1:{{.UpPort}};
+    location / { content_by_lua_block { ngx.sleep(0.02) ngx.say("slow upstream") } }
+  }
+}
+`
+
+func startNginx(t testing.TB) *testNginx {
+	t.Helper()
+	dir := t.TempDir()
+	// Workers run as an unprivileged user: let them into the test's directory.
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
+	n := &testNginx{Dir: dir, Port: freePort(t), TLSPort: freePort(t), UpPort: freePort(t), Dead: freePort(t),
+		AccessLog: filepath.Join(dir, "access.log")}
+	for _, d := range []string{"tmp", "html/static", "logs"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "html/404.html"), []byte("not here\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "html/static/a.txt"), []byte(strings.Repeat("a", 3000)), 0o644)
+	out, err := exec.Command("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+		"-subj", "/CN=kw.test", "-keyout", filepath.Join(dir, "key.pem"), "-out", filepath.Join(dir, "cert.pem")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl: %v\n%s", err, out)
+	}
+	f, err := os.Create(filepath.Join(dir, "nginx.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = template.Must(template.New("c").Parse(nginxConf)).Execute(f, map[string]any{
+		"NDK": ndkModule, "Lua": luaModule, "Dir": dir, "Port": n.Port, "TLSPort": n.TLSPort,
+		"UpPort": n.UpPort, "Dead": n.Dead})
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.cmd = exec.Command(nginxExe, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
+	n.cmd.Stdout, n.cmd.Stderr = os.Stderr, os.Stderr
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n.Master = n.cmd.Process.Pid
+	t.Cleanup(n.stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", n.Port)); err == nil {
+			c.Close()
+			if len(n.Workers()) == 2 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Fatalf("nginx did not start:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return n
+}
+
+func (n *testNginx) stop() {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	n.cmd.Process.Signal(syscall.SIGQUIT)
+	done := make(chan struct{})
+	go func() { n.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		n.cmd.Process.Kill()
+		<-done
+	}
+	n.cmd = nil
+}
+
+// Workers are the master's children (nginx workers), by scanning /proc.
+func (n *testNginx) Workers() []discovery.Process {
+	ents, _ := os.ReadDir("/proc")
+	var out []discovery.Process
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		rest := s[strings.LastIndexByte(s, ')')+2:]
+		fs := strings.Fields(rest)
+		if len(fs) < 20 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(fs[1])
+		if ppid != n.Master {
+			continue
+		}
+		st, _ := strconv.ParseUint(fs[19], 10, 64)
+		out = append(out, discovery.Process{PID: pid, PPID: ppid, Comm: "nginx", StartTime: st})
+	}
+	return out
+}
+
+func (n *testNginx) Gateway(t testing.TB) discovery.Gateway {
+	t.Helper()
+	exe := fmt.Sprintf("/proc/%d/exe", n.Master)
+	var st syscall.Stat_t
+	if err := syscall.Stat(exe, &st); err != nil {
+		t.Fatal(err)
+	}
+	return discovery.Gateway{
+		Master:  discovery.Process{PID: n.Master, Comm: "nginx"},
+		Workers: n.Workers(),
+		Exe:     exe,
+		Root:    fmt.Sprintf("/proc/%d/root", n.Master),
+		ExeDev:  uint64(st.Dev),
+		ExeIno:  st.Ino,
+	}
+}
+
+// logLine is one access log line of the kw format.
+type logLine struct {
+	Status                          int
+	Host, Method, URI, Proto, Addr  string
+	ReqMs                           int64
+	UpMs                            int64
+	HasUp                           bool
+	Bytes                           uint64
+	PID                             int
+	raw                             string
+}
+
+func parseMs(s string) (int64, bool) {
+	// "0.020" -> 20; nginx prints %T.%03M
+	sec, frac, ok := strings.Cut(s, ".")
+	if !ok {
+		return 0, false
+	}
+	a, err1 := strconv.ParseInt(sec, 10, 64)
+	b, err2 := strconv.ParseInt(frac, 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return a*1000 + b, true
+}
+
+func readAccessLog(t testing.TB, path string) []logLine {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []logLine
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if l == "" {
+			continue
+		}
+		fs := strings.Split(l, "\t")
+		if len(fs) != 10 {
+			t.Fatalf("bad log line %q", l)
+		}
+		var ll logLine
+		ll.raw = l
+		ll.Status, _ = strconv.Atoi(fs[0])
+		ll.Host, ll.Method, ll.URI = fs[1], fs[2], fs[3]
+		ll.ReqMs, _ = parseMs(fs[4])
+		if fs[5] != "-" {
+			ll.HasUp = true
+			// one entry per try: "0.020, 0.001" (and " : " across internal redirects)
+			for _, p := range strings.FieldsFunc(fs[5], func(r rune) bool { return r == ',' || r == ':' }) {
+				if ms, ok := parseMs(strings.TrimSpace(p)); ok {
+					ll.UpMs += ms
+				}
+			}
+		}
+		ll.Bytes, _ = strconv.ParseUint(fs[6], 10, 64)
+		ll.Proto, ll.Addr = fs[7], fs[8]
+		ll.PID, _ = strconv.Atoi(fs[9])
+		out = append(out, ll)
+	}
+	return out
+}

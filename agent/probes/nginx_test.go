@@ -1,0 +1,302 @@
+package probes
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+
+	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/agent/nginxlayout"
+)
+
+type collector struct {
+	mu   sync.Mutex
+	reqs []model.Request
+}
+
+func (c *collector) Observe(r *model.Request) {
+	c.mu.Lock()
+	c.reqs = append(c.reqs, *r)
+	c.mu.Unlock()
+}
+
+func (c *collector) snapshot() []model.Request {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]model.Request(nil), c.reqs...)
+}
+
+func (c *collector) waitFor(t testing.TB, n int, d time.Duration) []model.Request {
+	deadline := time.Now().Add(d)
+	for {
+		got := c.snapshot()
+		if len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startProbes loads, tracks the nginx and runs the reader until the test ends.
+func startProbes(t *testing.T, n *testNginx, opts Options) (*Probes, *collector) {
+	t.Helper()
+	opts.Log = testr.New(t)
+	p, err := New(opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := p.Track(n.Gateway(t)); err != nil {
+		p.Close()
+		t.Fatalf("Track: %v", err)
+	}
+	c := &collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, c) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		p.Close()
+	})
+	return p, c
+}
+
+// traffic sends a mix of requests; every request with a URI carries a unique id so agent
+// records and log lines can be paired. It returns how many requests it made.
+func traffic(t *testing.T, n *testNginx, rounds int) int {
+	t.Helper()
+	base := fmt.Sprintf("http://127.0.0.1:%d", n.Port)
+	h1 := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}}
+	h2 := &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: true, DisableCompression: true,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: "kw.test"}}}
+	defer h1.CloseIdleConnections()
+	defer h2.CloseIdleConnections()
+	count := 0
+	id := 0
+	do := func(c *http.Client, method, url, host string, body io.Reader) {
+		t.Helper()
+		id++
+		// The id goes first so it survives the agent's 160-byte URI truncation.
+		path, query, _ := strings.Cut(url, "?")
+		u := fmt.Sprintf("%s?id=%d", path, id)
+		if query != "" {
+			u += "&" + query
+		}
+		req, err := http.NewRequest(method, u, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if host != "" {
+			req.Host = host
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, url, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if c == h2 && resp.ProtoMajor != 2 {
+			t.Fatalf("expected HTTP/2, got %s", resp.Proto)
+		}
+		count++
+	}
+	raw := func(s string) {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", n.Port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte(s))
+		io.Copy(io.Discard, bufio.NewReader(c))
+		count++
+	}
+	tlsBase := fmt.Sprintf("https://127.0.0.1:%d", n.TLSPort)
+	for i := 0; i < rounds; i++ {
+		do(h1, "GET", base+"/ok", "", nil)
+		do(h1, "GET", base+"/ok?q=a%20b", "API.Example.COM:8000", nil)
+		do(h1, "HEAD", base+"/ok", "head.example", nil)
+		do(h1, "POST", base+"/ok", "post.example", strings.NewReader(strings.Repeat("x", 1000)))
+		do(h1, "GET", base+"/static/a.txt", "", nil)
+		do(h1, "GET", base+"/static/missing", "", nil) // 404 through error_page
+		do(h1, "GET", base+"/nowhere", "", nil)        // plain 404
+		do(h1, "GET", base+"/slow", "", nil)           // proxied, ~20 ms upstream
+		do(h1, "GET", base+"/dead", "", nil)           // 502, upstream refused
+		do(h1, "GET", base+"/lua", "", nil)
+		do(h1, "DELETE", base+"/phases", "", nil)
+		do(h1, "GET", base+"/ok?pad="+strings.Repeat("long", 60), "", nil) // URI longer than 160
+		do(h2, "GET", tlsBase+"/ok", "", nil)
+		do(h2, "POST", tlsBase+"/ok", "", strings.NewReader("hello"))
+		do(h2, "GET", tlsBase+"/slow", "", nil)
+		do(h2, "GET", tlsBase+"/static/a.txt", "h2.example", nil)
+		raw(fmt.Sprintf("GET /ok?id=raw10-%d HTTP/1.0\r\n\r\n", i))
+		raw(fmt.Sprintf("GET /ok?id=raw10h-%d HTTP/1.0\r\nHost: ten.example\r\n\r\n", i))
+		if i%5 == 0 {
+			raw("THIS IS NOT HTTP\r\n\r\n") // 400
+			// 499: the client gives up before the proxied response arrives.
+			id++
+			c := &http.Client{Timeout: 5 * time.Millisecond}
+			if resp, err := c.Get(fmt.Sprintf("%s/slow?id=%d", base, id)); err == nil {
+				resp.Body.Close()
+			}
+			count++
+		}
+	}
+	return count
+}
+
+// key pairs an agent record with a log line: the unique id in the URI, or for requests
+// without one (400s) the method and status.
+func reqKey(uri, method string, status int) string {
+	if i := strings.Index(uri, "id="); i >= 0 {
+		k, _, _ := strings.Cut(uri[i:], "&")
+		return k
+	}
+	if method == "" {
+		method = "-"
+	}
+	return fmt.Sprintf("noid %s %d", method, status)
+}
+
+func TestAgainstAccessLog(t *testing.T) {
+	requireIntegration(t)
+	n := startNginx(t)
+	p, c := startProbes(t, n, Options{})
+	const rounds = 25
+	sent := traffic(t, n, rounds)
+	time.Sleep(300 * time.Millisecond) // let the access log and the last poll catch up
+	lines := readAccessLog(t, n.AccessLog)
+	got := c.waitFor(t, len(lines), 5*time.Second)
+	st := p.Status()
+	t.Logf("sent %d requests, %d log lines, %d agent records; status %+v", sent, len(lines), len(got), st)
+
+	if st.Mode != "ready" {
+		t.Errorf("mode %q, want ready (%s)", st.Mode, st.Err)
+	}
+	if !strings.Contains(st.Layout, nginxlayout.Debian1221.String()) {
+		t.Errorf("learnt layout %q, want FACTS.md's Debian 1.22.1 %v", st.Layout, nginxlayout.Debian1221)
+	}
+	if st.Dropped != 0 || st.DecodeErrors != 0 {
+		t.Errorf("dropped %d, decode errors %d", st.Dropped, st.DecodeErrors)
+	}
+	if len(got) != len(lines) {
+		t.Errorf("agent saw %d requests, access log has %d", len(got), len(lines))
+	}
+
+	byKey := map[string][]model.Request{}
+	for _, r := range got {
+		k := reqKey(r.URI, r.Method, r.Status)
+		byKey[k] = append(byKey[k], r)
+	}
+	mismatches := 0
+	seen := map[string]int{}
+	for _, l := range lines {
+		k := reqKey(l.URI, l.Method, l.Status)
+		rs := byKey[k]
+		if len(rs) == 0 {
+			t.Errorf("no agent record for log line %q", l.raw)
+			mismatches++
+			continue
+		}
+		// Proxied requests appear twice with one id: the client's and the upstream server's
+		// (the same nginx serves both); pair each log line with the record that fits it.
+		best := 0
+		for i := range rs {
+			if compare(l, rs[i]) == "" {
+				best = i
+				break
+			}
+		}
+		r := rs[best]
+		byKey[k] = append(rs[:best:best], rs[best+1:]...)
+		if diff := compare(l, r); diff != "" {
+			mismatches++
+			if mismatches < 30 {
+				t.Errorf("log %q\n  agent %+v\n  %s", l.raw, r, diff)
+			}
+		}
+		seen[fmt.Sprintf("%s %d", l.Proto, l.Status)]++
+	}
+	for k, rs := range byKey {
+		for _, r := range rs {
+			t.Errorf("agent record %q without log line: %+v", k, r)
+		}
+	}
+	var kinds []string
+	for k, v := range seen {
+		kinds = append(kinds, fmt.Sprintf("%s=%d", k, v))
+	}
+	sort.Strings(kinds)
+	t.Logf("compared %d lines, %d mismatches; %s", len(lines), mismatches, strings.Join(kinds, " "))
+	for _, want := range []string{"HTTP/1.1 200", "HTTP/1.1 404", "HTTP/1.1 502", "HTTP/1.1 499", "HTTP/2.0 200", "HTTP/1.0 200"} {
+		if seen[want] == 0 {
+			t.Errorf("traffic produced no %q", want)
+		}
+	}
+}
+
+// compare returns "" when the agent's record matches the access log line.
+func compare(l logLine, r model.Request) string {
+	var d []string
+	if r.Status != l.Status {
+		d = append(d, fmt.Sprintf("status %d != %d", r.Status, l.Status))
+	}
+	// $host falls back to server_name when the client sent no Host; the agent reports "".
+	if r.Host != l.Host && !(r.Host == "" && l.Host == "kw.test") {
+		d = append(d, fmt.Sprintf("host %q != %q", r.Host, l.Host))
+	}
+	method := r.Method
+	if method == "" {
+		method = "-"
+	}
+	if method != l.Method {
+		d = append(d, fmt.Sprintf("method %q != %q", r.Method, l.Method))
+	}
+	uri := r.URI
+	if uri == "" {
+		uri = "-"
+	}
+	if len(l.URI) > 160 {
+		if !strings.HasPrefix(l.URI, uri) || len(uri) != 160 {
+			d = append(d, fmt.Sprintf("uri %q is not the 160-byte prefix of %q", uri, l.URI))
+		}
+	} else if uri != l.URI {
+		d = append(d, fmt.Sprintf("uri %q != %q", uri, l.URI))
+	}
+	if ms := r.Latency.Milliseconds(); ms != l.ReqMs {
+		d = append(d, fmt.Sprintf("latency %d ms != %d ms", ms, l.ReqMs))
+	}
+	if r.HasUpstream != l.HasUp || r.Upstream.Milliseconds() != l.UpMs {
+		d = append(d, fmt.Sprintf("upstream %v/%v != %v/%d ms", r.HasUpstream, r.Upstream, l.HasUp, l.UpMs))
+	}
+	if r.BytesSent != l.Bytes {
+		d = append(d, fmt.Sprintf("bytes %d != %d", r.BytesSent, l.Bytes))
+	}
+	if r.Proto != l.Proto && !(r.Proto == "" && l.Proto == "-") {
+		d = append(d, fmt.Sprintf("proto %q != %q", r.Proto, l.Proto))
+	}
+	if r.ClientAddr != l.Addr {
+		d = append(d, fmt.Sprintf("addr %q != %q", r.ClientAddr, l.Addr))
+	}
+	if r.PID != l.PID {
+		d = append(d, fmt.Sprintf("pid %d != %d", r.PID, l.PID))
+	}
+	return strings.Join(d, "; ")
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(m.Run())
+}

@@ -1,0 +1,300 @@
+package wire
+
+import (
+	"container/list"
+	"time"
+
+	"github.com/kong-watcher/kong-watcher/agent/model"
+)
+
+// ConnKey identifies a connection of a gateway process: a socket fd, or for TLS the SSL*
+// (SSL_read/SSL_write see no fd; the encrypted socket I/O underneath is not captured).
+type ConnKey struct {
+	TGID uint32
+	TLS  bool
+	ID   uint64
+}
+
+// Chunk is one captured piece of a connection's byte stream.
+type Chunk struct {
+	Key ConnKey
+	// Out is true for bytes the gateway wrote, false for bytes it read.
+	Out bool
+	// TS is when the read/write call returned.
+	TS time.Time
+	// Len is how many bytes of the stream the chunk stands for; Data is the captured
+	// prefix (len(Data) <= Len).
+	Len  int64
+	Data []byte
+}
+
+// ParserStats counts what the parser saw and what it could not use.
+type ParserStats struct {
+	Conns       int    // connections tracked now
+	Evicted     uint64 // connections dropped to stay under MaxConns
+	ParseErrors uint64 // resyncs after garbage, lost framing, malformed heads
+	H2Conns     uint64 // HTTP/2 connections seen and not parsed (HPACK is out of scope)
+	Upstream    uint64 // connections where the gateway is the client (proxy_pass): skipped
+	Requests    uint64 // model.Requests produced
+	Unanswered  uint64 // requests that ended with the connection and no response
+	Unmatched   uint64 // responses with no request seen (agent started mid-connection)
+	Overflow    uint64 // pipelined requests dropped past maxPending
+}
+
+const maxPending = 64
+
+type role int
+
+const (
+	roleUnknown  role = iota
+	roleServer        // the gateway accepted it: requests are read, responses written
+	roleUpstream      // the gateway connected: ignored
+	roleH2
+	roleOpaque // upgraded (WebSocket) or tunnelled
+)
+
+type pendingReq struct {
+	method, uri, host, proto string
+	start                    time.Time
+}
+
+type conn struct {
+	key       ConnKey
+	role      role
+	req, resp half
+	p         *Parser
+	pending   []pendingReq
+
+	// the response being read
+	interim   bool
+	status    int
+	respBytes int64
+	matched   bool
+	lru       *list.Element
+}
+
+// Parser turns captured chunks of many connections into model.Requests. It holds at most
+// MaxConns connections (least recently used evicted first) and bounded bytes per
+// connection. Not safe for concurrent use.
+type Parser struct {
+	maxConns int
+	conns    map[ConnKey]*conn
+	lru      *list.List
+	emit     func(*model.Request)
+	// OnH2 is called once per connection found to speak HTTP/2.
+	OnH2  func(k ConnKey)
+	stats ParserStats
+}
+
+// NewParser returns a Parser that calls emit for every request paired with its response.
+func NewParser(maxConns int, emit func(*model.Request)) *Parser {
+	if maxConns <= 0 {
+		maxConns = 16384
+	}
+	return &Parser{maxConns: maxConns, conns: map[ConnKey]*conn{}, lru: list.New(), emit: emit}
+}
+
+// Stats returns the counters.
+func (p *Parser) Stats() ParserStats {
+	s := p.stats
+	s.Conns = len(p.conns)
+	return s
+}
+
+func (p *Parser) get(k ConnKey) *conn {
+	if c, ok := p.conns[k]; ok {
+		p.lru.MoveToFront(c.lru)
+		return c
+	}
+	c := &conn{key: k, p: p}
+	c.req = half{isReq: true, ev: reqEvents{c}}
+	c.resp = half{isReq: false, ev: respEvents{c}}
+	c.lru = p.lru.PushFront(c)
+	p.conns[k] = c
+	for len(p.conns) > p.maxConns {
+		old := p.lru.Back().Value.(*conn)
+		p.drop(old)
+		p.stats.Evicted++
+	}
+	return c
+}
+
+func (p *Parser) drop(c *conn) {
+	p.lru.Remove(c.lru)
+	delete(p.conns, c.key)
+}
+
+// Feed processes one chunk.
+func (p *Parser) Feed(ch Chunk) {
+	if ch.Len < int64(len(ch.Data)) {
+		ch.Len = int64(len(ch.Data))
+	}
+	if ch.Len == 0 {
+		return
+	}
+	c := p.get(ch.Key)
+	if c.role == roleUnknown {
+		c.classify(ch)
+	}
+	if c.role != roleServer {
+		return
+	}
+	gap := ch.Len - int64(len(ch.Data))
+	if ch.Out {
+		c.resp.now = ch.TS
+		c.resp.feed(ch.Data, gap)
+	} else {
+		if c.req.state == stHead && len(c.req.buf) == 0 && isH2Preface(ch.Data) && len(c.pending) == 0 {
+			c.becomeH2()
+			return
+		}
+		c.req.now = ch.TS
+		c.req.feed(ch.Data, gap)
+	}
+}
+
+func (c *conn) becomeH2() {
+	c.role = roleH2
+	c.p.stats.H2Conns++
+	if c.p.OnH2 != nil {
+		c.p.OnH2(c.key)
+	}
+}
+
+// classify decides from a connection's first captured bytes whether the gateway is the
+// server (it reads a request) or the client of an upstream (it writes one).
+func (c *conn) classify(ch Chunk) {
+	d := ch.Data
+	switch {
+	case len(d) == 0:
+		return // nothing captured: wait for bytes
+	case !ch.Out && isH2Preface(d):
+		c.becomeH2()
+	case !ch.Out && looksLikeStart(d, true):
+		c.role = roleServer
+	case !ch.Out && looksLikeStart(d, false):
+		c.role = roleUpstream // reading an upstream's response
+		c.p.stats.Upstream++
+	case ch.Out && looksLikeStart(d, true):
+		c.role = roleUpstream // writing a request to an upstream
+		c.p.stats.Upstream++
+	case ch.Out && looksLikeStart(d, false):
+		// A response on a connection whose request we missed: from now on it is a server
+		// connection; this response is skipped as unmatched.
+		c.role = roleServer
+	default:
+		c.p.stats.ParseErrors++
+	}
+}
+
+// Close ends a connection: a response delimited by the close is complete, requests still
+// waiting get Status 0 (the client or the gateway gave up).
+func (p *Parser) Close(k ConnKey, ts time.Time) {
+	c, ok := p.conns[k]
+	if !ok {
+		return
+	}
+	if c.role == roleServer {
+		if c.resp.state == stUntilClose {
+			c.resp.now = ts
+			c.finishResponse()
+		}
+		for _, r := range c.pending {
+			p.stats.Unanswered++
+			p.produce(r, 0, 0, ts)
+		}
+	}
+	p.drop(c)
+}
+
+func (p *Parser) produce(r pendingReq, status int, bytes int64, end time.Time) {
+	p.stats.Requests++
+	if p.emit == nil {
+		return
+	}
+	lat := end.Sub(r.start)
+	if lat < 0 {
+		lat = 0
+	}
+	p.emit(&model.Request{
+		Start: r.start, End: end, Method: r.method, Host: r.host, URI: r.uri, Proto: r.proto,
+		Status: status, Latency: lat, BytesSent: uint64(bytes),
+	})
+}
+
+type reqEvents struct{ c *conn }
+
+func (e reqEvents) onHead(h *head, n int) (framing, int64) {
+	c := e.c
+	if len(c.pending) >= maxPending {
+		c.pending = c.pending[1:]
+		c.p.stats.Overflow++
+	}
+	c.pending = append(c.pending, pendingReq{method: h.method, uri: h.uri, host: h.host, proto: h.proto, start: c.req.headStart})
+	switch {
+	case h.chunked:
+		return byChunks, 0
+	case h.contentLength > 0:
+		return byLength, h.contentLength
+	}
+	return noBody, 0
+}
+func (e reqEvents) onBody(int64)          {}
+func (e reqEvents) onEnd()                {}
+func (e reqEvents) onError(reason string) { e.c.p.stats.ParseErrors++ }
+
+type respEvents struct{ c *conn }
+
+func (e respEvents) onHead(h *head, n int) (framing, int64) {
+	c := e.c
+	// Interim (1xx) heads add to the bytes sent for the request, like nginx's $bytes_sent.
+	c.status = h.status
+	c.respBytes += int64(n)
+	c.interim = h.status >= 100 && h.status < 200 && h.status != 101
+	c.matched = len(c.pending) > 0
+	var method string
+	if c.matched {
+		method = c.pending[0].method
+	} else {
+		c.p.stats.Unmatched++
+	}
+	switch {
+	case c.interim:
+		return noBody, 0
+	case h.status == 101 || method == "CONNECT" && h.status/100 == 2:
+		return opaque, 0
+	case method == "HEAD" || h.status == 204 || h.status == 304:
+		return noBody, 0
+	case h.chunked:
+		return byChunks, 0
+	case h.contentLength >= 0:
+		return byLength, h.contentLength
+	}
+	return untilClose, 0
+}
+
+func (e respEvents) onBody(n int64) { e.c.respBytes += n }
+
+func (e respEvents) onEnd() {
+	c := e.c
+	if c.interim { // 100 Continue etc.: the final response is still to come
+		c.interim = false
+		return
+	}
+	c.finishResponse()
+	if c.status == 101 || c.resp.state == stOpaque {
+		c.role = roleOpaque
+	}
+}
+
+func (e respEvents) onError(reason string) { e.c.p.stats.ParseErrors++ }
+
+func (c *conn) finishResponse() {
+	if c.matched && len(c.pending) > 0 {
+		r := c.pending[0]
+		c.pending = c.pending[1:]
+		c.p.produce(r, c.status, c.respBytes, c.resp.now)
+	}
+	c.matched = false
+	c.status, c.respBytes = 0, 0
+}

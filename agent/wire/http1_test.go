@@ -1,0 +1,256 @@
+package wire
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kong-watcher/kong-watcher/agent/model"
+)
+
+var t0 = time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+
+// harness feeds a scripted conversation on one connection.
+type harness struct {
+	t   *testing.T
+	p   *Parser
+	out []*model.Request
+	k   ConnKey
+	ms  int
+}
+
+func newHarness(t *testing.T) *harness {
+	h := &harness{t: t, k: ConnKey{TGID: 42, ID: 7}}
+	h.p = NewParser(100, func(r *model.Request) { h.out = append(h.out, r) })
+	return h
+}
+
+func (h *harness) at() time.Time { h.ms++; return t0.Add(time.Duration(h.ms) * time.Millisecond) }
+
+// in/out feed captured bytes; the optional gap adds uncaptured bytes after them.
+func (h *harness) in(s string, gap ...int64) { h.feed(false, s, gap...) }
+func (h *harness) out1(s string, gap ...int64) { h.feed(true, s, gap...) }
+func (h *harness) feed(out bool, s string, gap ...int64) {
+	n := int64(len(s))
+	for _, g := range gap {
+		n += g
+	}
+	h.p.Feed(Chunk{Key: h.k, Out: out, TS: h.at(), Len: n, Data: []byte(s)})
+}
+
+func (h *harness) want(lines ...string) {
+	h.t.Helper()
+	var got []string
+	for _, r := range h.out {
+		got = append(got, fmt.Sprintf("%s %s %s %s %d %d", r.Method, r.Host, r.URI, r.Proto, r.Status, r.BytesSent))
+	}
+	if strings.Join(got, "\n") != strings.Join(lines, "\n") {
+		h.t.Fatalf("got\n%s\nwant\n%s\nstats %+v", strings.Join(got, "\n"), strings.Join(lines, "\n"), h.p.Stats())
+	}
+}
+
+const ok5 = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+func TestKeepAlive(t *testing.T) {
+	h := newHarness(t)
+	for i := 0; i < 3; i++ {
+		h.in(fmt.Sprintf("GET /a/%d?q=1 HTTP/1.1\r\nHost: Example.COM:8080\r\n\r\n", i))
+		h.out1(ok5)
+	}
+	n := int64(len(ok5))
+	h.want(
+		fmt.Sprintf("GET example.com /a/0?q=1 HTTP/1.1 200 %d", n),
+		fmt.Sprintf("GET example.com /a/1?q=1 HTTP/1.1 200 %d", n),
+		fmt.Sprintf("GET example.com /a/2?q=1 HTTP/1.1 200 %d", n))
+	r := h.out[0]
+	if r.Latency != time.Millisecond || !r.End.Equal(r.Start.Add(r.Latency)) || r.PID != 0 && r.PID != 42 {
+		t.Fatalf("timing %+v", r)
+	}
+}
+
+func TestPipelining(t *testing.T) {
+	h := newHarness(t)
+	h.in("GET /1 HTTP/1.1\r\nHost: a\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: a\r\n\r\nPOST /3 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /4 HTTP/1.1\r\nHost: a\r\n\r\n")
+	// HEAD's response has a Content-Length but no body; all four in one write.
+	h.out1(ok5 + "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n" + "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+	h.want("GET a /1 HTTP/1.1 200 43", "HEAD a /2 HTTP/1.1 200 38", "POST a /3 HTTP/1.1 201 43", "GET a /4 HTTP/1.1 404 67")
+}
+
+func TestChunkedRequestAcrossCalls(t *testing.T) {
+	h := newHarness(t)
+	h.in("POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab")
+	h.in("cd\r\n10;ext=1\r\n0123456789abcdef\r")
+	h.in("\n0\r\nX-Trailer: 1\r\n\r\n")
+	h.out1(ok5)
+	h.in("GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+	h.out1(ok5)
+	h.want("POST a /up HTTP/1.1 200 43", "GET a /next HTTP/1.1 200 43")
+}
+
+func TestBodiesSkippedByLengthNotCapture(t *testing.T) {
+	h := newHarness(t)
+	// A 1 MB upload of which only the first bytes are captured per call.
+	h.in("PUT /big HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nxxxx", 500000-4)
+	h.in("yyyy", 499996)
+	h.out1("HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\nzz", 199998)
+	h.in("GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+	h.out1("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+	h.out1("body", 100000-4)
+	h.want("PUT a /big HTTP/1.1 200 200043", "GET a /after HTTP/1.1 200 100043")
+}
+
+func TestNoBodyStatusesAndHead(t *testing.T) {
+	h := newHarness(t)
+	h.in("GET /nc HTTP/1.1\r\nHost: a\r\nIf-None-Match: x\r\n\r\n")
+	h.out1("HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n")
+	h.in("DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n")
+	h.out1("HTTP/1.1 204 No Content\r\n\r\n")
+	h.in("HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n")
+	h.out1("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+	h.in("GET /z HTTP/1.1\r\nHost: a\r\n\r\n")
+	h.out1(ok5)
+	h.want("GET a /nc HTTP/1.1 304 49", "DELETE a /x HTTP/1.1 204 27", "HEAD a /h HTTP/1.1 200 47", "GET a /z HTTP/1.1 200 43")
+}
+
+func TestContinue(t *testing.T) {
+	h := newHarness(t)
+	h.in("POST /c HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+	h.out1("HTTP/1.1 100 Continue\r\n\r\n")
+	h.in("data")
+	h.out1("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+	h.want("POST a /c HTTP/1.1 201 68")
+}
+
+func TestLargeHeadersSplit(t *testing.T) {
+	h := newHarness(t)
+	big := "GET /big HTTP/1.1\r\nHost: big.example\r\nCookie: " + strings.Repeat("c", 6000) + "\r\n\r\n"
+	for i := 0; i < len(big); i += 1000 {
+		h.in(big[i:min(i+1000, len(big))])
+	}
+	resp := "HTTP/1.1 200 OK\r\n" + strings.Repeat("X-A: b\r\n", 300) + "Content-Length: 2\r\n\r\nok"
+	h.out1(resp[:1024])
+	h.out1(resp[1024:2048])
+	h.out1(resp[2048:])
+	h.want(fmt.Sprintf("GET big.example /big HTTP/1.1 200 %d", len(resp)))
+	// The request start is the first piece's time, not the last.
+	if r := h.out[0]; r.Latency != time.Duration(len(big)/1000+3)*time.Millisecond {
+		t.Fatalf("latency %v", r.Latency)
+	}
+}
+
+func TestUntilCloseAndUnanswered(t *testing.T) {
+	h := newHarness(t)
+	h.in("GET /old HTTP/1.0\r\nHost: a\r\n\r\n")
+	h.out1("HTTP/1.0 200 OK\r\n\r\nstream", 10)
+	h.p.Close(h.k, h.at())
+	h.want("GET a /old HTTP/1.0 200 35")
+	h.in("GET /abandoned HTTP/1.1\r\nHost: a\r\n\r\n")
+	h.p.Close(h.k, h.at())
+	h.want("GET a /old HTTP/1.0 200 35", "GET a /abandoned HTTP/1.1 0 0")
+	if s := h.p.Stats(); s.Unanswered != 1 || s.Conns != 0 {
+		t.Fatalf("%+v", s)
+	}
+}
+
+func TestGarbageResync(t *testing.T) {
+	h := newHarness(t)
+	h.in("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+	h.out1(ok5)
+	h.in("\x16\x03\x01\x02\x00garbage")
+	h.in("GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+	h.out1(ok5)
+	h.want("GET a /1 HTTP/1.1 200 43", "GET a /2 HTTP/1.1 200 43")
+	if s := h.p.Stats(); s.ParseErrors == 0 {
+		t.Fatalf("garbage not counted: %+v", s)
+	}
+	// A gap inside a head loses framing; the next captured request start resyncs.
+	h.in("GET /3 HTTP/1.1\r\nHost: a\r\n", 5000)
+	h.in("GET /4 HTTP/1.1\r\nHost: a\r\n\r\n")
+	h.out1(ok5)
+	h.want("GET a /1 HTTP/1.1 200 43", "GET a /2 HTTP/1.1 200 43", "GET a /4 HTTP/1.1 200 43")
+}
+
+func TestH2AndUpstreamAndUpgrade(t *testing.T) {
+	p := NewParser(10, func(r *model.Request) { t.Fatalf("unexpected %+v", r) })
+	var h2 int
+	p.OnH2 = func(ConnKey) { h2++ }
+	k := ConnKey{TGID: 1, TLS: true, ID: 0xdead}
+	p.Feed(Chunk{Key: k, TS: t0, Len: 24, Data: h2Preface})
+	p.Feed(Chunk{Key: k, TS: t0, Len: 9, Data: []byte("\x00\x00\x00\x04\x00\x00\x00\x00\x00")})
+	// upstream: the gateway writes a request and reads a response
+	u := ConnKey{TGID: 1, ID: 12}
+	p.Feed(Chunk{Key: u, Out: true, TS: t0, Len: 30, Data: []byte("GET / HTTP/1.1\r\nHost: up\r\n\r\n")})
+	p.Feed(Chunk{Key: u, TS: t0, Len: 43, Data: []byte(ok5)})
+	if s := p.Stats(); s.H2Conns != 1 || h2 != 1 || s.Upstream != 1 || s.Requests != 0 {
+		t.Fatalf("%+v", s)
+	}
+	h := newHarness(t)
+	h.in("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	h.out1("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello")
+	h.in("\x81\x85garbage frames")
+	h.out1("\x81\x05HTTP/")
+	h.want("GET a /ws HTTP/1.1 101 56")
+	if s := h.p.Stats(); s.ParseErrors != 0 {
+		t.Fatalf("%+v", s)
+	}
+}
+
+func TestLRUBound(t *testing.T) {
+	p := NewParser(3, nil)
+	for i := 0; i < 10; i++ {
+		p.Feed(Chunk{Key: ConnKey{ID: uint64(i)}, Len: 6, Data: []byte("GET / ")})
+	}
+	if s := p.Stats(); s.Conns != 3 || s.Evicted != 7 {
+		t.Fatalf("%+v", s)
+	}
+}
+
+func TestHeadBound(t *testing.T) {
+	h := newHarness(t)
+	h.in("GET / HTTP/1.1\r\n")
+	for i := 0; i < 100; i++ {
+		h.in("X-Long: " + strings.Repeat("a", 1000) + "\r\n")
+	}
+	if s := h.p.Stats(); s.ParseErrors == 0 || len(h.p.conns[h.k].req.buf) > maxHead {
+		t.Fatalf("head not bounded: %+v", s)
+	}
+}
+
+// FuzzParser feeds arbitrary bytes, split at arbitrary points, in both directions, with
+// gaps. It must never panic, and must keep its memory bounds.
+func FuzzParser(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), []byte(ok5), uint8(7), uint16(0))
+	f.Add([]byte("POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), []byte("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"), uint8(3), uint16(2))
+	f.Add([]byte("HEAD / HTTP/1.0\r\n\r\nGET / HTTP/1.1\r\n\r\n"), []byte("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nHTTP/1.1 204 No\r\n\r\n"), uint8(1), uint16(100))
+	f.Add(h2Preface, []byte("\x00\x00"), uint8(2), uint16(0))
+	f.Add([]byte("\x16\x03\x01garbage\r\n\r\n"), []byte("HTTP/1.1 999 x\r\nContent-Length: -1\r\n\r\n"), uint8(5), uint16(1))
+	f.Fuzz(func(t *testing.T, in, out []byte, split uint8, gap uint16) {
+		p := NewParser(4, func(r *model.Request) {
+			if r.Latency < 0 || r.Status < 0 || r.Status > 999 {
+				t.Fatalf("bad request %+v", r)
+			}
+		})
+		step := int(split%16) + 1
+		k := ConnKey{ID: 1}
+		ts := t0
+		for i, j := 0, 0; i < len(in) || j < len(out); i, j = i+step, j+step {
+			ts = ts.Add(time.Millisecond)
+			if i < len(in) {
+				d := in[i:min(i+step, len(in))]
+				p.Feed(Chunk{Key: k, TS: ts, Len: int64(len(d)) + int64(gap%3)*int64(gap), Data: d})
+			}
+			if j < len(out) {
+				d := out[j:min(j+step, len(out))]
+				p.Feed(Chunk{Key: k, Out: true, TS: ts, Len: int64(len(d)), Data: d})
+			}
+			if c := p.conns[k]; c != nil && (len(c.req.buf) > maxHead || len(c.resp.buf) > maxHead || len(c.pending) > maxPending) {
+				t.Fatalf("bounds exceeded")
+			}
+		}
+		p.Close(k, ts)
+		if p.Stats().Conns != 0 {
+			t.Fatal("conn survived close")
+		}
+	})
+}

@@ -1,0 +1,173 @@
+package probes
+
+import (
+	"encoding/binary"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/agent/nginxlayout"
+	"github.com/kong-watcher/kong-watcher/bpf"
+)
+
+// The Go view of the C structs must not drift from bpf/nginxreq.c (bpf2go generates it, this
+// pins the sizes the C side was designed with: no implicit padding).
+func TestEventSizes(t *testing.T) {
+	if eventSize != 456 {
+		t.Fatalf("event is %d bytes, want 456", eventSize)
+	}
+	if calibSize != 456+8+2*40+16+3*64+2048 {
+		t.Fatalf("calibration event is %d bytes", calibSize)
+	}
+}
+
+func setStr(dst []int8, s string) uint32 {
+	for i := 0; i < len(s) && i < len(dst); i++ {
+		dst[i] = int8(s[i])
+	}
+	return uint32(len(s))
+}
+
+func sampleEvent() rawEvent {
+	var ev rawEvent
+	ev.Kind = evRequest
+	ev.Tgid = 42
+	ev.StartSec, ev.StartMsec = 1_796_000_000, 990
+	ev.NowSec, ev.NowMsec = 1_796_000_001, 15
+	ev.MethodBit = 2
+	ev.HttpVersion = 1001
+	ev.Status = 200
+	ev.Sent = 150
+	ev.UpstreamTries, ev.UpstreamMs = 2, 33
+	ev.MethodLen = setStr(ev.Method[:], "GET")
+	ev.HostLen = setStr(ev.Host[:], "api.example.com")
+	ev.UriLen = setStr(ev.Uri[:], "/users/1?x=1")
+	ev.AddrLen = setStr(ev.Addr[:], "10.0.0.7")
+	return ev
+}
+
+func TestToRequest(t *testing.T) {
+	ev := sampleEvent()
+	var r model.Request
+	clock{}.toRequest(&ev, ev.Status, &r)
+	if r.Method != "GET" || r.Host != "api.example.com" || r.URI != "/users/1?x=1" || r.Proto != "HTTP/1.1" ||
+		r.Status != 200 || r.Latency != 25*time.Millisecond || !r.HasUpstream || r.Upstream != 33*time.Millisecond ||
+		r.BytesSent != 150 || r.ClientAddr != "10.0.0.7" || r.PID != 42 || r.HasLua {
+		t.Fatalf("bad decode: %+v", r)
+	}
+	if !plausible(&ev, ev.Status, &r) {
+		t.Fatal("not plausible")
+	}
+	// Truncated URI: the buffer holds 160 bytes of a longer one.
+	ev.UriLen = 500
+	clock{}.toRequest(&ev, ev.Status, &r)
+	if len(r.URI) != 160 {
+		t.Fatalf("truncated uri has %d bytes", len(r.URI))
+	}
+	// Wrong layout symptoms.
+	ev = sampleEvent()
+	ev.MethodLen = setStr(ev.Method[:], "POST")
+	clock{}.toRequest(&ev, ev.Status, &r)
+	if plausible(&ev, ev.Status, &r) {
+		t.Fatal("method name disagreeing with the method bit accepted")
+	}
+	// No nginx clock: kernel time, ms precision.
+	ev = sampleEvent()
+	ev.Flags |= fNoClock
+	ev.KtimeNs = uint64(time.Unix(1_796_000_001, 20_400_000).UnixNano())
+	clock{}.toRequest(&ev, ev.Status, &r)
+	if r.Latency != 30*time.Millisecond {
+		t.Fatalf("fallback latency %v", r.Latency)
+	}
+	// Lua phases.
+	ev = sampleEvent()
+	ev.Flags |= fHasLua
+	ev.LuaNs = [4]uint64{1000, 2000, 3000, 4000}
+	clock{}.toRequest(&ev, ev.Status, &r)
+	if !r.HasLua || r.LuaPhases[model.LuaLog] != 4*time.Microsecond {
+		t.Fatalf("lua %+v", r.LuaPhases)
+	}
+}
+
+func TestFinalStatus(t *testing.T) {
+	for _, c := range []struct {
+		status     uint64
+		rc         int64
+		sent, want uint64
+	}{
+		{200, 0, 100, 200},
+		{0, 499, 0, 499},   // client closed before a response
+		{200, 499, 0, 499}, // status set but nothing sent: nginx logs the rc
+		{200, 499, 10, 200},
+		{0, 400, 0, 400},
+		{0, -1, 0, 0}, // NGX_ERROR is not a status
+		{502, 0, 300, 502},
+	} {
+		if got := finalStatus(c.status, c.rc, c.sent); uint64(got) != c.want {
+			t.Errorf("finalStatus(%d, %d, %d) = %d, want %d", c.status, c.rc, c.sent, got, c.want)
+		}
+	}
+}
+
+func TestDecodeCalib(t *testing.T) {
+	l := nginxlayout.Debian1221
+	cb := new(rawCalib)
+	cb.Ev = sampleEvent()
+	cb.Ev.Kind = evCalib
+	cb.Ev.HostLen = 0
+	cb.S_off = uint32(l.Start)
+	cb.SnapLen = uint32(len(cb.Snap))
+	binary.LittleEndian.PutUint64(cb.Snap[l.Status():], 404)
+	cb.HostLen[0] = setStr(cb.Host[0][:], "right.example")
+	cb.HostLen[1] = setStr(cb.Host[1][:], "wrong.example")
+	cb.Up[1] = bpfUp(0x1000, 1, 72, 0x2000, 7)
+	var r model.Request
+	if err := (clock{}).decodeCalib(cb, l, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Status != 404 || r.Host != "right.example" || r.Upstream != 7*time.Millisecond || !r.HasUpstream {
+		t.Fatalf("%+v", r)
+	}
+	cb.S_off = 0 // the BPF scan found no start_sec: strings were not captured
+	if err := (clock{}).decodeCalib(cb, l, &r); err == nil {
+		t.Fatal("decoded a calibration event whose strings were not captured")
+	}
+}
+
+func bpfUp(ptr, nelts, size, pool, sum uint64) bpf.NginxReqNginxreqUpcand {
+	return bpf.NginxReqNginxreqUpcand{Ptr: ptr, Nelts: nelts, Size: size, Pool: pool, SumMs: sum}
+}
+
+func FuzzDecode(f *testing.F) {
+	ev := sampleEvent()
+	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), eventSize))
+	cb := new(rawCalib)
+	cb.Ev = sampleEvent()
+	cb.Ev.Kind = evCalib
+	cb.S_off = 960
+	cb.SnapLen = 2048
+	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(cb)), calibSize))
+	f.Add([]byte{1, 0, 0, 0})
+	f.Add([]byte{2, 0, 0})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var r record
+		var c rawCalib
+		var req model.Request
+		if err := parseRecord(raw, &r, &c); err != nil {
+			return
+		}
+		clock{}.toRequest(&r.ev, r.ev.Status, &req)
+		plausible(&r.ev, r.ev.Status, &req)
+		if len(req.Method) > 16 || len(req.Host) > 64 || len(req.URI) > 160 || len(req.ClientAddr) > 48 {
+			t.Fatalf("string longer than its buffer: %+v", req)
+		}
+		if r.calib != nil {
+			s := calibSample(r.calib, 1_796_000_000)
+			if lay, err := nginxlayout.Analyze(s); err == nil {
+				clock{}.decodeCalib(r.calib, lay, &req)
+			}
+			clock{}.decodeCalib(r.calib, nginxlayout.Debian1221, &req)
+		}
+	})
+}

@@ -75,10 +75,10 @@ func (bl build) sample() Sample {
 	put(b, bl.H+HOToServer, 9)
 	put(b, bl.H+HOToServer+8, 0x55d0_0000_6000)
 	S := bl.H + bl.D
-	put(b, S-16, 0)   // request_body
-	put(b, S-8, 0)    // lingering_time
-	put(b, S, now-1)  // start_sec
-	put(b, S+8, 999)  // start_msec
+	put(b, S-16, 0)  // request_body
+	put(b, S-8, 0)   // lingering_time
+	put(b, S, now-1) // start_sec
+	put(b, S+8, 999) // start_msec
 	put(b, S+16, bl.method)
 	put(b, S+24, bl.version)
 	put(b, S+SToMethodName, 3)

@@ -61,11 +61,11 @@ func freePort(t testing.TB) int {
 
 // testNginx is a private nginx (Debian's binary + the lua module) on loopback ports.
 type testNginx struct {
-	Dir                          string
-	Port, TLSPort, UpPort, Dead  int
-	AccessLog                    string
-	cmd                          *exec.Cmd
-	Master                       int
+	Dir                         string
+	Port, TLSPort, UpPort, Dead int
+	AccessLog                   string
+	cmd                         *exec.Cmd
+	Master                      int
 }
 
 const nginxConf = `
@@ -232,14 +232,14 @@ func (n *testNginx) Gateway(t testing.TB) discovery.Gateway {
 
 // logLine is one access log line of the kw format.
 type logLine struct {
-	Status                          int
-	Host, Method, URI, Proto, Addr  string
-	ReqMs                           int64
-	UpMs                            int64
-	HasUp                           bool
-	Bytes                           uint64
-	PID                             int
-	raw                             string
+	Status                         int
+	Host, Method, URI, Proto, Addr string
+	ReqMs                          int64
+	UpMs                           int64
+	HasUp                          bool
+	Bytes                          uint64
+	PID                            int
+	raw                            string
 }
 
 func parseMs(s string) (int64, bool) {

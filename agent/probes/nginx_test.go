@@ -175,8 +175,72 @@ func TestAgainstAccessLog(t *testing.T) {
 	requireIntegration(t)
 	n := startNginx(t)
 	p, c := startProbes(t, n, Options{})
-	const rounds = 25
-	sent := traffic(t, n, rounds)
+	sent := traffic(t, n, 25)
+	got := checkAgainstLog(t, n, p, c, sent)
+	for _, r := range got {
+		if r.HasLua {
+			t.Fatalf("Lua timing without LuaPhases: %+v", r)
+		}
+	}
+}
+
+func TestLuaPhases(t *testing.T) {
+	requireIntegration(t)
+	n := startNginx(t)
+	p, c := startProbes(t, n, Options{LuaPhases: true})
+	if st := p.Status(); !st.LuaPhases || st.Err != "" {
+		t.Fatalf("status %+v", st)
+	}
+	// Calibration events carry no Lua timing: warm up until the layout is learnt.
+	warm := 0
+	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; warm++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no layout learnt: %+v", p.Status())
+		}
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/warmup", n.Port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
+	sent := traffic(t, n, 10) + warm
+	got := checkAgainstLog(t, n, p, c, sent)
+	phases, other := 0, 0
+	for _, r := range got {
+		switch {
+		case strings.HasPrefix(r.URI, "/phases"):
+			phases++
+			for i, d := range r.LuaPhases {
+				// each handler runs a 20000-iteration Lua loop: microseconds, not nanoseconds
+				if !r.HasLua || d < time.Microsecond || d > 50*time.Millisecond {
+					t.Errorf("%s: %s phase %v (HasLua %v)", r.URI, model.LuaPhaseNames[i], d, r.HasLua)
+				}
+			}
+		case strings.HasPrefix(r.URI, "/ok"):
+			other++
+			// The lua module registers its rewrite/access/log handlers for every request once
+			// any location uses them (they decline fast); only the content handler is per
+			// location, and /ok has none.
+			if !r.HasLua || r.LuaPhases[model.LuaContent] != 0 {
+				t.Errorf("%s: Lua time %v (HasLua %v)", r.URI, r.LuaPhases, r.HasLua)
+			}
+		}
+	}
+	if phases == 0 || other == 0 {
+		t.Fatalf("no /phases (%d) or /ok (%d) requests", phases, other)
+	}
+	for _, r := range got {
+		if strings.HasPrefix(r.URI, "/phases") {
+			t.Logf("example Lua timing: %v", r.LuaPhases)
+			break
+		}
+	}
+}
+
+// checkAgainstLog compares the agent's records with nginx's access log line by line.
+func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent int) []model.Request {
+	t.Helper()
 	time.Sleep(300 * time.Millisecond) // let the access log and the last poll catch up
 	lines := readAccessLog(t, n.AccessLog)
 	got := c.waitFor(t, len(lines), 5*time.Second)
@@ -246,6 +310,7 @@ func TestAgainstAccessLog(t *testing.T) {
 			t.Errorf("traffic produced no %q", want)
 		}
 	}
+	return got
 }
 
 // compare returns "" when the agent's record matches the access log line.

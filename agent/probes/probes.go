@@ -287,17 +287,28 @@ func (p *Probes) attachLua(b *nginxBin, gw discovery.Gateway) error {
 	path := gw.Exe
 	info, err := readBinary(path, luaHandlers...)
 	if err != nil || !info.has[luaHandlers[0]] {
-		lib, lerr := findLibrary(gw.Master.PID, "lua")
-		if lerr != nil {
-			return fmt.Errorf("no Lua module: %s does not export %s and no lua library is mapped", gw.Exe, luaHandlers[0])
-		}
 		root := gw.Root
 		if root == "" {
 			root = fmt.Sprintf("/proc/%d/root", gw.Master.PID)
 		}
-		path = filepath.Join(root, lib)
-		if info, err = readBinary(path, luaHandlers...); err != nil {
-			return permError("read "+path, err, capSysPtrace)
+		libs, _ := mappedFiles(gw.Master.PID, "lua")
+		info = nil
+		for _, lib := range libs {
+			cand := filepath.Join(root, lib)
+			bi, err := readBinary(cand, luaHandlers...)
+			if err != nil {
+				if isPerm(err) {
+					return permError("read "+cand, err, capSysPtrace)
+				}
+				continue
+			}
+			if bi.has[luaHandlers[0]] {
+				path, info = cand, bi
+				break
+			}
+		}
+		if info == nil {
+			return fmt.Errorf("no Lua module: neither %s nor a mapped *lua* library (%v) exports %s", gw.Exe, libs, luaHandlers[0])
 		}
 	}
 	var syms []string

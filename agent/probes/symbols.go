@@ -5,6 +5,7 @@ import (
 	"debug/elf"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -111,17 +112,21 @@ func loadBase(pid int, ino uint64, bi *binaryInfo) (uint64, error) {
 	return 0, fmt.Errorf("executable (inode %d) not mapped in pid %d", ino, pid)
 }
 
-// findLibrary returns the path (as the process sees it) of a mapped file whose name
-// contains substr, e.g. the lua module of Debian's nginx.
-func findLibrary(pid int, substr string) (string, error) {
+// mappedFiles returns the distinct paths (as the process sees them) of mapped files whose
+// name contains substr, in mapping order.
+func mappedFiles(pid int, substr string) ([]string, error) {
 	ms, err := readMaps(pid)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
+	var out []string
+	seen := map[string]bool{}
 	for _, m := range ms {
-		if strings.HasPrefix(m.path, "/") && strings.Contains(m.path, substr) {
-			return strings.TrimSuffix(m.path, " (deleted)"), nil
+		p := strings.TrimSuffix(m.path, " (deleted)")
+		if strings.HasPrefix(p, "/") && strings.Contains(filepath.Base(p), substr) && !seen[p] {
+			seen[p] = true
+			out = append(out, p)
 		}
 	}
-	return "", os.ErrNotExist
+	return out, nil
 }

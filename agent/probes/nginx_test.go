@@ -174,6 +174,7 @@ func reqKey(uri, method string, status int) string {
 func TestAgainstAccessLog(t *testing.T) {
 	requireIntegration(t)
 	n := startNginx(t)
+	checkInnerPIDNS(t, n)
 	p, c := startProbes(t, n, Options{})
 	sent := traffic(t, n, 25)
 	got := checkAgainstLog(t, n, p, c, sent)

@@ -1,0 +1,145 @@
+package probes
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+)
+
+// These tests re-run this test binary in a restricted environment (a child PID namespace,
+// a reduced capability set) and let the inner run do the real work; the outer run checks
+// that the inner one passed.
+
+const innerEnv = "KW_PROBES_INNER"
+
+func runInner(t *testing.T, wrapper []string, test string, env ...string) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append(append([]string{}, wrapper[1:]...), exe, "-test.run", "^"+test+"$", "-test.v", "-test.count=1")
+	cmd := exec.Command(wrapper[0], args...)
+	cmd.Env = append(append(os.Environ(), "KW_REQUIRE_INTEGRATION=1"), env...)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	var out []byte
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		<-done
+	}
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+test) {
+		t.Fatalf("inner %s failed: %v\n%s", test, err, out)
+	}
+	return string(out)
+}
+
+// TestPIDNamespace: the agent and nginx in a child PID namespace (a pod with
+// shareProcessNamespace). The kernel filter must match the namespaced PIDs, and the PIDs
+// reported must be the ones nginx itself logs ($pid).
+func TestPIDNamespace(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t, "unshare")
+	out := runInner(t, []string{"unshare", "--pid", "--fork", "--mount-proc"}, "TestAgainstAccessLog",
+		innerEnv+"=pidns")
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "compared") || strings.Contains(l, "inner pid namespace") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
+}
+
+// checkInnerPIDNS is called by the inner TestAgainstAccessLog.
+func checkInnerPIDNS(t *testing.T, n *testNginx) {
+	if os.Getenv(innerEnv) != "pidns" {
+		return
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/pid", &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Ino == 0xEFFFFFFC || os.Getpid() > 50 || n.Master > 50 {
+		t.Fatalf("not in a fresh child PID namespace: ns inode %d, pid %d, nginx %d", st.Ino, os.Getpid(), n.Master)
+	}
+	t.Logf("inner pid namespace %d: test pid %d, nginx master %d", st.Ino, os.Getpid(), n.Master)
+}
+
+// TestCapabilities: the agent with only CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (what the
+// webhook grants) loads, attaches with uprobe_multi and sees every request; without
+// CAP_PERFMON it fails with an error that names it.
+func TestCapabilities(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t, "setpriv")
+	n := startNginx(t)
+	env := []string{
+		"KW_NGINX=" + fmt.Sprintf("%d,%d,%d,%s", n.Master, n.Port, n.TLSPort, n.AccessLog),
+	}
+	setpriv := func(caps string) []string {
+		return []string{"setpriv", "--inh-caps=-all," + caps, "--ambient-caps=-all," + caps, "--bounding-set=-all," + caps}
+	}
+	out := runInner(t, setpriv("+bpf,+perfmon,+sys_ptrace"), "TestCapsInner", append(env, innerEnv+"=caps")...)
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "CapEff") || strings.Contains(l, "compared") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
+	out = runInner(t, setpriv("+bpf,+sys_ptrace"), "TestCapsInner", append(env, innerEnv+"=caps-noperfmon")...)
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "New:") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
+}
+
+func TestCapsInner(t *testing.T) {
+	mode := os.Getenv(innerEnv)
+	if !strings.HasPrefix(mode, "caps") {
+		t.Skip("only run by TestCapabilities")
+	}
+	eff, err := effectiveCaps()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("CapEff=%#x", eff)
+	if eff&(1<<capSysAdmin) != 0 || eff&(1<<capBPF) == 0 {
+		t.Fatalf("capabilities not reduced: %#x", eff)
+	}
+	if mode == "caps-noperfmon" {
+		_, err := New(Options{Log: testr.New(t)})
+		if err == nil || !strings.Contains(err.Error(), "CAP_PERFMON") {
+			t.Fatalf("New without CAP_PERFMON: %v; want an error naming CAP_PERFMON", err)
+		}
+		t.Logf("New: %v", err)
+		return
+	}
+	f := strings.Split(os.Getenv("KW_NGINX"), ",")
+	if len(f) != 4 {
+		t.Fatalf("KW_NGINX=%q", os.Getenv("KW_NGINX"))
+	}
+	n := &testNginx{AccessLog: f[3]}
+	n.Master, _ = strconv.Atoi(f[0])
+	n.Port, _ = strconv.Atoi(f[1])
+	n.TLSPort, _ = strconv.Atoi(f[2])
+	p, c := startProbes(t, n, Options{})
+	if st := p.Status(); st.AttachMethod != "uprobe_multi" {
+		t.Fatalf("attach method %q", st.AttachMethod)
+	}
+	sent := traffic(t, n, 5)
+	checkAgainstLog(t, n, p, c, sent)
+}

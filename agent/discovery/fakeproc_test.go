@@ -82,6 +82,8 @@ var fakeTrees = map[string][]fakeProc{
 		{pid: 16, ppid: 7, comm: "nginx", start: 904, cmdline: padded("nginx: privileged agent process"), exe: binA},
 		// A worker's short-lived fork (Lua os.execute before exec): not a worker.
 		{pid: 17, ppid: 12, comm: "nginx", start: 950, cmdline: padded("nginx: worker process"), exe: binA},
+		// A worker just forked by the master: it still has the master's title.
+		{pid: 18, ppid: 7, comm: "nginx", start: 955, cmdline: title("nginx: master process /usr/local/openresty/nginx/sbin/nginx -p /usr/local/kong -c nginx.conf"), exe: binA},
 		// Vanished mid-scan: no stat; stat but no cmdline.
 		{pid: 20, ppid: 7, comm: "nginx", start: 960, noStat: true},
 		{pid: 21, ppid: 7, comm: "nginx", start: 961},

@@ -89,7 +89,7 @@ func (s Scanner) name() string {
 // children (master_process off) is a gateway without workers; so is a worker whose master
 // died (it keeps serving). Cache manager/loader and privileged agent processes are not
 // workers. A new master started by a binary upgrade (a child of the old master titled
-// "master process") is a gateway of its own.
+// "master process", with workers of its own) is a gateway of its own.
 //
 // The error is non-nil when ProcRoot cannot be read (the result is then nil) or when some
 // gateway's executable could not be identified: those gateways are still returned, with
@@ -113,10 +113,19 @@ func (s Scanner) Scan() ([]Gateway, error) {
 		}
 	}
 
+	hasChildren := map[int]bool{}
+	for _, p := range procs {
+		hasChildren[p.PPID] = true
+	}
 	byMaster := map[int]*Gateway{}
+	// A root is a process whose parent is not one of ours, or a master-titled child that
+	// has children of its own: the new master of a binary upgrade (USR2). A master-titled
+	// child without children is a worker just forked that has not set its title yet (or a
+	// new master about to fork its own workers): counting it as a worker of its parent
+	// avoids reporting a short-lived gateway on every reload.
 	isRoot := func(p *proc) bool {
 		parent, ok := procs[p.PPID]
-		return !ok || p.role == roleMaster || parent.PID == p.PID
+		return !ok || parent.PID == p.PID || (p.role == roleMaster && hasChildren[p.PID])
 	}
 	for _, p := range procs {
 		if isRoot(p) {
@@ -124,7 +133,7 @@ func (s Scanner) Scan() ([]Gateway, error) {
 		}
 	}
 	for _, p := range procs {
-		if isRoot(p) || (p.role != roleWorker && p.role != roleOther) {
+		if isRoot(p) || p.role == roleHelper {
 			continue
 		}
 		// Only children of a root are workers: a same-named grandchild is a transient

@@ -46,7 +46,7 @@ func TestScanFakePod(t *testing.T) {
 	root := filepath.Join("testdata", "proc-pod")
 	gs, err := Scanner{ProcRoot: root}.Scan()
 	want := []summary{
-		{master: 7, workers: []int{8, 12, 13}, down: []int{8}},
+		{master: 7, workers: []int{8, 12, 13, 18}, down: []int{8}},
 		{master: 40, workers: []int{41}},
 		{master: 45, workers: []int{46}}, // binary upgrade: the new master is its own gateway
 		{master: 50},                     // master_process off
@@ -77,7 +77,7 @@ func TestScanFakePod(t *testing.T) {
 	if w := a.Workers[1]; w.Title != "nginx: worker process" || w.StartTime != 900 || w.PPID != 7 {
 		t.Errorf("worker %+v", w)
 	}
-	if got := a.PIDs(); !reflect.DeepEqual(got, []int{8, 12, 13}) {
+	if got := a.PIDs(); !reflect.DeepEqual(got, []int{8, 12, 13, 18}) {
 		t.Errorf("PIDs %v", got)
 	}
 	if got := gs[3].PIDs(); !reflect.DeepEqual(got, []int{50}) {

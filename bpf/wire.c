@@ -1,3 +1,5 @@
+//go:build ignore
+
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
 // The wire-level fallback data path: copies what an nginx worker reads from and writes to its
 // client sockets (libc recv/send/writev/sendfile/close) and TLS sessions (OpenSSL
@@ -185,6 +187,10 @@ int wire_exit(struct pt_regs *ctx)
 	struct wire_call c = *cp;
 	bpf_map_delete_elem(&wire_calls, &id);
 	long ret = PT_REGS_RC(ctx);
+	// SSL_read/SSL_write return an int: the upper half of rax is not theirs (-1 would read as
+	// 4294967295). The libc functions return a full ssize_t.
+	if (c.fn == WIRE_FN_SSL_READ || c.fn == WIRE_FN_SSL_WRITE)
+		ret = (int)ret;
 	if (ret <= 0)
 		return 0;
 	__u64 conn = c.a0;

@@ -53,9 +53,20 @@ const (
 	roleOpaque // upgraded (WebSocket) or tunnelled
 )
 
+// pendingReq is a request whose exchange is not over. An exchange ends when the response
+// is written AND the request body is read: nginx may answer before it has read (and
+// discarded) a body, and logs the request, with $request_time, only after the body is in.
 type pendingReq struct {
 	method, uri, host, proto string
 	start                    time.Time
+
+	bodyDone bool
+	bodyEnd  time.Time
+
+	respDone bool
+	status   int
+	bytes    int64
+	respEnd  time.Time
 }
 
 type conn struct {
@@ -200,14 +211,18 @@ func (p *Parser) Close(k ConnKey, ts time.Time) {
 			c.finishResponse()
 		}
 		for _, r := range c.pending {
+			if r.respDone { // answered; the rest of the body never came
+				p.produce(c.key, r, r.status, r.bytes, r.respEnd)
+				continue
+			}
 			p.stats.Unanswered++
-			p.produce(r, 0, 0, ts)
+			p.produce(c.key, r, 0, 0, ts)
 		}
 	}
 	p.drop(c)
 }
 
-func (p *Parser) produce(r pendingReq, status int, bytes int64, end time.Time) {
+func (p *Parser) produce(k ConnKey, r pendingReq, status int, bytes int64, end time.Time) {
 	p.stats.Requests++
 	if p.emit == nil {
 		return
@@ -218,7 +233,7 @@ func (p *Parser) produce(r pendingReq, status int, bytes int64, end time.Time) {
 	}
 	p.emit(&model.Request{
 		Start: r.start, End: end, Method: r.method, Host: r.host, URI: r.uri, Proto: r.proto,
-		Status: status, Latency: lat, BytesSent: uint64(bytes),
+		Status: status, Latency: lat, BytesSent: uint64(bytes), PID: int(k.TGID),
 	})
 }
 
@@ -239,8 +254,16 @@ func (e reqEvents) onHead(h *head, n int) (framing, int64) {
 	}
 	return noBody, 0
 }
-func (e reqEvents) onBody(int64)          {}
-func (e reqEvents) onEnd()                {}
+func (e reqEvents) onBody(int64) {}
+
+// onEnd: the request whose body just ended is the newest one (requests arrive in order).
+func (e reqEvents) onEnd() {
+	c := e.c
+	if n := len(c.pending); n > 0 && !c.pending[n-1].bodyDone {
+		c.pending[n-1].bodyDone, c.pending[n-1].bodyEnd = true, c.req.now
+	}
+	c.flush()
+}
 func (e reqEvents) onError(reason string) { e.c.p.stats.ParseErrors++ }
 
 type respEvents struct{ c *conn }
@@ -251,10 +274,11 @@ func (e respEvents) onHead(h *head, n int) (framing, int64) {
 	c.status = h.status
 	c.respBytes += int64(n)
 	c.interim = h.status >= 100 && h.status < 200 && h.status != 101
-	c.matched = len(c.pending) > 0
+	r := c.nextUnanswered()
+	c.matched = r != nil
 	var method string
 	if c.matched {
-		method = c.pending[0].method
+		method = r.method
 	} else {
 		c.p.stats.Unmatched++
 	}
@@ -289,12 +313,34 @@ func (e respEvents) onEnd() {
 
 func (e respEvents) onError(reason string) { e.c.p.stats.ParseErrors++ }
 
+// nextUnanswered is the oldest request without a response: responses come in request order.
+func (c *conn) nextUnanswered() *pendingReq {
+	for i := range c.pending {
+		if !c.pending[i].respDone {
+			return &c.pending[i]
+		}
+	}
+	return nil
+}
+
 func (c *conn) finishResponse() {
-	if c.matched && len(c.pending) > 0 {
-		r := c.pending[0]
-		c.pending = c.pending[1:]
-		c.p.produce(r, c.status, c.respBytes, c.resp.now)
+	if r := c.nextUnanswered(); c.matched && r != nil {
+		r.respDone, r.status, r.bytes, r.respEnd = true, c.status, c.respBytes, c.resp.now
 	}
 	c.matched = false
 	c.status, c.respBytes = 0, 0
+	c.flush()
+}
+
+// flush produces the exchanges at the head of the queue that are over.
+func (c *conn) flush() {
+	for len(c.pending) > 0 && c.pending[0].respDone && c.pending[0].bodyDone {
+		r := c.pending[0]
+		c.pending = c.pending[1:]
+		end := r.respEnd
+		if r.bodyEnd.After(end) {
+			end = r.bodyEnd
+		}
+		c.p.produce(c.key, r, r.status, r.bytes, end)
+	}
 }

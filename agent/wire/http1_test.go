@@ -29,7 +29,7 @@ func newHarness(t *testing.T) *harness {
 func (h *harness) at() time.Time { h.ms++; return t0.Add(time.Duration(h.ms) * time.Millisecond) }
 
 // in/out feed captured bytes; the optional gap adds uncaptured bytes after them.
-func (h *harness) in(s string, gap ...int64) { h.feed(false, s, gap...) }
+func (h *harness) in(s string, gap ...int64)   { h.feed(false, s, gap...) }
 func (h *harness) out1(s string, gap ...int64) { h.feed(true, s, gap...) }
 func (h *harness) feed(out bool, s string, gap ...int64) {
 	n := int64(len(s))
@@ -253,4 +253,25 @@ func FuzzParser(f *testing.F) {
 			t.Fatal("conn survived close")
 		}
 	})
+}
+
+// nginx may answer before it has read a request body (return, errors): it logs the request,
+// and measures $request_time, once the body is read and discarded. So does the parser.
+func TestResponseBeforeBodyEnd(t *testing.T) {
+	h := newHarness(t)
+	h.in("POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabcd") // t+1ms
+	h.out1(ok5)                                                               // t+2ms
+	if len(h.out) != 0 {
+		t.Fatal("produced before the body was read")
+	}
+	h.in("efghij") // t+3ms
+	h.want("POST a /early HTTP/1.1 200 43")
+	if h.out[0].Latency != 2*time.Millisecond {
+		t.Fatalf("latency %v, want until the body's end", h.out[0].Latency)
+	}
+	// Closed with the body unread: produced with the response's end.
+	h.in("POST /cut HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+	h.out1(ok5)
+	h.p.Close(h.k, h.at())
+	h.want("POST a /early HTTP/1.1 200 43", "POST a /cut HTTP/1.1 200 43")
 }

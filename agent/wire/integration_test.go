@@ -1,0 +1,514 @@
+package wire
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+
+	"github.com/kong-watcher/kong-watcher/agent/discovery"
+	"github.com/kong-watcher/kong-watcher/agent/model"
+)
+
+// requireEnv fails when KW_REQUIRE_INTEGRATION=1 (CI must not silently skip) and skips
+// otherwise.
+func requireEnv(t *testing.T, ok bool, why string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if os.Getenv("KW_REQUIRE_INTEGRATION") == "1" {
+		t.Fatalf("prerequisite missing: %s", why)
+	}
+	t.Skipf("prerequisite missing: %s", why)
+}
+
+func havePrereqs(t *testing.T, tools ...string) {
+	requireEnv(t, os.Geteuid() == 0, "root (BPF + uprobes)")
+	for _, tool := range tools {
+		_, err := exec.LookPath(tool)
+		requireEnv(t, err == nil, tool+" in PATH")
+	}
+	_, err := os.Stat("/sys/kernel/btf/vmlinux")
+	requireEnv(t, err == nil, "kernel BTF")
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// nginxFixture is a real nginx in a temporary prefix: a plain server (200, 404, a
+// proxy_pass to a second server block), the upstream block, and a TLS listener without
+// http2, two workers, a JSON access log.
+type nginxFixture struct {
+	dir                string
+	plain, up, tlsPort int
+	master             int
+	workers            []int
+	cmd                *exec.Cmd
+}
+
+func startNginx(t *testing.T) *nginxFixture {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil { // workers run as nobody
+		t.Fatal(err)
+	}
+	f := &nginxFixture{dir: dir, plain: freePort(t), up: freePort(t), tlsPort: freePort(t)}
+	writeCert(t, dir)
+	conf := fmt.Sprintf(`
+worker_processes 2;
+daemon off;
+master_process on;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 1024; }
+http {
+  log_format kwjson escape=json '{"status":$status,"host":"$host","method":"$request_method","uri":"$request_uri","rt":$request_time,"bytes":$bytes_sent,"pid":$pid}';
+  access_log %[1]s/access.log kwjson;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  keepalive_requests 10000;
+  server {
+    listen 127.0.0.1:%[2]d;
+    listen 127.0.0.1:%[4]d ssl;
+    ssl_certificate %[1]s/cert.pem;
+    ssl_certificate_key %[1]s/key.pem;
+    location / { return 200 "ok\n"; }
+    location /missing/ { return 404; }
+    location /proxy/ { proxy_pass http://127.0.0.1:%[3]d; }
+  }
+  server {
+    listen 127.0.0.1:%[3]d;
+    location / { return 200 "upstream\n"; }
+  }
+}
+`, dir, f.plain, f.up, f.tlsPort)
+	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.cmd = exec.Command("nginx", "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
+	f.cmd.Stderr = os.Stderr
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.master = f.cmd.Process.Pid
+	t.Cleanup(func() {
+		_ = f.cmd.Process.Signal(os.Interrupt) // SIGINT: fast shutdown, master stops its workers
+		done := make(chan struct{})
+		go func() { f.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			f.cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Logf("nginx error.log:\n%s", b)
+		}
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		f.workers = childrenOf(f.master)
+		if len(f.workers) == 2 {
+			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", f.plain)); err == nil {
+				c.Close()
+				return f
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("nginx did not start: workers %v", f.workers)
+	return nil
+}
+
+func childrenOf(ppid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(fields) > 1 && fields[1] == strconv.Itoa(ppid) {
+			out = append(out, pid)
+		}
+	}
+	sort.Ints(out)
+	return out
+}
+
+func (f *nginxFixture) gateway() discovery.Gateway {
+	gw := discovery.Gateway{
+		Master: discovery.Process{PID: f.master, Comm: "nginx"},
+		Exe:    fmt.Sprintf("/proc/%d/exe", f.master),
+		Root:   fmt.Sprintf("/proc/%d/root", f.master),
+	}
+	for _, w := range f.workers {
+		gw.Workers = append(gw.Workers, discovery.Process{PID: w, PPID: f.master, Comm: "nginx"})
+	}
+	return gw
+}
+
+type logLine struct {
+	Status int     `json:"status"`
+	Host   string  `json:"host"`
+	Method string  `json:"method"`
+	URI    string  `json:"uri"`
+	RT     float64 `json:"rt"`
+	Bytes  uint64  `json:"bytes"`
+	PID    int     `json:"pid"`
+}
+
+func (f *nginxFixture) accessLog(t *testing.T) []logLine {
+	b, err := os.ReadFile(filepath.Join(f.dir, "access.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []logLine
+	for _, ln := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+		if len(ln) == 0 {
+			continue
+		}
+		var l logLine
+		if err := json.Unmarshal(ln, &l); err != nil {
+			t.Fatalf("access log line %q: %v", ln, err)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+func writeCert(t *testing.T, dir string) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"},
+		DNSNames: []string{"localhost"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	os.WriteFile(filepath.Join(dir, "cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(filepath.Join(dir, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+}
+
+type collector struct {
+	mu  sync.Mutex
+	got []*model.Request
+}
+
+func (c *collector) Observe(r *model.Request) {
+	c.mu.Lock()
+	c.got = append(c.got, r)
+	c.mu.Unlock()
+}
+
+func (c *collector) snapshot() []*model.Request {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*model.Request(nil), c.got...)
+}
+
+// chunkedBody has no length, so net/http sends it with Transfer-Encoding: chunked.
+type chunkedBody struct{ left int }
+
+func (b *chunkedBody) Read(p []byte) (int, error) {
+	if b.left == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), b.left, 3000)
+	for i := range p[:n] {
+		p[i] = 'x'
+	}
+	b.left -= n
+	return n, nil
+}
+
+func TestIntegrationNginx(t *testing.T) {
+	havePrereqs(t, "nginx", "curl")
+	ng := startNginx(t)
+
+	tr, err := New(Options{Log: testr.New(t), TLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	var seenMu sync.Mutex
+	seenPIDs := map[uint32]int{}
+	tr.onChunk = func(c Chunk) {
+		seenMu.Lock()
+		seenPIDs[c.Key.TGID]++
+		seenMu.Unlock()
+		if os.Getenv("KW_WIRE_DEBUG") != "" {
+			t.Logf("chunk %+v out=%v ts=%s len=%d %q", c.Key, c.Out, c.TS.Format("15:04:05.000000"), c.Len, c.Data[:min(len(c.Data), 80)])
+		}
+	}
+	if err := tr.Track(ng.gateway()); err != nil {
+		t.Fatal(err)
+	}
+	st := tr.Status()
+	t.Logf("mode %s", st.Mode)
+	for _, p := range st.Probes {
+		t.Logf("probe %s+%d return=%v emulated=%v", p.Symbol, p.Offset, p.Return, p.Emulated)
+	}
+	col := &collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- tr.Run(ctx, col) }()
+	defer func() { cancel(); <-runDone }()
+
+	base := fmt.Sprintf("http://127.0.0.1:%d", ng.plain)
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+		TLSNextProto:    map[string]func(string, *tls.Conn) http.RoundTripper{}, // HTTP/1.1 only
+	}}
+	do := func(method, url, host string, body io.Reader) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, url, body)
+		if host != "" {
+			req.Host = host
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, url, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i := 0; i < 5; i++ { // keep-alive
+		do("GET", fmt.Sprintf("%s/r/ka-%d?x=%d", base, i, i), "API.Example.com:8080", nil)
+	}
+	do("GET", base+"/missing/thing", "", nil)
+	do("HEAD", base+"/r/head", "", nil)
+	do("POST", base+"/r/chunked", "", &chunkedBody{left: 20000})
+	do("GET", base+"/proxy/p1", "proxied.example", nil)
+	for i := 0; i < 3; i++ {
+		do("GET", fmt.Sprintf("https://127.0.0.1:%d/r/tls-%d", ng.tlsPort, i), "secure.example", nil)
+	}
+	do("POST", fmt.Sprintf("https://127.0.0.1:%d/r/tls-post", ng.tlsPort), "secure.example", strings.NewReader(strings.Repeat("y", 5000)))
+
+	// Pipelined: three requests in one write.
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", ng.plain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "GET /r/pipe-1 HTTP/1.1\r\nHost: pipe\r\n\r\nHEAD /r/pipe-2 HTTP/1.1\r\nHost: pipe\r\n\r\nGET /missing/pipe-3 HTTP/1.1\r\nHost: pipe\r\nConnection: close\r\n\r\n")
+	io.Copy(io.Discard, c)
+	c.Close()
+
+	// curl: a libc-based client, whose own recv/send must not be captured (PID filter);
+	// a large body makes curl send Expect: 100-continue.
+	big := filepath.Join(ng.dir, "big.txt")
+	os.WriteFile(big, bytes.Repeat([]byte("z"), 200000), 0o644)
+	for _, args := range [][]string{
+		{"-s", "-o", "/dev/null", base + "/r/curl"},
+		{"-s", "-o", "/dev/null", "-H", "Expect: 100-continue", "--data-binary", "@" + big, base + "/r/continue"},
+	} {
+		if out, err := exec.Command("curl", args...).CombinedOutput(); err != nil {
+			t.Fatalf("curl %v: %v %s", args, err, out)
+		}
+	}
+
+	// HTTP/2 prior knowledge on the plain port: must be counted as unparsed h2, not parsed.
+	c, err = net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", ng.plain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 4, 0, 0, 0, 0, 0))
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.Copy(io.Discard, c)
+	c.Close()
+	client.CloseIdleConnections()
+
+	// The access log is the reference, less the h2 attempt (nginx without http2 on the
+	// listener answers the preface with a 400 that has no request line).
+	var want []logLine
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		want = want[:0]
+		for _, l := range ng.accessLog(t) {
+			if l.Method != "PRI" && !(l.Method == "" && l.Status == 400) {
+				want = append(want, l)
+			}
+		}
+		if len(col.snapshot()) >= len(want) && len(want) >= 19 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // anything extra would show up now
+	got := col.snapshot()
+	key := func(m, h, u string, s int) string { return fmt.Sprintf("%s %s %s %d", m, h, u, s) }
+	wantBy := map[string][]logLine{}
+	for _, l := range want {
+		k := key(l.Method, l.Host, l.URI, l.Status)
+		wantBy[k] = append(wantBy[k], l)
+	}
+	workers := map[int]bool{}
+	for _, w := range ng.workers {
+		workers[w] = true
+	}
+	var problems []string
+	for _, r := range got {
+		k := key(r.Method, r.Host, r.URI, r.Status)
+		ls := wantBy[k]
+		if len(ls) == 0 {
+			problems = append(problems, "unexpected: "+k)
+			continue
+		}
+		l := ls[0]
+		wantBy[k] = ls[1:]
+		// nginx's $request_time has millisecond precision from a cached clock.
+		if d := math.Abs(float64(r.Latency.Microseconds())/1000 - l.RT*1000); d > 5 {
+			problems = append(problems, fmt.Sprintf("%s: latency %v, nginx %.3fs", k, r.Latency, l.RT))
+		}
+		if r.BytesSent != l.Bytes {
+			problems = append(problems, fmt.Sprintf("%s: bytes %d, nginx %d", k, r.BytesSent, l.Bytes))
+		}
+		if r.PID != l.PID || !workers[r.PID] {
+			problems = append(problems, fmt.Sprintf("%s: pid %d, nginx %d", k, r.PID, l.PID))
+		}
+	}
+	for k, ls := range wantBy {
+		for range ls {
+			problems = append(problems, "missing: "+k)
+		}
+	}
+	if len(problems) > 0 {
+		b, _ := os.ReadFile(filepath.Join(ng.dir, "access.log"))
+		t.Logf("access log:\n%s", b)
+	}
+	for _, p := range problems {
+		t.Error(p)
+	}
+	st = tr.Status()
+	t.Logf("%d requests in the access log, %d seen; status %+v", len(want), len(got), st.ParserStats)
+	t.Logf("events %d dropped %d", st.Events, st.Dropped)
+	if st.H2Conns < 1 {
+		t.Errorf("the h2 connection was not detected: %+v", st.ParserStats)
+	}
+	if st.Upstream < 1 {
+		t.Errorf("the proxy's upstream connection was not classified: %+v", st.ParserStats)
+	}
+	seenMu.Lock()
+	for pid, n := range seenPIDs {
+		if !workers[int(pid)] {
+			t.Errorf("captured %d chunks of pid %d, not an nginx worker (PID filter leak)", n, pid)
+		}
+	}
+	seenMu.Unlock()
+
+	// Untrack detaches: no more events.
+	tr.Untrack(ng.gateway().ID())
+	before := tr.Status().Events
+	do("GET", base+"/r/after-untrack", "", nil)
+	time.Sleep(100 * time.Millisecond)
+	if after := tr.Status(); after.Events != before || len(after.Probes) != 0 {
+		t.Errorf("events after Untrack: %d -> %d, probes %d", before, after.Events, len(after.Probes))
+	}
+}
+
+// TestWrkOverhead measures what the wire probes cost nginx (`return 200`), alternating runs
+// without and with the tracer. Opt-in (KW_WIRE_BENCH=1): it takes ~35 s.
+func TestWrkOverhead(t *testing.T) {
+	if os.Getenv("KW_WIRE_BENCH") != "1" {
+		t.Skip("set KW_WIRE_BENCH=1")
+	}
+	havePrereqs(t, "nginx", "wrk")
+	ng := startNginx(t)
+	tr, err := New(Options{Log: testr.New(t), TLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	var seen int64
+	var mu sync.Mutex
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- tr.Run(ctx, model.SinkFunc(func(*model.Request) { mu.Lock(); seen++; mu.Unlock() }))
+	}()
+	defer func() { cancel(); <-done }()
+	wrk := func() float64 {
+		out, err := exec.Command("wrk", "-t1", "-c20", "-d5s", fmt.Sprintf("http://127.0.0.1:%d/", ng.plain)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("wrk: %v %s", err, out)
+		}
+		sc := bufio.NewScanner(bytes.NewReader(out))
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "Requests/sec:" {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				return v
+			}
+		}
+		t.Fatalf("no Requests/sec in %s", out)
+		return 0
+	}
+	var ratios []float64
+	for round := 0; round < 3; round++ {
+		without := wrk()
+		if err := tr.Track(ng.gateway()); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		seen = 0
+		mu.Unlock()
+		with := wrk()
+		time.Sleep(300 * time.Millisecond)
+		tr.Untrack(ng.gateway().ID())
+		mu.Lock()
+		n := seen
+		mu.Unlock()
+		st := tr.Status()
+		ratios = append(ratios, with/without)
+		t.Logf("round %d: without %.0f req/s, with %.0f req/s, ratio %.2f; requests seen %d (~%.0f expected), dropped %d, parse errors %d",
+			round+1, without, with, with/without, n, with*5, st.Dropped, st.ParseErrors)
+	}
+	sort.Float64s(ratios)
+	t.Logf("median throughput ratio with/without: %.2f", ratios[1])
+}

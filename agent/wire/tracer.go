@@ -1,0 +1,589 @@
+// Package wire is the agent's fallback data path: when nginx's request object cannot be read
+// (offsets not learnt, symbols missing) it captures what the gateway's workers read from and
+// write to their sockets (libc recv/send/writev/sendfile/close) and TLS sessions (OpenSSL
+// SSL_read/SSL_write/SSL_free), and parses HTTP/1.x from those bytes in user space.
+//
+// HTTP/2 would need HPACK decoding and is out of scope: such connections are detected by
+// their preface, counted in Status.H2Unparsed and logged, never miscounted.
+package wire
+
+import (
+	"bufio"
+	"context"
+	"debug/elf"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
+
+	"github.com/kong-watcher/kong-watcher/agent/discovery"
+	"github.com/kong-watcher/kong-watcher/agent/insn"
+	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/bpf"
+)
+
+// Function ids: the attach cookies, mirroring enum wire_fn in bpf/headers/wire_types.h.
+const (
+	fnRecv     = 1
+	fnSend     = 2
+	fnWritev   = 3
+	fnSendfile = 4
+	fnClose    = 5
+	fnSSLRead  = 6
+	fnSSLWrite = 7
+	fnSSLFree  = 8
+)
+
+const (
+	kindClose  = 1 // enum wire_kind
+	dirOut     = 1 // enum wire_dir
+	statEvents = 0 // enum wire_stat
+	statDrops  = 1
+)
+
+// probeFn is one library function the tracer probes.
+type probeFn struct {
+	sym   string
+	fn    uint64
+	nargs int
+	ret   bool // also a return probe (for the byte count)
+}
+
+var libcFns = []probeFn{
+	{"recv", fnRecv, 4, true},
+	{"send", fnSend, 4, true},
+	{"writev", fnWritev, 3, true},
+	{"sendfile", fnSendfile, 4, true},
+	{"close", fnClose, 1, false},
+}
+
+var sslFns = []probeFn{
+	{"SSL_read", fnSSLRead, 3, true},
+	{"SSL_write", fnSSLWrite, 3, true},
+	{"SSL_free", fnSSLFree, 1, false},
+}
+
+// Options configures a Tracer.
+type Options struct {
+	Log logr.Logger
+	// RingBufferBytes is the kernel ring buffer size (a power of two, >= 4 KiB; default 4 MiB).
+	RingBufferBytes int
+	// MaxConns bounds the connections parsed at once (default 16384).
+	MaxConns int
+	// TLS also probes OpenSSL's SSL_read/SSL_write when libssl is mapped.
+	TLS bool
+}
+
+// Probe describes one attached function.
+type Probe struct {
+	Library string // path as seen from the agent
+	Symbol  string
+	Offset  uint64 // where the probe sits inside the function
+	// Emulated is false when no cheap instruction was found and the probe single-steps
+	// (~15 us per hit instead of ~1 us).
+	Emulated bool
+	Return   bool
+}
+
+// Status is the tracer's health.
+type Status struct {
+	Mode     string // "uprobe_multi" or "perf_event" ("" before the first attach)
+	Probes   []Probe
+	Gateways int
+	PIDs     int
+	Events   uint64 // events the kernel side emitted
+	Dropped  uint64 // events lost because the ring buffer was full
+	ParserStats
+}
+
+type fileID struct{ dev, ino uint64 }
+
+type attachedLib struct {
+	path   string
+	refs   int
+	links  []link.Link
+	probes []Probe
+}
+
+type gwState struct {
+	pids []int
+	libs []fileID
+}
+
+// Tracer owns the wire programs, their attachments and the parser.
+type Tracer struct {
+	log  logr.Logger
+	opts Options
+
+	mu       sync.Mutex
+	spec     *ebpf.CollectionSpec
+	objs     bpf.WireObjects
+	perfProg struct{ enter, exit *ebpf.Program } // loaded on the perf-event fallback
+	mode     string
+	libs     map[fileID]*attachedLib
+	gws      map[discovery.GatewayID]*gwState
+	pstats   ParserStats
+
+	rd        *ringbuf.Reader
+	monoToRT  int64 // add to a CLOCK_MONOTONIC ns to get Unix ns
+	onChunk   func(Chunk)
+	closeOnce sync.Once
+}
+
+// New loads the programs and maps; nothing is attached until Track.
+func New(o Options) (*Tracer, error) {
+	if o.RingBufferBytes == 0 {
+		o.RingBufferBytes = 4 << 20
+	}
+	if o.RingBufferBytes < 4096 || o.RingBufferBytes&(o.RingBufferBytes-1) != 0 {
+		return nil, fmt.Errorf("RingBufferBytes %d: want a power of two >= 4096", o.RingBufferBytes)
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 16384
+	}
+	spec, err := bpf.LoadWire()
+	if err != nil {
+		return nil, err
+	}
+	spec.Maps["wire_events"].MaxEntries = uint32(o.RingBufferBytes)
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
+		return nil, fmt.Errorf("own PID namespace: %w", err)
+	}
+	if err := spec.Variables["pidns_dev"].Set(uint64(st.Dev)); err != nil {
+		return nil, err
+	}
+	if err := spec.Variables["pidns_ino"].Set(st.Ino); err != nil {
+		return nil, err
+	}
+	if err := spec.Variables["wakeup_bytes"].Set(uint64(o.RingBufferBytes / 16)); err != nil {
+		return nil, err
+	}
+	// uprobe_multi first: it only needs CAP_BPF+CAP_PERFMON (perf-event uprobes need
+	// CAP_SYS_ADMIN), and one link covers all of a library's functions.
+	multiSpec := spec.Copy()
+	for _, p := range multiSpec.Programs {
+		p.AttachType = ebpf.AttachTraceUprobeMulti
+	}
+	t := &Tracer{log: o.Log, opts: o, spec: spec, libs: map[fileID]*attachedLib{}, gws: map[discovery.GatewayID]*gwState{}}
+	if err := multiSpec.LoadAndAssign(&t.objs, nil); err != nil {
+		return nil, fmt.Errorf("loading wire programs: %w%s", err, capHint(err, "CAP_BPF and CAP_PERFMON"))
+	}
+	t.rd, err = ringbuf.NewReader(t.objs.WireEvents)
+	if err != nil {
+		t.objs.Close()
+		return nil, err
+	}
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	t.monoToRT = time.Now().UnixNano() - ts.Nano()
+	return t, nil
+}
+
+func capHint(err error, caps string) string {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission) {
+		return " (missing " + caps + "?)"
+	}
+	return ""
+}
+
+// libraryPaths returns the paths of libc and libssl mapped by pid, from /proc/<pid>/maps.
+func libraryPaths(pid int) (libc, libssl string, err error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return "", "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 6 || !strings.HasPrefix(fields[5], "/") {
+			continue
+		}
+		p := fields[5]
+		base := filepath.Base(p)
+		switch {
+		case libc == "" && (strings.HasPrefix(base, "libc.so") || strings.HasPrefix(base, "libc-")):
+			libc = p
+		case libssl == "" && strings.HasPrefix(base, "libssl.so"):
+			libssl = p
+		}
+	}
+	if libc == "" {
+		return "", "", fmt.Errorf("pid %d maps no libc (statically linked gateway?)", pid)
+	}
+	return libc, libssl, sc.Err()
+}
+
+// Track attaches to the libraries gw's processes map (once per library file, shared by
+// gateways) and starts capturing their PIDs.
+func (t *Tracer) Track(gw discovery.Gateway) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	id := gw.ID()
+	if _, ok := t.gws[id]; ok {
+		t.setPIDsLocked(id, gw.PIDs())
+		return nil
+	}
+	pids := gw.PIDs()
+	libc, libssl, err := libraryPaths(pids[0])
+	if err != nil {
+		libc, libssl, err = libraryPaths(gw.Master.PID)
+		if err != nil {
+			return err
+		}
+	}
+	root := gw.Root
+	if root == "" {
+		root = fmt.Sprintf("/proc/%d/root", gw.Master.PID)
+	}
+	st := &gwState{}
+	type lib struct {
+		path string
+		fns  []probeFn
+	}
+	want := []lib{{filepath.Join(root, libc), libcFns}}
+	if t.opts.TLS && libssl != "" {
+		want = append(want, lib{filepath.Join(root, libssl), sslFns})
+	}
+	for _, l := range want {
+		fid, err := t.attachLib(l.path, l.fns)
+		if err != nil {
+			for _, f := range st.libs {
+				t.unrefLib(f)
+			}
+			return err
+		}
+		st.libs = append(st.libs, fid)
+	}
+	t.gws[id] = st
+	t.setPIDsLocked(id, pids)
+	return nil
+}
+
+func (t *Tracer) attachLib(path string, fns []probeFn) (fileID, error) {
+	var sst unix.Stat_t
+	if err := unix.Stat(path, &sst); err != nil {
+		return fileID{}, err
+	}
+	fid := fileID{uint64(sst.Dev), sst.Ino}
+	if l, ok := t.libs[fid]; ok {
+		l.refs++
+		return fid, nil
+	}
+	ef, err := elf.Open(path)
+	if err != nil {
+		return fileID{}, err
+	}
+	defer ef.Close()
+	syms, err := ef.DynamicSymbols()
+	if err != nil {
+		return fileID{}, fmt.Errorf("%s: %w", path, err)
+	}
+	addr := map[string]uint64{}
+	for _, s := range syms {
+		if elf.ST_TYPE(s.Info) == elf.STT_FUNC && s.Value != 0 {
+			if _, dup := addr[s.Name]; !dup {
+				addr[s.Name] = s.Value
+			}
+		}
+	}
+	al := &attachedLib{path: path, refs: 1}
+	var entSyms, retSyms []string
+	var entOff, retOff, entCookie, retCookie []uint64
+	for _, f := range fns {
+		a, ok := addr[f.sym]
+		if !ok {
+			t.log.Info("wire: symbol not found, not probed", "library", path, "symbol", f.sym)
+			continue
+		}
+		code, err := insn.FunctionBytes(ef, a, insn.MaxScan)
+		if err != nil {
+			return fileID{}, err
+		}
+		// Entry and return probes share one site when the return needs it: a uretprobe
+		// hijacks the return address at [rsp], so rsp must still be untouched there.
+		site, err := insn.FirstEmulated(code, insn.Args(f.nargs, f.ret))
+		if err != nil {
+			t.log.Info("wire: no emulated instruction at the start of the function, probe will be single-stepped (~15us per call)",
+				"library", path, "symbol", f.sym, "reason", err.Error())
+			site = insn.Site{}
+		}
+		entSyms, entOff, entCookie = append(entSyms, f.sym), append(entOff, site.Offset), append(entCookie, f.fn)
+		al.probes = append(al.probes, Probe{Library: path, Symbol: f.sym, Offset: site.Offset, Emulated: site.Emulated})
+		if f.ret {
+			retSyms, retOff, retCookie = append(retSyms, f.sym), append(retOff, site.Offset), append(retCookie, f.fn)
+			al.probes = append(al.probes, Probe{Library: path, Symbol: f.sym, Offset: site.Offset, Emulated: site.Emulated, Return: true})
+		}
+	}
+	if len(entSyms) == 0 {
+		return fileID{}, fmt.Errorf("%s: none of the probed functions found", path)
+	}
+	ex, err := link.OpenExecutable(path)
+	if err != nil {
+		return fileID{}, err
+	}
+	links, mode, err := t.attach(ex, entSyms, entOff, entCookie, retSyms, retOff, retCookie)
+	if err != nil {
+		return fileID{}, fmt.Errorf("attaching to %s: %w", path, err)
+	}
+	t.mode = mode
+	al.links = links
+	t.libs[fid] = al
+	t.log.Info("wire: probes attached", "library", path, "mode", mode, "probes", len(al.probes))
+	return fid, nil
+}
+
+func (t *Tracer) attach(ex *link.Executable, entSyms []string, entOff, entCookie []uint64, retSyms []string, retOff, retCookie []uint64) ([]link.Link, string, error) {
+	if t.mode != "perf_event" {
+		var links []link.Link
+		l, err := ex.UprobeMulti(entSyms, t.objs.WireEnter, &link.UprobeMultiOptions{Offsets: entOff, Cookies: entCookie})
+		if err == nil {
+			links = append(links, l)
+			if len(retSyms) > 0 {
+				l, err = ex.UretprobeMulti(retSyms, t.objs.WireExit, &link.UprobeMultiOptions{Offsets: retOff, Cookies: retCookie})
+				if err == nil {
+					links = append(links, l)
+				} else {
+					links[0].Close()
+				}
+			}
+		}
+		if err == nil {
+			return links, "uprobe_multi", nil
+		}
+		if t.mode == "uprobe_multi" { // it worked before: this is not a kernel limitation
+			return nil, "", fmt.Errorf("uprobe_multi: %w%s", err, capHint(err, "CAP_BPF and CAP_PERFMON"))
+		}
+		t.log.Info("wire: uprobe_multi unavailable, falling back to perf-event uprobes", "error", err.Error())
+	}
+	if t.perfProg.enter == nil {
+		// The multi programs carry the uprobe_multi attach type; perf-event uprobes need
+		// plain kprobe-type programs sharing the same maps.
+		var progs struct {
+			Enter *ebpf.Program `ebpf:"wire_enter"`
+			Exit  *ebpf.Program `ebpf:"wire_exit"`
+		}
+		err := t.spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+			"wire_events": t.objs.WireEvents, "wire_pids": t.objs.WirePids, "wire_calls": t.objs.WireCalls,
+			"wire_scratch": t.objs.WireScratch, "wire_stats": t.objs.WireStats,
+		}})
+		if err != nil {
+			return nil, "", err
+		}
+		t.perfProg.enter, t.perfProg.exit = progs.Enter, progs.Exit
+	}
+	var links []link.Link
+	fail := func(err error) ([]link.Link, string, error) {
+		for _, l := range links {
+			l.Close()
+		}
+		return nil, "", fmt.Errorf("perf-event uprobe: %w%s", err, capHint(err, "CAP_SYS_ADMIN (perf-event uprobes need it; uprobe_multi needs only CAP_BPF+CAP_PERFMON but failed)"))
+	}
+	for i, s := range entSyms {
+		l, err := ex.Uprobe(s, t.perfProg.enter, &link.UprobeOptions{Offset: entOff[i], Cookie: entCookie[i]})
+		if err != nil {
+			return fail(err)
+		}
+		links = append(links, l)
+	}
+	for i, s := range retSyms {
+		l, err := ex.Uretprobe(s, t.perfProg.exit, &link.UprobeOptions{Offset: retOff[i], Cookie: retCookie[i]})
+		if err != nil {
+			return fail(err)
+		}
+		links = append(links, l)
+	}
+	return links, "perf_event", nil
+}
+
+func (t *Tracer) unrefLib(fid fileID) {
+	l, ok := t.libs[fid]
+	if !ok {
+		return
+	}
+	if l.refs--; l.refs > 0 {
+		return
+	}
+	for _, k := range l.links {
+		k.Close()
+	}
+	delete(t.libs, fid)
+}
+
+// Untrack stops capturing a gateway and detaches libraries no other gateway uses.
+func (t *Tracer) Untrack(id discovery.GatewayID) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, ok := t.gws[id]
+	if !ok {
+		return
+	}
+	t.setPIDsLocked(id, nil)
+	for _, f := range st.libs {
+		t.unrefLib(f)
+	}
+	delete(t.gws, id)
+}
+
+// SetPIDs replaces a tracked gateway's PIDs (workers respawned, reload).
+func (t *Tracer) SetPIDs(id discovery.GatewayID, pids []int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.setPIDsLocked(id, pids)
+}
+
+func (t *Tracer) setPIDsLocked(id discovery.GatewayID, pids []int) {
+	st, ok := t.gws[id]
+	if !ok {
+		return
+	}
+	keep := map[int]bool{}
+	for _, p := range pids {
+		keep[p] = true
+	}
+	one := uint8(1)
+	for _, p := range st.pids {
+		if !keep[p] {
+			k := uint32(p)
+			_ = t.objs.WirePids.Delete(&k)
+		}
+	}
+	for p := range keep {
+		k := uint32(p)
+		if err := t.objs.WirePids.Put(&k, &one); err != nil {
+			t.log.Error(err, "wire: adding PID to the filter", "pid", p)
+		}
+	}
+	st.pids = append(st.pids[:0], pids...)
+}
+
+// Run reads events until ctx ends or the tracer is closed, feeding sink.
+func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
+	parser := NewParser(t.opts.MaxConns, func(r *model.Request) { sink.Observe(r) })
+	var h2Logged uint64
+	parser.OnH2 = func(k ConnKey) {
+		// Log the first ones, then every 1000th: enough to explain the counter.
+		if h2Logged++; h2Logged <= 10 || h2Logged%1000 == 0 {
+			t.log.Info("wire: HTTP/2 connection not parsed (the wire fallback reads HTTP/1 only; HPACK is out of scope); its requests are counted in h2 unparsed, not in the stats",
+				"pid", k.TGID, "tls", k.TLS, "h2Conns", h2Logged)
+		}
+	}
+	go func() {
+		<-ctx.Done()
+		t.rd.Close() // unblocks ReadInto
+	}()
+	const hdrSize = int(unsafe.Sizeof(bpf.WireWireEventHdr{}))
+	var rec ringbuf.Record
+	lastStats := time.Now()
+	for {
+		// Events are submitted without wake-ups below a fill threshold: poll.
+		t.rd.SetDeadline(time.Now().Add(20 * time.Millisecond))
+		err := t.rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			if len(rec.RawSample) < hdrSize {
+				continue
+			}
+			t.handle(parser, rec.RawSample, hdrSize)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, ringbuf.ErrClosed):
+			t.publish(parser)
+			return nil
+		default:
+			return err
+		}
+		if time.Since(lastStats) > 100*time.Millisecond || err != nil {
+			t.publish(parser)
+			lastStats = time.Now()
+		}
+	}
+}
+
+func (t *Tracer) publish(p *Parser) {
+	s := p.Stats()
+	t.mu.Lock()
+	t.pstats = s
+	t.mu.Unlock()
+}
+
+func (t *Tracer) handle(p *Parser, raw []byte, hdrSize int) {
+	le := binary.LittleEndian
+	ts := le.Uint64(raw[0:])
+	conn := le.Uint64(raw[8:])
+	tgid := le.Uint32(raw[16:])
+	n := le.Uint32(raw[20:])
+	capd := int(le.Uint16(raw[24:]))
+	kind, dir, tls := raw[27], raw[28], raw[29]
+	key := ConnKey{TGID: tgid, TLS: tls != 0, ID: conn}
+	when := time.Unix(0, int64(ts)+t.monoToRT)
+	if kind == kindClose {
+		p.Close(key, when)
+		return
+	}
+	data := raw[hdrSize:]
+	if capd < len(data) {
+		data = data[:capd]
+	}
+	ch := Chunk{Key: key, Out: dir == dirOut, TS: when, Len: int64(n), Data: data}
+	if t.onChunk != nil {
+		t.onChunk(ch)
+	}
+	p.Feed(ch)
+}
+
+// Status reports attachments and counters.
+func (t *Tracer) Status() Status {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := Status{Mode: t.mode, Gateways: len(t.gws), ParserStats: t.pstats}
+	for _, l := range t.libs {
+		s.Probes = append(s.Probes, l.probes...)
+	}
+	for _, g := range t.gws {
+		s.PIDs += len(g.pids)
+	}
+	var vals []uint64
+	for i, dst := range []*uint64{&s.Events, &s.Dropped} {
+		k := uint32([]int{statEvents, statDrops}[i])
+		if err := t.objs.WireStats.Lookup(&k, &vals); err == nil {
+			for _, v := range vals {
+				*dst += v
+			}
+		}
+	}
+	return s
+}
+
+// Close detaches everything and frees the kernel objects. Run returns.
+func (t *Tracer) Close() error {
+	t.closeOnce.Do(func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		for fid, l := range t.libs {
+			for _, k := range l.links {
+				k.Close()
+			}
+			delete(t.libs, fid)
+		}
+		t.gws = map[discovery.GatewayID]*gwState{}
+		t.rd.Close()
+		if t.perfProg.enter != nil {
+			t.perfProg.enter.Close()
+			t.perfProg.exit.Close()
+		}
+		t.objs.Close()
+	})
+	return nil
+}

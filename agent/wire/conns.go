@@ -67,6 +67,10 @@ type pendingReq struct {
 	status   int
 	bytes    int64
 	respEnd  time.Time
+
+	// endsAtClose: the last exchange of a connection (Connection: close, HTTP/1.0). nginx
+	// logs it when the connection is closed, after any lingering close, so it ends there.
+	endsAtClose bool
 }
 
 type conn struct {
@@ -78,6 +82,7 @@ type conn struct {
 
 	// the response being read
 	interim   bool
+	respClose bool
 	status    int
 	respBytes int64
 	matched   bool
@@ -211,8 +216,12 @@ func (p *Parser) Close(k ConnKey, ts time.Time) {
 			c.finishResponse()
 		}
 		for _, r := range c.pending {
-			if r.respDone { // answered; the rest of the body never came
-				p.produce(c.key, r, r.status, r.bytes, r.respEnd)
+			if r.respDone { // answered (maybe the rest of the body never came)
+				end := r.respEnd
+				if r.endsAtClose || r.bodyEnd.After(end) {
+					end = ts
+				}
+				p.produce(c.key, r, r.status, r.bytes, end)
 				continue
 			}
 			p.stats.Unanswered++
@@ -245,7 +254,7 @@ func (e reqEvents) onHead(h *head, n int) (framing, int64) {
 		c.pending = c.pending[1:]
 		c.p.stats.Overflow++
 	}
-	c.pending = append(c.pending, pendingReq{method: h.method, uri: h.uri, host: h.host, proto: h.proto, start: c.req.headStart})
+	c.pending = append(c.pending, pendingReq{method: h.method, uri: h.uri, host: h.host, proto: h.proto, start: c.req.headStart, endsAtClose: h.close})
 	switch {
 	case h.chunked:
 		return byChunks, 0
@@ -273,6 +282,7 @@ func (e respEvents) onHead(h *head, n int) (framing, int64) {
 	// Interim (1xx) heads add to the bytes sent for the request, like nginx's $bytes_sent.
 	c.status = h.status
 	c.respBytes += int64(n)
+	c.respClose = h.close && !(h.status >= 100 && h.status < 200)
 	c.interim = h.status >= 100 && h.status < 200 && h.status != 101
 	r := c.nextUnanswered()
 	c.matched = r != nil
@@ -326,7 +336,9 @@ func (c *conn) nextUnanswered() *pendingReq {
 func (c *conn) finishResponse() {
 	if r := c.nextUnanswered(); c.matched && r != nil {
 		r.respDone, r.status, r.bytes, r.respEnd = true, c.status, c.respBytes, c.resp.now
+		r.endsAtClose = r.endsAtClose || c.respClose
 	}
+	c.respClose = false
 	c.matched = false
 	c.status, c.respBytes = 0, 0
 	c.flush()
@@ -334,7 +346,7 @@ func (c *conn) finishResponse() {
 
 // flush produces the exchanges at the head of the queue that are over.
 func (c *conn) flush() {
-	for len(c.pending) > 0 && c.pending[0].respDone && c.pending[0].bodyDone {
+	for len(c.pending) > 0 && c.pending[0].respDone && c.pending[0].bodyDone && !c.pending[0].endsAtClose {
 		r := c.pending[0]
 		c.pending = c.pending[1:]
 		end := r.respEnd

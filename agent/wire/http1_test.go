@@ -275,3 +275,20 @@ func TestResponseBeforeBodyEnd(t *testing.T) {
 	h.p.Close(h.k, h.at())
 	h.want("POST a /early HTTP/1.1 200 43", "POST a /cut HTTP/1.1 200 43")
 }
+
+// The last exchange of a connection ends when the connection closes: nginx logs it then,
+// after a lingering close that can take a while.
+func TestConnectionCloseEndsAtClose(t *testing.T) {
+	h := newHarness(t)
+	h.in("GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n") // +1ms
+	h.out1("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+	if len(h.out) != 0 {
+		t.Fatal("produced before the close")
+	}
+	h.ms += 10
+	h.p.Close(h.k, h.at()) // +13ms
+	h.want("GET a /last HTTP/1.1 404 64")
+	if h.out[0].Latency != 12*time.Millisecond {
+		t.Fatalf("latency %v", h.out[0].Latency)
+	}
+}

@@ -1,0 +1,188 @@
+package probes
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/kong-watcher/kong-watcher/agent/model"
+)
+
+func get(t *testing.T, c *http.Client, url string) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+}
+
+// TestTrackSetPIDsUntrack: the kernel filter follows SetPIDs, and Untrack detaches.
+func TestTrackSetPIDsUntrack(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t)
+	n := startNginx(t)
+	p, c := startProbes(t, n, Options{})
+	gw := n.Gateway(t)
+	if st := p.Status(); st.AttachedBinaries != 1 || st.TrackedPIDs != 2 {
+		t.Fatalf("status %+v", st)
+	}
+	// Tracking the same gateway again (a discovery refresh) changes nothing.
+	if err := p.Track(gw); err != nil {
+		t.Fatal(err)
+	}
+	keep := gw.Workers[0].PID
+	p.SetPIDs(gw.ID(), []int{keep})
+	if st := p.Status(); st.TrackedPIDs != 1 {
+		t.Fatalf("status after SetPIDs %+v", st)
+	}
+	// New connections each time, so both workers serve some.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := 0; i < 60; i++ {
+		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?id=%d", n.Port, i))
+	}
+	time.Sleep(400 * time.Millisecond)
+	lines := readAccessLog(t, n.AccessLog)
+	want := 0
+	for _, l := range lines {
+		if l.PID == keep {
+			want++
+		}
+	}
+	got := c.waitFor(t, want, 3*time.Second)
+	for _, r := range got {
+		if r.PID != keep {
+			t.Fatalf("request from untracked worker %d: %+v", r.PID, r)
+		}
+	}
+	if len(got) != want || want == 0 || want == len(lines) {
+		t.Fatalf("tracked worker served %d of %d, agent saw %d", want, len(lines), len(got))
+	}
+	t.Logf("worker %d served %d of %d requests; agent saw exactly those", keep, want, len(lines))
+
+	p.Untrack(gw.ID())
+	if st := p.Status(); st.AttachedBinaries != 0 || st.TrackedPIDs != 0 {
+		t.Fatalf("status after Untrack %+v", st)
+	}
+	for i := 0; i < 20; i++ {
+		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?after=%d", n.Port, i))
+	}
+	time.Sleep(400 * time.Millisecond)
+	if after := c.snapshot(); len(after) != len(got) {
+		t.Fatalf("%d requests seen after Untrack", len(after)-len(got))
+	}
+	// Track again: attaches again and the learnt layout... is learnt again.
+	if err := p.Track(n.Gateway(t)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?again=%d", n.Port, i))
+	}
+	c.waitFor(t, len(got)+20, 3*time.Second)
+	if st := p.Status(); st.AttachedBinaries != 1 || st.Mode != "ready" || st.DecodeErrors != 0 {
+		t.Fatalf("status after re-Track %+v", st)
+	}
+}
+
+// TestThroughput measures what the probes cost nginx: wrk against `return 200`, alternating
+// no probes / probes / probes + Lua phase probes. Set KW_BENCH=1 to run it.
+func TestThroughput(t *testing.T) {
+	if os.Getenv("KW_BENCH") != "1" {
+		t.Skip("set KW_BENCH=1")
+	}
+	requireIntegration(t, "wrk")
+	n := startNginx(t)
+	url := fmt.Sprintf("http://127.0.0.1:%d/ok", n.Port)
+	re := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrk := func() float64 {
+		out, err := exec.Command("wrk", "-t1", "-c20", "-d5s", url).CombinedOutput()
+		if err != nil {
+			t.Fatalf("wrk: %v\n%s", err, out)
+		}
+		m := re.FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("wrk output: %s", out)
+		}
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		return v
+	}
+	run := func(opts *Options) (float64, Status) {
+		if opts == nil {
+			return wrk(), Status{}
+		}
+		opts.Log = logr.Discard()
+		p, err := New(*opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		if err := p.Track(n.Gateway(t)); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		var seen int
+		go func() {
+			done <- p.Run(ctx, sinkFunc(func() { seen++ }))
+		}()
+		// learn the layout before measuring
+		client := &http.Client{}
+		for i := 0; i < 50 && p.Status().Mode != "ready"; i++ {
+			get(t, client, url)
+			time.Sleep(10 * time.Millisecond)
+		}
+		v := wrk()
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+		<-done
+		st := p.Status()
+		return v, st
+	}
+	names := []string{"none", "probes", "probes+lua"}
+	res := map[string][]float64{}
+	for round := 0; round < 3; round++ {
+		for _, name := range names {
+			var v float64
+			var st Status
+			switch name {
+			case "none":
+				v, _ = run(nil)
+			case "probes":
+				v, st = run(&Options{})
+			case "probes+lua":
+				v, st = run(&Options{LuaPhases: true})
+			}
+			res[name] = append(res[name], v)
+			t.Logf("round %d %-10s %8.0f req/s  decoded %d dropped %d errors %d", round, name, v, st.Decoded, st.Dropped, st.DecodeErrors)
+		}
+	}
+	med := func(xs []float64) float64 {
+		s := append([]float64(nil), xs...)
+		sort.Float64s(s)
+		return s[len(s)/2]
+	}
+	base := med(res["none"])
+	var sum []string
+	for _, name := range names {
+		sum = append(sum, fmt.Sprintf("%s %.0f (%.2f)", name, med(res[name]), med(res[name])/base))
+	}
+	t.Logf("median req/s (ratio to none): %s", strings.Join(sum, ", "))
+}
+
+type sinkFunc func()
+
+func (f sinkFunc) Observe(_ *model.Request) { f() }

@@ -167,6 +167,7 @@ int wire_enter(struct pt_regs *ctx)
 		.a0 = PT_REGS_PARM1(ctx),
 		.a1 = PT_REGS_PARM2(ctx),
 		.a2 = PT_REGS_PARM3(ctx),
+		.ts = bpf_ktime_get_ns(),
 		.tgid = tgid,
 		.fn = fn,
 	};
@@ -199,6 +200,8 @@ int wire_exit(struct pt_regs *ctx)
 	struct wire_event *e = new_event(c.tgid, conn, c.fn);
 	if (!e)
 		return 0;
+	if (e->hdr.dir == WIRE_DIR_OUT)
+		e->hdr.ts = c.ts;
 	__u64 left = ret;
 	switch (c.fn) {
 	case WIRE_FN_WRITEV: {

@@ -18,6 +18,7 @@ type WireWireCall struct {
 	A0   uint64
 	A1   uint64
 	A2   uint64
+	Ts   uint64
 	Tgid uint32
 	Fn   uint8
 	Pad  [3]uint8

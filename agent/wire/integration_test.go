@@ -306,18 +306,21 @@ func TestIntegrationNginx(t *testing.T) {
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
 		TLSNextProto:    map[string]func(string, *tls.Conn) http.RoundTripper{}, // HTTP/1.1 only
 	}}
+	clientDur := map[string]time.Duration{}
 	do := func(method, url, host string, body io.Reader) int {
 		t.Helper()
 		req, _ := http.NewRequest(method, url, body)
 		if host != "" {
 			req.Host = host
 		}
+		t0 := time.Now()
 		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatalf("%s %s: %v", method, url, err)
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+		clientDur[req.URL.RequestURI()] = time.Since(t0)
 		return resp.StatusCode
 	}
 	for i := 0; i < 5; i++ { // keep-alive
@@ -394,6 +397,8 @@ func TestIntegrationNginx(t *testing.T) {
 		workers[w] = true
 	}
 	var problems []string
+	latencyOff := 0
+	var diffs []float64
 	for _, r := range got {
 		k := key(r.Method, r.Host, r.URI, r.Status)
 		ls := wantBy[k]
@@ -403,10 +408,22 @@ func TestIntegrationNginx(t *testing.T) {
 		}
 		l := ls[0]
 		wantBy[k] = ls[1:]
-		// nginx's $request_time has millisecond precision from a cached clock.
-		if d := math.Abs(float64(r.Latency.Microseconds())/1000 - l.RT*1000); d > 5 {
-			problems = append(problems, fmt.Sprintf("%s: latency %v, nginx %.3fs", k, r.Latency, l.RT))
+		// nginx's $request_time has millisecond precision from a clock cached once per event
+		// loop turn, so it misses time spent inside one handler (a worker preempted on this
+		// shared 2-core VM): ours may be larger. Bounds that must hold: not below nginx's (less
+		// its rounding), not above what the client itself measured around the exchange.
+		ours := float64(r.Latency.Microseconds()) / 1000
+		if d := math.Abs(ours - l.RT*1000); d > 5 {
+			t.Logf("%s: latency %v, nginx %.3fs (client saw %v)", k, r.Latency, l.RT, clientDur[r.URI])
+			latencyOff++
 		}
+		if ours < l.RT*1000-2 {
+			problems = append(problems, fmt.Sprintf("%s: latency %v below nginx's %.3fs", k, r.Latency, l.RT))
+		}
+		if cd, ok := clientDur[r.URI]; ok && r.Latency > cd+time.Millisecond {
+			problems = append(problems, fmt.Sprintf("%s: latency %v above the client's %v", k, r.Latency, cd))
+		}
+		diffs = append(diffs, math.Abs(ours-l.RT*1000))
 		if r.BytesSent != l.Bytes {
 			problems = append(problems, fmt.Sprintf("%s: bytes %d, nginx %d", k, r.BytesSent, l.Bytes))
 		}
@@ -419,6 +436,11 @@ func TestIntegrationNginx(t *testing.T) {
 			problems = append(problems, "missing: "+k)
 		}
 	}
+	sort.Float64s(diffs)
+	if len(diffs) > 0 && diffs[len(diffs)/2] > 2 {
+		problems = append(problems, fmt.Sprintf("median |latency - nginx's| %.1fms > 2ms", diffs[len(diffs)/2]))
+	}
+	t.Logf("%d of %d latencies more than 5ms off nginx's $request_time", latencyOff, len(got))
 	if len(problems) > 0 {
 		b, _ := os.ReadFile(filepath.Join(ng.dir, "access.log"))
 		t.Logf("access log:\n%s", b)

@@ -31,13 +31,17 @@ struct wire_call {
 	__u64 a0; // fd or SSL*
 	__u64 a1; // buffer or iovec array
 	__u64 a2; // length or iovcnt
+	__u64 ts; // bpf_ktime_get_ns at entry
 	__u32 tgid;
 	__u8 fn;
 	__u8 _pad[3];
 };
 
 struct wire_event_hdr {
-	__u64 ts;   // bpf_ktime_get_ns (CLOCK_MONOTONIC) when the call returned
+	// bpf_ktime_get_ns (CLOCK_MONOTONIC): when a read returned (the bytes were in), when a
+	// write was entered (the peer may have them before the call returns, and a worker
+	// preempted before its return probe must not stretch the response's end).
+	__u64 ts;
 	__u64 conn; // fd (plain) or SSL* (tls)
 	__u32 tgid; // as seen from the agent's PID namespace
 	__u32 len;  // bytes of the stream this event stands for (>= cap)

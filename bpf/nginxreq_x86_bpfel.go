@@ -69,14 +69,11 @@ type NginxReqNginxreqLayout struct {
 	OffStatus  uint32
 	OffServer  uint32
 	OffStart   uint32
-	OffUri     uint32
-	OffMname   uint32
 	OffUstates uint32
 	OffConn    uint32
 	ConnSent   uint32
 	ConnAddr   uint32
 	UstateRt   uint32
-	Pad        uint32
 }
 
 type NginxReqNginxreqLuaAcc struct {

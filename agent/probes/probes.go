@@ -589,8 +589,6 @@ func (p *Probes) calibrate(cb *rawCalib) []*rawCalib {
 		OffStatus:  uint32(lay.Status()),
 		OffServer:  uint32(lay.Server()),
 		OffStart:   uint32(lay.Start),
-		OffUri:     uint32(lay.UnparsedURI()),
-		OffMname:   uint32(lay.MethodName()),
 		OffUstates: uint32(lay.UpstreamStates),
 		OffConn:    nginxlayout.ConnOffset,
 		ConnSent:   nginxlayout.ConnSentOffset,

@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -533,4 +534,141 @@ func TestWrkOverhead(t *testing.T) {
 	}
 	sort.Float64s(ratios)
 	t.Logf("median throughput ratio with/without: %.2f", ratios[1])
+}
+
+// getOK sends n keep-alive GETs with distinct URIs and returns them.
+func getOK(t *testing.T, base, prefix string, n int) []string {
+	t.Helper()
+	var uris []string
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	for i := 0; i < n; i++ {
+		u := fmt.Sprintf("/%s/%d", prefix, i)
+		resp, err := client.Get(base + u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		uris = append(uris, u)
+	}
+	return uris
+}
+
+func waitFor(t *testing.T, col *collector, uris []string) []*model.Request {
+	t.Helper()
+	want := map[string]bool{}
+	for _, u := range uris {
+		want[u] = true
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var out []*model.Request
+		for _, r := range col.snapshot() {
+			if want[r.URI] {
+				out = append(out, r)
+			}
+		}
+		if len(out) >= len(uris) || time.Now().After(deadline) {
+			if len(out) != len(uris) {
+				t.Fatalf("saw %d of %d requests %v", len(out), len(uris), uris)
+			}
+			return out
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestIntegrationPerfEventFallback attaches through perf-event uprobes, the path taken where
+// uprobe_multi is missing (kernels < 6.6).
+func TestIntegrationPerfEventFallback(t *testing.T) {
+	havePrereqs(t, "nginx")
+	ng := startNginx(t)
+	tr, err := New(Options{Log: testr.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	tr.mode = "perf_event" // as if uprobe_multi had failed
+	if err := tr.Track(ng.gateway()); err != nil {
+		t.Fatal(err)
+	}
+	if m := tr.Status().Mode; m != "perf_event" {
+		t.Fatalf("mode %q", m)
+	}
+	col := &collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx, col) }()
+	defer func() { cancel(); <-done }()
+	for _, r := range waitFor(t, col, getOK(t, fmt.Sprintf("http://127.0.0.1:%d", ng.plain), "perf", 5)) {
+		if r.Status != 200 || r.Method != "GET" {
+			t.Errorf("%+v", r)
+		}
+	}
+}
+
+// TestIntegrationReload: nginx's reload replaces the workers; SetPIDs moves the filter.
+func TestIntegrationReload(t *testing.T) {
+	havePrereqs(t, "nginx")
+	ng := startNginx(t)
+	tr, err := New(Options{Log: testr.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	gw := ng.gateway()
+	if err := tr.Track(gw); err != nil {
+		t.Fatal(err)
+	}
+	col := &collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx, col) }()
+	defer func() { cancel(); <-done }()
+	base := fmt.Sprintf("http://127.0.0.1:%d", ng.plain)
+	waitFor(t, col, getOK(t, base, "before", 3))
+
+	old := map[int]bool{}
+	for _, w := range ng.workers {
+		old[w] = true
+	}
+	if err := ng.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var fresh []int
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		fresh = fresh[:0]
+		for _, p := range childrenOf(ng.master) {
+			if !old[p] {
+				fresh = append(fresh, p)
+			}
+		}
+		if len(fresh) == 2 && len(childrenOf(ng.master)) == 2 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(fresh) != 2 {
+		t.Fatalf("new workers: %v", fresh)
+	}
+	// Before SetPIDs the new workers are not captured...
+	getOK(t, base, "unfiltered", 2)
+	time.Sleep(200 * time.Millisecond)
+	for _, r := range col.snapshot() {
+		if strings.HasPrefix(r.URI, "/unfiltered/") {
+			t.Fatalf("captured a worker not in the filter: %+v", r)
+		}
+	}
+	// ...after it they are.
+	tr.SetPIDs(gw.ID(), fresh)
+	for _, r := range waitFor(t, col, getOK(t, base, "after", 3)) {
+		if r.PID != fresh[0] && r.PID != fresh[1] {
+			t.Errorf("pid %d not a new worker %v", r.PID, fresh)
+		}
+	}
+	if st := tr.Status(); st.PIDs != 2 || st.Gateways != 1 {
+		t.Errorf("%+v", st)
+	}
 }

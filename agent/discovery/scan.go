@@ -96,18 +96,19 @@ func (s Scanner) name() string {
 // Gateway.Err set, and the error joins their errors.
 func (s Scanner) Scan() ([]Gateway, error) {
 	root := s.root()
-	entries, err := os.ReadDir(root)
+	names, err := readDirNames(root)
 	if err != nil {
 		return nil, fmt.Errorf("discovery: reading %s: %w", root, err)
 	}
 	want := s.name()
 	procs := map[int]*proc{}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
+	buf := make([]byte, 4096)
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
 		if err != nil || pid <= 0 {
 			continue
 		}
-		p, ok := readProc(filepath.Join(root, e.Name()), pid, want)
+		p, ok := readProc(filepath.Join(root, name), pid, want, buf)
 		if ok {
 			procs[pid] = p
 		}
@@ -175,13 +176,16 @@ func (s Scanner) Scan() ([]Gateway, error) {
 
 // readProc reads one /proc/<pid> directory. ok is false when the process is not ours, is
 // a zombie, or vanished (or became unreadable) while being read.
-func readProc(dir string, pid int, want string) (*proc, bool) {
-	comm, err := os.ReadFile(filepath.Join(dir, "comm"))
+//
+// Every process's comm is read on every scan, so that read avoids os.ReadFile's extra
+// fstat and allocation: open, one read into buf, close.
+func readProc(dir string, pid int, want string, buf []byte) (*proc, bool) {
+	n, err := readSmall(filepath.Join(dir, "comm"), buf)
 	if err != nil {
 		return nil, false
 	}
 	// The kernel appends one newline; the name itself may end in whitespace.
-	comm = bytes.TrimSuffix(comm, []byte{'\n'})
+	comm := bytes.TrimSuffix(buf[:n], []byte{'\n'})
 	if string(comm) != want {
 		return nil, false
 	}
@@ -204,4 +208,24 @@ func readProc(dir string, pid int, want string) (*proc, bool) {
 			Title: title, ShuttingDown: down},
 		role: r,
 	}, true
+}
+
+// readDirNames lists a directory without sorting (os.ReadDir sorts and stats).
+func readDirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// readSmall reads a small file with a single read into buf.
+func readSmall(path string, buf []byte) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.Read(buf)
 }

@@ -1,0 +1,155 @@
+// Package aggregate turns the stream of model.Requests into the Stats document: counters per
+// method, status, host and path, and latency percentiles, for the time since the agent
+// started (Total) and for the last stats interval (Window). Memory is bounded whatever the
+// traffic: hosts and paths beyond MaxHosts/MaxPaths fold into an "other" row.
+package aggregate
+
+import (
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
+	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
+)
+
+// Options configure an Aggregator; zero values take the defaults.
+type Options struct {
+	// MaxHosts and MaxPaths bound the named host and path rows (default 100 each).
+	MaxHosts, MaxPaths int
+	// Now is the clock (default time.Now); tests inject a fake one.
+	Now func() time.Time
+}
+
+// DefaultMaxRows is the default for Options.MaxHosts and MaxPaths.
+const DefaultMaxRows = 100
+
+// Aggregator implements model.Sink. It is safe for concurrent use: Observe is called by the
+// event reader, Snapshot by HTTP handlers and reporters, Rotate by a ticker.
+//
+// Only the current window is updated per request (one set of counters, so Observe stays
+// cheap); Rotate folds the closed window into the running total. Snapshot's Total is the
+// running total plus the still-open window. Snapshot's Window is the last completed window,
+// a stable number for annotations and Events; until the first Rotate it is the open,
+// partial window (with its actual PeriodSeconds), so a freshly started agent shows traffic
+// at once.
+type Aggregator struct {
+	mu       sync.Mutex
+	now      func() time.Time
+	since    time.Time
+	dataPath string
+	total    *accumulator // closed windows
+	current  *accumulator // the open window
+	scratch  *accumulator // total + current, rebuilt by Snapshot
+	last     v1alpha1.Summary
+	hasLast  bool
+	keyBuf   []byte
+}
+
+var _ model.Sink = (*Aggregator)(nil)
+
+// New returns an Aggregator whose Since is now.
+func New(o Options) *Aggregator {
+	if o.MaxHosts <= 0 {
+		o.MaxHosts = DefaultMaxRows
+	}
+	if o.MaxPaths <= 0 {
+		o.MaxPaths = DefaultMaxRows
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	now := o.Now()
+	return &Aggregator{
+		now:     o.Now,
+		since:   now,
+		total:   newAccumulator(now, o.MaxHosts, o.MaxPaths),
+		current: newAccumulator(now, o.MaxHosts, o.MaxPaths),
+		scratch: newAccumulator(now, o.MaxHosts, o.MaxPaths),
+		keyBuf:  make([]byte, 0, 512),
+	}
+}
+
+// Observe counts one request. It does not allocate once the request's host and path rows
+// exist.
+func (a *Aggregator) Observe(r *model.Request) {
+	end := r.End
+	if end.IsZero() {
+		end = a.now()
+	}
+	a.mu.Lock()
+	// Build both row keys in one reused buffer: host, then "METHOD /normalised/path".
+	buf := AppendHost(a.keyBuf[:0], r.Host)
+	hostLen := len(buf)
+	buf = append(buf, Method(r.Method)...)
+	buf = append(buf, ' ')
+	buf = pathnorm.Append(buf, r.URI)
+	a.current.observe(r, end, buf[:hostLen], buf[hostLen:])
+	a.keyBuf = buf
+	a.mu.Unlock()
+}
+
+// AddDropped counts events lost before decoding (ring buffer full, undecodable).
+func (a *Aggregator) AddDropped(n uint64) {
+	a.mu.Lock()
+	a.current.dropped += n
+	a.mu.Unlock()
+}
+
+// SetDataPath records where the numbers come from (see v1alpha1.Stats.DataPath).
+func (a *Aggregator) SetDataPath(s string) {
+	a.mu.Lock()
+	a.dataPath = s
+	a.mu.Unlock()
+}
+
+// Rotate closes the current window: it becomes Snapshot's Window and joins the total.
+func (a *Aggregator) Rotate() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	a.last = a.current.summary(now)
+	a.hasLast = true
+	a.total.merge(a.current)
+	a.current.reset(now)
+}
+
+// Snapshot returns the Stats document as of now.
+func (a *Aggregator) Snapshot() v1alpha1.Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	a.scratch.reset(a.since)
+	a.scratch.merge(a.total)
+	a.scratch.merge(a.current)
+	s := v1alpha1.Stats{
+		APIVersion: v1alpha1.StatsAPIVersion,
+		Kind:       v1alpha1.StatsKind,
+		Since:      a.since,
+		Updated:    now,
+		DataPath:   a.dataPath,
+		Total:      a.scratch.summary(now),
+	}
+	if a.hasLast {
+		s.Window = cloneSummary(a.last) // callers may edit what they get
+	} else {
+		s.Window = a.current.summary(now)
+	}
+	return s
+}
+
+func cloneSummary(s v1alpha1.Summary) v1alpha1.Summary {
+	s.Methods = maps.Clone(s.Methods)
+	s.StatusCodes = maps.Clone(s.StatusCodes)
+	s.StatusClasses = maps.Clone(s.StatusClasses)
+	s.LuaPhasesMs = maps.Clone(s.LuaPhasesMs)
+	s.Hosts = slices.Clone(s.Hosts)
+	s.Paths = slices.Clone(s.Paths)
+	if s.LastRequestTime != nil {
+		t := *s.LastRequestTime
+		s.LastRequestTime = &t
+	}
+	return s
+}

@@ -98,6 +98,7 @@ http {
     location = /404.html { internal; }
     location /slow { proxy_pass http://127.0.0.1:{{.UpPort}}; }
     location /dead { proxy_pass http://127.0.0.1:{{.Dead}}; }
+    location /hang { proxy_pass http://127.0.0.1:{{.UpPort}}; }
     location /lua { content_by_lua_block { ngx.sleep(0.005) ngx.say("lua") } }
     location /phases {
       rewrite_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
@@ -109,6 +110,7 @@ http {
   server {
     listen 127.0.0.1:{{.UpPort}};
     location / { content_by_lua_block { ngx.sleep(0.02) ngx.say("slow upstream") } }
+    location /hang { content_by_lua_block { ngx.sleep(0.3) ngx.say("late") } }
   }
 }
 `

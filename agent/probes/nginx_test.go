@@ -146,12 +146,16 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 		raw(fmt.Sprintf("GET /ok?id=raw10h-%d HTTP/1.0\r\nHost: ten.example\r\n\r\n", i))
 		if i%5 == 0 {
 			raw("THIS IS NOT HTTP\r\n\r\n") // 400
-			// 499: the client gives up before the proxied response arrives.
+			// 499: the client gives up while nginx waits for the upstream; nginx notices the
+			// closed connection and finalizes with 499 at once.
 			id++
-			c := &http.Client{Timeout: 5 * time.Millisecond}
-			if resp, err := c.Get(fmt.Sprintf("%s/slow?id=%d", base, id)); err == nil {
-				resp.Body.Close()
+			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", n.Port))
+			if err != nil {
+				t.Fatal(err)
 			}
+			fmt.Fprintf(c, "GET /hang?id=%d HTTP/1.1\r\nHost: abort.example\r\n\r\n", id)
+			time.Sleep(100 * time.Millisecond)
+			c.Close()
 			count++
 		}
 	}
@@ -242,9 +246,19 @@ func TestLuaPhases(t *testing.T) {
 // checkAgainstLog compares the agent's records with nginx's access log line by line.
 func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent int) []model.Request {
 	t.Helper()
-	time.Sleep(300 * time.Millisecond) // let the access log and the last poll catch up
-	lines := readAccessLog(t, n.AccessLog)
-	got := c.waitFor(t, len(lines), 5*time.Second)
+	// Let the access log and the agent settle: upstream requests of aborted clients finish
+	// late, so wait until the log stops growing and the agent has caught up with it.
+	var lines []logLine
+	var got []model.Request
+	for prev, deadline := -1, time.Now().Add(10*time.Second); ; {
+		time.Sleep(400 * time.Millisecond)
+		lines = readAccessLog(t, n.AccessLog)
+		got = c.waitFor(t, len(lines), 3*time.Second)
+		if len(lines) == prev || time.Now().After(deadline) {
+			break
+		}
+		prev = len(lines)
+	}
 	st := p.Status()
 	t.Logf("sent %d requests, %d log lines, %d agent records; status %+v", sent, len(lines), len(got), st)
 

@@ -98,8 +98,10 @@ type Parser struct {
 	lru      *list.List
 	emit     func(*model.Request)
 	// OnH2 is called once per connection found to speak HTTP/2.
-	OnH2  func(k ConnKey)
-	stats ParserStats
+	OnH2 func(k ConnKey)
+	// OnError is called for every parse error (for debug logs).
+	OnError func(k ConnKey, reason string)
+	stats   ParserStats
 }
 
 // NewParser returns a Parser that calls emit for every request paired with its response.
@@ -199,7 +201,7 @@ func (c *conn) classify(ch Chunk) {
 		// connection; this response is skipped as unmatched.
 		c.role = roleServer
 	default:
-		c.p.stats.ParseErrors++
+		c.parseError("first bytes are neither a request nor a response")
 	}
 }
 
@@ -273,7 +275,14 @@ func (e reqEvents) onEnd() {
 	}
 	c.flush()
 }
-func (e reqEvents) onError(reason string) { e.c.p.stats.ParseErrors++ }
+func (e reqEvents) onError(reason string) { e.c.parseError("request: " + reason) }
+
+func (c *conn) parseError(reason string) {
+	c.p.stats.ParseErrors++
+	if c.p.OnError != nil {
+		c.p.OnError(c.key, reason)
+	}
+}
 
 type respEvents struct{ c *conn }
 
@@ -321,7 +330,7 @@ func (e respEvents) onEnd() {
 	}
 }
 
-func (e respEvents) onError(reason string) { e.c.p.stats.ParseErrors++ }
+func (e respEvents) onError(reason string) { e.c.parseError("response: " + reason) }
 
 // nextUnanswered is the oldest request without a response: responses come in request order.
 func (c *conn) nextUnanswered() *pendingReq {

@@ -73,6 +73,7 @@ func freePort(t *testing.T) int {
 type nginxFixture struct {
 	dir                string
 	plain, up, tlsPort int
+	h2Port             int
 	master             int
 	workers            []int
 	cmd                *exec.Cmd
@@ -84,7 +85,7 @@ func startNginx(t *testing.T) *nginxFixture {
 	if err := os.Chmod(dir, 0o755); err != nil { // workers run as nobody
 		t.Fatal(err)
 	}
-	f := &nginxFixture{dir: dir, plain: freePort(t), up: freePort(t), tlsPort: freePort(t)}
+	f := &nginxFixture{dir: dir, plain: freePort(t), up: freePort(t), tlsPort: freePort(t), h2Port: freePort(t)}
 	writeCert(t, dir)
 	conf := fmt.Sprintf(`
 worker_processes 2;
@@ -94,7 +95,7 @@ pid %[1]s/nginx.pid;
 error_log %[1]s/error.log warn;
 events { worker_connections 1024; }
 http {
-  log_format kwjson escape=json '{"status":$status,"host":"$host","method":"$request_method","uri":"$request_uri","rt":$request_time,"bytes":$bytes_sent,"pid":$pid}';
+  log_format kwjson escape=json '{"status":$status,"host":"$host","method":"$request_method","uri":"$request_uri","rt":$request_time,"bytes":$bytes_sent,"pid":$pid,"proto":"$server_protocol"}';
   access_log %[1]s/access.log kwjson;
   client_body_temp_path %[1]s/body;
   proxy_temp_path %[1]s/proxy;
@@ -105,6 +106,7 @@ http {
   server {
     listen 127.0.0.1:%[2]d;
     listen 127.0.0.1:%[4]d ssl;
+    listen 127.0.0.1:%[5]d ssl http2;
     ssl_certificate %[1]s/cert.pem;
     ssl_certificate_key %[1]s/key.pem;
     location / { return 200 "ok\n"; }
@@ -116,7 +118,7 @@ http {
     location / { return 200 "upstream\n"; }
   }
 }
-`, dir, f.plain, f.up, f.tlsPort)
+`, dir, f.plain, f.up, f.tlsPort, f.h2Port)
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +200,7 @@ type logLine struct {
 	RT     float64 `json:"rt"`
 	Bytes  uint64  `json:"bytes"`
 	PID    int     `json:"pid"`
+	Proto  string  `json:"proto"`
 }
 
 func (f *nginxFixture) accessLog(t *testing.T) []logLine {
@@ -273,7 +276,7 @@ func TestIntegrationNginx(t *testing.T) {
 	havePrereqs(t, "nginx", "curl")
 	ng := startNginx(t)
 
-	tr, err := New(Options{Log: testr.New(t), TLS: true})
+	tr, err := New(Options{Log: testr.NewWithOptions(t, testr.Options{Verbosity: 1}), TLS: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +324,13 @@ func TestIntegrationNginx(t *testing.T) {
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		clientDur[req.URL.RequestURI()] = time.Since(t0)
+		if body == nil && method != "POST" { // see the latency checks below
+			h := req.Host
+			if h == "" {
+				h = req.URL.Host
+			}
+			clientDur[normHost(h)+req.URL.RequestURI()] = time.Since(t0)
+		}
 		return resp.StatusCode
 	}
 	for i := 0; i < 5; i++ { // keep-alive
@@ -369,6 +378,21 @@ func TestIntegrationNginx(t *testing.T) {
 	c.Close()
 	client.CloseIdleConnections()
 
+	// HTTP/2 over TLS (ALPN h2): not parsed, counted as an unparsed h2 connection.
+	h2client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
+	for i := 0; i < 2; i++ {
+		resp, err := h2client.Get(fmt.Sprintf("https://127.0.0.1:%d/r/h2-%d", ng.h2Port, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("h2 listener answered %s", resp.Proto)
+		}
+	}
+	h2client.CloseIdleConnections()
+
 	// The access log is the reference, less the h2 attempt (nginx without http2 on the
 	// listener answers the preface with a 400 that has no request line).
 	var want []logLine
@@ -376,7 +400,7 @@ func TestIntegrationNginx(t *testing.T) {
 	for {
 		want = want[:0]
 		for _, l := range ng.accessLog(t) {
-			if l.Method != "PRI" && !(l.Method == "" && l.Status == 400) {
+			if l.Method != "PRI" && !(l.Method == "" && l.Status == 400) && l.Proto != "HTTP/2.0" {
 				want = append(want, l)
 			}
 		}
@@ -415,13 +439,16 @@ func TestIntegrationNginx(t *testing.T) {
 		// its rounding), not above what the client itself measured around the exchange.
 		ours := float64(r.Latency.Microseconds()) / 1000
 		if d := math.Abs(ours - l.RT*1000); d > 5 {
-			t.Logf("%s: latency %v, nginx %.3fs (client saw %v)", k, r.Latency, l.RT, clientDur[r.URI])
+			t.Logf("%s: latency %v, nginx %.3fs (client saw %v)", k, r.Latency, l.RT, clientDur[r.Host+r.URI])
 			latencyOff++
 		}
-		if ours < l.RT*1000-2 {
+		if ours < l.RT*1000-2 && r.Method != "POST" { // a discarded body may be logged a loop turn later
 			problems = append(problems, fmt.Sprintf("%s: latency %v below nginx's %.3fs", k, r.Latency, l.RT))
 		}
-		if cd, ok := clientDur[r.URI]; ok && r.Latency > cd+time.Millisecond {
+		// Only for keep-alive requests without a body: nginx answers a POST before it has read
+		// (and discarded) the body and logs it after, and logs a Connection: close exchange
+		// at the close, both of which may come after the client has its response.
+		if cd, ok := clientDur[r.Host+r.URI]; ok && r.Latency > cd+time.Millisecond {
 			problems = append(problems, fmt.Sprintf("%s: latency %v above the client's %v", k, r.Latency, cd))
 		}
 		diffs = append(diffs, math.Abs(ours-l.RT*1000))
@@ -452,7 +479,7 @@ func TestIntegrationNginx(t *testing.T) {
 	st = tr.Status()
 	t.Logf("%d requests in the access log, %d seen; status %+v", len(want), len(got), st.ParserStats)
 	t.Logf("events %d dropped %d", st.Events, st.Dropped)
-	if st.H2Conns < 1 {
+	if st.H2Conns < 2 {
 		t.Errorf("the h2 connection was not detected: %+v", st.ParserStats)
 	}
 	if st.Upstream < 1 {

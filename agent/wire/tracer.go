@@ -480,6 +480,9 @@ func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
 				"pid", k.TGID, "tls", k.TLS, "h2Conns", h2Logged)
 		}
 	}
+	parser.OnError = func(k ConnKey, reason string) {
+		t.log.V(1).Info("wire: parse error, connection resynchronises at its next message", "pid", k.TGID, "tls", k.TLS, "conn", k.ID, "reason", reason)
+	}
 	go func() {
 		<-ctx.Done()
 		t.rd.Close() // unblocks ReadInto

@@ -165,6 +165,11 @@ func (s Scanner) Scan() ([]Gateway, error) {
 				g.ExeDev, g.ExeIno = uint64(st.Dev), st.Ino
 			}
 		}
+		if fi, err := os.Stat(filepath.Join(dir, "ns", "pid")); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				g.PIDNSDev, g.PIDNSIno = uint64(st.Dev), st.Ino
+			}
+		}
 		if g.Err != nil {
 			errs = append(errs, g.Err)
 		}

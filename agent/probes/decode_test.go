@@ -2,6 +2,7 @@ package probes
 
 import (
 	"encoding/binary"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -170,4 +171,32 @@ func FuzzDecode(f *testing.F) {
 			clock{}.decodeCalib(r.calib, nginxlayout.Debian1221, &req)
 		}
 	})
+}
+
+// TestLearningFailureIsReported: a binary whose snapshots never reveal a layout ends in mode
+// "failed" with an error, instead of silently counting nothing.
+func TestLearningFailureIsReported(t *testing.T) {
+	p := &Probes{opts: Options{Now: time.Now}, bins: map[binKey]*nginxBin{}, byID: map[uint32]*nginxBin{}}
+	p.calPool.New = func() any { return new(rawCalib) }
+	b := &nginxBin{key: binKey{1, 2}, exe: "/proc/1/exe", id: 0, learner: nginxlayout.NewLearner(learnNeed, learnMax)}
+	p.bins[b.key], p.byID[0] = b, b
+	for i := 0; i < learnMax; i++ {
+		cb := new(rawCalib)
+		cb.Ev.Kind = evCalib
+		cb.SnapLen = uint32(len(cb.Snap))
+		for j := range cb.Snap {
+			cb.Snap[j] = byte(i * j)
+		}
+		if out := p.calibrate(cb); len(out) != 0 {
+			t.Fatalf("decoded garbage at sample %d", i)
+		}
+	}
+	st := p.Status()
+	if st.Mode != "failed" || !strings.Contains(st.Err, "no nginx request layout after 200 requests") {
+		t.Fatalf("status %+v", st)
+	}
+	if st.DecodeErrors != learnMax {
+		t.Fatalf("%d decode errors, want %d (every calibration event accounted for)", st.DecodeErrors, learnMax)
+	}
+	t.Log(st.Err)
 }

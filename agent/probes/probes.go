@@ -76,6 +76,10 @@ const (
 
 type binKey struct{ dev, ino uint64 }
 
+// testNoCachedTime makes the agent behave as if nginx did not export ngx_cached_time, so
+// tests can exercise the kernel-clock fallback.
+var testNoCachedTime = false
+
 type nginxBin struct {
 	key      binKey
 	exe      string
@@ -438,7 +442,7 @@ func (p *Probes) setPIDsLocked(g *gateway, pids []int) error {
 			continue
 		}
 		v := bpf.NginxReqNginxreqProc{LayoutId: g.bin.id}
-		if g.bin.info.cachedTime != 0 {
+		if g.bin.info.cachedTime != 0 && !testNoCachedTime {
 			base, err := loadBase(pid, g.bin.key.ino, g.bin.info)
 			if err != nil {
 				// Latency falls back to the kernel clock (not nginx's exact ms).
@@ -662,6 +666,9 @@ func (p *Probes) Status() Status {
 }
 
 func (p *Probes) counter(idx uint32) uint64 {
+	if p.objs.NginxreqCounters == nil {
+		return 0
+	}
 	var per []uint64
 	if err := p.objs.NginxreqCounters.Lookup(idx, &per); err != nil {
 		return 0

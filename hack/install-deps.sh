@@ -3,7 +3,7 @@
 # they are missing. Safe to run repeatedly; does nothing when everything is there.
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev bpftool nginx libnginx-mod-http-lua wrk curl openssl iproute2
-  util-linux libcap2-bin procps)
+  util-linux libcap2-bin procps nghttp2-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of utime/stime in /proc/<pid>/stat: 100 on every Linux
+// architecture Go supports (sysconf(_SC_CLK_TCK) would need cgo).
+const clockTicks = 100
+
+// cpuTicks returns utime+stime of pid (all its threads) in clock ticks.
+func cpuTicks(pid int) (uint64, error) {
+	raw, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// comm may hold spaces and parentheses: the fields start after the last ')'.
+	i := bytes.LastIndexByte(raw, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
+	}
+	f := strings.Fields(string(raw[i+1:]))
+	// After ')': state(3) ppid(4) ... utime is field 14, stime 15 => indexes 11 and 12 here.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	u, err1 := strconv.ParseUint(f[11], 10, 64)
+	s, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
+	}
+	return u + s, nil
+}
+
+// onCPUNanos returns the time pid's threads spent on a CPU, in ns, from
+// /proc/<pid>/task/*/schedstat (exact, unlike the tick-sampled utime/stime; but threads
+// that already exited are missing, so it is only used for the single-threaded workers).
+func onCPUNanos(pid int) (uint64, error) {
+	tasks, err := filepath.Glob(filepath.Join("/proc", strconv.Itoa(pid), "task", "*", "schedstat"))
+	if err != nil || len(tasks) == 0 {
+		return 0, fmt.Errorf("/proc/%d/task/*/schedstat: %v", pid, err)
+	}
+	var sum uint64
+	for _, t := range tasks {
+		raw, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(raw))
+		if len(f) < 1 {
+			continue
+		}
+		n, err := strconv.ParseUint(f[0], 10, 64)
+		if err == nil {
+			sum += n
+		}
+	}
+	return sum, nil
+}
+
+// cpuSample is the CPU used so far by a set of processes.
+type cpuSample struct {
+	at     time.Time
+	ticks  map[int]uint64
+	nanos  map[int]uint64
+	failed []int
+}
+
+func sampleCPU(pids []int) cpuSample {
+	s := cpuSample{at: time.Now(), ticks: map[int]uint64{}, nanos: map[int]uint64{}}
+	for _, p := range pids {
+		t, err := cpuTicks(p)
+		if err != nil {
+			s.failed = append(s.failed, p)
+			continue
+		}
+		s.ticks[p] = t
+		if n, err := onCPUNanos(p); err == nil {
+			s.nanos[p] = n
+		}
+	}
+	return s
+}
+
+// cpuDelta is the CPU the processes used between two samples: seconds of CPU from the
+// ticks, and from schedstat, and the wall time. A process missing in either sample counts 0.
+type cpuDelta struct {
+	TickSec, SchedSec, WallSec float64
+}
+
+func diffCPU(a, b cpuSample) cpuDelta {
+	d := cpuDelta{WallSec: b.at.Sub(a.at).Seconds()}
+	for p, t1 := range b.ticks {
+		if t0, ok := a.ticks[p]; ok && t1 >= t0 {
+			d.TickSec += float64(t1-t0) / clockTicks
+		}
+	}
+	for p, n1 := range b.nanos {
+		if n0, ok := a.nanos[p]; ok && n1 >= n0 {
+			d.SchedSec += float64(n1-n0) / 1e9
+		}
+	}
+	return d
+}
+
+// memStatus returns VmRSS and VmHWM of pid in bytes.
+func memStatus(pid int) (rss, hwm uint64, err error) {
+	raw, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) < 1 {
+			continue
+		}
+		n, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "VmRSS":
+			rss = n * 1024
+		case "VmHWM":
+			hwm = n * 1024
+		}
+	}
+	if rss == 0 && hwm == 0 {
+		return 0, 0, fmt.Errorf("/proc/%d/status: no VmRSS/VmHWM", pid)
+	}
+	return rss, hwm, nil
+}
+
+// countLines counts the newline-terminated lines of a file.
+func countLines(path string) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	n := 0
+	for {
+		m, err := f.Read(buf)
+		n += bytes.Count(buf[:m], []byte{'\n'})
+		if err != nil {
+			break
+		}
+	}
+	return n, nil
+}

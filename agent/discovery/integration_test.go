@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"syscall"
@@ -278,4 +281,60 @@ func TestNamespaceChild(t *testing.T) {
 	ns, _ := os.Readlink("/proc/self/ns/pid")
 	b, _ := json.Marshal(nsResult{SelfPID: os.Getpid(), PIDNS: ns, FixtureMas: fx.MasterPID(), FixtureWrk: ws, Gateways: gs})
 	fmt.Printf("NSRESULT %s\n", b)
+}
+
+// TestScanWithoutPtraceAccess runs the scanner as an unprivileged user against a root
+// nginx, as an agent without CAP_SYS_PTRACE would: the gateway and its workers are still
+// found (comm, stat and cmdline are world-readable) but the executable is not, and the
+// error says which capability is missing.
+func TestScanWithoutPtraceAccess(t *testing.T) {
+	fixture.RequireNginx(t)
+	fixture.RequireRoot(t)
+	fixture.RequireCommand(t, "setpriv")
+	fx := fixture.StartT(t, fixture.Options{})
+	// The test binary lives in a 0700 build directory: copy it where nobody can run it.
+	dir, err := os.MkdirTemp("", "kw-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "discovery.test")
+	data, err := os.ReadFile(os.Args[0])
+	if err == nil {
+		err = os.WriteFile(bin, data, 0o755)
+	}
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+		"--inh-caps=-all", "--bounding-set=-all", bin, "-test.run", "^TestScanAsNobodyChild$", "-test.count=1", "-test.v")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "KW_DISCOVERY_NOBODY_CHILD=1",
+		fmt.Sprintf("KW_DISCOVERY_EXPECT_MASTER=%d", fx.MasterPID()))
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestScanAsNobodyChild") {
+		t.Fatalf("unprivileged scan: %v\n%s", err, out)
+	}
+	t.Logf("child:\n%s", out)
+}
+
+// TestScanAsNobodyChild is TestScanWithoutPtraceAccess's other half.
+func TestScanAsNobodyChild(t *testing.T) {
+	if os.Getenv("KW_DISCOVERY_NOBODY_CHILD") != "1" {
+		t.Skip("helper for TestScanWithoutPtraceAccess")
+	}
+	var master int
+	fmt.Sscan(os.Getenv("KW_DISCOVERY_EXPECT_MASTER"), &master)
+	gs, err := discovery.Scanner{}.Scan()
+	g := find(t, gs, master)
+	if len(g.Workers) != 2 || g.ExeIno != 0 || g.Err == nil || !errors.Is(g.Err, fs.ErrPermission) ||
+		!strings.Contains(g.Err.Error(), "CAP_SYS_PTRACE") || err == nil {
+		t.Fatalf("as uid %d: gateway %+v, scan error %v", os.Getuid(), g, err)
+	}
+	t.Logf("reported: %v", g.Err)
 }

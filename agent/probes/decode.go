@@ -222,3 +222,11 @@ func plausible(ev *rawEvent, status uint64, r *model.Request) bool {
 	}
 	return r.Latency >= 0 && r.Latency < 48*time.Hour
 }
+
+// ignorable reports a free_request call that was not a client request: nginx also frees
+// requests it made for itself (TLS certificate/servername evaluation, failed HTTP/2 stream
+// setup) that have no request line, no status and sent nothing; it does not log them.
+// A client that sent a bad or partial request line gets a status (400) from rc.
+func ignorable(ev *rawEvent, r *model.Request) bool {
+	return ev.MethodLen == 0 && ev.UriLen == 0 && r.Status == 0 && ev.Sent == 0
+}

@@ -200,3 +200,25 @@ func TestLearningFailureIsReported(t *testing.T) {
 	}
 	t.Log(st.Err)
 }
+
+func TestIgnorable(t *testing.T) {
+	var ev rawEvent
+	ev.Kind, ev.MethodBit, ev.HttpVersion = evRequest, 1, 1000
+	var r model.Request
+	clock{}.toRequest(&ev, 0, &r)
+	if !ignorable(&ev, &r) {
+		t.Fatal("pseudo-request (no request line, no status, nothing sent) not ignored")
+	}
+	ev.Rc = 400 // bad request line: nginx logs a 400
+	clock{}.toRequest(&ev, 0, &r)
+	if ignorable(&ev, &r) {
+		t.Fatal("400 on the request line ignored")
+	}
+	ev = sampleEvent()
+	ev.Status = 0
+	ev.Sent = 0
+	clock{}.toRequest(&ev, 0, &r)
+	if ignorable(&ev, &r) {
+		t.Fatal("a request with a request line ignored")
+	}
+}

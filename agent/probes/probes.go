@@ -56,6 +56,7 @@ type Status struct {
 	Decoded      uint64 // requests delivered to the sink
 	DecodeErrors uint64 // events that could not be turned into a plausible request
 	Calibration  uint64 // calibration events seen
+	Ignored      uint64 // free_request calls that were no client request (see ignorable)
 	AttachMethod string // "uprobe_multi" or "perf"
 	LuaPhases    bool
 	Err          string
@@ -119,7 +120,7 @@ type Probes struct {
 	lastErr  string
 	calPool  sync.Pool
 
-	decoded, decodeErrs, calibs atomic.Uint64
+	decoded, decodeErrs, calibs, ignored atomic.Uint64
 }
 
 // New loads the BPF collection (nothing is attached yet).
@@ -520,6 +521,10 @@ func (p *Probes) handle(raw []byte, r *record, req *model.Request, sink model.Si
 	if r.kind == evRequest {
 		p.calPool.Put(cb)
 		p.clk.toRequest(&r.ev, r.ev.Status, req)
+		if ignorable(&r.ev, req) {
+			p.ignored.Add(1)
+			return
+		}
 		if !plausible(&r.ev, r.ev.Status, req) {
 			p.decodeErrs.Add(1)
 			p.verify(r.ev.LayoutId, false)
@@ -534,6 +539,8 @@ func (p *Probes) handle(raw []byte, r *record, req *model.Request, sink model.Si
 	for _, c := range p.calibrate(cb) {
 		if err := p.clk.decodeCalib(c, *p.layoutOf(c.Ev.LayoutId), req); err != nil {
 			p.decodeErrs.Add(1)
+		} else if ignorable(&c.Ev, req) {
+			p.ignored.Add(1)
 		} else {
 			p.decoded.Add(1)
 			sink.Observe(req)
@@ -662,6 +669,7 @@ func (p *Probes) Status() Status {
 	s.Decoded = p.decoded.Load()
 	s.DecodeErrors = p.decodeErrs.Load()
 	s.Calibration = p.calibs.Load()
+	s.Ignored = p.ignored.Load()
 	return s
 }
 

@@ -200,6 +200,9 @@ func (c *conn) classify(ch Chunk) {
 		// A response on a connection whose request we missed: from now on it is a server
 		// connection; this response is skipped as unmatched.
 		c.role = roleServer
+	case ch.Out:
+		// An HTTP/2 server speaks first (its SETTINGS frame, before the client preface is
+		// read): wait for what the client sends.
 	default:
 		c.parseError("first bytes are neither a request nor a response")
 	}

@@ -292,3 +292,14 @@ func TestConnectionCloseEndsAtClose(t *testing.T) {
 		t.Fatalf("latency %v", h.out[0].Latency)
 	}
 }
+
+// nginx's HTTP/2 sends its SETTINGS before it reads the client's preface.
+func TestH2ServerSpeaksFirst(t *testing.T) {
+	p := NewParser(10, nil)
+	k := ConnKey{TGID: 1, TLS: true, ID: 99}
+	p.Feed(Chunk{Key: k, Out: true, TS: t0, Len: 27, Data: []byte("\x00\x00\x12\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x80\x00\x04\x00\x01\x00\x00\x00\x05\x00\xff\xff\xff")})
+	p.Feed(Chunk{Key: k, TS: t0, Len: 24, Data: h2Preface})
+	if s := p.Stats(); s.H2Conns != 1 || s.ParseErrors != 0 {
+		t.Fatalf("%+v", s)
+	}
+}

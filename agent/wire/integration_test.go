@@ -479,6 +479,9 @@ func TestIntegrationNginx(t *testing.T) {
 	st = tr.Status()
 	t.Logf("%d requests in the access log, %d seen; status %+v", len(want), len(got), st.ParserStats)
 	t.Logf("events %d dropped %d", st.Events, st.Dropped)
+	if st.ParseErrors != 0 || st.Unmatched != 0 || st.Unanswered != 0 {
+		t.Errorf("clean HTTP/1 traffic gave parse errors/unmatched/unanswered: %+v", st.ParserStats)
+	}
 	if st.H2Conns < 2 {
 		t.Errorf("the h2 connection was not detected: %+v", st.ParserStats)
 	}

@@ -156,10 +156,10 @@ func (s Scanner) Scan() ([]Gateway, error) {
 		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH):
 			continue // the master exited since we read it
 		case errors.Is(err, fs.ErrPermission):
-			g.Err = fmt.Errorf("discovery: gateway master %d: stat %s: %w (reading another user's "+
-				"/proc/<pid>/exe needs CAP_SYS_PTRACE)", pid, g.Exe, err)
+			g.Err = fmt.Errorf("discovery: gateway master %d: %w (reading another user's "+
+				"/proc/<pid>/exe needs CAP_SYS_PTRACE)", pid, err)
 		case err != nil:
-			g.Err = fmt.Errorf("discovery: gateway master %d: stat %s: %w", pid, g.Exe, err)
+			g.Err = fmt.Errorf("discovery: gateway master %d: %w", pid, err)
 		default:
 			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 				g.ExeDev, g.ExeIno = uint64(st.Dev), st.Ino

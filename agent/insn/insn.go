@@ -284,3 +284,88 @@ func FileOffset(f *elf.File, addr uint64) (uint64, error) {
 	}
 	return 0, fmt.Errorf("address %#x is in no loadable segment", addr)
 }
+
+// ReturnSite finds a cheap stand-in for a uretprobe in a function whose prologue moves rsp
+// before any emulated instruction (OpenSSL's SSL_read/SSL_write: `sub $0x18,%rsp` first, so a
+// uretprobe there is single-stepped, ~15 us). code is the whole function (its symbol size).
+//
+// It returns the offset of the stack-protector check's jne right before the function's only
+// ret: an emulated instruction that every returning path executes exactly once, after which
+// rax is not written again, so a plain uprobe there sees the return value. Its taken branch
+// goes to __stack_chk_fail, which does not return. Conditions checked, else ErrNotFound:
+// exactly one ret; no indirect or out-of-function jumps (tail calls would return elsewhere);
+// the instructions between the jne and the ret are modelled and leave rax alone; the jne
+// follows a `sub/xor/cmp %fs:0x28` (the canary check); nothing jumps past the jne.
+func ReturnSite(code []byte) (Site, error) {
+	type ins struct {
+		off  int
+		inst x86asm.Inst
+	}
+	var all []ins
+	retIdx := -1
+	var targets []int
+	for off := 0; off < len(code); {
+		if len(code)-off >= 4 && isEndbr(code[off:off+4]) {
+			off += 4
+			continue
+		}
+		inst, err := x86asm.Decode(code[off:], 64)
+		if err != nil {
+			return Site{}, fmt.Errorf("%w: decode at +%d: %v", ErrNotFound, off, err)
+		}
+		switch inst.Op {
+		case x86asm.RET:
+			if retIdx >= 0 {
+				return Site{}, fmt.Errorf("%w: more than one ret", ErrNotFound)
+			}
+			retIdx = len(all)
+		case x86asm.JMP, x86asm.JA, x86asm.JAE, x86asm.JB, x86asm.JBE, x86asm.JE, x86asm.JNE,
+			x86asm.JG, x86asm.JGE, x86asm.JL, x86asm.JLE, x86asm.JO, x86asm.JNO, x86asm.JP,
+			x86asm.JNP, x86asm.JS, x86asm.JNS, x86asm.JCXZ, x86asm.JECXZ, x86asm.JRCXZ:
+			rel, ok := inst.Args[0].(x86asm.Rel)
+			if !ok {
+				return Site{}, fmt.Errorf("%w: indirect jump at +%d", ErrNotFound, off)
+			}
+			tgt := off + inst.Len + int(rel)
+			if tgt < 0 || tgt >= len(code) {
+				return Site{}, fmt.Errorf("%w: jump out of the function at +%d (tail call?)", ErrNotFound, off)
+			}
+			targets = append(targets, tgt)
+		}
+		all = append(all, ins{off, inst})
+		off += inst.Len
+	}
+	if retIdx < 0 {
+		return Site{}, fmt.Errorf("%w: no ret", ErrNotFound)
+	}
+	i := retIdx - 1
+	for ; i >= 0; i-- {
+		a := all[i]
+		if Emulated(code[a.off : a.off+a.inst.Len]) {
+			break
+		}
+		w, ok := Writes(a.inst)
+		if !ok || w.Has(RAX) {
+			return Site{}, fmt.Errorf("%w: +%d %s before the ret", ErrNotFound, a.off, x86asm.GNUSyntax(a.inst, uint64(a.off), nil))
+		}
+	}
+	if i < 1 || all[i].inst.Op != x86asm.JNE {
+		return Site{}, fmt.Errorf("%w: no stack-protector jne before the ret", ErrNotFound)
+	}
+	e, prev := all[i], all[i-1].inst
+	canary := false
+	for _, a := range prev.Args {
+		if m, ok := a.(x86asm.Mem); ok && m.Segment == x86asm.FS && m.Disp == 0x28 && m.Base == 0 && m.Index == 0 {
+			canary = prev.Op == x86asm.SUB || prev.Op == x86asm.XOR || prev.Op == x86asm.CMP
+		}
+	}
+	if !canary {
+		return Site{}, fmt.Errorf("%w: the jne at +%d is not a stack-protector check", ErrNotFound, e.off)
+	}
+	for _, tgt := range targets {
+		if tgt > e.off && tgt <= all[retIdx].off {
+			return Site{}, fmt.Errorf("%w: a jump lands at +%d, between the check and the ret", ErrNotFound, tgt)
+		}
+	}
+	return Site{Offset: uint64(e.off), Emulated: true, Insn: x86asm.GNUSyntax(e.inst, uint64(e.off), nil)}, nil
+}

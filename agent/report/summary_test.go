@@ -1,0 +1,131 @@
+package report
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
+)
+
+func TestAnnotations(t *testing.T) {
+	a := Annotations(sampleStats(), 0)
+	want := map[string]string{
+		v1alpha1.AnnotationRequests:    "total=1234 errors=5 (0.4%) rate=12.3/s",
+		v1alpha1.AnnotationLatency:     "avg=3.2ms p50=2.1ms p95=8.0ms p99=20.1ms",
+		v1alpha1.AnnotationMethods:     "GET=1000 POST=200 DELETE=30 OTHER=4",
+		v1alpha1.AnnotationStatus:      "2xx=1190 3xx=9 4xx=30 5xx=1 none=4",
+		v1alpha1.AnnotationTopHosts:    "api.example.com=900 www.example.com=300 a.example.com=10 b.example.com=9 c.example.com=8 other=7",
+		v1alpha1.AnnotationTopPaths:    "GET /users/{id}=800, POST /orders=200, GET /health=234",
+		v1alpha1.AnnotationLastRequest: "2026-01-02T04:02:02Z",
+	}
+	for k, v := range want {
+		if a[k] != v {
+			t.Errorf("%s = %q, want %q", k, a[k], v)
+		}
+	}
+	var back v1alpha1.Stats
+	if err := json.Unmarshal([]byte(a[v1alpha1.AnnotationStats]), &back); err != nil || back.Total.Requests != 1234 || len(back.Total.Hosts) != 7 {
+		t.Errorf("stats annotation does not round-trip: %v", err)
+	}
+	if len(a) != len(want)+1 {
+		t.Errorf("got %d annotations, want %d", len(a), len(want)+1)
+	}
+
+	empty := Annotations(v1alpha1.Stats{}, 0)
+	if empty[v1alpha1.AnnotationRequests] != "total=0 errors=0 (0.0%) rate=0/s" || empty[v1alpha1.AnnotationTopHosts] != "" {
+		t.Errorf("empty annotations = %q", empty)
+	}
+	if _, ok := empty[v1alpha1.AnnotationLastRequest]; ok {
+		t.Error("last-request set before any request")
+	}
+	if d := duration(1250); d != "1.25s" {
+		t.Errorf("duration(1250) = %q", d)
+	}
+}
+
+func hugeStats(r *rand.Rand, rows, nameLen int) v1alpha1.Stats {
+	s := sampleStats()
+	mk := func(prefix string) []v1alpha1.Row {
+		out := make([]v1alpha1.Row, 0, rows+1)
+		for i := 0; i < rows; i++ {
+			out = append(out, v1alpha1.Row{Name: fmt.Sprintf("%s%d-%s", prefix, i, strings.Repeat("x", r.IntN(nameLen+1))),
+				Requests: uint64(rows - i + 1), Errors: uint64(r.IntN(3)), P99Ms: r.Float64() * 100})
+		}
+		return append(out, v1alpha1.Row{Name: "other", Requests: 1, P99Ms: 1})
+	}
+	s.Total.Hosts, s.Total.Paths, s.Window.Hosts, s.Window.Paths = mk("h"), mk("GET /p"), mk("h"), mk("GET /p")
+	return s
+}
+
+func TestStatsJSONIsBoundedAndValid(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, limit := range []int{0, 1, 2, 100, 600, 1200, 2000, 4096, 16 << 10, 64 << 10} {
+		for _, rows := range []int{0, 1, 5, 100, 2000} {
+			s := hugeStats(r, rows, 250)
+			out := StatsJSON(s, limit)
+			bound := limit
+			if bound <= 0 {
+				bound = DefaultMaxStatsJSON
+			}
+			if len(out) > bound && out != "{}" {
+				t.Errorf("limit %d rows %d: %d bytes", limit, rows, len(out))
+			}
+			if !json.Valid([]byte(out)) {
+				t.Fatalf("limit %d rows %d: invalid JSON %q", limit, rows, out)
+			}
+			var back v1alpha1.Stats
+			_ = json.Unmarshal([]byte(out), &back)
+			// Whatever was cut, the rows that remain still add up to the total.
+			if len(back.Total.Hosts) > 0 {
+				var sum uint64
+				for _, h := range back.Total.Hosts {
+					sum += h.Requests
+				}
+				var want uint64
+				for _, h := range s.Total.Hosts {
+					want += h.Requests
+				}
+				if sum != want {
+					t.Errorf("limit %d rows %d: host rows sum to %d, want %d", limit, rows, sum, want)
+				}
+			}
+		}
+	}
+	// Generous limits keep everything; the input is never modified.
+	s := hugeStats(r, 100, 10)
+	before, _ := json.Marshal(s)
+	full := StatsJSON(s, 1<<20)
+	if full != string(before) {
+		t.Error("a document under the limit was changed")
+	}
+	_ = StatsJSON(s, 2000)
+	if after, _ := json.Marshal(s); string(after) != string(before) {
+		t.Error("StatsJSON modified its input")
+	}
+	// At the default limit a typical 100-row document keeps a useful number of rows.
+	var back v1alpha1.Stats
+	_ = json.Unmarshal([]byte(StatsJSON(hugeStats(r, 100, 30), 0)), &back)
+	if len(back.Total.Hosts) < 10 {
+		t.Errorf("only %d host rows kept at the default limit", len(back.Total.Hosts))
+	}
+}
+
+func TestStatsLine(t *testing.T) {
+	kv := StatsLine(sampleStats())
+	if len(kv)%2 != 0 {
+		t.Fatalf("odd key/value list: %v", kv)
+	}
+	got := map[string]any{}
+	for i := 0; i < len(kv); i += 2 {
+		got[kv[i].(string)] = kv[i+1]
+	}
+	for k, v := range map[string]any{"requests": uint64(369), "rps": 12.3, "p99Ms": 20.14, "totalRequests": uint64(1234),
+		"topHost": "api.example.com", "topPath": "GET /users/{id}", "dataPath": "nginx-request", "windowSeconds": 30.0} {
+		if got[k] != v {
+			t.Errorf("%s = %v (%T), want %v", k, got[k], got[k], v)
+		}
+	}
+}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
 
@@ -110,20 +112,61 @@ func TestThroughput(t *testing.T) {
 	n := startNginx(t)
 	url := fmt.Sprintf("http://127.0.0.1:%d/ok", n.Port)
 	re := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reN := regexp.MustCompile(`([0-9]+) requests in`)
+	workers := n.Workers()
+	// nginx workers' CPU time (user+sys, clock ticks): the uprobe traps are charged to them,
+	// and CPU per request is far less sensitive than req/s to the other tenants of this VM.
+	cpu := func() (ticks uint64) {
+		for _, w := range workers {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", w.PID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := string(b)
+			fs := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+			u, _ := strconv.ParseUint(fs[11], 10, 64)
+			k, _ := strconv.ParseUint(fs[12], 10, 64)
+			ticks += u + k
+		}
+		return ticks
+	}
+	var lastCPU []float64
 	wrk := func() float64 {
+		c0 := cpu()
 		out, err := exec.Command("wrk", "-t1", "-c20", "-d5s", url).CombinedOutput()
 		if err != nil {
 			t.Fatalf("wrk: %v\n%s", err, out)
 		}
-		m := re.FindSubmatch(out)
-		if m == nil {
+		m, mn := re.FindSubmatch(out), reN.FindSubmatch(out)
+		if m == nil || mn == nil {
 			t.Fatalf("wrk output: %s", out)
 		}
 		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		reqs, _ := strconv.ParseFloat(string(mn[1]), 64)
+		lastCPU = append(lastCPU, float64(cpu()-c0)*1e4/reqs) // ticks are 10 ms: us per request
 		return v
 	}
 	run := func(opts *Options) (float64, Status) {
 		if opts == nil {
+			return wrk(), Status{}
+		}
+		if opts.RingBufferBytes == -1 {
+			// An empty BPF program on the same function: the bare cost of the uprobe.
+			prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.Kprobe, AttachType: ebpf.AttachTraceUprobeMulti,
+				License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer prog.Close()
+			ex, err := link.OpenExecutable(n.Gateway(t).Exe)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := ex.UprobeMulti([]string{"ngx_http_free_request"}, prog, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
 			return wrk(), Status{}
 		}
 		opts.Log = logr.Discard()
@@ -165,8 +208,8 @@ func TestThroughput(t *testing.T) {
 	if c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err == nil {
 		defer c.Close()
 	}
-	names := []string{"none", "probes", "probes+lua"}
-	res := map[string][]float64{}
+	names := []string{"none", "empty-uprobe", "probes", "probes+lua"}
+	res, cpuRes := map[string][]float64{}, map[string][]float64{}
 	for round := 0; round < 3; round++ {
 		for _, name := range names {
 			var v float64
@@ -174,13 +217,17 @@ func TestThroughput(t *testing.T) {
 			switch name {
 			case "none":
 				v, _ = run(nil)
+			case "empty-uprobe":
+				v, st = run(&Options{RingBufferBytes: -1})
 			case "probes":
 				v, st = run(&Options{})
 			case "probes+lua":
 				v, st = run(&Options{LuaPhases: true})
 			}
 			res[name] = append(res[name], v)
-			t.Logf("round %d %-10s %8.0f req/s  decoded %d dropped %d errors %d", round, name, v, st.Decoded, st.Dropped, st.DecodeErrors)
+			cpuRes[name] = append(cpuRes[name], lastCPU[len(lastCPU)-1])
+			t.Logf("round %d %-10s %8.0f req/s  %5.1f us worker CPU/request  decoded %d dropped %d errors %d",
+				round, name, v, lastCPU[len(lastCPU)-1], st.Decoded, st.Dropped, st.DecodeErrors)
 		}
 	}
 	med := func(xs []float64) float64 {
@@ -191,7 +238,7 @@ func TestThroughput(t *testing.T) {
 	base := med(res["none"])
 	var sum []string
 	for _, name := range names {
-		sum = append(sum, fmt.Sprintf("%s %.0f (%.2f)", name, med(res[name]), med(res[name])/base))
+		sum = append(sum, fmt.Sprintf("%s %.0f req/s (%.2f), %.1f us CPU/req", name, med(res[name]), med(res[name])/base, med(cpuRes[name])))
 	}
 	t.Logf("median req/s (ratio to none): %s", strings.Join(sum, ", "))
 }

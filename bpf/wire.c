@@ -178,8 +178,10 @@ int wire_enter(struct pt_regs *ctx)
 	return 0;
 }
 
-SEC("uretprobe")
-int wire_exit(struct pt_regs *ctx)
+// on_return handles a call's result: from a uretprobe, or from a plain uprobe on an
+// instruction of the function's epilogue where rax already holds the return value (see
+// agent/insn.ReturnSite: a uretprobe on OpenSSL's SSL_read is single-stepped, ~15 us).
+static __always_inline int on_return(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct wire_call *cp = bpf_map_lookup_elem(&wire_calls, &id);
@@ -236,4 +238,16 @@ int wire_exit(struct pt_regs *ctx)
 		emit_buf(e, c.a1, ret);
 	}
 	return 0;
+}
+
+SEC("uretprobe")
+int wire_exit(struct pt_regs *ctx)
+{
+	return on_return(ctx);
+}
+
+SEC("uprobe")
+int wire_ret_site(struct pt_regs *ctx)
+{
+	return on_return(ctx);
 }

@@ -48,16 +48,17 @@ type WireWireEventHdr struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	WireMapWireCalls   = "wire_calls"
-	WireMapWireEvents  = "wire_events"
-	WireMapWirePids    = "wire_pids"
-	WireMapWireScratch = "wire_scratch"
-	WireMapWireStats   = "wire_stats"
-	WireProgWireEnter  = "wire_enter"
-	WireProgWireExit   = "wire_exit"
-	WireVarPidnsDev    = "pidns_dev"
-	WireVarPidnsIno    = "pidns_ino"
-	WireVarWakeupBytes = "wakeup_bytes"
+	WireMapWireCalls    = "wire_calls"
+	WireMapWireEvents   = "wire_events"
+	WireMapWirePids     = "wire_pids"
+	WireMapWireScratch  = "wire_scratch"
+	WireMapWireStats    = "wire_stats"
+	WireProgWireEnter   = "wire_enter"
+	WireProgWireExit    = "wire_exit"
+	WireProgWireRetSite = "wire_ret_site"
+	WireVarPidnsDev     = "pidns_dev"
+	WireVarPidnsIno     = "pidns_ino"
+	WireVarWakeupBytes  = "wakeup_bytes"
 )
 
 // LoadWire returns the embedded CollectionSpec for Wire.
@@ -102,8 +103,9 @@ type WireSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WireProgramSpecs struct {
-	WireEnter *ebpf.ProgramSpec `ebpf:"wire_enter"`
-	WireExit  *ebpf.ProgramSpec `ebpf:"wire_exit"`
+	WireEnter   *ebpf.ProgramSpec `ebpf:"wire_enter"`
+	WireExit    *ebpf.ProgramSpec `ebpf:"wire_exit"`
+	WireRetSite *ebpf.ProgramSpec `ebpf:"wire_ret_site"`
 }
 
 // WireMapSpecs contains maps before they are loaded into the kernel.
@@ -176,14 +178,16 @@ type WireVariables struct {
 //
 // It can be passed to LoadWireObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WirePrograms struct {
-	WireEnter *ebpf.Program `ebpf:"wire_enter"`
-	WireExit  *ebpf.Program `ebpf:"wire_exit"`
+	WireEnter   *ebpf.Program `ebpf:"wire_enter"`
+	WireExit    *ebpf.Program `ebpf:"wire_exit"`
+	WireRetSite *ebpf.Program `ebpf:"wire_ret_site"`
 }
 
 func (p *WirePrograms) Close() error {
 	return _WireClose(
 		p.WireEnter,
 		p.WireExit,
+		p.WireRetSite,
 	)
 }
 

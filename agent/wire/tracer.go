@@ -93,7 +93,10 @@ type Probe struct {
 	// Emulated is false when no cheap instruction was found and the probe single-steps
 	// (~15 us per hit instead of ~1 us).
 	Emulated bool
-	Return   bool
+	// Return: this probe reads the return value; ReturnSite: with a plain uprobe on the
+	// epilogue (insn.ReturnSite) rather than a uretprobe.
+	Return     bool
+	ReturnSite bool
 }
 
 // Status is the tracer's health.
@@ -126,14 +129,14 @@ type Tracer struct {
 	log  logr.Logger
 	opts Options
 
-	mu       sync.Mutex
-	spec     *ebpf.CollectionSpec
-	objs     bpf.WireObjects
-	perfProg struct{ enter, exit *ebpf.Program } // loaded on the perf-event fallback
-	mode     string
-	libs     map[fileID]*attachedLib
-	gws      map[discovery.GatewayID]*gwState
-	pstats   ParserStats
+	mu        sync.Mutex
+	spec      *ebpf.CollectionSpec
+	objs      bpf.WireObjects
+	perfProgs [3]*ebpf.Program // loaded on the perf-event fallback
+	mode      string
+	libs      map[fileID]*attachedLib
+	gws       map[discovery.GatewayID]*gwState
+	pstats    ParserStats
 
 	rd        *ringbuf.Reader
 	monoToRT  int64 // add to a CLOCK_MONOTONIC ns to get Unix ns
@@ -291,50 +294,75 @@ func (t *Tracer) attachLib(path string, fns []probeFn) (fileID, error) {
 	if err != nil {
 		return fileID{}, fmt.Errorf("%s: %w", path, err)
 	}
-	addr := map[string]uint64{}
+	type symAddr struct{ value, size uint64 }
+	addr := map[string]symAddr{}
 	for _, s := range syms {
 		if elf.ST_TYPE(s.Info) == elf.STT_FUNC && s.Value != 0 {
 			if _, dup := addr[s.Name]; !dup {
-				addr[s.Name] = s.Value
+				addr[s.Name] = symAddr{s.Value, s.Size}
 			}
 		}
 	}
 	al := &attachedLib{path: path, refs: 1}
-	var entSyms, retSyms []string
-	var entOff, retOff, entCookie, retCookie []uint64
+	var groups [3]probeGroup // entries, uretprobes, return sites
+	groups[0].prog, groups[1].prog, groups[1].ret, groups[2].prog = progEnter, progExit, true, progRetSite
+	add := func(g int, f probeFn, site insn.Site, ret bool) {
+		groups[g].syms = append(groups[g].syms, f.sym)
+		groups[g].offs = append(groups[g].offs, site.Offset)
+		groups[g].cookies = append(groups[g].cookies, f.fn)
+		al.probes = append(al.probes, Probe{Library: path, Symbol: f.sym, Offset: site.Offset, Emulated: site.Emulated, Return: ret, ReturnSite: g == 2})
+	}
 	for _, f := range fns {
 		a, ok := addr[f.sym]
 		if !ok {
 			t.log.Info("wire: symbol not found, not probed", "library", path, "symbol", f.sym)
 			continue
 		}
-		code, err := insn.FunctionBytes(ef, a, insn.MaxScan)
+		code, err := insn.FunctionBytes(ef, a.value, insn.MaxScan)
 		if err != nil {
 			return fileID{}, err
 		}
 		// Entry and return probes share one site when the return needs it: a uretprobe
 		// hijacks the return address at [rsp], so rsp must still be untouched there.
 		site, err := insn.FirstEmulated(code, insn.Args(f.nargs, f.ret))
-		if err != nil {
-			t.log.Info("wire: no emulated instruction at the start of the function, probe will be single-stepped (~15us per call)",
-				"library", path, "symbol", f.sym, "reason", err.Error())
-			site = insn.Site{}
+		if err == nil {
+			add(0, f, site, false)
+			if f.ret {
+				add(1, f, site, true)
+			}
+			continue
 		}
-		entSyms, entOff, entCookie = append(entSyms, f.sym), append(entOff, site.Offset), append(entCookie, f.fn)
-		al.probes = append(al.probes, Probe{Library: path, Symbol: f.sym, Offset: site.Offset, Emulated: site.Emulated})
 		if f.ret {
-			retSyms, retOff, retCookie = append(retSyms, f.sym), append(retOff, site.Offset), append(retCookie, f.fn)
-			al.probes = append(al.probes, Probe{Library: path, Symbol: f.sym, Offset: site.Offset, Emulated: site.Emulated, Return: true})
+			// rsp moves first (OpenSSL): read the arguments a little later, and the return
+			// value from the epilogue instead of a uretprobe.
+			entry, err1 := insn.FirstEmulated(code, insn.Args(f.nargs, false))
+			body, err2 := insn.FunctionBytes(ef, a.value, int(max(a.size, 1)))
+			var rs insn.Site
+			if err2 == nil {
+				rs, err2 = insn.ReturnSite(body)
+			}
+			if err1 == nil && err2 == nil {
+				add(0, f, entry, false)
+				add(2, f, rs, true)
+				continue
+			}
+			err = errors.Join(err, err1, err2)
+		}
+		t.log.Info("wire: no emulated instruction found, probe will be single-stepped (~15us per call)",
+			"library", path, "symbol", f.sym, "reason", err.Error())
+		add(0, f, insn.Site{}, false)
+		if f.ret {
+			add(1, f, insn.Site{}, true)
 		}
 	}
-	if len(entSyms) == 0 {
+	if len(groups[0].syms) == 0 {
 		return fileID{}, fmt.Errorf("%s: none of the probed functions found", path)
 	}
 	ex, err := link.OpenExecutable(path)
 	if err != nil {
 		return fileID{}, err
 	}
-	links, mode, err := t.attach(ex, entSyms, entOff, entCookie, retSyms, retOff, retCookie)
+	links, mode, err := t.attach(ex, groups[:])
 	if err != nil {
 		return fileID{}, fmt.Errorf("attaching to %s: %w", path, err)
 	}
@@ -345,20 +373,48 @@ func (t *Tracer) attachLib(path string, fns []probeFn) (fileID, error) {
 	return fid, nil
 }
 
-func (t *Tracer) attach(ex *link.Executable, entSyms []string, entOff, entCookie []uint64, retSyms []string, retOff, retCookie []uint64) ([]link.Link, string, error) {
+const (
+	progEnter = iota
+	progExit
+	progRetSite
+)
+
+// probeGroup is a set of functions attached to one program with one link (uprobe_multi).
+type probeGroup struct {
+	prog    int
+	ret     bool // uretprobe
+	syms    []string
+	offs    []uint64
+	cookies []uint64
+}
+
+func closeAll(links []link.Link) {
+	for _, l := range links {
+		l.Close()
+	}
+}
+
+func (t *Tracer) attach(ex *link.Executable, groups []probeGroup) ([]link.Link, string, error) {
 	if t.mode != "perf_event" {
+		progs := [...]*ebpf.Program{t.objs.WireEnter, t.objs.WireExit, t.objs.WireRetSite}
 		var links []link.Link
-		l, err := ex.UprobeMulti(entSyms, t.objs.WireEnter, &link.UprobeMultiOptions{Offsets: entOff, Cookies: entCookie})
-		if err == nil {
-			links = append(links, l)
-			if len(retSyms) > 0 {
-				l, err = ex.UretprobeMulti(retSyms, t.objs.WireExit, &link.UprobeMultiOptions{Offsets: retOff, Cookies: retCookie})
-				if err == nil {
-					links = append(links, l)
-				} else {
-					links[0].Close()
-				}
+		var err error
+		for _, g := range groups {
+			if len(g.syms) == 0 {
+				continue
 			}
+			opts := &link.UprobeMultiOptions{Offsets: g.offs, Cookies: g.cookies}
+			var l link.Link
+			if g.ret {
+				l, err = ex.UretprobeMulti(g.syms, progs[g.prog], opts)
+			} else {
+				l, err = ex.UprobeMulti(g.syms, progs[g.prog], opts)
+			}
+			if err != nil {
+				closeAll(links)
+				break
+			}
+			links = append(links, l)
 		}
 		if err == nil {
 			return links, "uprobe_multi", nil
@@ -368,12 +424,13 @@ func (t *Tracer) attach(ex *link.Executable, entSyms []string, entOff, entCookie
 		}
 		t.log.Info("wire: uprobe_multi unavailable, falling back to perf-event uprobes", "error", err.Error())
 	}
-	if t.perfProg.enter == nil {
+	if t.perfProgs[0] == nil {
 		// The multi programs carry the uprobe_multi attach type; perf-event uprobes need
 		// plain kprobe-type programs sharing the same maps.
 		var progs struct {
-			Enter *ebpf.Program `ebpf:"wire_enter"`
-			Exit  *ebpf.Program `ebpf:"wire_exit"`
+			Enter   *ebpf.Program `ebpf:"wire_enter"`
+			Exit    *ebpf.Program `ebpf:"wire_exit"`
+			RetSite *ebpf.Program `ebpf:"wire_ret_site"`
 		}
 		err := t.spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 			"wire_events": t.objs.WireEvents, "wire_pids": t.objs.WirePids, "wire_calls": t.objs.WireCalls,
@@ -382,28 +439,25 @@ func (t *Tracer) attach(ex *link.Executable, entSyms []string, entOff, entCookie
 		if err != nil {
 			return nil, "", err
 		}
-		t.perfProg.enter, t.perfProg.exit = progs.Enter, progs.Exit
+		t.perfProgs = [3]*ebpf.Program{progs.Enter, progs.Exit, progs.RetSite}
 	}
 	var links []link.Link
-	fail := func(err error) ([]link.Link, string, error) {
-		for _, l := range links {
-			l.Close()
+	for _, g := range groups {
+		for i, s := range g.syms {
+			opts := &link.UprobeOptions{Offset: g.offs[i], Cookie: g.cookies[i]}
+			var l link.Link
+			var err error
+			if g.ret {
+				l, err = ex.Uretprobe(s, t.perfProgs[g.prog], opts)
+			} else {
+				l, err = ex.Uprobe(s, t.perfProgs[g.prog], opts)
+			}
+			if err != nil {
+				closeAll(links)
+				return nil, "", fmt.Errorf("perf-event uprobe: %w%s", err, capHint(err, "CAP_SYS_ADMIN (perf-event uprobes need it; uprobe_multi needs only CAP_BPF+CAP_PERFMON but failed)"))
+			}
+			links = append(links, l)
 		}
-		return nil, "", fmt.Errorf("perf-event uprobe: %w%s", err, capHint(err, "CAP_SYS_ADMIN (perf-event uprobes need it; uprobe_multi needs only CAP_BPF+CAP_PERFMON but failed)"))
-	}
-	for i, s := range entSyms {
-		l, err := ex.Uprobe(s, t.perfProg.enter, &link.UprobeOptions{Offset: entOff[i], Cookie: entCookie[i]})
-		if err != nil {
-			return fail(err)
-		}
-		links = append(links, l)
-	}
-	for i, s := range retSyms {
-		l, err := ex.Uretprobe(s, t.perfProg.exit, &link.UprobeOptions{Offset: retOff[i], Cookie: retCookie[i]})
-		if err != nil {
-			return fail(err)
-		}
-		links = append(links, l)
 	}
 	return links, "perf_event", nil
 }
@@ -582,9 +636,10 @@ func (t *Tracer) Close() error {
 		}
 		t.gws = map[discovery.GatewayID]*gwState{}
 		t.rd.Close()
-		if t.perfProg.enter != nil {
-			t.perfProg.enter.Close()
-			t.perfProg.exit.Close()
+		for _, p := range t.perfProgs {
+			if p != nil {
+				p.Close()
+			}
 		}
 		t.objs.Close()
 	})

@@ -115,7 +115,11 @@ http {
 }
 `
 
-func startNginx(t testing.TB) *testNginx {
+func startNginx(t testing.TB) *testNginx { return startNginxWrapped(t) }
+
+// startNginxWrapped runs nginx under a wrapper command (e.g. unshare --pid --fork): the
+// master is then the wrapper's child.
+func startNginxWrapped(t testing.TB, wrapper ...string) *testNginx {
 	t.Helper()
 	dir := t.TempDir()
 	// Workers run as an unprivileged user: let them into the test's directory.
@@ -146,7 +150,8 @@ func startNginx(t testing.TB) *testNginx {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.cmd = exec.Command(nginxExe, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
+	args := append(append([]string{}, wrapper...), nginxExe, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
+	n.cmd = exec.Command(args[0], args[1:]...)
 	n.cmd.Stdout, n.cmd.Stderr = os.Stderr, os.Stderr
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -154,6 +159,17 @@ func startNginx(t testing.TB) *testNginx {
 	n.Master = n.cmd.Process.Pid
 	t.Cleanup(n.stop)
 	deadline := time.Now().Add(10 * time.Second)
+	for len(wrapper) > 0 {
+		n.Master = n.cmd.Process.Pid
+		if kids := n.Workers(); len(kids) == 1 {
+			n.Master = kids[0].PID
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("wrapped nginx master not found")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for {
 		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", n.Port)); err == nil {
 			c.Close()
@@ -174,7 +190,7 @@ func (n *testNginx) stop() {
 	if n.cmd == nil || n.cmd.Process == nil {
 		return
 	}
-	n.cmd.Process.Signal(syscall.SIGQUIT)
+	syscall.Kill(n.Master, syscall.SIGQUIT)
 	done := make(chan struct{})
 	go func() { n.cmd.Wait(); close(done) }()
 	select {

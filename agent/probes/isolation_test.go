@@ -143,3 +143,29 @@ func TestCapsInner(t *testing.T) {
 	sent := traffic(t, n, 5)
 	checkAgainstLog(t, n, p, c, sent)
 }
+
+// TestNginxInChildNamespace: the agent on the host (initial PID namespace), nginx in a
+// container's PID namespace. The kernel's namespaced-PID lookup does not apply (nginx's
+// namespace is not the agent's), so the filter falls back to global PIDs, which is what an
+// agent in the initial namespace sees in /proc.
+func TestNginxInChildNamespace(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t, "unshare")
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/pid", &st); err != nil || st.Ino != 0xEFFFFFFC {
+		t.Skip("the test itself must run in the initial PID namespace")
+	}
+	n := startNginxWrapped(t, "unshare", "--pid", "--fork")
+	p, c := startProbes(t, n, Options{})
+	sent := traffic(t, n, 5)
+	hostPIDs := map[int]bool{}
+	for _, w := range n.Workers() {
+		hostPIDs[w.PID] = true
+	}
+	pidInLog = func(logPID, agentPID int) bool { return hostPIDs[agentPID] && logPID < 10 }
+	defer func() { pidInLog = nil }()
+	got := checkAgainstLog(t, n, p, c, sent)
+	t.Logf("%d requests; worker host PIDs %v, e.g. request from %d", len(got), hostPIDs, got[0].PID)
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/testr"
 	"golang.org/x/sys/unix"
 
 	"github.com/kong-watcher/kong-watcher/agent/model"
@@ -246,3 +247,32 @@ func TestThroughput(t *testing.T) {
 type sinkFunc func()
 
 func (f sinkFunc) Observe(_ *model.Request) { f() }
+
+// TestDropsCounted: with a one-page ring buffer and nobody reading it, the kernel cannot
+// queue the events, and every lost one is counted.
+func TestDropsCounted(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t)
+	n := startNginx(t)
+	p, err := New(Options{RingBufferBytes: 4096, Log: testr.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Track(n.Gateway(t)); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{}
+	const reqs = 30
+	for i := 0; i < reqs; i++ {
+		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?i=%d", n.Port, i))
+	}
+	st := p.Status()
+	// A calibration event is ~2.8 KB: one fits in a page, the rest are dropped and counted.
+	if st.Dropped < reqs-2 || st.Dropped > reqs {
+		t.Fatalf("dropped %d of %d (status %+v)", st.Dropped, reqs, st)
+	}
+	t.Logf("dropped %d of %d", st.Dropped, reqs)
+}

@@ -362,6 +362,10 @@ func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent i
 	return got
 }
 
+// pidInLog, when set, relates the PID nginx logs ($pid, in its own namespace) to the one the
+// agent reports (in the agent's namespace).
+var pidInLog func(logPID, agentPID int) bool
+
 // latencyTolerance is 0 (exact ms) unless a test uses the kernel-clock fallback.
 var latencyTolerance time.Duration
 
@@ -416,7 +420,7 @@ func compare(l logLine, r model.Request) string {
 	if r.ClientAddr != l.Addr {
 		d = append(d, fmt.Sprintf("addr %q != %q", r.ClientAddr, l.Addr))
 	}
-	if r.PID != l.PID {
+	if pidInLog != nil && !pidInLog(l.PID, r.PID) || pidInLog == nil && r.PID != l.PID {
 		d = append(d, fmt.Sprintf("pid %d != %d", r.PID, l.PID))
 	}
 	return strings.Join(d, "; ")

@@ -1,10 +1,3 @@
-// Package probes loads kong-watcher's nginx eBPF program (bpf/nginxreq.c), attaches it to the
-// nginx executables of the gateways discovery finds, keeps the in-kernel process filter up
-// to date, learns each binary's ngx_http_request_t layout (agent/nginxlayout) and turns ring
-// buffer events into model.Requests.
-//
-// One probe hit per request: a uprobe on ngx_http_free_request. Optionally (LuaPhases) two
-// more per Lua phase handler plus a uretprobe on free_request.
 package probes
 
 import (

@@ -1,0 +1,77 @@
+// Package probes loads kong-watcher's nginx eBPF program (bpf/nginxreq.c), attaches it to the
+// nginx executables of the gateways discovery finds, keeps the in-kernel process filter up
+// to date, learns each binary's ngx_http_request_t layout (agent/nginxlayout) and turns ring
+// buffer events into model.Requests.
+//
+// # Data path
+//
+// One uprobe hit per request, on ngx_http_free_request(r, rc) (first instruction `push`, so
+// the kernel emulates it instead of single-stepping). At that point nginx has not yet written
+// its access log nor destroyed r's pool, so the program reads from r exactly what the log
+// would show: method_name, unparsed_uri ($request_uri), headers_in.server ($host),
+// headers_out.status (+ nginx's own "rc > 0 && (status == 0 || sent == 0)" rule, applied in
+// user space), start_sec/start_msec and nginx's cached clock (ngx_cached_time, resolved per
+// process from the ELF symbol + load base) for $request_time to the millisecond,
+// upstream_states (response_time summed over up to 4 tries, stride = the array's own
+// element size) for $upstream_response_time, connection->sent ($bytes_sent; the HTTP/2
+// stream's fake connection carries the stream's bytes) and connection->addr_text. Each
+// request becomes one fixed-size 456-byte event in a BPF ring buffer; wake-ups are batched
+// (BPF_RB_NO_WAKEUP until a quarter of the ring is full) and Run polls every 150 ms.
+// Lost events (ring full) are counted per CPU and reported in Status.Dropped.
+//
+// Processes are filtered in the kernel by the PID the agent sees: bpf_get_ns_current_pid_tgid
+// with the agent's own PID namespace (dev, ino set as load-time constants). When the agent
+// runs in the initial namespace and nginx in a container, the helper cannot match and the
+// program falls back to global PIDs (what such an agent sees in /proc).
+//
+// # Layout learning
+//
+// Offsets in ngx_http_request_t move with nginx version and build options and Kong's binary
+// has no debug info. Until a binary's layout is known its requests are sent as calibration
+// events: a 2 KB snapshot of r, plus what the BPF program can find without the layout
+// (start_sec by a bounded scan for a plausible time/msec/method-bit/version run, the strings
+// at fixed distances from it, headers_in.server at the three known distances, the
+// upstream_states candidates at 72 and 80). agent/nginxlayout finds headers_out (its two
+// ngx_list_t, headers then trailers, on r's pool), start_sec at a known distance from it and
+// upstream_states next to r->pool, and needs 5 agreeing requests (80% majority) with
+// plausible values. Calibration events are decoded too, so no request is lost while
+// learning. After the switch the first 64 fast-path events are checked again; if most are
+// implausible the binary goes back to calibration. If no layout is found within 200 requests
+// the binary is detached and Status reports Mode "failed" with the reason (the agent then
+// falls back to the wire data path).
+//
+// # Decisions
+//
+//   - Host: headers_in.server, lower-cased by nginx, without port. When the client sent no
+//     Host (HTTP/1.0), nginx's $host falls back to the server's server_name, which the agent
+//     cannot know; Host is then "".
+//   - URI: the first 160 bytes of $request_uri (longer ones are truncated).
+//   - $status: r->err_status did not need handling: nginx copies it into headers_out.status
+//     when it sends the header; 404 through error_page, 499, 502 and 400 all match the access
+//     log (TestAgainstAccessLog).
+//   - free_request calls that were no client request (no request line, no status, nothing
+//     sent: TLS certificate evaluation, failed HTTP/2 stream setup) are not reported; they
+//     are counted in Status.Ignored. nginx does not log them either.
+//   - Lua phases (Options.LuaPhases): uprobe + uretprobe on ngx_http_lua_{rewrite,access,
+//     content,log}_handler (in the executable for OpenResty/Kong, else in a mapped *lua*
+//     module), paired per thread and summed per request keyed by (tgid, r). The log phase
+//     runs inside free_request, after the entry probe, so in this mode the event is parked
+//     per thread and a uretprobe on free_request completes it. The time is the handlers'
+//     own: rewrite/access re-entries after a yield are summed, but content-phase code resumed
+//     after a yield (ngx.sleep, cosockets) runs from another handler and is not included.
+//     Calibration events carry no Lua timing. Cost: 2 probe hits per Lua handler call and
+//     one uretprobe per request.
+//   - request_length is not read (model.Request has no field for it).
+//
+// # Measured (Debian nginx 1.22.1 + lua module, kernel 6.18, 2 vCPUs shared with other work)
+//
+// Against the access log of a real nginx: every line matched (method, host, URI, status,
+// latency in exact ms, upstream ms, bytes, protocol, client address, worker PID) for
+// HTTP/1.0, HTTP/1.1 keep-alive, HTTP/2 over TLS, HEAD, POST, 400, 404 via error_page, 499,
+// 502, proxied requests, in the agent's own child PID namespace, and with only CAP_BPF,
+// CAP_PERFMON and CAP_SYS_PTRACE. Learnt layout = FACTS.md's offsets for that build.
+// Time inside the BPF programs (kernel.bpf_stats): free_request ~1.1 us per request
+// (~1.4 us when parking for Lua), free_request return ~0.8-1.0 us, Lua handler entry/exit
+// ~0.5 us each; wrk throughput ratios were dominated by other tenants' load (see the report
+// of TestThroughput, run with KW_BENCH=1 on a quiet machine).
+package probes

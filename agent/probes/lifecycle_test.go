@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -275,4 +276,68 @@ func TestDropsCounted(t *testing.T) {
 		t.Fatalf("dropped %d of %d (status %+v)", st.Dropped, reqs, st)
 	}
 	t.Logf("dropped %d of %d", st.Dropped, reqs)
+}
+
+// TestReload: after `nginx -s reload` the workers are new processes; SetPIDs moves the
+// filter to them, the binary stays attached and its learnt layout stays valid.
+func TestReload(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t)
+	n := startNginx(t)
+	p, c := startProbes(t, n, Options{})
+	gw := n.Gateway(t)
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := 0; i < 20; i++ {
+		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?before=%d", n.Port, i))
+	}
+	c.waitFor(t, 20, 3*time.Second)
+	if st := p.Status(); st.Mode != "ready" {
+		t.Fatalf("status %+v", st)
+	}
+	calib := p.Status().Calibration
+
+	old := map[int]bool{}
+	for _, w := range gw.Workers {
+		old[w.PID] = true
+	}
+	if err := syscall.Kill(n.Master, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var fresh []int
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		fresh = fresh[:0]
+		ws := n.Workers()
+		for _, w := range ws {
+			if !old[w.PID] {
+				fresh = append(fresh, w.PID)
+			}
+		}
+		if len(fresh) == 2 && len(ws) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new workers after reload: %v", ws)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.SetPIDs(gw.ID(), fresh)
+	for i := 0; i < 30; i++ {
+		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?after=%d", n.Port, i))
+	}
+	got := c.waitFor(t, 50, 3*time.Second)
+	after := 0
+	for _, r := range got {
+		if strings.Contains(r.URI, "after=") {
+			after++
+			if r.PID != fresh[0] && r.PID != fresh[1] || r.Latency < 0 || r.Status != 200 {
+				t.Fatalf("bad record after reload: %+v", r)
+			}
+		}
+	}
+	st := p.Status()
+	if after != 30 || st.Calibration != calib || st.DecodeErrors != 0 || st.TrackedPIDs != 2 {
+		t.Fatalf("after reload: %d records, status %+v (calibration events before %d)", after, st, calib)
+	}
 }

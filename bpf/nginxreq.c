@@ -120,6 +120,9 @@ struct nginxreq_calib {
 	__u8 snap[SNAP_LEN];
 };
 
+/* Force BTF for the calibration event (only ever a ring buffer record), for bpf2go -type. */
+const struct nginxreq_calib *unused_nginxreq_calib __attribute__((unused));
+
 struct nginxreq_layout {
 	__u32 ready;        /* 0: calibrate */
 	__u32 off_status;   /* headers_out.status */
@@ -195,13 +198,16 @@ struct {
 	__type(value, __u64);
 } nginxreq_counters SEC(".maps");
 
-/* Scratch space: events are too big for the 512-byte BPF stack. */
+/* An all-zero event (never written): the initial value of a parked event, which is then
+ * filled in place. Events are too big for the 512-byte stack, and a per-CPU scratch buffer
+ * would be shared by two tasks if one were preempted inside the program (uprobe programs
+ * run with migration, not preemption, disabled). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct nginxreq_calib);
-} nginxreq_scratch SEC(".maps");
+	__type(value, struct nginxreq_event);
+} nginxreq_zero SEC(".maps");
 
 /* Lua mode: the event between free_request's entry and return, per thread (a call stack). */
 struct {
@@ -337,12 +343,6 @@ static __always_inline int read_upstream(__u64 arr, __u32 rt_off, __u64 hdr[5], 
 	return 0;
 }
 
-static __always_inline struct nginxreq_calib *scratch(void)
-{
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&nginxreq_scratch, &zero);
-}
-
 static __always_inline __u64 wake_flags(void)
 {
 	return bpf_ringbuf_query(&nginxreq_events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
@@ -374,13 +374,10 @@ static long s_scan_cb(__u32 i, struct s_scan_ctx *c)
 	return 1;
 }
 
-static __always_inline int calibrate(struct pt_regs *ctx, struct nginxreq_calib *cb, __u64 r)
+/* Fill a calibration event (reserved in the ring buffer, header already filled). */
+static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 now_sec)
 {
 	struct nginxreq_event *e = &cb->ev;
-	__u32 zero = 0;
-	struct nginxreq_config *cfg = bpf_map_lookup_elem(&nginxreq_cfg, &zero);
-	if (!cfg)
-		return 0;
 
 	e->kind = EV_CALIB;
 	cb->snap_len = SNAP_LEN;
@@ -391,7 +388,7 @@ static __always_inline int calibrate(struct pt_regs *ctx, struct nginxreq_calib 
 			cb->snap_len = 0;
 	}
 
-	struct s_scan_ctx sc = {.snap = cb->snap, .now = cfg->now_sec};
+	struct s_scan_ctx sc = {.snap = cb->snap, .now = now_sec};
 	if (cb->snap_len == SNAP_LEN)
 		bpf_loop((S_SCAN_HI - S_SCAN_LO) / 8 + 1, s_scan_cb, &sc, 0);
 	cb->s_off = sc.found;
@@ -426,48 +423,22 @@ static __always_inline int calibrate(struct pt_regs *ctx, struct nginxreq_calib 
 	__u64 c = 0;
 	bpf_probe_read_user(&c, sizeof(c), (void *)(r + 8));
 	read_conn(e, c, 72, 120);
-
-	if (bpf_ringbuf_output(&nginxreq_events, cb, sizeof(*cb), wake_flags())) {
-		count(C_CALIB_DROP);
-		return 0;
-	}
-	count(C_EVENTS);
-	return 0;
 }
 
-SEC("uprobe/ngx_http_free_request")
-int nginxreq_free_request(struct pt_regs *ctx)
+static __always_inline void fill_common(struct nginxreq_event *e, struct nginxreq_proc *p, __u32 tgid, __u64 r,
+					__s64 rc)
 {
-	__u32 tgid = 0;
-	struct nginxreq_proc *p = lookup_proc(&tgid);
-	if (!p)
-		return 0;
-	__u64 r = KW_PARM1(ctx);
-	__s64 rc = (__s64)KW_PARM2(ctx);
-	if (!r)
-		return 0;
-
-	struct nginxreq_calib *cb = scratch();
-	if (!cb)
-		return 0;
-	struct nginxreq_event *e = &cb->ev;
-	__builtin_memset(e, 0, sizeof(*e));
 	e->tgid = tgid;
 	e->r = r;
 	e->rc = rc;
 	e->ktime_ns = bpf_ktime_get_boot_ns();
 	e->layout_id = p->layout_id;
 	read_clock(e, p);
+}
 
-	__u32 lid = p->layout_id;
-	struct nginxreq_layout *l = bpf_map_lookup_elem(&nginxreq_layouts, &lid);
-	if (!l)
-		return 0;
-	if (!l->ready) {
-		__builtin_memset((__u8 *)cb + sizeof(*e), 0, sizeof(*cb) - sizeof(*e) - SNAP_LEN);
-		return calibrate(ctx, cb, r);
-	}
-
+/* The fast path: the layout is known. */
+static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, struct nginxreq_layout *l)
+{
 	e->kind = EV_REQUEST;
 	read_from_start(e, r, l->off_start);
 	e->host_len = read_host(e->host, r, l->off_server, &e->flags);
@@ -488,21 +459,67 @@ int nginxreq_free_request(struct pt_regs *ctx)
 			e->flags |= F_UPSTREAM_BAD;
 		}
 	}
+}
+
+SEC("uprobe/ngx_http_free_request")
+int nginxreq_free_request(struct pt_regs *ctx)
+{
+	__u32 tgid = 0;
+	struct nginxreq_proc *p = lookup_proc(&tgid);
+	if (!p)
+		return 0;
+	__u64 r = KW_PARM1(ctx);
+	__s64 rc = (__s64)KW_PARM2(ctx);
+	if (!r)
+		return 0;
 
 	__u32 zero = 0;
 	struct nginxreq_config *cfg = bpf_map_lookup_elem(&nginxreq_cfg, &zero);
-	if (cfg && cfg->lua) {
-		/* Park it: the log phase (and its Lua handler) runs after this point. */
-		__u64 id = bpf_get_current_pid_tgid();
-		if (bpf_map_update_elem(&nginxreq_pending, &id, e, BPF_ANY) == 0)
+	__u32 lid = p->layout_id;
+	struct nginxreq_layout *l = bpf_map_lookup_elem(&nginxreq_layouts, &lid);
+	if (!l || !cfg)
+		return 0;
+
+	if (!l->ready) {
+		/* Built in place in the ring: ~2.8 KB, so no copy. */
+		struct nginxreq_calib *cb = bpf_ringbuf_reserve(&nginxreq_events, sizeof(*cb), 0);
+		if (!cb) {
+			count(C_CALIB_DROP);
 			return 0;
-		count(C_PENDING_LOST);
+		}
+		__builtin_memset(cb, 0, sizeof(*cb) - SNAP_LEN);
+		fill_common(&cb->ev, p, tgid, r, rc);
+		calibrate(cb, r, cfg->now_sec);
+		bpf_ringbuf_submit(cb, wake_flags());
+		count(C_EVENTS);
+		return 0;
 	}
 
-	if (bpf_ringbuf_output(&nginxreq_events, e, sizeof(*e), wake_flags())) {
+	if (cfg->lua) {
+		/* Park it, filled in place in this thread's entry: the log phase (and its Lua
+		 * handler) runs after this point, the return probe completes and emits it. */
+		__u64 id = bpf_get_current_pid_tgid();
+		struct nginxreq_event *z = bpf_map_lookup_elem(&nginxreq_zero, &zero);
+		struct nginxreq_event *e = 0;
+		if (z && bpf_map_update_elem(&nginxreq_pending, &id, z, BPF_ANY) == 0)
+			e = bpf_map_lookup_elem(&nginxreq_pending, &id);
+		if (e) {
+			fill_common(e, p, tgid, r, rc);
+			fill_request(e, r, l);
+			return 0;
+		}
+		count(C_PENDING_LOST); /* emit without Lua timing instead */
+	}
+
+	struct nginxreq_event *e = bpf_ringbuf_reserve(&nginxreq_events, sizeof(*e), 0);
+	if (!e) {
 		count(C_RING_DROP);
 		return 0;
 	}
+	__builtin_memset(e, 0, sizeof(*e));
+	fill_common(e, p, tgid, r, rc);
+	fill_request(e, r, l);
+	bpf_ringbuf_submit(e, wake_flags());
 	count(C_EVENTS);
 	return 0;
 }

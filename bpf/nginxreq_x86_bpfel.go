@@ -124,7 +124,7 @@ const (
 	NginxReqMapNginxreqLuaTime         = "nginxreq_lua_time"
 	NginxReqMapNginxreqPending         = "nginxreq_pending"
 	NginxReqMapNginxreqProcs           = "nginxreq_procs"
-	NginxReqMapNginxreqScratch         = "nginxreq_scratch"
+	NginxReqMapNginxreqZero            = "nginxreq_zero"
 	NginxReqProgNginxreqFreeRequest    = "nginxreq_free_request"
 	NginxReqProgNginxreqFreeRequestRet = "nginxreq_free_request_ret"
 	NginxReqProgNginxreqLuaEnter       = "nginxreq_lua_enter"
@@ -132,6 +132,7 @@ const (
 	NginxReqVarAgentInInitNs           = "agent_in_init_ns"
 	NginxReqVarAgentNsDev              = "agent_ns_dev"
 	NginxReqVarAgentNsIno              = "agent_ns_ino"
+	NginxReqVarUnusedNginxreqCalib     = "unused_nginxreq_calib"
 	NginxReqVarWakeupBytes             = "wakeup_bytes"
 )
 
@@ -195,17 +196,18 @@ type NginxReqMapSpecs struct {
 	NginxreqLuaTime  *ebpf.MapSpec `ebpf:"nginxreq_lua_time"`
 	NginxreqPending  *ebpf.MapSpec `ebpf:"nginxreq_pending"`
 	NginxreqProcs    *ebpf.MapSpec `ebpf:"nginxreq_procs"`
-	NginxreqScratch  *ebpf.MapSpec `ebpf:"nginxreq_scratch"`
+	NginxreqZero     *ebpf.MapSpec `ebpf:"nginxreq_zero"`
 }
 
 // NginxReqVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type NginxReqVariableSpecs struct {
-	AgentInInitNs *ebpf.VariableSpec `ebpf:"agent_in_init_ns"`
-	AgentNsDev    *ebpf.VariableSpec `ebpf:"agent_ns_dev"`
-	AgentNsIno    *ebpf.VariableSpec `ebpf:"agent_ns_ino"`
-	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	AgentInInitNs       *ebpf.VariableSpec `ebpf:"agent_in_init_ns"`
+	AgentNsDev          *ebpf.VariableSpec `ebpf:"agent_ns_dev"`
+	AgentNsIno          *ebpf.VariableSpec `ebpf:"agent_ns_ino"`
+	UnusedNginxreqCalib *ebpf.VariableSpec `ebpf:"unused_nginxreq_calib"`
+	WakeupBytes         *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // NginxReqObjects contains all objects after they have been loaded into the kernel.
@@ -236,7 +238,7 @@ type NginxReqMaps struct {
 	NginxreqLuaTime  *ebpf.Map `ebpf:"nginxreq_lua_time"`
 	NginxreqPending  *ebpf.Map `ebpf:"nginxreq_pending"`
 	NginxreqProcs    *ebpf.Map `ebpf:"nginxreq_procs"`
-	NginxreqScratch  *ebpf.Map `ebpf:"nginxreq_scratch"`
+	NginxreqZero     *ebpf.Map `ebpf:"nginxreq_zero"`
 }
 
 func (m *NginxReqMaps) Close() error {
@@ -249,7 +251,7 @@ func (m *NginxReqMaps) Close() error {
 		m.NginxreqLuaTime,
 		m.NginxreqPending,
 		m.NginxreqProcs,
-		m.NginxreqScratch,
+		m.NginxreqZero,
 	)
 }
 
@@ -257,10 +259,11 @@ func (m *NginxReqMaps) Close() error {
 //
 // It can be passed to LoadNginxReqObjects or ebpf.CollectionSpec.LoadAndAssign.
 type NginxReqVariables struct {
-	AgentInInitNs *ebpf.Variable `ebpf:"agent_in_init_ns"`
-	AgentNsDev    *ebpf.Variable `ebpf:"agent_ns_dev"`
-	AgentNsIno    *ebpf.Variable `ebpf:"agent_ns_ino"`
-	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
+	AgentInInitNs       *ebpf.Variable `ebpf:"agent_in_init_ns"`
+	AgentNsDev          *ebpf.Variable `ebpf:"agent_ns_dev"`
+	AgentNsIno          *ebpf.Variable `ebpf:"agent_ns_ino"`
+	UnusedNginxreqCalib *ebpf.Variable `ebpf:"unused_nginxreq_calib"`
+	WakeupBytes         *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // NginxReqPrograms contains all programs after they have been loaded into the kernel.

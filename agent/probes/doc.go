@@ -70,8 +70,13 @@
 // HTTP/1.0, HTTP/1.1 keep-alive, HTTP/2 over TLS, HEAD, POST, 400, 404 via error_page, 499,
 // 502, proxied requests, in the agent's own child PID namespace, and with only CAP_BPF,
 // CAP_PERFMON and CAP_SYS_PTRACE. Learnt layout = FACTS.md's offsets for that build.
-// Time inside the BPF programs (kernel.bpf_stats): free_request ~1.1 us per request
-// (~1.4 us when parking for Lua), free_request return ~0.8-1.0 us, Lua handler entry/exit
-// ~0.5 us each; wrk throughput ratios were dominated by other tenants' load (see the report
-// of TestThroughput, run with KW_BENCH=1 on a quiet machine).
+// Cost (TestThroughput, KW_BENCH=1; wrk -t1 -c20 -d5s on `return 200`, 3 alternating
+// rounds, medians; load average 30-37 from other tenants, so req/s ratios were noise and the
+// nginx workers' CPU time per request is the number to read): no probes 16.9 us/request, an
+// empty BPF program on ngx_http_free_request 23.1 us (the bare uprobe costs ~6 us here under
+// contention, FACTS.md measured 0.5-1.3 us on a quieter VM), the nginxreq probe 24.7 us (its
+// BPF program runs 1.1-1.5 us, kernel.bpf_stats), with Lua phase probes 43.3 us (each request
+// in that config hits one Lua handler: entry + return probe, plus the free_request return
+// probe; in-BPF 0.6-0.7 + 0.6 + 1.0-1.4 us). Lua phase timing is therefore worth
+// duty-cycling.
 package probes

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"container/list"
 	"time"
 
@@ -39,6 +40,7 @@ type ParserStats struct {
 	Unanswered  uint64 // requests that ended with the connection and no response
 	Unmatched   uint64 // responses with no request seen (agent started mid-connection)
 	Overflow    uint64 // pipelined requests dropped past maxPending
+	NonHTTP     uint64 // connections whose first bytes are not HTTP (DNS, databases, streams)
 }
 
 const maxPending = 64
@@ -51,6 +53,7 @@ const (
 	roleUpstream      // the gateway connected: ignored
 	roleH2
 	roleOpaque // upgraded (WebSocket) or tunnelled
+	roleOther  // not HTTP from the start: a worker's DNS, database or stream-module sockets
 )
 
 // pendingReq is a request whose exchange is not over. An exchange ends when the response
@@ -188,7 +191,7 @@ func (c *conn) classify(ch Chunk) {
 		return // nothing captured: wait for bytes
 	case !ch.Out && isH2Preface(d):
 		c.becomeH2()
-	case !ch.Out && looksLikeStart(d, true):
+	case !ch.Out && (looksLikeStart(d, true) || bytes.HasPrefix(d, proxyV2Sig[:min(len(d), len(proxyV2Sig))]) && len(d) >= 4):
 		c.role = roleServer
 	case !ch.Out && looksLikeStart(d, false):
 		c.role = roleUpstream // reading an upstream's response
@@ -204,7 +207,10 @@ func (c *conn) classify(ch Chunk) {
 		// An HTTP/2 server speaks first (its SETTINGS frame, before the client preface is
 		// read): wait for what the client sends.
 	default:
-		c.parseError("first bytes are neither a request nor a response")
+		// Workers also talk DNS (the resolver's UDP recv), database and stream protocols:
+		// not an error, just not ours.
+		c.role = roleOther
+		c.p.stats.NonHTTP++
 	}
 }
 

@@ -51,6 +51,7 @@ const (
 	stTrailer
 	stUntilClose
 	stOpaque // bytes are not HTTP/1 any more (after 101 / CONNECT): ignore
+	stSkip   // a PROXY protocol v2 header's remaining bytes
 	stDesync // lost framing: wait for a captured chunk that starts a message
 )
 
@@ -74,11 +75,12 @@ type halfEvents interface {
 // bodies cost nothing. A gap in a head or a chunk-size line loses framing: the half then
 // waits for a captured chunk that begins with a valid start line.
 type half struct {
-	isReq  bool
-	state  int
-	buf    []byte // head or chunk-size/trailer line being accumulated
-	remain int64  // body or chunk bytes left
-	ev     halfEvents
+	isReq    bool
+	state    int
+	buf      []byte // head or chunk-size/trailer line being accumulated
+	remain   int64  // body or chunk bytes left
+	ev       halfEvents
+	sawProxy bool // the first message was looked at for a PROXY protocol header
 	// now is the time of the chunk being fed; headStart when the current head's first byte
 	// arrived (a request's Start).
 	now, headStart time.Time
@@ -134,6 +136,13 @@ func (p *half) skip(n int64) {
 		case stUntilClose:
 			p.ev.onBody(n)
 			return
+		case stSkip:
+			k := min(n, p.remain)
+			p.remain -= k
+			n -= k
+			if p.remain == 0 {
+				p.state = stHead
+			}
 		case stOpaque, stDesync:
 			return
 		default: // a gap in a head or a framing line
@@ -154,6 +163,19 @@ func (p *half) desync(reason string) {
 func (p *half) step(data []byte) []byte {
 	switch p.state {
 	case stHead:
+		if len(p.buf) == 0 && p.isReq && !p.sawProxy {
+			// A load balancer's PROXY protocol header precedes the first request.
+			p.sawProxy = true
+			if rest, skip, ok := proxyHeader(data); ok {
+				if skip > 0 {
+					p.state, p.remain = stSkip, skip
+					k := min(skip, int64(len(rest)))
+					p.skip(k)
+					return rest[k:]
+				}
+				return rest
+			}
+		}
 		if len(p.buf) == 0 {
 			// Tolerate the CRLFs RFC 9112 allows before a request line (and after a body).
 			for len(data) > 0 && (data[0] == '\r' || data[0] == '\n') {
@@ -209,7 +231,7 @@ func (p *half) step(data []byte) []byte {
 			return nil
 		}
 		return restCopy
-	case stBody, stChunkData, stChunkCRLF:
+	case stBody, stChunkData, stChunkCRLF, stSkip:
 		k := min(int64(len(data)), p.remain)
 		p.skip(k)
 		return data[k:]
@@ -406,4 +428,27 @@ func normHost(h string) string {
 		}
 	}
 	return string(b)
+}
+
+var proxyV2Sig = []byte("\r\n\r\n\x00\r\nQUIT\n")
+
+// proxyHeader recognises a PROXY protocol header at the start of a connection (v1: a text
+// line "PROXY ...\r\n"; v2: a binary signature, 4 bytes, a 2-byte length). It returns the
+// bytes after the captured part of the header and how many header bytes remain beyond data.
+func proxyHeader(data []byte) (rest []byte, skip int64, ok bool) {
+	if bytes.HasPrefix(data, []byte("PROXY ")) {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 || i > 107 { // v1 headers are at most 107 bytes
+			return nil, 0, false
+		}
+		return data[i+1:], 0, true
+	}
+	if len(data) >= 16 && bytes.Equal(data[:12], proxyV2Sig) {
+		n := 16 + int64(data[14])<<8 + int64(data[15])
+		if n <= int64(len(data)) {
+			return data[n:], 0, true
+		}
+		return nil, n - int64(len(data)), true
+	}
+	return nil, 0, false
 }

@@ -224,6 +224,8 @@ func FuzzParser(f *testing.F) {
 	f.Add([]byte("POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), []byte("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"), uint8(3), uint16(2))
 	f.Add([]byte("HEAD / HTTP/1.0\r\n\r\nGET / HTTP/1.1\r\n\r\n"), []byte("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nHTTP/1.1 204 No\r\n\r\n"), uint8(1), uint16(100))
 	f.Add(h2Preface, []byte("\x00\x00"), uint8(2), uint16(0))
+	f.Add([]byte("PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\nGET / HTTP/1.1\r\n\r\n"), []byte(ok5), uint8(9), uint16(0))
+	f.Add([]byte("\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c0123456789abGET / HTTP/1.1\r\n\r\n"), []byte(ok5), uint8(13), uint16(0))
 	f.Add([]byte("\x16\x03\x01garbage\r\n\r\n"), []byte("HTTP/1.1 999 x\r\nContent-Length: -1\r\n\r\n"), uint8(5), uint16(1))
 	f.Fuzz(func(t *testing.T, in, out []byte, split uint8, gap uint16) {
 		p := NewParser(4, func(r *model.Request) {
@@ -300,6 +302,34 @@ func TestH2ServerSpeaksFirst(t *testing.T) {
 	p.Feed(Chunk{Key: k, Out: true, TS: t0, Len: 27, Data: []byte("\x00\x00\x12\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x80\x00\x04\x00\x01\x00\x00\x00\x05\x00\xff\xff\xff")})
 	p.Feed(Chunk{Key: k, TS: t0, Len: 24, Data: h2Preface})
 	if s := p.Stats(); s.H2Conns != 1 || s.ParseErrors != 0 {
+		t.Fatalf("%+v", s)
+	}
+}
+
+// Behind a load balancer with proxy_protocol, a PROXY header precedes the first request.
+func TestProxyProtocol(t *testing.T) {
+	h := newHarness(t)
+	h.in("PROXY TCP4 192.0.2.1 192.0.2.2 56324 443\r\nGET /v1 HTTP/1.1\r\nHost: a\r\n\r\n")
+	h.out1(ok5)
+	h.want("GET a /v1 HTTP/1.1 200 43")
+
+	h2 := newHarness(t)
+	hdr := append([]byte("\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c"), 192, 0, 2, 1, 192, 0, 2, 2, 0xdc, 0x04, 0x01, 0xbb)
+	h2.in(string(hdr[:20])) // the header split over two reads
+	h2.in(string(hdr[20:]) + "GET /v2 HTTP/1.1\r\nHost: b\r\n\r\n")
+	h2.out1(ok5)
+	h2.want("GET b /v2 HTTP/1.1 200 43")
+	if s := h2.p.Stats(); s.ParseErrors != 0 {
+		t.Fatalf("%+v", s)
+	}
+}
+
+// A worker's resolver reads DNS answers with recv: a non-HTTP socket, not a parse error.
+func TestNonHTTPSocket(t *testing.T) {
+	h := newHarness(t)
+	h.in("\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x07example\x03com\x00")
+	h.in("GET / HTTP/1.1\r\n\r\n") // ignored: the socket is not HTTP
+	if s := h.p.Stats(); s.ParseErrors != 0 || s.NonHTTP != 1 || s.Requests != 0 {
 		t.Fatalf("%+v", s)
 	}
 }

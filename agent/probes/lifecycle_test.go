@@ -341,3 +341,79 @@ func TestReload(t *testing.T) {
 		t.Fatalf("after reload: %d records, status %+v (calibration events before %d)", after, st, calib)
 	}
 }
+
+// TestSetLuaPhases: Lua timing switched on and off at run time (duty cycling), with traffic
+// running through the switch; no request is lost.
+func TestSetLuaPhases(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t)
+	n := startNginx(t)
+	p, c := startProbes(t, n, Options{})
+	client := &http.Client{}
+	send := func(tag string, k int) {
+		for i := 0; i < k; i++ {
+			get(t, client, fmt.Sprintf("http://127.0.0.1:%d/phases?%s=%d", n.Port, tag, i))
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no layout: %+v", p.Status())
+		}
+		send("warm", 1)
+		time.Sleep(20 * time.Millisecond)
+	}
+	send("off1", 20)
+	if err := p.SetLuaPhases(true); err != nil {
+		t.Fatal(err)
+	}
+	if !p.Status().LuaPhases {
+		t.Fatal("Status.LuaPhases false after SetLuaPhases(true)")
+	}
+	send("on", 20)
+	// Switch off while requests are in flight.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c := &http.Client{}
+		for i := 0; i < 200; i++ {
+			resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/ok?during=%d", n.Port, i))
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if err := p.SetLuaPhases(false); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	send("off2", 20)
+	time.Sleep(400 * time.Millisecond)
+	lines := readAccessLog(t, n.AccessLog)
+	got := c.waitFor(t, len(lines), 3*time.Second)
+	if len(got) != len(lines) {
+		t.Fatalf("agent saw %d requests, access log has %d (status %+v)", len(got), len(lines), p.Status())
+	}
+	counts := map[string][2]int{}
+	for _, r := range got {
+		tag := strings.SplitN(strings.TrimPrefix(r.URI, "/phases?"), "=", 2)[0]
+		if strings.HasPrefix(r.URI, "/ok") {
+			tag = "during"
+		}
+		cnt := counts[tag]
+		if r.HasLua {
+			cnt[1]++
+		} else {
+			cnt[0]++
+		}
+		counts[tag] = cnt
+	}
+	t.Logf("[without, with] Lua timing: %v; status %+v", counts, p.Status())
+	if counts["off1"][1] != 0 || counts["off2"][1] != 0 || counts["on"][0] != 0 || counts["on"][1] != 20 {
+		t.Fatalf("Lua timing in the wrong periods: %v", counts)
+	}
+}

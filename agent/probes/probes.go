@@ -88,6 +88,8 @@ type nginxBin struct {
 	verified int         // hot-path events checked since the layout was switched on
 	bad      int
 	lua      string // where the Lua handlers were attached ("" none)
+	luaLinks []link.Link
+	gw       discovery.Gateway // the gateway it was attached for (to find its Lua module)
 }
 
 type gateway struct {
@@ -114,6 +116,9 @@ type Probes struct {
 	calPool  sync.Pool
 
 	decoded, decodeErrs, calibs, ignored atomic.Uint64
+
+	lua      bool       // Lua phase probes on (Options.LuaPhases, then SetLuaPhases)
+	leftover []rawEvent // parked events recovered when Lua timing was switched off
 }
 
 // New loads the BPF collection (nothing is attached yet).
@@ -155,7 +160,7 @@ func New(opts Options) (*Probes, error) {
 	}
 
 	p := &Probes{opts: opts, bins: map[binKey]*nginxBin{}, byID: map[uint32]*nginxBin{},
-		gws: map[discovery.GatewayID]*gateway{}, pidOwner: map[int]discovery.GatewayID{}}
+		gws: map[discovery.GatewayID]*gateway{}, pidOwner: map[int]discovery.GatewayID{}, lua: opts.LuaPhases}
 	p.calPool.New = func() any { return new(rawCalib) }
 
 	// uprobe_multi links need CAP_BPF+CAP_PERFMON only; perf-event uprobes need CAP_SYS_ADMIN.
@@ -229,7 +234,7 @@ func (p *Probes) attach(gw discovery.Gateway, key binKey) (*nginxBin, error) {
 	if err != nil {
 		return nil, permError("open "+gw.Exe, err, capSysPtrace)
 	}
-	b := &nginxBin{key: key, exe: gw.Exe, info: info, learner: nginxlayout.NewLearner(learnNeed, learnMax)}
+	b := &nginxBin{key: key, exe: gw.Exe, info: info, gw: gw, learner: nginxlayout.NewLearner(learnNeed, learnMax)}
 	if n := len(p.freeIDs); n > 0 {
 		b.id, p.freeIDs = p.freeIDs[n-1], p.freeIDs[:n-1]
 	} else {
@@ -243,23 +248,22 @@ func (p *Probes) attach(gw discovery.Gateway, key binKey) (*nginxBin, error) {
 		return nil, fmt.Errorf("reset layout: %w", err)
 	}
 	fail := func(err error) (*nginxBin, error) {
-		for _, l := range b.links {
-			l.Close()
-		}
+		closeLinks(&b.links)
+		closeLinks(&b.luaLinks)
 		p.freeIDs = append(p.freeIDs, b.id)
 		return nil, err
 	}
 	// With Lua timing on, the return probe must be in place before the entry probe parks
 	// events for it.
-	if p.opts.LuaPhases {
-		if err := p.attachSyms(b, ex, []string{"ngx_http_free_request"}, p.objs.NginxreqFreeRequestRet, true, nil); err != nil {
+	if p.lua {
+		if err := p.attachSyms(&b.luaLinks, ex, []string{"ngx_http_free_request"}, p.objs.NginxreqFreeRequestRet, true, nil); err != nil {
 			return fail(err)
 		}
 	}
-	if err := p.attachSyms(b, ex, []string{"ngx_http_free_request"}, p.objs.NginxreqFreeRequest, false, nil); err != nil {
+	if err := p.attachSyms(&b.links, ex, []string{"ngx_http_free_request"}, p.objs.NginxreqFreeRequest, false, nil); err != nil {
 		return fail(err)
 	}
-	if p.opts.LuaPhases {
+	if p.lua {
 		if err := p.attachLua(b, gw); err != nil {
 			// Request events still flow; say why Lua timing is missing.
 			p.log().Info("Lua phase timing unavailable", "exe", gw.Exe, "err", err.Error())
@@ -324,14 +328,91 @@ func (p *Probes) attachLua(b *nginxBin, gw discovery.Gateway) error {
 	if err != nil {
 		return permError("open "+path, err, capSysPtrace)
 	}
-	if err := p.attachSyms(b, ex, syms, p.objs.NginxreqLuaExit, true, cookies); err != nil {
+	if err := p.attachSyms(&b.luaLinks, ex, syms, p.objs.NginxreqLuaExit, true, cookies); err != nil {
 		return err
 	}
-	if err := p.attachSyms(b, ex, syms, p.objs.NginxreqLuaEnter, false, cookies); err != nil {
+	if err := p.attachSyms(&b.luaLinks, ex, syms, p.objs.NginxreqLuaEnter, false, cookies); err != nil {
 		return err
 	}
 	b.lua = path
 	return nil
+}
+
+func closeLinks(ls *[]link.Link) {
+	for _, l := range *ls {
+		l.Close()
+	}
+	*ls = nil
+}
+
+// SetLuaPhases switches Lua phase timing on or off at run time (it costs 2 probe hits per
+// Lua handler call and one per request, so it may be duty-cycled). Switching off loses no
+// request: events parked for the return probe are recovered from the map and delivered by
+// Run without Lua timing.
+func (p *Probes) SetLuaPhases(on bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if on == p.lua {
+		return nil
+	}
+	if on {
+		var errs []error
+		for _, b := range p.bins {
+			if b.failed != nil || len(b.links) == 0 {
+				continue
+			}
+			ex, err := link.OpenExecutable(b.exe)
+			if err == nil {
+				err = p.attachSyms(&b.luaLinks, ex, []string{"ngx_http_free_request"}, p.objs.NginxreqFreeRequestRet, true, nil)
+			}
+			if err != nil {
+				closeLinks(&b.luaLinks)
+				errs = append(errs, err)
+				continue
+			}
+			if err := p.attachLua(b, b.gw); err != nil {
+				p.log().Info("Lua phase timing unavailable", "exe", b.exe, "err", err.Error())
+				errs = append(errs, err)
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
+			// Leave it off where the return probe could not be attached: parked events would
+			// never be emitted.
+			for _, b := range p.bins {
+				closeLinks(&b.luaLinks)
+			}
+			return err
+		}
+		p.lua = true
+		return p.objs.NginxreqCfg.Put(uint32(0), p.config(p.opts.Now()))
+	}
+	p.lua = false
+	err := p.objs.NginxreqCfg.Put(uint32(0), p.config(p.opts.Now()))
+	// A request between the entry and return probes finishes within microseconds; give
+	// preempted workers time, then recover whatever is still parked.
+	time.Sleep(50 * time.Millisecond)
+	for _, b := range p.bins {
+		closeLinks(&b.luaLinks)
+		b.lua = ""
+	}
+	p.drainPendingLocked()
+	return err
+}
+
+func (p *Probes) drainPendingLocked() {
+	var (
+		key  uint64
+		ev   rawEvent
+		keys []uint64
+	)
+	it := p.objs.NginxreqPending.Iterate()
+	for it.Next(&key, &ev) {
+		p.leftover = append(p.leftover, ev)
+		keys = append(keys, key)
+	}
+	for _, k := range keys {
+		p.objs.NginxreqPending.Delete(k)
+	}
 }
 
 func (p *Probes) attachMethod() string {
@@ -341,7 +422,7 @@ func (p *Probes) attachMethod() string {
 	return "perf"
 }
 
-func (p *Probes) attachSyms(b *nginxBin, ex *link.Executable, syms []string, prog *ebpf.Program, ret bool, cookies []uint64) error {
+func (p *Probes) attachSyms(dst *[]link.Link, ex *link.Executable, syms []string, prog *ebpf.Program, ret bool, cookies []uint64) error {
 	what := fmt.Sprintf("attach %s to %s", prog, strings.Join(syms, ","))
 	if p.multi {
 		opts := &link.UprobeMultiOptions{Cookies: cookies}
@@ -355,7 +436,7 @@ func (p *Probes) attachSyms(b *nginxBin, ex *link.Executable, syms []string, pro
 		if err != nil {
 			return permError(what+" (uprobe_multi)", err, capBPF, capPerfmon)
 		}
-		b.links = append(b.links, l)
+		*dst = append(*dst, l)
 		return nil
 	}
 	for i, s := range syms {
@@ -374,7 +455,7 @@ func (p *Probes) attachSyms(b *nginxBin, ex *link.Executable, syms []string, pro
 			// perf_event_open uprobes need CAP_SYS_ADMIN on this kernel generation.
 			return permError(what+" (perf event)", err, capSysAdmin, capPerfmon, capBPF)
 		}
-		b.links = append(b.links, l)
+		*dst = append(*dst, l)
 	}
 	return nil
 }
@@ -397,10 +478,8 @@ func (p *Probes) Untrack(id discovery.GatewayID) {
 }
 
 func (p *Probes) detachLocked(b *nginxBin) {
-	for _, l := range b.links {
-		l.Close()
-	}
-	b.links = nil
+	closeLinks(&b.links)
+	closeLinks(&b.luaLinks)
 	delete(p.bins, b.key)
 	delete(p.byID, b.id)
 	p.freeIDs = append(p.freeIDs, b.id)
@@ -475,8 +554,17 @@ func (p *Probes) Run(ctx context.Context, sink model.Sink) error {
 		now := p.opts.Now()
 		if now.Sub(lastNow) >= time.Second {
 			// The BPF calibration scan looks for start_sec near this.
+			p.mu.Lock()
 			p.objs.NginxreqCfg.Put(uint32(0), p.config(now))
+			p.mu.Unlock()
 			lastNow = now
+		}
+		p.mu.Lock()
+		left := p.leftover
+		p.leftover = nil
+		p.mu.Unlock()
+		for i := range left {
+			p.deliver(&left[i], &req, sink)
 		}
 		// Wake-ups are batched in the kernel: poll with a deadline so no event waits long.
 		rd.SetDeadline(now.Add(pollInterval))
@@ -498,7 +586,7 @@ func (p *Probes) Run(ctx context.Context, sink model.Sink) error {
 
 func (p *Probes) config(now time.Time) *bpf.NginxReqNginxreqConfig {
 	cfg := &bpf.NginxReqNginxreqConfig{NowSec: uint64(now.Unix())}
-	if p.opts.LuaPhases {
+	if p.lua {
 		cfg.Lua = 1
 	}
 	return cfg
@@ -513,19 +601,7 @@ func (p *Probes) handle(raw []byte, r *record, req *model.Request, sink model.Si
 	}
 	if r.kind == evRequest {
 		p.calPool.Put(cb)
-		p.clk.toRequest(&r.ev, r.ev.Status, req)
-		if ignorable(&r.ev, req) {
-			p.ignored.Add(1)
-			return
-		}
-		if !plausible(&r.ev, r.ev.Status, req) {
-			p.decodeErrs.Add(1)
-			p.verify(r.ev.LayoutId, false)
-			return
-		}
-		p.verify(r.ev.LayoutId, true)
-		p.decoded.Add(1)
-		sink.Observe(req)
+		p.deliver(&r.ev, req, sink)
 		return
 	}
 	p.calibs.Add(1)
@@ -540,6 +616,23 @@ func (p *Probes) handle(raw []byte, r *record, req *model.Request, sink model.Si
 		}
 		p.calPool.Put(c)
 	}
+}
+
+// deliver decodes a fast-path event and hands it to the sink.
+func (p *Probes) deliver(ev *rawEvent, req *model.Request, sink model.Sink) {
+	p.clk.toRequest(ev, ev.Status, req)
+	if ignorable(ev, req) {
+		p.ignored.Add(1)
+		return
+	}
+	if !plausible(ev, ev.Status, req) {
+		p.decodeErrs.Add(1)
+		p.verify(ev.LayoutId, false)
+		return
+	}
+	p.verify(ev.LayoutId, true)
+	p.decoded.Add(1)
+	sink.Observe(req)
 }
 
 func (p *Probes) layoutOf(id uint32) *nginxlayout.Layout {
@@ -572,10 +665,8 @@ func (p *Probes) calibrate(cb *rawCalib) []*rawCalib {
 		p.log().Error(err, "cannot learn nginx request layout; detaching", "exe", b.exe)
 		p.decodeErrs.Add(uint64(len(b.pending)) + 1)
 		b.pending = nil
-		for _, l := range b.links {
-			l.Close()
-		}
-		b.links = nil
+		closeLinks(&b.links)
+		closeLinks(&b.luaLinks)
 		return nil
 	}
 	if lay == nil {
@@ -634,7 +725,7 @@ func (p *Probes) Status() Status {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := Status{AttachedBinaries: 0, TrackedPIDs: len(p.pidOwner), AttachMethod: p.attachMethod(),
-		LuaPhases: p.opts.LuaPhases, Err: p.lastErr}
+		LuaPhases: p.lua, Err: p.lastErr}
 	mode := "ready"
 	var layouts []string
 	calibrating := len(p.bins) == 0
@@ -686,10 +777,8 @@ func (p *Probes) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, b := range p.bins {
-		for _, l := range b.links {
-			l.Close()
-		}
-		b.links = nil
+		closeLinks(&b.links)
+		closeLinks(&b.luaLinks)
 	}
 	p.bins = map[binKey]*nginxBin{}
 	return p.objs.Close()

@@ -417,3 +417,39 @@ func TestSetLuaPhases(t *testing.T) {
 		t.Fatalf("Lua timing in the wrong periods: %v", counts)
 	}
 }
+
+// TestDrainPending: an event still parked for the free_request return probe when Lua timing
+// is switched off is recovered and delivered, not lost.
+func TestDrainPending(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t)
+	p, err := New(Options{LuaPhases: true, Log: testr.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ev := sampleEvent()
+	if err := p.objs.NginxreqPending.Put(uint64(7)<<32|7, &ev); err != nil {
+		t.Fatal(err)
+	}
+	c := &collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, c) }()
+	if err := p.SetLuaPhases(false); err != nil {
+		t.Fatal(err)
+	}
+	got := c.waitFor(t, 1, 2*time.Second)
+	cancel()
+	<-done
+	if len(got) != 1 || got[0].URI != "/users/1?x=1" || got[0].HasLua {
+		t.Fatalf("got %+v", got)
+	}
+	var k uint64
+	var v rawEvent
+	if p.objs.NginxreqPending.Iterate().Next(&k, &v) {
+		t.Fatal("pending map not drained")
+	}
+}

@@ -429,3 +429,26 @@ func compare(l logLine, r model.Request) string {
 func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
+
+// TestPerfEventFallback: the attach path for kernels without uprobe_multi (perf-event
+// uprobes, which need CAP_SYS_ADMIN), with Lua timing so cookies are exercised too.
+func TestPerfEventFallback(t *testing.T) {
+	requireIntegration(t)
+	testForcePerf = true
+	defer func() { testForcePerf = false }()
+	n := startNginx(t)
+	p, c := startProbes(t, n, Options{LuaPhases: true})
+	if st := p.Status(); st.AttachMethod != "perf" {
+		t.Fatalf("attach method %q", st.AttachMethod)
+	}
+	got := checkAgainstLog(t, n, p, c, traffic(t, n, 5))
+	lua := 0
+	for _, r := range got {
+		if strings.HasPrefix(r.URI, "/phases") && r.HasLua && r.LuaPhases[model.LuaContent] > 0 {
+			lua++
+		}
+	}
+	if lua == 0 {
+		t.Fatal("no Lua timing through perf-event uprobes")
+	}
+}

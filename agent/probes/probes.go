@@ -74,6 +74,10 @@ type binKey struct{ dev, ino uint64 }
 // tests can exercise the kernel-clock fallback.
 var testNoCachedTime = false
 
+// testForcePerf makes the agent attach with perf-event uprobes as on kernels without
+// uprobe_multi, so tests exercise that path too.
+var testForcePerf = false
+
 type nginxBin struct {
 	key      binKey
 	exe      string
@@ -165,7 +169,7 @@ func New(opts Options) (*Probes, error) {
 
 	// uprobe_multi links need CAP_BPF+CAP_PERFMON only; perf-event uprobes need CAP_SYS_ADMIN.
 	// A program is loaded for one or the other, so decide before loading.
-	if err := features.HaveBPFLinkUprobeMulti(); err == nil {
+	if err := features.HaveBPFLinkUprobeMulti(); err == nil && !testForcePerf {
 		p.multi = true
 		for _, ps := range spec.Programs {
 			ps.AttachType = ebpf.AttachTraceUprobeMulti

@@ -41,6 +41,7 @@ type ParserStats struct {
 	Unmatched   uint64 // responses with no request seen (agent started mid-connection)
 	Overflow    uint64 // pipelined requests dropped past maxPending
 	NonHTTP     uint64 // connections whose first bytes are not HTTP (DNS, databases, streams)
+	Rejected    uint64 // responses to heads never completed (400/414/494): reported, partly known
 }
 
 const maxPending = 64
@@ -303,6 +304,9 @@ func (e respEvents) onHead(h *head, n int) (framing, int64) {
 	c.respClose = h.close && !(h.status >= 100 && h.status < 200)
 	c.interim = h.status >= 100 && h.status < 200 && h.status != 101
 	r := c.nextUnanswered()
+	if r == nil && !c.interim {
+		r = c.partialRequest()
+	}
 	c.matched = r != nil
 	var method string
 	if c.matched {
@@ -373,4 +377,50 @@ func (c *conn) flush() {
 		}
 		c.p.produce(c.key, r, r.status, r.bytes, end)
 	}
+}
+
+// partialRequest turns a request nginx rejected before its head was complete (400 for a
+// malformed head, 414, 431/494 for one too large) into a pending request, so the error
+// counts like nginx logs it. Only a head being read, or one that lost framing, qualifies.
+func (c *conn) partialRequest() *pendingReq {
+	q := &c.req
+	if !(q.state == stHead && len(q.buf) > 0) && q.state != stDesync {
+		return nil
+	}
+	r := pendingReq{start: q.headStart, bodyDone: true, bodyEnd: q.now}
+	head := q.buf
+	if q.state == stDesync {
+		head = q.failedHead
+	}
+	// Like nginx's log of such a request: no method/URI unless the request line was
+	// complete; the Host header if it came before the line nginx rejected.
+	if line, rest, ok := bytes.Cut(head, []byte("\n")); ok {
+		f := bytes.Fields(bytes.TrimRight(line, "\r"))
+		if len(f) >= 2 && looksLikeStart(f[0], true) {
+			r.method, r.uri = string(f[0]), string(f[1])
+			if len(f) >= 3 {
+				r.proto = string(f[2])
+			}
+		}
+		for len(rest) > 0 {
+			var l []byte
+			l, rest, ok = bytes.Cut(rest, []byte("\n"))
+			if !ok { // the last line is incomplete
+				break
+			}
+			name, val, found := bytes.Cut(bytes.TrimRight(l, "\r"), []byte(":"))
+			if found && bytes.EqualFold(name, []byte("host")) {
+				r.host = normHost(string(bytes.TrimSpace(val)))
+				break
+			}
+		}
+	}
+	if r.start.IsZero() {
+		r.start = q.now
+	}
+	// nginx closes the connection after such an error: what follows is not a request.
+	q.state, q.buf = stDesync, q.buf[:0]
+	c.pending = append(c.pending, r)
+	c.p.stats.Rejected++
+	return &c.pending[len(c.pending)-1]
 }

@@ -75,12 +75,13 @@ type halfEvents interface {
 // bodies cost nothing. A gap in a head or a chunk-size line loses framing: the half then
 // waits for a captured chunk that begins with a valid start line.
 type half struct {
-	isReq    bool
-	state    int
-	buf      []byte // head or chunk-size/trailer line being accumulated
-	remain   int64  // body or chunk bytes left
-	ev       halfEvents
-	sawProxy bool // the first message was looked at for a PROXY protocol header
+	isReq      bool
+	state      int
+	buf        []byte // head or chunk-size/trailer line being accumulated
+	remain     int64  // body or chunk bytes left
+	ev         halfEvents
+	sawProxy   bool   // the first message was looked at for a PROXY protocol header
+	failedHead []byte // start of the last head that lost framing (at most 8 KiB)
 	// now is the time of the chunk being fed; headStart when the current head's first byte
 	// arrived (a request's Start).
 	now, headStart time.Time
@@ -153,6 +154,11 @@ func (p *half) skip(n int64) {
 }
 
 func (p *half) desync(reason string) {
+	if p.state == stHead && len(p.buf) > 0 {
+		// Keep the start line: nginx answers a rejected head with an error, which
+		// conn.partialRequest reports with what it knows.
+		p.failedHead = append(p.failedHead[:0], p.buf[:min(len(p.buf), 8192)]...)
+	}
 	p.state = stDesync
 	p.buf = p.buf[:0]
 	p.remain = 0
@@ -189,6 +195,7 @@ func (p *half) step(data []byte) []byte {
 				return nil
 			}
 			p.headStart = p.now
+			p.failedHead = p.failedHead[:0]
 		}
 		scanFrom := max(0, len(p.buf)-3)
 		if len(p.buf)+len(data) > maxHead {

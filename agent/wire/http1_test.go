@@ -333,3 +333,21 @@ func TestNonHTTPSocket(t *testing.T) {
 		t.Fatalf("%+v", s)
 	}
 }
+
+// nginx answers a head it rejects (too large, malformed) before the head is complete.
+func TestRejectedHead(t *testing.T) {
+	h := newHarness(t)
+	h.in("GET /" + strings.Repeat("a", 9000)) // the request line never ends
+	h.out1("HTTP/1.1 414 Request-URI Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	h.p.Close(h.k, h.at())
+	if len(h.out) != 1 || h.out[0].Status != 414 || h.out[0].Method != "" || h.out[0].URI != "" {
+		t.Fatalf("%+v", h.out)
+	}
+	h = newHarness(t)
+	h.in("GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n") // malformed: desync
+	h.out1("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	h.p.Close(h.k, h.at())
+	if len(h.out) != 1 || h.out[0].Status != 400 || h.out[0].URI != "/x" || h.out[0].Host != "a" || h.out[0].Method != "GET" {
+		t.Fatalf("%+v", h.out)
+	}
+}

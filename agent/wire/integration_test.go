@@ -358,6 +358,21 @@ func TestIntegrationNginx(t *testing.T) {
 	io.Copy(io.Discard, c)
 	c.Close()
 
+	// Heads nginx rejects before they are complete: a malformed header line (400) and a
+	// request line longer than large_client_header_buffers (414).
+	for _, raw := range []string{
+		"GET /r/bad HTTP/1.1\r\nHost: bad\r\nBad Header\r\n\r\n",
+		"GET /r/" + strings.Repeat("u", 9000) + " HTTP/1.1\r\nHost: long\r\n\r\n",
+	} {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", ng.plain))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, raw)
+		io.Copy(io.Discard, c)
+		c.Close()
+	}
+
 	// curl: a libc-based client, whose own recv/send must not be captured (PID filter);
 	// a large body makes curl send Expect: 100-continue.
 	big := filepath.Join(ng.dir, "big.txt")
@@ -408,7 +423,7 @@ func TestIntegrationNginx(t *testing.T) {
 				want = append(want, l)
 			}
 		}
-		if len(col.snapshot()) >= len(want) && len(want) >= 19 || time.Now().After(deadline) {
+		if len(col.snapshot()) >= len(want) && len(want) >= 21 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -483,8 +498,9 @@ func TestIntegrationNginx(t *testing.T) {
 	st = tr.Status()
 	t.Logf("%d requests in the access log, %d seen; status %+v", len(want), len(got), st.ParserStats)
 	t.Logf("events %d dropped %d", st.Events, st.Dropped)
-	if st.ParseErrors != 0 || st.Unmatched != 0 || st.Unanswered != 0 {
-		t.Errorf("clean HTTP/1 traffic gave parse errors/unmatched/unanswered: %+v", st.ParserStats)
+	// One parse error: the deliberately malformed head; two heads rejected by nginx.
+	if st.ParseErrors != 1 || st.Rejected != 2 || st.Unmatched != 0 || st.Unanswered != 0 {
+		t.Errorf("want exactly the malformed head as parse error and 2 rejected heads: %+v", st.ParserStats)
 	}
 	if st.H2Conns < 2 {
 		t.Errorf("the h2 connection was not detected: %+v", st.ParserStats)

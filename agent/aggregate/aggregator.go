@@ -35,6 +35,12 @@ const DefaultMaxRows = 100
 // a stable number for annotations and Events; until the first Rotate it is the open,
 // partial window (with its actual PeriodSeconds), so a freshly started agent shows traffic
 // at once.
+//
+// Cost, measured (see the benchmarks): Observe ~400 ns of CPU and no allocation once a
+// request's host and path rows exist; Snapshot ~0.8 ms of CPU with full tables, holding the
+// lock (the event reader waits that long). Memory: ~0.6 MiB empty, ~5.5 MiB with the default
+// 100 hosts + 100 paths full in the window, the total and Snapshot's scratch copy, and no
+// more whatever the traffic (TestBoundedMemory).
 type Aggregator struct {
 	mu       sync.Mutex
 	now      func() time.Time

@@ -1,0 +1,192 @@
+// Package inject decides whether a Kong pod gets the kong-watcher agent, builds the agent
+// sidecar, and serves the mutating admission webhook that applies it as a JSON patch.
+//
+// The flow follows Linkerd's proxy injector: Decide reports why a pod is or is not injected,
+// Inject mutates the pod, the Webhook turns the difference into a JSON patch and records an
+// Event on the pod's owner so that `kubectl describe deployment` (via its ReplicaSet) shows
+// what happened. The webhook never denies a pod: monitoring must never stop Kong from starting.
+package inject
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/kong-watcher/kong-watcher/internal/version"
+)
+
+// Config is the agent settings the webhook injects (from the webhook's flags).
+type Config struct {
+	Image         string
+	PullPolicy    corev1.PullPolicy
+	Resources     corev1.ResourceRequirements
+	LogLevel      string // debug|info|warn|error
+	JSONLog       bool
+	ProcessName   string
+	StatsInterval time.Duration
+	NativeSidecar bool
+	MetricsPort   int32
+	// AgentVersion is written to the kong-watcher.io/injected annotation and Events.
+	AgentVersion string
+	// Privileged is an escape hatch for kernels without uprobe_multi (< 6.6), where attaching
+	// uprobes through perf_event_open needs CAP_SYS_ADMIN. Default false.
+	Privileged bool
+	// ExcludedNamespaces never get the agent (kube-system, the webhook's own namespace).
+	ExcludedNamespaces []string
+}
+
+// Bounds of the stats interval, shared by Config.Validate and the per-pod annotation.
+const (
+	MinStatsInterval = time.Second
+	MaxStatsInterval = time.Hour
+)
+
+// maxCommLen is TASK_COMM_LEN (16) minus the terminating NUL: the kernel truncates a process
+// name to 15 bytes, so a longer KONG_PROCESS_NAME could never match.
+const maxCommLen = 15
+
+// DefaultConfig returns the settings used when the webhook is started without flags.
+func DefaultConfig() Config {
+	return Config{
+		Image:      "kong-watcher/agent:" + version.Version,
+		PullPolicy: corev1.PullIfNotPresent,
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("100m"),
+				corev1.ResourceMemory: resource.MustParse("128Mi"),
+			},
+			Limits: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("200m"),
+				corev1.ResourceMemory: resource.MustParse("256Mi"),
+			},
+		},
+		LogLevel:           "info",
+		JSONLog:            true,
+		ProcessName:        "nginx",
+		StatsInterval:      30 * time.Second,
+		NativeSidecar:      true,
+		MetricsPort:        9464,
+		AgentVersion:       version.Version,
+		ExcludedNamespaces: []string{"kube-system"},
+	}
+}
+
+// Validate reports every setting that would make the injected pod invalid or the agent
+// useless. The API server rejects a pod whose patched spec fails validation no matter the
+// webhook's failurePolicy, so a bad flag must stop the webhook at start-up instead.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Image == "" {
+		errs = append(errs, errors.New("image must not be empty"))
+	} else if strings.ContainsAny(c.Image, " \t\r\n") {
+		errs = append(errs, fmt.Errorf("image %q must not contain whitespace", c.Image))
+	}
+	switch c.PullPolicy {
+	case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		errs = append(errs, fmt.Errorf("pull policy %q must be one of Always, IfNotPresent, Never", c.PullPolicy))
+	}
+	if err := validateResources(c.Resources); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := parseLogLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateProcessName(c.ProcessName); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateStatsInterval(c.StatsInterval); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MetricsPort < 1 || c.MetricsPort > 65535 {
+		errs = append(errs, fmt.Errorf("metrics port %d must be in 1..65535", c.MetricsPort))
+	}
+	if c.AgentVersion == "" {
+		errs = append(errs, errors.New("agent version must not be empty (it is written to the "+
+			"kong-watcher.io/injected annotation)"))
+	} else if len(c.AgentVersion) > 63 || strings.ContainsAny(c.AgentVersion, " \t\r\n") {
+		errs = append(errs, fmt.Errorf("agent version %q must be at most 63 characters without whitespace", c.AgentVersion))
+	}
+	for _, ns := range c.ExcludedNamespaces {
+		if strings.TrimSpace(ns) == "" {
+			errs = append(errs, errors.New("excluded namespaces must not contain an empty name"))
+			break
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("invalid injection config: %w", err)
+	}
+	return nil
+}
+
+// validateResources rejects requests above limits: the API server would refuse every pod the
+// webhook patches with them.
+func validateResources(r corev1.ResourceRequirements) error {
+	var errs []error
+	for name, req := range r.Requests {
+		if req.Sign() < 0 {
+			errs = append(errs, fmt.Errorf("resource request %s=%s must not be negative", name, req.String()))
+		}
+		if lim, ok := r.Limits[name]; ok && req.Cmp(lim) > 0 {
+			errs = append(errs, fmt.Errorf("resource request %s=%s exceeds its limit %s", name, req.String(), lim.String()))
+		}
+	}
+	for name, lim := range r.Limits {
+		if lim.Sign() < 0 {
+			errs = append(errs, fmt.Errorf("resource limit %s=%s must not be negative", name, lim.String()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// parseLogLevel accepts the agent's four levels, case-insensitively, and returns the
+// canonical lower-case spelling the agent reads from LOG_LEVEL.
+func parseLogLevel(s string) (string, error) {
+	l := strings.ToLower(strings.TrimSpace(s))
+	switch l {
+	case "debug", "info", "warn", "error":
+		return l, nil
+	}
+	return "", fmt.Errorf("log level %q must be one of debug, info, warn, error", s)
+}
+
+// validateProcessName checks that name can be a Linux process name (comm): the agent compares
+// it with /proc/<pid>/comm, which holds at most 15 bytes and never a '/'.
+func validateProcessName(name string) error {
+	if name == "" {
+		return errors.New("process name must not be empty")
+	}
+	if len(name) > maxCommLen {
+		return fmt.Errorf("process name %q is longer than %d bytes, the kernel's limit for a process name", name, maxCommLen)
+	}
+	if strings.TrimSpace(name) != name {
+		return fmt.Errorf("process name %q must not start or end with whitespace", name)
+	}
+	for i := 0; i < len(name); i++ {
+		if b := name[i]; b < 0x20 || b > 0x7e || b == '/' {
+			return fmt.Errorf("process name %q must be printable ASCII without '/'", name)
+		}
+	}
+	return nil
+}
+
+func validateStatsInterval(d time.Duration) error {
+	if d < MinStatsInterval || d > MaxStatsInterval {
+		return fmt.Errorf("stats interval %s must be between %s and %s", d, MinStatsInterval, MaxStatsInterval)
+	}
+	return nil
+}
+
+// excluded reports whether namespace is one the agent must never be injected into.
+func (c Config) excluded(namespace string) bool {
+	for _, ns := range c.ExcludedNamespaces {
+		if ns == namespace {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,216 @@
+package inject
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+
+	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
+)
+
+func TestServeHTTPInjects(t *testing.T) {
+	fake := events.NewFakeRecorder(4)
+	w := NewWebhook(testConfig(), fake, testr.New(t))
+	resp := admissionResponse(t, post(w, reviewBody(t, "abc-123", admissionv1.Create, "kong", podJSON(t, "invalid-overrides"))), "abc-123")
+	if resp.PatchType == nil || len(resp.Patch) == 0 {
+		t.Fatal("no JSON patch")
+	}
+	var ops []map[string]any
+	if err := json.Unmarshal(resp.Patch, &ops); err != nil || len(ops) == 0 {
+		t.Fatalf("patch is not a JSON patch array: %v %s", err, resp.Patch)
+	}
+	if len(resp.Warnings) != 5 {
+		t.Errorf("warnings %q, want 5", resp.Warnings)
+	}
+	flushEvents(t, w)
+	select {
+	case e := <-fake.Events:
+		want := "Normal Injected injected kong-watcher agent v1.2.3 as a native sidecar into pod kong-5c4b-*"
+		if e != want {
+			t.Errorf("event %q, want %q", e, want)
+		}
+	default:
+		t.Error("no event recorded")
+	}
+}
+
+func TestServeHTTPLeavesOtherRequestsAlone(t *testing.T) {
+	pod := podJSON(t, "kong")
+	for _, tc := range []struct {
+		name string
+		mut  func(*admissionv1.AdmissionRequest)
+	}{
+		{"update", func(r *admissionv1.AdmissionRequest) { r.Operation = admissionv1.Update; r.OldObject.Raw = pod }},
+		{"delete", func(r *admissionv1.AdmissionRequest) {
+			r.Operation = admissionv1.Delete
+			r.OldObject.Raw, r.Object.Raw = pod, nil
+		}},
+		{"connect", func(r *admissionv1.AdmissionRequest) { r.Operation = admissionv1.Connect }},
+		{"other kind", func(r *admissionv1.AdmissionRequest) {
+			r.Kind = metav1.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
+			r.Object.Raw = []byte(`{"not":"a pod"}`)
+		}},
+		{"subresource", func(r *admissionv1.AdmissionRequest) {
+			r.SubResource = "ephemeralcontainers"
+		}},
+		{"dry run still gets the patch", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var review admissionv1.AdmissionReview
+			if err := json.Unmarshal(reviewBody(t, "u1", admissionv1.Create, "kong", pod), &review); err != nil {
+				t.Fatal(err)
+			}
+			dry := tc.mut == nil
+			if dry {
+				yes := true
+				review.Request.DryRun = &yes
+			} else {
+				tc.mut(review.Request)
+			}
+			body, _ := json.Marshal(review)
+			rec := &captureRecorder{}
+			w := NewWebhook(testConfig(), rec, testr.New(t))
+			resp := admissionResponse(t, post(w, body), "u1")
+			if dry != (len(resp.Patch) > 0) {
+				t.Errorf("patch %s, want one only for the dry-run CREATE", resp.Patch)
+			}
+			flushEvents(t, w)
+			if events := rec.recorded(); len(events) != 0 {
+				t.Errorf("events recorded: %+v", events)
+			}
+		})
+	}
+}
+
+func TestServeHTTPRejectsMalformedReviews(t *testing.T) {
+	good := reviewBody(t, "u1", admissionv1.Create, "kong", podJSON(t, "kong"))
+	withRequest := func(mut func(map[string]any)) []byte {
+		var m map[string]any
+		if err := json.Unmarshal(good, &m); err != nil {
+			t.Fatal(err)
+		}
+		mut(m)
+		b, _ := json.Marshal(m)
+		return b
+	}
+	req := func(m map[string]any) map[string]any { return m["request"].(map[string]any) }
+
+	for _, tc := range []struct {
+		name        string
+		method      string
+		contentType string
+		body        []byte
+		code        int
+		want        string
+	}{
+		{"GET", http.MethodGet, "application/json", good, http.StatusMethodNotAllowed, "POST"},
+		{"no content type", "", "-", good, 400, "Content-Type must be application/json"},
+		{"wrong content type", "", "text/plain", good, 400, `got "text/plain"`},
+		{"empty body", "", "", nil, 400, "empty body"},
+		{"whitespace body", "", "", []byte(" \n"), 400, "empty body"},
+		{"not JSON", "", "", []byte("hello"), 400, "not a JSON AdmissionReview"},
+		{"JSON array", "", "", []byte("[]"), 400, "not a JSON AdmissionReview"},
+		{"trailing garbage", "", "", append(append([]byte{}, good...), '}'), 400, "not a JSON AdmissionReview"},
+		{"v1beta1", "", "", withRequest(func(m map[string]any) { m["apiVersion"] = "admission.k8s.io/v1beta1" }), 400, "admissionReviewVersions"},
+		{"no kind", "", "", withRequest(func(m map[string]any) { delete(m, "kind") }), 400, `kind ""`},
+		{"missing request", "", "", withRequest(func(m map[string]any) { delete(m, "request") }), 400, "has no request"},
+		{"missing uid", "", "", withRequest(func(m map[string]any) { delete(req(m), "uid") }), 400, "no uid"},
+		{"missing object", "", "", withRequest(func(m map[string]any) { delete(req(m), "object") }), 400, "no object"},
+		{"null object", "", "", withRequest(func(m map[string]any) { req(m)["object"] = nil }), 400, "no object"},
+		{"object not a pod", "", "", withRequest(func(m map[string]any) {
+			req(m)["object"] = map[string]any{"spec": 5}
+		}), 400, "not a v1 Pod"},
+		{"object of another kind", "", "", withRequest(func(m map[string]any) {
+			req(m)["object"] = map[string]any{"apiVersion": "v1", "kind": "Service"}
+		}), 400, `kind "Service", not a v1 Pod`},
+		{"too big", "", "", append(bytes.Repeat([]byte(" "), MaxBodyBytes), good...), 400, "larger than"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			method := tc.method
+			if method == "" {
+				method = http.MethodPost
+			}
+			r := httptest.NewRequest(method, Path, bytes.NewReader(tc.body))
+			switch tc.contentType {
+			case "-":
+			case "":
+				r.Header.Set("Content-Type", "application/json; charset=utf-8")
+			default:
+				r.Header.Set("Content-Type", tc.contentType)
+			}
+			rec := httptest.NewRecorder()
+			NewWebhook(testConfig(), nil, testr.New(t)).ServeHTTP(rec, r)
+			if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.want) {
+				t.Errorf("got %d %q, want %d containing %q", rec.Code, rec.Body.String(), tc.code, tc.want)
+			}
+		})
+	}
+}
+
+// panicRecorder stands for a broken Event pipeline: admission must not notice.
+type panicRecorder struct{}
+
+func (panicRecorder) Eventf(runtime.Object, runtime.Object, string, string, string, string, ...any) {
+	panic("event sink exploded")
+}
+
+func TestEventFailureDoesNotFailAdmission(t *testing.T) {
+	w := NewWebhook(testConfig(), panicRecorder{}, testr.New(t))
+	for _, uid := range []string{"u2", "u2b"} { // the recording goroutine survives the panic
+		resp := admissionResponse(t, post(w, reviewBody(t, types.UID(uid), admissionv1.Create, "kong", podJSON(t, "kong"))), types.UID(uid))
+		if len(resp.Patch) == 0 {
+			t.Error("no patch")
+		}
+		flushEvents(t, w)
+	}
+}
+
+func TestStuckRecorderDoesNotBlockAdmission(t *testing.T) {
+	// A FakeRecorder without buffer blocks on every send, like a stuck Event sink.
+	w := NewWebhook(testConfig(), events.NewFakeRecorder(0), testr.New(t))
+	body := reviewBody(t, "u3", admissionv1.Create, "kong", podJSON(t, "kong"))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range eventQueueLen + 10 { // more than the queue holds: the rest are dropped
+			if rec := post(w, body); rec.Code != http.StatusOK {
+				t.Errorf("status %d", rec.Code)
+				return
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("admission blocked on the event recorder")
+	}
+}
+
+func TestInternalErrorAllowsUnchanged(t *testing.T) {
+	// A patch that cannot apply to the request's bytes is refused by createPatch ...
+	pod := decodeTestPod(t, podJSON(t, "kong"))
+	mutated := pod.DeepCopy()
+	Inject(mutated, testConfig())
+	if _, err := createPatch(pod, mutated, []byte(`{"spec":{}}`)); err == nil ||
+		!strings.Contains(err.Error(), "does not apply to the request's pod") {
+		t.Errorf("createPatch error = %v", err)
+	}
+	// ... and the webhook then admits the pod without a patch rather than denying it.
+	raw := []byte(`{"metadata":{"labels":{"` + kwv1.LabelInject + `":"true"}},"spec":null}`)
+	resp := admissionResponse(t, post(NewWebhook(testConfig(), nil, testr.New(t)),
+		reviewBody(t, "u4", admissionv1.Create, "kong", raw)), "u4")
+	if len(resp.Patch) != 0 {
+		t.Errorf("patch %s sent for a pod it cannot apply to", resp.Patch)
+	}
+}

@@ -49,6 +49,9 @@ func requireEnv(t *testing.T, ok bool, why string) {
 }
 
 func havePrereqs(t *testing.T, tools ...string) {
+	if testing.Short() && os.Getenv("KW_REQUIRE_INTEGRATION") != "1" {
+		t.Skip("-short: no root/nginx integration tests")
+	}
 	requireEnv(t, os.Geteuid() == 0, "root (BPF + uprobes)")
 	for _, tool := range tools {
 		_, err := exec.LookPath(tool)

@@ -1,10 +1,3 @@
-// Package wire is the agent's fallback data path: when nginx's request object cannot be read
-// (offsets not learnt, symbols missing) it captures what the gateway's workers read from and
-// write to their sockets (libc recv/send/writev/sendfile/close) and TLS sessions (OpenSSL
-// SSL_read/SSL_write/SSL_free), and parses HTTP/1.x from those bytes in user space.
-//
-// HTTP/2 would need HPACK decoding and is out of scope: such connections are detected by
-// their preface, counted in Status.H2Unparsed and logged, never miscounted.
 package wire
 
 import (

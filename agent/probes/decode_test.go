@@ -187,7 +187,7 @@ func TestLearningFailureIsReported(t *testing.T) {
 		for j := range cb.Snap {
 			cb.Snap[j] = byte(i * j)
 		}
-		if out := p.calibrate(cb); len(out) != 0 {
+		if out, _ := p.calibrate(cb); len(out) != 0 {
 			t.Fatalf("decoded garbage at sample %d", i)
 		}
 	}

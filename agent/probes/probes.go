@@ -609,8 +609,9 @@ func (p *Probes) handle(raw []byte, r *record, req *model.Request, sink model.Si
 		return
 	}
 	p.calibs.Add(1)
-	for _, c := range p.calibrate(cb) {
-		if err := p.clk.decodeCalib(c, *p.layoutOf(c.Ev.LayoutId), req); err != nil {
+	ready, lay := p.calibrate(cb)
+	for _, c := range ready {
+		if err := p.clk.decodeCalib(c, lay, req); err != nil {
 			p.decodeErrs.Add(1)
 		} else if ignorable(&c.Ev, req) {
 			p.ignored.Add(1)
@@ -639,28 +640,19 @@ func (p *Probes) deliver(ev *rawEvent, req *model.Request, sink model.Sink) {
 	sink.Observe(req)
 }
 
-func (p *Probes) layoutOf(id uint32) *nginxlayout.Layout {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if b := p.byID[id]; b != nil {
-		return b.layout
-	}
-	return nil
-}
-
 // calibrate feeds a calibration event to its binary's learner and returns the calibration
-// events that can now be decoded (none while learning).
-func (p *Probes) calibrate(cb *rawCalib) []*rawCalib {
+// events that can now be decoded (none while learning) with the layout to decode them with.
+func (p *Probes) calibrate(cb *rawCalib) ([]*rawCalib, nginxlayout.Layout) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.byID[cb.Ev.LayoutId]
 	if b == nil || b.failed != nil {
 		p.decodeErrs.Add(1)
 		p.calPool.Put(cb)
-		return nil
+		return nil, nginxlayout.Layout{}
 	}
 	if b.layout != nil {
-		return []*rawCalib{cb}
+		return []*rawCalib{cb}, *b.layout
 	}
 	lay, err := b.learner.Add(calibSample(cb, p.opts.Now().Unix()))
 	if err != nil {
@@ -671,7 +663,7 @@ func (p *Probes) calibrate(cb *rawCalib) []*rawCalib {
 		b.pending = nil
 		closeLinks(&b.links)
 		closeLinks(&b.luaLinks)
-		return nil
+		return nil, nginxlayout.Layout{}
 	}
 	if lay == nil {
 		if len(b.pending) < pendingMax {
@@ -680,7 +672,7 @@ func (p *Probes) calibrate(cb *rawCalib) []*rawCalib {
 			p.decodeErrs.Add(1)
 			p.calPool.Put(cb)
 		}
-		return nil
+		return nil, nginxlayout.Layout{}
 	}
 	b.layout = lay
 	kl := bpf.NginxReqNginxreqLayout{
@@ -700,7 +692,7 @@ func (p *Probes) calibrate(cb *rawCalib) []*rawCalib {
 	p.log().Info("learnt nginx request layout", "exe", b.exe, "layout", lay.String(), "samples", b.learner.Seen())
 	out := append(b.pending, cb)
 	b.pending = nil
-	return out
+	return out, *lay
 }
 
 // verify watches the first hot-path events after a layout went live: if most are
@@ -776,7 +768,7 @@ func (p *Probes) counter(idx uint32) uint64 {
 	return n
 }
 
-// Close detaches everything and unloads the collection.
+// Close detaches everything and unloads the collection. Cancel Run's context first.
 func (p *Probes) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

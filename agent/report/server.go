@@ -46,10 +46,16 @@ type Server struct {
 	done     chan struct{}
 }
 
-// NewServer builds the server; nothing listens until Start. ready may be nil (always ready).
+// NewServer builds the server; nothing listens until Start. ready may be nil (always ready);
+// stats may be nil (an empty document).
 func NewServer(addr string, stats func() v1alpha1.Stats, ready func() (bool, string), reg *prometheus.Registry, log logr.Logger) *Server {
 	if ready == nil {
 		ready = func() (bool, string) { return true, "ok" }
+	}
+	if stats == nil {
+		stats = func() v1alpha1.Stats {
+			return v1alpha1.Stats{APIVersion: v1alpha1.StatsAPIVersion, Kind: v1alpha1.StatsKind}
+		}
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,151 @@
+// Package app is the kong-watcher webhook's manager: flags, TLS, health checks, and the
+// injection handler mounted on controller-runtime's webhook server. cmd/webhook only parses
+// flags and calls Run; the envtest suite and the benchmark run this same code.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/kong-watcher/kong-watcher/internal/version"
+	"github.com/kong-watcher/kong-watcher/webhook/certs"
+	"github.com/kong-watcher/kong-watcher/webhook/inject"
+)
+
+// Scheme holds the built-in types only: the webhook has no CRDs.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	return s
+}
+
+// Run starts the webhook and blocks until ctx is cancelled or a component fails. o must
+// have been Completed.
+func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) error {
+	// HTTP/2 is off unless asked for (kubebuilder's default): the API server speaks HTTP/1.1
+	// to webhooks fine, and it sidesteps the HTTP/2 Rapid Reset / Stream Cancellation CVEs.
+	var tlsOpts []func(*tls.Config)
+	if !o.EnableHTTP2 {
+		tlsOpts = append(tlsOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
+	}
+	tlsOpts = append(tlsOpts, func(c *tls.Config) { c.MinVersion = tls.VersionTLS12 })
+
+	webhookServer := webhook.NewServer(webhook.Options{
+		Host:     o.WebhookHost,
+		Port:     o.WebhookPort,
+		CertDir:  o.WebhookCertPath,
+		CertName: o.WebhookCertName,
+		KeyName:  o.WebhookCertKey,
+		TLSOpts:  tlsOpts,
+	})
+
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme: Scheme(),
+		Logger: log,
+		Metrics: metricsserver.Options{
+			BindAddress:   o.MetricsAddr,
+			SecureServing: o.SecureMetrics,
+			TLSOpts:       tlsOpts,
+		},
+		HealthProbeBindAddress:  o.ProbeAddr,
+		LeaderElection:          o.LeaderElect,
+		LeaderElectionID:        LeaderElectionID,
+		LeaderElectionNamespace: o.Namespace,
+		// Nothing waits on the lease when we stop; release it so a new leader needs no wait.
+		LeaderElectionReleaseOnCancel: true,
+	})
+	if err != nil {
+		return fmt.Errorf("creating manager: %w", err)
+	}
+
+	// certsReady closes once the serving pair is in the cert dir and the CA is in the
+	// webhook configuration. Until then the webhook server is not even added to the manager
+	// (it would fail to load the missing files) and /readyz fails, so a Service never
+	// routes the API server to a replica that cannot complete a TLS handshake it trusts.
+	var certsReady <-chan struct{}
+	if o.DisableCertRotation {
+		c := make(chan struct{})
+		close(c)
+		certsReady = c
+	} else {
+		certsReady, err = certs.Setup(ctx, mgr, certs.Options{
+			Namespace:         o.Namespace,
+			SecretName:        o.SecretName,
+			ServiceName:       o.ServiceName,
+			ExtraDNSNames:     o.ExtraDNSNames,
+			WebhookConfigName: o.WebhookConfigName,
+			CertDir:           o.WebhookCertPath,
+			CertName:          o.WebhookCertName,
+			KeyName:           o.WebhookCertKey,
+		}, log.WithName("certs"))
+		if err != nil {
+			return err
+		}
+	}
+
+	hook := inject.NewWebhook(o.Agent, mgr.GetEventRecorder(EventSource), log.WithName("inject"))
+
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("adding health check: %w", err)
+	}
+	webhookServer.Register(inject.Path, hook)
+	if err := mgr.AddReadyzCheck("webhook", func(req *http.Request) error {
+		select {
+		case <-certsReady:
+			return webhookServer.StartedChecker()(req)
+		default:
+			return errors.New("webhook certificates are not ready yet")
+		}
+	}); err != nil {
+		return fmt.Errorf("adding ready check: %w", err)
+	}
+	// The webhook server starts only once the certificates exist (it loads them at start);
+	// the pattern Gatekeeper uses with the same rotator. It is deliberately not the
+	// manager's own webhook server (mgr.GetWebhookServer), which would start at once.
+	if err := mgr.Add(&gatedServer{srv: webhookServer, ready: certsReady, log: log, port: o.WebhookPort}); err != nil {
+		return fmt.Errorf("adding webhook server: %w", err)
+	}
+
+	log.Info("starting kong-watcher webhook", "version", version.Version, "namespace", o.Namespace,
+		"certRotation", !o.DisableCertRotation, "agentImage", o.Agent.Image,
+		"nativeSidecar", o.Agent.NativeSidecar, "privileged", o.Agent.Privileged,
+		"excludedNamespaces", o.Agent.ExcludedNamespaces)
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("running manager: %w", err)
+	}
+	return nil
+}
+
+// gatedServer runs the webhook server once ready is closed.
+type gatedServer struct {
+	srv   webhook.Server
+	ready <-chan struct{}
+	log   logr.Logger
+	port  int
+}
+
+// NeedLeaderElection is false: every replica serves admission requests.
+func (g *gatedServer) NeedLeaderElection() bool { return false }
+
+func (g *gatedServer) Start(ctx context.Context) error {
+	select {
+	case <-g.ready:
+	case <-ctx.Done():
+		return nil
+	}
+	g.log.Info("certificates ready, starting webhook server", "path", inject.Path, "port", g.port)
+	return g.srv.Start(ctx)
+}

@@ -1,0 +1,237 @@
+package app
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/kong-watcher/kong-watcher/webhook/inject"
+)
+
+// Names the binary refers to by string. They are what config/default renders (namespace
+// kong-watcher-system, namePrefix kong-watcher-); test/envtest/kustomize_test.go checks it.
+const (
+	DefaultNamespace         = "kong-watcher-system"
+	DefaultServiceName       = "kong-watcher-webhook-service"
+	DefaultSecretName        = "kong-watcher-webhook-cert"
+	DefaultWebhookConfigName = "kong-watcher-mutating-webhook-configuration"
+	DefaultCertDir           = "/tmp/k8s-webhook-server/serving-certs" // kubebuilder's default
+	LeaderElectionID         = "kong-watcher-webhook.kong-watcher.io"
+	// EventSource is the component name on the Events the webhook records.
+	EventSource = "kong-watcher-webhook"
+	// EnvAgentImage is the default of --agent-image: a Deployment env var, so that kustomize's
+	// image transformer can rewrite it (config/default/kustomizeconfig.yaml).
+	EnvAgentImage = "AGENT_IMAGE"
+	// EnvPodNamespace is the webhook's own namespace (downward API).
+	EnvPodNamespace = "POD_NAMESPACE"
+)
+
+// Options are the webhook's command-line settings. The first block follows kubebuilder v4's
+// scaffolded main.go; the agent block is what gets injected into Kong pods.
+type Options struct {
+	MetricsAddr   string
+	SecureMetrics bool
+	ProbeAddr     string
+	LeaderElect   bool
+	EnableHTTP2   bool
+
+	WebhookHost     string
+	WebhookPort     int
+	WebhookCertPath string
+	WebhookCertName string
+	WebhookCertKey  string
+
+	// DisableCertRotation: certificates come from elsewhere (config/certmanager).
+	DisableCertRotation bool
+	// Namespace of the webhook (POD_NAMESPACE); holds the cert Secret and the Service.
+	Namespace         string
+	ServiceName       string
+	SecretName        string
+	WebhookConfigName string
+	// ExtraDNSNames are added to the generated serving certificate.
+	ExtraDNSNames []string
+
+	Agent inject.Config
+
+	// Raw agent resource quantities, parsed into Agent.Resources by Complete.
+	AgentCPURequest, AgentMemoryRequest, AgentCPULimit, AgentMemoryLimit string
+	excludedNamespaces                                                   string
+	extraDNSNames                                                        string
+	pullPolicy                                                           string
+}
+
+// NewOptions returns the defaults, the same as running the binary without flags.
+func NewOptions() *Options {
+	agent := inject.DefaultConfig()
+	if img := os.Getenv(EnvAgentImage); img != "" {
+		agent.Image = img
+	}
+	return &Options{
+		MetricsAddr:         "0",
+		ProbeAddr:           ":8081",
+		WebhookPort:         9443,
+		WebhookCertPath:     DefaultCertDir,
+		WebhookCertName:     "tls.crt",
+		WebhookCertKey:      "tls.key",
+		Namespace:           podNamespace(),
+		ServiceName:         DefaultServiceName,
+		SecretName:          DefaultSecretName,
+		WebhookConfigName:   DefaultWebhookConfigName,
+		Agent:               agent,
+		AgentCPURequest:     "100m",
+		AgentMemoryRequest:  "128Mi",
+		AgentCPULimit:       "200m",
+		AgentMemoryLimit:    "256Mi",
+		excludedNamespaces:  strings.Join(agent.ExcludedNamespaces, ","),
+		pullPolicy:          string(agent.PullPolicy),
+		DisableCertRotation: false,
+	}
+}
+
+// podNamespace: POD_NAMESPACE (downward API), else the service account's namespace file
+// (in a pod without the env var), else the namespace config/default installs into.
+func podNamespace() string {
+	if ns := os.Getenv(EnvPodNamespace); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+		if ns := strings.TrimSpace(string(b)); ns != "" {
+			return ns
+		}
+	}
+	return DefaultNamespace
+}
+
+// BindFlags registers every flag on fs.
+func (o *Options) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr,
+		"The address the metrics endpoint binds to. Use :8443 for HTTPS or :8080 for HTTP, or leave as 0 to disable the metrics service.")
+	fs.BoolVar(&o.SecureMetrics, "metrics-secure", o.SecureMetrics,
+		"If set, the metrics endpoint is served over HTTPS (self-signed certificate). It carries only the webhook's own "+
+			"request metrics, so it is plain HTTP by default.")
+	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "The address the probe endpoint binds to.")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect,
+		"Enable leader election. Nothing in the webhook needs a single leader (every replica rotates certificates "+
+			"and serves), so it is off by default.")
+	fs.BoolVar(&o.EnableHTTP2, "enable-http2", o.EnableHTTP2,
+		"If set, HTTP/2 will be enabled for the webhook server (off by default: HTTP/2 Stream Cancellation and Rapid Reset CVEs).")
+	fs.StringVar(&o.WebhookHost, "webhook-host", o.WebhookHost, "The address the webhook server binds to (empty: all).")
+	fs.IntVar(&o.WebhookPort, "webhook-port", o.WebhookPort, "The port the webhook server listens on.")
+	fs.StringVar(&o.WebhookCertPath, "webhook-cert-path", o.WebhookCertPath,
+		"The directory that contains the webhook certificate (written by the rotator, or mounted by cert-manager).")
+	fs.StringVar(&o.WebhookCertName, "webhook-cert-name", o.WebhookCertName, "The name of the webhook certificate file.")
+	fs.StringVar(&o.WebhookCertKey, "webhook-cert-key", o.WebhookCertKey, "The name of the webhook key file.")
+
+	fs.BoolVar(&o.DisableCertRotation, "disable-cert-rotation", o.DisableCertRotation,
+		"Do not generate and rotate the webhook certificate; use the files in --webhook-cert-path as they are "+
+			"(e.g. cert-manager, config/certmanager).")
+	fs.StringVar(&o.ServiceName, "webhook-service-name", o.ServiceName,
+		"The webhook Service; the generated certificate is issued for <name>.<namespace>.svc.")
+	fs.StringVar(&o.SecretName, "webhook-secret-name", o.SecretName,
+		"The Secret, in the webhook's namespace ("+EnvPodNamespace+"), that holds the generated CA and certificate.")
+	fs.StringVar(&o.WebhookConfigName, "webhook-config-name", o.WebhookConfigName,
+		"The MutatingWebhookConfiguration whose caBundle the rotator keeps current.")
+	fs.StringVar(&o.extraDNSNames, "webhook-extra-dns-names", o.extraDNSNames,
+		"Comma-separated extra DNS names for the generated certificate.")
+
+	fs.StringVar(&o.Agent.Image, "agent-image", o.Agent.Image,
+		"The agent image injected into Kong pods (default: $"+EnvAgentImage+"). Not overridable per pod.")
+	fs.StringVar(&o.pullPolicy, "agent-image-pull-policy", o.pullPolicy, "The agent's imagePullPolicy: Always, IfNotPresent or Never.")
+	fs.StringVar(&o.AgentCPURequest, "agent-cpu-request", o.AgentCPURequest, "The agent container's CPU request.")
+	fs.StringVar(&o.AgentMemoryRequest, "agent-memory-request", o.AgentMemoryRequest, "The agent container's memory request.")
+	fs.StringVar(&o.AgentCPULimit, "agent-cpu-limit", o.AgentCPULimit, "The agent container's CPU limit.")
+	fs.StringVar(&o.AgentMemoryLimit, "agent-memory-limit", o.AgentMemoryLimit, "The agent container's memory limit.")
+	fs.StringVar(&o.Agent.LogLevel, "agent-log-level", o.Agent.LogLevel,
+		"The agent's LOG_LEVEL (debug|info|warn|error); per pod: annotation kong-watcher.io/log-level.")
+	fs.BoolVar(&o.Agent.JSONLog, "agent-json-log", o.Agent.JSONLog,
+		"The agent's ENABLE_JSON_LOG; per pod: annotation kong-watcher.io/json-log.")
+	fs.StringVar(&o.Agent.ProcessName, "agent-process-name", o.Agent.ProcessName,
+		"The agent's KONG_PROCESS_NAME (the process to trace); per pod: annotation kong-watcher.io/process-name.")
+	fs.DurationVar(&o.Agent.StatsInterval, "agent-stats-interval", o.Agent.StatsInterval,
+		"The agent's STATS_INTERVAL; per pod: annotation kong-watcher.io/stats-interval.")
+	fs.BoolVar(&o.Agent.NativeSidecar, "agent-native-sidecar", o.Agent.NativeSidecar,
+		"Inject the agent as a native sidecar (init container with restartPolicy Always, Kubernetes >= 1.29); "+
+			"false: a plain container. Per pod: annotation kong-watcher.io/native-sidecar.")
+	fs.BoolVar(&o.Agent.Privileged, "agent-privileged", o.Agent.Privileged,
+		"Escape hatch: run the agent privileged (kernels without uprobe_multi, < 6.6). Default: capabilities BPF, PERFMON, SYS_PTRACE only.")
+	fs.StringVar(&o.excludedNamespaces, "excluded-namespaces", o.excludedNamespaces,
+		"Comma-separated namespaces never injected (the webhook's own namespace is always added). The "+
+			"MutatingWebhookConfiguration's namespaceSelector should exclude them too.")
+}
+
+// Complete parses the raw flag values into Agent and validates everything.
+func (o *Options) Complete() error {
+	var errs []error
+	o.Agent.PullPolicy = corev1.PullPolicy(o.pullPolicy)
+	q := func(flagName, v string) resource.Quantity {
+		if v == "" {
+			return resource.Quantity{}
+		}
+		r, err := resource.ParseQuantity(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--%s=%q: %w", flagName, v, err))
+		}
+		return r
+	}
+	res := corev1.ResourceRequirements{Requests: corev1.ResourceList{}, Limits: corev1.ResourceList{}}
+	for _, x := range []struct {
+		list corev1.ResourceList
+		name corev1.ResourceName
+		flag string
+		val  string
+	}{
+		{res.Requests, corev1.ResourceCPU, "agent-cpu-request", o.AgentCPURequest},
+		{res.Requests, corev1.ResourceMemory, "agent-memory-request", o.AgentMemoryRequest},
+		{res.Limits, corev1.ResourceCPU, "agent-cpu-limit", o.AgentCPULimit},
+		{res.Limits, corev1.ResourceMemory, "agent-memory-limit", o.AgentMemoryLimit},
+	} {
+		if x.val != "" {
+			x.list[x.name] = q(x.flag, x.val)
+		}
+	}
+	o.Agent.Resources = res
+
+	o.Agent.ExcludedNamespaces = splitList(o.excludedNamespaces)
+	if o.Namespace != "" && !contains(o.Agent.ExcludedNamespaces, o.Namespace) {
+		o.Agent.ExcludedNamespaces = append(o.Agent.ExcludedNamespaces, o.Namespace)
+	}
+	if extra := splitList(o.extraDNSNames); len(extra) > 0 {
+		o.ExtraDNSNames = append(o.ExtraDNSNames, extra...)
+	}
+	if o.WebhookPort < 1 || o.WebhookPort > 65535 {
+		errs = append(errs, fmt.Errorf("--webhook-port=%d must be in 1..65535", o.WebhookPort))
+	}
+	if !o.DisableCertRotation {
+		if o.Namespace == "" || o.ServiceName == "" || o.SecretName == "" || o.WebhookConfigName == "" {
+			errs = append(errs, errors.New("cert rotation needs the namespace, --webhook-service-name, --webhook-secret-name and --webhook-config-name"))
+		}
+	}
+	if err := o.Agent.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

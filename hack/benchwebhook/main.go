@@ -1,0 +1,599 @@
+// Command benchwebhook measures the kong-watcher admission webhook's real TLS endpoint.
+//
+// It runs the webhook exactly as the binary does (cmd/webhook/app: controller-runtime's
+// webhook server, the certificate rotator, the Events recorder) against a real
+// kube-apiserver + etcd from envtest (KUBEBUILDER_ASSETS), then sends AdmissionReviews for a
+// realistic labelled Kong pod straight to https://localhost:<port>/mutate-v1-pod over
+// keep-alive connections that trust the rotator's CA:
+//
+//  1. open loop at a fixed rate (default 200 reviews/s for 20 s): requests are started on a
+//     fixed schedule whether or not earlier ones have finished, and latency is measured from
+//     the scheduled start, so a stall shows up as latency instead of hiding (no coordinated
+//     omission);
+//  2. saturation: N closed-loop workers for a few seconds, for the maximum reviews/s.
+//
+// The API server is not on the measured path (it only hosts the certificate Secret, the
+// webhook configuration and the Events); this is the webhook's own cost: TLS, decoding,
+// the decision, the patch and the response.
+//
+// Output ends with `BENCH <name> <value>` lines; -doc rewrites the "## Webhook" section of
+// docs/benchmarks.md (other sections are kept).
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	admissionv1 "k8s.io/api/admission/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/yaml"
+
+	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/cmd/webhook/app"
+	"github.com/kong-watcher/kong-watcher/webhook/inject"
+)
+
+func main() {
+	rate := flag.Int("rate", 200, "open-loop rate, reviews/s")
+	dur := flag.Duration("duration", 20*time.Second, "open-loop duration")
+	satWorkers := flag.Int("sat-workers", 16, "closed-loop workers for the saturation run")
+	satDur := flag.Duration("sat-duration", 8*time.Second, "saturation run duration")
+	doc := flag.String("doc", "", "rewrite the \"## Webhook\" section of this markdown file")
+	verbose := flag.Bool("v", false, "webhook logs at info level")
+	flag.Parse()
+
+	lvl := zapcore.ErrorLevel
+	if *verbose {
+		lvl = zapcore.InfoLevel
+	}
+	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(lvl)))
+
+	if err := run(*rate, *dur, *satWorkers, *satDur, *doc); err != nil {
+		fmt.Fprintln(os.Stderr, "benchwebhook:", err)
+		os.Exit(1)
+	}
+}
+
+func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, doc string) error {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		return errors.New("KUBEBUILDER_ASSETS is not set (run `make bench-webhook`, or set it to the output of hack/k8s-binaries.sh)")
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := renderMWC(mwc); err != nil {
+		return err
+	}
+	env := &envtest.Environment{WebhookInstallOptions: envtest.WebhookInstallOptions{
+		MutatingWebhooks:             []*admissionregistrationv1.MutatingWebhookConfiguration{mwc},
+		LocalServingHost:             "127.0.0.1",
+		LocalServingHostExternalName: "localhost",
+		LocalServingPort:             port,
+	}}
+	t0 := time.Now()
+	cfg, err := env.Start()
+	if err != nil {
+		return fmt.Errorf("starting envtest: %w", err)
+	}
+	defer env.Stop() //nolint:errcheck // best effort at exit
+	fmt.Printf("envtest API server up in %v\n", time.Since(t0).Round(time.Millisecond))
+
+	c, err := client.New(cfg, client.Options{Scheme: app.Scheme()})
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	for _, ns := range []string{app.DefaultNamespace, "kong"} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			return err
+		}
+	}
+
+	certDir, err := os.MkdirTemp("", "kw-bench-certs-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(certDir)
+	probePort, err := freePort()
+	if err != nil {
+		return err
+	}
+	o := app.NewOptions()
+	o.Namespace = app.DefaultNamespace
+	o.WebhookHost, o.WebhookPort, o.WebhookCertPath = "127.0.0.1", port, certDir
+	o.MetricsAddr, o.ProbeAddr = "0", "127.0.0.1:"+strconv.Itoa(probePort)
+	o.ExtraDNSNames = []string{"localhost"}
+	o.Agent.Image = "kong-watcher/agent:bench"
+	if err := o.Complete(); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	t1 := time.Now()
+	go func() { done <- app.Run(wctx, cfg, o, logf.Log.WithName("webhook")) }()
+	defer func() { cancel(); <-done }()
+	if err := waitReady(o.ProbeAddr, done); err != nil {
+		return err
+	}
+	fmt.Printf("webhook ready (certificates generated, caBundle patched) in %v\n", time.Since(t1).Round(time.Millisecond))
+
+	sec := &corev1.Secret{}
+	if err := c.Get(ctx, types.NamespacedName{Namespace: o.Namespace, Name: o.SecretName}, sec); err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(sec.Data["ca.crt"]) {
+		return errors.New("rotator secret has no CA")
+	}
+	url := "https://localhost:" + strconv.Itoa(port) + inject.Path
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, ServerName: "localhost"},
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     time.Minute,
+	}}
+	body, err := reviewBody()
+	if err != nil {
+		return err
+	}
+
+	// Sanity: one review, checked in full.
+	if err := checkOne(hc, url, body); err != nil {
+		return err
+	}
+	// Warm-up: establish connections, let the server's pools settle.
+	openLoop(hc, url, body, rate, 2*time.Second)
+
+	fmt.Printf("open loop: %d reviews/s for %v ...\n", rate, dur)
+	ol := openLoop(hc, url, body, rate, dur)
+	fmt.Printf("  sent %d, ok %d, errors %d, achieved %.1f reviews/s, late starts >1ms %d\n",
+		ol.sent, ol.ok, ol.errors, ol.achieved, ol.late)
+	fmt.Printf("  latency from scheduled start: p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n",
+		ms(ol.p(0.50)), ms(ol.p(0.90)), ms(ol.p(0.99)), ms(ol.max()))
+
+	fmt.Printf("saturation: %d workers for %v ...\n", satWorkers, satDur)
+	sat := closedLoop(hc, url, body, satWorkers, satDur)
+	fmt.Printf("  ok %d, errors %d, %.0f reviews/s, p50 %.3f ms  p99 %.3f ms  max %.3f ms\n",
+		sat.ok, sat.errors, sat.achieved, ms(sat.p(0.50)), ms(sat.p(0.99)), ms(sat.max()))
+
+	if ol.errors > 0 || sat.errors > 0 {
+		fmt.Printf("WARNING: %d + %d failed reviews\n", ol.errors, sat.errors)
+	}
+	res := summary{
+		date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), rate: rate, dur: dur, ol: ol,
+		satWorkers: satWorkers, satDur: satDur, sat: sat, bodyLen: len(body),
+		cpus: runtime.NumCPU(), load: loadavg(),
+	}
+	if doc != "" {
+		if err := writeDoc(doc, res); err != nil {
+			return err
+		}
+		fmt.Printf("wrote the \"## Webhook\" section of %s\n", doc)
+	}
+	fmt.Printf("BENCH webhook_open_loop_rate %d\n", rate)
+	fmt.Printf("BENCH webhook_open_loop_achieved_per_sec %.1f\n", ol.achieved)
+	fmt.Printf("BENCH webhook_errors %d\n", ol.errors+sat.errors)
+	fmt.Printf("BENCH webhook_max_ms %.3f\n", ms(ol.max()))
+	fmt.Printf("BENCH webhook_reviews_per_sec %.0f\n", sat.achieved)
+	fmt.Printf("BENCH webhook_p50_ms %.3f\n", ms(ol.p(0.50)))
+	fmt.Printf("BENCH webhook_p99_ms %.3f\n", ms(ol.p(0.99)))
+	return nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// renderMWC takes the MutatingWebhookConfiguration from `kubectl kustomize config/default`,
+// so the rotator patches the configuration the product ships.
+func renderMWC(out *admissionregistrationv1.MutatingWebhookConfiguration) error {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	raw, err := exec.Command("kubectl", "kustomize", filepath.Join(root, "config", "default")).Output()
+	if err != nil {
+		return fmt.Errorf("kubectl kustomize config/default: %w", err)
+	}
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		if strings.Contains(doc, "kind: MutatingWebhookConfiguration") {
+			return yaml.Unmarshal([]byte(doc), out)
+		}
+	}
+	return errors.New("config/default renders no MutatingWebhookConfiguration")
+}
+
+func waitReady(probe string, done <-chan error) error {
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-done:
+			return fmt.Errorf("webhook exited: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if resp, err := http.Get("http://" + probe + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+	}
+	return errors.New("webhook not ready after 90s")
+}
+
+const uidPlaceholder = "00000000-0000-0000-0000-000000000000"
+
+// reviewBody is an AdmissionReview for a pod of a Kong Deployment as the API server sends
+// it: labelled, owned by its ReplicaSet, with Kong's usual env, ports, probes and volumes.
+func reviewBody() ([]byte, error) {
+	yes := true
+	pod := &corev1.Pod{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{
+			GenerateName: "kong-gateway-6f7c9d8b5-", Namespace: "kong",
+			Labels: map[string]string{"app.kubernetes.io/name": "kong", "app.kubernetes.io/instance": "kong",
+				"pod-template-hash": "6f7c9d8b5", kwv1.LabelInject: kwv1.LabelInjectValue},
+			Annotations: map[string]string{"kuma.io/gateway": "enabled", "traffic.sidecar.istio.io/includeInboundPorts": ""},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet",
+				Name: "kong-gateway-6f7c9d8b5", UID: "7b0c2a5e-3f0e-4b8e-9d57-0c6a1c5f2e11", Controller: &yes, BlockOwnerDeletion: &yes}},
+		},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: "kong",
+			InitContainers: []corev1.Container{{Name: "clear-stale-pid", Image: "kong:3.9",
+				Command:      []string{"rm", "-vrf", "$KONG_PREFIX/pids"},
+				VolumeMounts: []corev1.VolumeMount{{Name: "kong-prefix-dir", MountPath: "/kong_prefix/"}}}},
+			Containers: []corev1.Container{{
+				Name: "proxy", Image: "kong:3.9", ImagePullPolicy: corev1.PullIfNotPresent,
+				Env: kongEnv(),
+				Ports: []corev1.ContainerPort{{Name: "proxy", ContainerPort: 8000}, {Name: "proxy-tls", ContainerPort: 8443},
+					{Name: "status", ContainerPort: 8100}},
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+					Path: "/status/ready", Port: intstr.FromString("status")}}},
+				LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+					Path: "/status", Port: intstr.FromString("status")}}},
+				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+					corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("512Mi")}},
+				VolumeMounts: []corev1.VolumeMount{{Name: "kong-prefix-dir", MountPath: "/kong_prefix/"},
+					{Name: "kong-tmp", MountPath: "/tmp"}},
+				SecurityContext: &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr.To(true), RunAsNonRoot: ptr.To(true),
+					RunAsUser: ptr.To[int64](1000), AllowPrivilegeEscalation: ptr.To(false),
+					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
+			}},
+			Volumes: []corev1.Volume{
+				{Name: "kong-prefix-dir", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				{Name: "kong-tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+			},
+		},
+	}
+	raw, err := json.Marshal(pod)
+	if err != nil {
+		return nil, err
+	}
+	review := admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID:         uidPlaceholder,
+			Kind:        metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Resource:    metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+			RequestKind: &metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Namespace:   "kong",
+			Operation:   admissionv1.Create,
+			UserInfo: authenticationv1.UserInfo{Username: "system:serviceaccount:kube-system:replicaset-controller",
+				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"}},
+			Object: k8sruntime.RawExtension{Raw: raw},
+			DryRun: ptr.To(false),
+		},
+	}
+	return json.Marshal(review)
+}
+
+func kongEnv() []corev1.EnvVar {
+	kv := [][2]string{
+		{"KONG_DATABASE", "off"}, {"KONG_PROXY_LISTEN", "0.0.0.0:8000, 0.0.0.0:8443 http2 ssl"},
+		{"KONG_ADMIN_LISTEN", "127.0.0.1:8444 http2 ssl"}, {"KONG_STATUS_LISTEN", "0.0.0.0:8100"},
+		{"KONG_PROXY_ACCESS_LOG", "/dev/stdout"}, {"KONG_PROXY_ERROR_LOG", "/dev/stderr"},
+		{"KONG_ADMIN_ACCESS_LOG", "/dev/stdout"}, {"KONG_ADMIN_ERROR_LOG", "/dev/stderr"},
+		{"KONG_PREFIX", "/kong_prefix/"}, {"KONG_NGINX_WORKER_PROCESSES", "2"},
+		{"KONG_PLUGINS", "bundled"}, {"KONG_ROUTER_FLAVOR", "traditional_compatible"},
+	}
+	out := make([]corev1.EnvVar, 0, len(kv)+1)
+	for _, p := range kv {
+		out = append(out, corev1.EnvVar{Name: p[0], Value: p[1]})
+	}
+	return append(out, corev1.EnvVar{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
+		FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}})
+}
+
+var uidCounter atomic.Uint64
+
+// withUID gives each review its own uid (the handler echoes it; we check it).
+func withUID(body []byte) ([]byte, string) {
+	n := uidCounter.Add(1)
+	uid := fmt.Sprintf("00000000-0000-0000-0000-%012d", n)
+	return bytes.Replace(body, []byte(uidPlaceholder), []byte(uid), 1), uid
+}
+
+func send(hc *http.Client, url string, body []byte) error {
+	b, uid := withUID(body)
+	resp, err := hc.Post(url, "application/json", bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	out, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, out)
+	}
+	if !bytes.Contains(out, []byte(`"uid":"`+uid+`"`)) || !bytes.Contains(out, []byte(`"allowed":true`)) ||
+		!bytes.Contains(out, []byte(`"patch":`)) {
+		return fmt.Errorf("unexpected response: %.300s", out)
+	}
+	return nil
+}
+
+// checkOne sends one review and checks the patch adds the agent.
+func checkOne(hc *http.Client, url string, body []byte) error {
+	b, uid := withUID(body)
+	resp, err := hc.Post(url, "application/json", bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("first review: %w", err)
+	}
+	defer resp.Body.Close()
+	var rev admissionv1.AdmissionReview
+	if err := json.NewDecoder(resp.Body).Decode(&rev); err != nil {
+		return fmt.Errorf("first review: %w", err)
+	}
+	if rev.Response == nil || string(rev.Response.UID) != uid || !rev.Response.Allowed ||
+		!strings.Contains(string(rev.Response.Patch), kwv1.AgentContainerName) {
+		return fmt.Errorf("first review: response does not inject the agent: %+v", rev.Response)
+	}
+	fmt.Printf("sanity: review of %d bytes -> patch of %d bytes adding %s\n", len(b), len(rev.Response.Patch), kwv1.AgentContainerName)
+	return nil
+}
+
+type result struct {
+	lat                    []time.Duration // sorted
+	sent, ok, errors, late int
+	achieved               float64
+	firstErr               error
+}
+
+func (r *result) p(q float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	i := int(q*float64(len(r.lat))+0.5) - 1
+	i = max(0, min(i, len(r.lat)-1))
+	return r.lat[i]
+}
+
+func (r *result) max() time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	return r.lat[len(r.lat)-1]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// openLoop starts one request every 1/rate s on a fixed schedule.
+func openLoop(hc *http.Client, url string, body []byte, rate int, dur time.Duration) *result {
+	n := int(float64(rate) * dur.Seconds())
+	interval := time.Second / time.Duration(rate)
+	lat := make([]time.Duration, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	late := 0
+	start := time.Now().Add(10 * time.Millisecond)
+	for i := range n {
+		sched := start.Add(time.Duration(i) * interval)
+		if d := time.Until(sched); d > 0 {
+			time.Sleep(d)
+		} else if -d > time.Millisecond {
+			late++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = send(hc, url, body)
+			lat[i] = time.Since(sched)
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	r := &result{sent: n, late: late}
+	for i := range n {
+		if errs[i] != nil {
+			r.errors++
+			if r.firstErr == nil {
+				r.firstErr = errs[i]
+			}
+			continue
+		}
+		r.ok++
+		r.lat = append(r.lat, lat[i])
+	}
+	slices.Sort(r.lat)
+	r.achieved = float64(r.ok) / elapsed.Seconds()
+	if r.firstErr != nil {
+		fmt.Println("  first error:", r.firstErr)
+	}
+	return r
+}
+
+// closedLoop runs workers that each send the next review as soon as the last returns.
+func closedLoop(hc *http.Client, url string, body []byte, workers int, dur time.Duration) *result {
+	var mu sync.Mutex
+	r := &result{}
+	stop := time.Now().Add(dur)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var local []time.Duration
+			nerr := 0
+			var first error
+			for time.Now().Before(stop) {
+				t := time.Now()
+				if err := send(hc, url, body); err != nil {
+					nerr++
+					if first == nil {
+						first = err
+					}
+					continue
+				}
+				local = append(local, time.Since(t))
+			}
+			mu.Lock()
+			r.lat = append(r.lat, local...)
+			r.errors += nerr
+			if r.firstErr == nil {
+				r.firstErr = first
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	r.ok = len(r.lat)
+	r.sent = r.ok + r.errors
+	slices.Sort(r.lat)
+	r.achieved = float64(r.ok) / elapsed.Seconds()
+	if r.firstErr != nil {
+		fmt.Println("  first error:", r.firstErr)
+	}
+	return r
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+type summary struct {
+	date       string
+	rate       int
+	dur        time.Duration
+	ol         *result
+	satWorkers int
+	satDur     time.Duration
+	sat        *result
+	bodyLen    int
+	cpus       int
+	load       string
+}
+
+func (s summary) markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "## Webhook\n\n")
+	fmt.Fprintf(&b, "What: AdmissionReviews for a labelled Kong pod (a Deployment's pod: owner ReplicaSet, Kong's env,\n")
+	fmt.Fprintf(&b, "ports, probes, volumes; %d-byte review) sent straight to the webhook's real TLS endpoint\n", s.bodyLen)
+	fmt.Fprintf(&b, "(`https://localhost:<port>/mutate-v1-pod`), served by `cmd/webhook/app` exactly as in the binary:\n")
+	fmt.Fprintf(&b, "controller-runtime's webhook server, certificates generated by the rotator against a real\n")
+	fmt.Fprintf(&b, "kube-apiserver + etcd (envtest), an `Injected` Event per review. Keep-alive HTTP/1.1 client\n")
+	fmt.Fprintf(&b, "trusting the rotator's CA. Every response is checked (HTTP 200, its uid, allowed, a patch).\n\n")
+	fmt.Fprintf(&b, "Command: `make bench-webhook` (hack/bench-webhook.sh -> hack/benchwebhook).\n")
+	fmt.Fprintf(&b, "Run: %s, %d CPUs, load average before the run %s (the machine is shared: numbers vary).\n\n", s.date, s.cpus, s.load)
+	fmt.Fprintf(&b, "| run | reviews | errors | achieved/s | p50 ms | p90 ms | p99 ms | max ms |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| open loop, %d/s for %v (latency from the scheduled start) | %d | %d | %.1f | %.3f | %.3f | %.3f | %.3f |\n",
+		s.rate, s.dur, s.ol.sent, s.ol.errors, s.ol.achieved, ms(s.ol.p(.5)), ms(s.ol.p(.9)), ms(s.ol.p(.99)), ms(s.ol.max()))
+	fmt.Fprintf(&b, "| saturation, %d closed-loop workers for %v | %d | %d | **%.0f** | %.3f | %.3f | %.3f | %.3f |\n\n",
+		s.satWorkers, s.satDur, s.sat.sent, s.sat.errors, s.sat.achieved, ms(s.sat.p(.5)), ms(s.sat.p(.9)), ms(s.sat.p(.99)), ms(s.sat.max()))
+	verdict := "meets"
+	if ms(s.ol.p(.99)) > 5 {
+		verdict = "MISSES"
+	}
+	fmt.Fprintf(&b, "Target: p99 <= 5 ms at 200 reviews/s: %s (p99 %.3f ms). The API server gives a webhook\n", verdict, ms(s.ol.p(.99)))
+	fmt.Fprintf(&b, "`timeoutSeconds: 5` (config/webhook); the webhook fails open, so even a miss delays, never blocks, a pod.\n")
+	return b.String()
+}
+
+// writeDoc replaces the "## Webhook" section (up to the next "## " heading) of path, or
+// appends it; the file is created with a title when missing.
+func writeDoc(path string, s summary) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	text := string(old)
+	if text == "" {
+		text = "# Benchmarks\n\nMeasured numbers, each section written by the command it names.\n\n"
+	}
+	section := s.markdown()
+	lines := strings.SplitAfter(text, "\n")
+	start, end := -1, len(lines)
+	for i, l := range lines {
+		if strings.TrimRight(l, "\n") == "## Webhook" {
+			start = i
+			continue
+		}
+		if start >= 0 && i > start && strings.HasPrefix(l, "## ") {
+			end = i
+			break
+		}
+	}
+	var out string
+	if start < 0 {
+		if !strings.HasSuffix(text, "\n\n") {
+			text = strings.TrimRight(text, "\n") + "\n\n"
+		}
+		out = text + section
+	} else {
+		tail := strings.Join(lines[end:], "")
+		if tail != "" {
+			section += "\n"
+		}
+		out = strings.Join(lines[:start], "") + section + tail
+	}
+	return os.WriteFile(path, []byte(out), 0o644)
+}

@@ -453,3 +453,47 @@ func TestDrainPending(t *testing.T) {
 		t.Fatal("pending map not drained")
 	}
 }
+
+// TestSharedBinary: two gateways running the same nginx executable share one attachment;
+// it stays until the last of them is untracked.
+func TestSharedBinary(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t)
+	a, b := startNginx(t), startNginx(t)
+	p, c := startProbes(t, a, Options{})
+	if err := p.Track(b.Gateway(t)); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Status(); st.AttachedBinaries != 1 || st.TrackedPIDs != 4 {
+		t.Fatalf("status %+v", st)
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	hit := func(n *testNginx, tag string, k int) {
+		for i := 0; i < k; i++ {
+			get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?%s=%d", n.Port, tag, i))
+		}
+	}
+	hit(a, "a1", 10)
+	hit(b, "b1", 10)
+	c.waitFor(t, 20, 3*time.Second)
+	p.Untrack(a.Gateway(t).ID())
+	if st := p.Status(); st.AttachedBinaries != 1 || st.TrackedPIDs != 2 {
+		t.Fatalf("status after untracking one %+v", st)
+	}
+	hit(a, "a2", 10)
+	hit(b, "b2", 10)
+	time.Sleep(500 * time.Millisecond)
+	count := map[string]int{}
+	for _, r := range c.snapshot() {
+		count[strings.SplitN(strings.TrimPrefix(r.URI, "/ok?"), "=", 2)[0]]++
+	}
+	if count["a1"] != 10 || count["b1"] != 10 || count["a2"] != 0 || count["b2"] != 10 {
+		t.Fatalf("requests seen per gateway/period: %v", count)
+	}
+	p.Untrack(b.Gateway(t).ID())
+	if st := p.Status(); st.AttachedBinaries != 0 || st.TrackedPIDs != 0 {
+		t.Fatalf("status after untracking both %+v", st)
+	}
+}

@@ -208,7 +208,8 @@ static __always_inline int on_return(struct pt_regs *ctx)
 	switch (c.fn) {
 	case WIRE_FN_WRITEV: {
 		// One event train per iovec, so a header buffer followed by a body buffer keeps the
-		// header whole; iovecs past WIRE_MAX_IOV are folded into the last event's len.
+		// header whole. Bytes of iovecs past WIRE_MAX_IOV (or unreadable ones) still count,
+		// as one uncaptured event: only an iovec's own bytes are ever copied.
 		for (int i = 0; i < WIRE_MAX_IOV; i++) {
 			if (left == 0 || i >= (int)c.a2)
 				break;
@@ -216,12 +217,10 @@ static __always_inline int on_return(struct pt_regs *ctx)
 			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(c.a1 + i * 16)))
 				break;
 			__u64 n = iov.len < left ? iov.len : left;
-			if (i == WIRE_MAX_IOV - 1 || i == (int)c.a2 - 1)
-				n = left;
 			emit_buf(e, iov.base, n);
 			left -= n;
 		}
-		if (left) { // unreadable iovec: still account for the bytes
+		if (left) {
 			e->hdr.len = left;
 			e->hdr.cap = 0;
 			submit(e);

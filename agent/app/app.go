@@ -1,0 +1,361 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kong-watcher/kong-watcher/agent/aggregate"
+	"github.com/kong-watcher/kong-watcher/agent/discovery"
+	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/agent/probes"
+	"github.com/kong-watcher/kong-watcher/agent/report"
+	"github.com/kong-watcher/kong-watcher/agent/wire"
+	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/internal/version"
+)
+
+// tracer is what both data paths offer: follow gateways, turn kernel events into Requests.
+type tracer interface {
+	Track(gw discovery.Gateway) error
+	Untrack(id discovery.GatewayID)
+	SetPIDs(id discovery.GatewayID, pids []int)
+	Run(ctx context.Context, sink model.Sink) error
+	Close() error
+}
+
+// Agent is one running agent: its pipeline and what it currently follows.
+type Agent struct {
+	cfg Config
+	log logr.Logger
+
+	Aggregator *aggregate.Aggregator
+	Registry   *prometheus.Registry
+	metrics    *report.Metrics
+	sink       model.Sink
+
+	nginx *probes.Probes // nil when the nginx-request path could not load
+	wire  *wire.Tracer   // nil until needed (auto) or when it could not load
+
+	mu       sync.Mutex
+	gateways map[discovery.GatewayID]*tracked
+	// nginxFailed is set once the nginx-request path says it cannot work (layout not learnt):
+	// from then on gateways are followed on the wire.
+	nginxFailed bool
+	wireErr     error
+	runCtx      context.Context
+	// What has already been added to the aggregator and the metrics of the data paths'
+	// cumulative counters (they report totals; the sinks take increments).
+	seenDropped, seenDecodeErrs uint64
+	lastDataPath                string
+}
+
+type tracked struct {
+	gw   discovery.Gateway
+	path string // DataPathNginx or DataPathWire; "" when attaching failed
+	err  error
+}
+
+// New builds the pipeline and loads the BPF programs; it attaches nothing yet.
+func New(cfg Config, log logr.Logger) (*Agent, error) {
+	a := &Agent{cfg: cfg, log: log, gateways: map[discovery.GatewayID]*tracked{}}
+	a.Aggregator = aggregate.New(aggregate.Options{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
+	a.Registry = report.NewRegistry()
+	a.metrics = report.NewMetrics(report.MetricsOptions{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
+	if err := a.metrics.Register(a.Registry); err != nil {
+		return nil, fmt.Errorf("registering metrics: %w", err)
+	}
+	a.metrics.SetInfo(version.Version, "")
+	// Debug lines are capped per second: at Kong's rates one line per request would cost
+	// more than the probes; the overflow is counted in one line per second.
+	reqLog := report.NewRequestLogger(log.WithName("request"), report.RequestLogOptions{MaxPerSecond: 1000})
+	a.sink = fanout{a.Aggregator, a.metrics}
+	if reqLog.Enabled() {
+		a.sink = fanout{a.Aggregator, a.metrics, reqLog}
+	}
+
+	if cfg.DataPath != DataPathWire {
+		p, err := probes.New(probes.Options{LuaPhases: cfg.LuaPhases, Log: log.WithName("nginx-request")})
+		if err != nil {
+			if cfg.DataPath == DataPathNginx {
+				return nil, fmt.Errorf("nginx-request data path: %w", err)
+			}
+			log.Error(err, "the nginx-request data path cannot load; falling back to the wire data path (HTTP/1 only, costlier)")
+			a.nginxFailed = true
+		} else {
+			a.nginx = p
+		}
+	}
+	if cfg.DataPath == DataPathWire || a.nginx == nil {
+		if err := a.loadWire(); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+func (a *Agent) loadWire() error {
+	if a.wire != nil {
+		return nil
+	}
+	if a.wireErr != nil {
+		return a.wireErr
+	}
+	w, err := wire.New(wire.Options{Log: a.log.WithName("wire"), TLS: true})
+	if err != nil {
+		a.wireErr = fmt.Errorf("wire data path: %w", err)
+		return a.wireErr
+	}
+	a.wire = w
+	if a.runCtx != nil {
+		go a.runTracer(a.runCtx, DataPathWire, w)
+	}
+	return nil
+}
+
+// Close detaches every probe and frees the BPF objects.
+func (a *Agent) Close() {
+	if a.nginx != nil {
+		a.nginx.Close()
+	}
+	if a.wire != nil {
+		a.wire.Close()
+	}
+}
+
+// Ready reports whether probes are attached to at least one gateway, and if not, why.
+func (a *Agent) Ready() (bool, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.gateways) == 0 {
+		return false, fmt.Sprintf("no %q process found yet", a.cfg.ProcessName)
+	}
+	var last error
+	for _, t := range a.gateways {
+		if t.path != "" {
+			return true, "probes attached (" + t.path + ")"
+		}
+		last = t.err
+	}
+	return false, fmt.Sprintf("probes could not be attached: %v", last)
+}
+
+// DataPath says which data path serves the gateways ("nginx-request", "wire", or both).
+func (a *Agent) DataPath() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.dataPathLocked()
+}
+
+func (a *Agent) dataPathLocked() string {
+	seen := map[string]bool{}
+	for _, t := range a.gateways {
+		if t.path != "" {
+			seen[t.path] = true
+		}
+	}
+	switch {
+	case seen[DataPathNginx] && seen[DataPathWire]:
+		return DataPathNginx + "+" + DataPathWire
+	case seen[DataPathNginx]:
+		return DataPathNginx
+	case seen[DataPathWire]:
+		return DataPathWire
+	}
+	return ""
+}
+
+// Stats is the current Stats document.
+func (a *Agent) Stats() v1alpha1.Stats {
+	s := a.Aggregator.Snapshot()
+	s.DataPath = a.DataPath()
+	return s
+}
+
+// Run follows gateways and feeds the pipeline until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.mu.Lock()
+	a.runCtx = ctx
+	a.mu.Unlock()
+	if a.nginx != nil {
+		go a.runTracer(ctx, DataPathNginx, a.nginx)
+	}
+	if a.wire != nil {
+		go a.runTracer(ctx, DataPathWire, a.wire)
+	}
+	go a.healthLoop(ctx)
+
+	scanner := discovery.Scanner{ProcRoot: a.cfg.ProcRoot, Name: a.cfg.ProcessName}
+	if gws, err := scanner.Scan(); err == nil && len(gws) == 0 {
+		a.log.Info("no gateway process found yet; waiting for it", "processName", a.cfg.ProcessName, "procRoot", a.cfg.ProcRoot)
+	} else if err != nil {
+		a.log.Error(err, "cannot scan for gateway processes; retrying", "procRoot", a.cfg.ProcRoot)
+	}
+	discovery.Watch(ctx, scanner, a.cfg.ScanInterval, a.onEvent)
+	return nil
+}
+
+func (a *Agent) runTracer(ctx context.Context, name string, t tracer) {
+	if err := t.Run(ctx, a.sink); err != nil && !errors.Is(err, context.Canceled) {
+		a.log.Error(err, "data path stopped reading events", "dataPath", name)
+	}
+}
+
+func (a *Agent) onEvent(ev discovery.Event) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	gw := ev.Gateway
+	id := gw.ID()
+	if len(a.cfg.OnlyMasterPIDs) > 0 && !slices.Contains(a.cfg.OnlyMasterPIDs, gw.Master.PID) {
+		return
+	}
+	switch ev.Kind {
+	case discovery.Added:
+		a.log.Info("gateway detected", "masterPID", gw.Master.PID, "workers", len(gw.Workers), "exe", gw.Exe)
+		a.gateways[id] = a.attach(gw)
+	case discovery.Changed:
+		t, ok := a.gateways[id]
+		if !ok || t.path == "" {
+			a.gateways[id] = a.attach(gw)
+			return
+		}
+		t.gw = gw
+		a.tracerFor(t.path).SetPIDs(id, gw.PIDs())
+		a.log.Info("gateway workers changed", "masterPID", gw.Master.PID, "workers", len(gw.Workers))
+	case discovery.Removed:
+		if t, ok := a.gateways[id]; ok && t.path != "" {
+			a.tracerFor(t.path).Untrack(id)
+		}
+		delete(a.gateways, id)
+		a.log.Info("gateway gone", "masterPID", gw.Master.PID)
+	}
+	a.updateHealthLocked()
+}
+
+func (a *Agent) tracerFor(path string) tracer {
+	if path == DataPathNginx {
+		return a.nginx
+	}
+	return a.wire
+}
+
+// attach follows gw on the best data path available; called with a.mu held.
+func (a *Agent) attach(gw discovery.Gateway) *tracked {
+	t := &tracked{gw: gw}
+	if a.nginx != nil && !a.nginxFailed {
+		err := a.nginx.Track(gw)
+		if err == nil {
+			t.path = DataPathNginx
+			a.log.Info("probes attached", "dataPath", DataPathNginx, "masterPID", gw.Master.PID, "pids", gw.PIDs())
+			return t
+		}
+		t.err = err
+		if a.cfg.DataPath == DataPathNginx {
+			a.log.Error(err, "cannot attach the nginx-request probes", "masterPID", gw.Master.PID)
+			return t
+		}
+		a.log.Error(err, "cannot attach the nginx-request probes; falling back to the wire data path for this gateway", "masterPID", gw.Master.PID)
+	}
+	if err := a.loadWire(); err != nil {
+		t.err = errors.Join(t.err, err)
+		a.log.Error(err, "no data path can follow this gateway: its requests are NOT counted", "masterPID", gw.Master.PID)
+		return t
+	}
+	if err := a.wire.Track(gw); err != nil {
+		t.err = errors.Join(t.err, err)
+		a.log.Error(err, "cannot attach the wire probes: this gateway's requests are NOT counted", "masterPID", gw.Master.PID)
+		return t
+	}
+	t.path = DataPathWire
+	t.err = nil
+	a.log.Info("probes attached", "dataPath", DataPathWire, "masterPID", gw.Master.PID, "pids", gw.PIDs())
+	return t
+}
+
+// healthLoop publishes the data paths' health to Prometheus and moves gateways to the wire
+// if the nginx-request path gives up (its layout could not be learnt on this binary).
+func (a *Agent) healthLoop(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		a.mu.Lock()
+		if a.nginx != nil && !a.nginxFailed && a.cfg.DataPath == DataPathAuto {
+			if st := a.nginx.Status(); st.Mode == "failed" {
+				a.nginxFailed = true
+				a.log.Error(errors.New(st.Err), "the nginx-request data path cannot read this gateway's requests; moving every gateway to the wire data path")
+				for id, t := range a.gateways {
+					if t.path == DataPathNginx {
+						a.nginx.Untrack(id)
+						a.gateways[id] = a.attach(t.gw)
+					}
+				}
+			}
+		}
+		a.updateHealthLocked()
+		a.mu.Unlock()
+	}
+}
+
+func (a *Agent) updateHealthLocked() {
+	var dropped, decodeErrs uint64
+	attached := 0
+	pids := 0
+	for _, t := range a.gateways {
+		if t.path != "" {
+			attached++
+			pids += len(t.gw.PIDs())
+		}
+	}
+	probesAttached := 0
+	if a.nginx != nil {
+		st := a.nginx.Status()
+		dropped += st.Dropped
+		decodeErrs += st.DecodeErrors
+		probesAttached += st.AttachedBinaries
+	}
+	if a.wire != nil {
+		st := a.wire.Status()
+		dropped += st.Dropped
+		decodeErrs += st.ParseErrors
+		probesAttached += len(st.Probes)
+	}
+	if dropped > a.seenDropped {
+		a.Aggregator.AddDropped(dropped - a.seenDropped)
+		a.metrics.AddEventsDropped(dropped - a.seenDropped)
+		a.seenDropped = dropped
+	}
+	if decodeErrs > a.seenDecodeErrs {
+		a.metrics.AddDecodeErrors(decodeErrs - a.seenDecodeErrs)
+		a.seenDecodeErrs = decodeErrs
+	}
+	a.metrics.SetProbesAttached(probesAttached)
+	a.metrics.SetProcessesTracked(pids)
+	if dp := a.dataPathLocked(); dp != a.lastDataPath {
+		a.metrics.SetInfo(version.Version, dp)
+		a.Aggregator.SetDataPath(dp)
+		a.lastDataPath = dp
+	}
+}
+
+// fanout hands each Request to every sink in turn.
+type fanout []model.Sink
+
+func (f fanout) Observe(r *model.Request) {
+	for _, s := range f {
+		s.Observe(r)
+	}
+}

@@ -1,0 +1,153 @@
+// Package app wires the agent's one-way pipeline together: discovery finds the gateways,
+// a data path (nginx's request object, or the wire as a fallback) turns kernel events into
+// model.Requests, and the aggregator, the Prometheus metrics and the per-request logger
+// consume them; the reporters (HTTP endpoints, periodic log line) read the aggregator.
+// cmd/agent only parses the environment into a Config and calls Run.
+package app
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
+)
+
+// Data path names (Config.DataPath and Stats.dataPath).
+const (
+	DataPathAuto  = "auto"          // nginx's request object, falling back to the wire per gateway
+	DataPathNginx = "nginx-request" // only nginx's request object
+	DataPathWire  = "wire"          // only libc/OpenSSL reads and writes
+)
+
+// Config is everything the agent needs, parsed from the environment (DESIGN.md's names).
+type Config struct {
+	LogLevel      string
+	JSONLog       bool
+	ProcessName   string
+	StatsInterval time.Duration
+	PodName       string
+	PodNamespace  string
+	MetricsAddr   string
+	// ProcRoot is where the gateway's processes are visible (/proc).
+	ProcRoot string
+	// DataPath: auto, nginx-request or wire.
+	DataPath string
+	// LuaPhases turns on the Lua phase timing probes (2 extra probe hits per phase).
+	LuaPhases bool
+	// MaxHosts / MaxPaths bound the per-host and per-path rows; the rest fold into "other".
+	MaxHosts, MaxPaths int
+	// ScanInterval is how often /proc is scanned for gateway changes.
+	ScanInterval time.Duration
+	// OnlyMasterPIDs, when set, restricts the agent to the gateways with these master PIDs
+	// (KONG_WATCHER_ONLY_PIDS, comma-separated): for tests and debugging on a machine that
+	// runs other nginx instances. In a pod the PID namespace already isolates Kong.
+	OnlyMasterPIDs []int
+}
+
+// FromEnv reads the agent's configuration from environment variables (lookup is os.LookupEnv
+// in production, a map in tests). Invalid values are errors: the agent refuses to start with
+// a configuration it would silently misread.
+func FromEnv(lookup func(string) (string, bool)) (Config, error) {
+	c := Config{
+		LogLevel:      "info",
+		JSONLog:       false,
+		ProcessName:   v1alpha1.DefaultProcessName,
+		StatsInterval: 30 * time.Second,
+		MetricsAddr:   v1alpha1.DefaultMetricsAddr,
+		ProcRoot:      "/proc",
+		DataPath:      DataPathAuto,
+		LuaPhases:     true,
+		MaxHosts:      100,
+		MaxPaths:      200,
+		ScanInterval:  time.Second,
+	}
+	get := func(k string) (string, bool) {
+		v, ok := lookup(k)
+		v = strings.TrimSpace(v)
+		return v, ok && v != ""
+	}
+	var errs []string
+	if v, ok := get(v1alpha1.EnvLogLevel); ok {
+		switch strings.ToLower(v) {
+		case "debug", "info", "warn", "error":
+			c.LogLevel = strings.ToLower(v)
+		default:
+			errs = append(errs, fmt.Sprintf("%s=%q: want debug, info, warn or error", v1alpha1.EnvLogLevel, v))
+		}
+	}
+	if v, ok := get(v1alpha1.EnvJSONLog); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%q: want true or false", v1alpha1.EnvJSONLog, v))
+		}
+		c.JSONLog = b
+	}
+	if v, ok := get(v1alpha1.EnvProcessName); ok {
+		if len(v) > 15 || strings.ContainsAny(v, "/\n") {
+			errs = append(errs, fmt.Sprintf("%s=%q: want a kernel process name (at most 15 bytes, no '/')", v1alpha1.EnvProcessName, v))
+		}
+		c.ProcessName = v
+	}
+	if v, ok := get(v1alpha1.EnvStatsInterval); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second || d > time.Hour {
+			errs = append(errs, fmt.Sprintf("%s=%q: want a Go duration between 1s and 1h", v1alpha1.EnvStatsInterval, v))
+		}
+		c.StatsInterval = d
+	}
+	if v, ok := get(v1alpha1.EnvMetricsAddr); ok {
+		c.MetricsAddr = v
+	}
+	c.PodName, _ = get(v1alpha1.EnvPodName)
+	c.PodNamespace, _ = get(v1alpha1.EnvPodNamespace)
+	if v, ok := get("KONG_WATCHER_PROC_ROOT"); ok {
+		c.ProcRoot = v
+	}
+	if v, ok := get("KONG_WATCHER_DATA_PATH"); ok {
+		switch v {
+		case DataPathAuto, DataPathNginx, DataPathWire:
+			c.DataPath = v
+		default:
+			errs = append(errs, fmt.Sprintf("KONG_WATCHER_DATA_PATH=%q: want auto, nginx-request or wire", v))
+		}
+	}
+	if v, ok := get("KONG_WATCHER_LUA_PHASES"); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("KONG_WATCHER_LUA_PHASES=%q: want true or false", v))
+		}
+		c.LuaPhases = b
+	}
+	for _, p := range []struct {
+		env string
+		dst *int
+	}{{"KONG_WATCHER_MAX_HOSTS", &c.MaxHosts}, {"KONG_WATCHER_MAX_PATHS", &c.MaxPaths}} {
+		if v, ok := get(p.env); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 10000 {
+				errs = append(errs, fmt.Sprintf("%s=%q: want an integer between 1 and 10000", p.env, v))
+			}
+			*p.dst = n
+		}
+	}
+	if v, ok := get("KONG_WATCHER_ONLY_PIDS"); ok {
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				errs = append(errs, fmt.Sprintf("KONG_WATCHER_ONLY_PIDS=%q: want comma-separated PIDs", v))
+				break
+			}
+			c.OnlyMasterPIDs = append(c.OnlyMasterPIDs, n)
+		}
+	}
+	if len(errs) > 0 {
+		return c, fmt.Errorf("invalid agent configuration: %s", strings.Join(errs, "; "))
+	}
+	return c, nil
+}
+
+// OSEnv is FromEnv's lookup in production.
+func OSEnv(k string) (string, bool) { return os.LookupEnv(k) }

@@ -1,0 +1,52 @@
+package app
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestFromEnvDefaults(t *testing.T) {
+	c, err := FromEnv(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ProcessName != "nginx" || c.StatsInterval != 30*time.Second || c.MetricsAddr != ":9464" || c.LogLevel != "info" || c.DataPath != DataPathAuto {
+		t.Errorf("defaults: %+v", c)
+	}
+	if c.PodName != "" {
+		t.Errorf("standalone expected without POD_NAME")
+	}
+}
+
+func TestFromEnvValues(t *testing.T) {
+	c, err := FromEnv(env(map[string]string{
+		"LOG_LEVEL": "DEBUG", "ENABLE_JSON_LOG": "true", "KONG_PROCESS_NAME": "openresty",
+		"STATS_INTERVAL": "10s", "METRICS_ADDR": "127.0.0.1:1", "POD_NAME": "kong-1", "POD_NAMESPACE": "kong",
+		"KONG_WATCHER_ONLY_PIDS": "12, 34", "KONG_WATCHER_DATA_PATH": "wire",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.LogLevel != "debug" || !c.JSONLog || c.ProcessName != "openresty" || c.StatsInterval != 10*time.Second ||
+		c.PodName != "kong-1" || c.PodNamespace != "kong" || len(c.OnlyMasterPIDs) != 2 || c.OnlyMasterPIDs[1] != 34 || c.DataPath != DataPathWire {
+		t.Errorf("parsed: %+v", c)
+	}
+}
+
+func TestFromEnvRejectsBadValues(t *testing.T) {
+	for k, v := range map[string]string{
+		"LOG_LEVEL": "loud", "ENABLE_JSON_LOG": "yesplease", "STATS_INTERVAL": "0s",
+		"KONG_PROCESS_NAME": "a/very/long/name/indeed", "KONG_WATCHER_ONLY_PIDS": "x",
+		"KONG_WATCHER_DATA_PATH": "magic", "KONG_WATCHER_MAX_HOSTS": "-1",
+	} {
+		_, err := FromEnv(env(map[string]string{k: v}))
+		if err == nil || !strings.Contains(err.Error(), k) {
+			t.Errorf("%s=%q: error %v, want one naming %s", k, v, err, k)
+		}
+	}
+}

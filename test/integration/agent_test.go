@@ -1,0 +1,395 @@
+// Package integration runs the real agent binary, as root, against the real Kong-like
+// gateway fixture (Debian nginx + the Lua module) with real eBPF probes in this kernel, and
+// checks what the agent counts against nginx's own access log.
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
+	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/test/fixture"
+)
+
+var (
+	buildOnce sync.Once
+	agentBin  string
+	buildErr  error
+)
+
+// agentBinary builds cmd/agent once per test run, as `make build` does.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kw-agent-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		agentBin = filepath.Join(dir, "kong-watcher-agent")
+		cmd := exec.Command("go", "build", "-o", agentBin, "github.com/kong-watcher/kong-watcher/cmd/agent")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/agent: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return agentBin
+}
+
+// agent is a running agent process.
+type agent struct {
+	cmd  *exec.Cmd
+	addr string
+	log  *syncBuffer
+	done chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startAgent runs the agent binary (optionally through a wrapper such as setpriv), limited
+// to the gateway whose master is masterPID, and stops it when the test ends.
+func startAgent(t *testing.T, masterPID int, wrapper []string, env ...string) *agent {
+	t.Helper()
+	fixture.RequireRoot(t)
+	bin := agentBinary(t)
+	a := &agent{addr: freeAddr(t), log: &syncBuffer{}, done: make(chan struct{})}
+	args := append(append([]string{}, wrapper...), bin)
+	a.cmd = exec.Command(args[0], args[1:]...)
+	a.cmd.Env = append(os.Environ(),
+		"METRICS_ADDR="+a.addr,
+		"LOG_LEVEL=info",
+		"STATS_INTERVAL=1h",
+	)
+	if masterPID > 0 {
+		a.cmd.Env = append(a.cmd.Env, "KONG_WATCHER_ONLY_PIDS="+strconv.Itoa(masterPID))
+	}
+	a.cmd.Env = append(a.cmd.Env, env...)
+	a.cmd.Stdout = a.log
+	a.cmd.Stderr = a.log
+	if err := a.cmd.Start(); err != nil {
+		t.Fatalf("starting the agent: %v", err)
+	}
+	go func() { a.cmd.Wait(); close(a.done) }()
+	t.Cleanup(func() {
+		a.stop()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", tail(a.log.String(), 6000))
+		}
+	})
+	return a
+}
+
+func (a *agent) stop() {
+	select {
+	case <-a.done:
+		return
+	default:
+	}
+	a.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-a.done:
+	case <-time.After(10 * time.Second):
+		a.cmd.Process.Kill()
+		<-a.done
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// waitReady waits for /readyz to answer 200.
+func (a *agent) waitReady(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		select {
+		case <-a.done:
+			t.Fatalf("the agent exited: %v\n%s", a.cmd.ProcessState, tail(a.log.String(), 4000))
+		default:
+		}
+		resp, err := http.Get("http://" + a.addr + "/readyz")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			last = fmt.Sprintf("%d %s", resp.StatusCode, b)
+			if resp.StatusCode == 200 {
+				return
+			}
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("agent not ready after %v: %s", timeout, last)
+}
+
+func (a *agent) readyz(t *testing.T) int {
+	t.Helper()
+	resp, err := http.Get("http://" + a.addr + "/readyz")
+	if err != nil {
+		t.Fatalf("GET /readyz: %v", err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func (a *agent) stats(t *testing.T) v1alpha1.Stats {
+	t.Helper()
+	resp, err := http.Get("http://" + a.addr + "/stats")
+	if err != nil {
+		t.Fatalf("GET /stats: %v", err)
+	}
+	defer resp.Body.Close()
+	var s v1alpha1.Stats
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		t.Fatalf("decoding /stats: %v", err)
+	}
+	return s
+}
+
+// waitRequests polls /stats until the total reaches n (or a timeout), then returns it.
+func (a *agent) waitRequests(t *testing.T, n uint64, timeout time.Duration) v1alpha1.Stats {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s := a.stats(t)
+		if s.Total.Requests >= n || time.Now().After(deadline) {
+			// Give late events a moment to show they would overshoot.
+			time.Sleep(300 * time.Millisecond)
+			return a.stats(t)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// truth is what nginx's access log says, in the agent's terms.
+type truth struct {
+	requests   int
+	methods    map[string]uint64
+	codes      map[string]uint64
+	hosts      map[string]uint64
+	paths      map[string]uint64
+	latMs      []float64
+	upstreamMs []float64
+	errors     uint64
+	clientErrs uint64
+}
+
+var knownMethods = map[string]bool{"GET": true, "POST": true, "PUT": true, "DELETE": true, "PATCH": true, "HEAD": true, "OPTIONS": true}
+
+func fromAccessLog(es []fixture.LogEntry) truth {
+	tr := truth{methods: map[string]uint64{}, codes: map[string]uint64{}, hosts: map[string]uint64{}, paths: map[string]uint64{}}
+	for _, e := range es {
+		tr.requests++
+		m := e.Method
+		if !knownMethods[m] {
+			m = "OTHER"
+		}
+		tr.methods[m]++
+		tr.codes[fmt.Sprintf("%03d", e.Status)]++
+		tr.hosts[e.Host]++
+		tr.paths[m+" "+pathnorm.Normalise(e.RequestURI)]++
+		tr.latMs = append(tr.latMs, float64(e.RequestTime.Microseconds())/1000)
+		if e.HasUpstream {
+			tr.upstreamMs = append(tr.upstreamMs, float64(e.UpstreamTime.Microseconds())/1000)
+		}
+		switch {
+		case e.Status >= 500 || e.Status == 0:
+			tr.errors++
+		case e.Status >= 400:
+			tr.clientErrs++
+		}
+	}
+	sort.Float64s(tr.latMs)
+	sort.Float64s(tr.upstreamMs)
+	return tr
+}
+
+// nearestRank is the p-th percentile (0..100) of sorted xs by the nearest-rank definition.
+func nearestRank(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	rank := int(p/100*float64(len(xs)) + 0.9999999)
+	if rank < 1 {
+		rank = 1
+	}
+	if rank > len(xs) {
+		rank = len(xs)
+	}
+	return xs[rank-1]
+}
+
+func within(got, want float64) bool {
+	d := got - want
+	if d < 0 {
+		d = -d
+	}
+	return d <= 1.0 || d <= 0.02*want
+}
+
+func rows(rs []v1alpha1.Row) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, r := range rs {
+		out[r.Name] += r.Requests
+	}
+	return out
+}
+
+func diffCounts(t *testing.T, what string, got, want map[string]uint64) {
+	t.Helper()
+	keys := map[string]bool{}
+	for k := range got {
+		keys[k] = true
+	}
+	for k := range want {
+		keys[k] = true
+	}
+	var bad []string
+	for k := range keys {
+		if got[k] != want[k] {
+			bad = append(bad, fmt.Sprintf("%q: agent %d, access log %d", k, got[k], want[k]))
+		}
+	}
+	sort.Strings(bad)
+	if len(bad) > 0 {
+		t.Errorf("%s differ from the access log:\n  %s", what, strings.Join(bad, "\n  "))
+	}
+}
+
+// compare checks the agent's total summary against the access log.
+func compare(t *testing.T, s v1alpha1.Summary, es []fixture.LogEntry) {
+	t.Helper()
+	tr := fromAccessLog(es)
+	if s.Requests != uint64(tr.requests) {
+		t.Errorf("requests: agent %d, access log %d", s.Requests, tr.requests)
+	}
+	if s.Errors != tr.errors || s.ClientErrors != tr.clientErrs {
+		t.Errorf("errors/clientErrors: agent %d/%d, access log %d/%d", s.Errors, s.ClientErrors, tr.errors, tr.clientErrs)
+	}
+	diffCounts(t, "methods", s.Methods, tr.methods)
+	diffCounts(t, "status codes", s.StatusCodes, tr.codes)
+	diffCounts(t, "hosts", rows(s.Hosts), tr.hosts)
+	diffCounts(t, "paths", rows(s.Paths), tr.paths)
+	for _, p := range []struct {
+		name string
+		got  float64
+		q    float64
+	}{{"p50", s.LatencyMs.P50, 50}, {"p95", s.LatencyMs.P95, 95}, {"p99", s.LatencyMs.P99, 99}} {
+		if want := nearestRank(tr.latMs, p.q); !within(p.got, want) {
+			t.Errorf("latency %s: agent %.3f ms, access log %.3f ms", p.name, p.got, want)
+		}
+	}
+	if want := tr.latMs[len(tr.latMs)-1]; !within(s.LatencyMs.Max, want) {
+		t.Errorf("latency max: agent %.3f ms, access log %.3f ms", s.LatencyMs.Max, want)
+	}
+	if uint64(len(tr.upstreamMs)) != s.UpstreamLatencyMs.Count {
+		t.Errorf("proxied requests: agent %d, access log %d", s.UpstreamLatencyMs.Count, len(tr.upstreamMs))
+	}
+	for _, p := range []struct {
+		name string
+		got  float64
+		q    float64
+	}{{"p50", s.UpstreamLatencyMs.P50, 50}, {"p99", s.UpstreamLatencyMs.P99, 99}} {
+		if want := nearestRank(tr.upstreamMs, p.q); !within(p.got, want) {
+			t.Errorf("upstream latency %s: agent %.3f ms, access log %.3f ms", p.name, p.got, want)
+		}
+	}
+	if s.DroppedEvents != 0 {
+		t.Errorf("dropped events: %d", s.DroppedEvents)
+	}
+}
+
+func driveAndCompare(t *testing.T, gw *fixture.Gateway, a *agent, n int) v1alpha1.Stats {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	before, err := gw.AccessLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent, err := gw.DriveMixed(ctx, n, 4)
+	if err != nil {
+		t.Logf("traffic: %v", err) // an unexpected status is nginx's business; the log is the truth
+	}
+	es, err := gw.WaitAccessLog(ctx, len(before)+sent.Total())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := a.waitRequests(t, uint64(len(es)), 15*time.Second)
+	compare(t, s.Total, es)
+	return s
+}
+
+// TestAgentAgreesWithAccessLog drives a mixed Kong-like workload (HTTP/1.1 keep-alive,
+// pipelining, HTTP/1.0, HTTPS, HTTP/2 from Go and curl, HEAD, chunked uploads, 4xx/5xx/502,
+// slow upstream, Lua-only routes, large headers, garbage, client aborts) and checks every
+// count and the latency percentiles against nginx's access log; then reloads nginx under
+// the agent and checks again.
+func TestAgentAgreesWithAccessLog(t *testing.T) {
+	gw := fixture.StartT(t, fixture.Options{Workers: 2})
+	a := startAgent(t, gw.MasterPID(), nil)
+	a.waitReady(t, 20*time.Second)
+
+	s := driveAndCompare(t, gw, a, 400)
+	if s.DataPath != "nginx-request" {
+		t.Errorf("data path %q, want nginx-request", s.DataPath)
+	}
+	if t.Failed() {
+		return
+	}
+
+	// A reload replaces the workers; the agent must follow the new ones.
+	if err := gw.Reload(); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	time.Sleep(2500 * time.Millisecond) // discovery polls every second
+	driveAndCompare(t, gw, a, 200)
+}

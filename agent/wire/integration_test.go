@@ -29,7 +29,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/go-logr/logr/testr"
+	"golang.org/x/sys/unix"
 
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
 	"github.com/kong-watcher/kong-watcher/agent/model"
@@ -574,6 +576,20 @@ func TestWrkOverhead(t *testing.T) {
 		t.Fatalf("no Requests/sec in %s", out)
 		return 0
 	}
+	// Per-program run time, scoped to this test (no sysctl change).
+	if st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err == nil {
+		defer st.Close()
+	}
+	progStats := func() string {
+		var out []string
+		for name, p := range map[string]*ebpf.Program{"enter": tr.objs.WireEnter, "exit": tr.objs.WireExit, "retsite": tr.objs.WireRetSite} {
+			if s, err := p.Stats(); err == nil && s.RunCount > 0 {
+				out = append(out, fmt.Sprintf("%s %d runs %.0fns/run", name, s.RunCount, float64(s.Runtime.Nanoseconds())/float64(s.RunCount)))
+			}
+		}
+		sort.Strings(out)
+		return strings.Join(out, ", ")
+	}
 	for _, tc := range []struct{ name, url string }{
 		{"plain", fmt.Sprintf("http://127.0.0.1:%d/", ng.plain)},
 		{"tls", fmt.Sprintf("https://127.0.0.1:%d/", ng.tlsPort)},
@@ -599,6 +615,7 @@ func TestWrkOverhead(t *testing.T) {
 			t.Logf("%s round %d: without %.0f req/s, with %.0f req/s, ratio %.2f; requests seen %d (wrk ~%.0f), dropped %d, parse errors %d",
 				tc.name, round+1, without, with, with/without, n, with*5, st.Dropped-before.Dropped, st.ParseErrors-before.ParseErrors)
 		}
+		t.Logf("%s: BPF programs (cumulative, all processes that hit the probes): %s", tc.name, progStats())
 		sort.Float64s(ratios)
 		t.Logf("%s: median throughput ratio with/without: %.2f (load average %s)", tc.name, ratios[1], loadavg())
 	}

@@ -173,20 +173,23 @@ type cpuResult struct {
 	workersPct, schedPct float64 // workers' CPU, % of one core (ticks, schedstat)
 	agentPct             float64
 	wall                 float64
+	bpf                  bpfProgStats // the agent's BPF programs during the run (with side)
+	bpfOK                bool
 }
 
 type bench struct {
-	cfg     config
-	started time.Time
-	workDir string
-	g       *fixture.Gateway
-	agent   *agentRunner
-	tool    loadTool
-	rounds  []roundResult
-	cpu     []cpuResult
-	notes   []string
-	missed  int
-	maxLoad float64
+	cfg       config
+	started   time.Time
+	workDir   string
+	g         *fixture.Gateway
+	agent     *agentRunner
+	tool      loadTool
+	rounds    []roundResult
+	cpu       []cpuResult
+	notes     []string
+	missed    int
+	maxLoad   float64
+	bpfWarned bool
 
 	// the drop/accuracy run
 	drop struct {
@@ -299,6 +302,18 @@ func (b *bench) run(ctx context.Context) (err error) {
 		scens = append(scens, s)
 	}
 
+	// Prime every path once (Lua code, upstream keep-alive pools, TLS sessions, page cache)
+	// so that the first measured round is not the cold one.
+	prime := 2 * c.warmup
+	if c.quick {
+		prime = c.warmup
+	}
+	b.logf("priming: %v of each scenario's load, not measured", prime)
+	for _, s := range scens {
+		if _, err := s.run(ctx, prime); err != nil {
+			return fmt.Errorf("%s (priming): %w", s.name, err)
+		}
+	}
 	for _, s := range scens {
 		b.logf("scenario %s: %s", s.name, s.what)
 		for r := 0; r < c.rounds; r++ {
@@ -450,10 +465,32 @@ func (b *bench) cpuRuns(ctx context.Context) error {
 			}
 			paced(ctx, url, c.cpuRate, c.warmup, conns)
 			os.Truncate(b.g.AccessLogPath(), 0) //nolint:errcheck
+			// BPF run-time accounting only around the with side's measured run: it adds
+			// two clock reads per program run.
+			var bpf0, bpf1 bpfProgStats
+			bpfOK := false
+			stopStats := func() {}
+			if withAgent {
+				var err error
+				if stopStats, err = enableBPFStats(); err == nil {
+					bpf0, err = agentBPFStats(b.agent.pid())
+					bpfOK = err == nil && bpf0.Progs > 0
+				}
+				if !bpfOK && !b.bpfWarned {
+					b.bpfWarned = true
+					b.note("no BPF run-time accounting of the agent's programs (%v, %d programs found): no bottom-up CPU figure", err, bpf0.Progs)
+				}
+			}
 			workers, _ := b.g.WorkerPIDs()
 			w0, a0 := sampleCPU(workers), sampleCPU(pidList(b.agent.pid()))
 			pr := paced(ctx, url, c.cpuRate, c.cpuDur, conns)
 			w1, a1 := sampleCPU(workers), sampleCPU(pidList(b.agent.pid()))
+			if bpfOK {
+				var err error
+				bpf1, err = agentBPFStats(b.agent.pid())
+				bpfOK = err == nil
+			}
+			stopStats()
 			if withAgent {
 				b.agent.stop()
 			}
@@ -464,9 +501,18 @@ func (b *bench) cpuRuns(ctx context.Context) error {
 			wd, ad := diffCPU(w0, w1), diffCPU(a0, a1)
 			cr := cpuResult{side: sd, pr: pr, workersPct: pct(wd.TickSec, wd.WallSec), schedPct: pct(wd.SchedSec, wd.WallSec),
 				agentPct: pct(ad.TickSec, ad.WallSec), wall: wd.WallSec}
+			if bpfOK && bpf1.Progs > 0 {
+				cr.bpfOK = true
+				cr.bpf = bpfProgStats{Progs: bpf1.Progs, RunCnt: bpf1.RunCnt - bpf0.RunCnt, RunNS: bpf1.RunNS - bpf0.RunNS}
+			}
 			b.cpu = append(b.cpu, cr)
-			b.logf("  cpu round %d %-7s sent %d ok %d failed %d (max lag %v): workers %.2f%% (schedstat %.2f%%), agent %.2f%% of a core",
-				r+1, sd, pr.Sent, pr.OK, pr.Failed, pr.MaxLag.Round(time.Millisecond), cr.workersPct, cr.schedPct, cr.agentPct)
+			bpfNote := ""
+			if cr.bpfOK && pr.OK > 0 {
+				bpfNote = fmt.Sprintf("; %d BPF programs: %.2f runs and %.2f us of BPF per request", cr.bpf.Progs,
+					float64(cr.bpf.RunCnt)/float64(pr.OK), float64(cr.bpf.RunNS)/1e3/float64(pr.OK))
+			}
+			b.logf("  cpu round %d %-7s sent %d ok %d failed %d (max lag %v): workers %.2f%% (schedstat %.2f%%), agent %.2f%% of a core%s",
+				r+1, sd, pr.Sent, pr.OK, pr.Failed, pr.MaxLag.Round(time.Millisecond), cr.workersPct, cr.schedPct, cr.agentPct, bpfNote)
 			if pr.Failed > 0 {
 				b.note("CPU run %s: %d of %d requests failed: %v", sd, pr.Failed, pr.Sent, pr.Errs)
 			}

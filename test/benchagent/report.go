@@ -71,11 +71,24 @@ type cpuSummary struct {
 	schedWithout, schedWith, schedXtra float64 // the workers from schedstat, the agent from ticks
 	rate                               float64 // achieved req/s (with side)
 	usPerReq, schedUsPerReq            float64
+	// bottom-up: what the probes cost in the workers, from the kernel's BPF accounting
+	woMin, woMax               float64 // spread of the without side: the noise floor
+	bpfOK                      bool
+	hitsPerReq, bpfUsPerReq    float64
+	bottomUp, bottomUpUsPerReq float64 // agent CPU + BPF run time + hits x trapCostUs, % of a core
 }
 
+// trapCostUs is the cost of taking one uprobe on an emulated instruction, outside the BPF
+// program: FACTS.md measured 0.5-1.3 us on this VM; the upper end is used.
+const trapCostUs = 1.3
+
 func (b *bench) cpuSummary() cpuSummary {
-	var wo, wi, ag, swo, swi, rates []float64
+	var wo, wi, ag, swo, swi, rates, hits, bpfus []float64
 	for _, c := range b.cpu {
+		if c.bpfOK && c.pr.OK > 0 {
+			hits = append(hits, float64(c.bpf.RunCnt)/float64(c.pr.OK))
+			bpfus = append(bpfus, float64(c.bpf.RunNS)/1e3/float64(c.pr.OK))
+		}
 		if c.side == without {
 			wo = append(wo, c.workersPct)
 			swo = append(swo, c.schedPct)
@@ -94,10 +107,20 @@ func (b *bench) cpuSummary() cpuSummary {
 	s := cpuSummary{ok: true, without: median(wo), with: median(wi), agent: median(ag),
 		schedWithout: median(swo), schedWith: median(swi), rate: median(rates)}
 	s.extra = s.with - s.without
+	s.woMin, s.woMax = wo[0], wo[0]
+	for _, v := range wo {
+		s.woMin, s.woMax = math.Min(s.woMin, v), math.Max(s.woMax, v)
+	}
 	s.schedXtra = s.schedWith - s.schedWithout
 	if s.rate > 0 {
 		s.usPerReq = s.extra / 100 / s.rate * 1e6
 		s.schedUsPerReq = s.schedXtra / 100 / s.rate * 1e6
+	}
+	if len(hits) > 0 && s.rate > 0 {
+		s.bpfOK = true
+		s.hitsPerReq, s.bpfUsPerReq = median(hits), median(bpfus)
+		s.bottomUpUsPerReq = s.agent/100/s.rate*1e6 + s.bpfUsPerReq + s.hitsPerReq*trapCostUs
+		s.bottomUp = s.bottomUpUsPerReq * s.rate / 1e6 * 100
 	}
 	return s
 }
@@ -153,8 +176,15 @@ func (b *bench) report(scens []scenario) reportOut {
 		}
 		fmt.Fprintf(&t, "CPU at %d req/s (paced, %s): workers %.2f%% without; workers+agent %.2f%% with (agent itself %.2f%%) => extra %.2f%% of a core, %.1f us/request [target <= %.0f%%: %s]\n",
 			c.cpuRate, c.kongRoute, cs.without, cs.with, cs.agent, cs.extra, cs.usPerReq, targetExtraCPUPct, passMiss(cpuOK))
+		if len(b.cpu) > 2 {
+			fmt.Fprintf(&t, "  noise: the workers' CPU over the %d runs without the agent spans %.2f%% to %.2f%% of a core\n", len(b.cpu)/2, cs.woMin, cs.woMax)
+		}
 		fmt.Fprintf(&t, "  same with the workers' schedstat on-CPU time: %.2f%% -> %.2f%% => extra %.2f%%, %.1f us/request\n",
 			cs.schedWithout, cs.schedWith, cs.schedXtra, cs.schedUsPerReq)
+		if cs.bpfOK {
+			fmt.Fprintf(&t, "  bottom-up: %.2f probe hits and %.2f us of BPF run time per request; agent %.2f%% + BPF + %.1f us per hit for the trap => %.2f%% of a core, %.1f us/request\n",
+				cs.hitsPerReq, cs.bpfUsPerReq, cs.agent, trapCostUs, cs.bottomUp, cs.bottomUpUsPerReq)
+		}
 	}
 	hwm := b.agent.maxHWM
 	if d.hwm > hwm {
@@ -208,6 +238,9 @@ func (b *bench) report(scens []scenario) reportOut {
 	fmt.Fprintf(&bl, "BENCH extra_cpu_schedstat_pct_at_%drps %s\n", c.cpuRate, na(cs.ok, f(cs.schedXtra, 2)))
 	fmt.Fprintf(&bl, "BENCH agent_cpu_pct_at_%drps %s\n", c.cpuRate, na(cs.ok && agentOn, f(cs.agent, 2)))
 	fmt.Fprintf(&bl, "BENCH agent_counted_pct_at_%drps %s\n", c.dropRate, na(agentOn, f(countPct, 2)))
+	fmt.Fprintf(&bl, "BENCH probe_hits_per_request %s\n", na(cs.bpfOK, f(cs.hitsPerReq, 2)))
+	fmt.Fprintf(&bl, "BENCH bpf_us_per_request %s\n", na(cs.bpfOK, f(cs.bpfUsPerReq, 3)))
+	fmt.Fprintf(&bl, "BENCH bottom_up_extra_cpu_pct_at_%drps %s\n", c.cpuRate, na(cs.bpfOK, f(cs.bottomUp, 2)))
 	fmt.Fprintf(&bl, "BENCH targets_missed %d\n", b.missed)
 
 	// ---- the docs section ----
@@ -250,8 +283,15 @@ func (b *bench) report(scens []scenario) reportOut {
 	if cs.ok {
 		fmt.Fprintf(&doc, "| extra CPU at %d req/s (paced, Kong-like route): workers + agent minus workers alone | **%.2f%% of a core** (%.1f us/request; workers %.2f%% -> %.2f%%, agent %.2f%%) | <= %.0f%% %s |\n",
 			c.cpuRate, cs.extra, cs.usPerReq, cs.without, cs.with-cs.agent, cs.agent, targetExtraCPUPct, passMiss(cpuOK))
+		if len(b.cpu) > 2 {
+			fmt.Fprintf(&doc, "| noise floor: the workers' CPU over the %d runs without the agent | %.2f%% to %.2f%% of a core | |\n", len(b.cpu)/2, cs.woMin, cs.woMax)
+		}
 		fmt.Fprintf(&doc, "| the same, workers measured by schedstat (ns) instead of utime+stime ticks | %.2f%% of a core (%.1f us/request) | |\n",
 			cs.schedXtra, cs.schedUsPerReq)
+		if cs.bpfOK {
+			fmt.Fprintf(&doc, "| bottom-up at %d req/s: agent CPU + the BPF programs' run time (kernel accounting) + %.1f us per probe hit for the trap (FACTS.md) | %.2f%% of a core (%.2f hits, %.2f us BPF, %.1f us total per request) | <= %.0f%% |\n",
+				c.cpuRate, trapCostUs, cs.bottomUp, cs.hitsPerReq, cs.bpfUsPerReq, cs.bottomUpUsPerReq, targetExtraCPUPct)
+		}
 	}
 	if agentOn {
 		fmt.Fprintf(&doc, "| agent memory, VmHWM (peak of all %d agent processes) | **%.1f MiB** (VmRSS %.1f MiB after the %d req/s run) | <= %.0f MiB %s |\n",

@@ -40,9 +40,11 @@ struct {
 } wire_pids SEC(".maps");
 
 // Arguments of a call in flight, by thread (pid_tgid): a thread is in at most one of these
-// functions at a time. LRU so that a return that never comes (thread killed) cannot fill it.
+// functions at a time, and the return deletes the entry. A plain preallocated hash: an LRU
+// hash's update costs more on every call, and the only leak (a thread killed inside recv)
+// is bounded by max_entries (then new calls are not captured and count as drops).
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct wire_call);
@@ -174,7 +176,8 @@ int wire_enter(struct pt_regs *ctx)
 	if (fn == WIRE_FN_SENDFILE) // sendfile(out_fd, in_fd, off, count): only out_fd matters
 		c.a1 = 0;
 	__u64 id = bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&wire_calls, &id, &c, BPF_ANY);
+	if (bpf_map_update_elem(&wire_calls, &id, &c, BPF_ANY))
+		count(WIRE_STAT_DROPS);
 	return 0;
 }
 

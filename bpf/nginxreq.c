@@ -134,6 +134,8 @@ struct nginxreq_layout {
 	__u32 conn_sent;    /* ngx_connection_t.sent */
 	__u32 conn_addr;    /* ngx_connection_t.addr_text */
 	__u32 ustate_rt;    /* ngx_http_upstream_state_t.response_time */
+	__u32 off_main;     /* r->main, 0 if not verified: Lua timing then skips no subrequest */
+	__u32 _pad;
 };
 
 struct nginxreq_proc {
@@ -555,12 +557,26 @@ SEC("uprobe/ngx_http_lua_handler")
 int nginxreq_lua_enter(struct pt_regs *ctx)
 {
 	__u32 tgid = 0;
-	if (!lookup_proc(&tgid))
+	struct nginxreq_proc *p = lookup_proc(&tgid);
+	if (!p)
 		return 0;
+	__u32 lid = p->layout_id;
+	struct nginxreq_layout *l = bpf_map_lookup_elem(&nginxreq_layouts, &lid);
+	/* Calibration events carry no Lua timing, so there is nothing to time yet. */
+	if (!l || !l->ready)
+		return 0;
+	__u64 r = KW_PARM1(ctx);
+	if (l->off_main) {
+		/* Only the main request reaches free_request: time spent for a subrequest
+		 * would stay in the LRU under an address a later request may reuse. */
+		__u64 main = 0;
+		if (bpf_probe_read_user(&main, sizeof(main), (void *)(r + l->off_main)) || main != r)
+			return 0;
+	}
 	__u64 id = bpf_get_current_pid_tgid();
 	struct nginxreq_lua_call call = {
 		.start_ns = bpf_ktime_get_ns(),
-		.r = KW_PARM1(ctx),
+		.r = r,
 		.phase = bpf_get_attach_cookie(ctx) & 3,
 	};
 	bpf_map_update_elem(&nginxreq_lua_calls, &id, &call, BPF_ANY);

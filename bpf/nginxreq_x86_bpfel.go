@@ -74,6 +74,8 @@ type NginxReqNginxreqLayout struct {
 	ConnSent   uint32
 	ConnAddr   uint32
 	UstateRt   uint32
+	OffMain    uint32
+	Pad        uint32
 }
 
 type NginxReqNginxreqLuaAcc struct {

@@ -34,6 +34,9 @@ const (
 	SToUnparsedURI = 96
 	SToMethodName  = 112
 	SToHTTPProto   = 128
+	// r->main follows schema and out: main == r for a client request. Not in FACTS.md's
+	// list of stable fields, so it is verified on the samples before it is used.
+	SToMain = 168
 
 	listSize = 56 // sizeof(ngx_list_t)
 
@@ -316,6 +319,13 @@ func Analyze(s Sample) (Layout, error) {
 		}
 	}
 	return l, nil
+}
+
+// MainIsR reports whether r->main, at l.Start+SToMain, points back at r in this sample (true
+// for every client request if that field is where this layout says).
+func MainIsR(s Sample, l Layout) bool {
+	off := l.Start + SToMain
+	return s.Addr != 0 && off+8 <= len(s.Snap) && u64(s.Snap, off) == s.Addr
 }
 
 // Learner accumulates samples until enough agree on one layout.

@@ -100,6 +100,7 @@ http {
     location /dead { proxy_pass http://127.0.0.1:{{.Dead}}; }
     location /hang { proxy_pass http://127.0.0.1:{{.UpPort}}; }
     location /lua { content_by_lua_block { ngx.sleep(0.005) ngx.say("lua") } }
+    location /withsub { content_by_lua_block { local r = ngx.location.capture("/phases") ngx.say(r.status) } }
     location /phases {
       rewrite_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
       access_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/agent/nginxlayout"
+	"github.com/kong-watcher/kong-watcher/bpf"
 )
 
 type collector struct {
@@ -137,6 +138,7 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 		do(h1, "GET", base+"/dead", "", nil)           // 502, upstream refused
 		do(h1, "GET", base+"/lua", "", nil)
 		do(h1, "DELETE", base+"/phases", "", nil)
+		do(h1, "GET", base+"/withsub", "", nil) // a Lua subrequest
 		do(h1, "GET", base+"/ok?pad="+strings.Repeat("long", 60), "", nil) // URI longer than 160
 		do(h2, "GET", tlsBase+"/ok", "", nil)
 		do(h2, "POST", tlsBase+"/ok", "", strings.NewReader("hello"))
@@ -268,6 +270,17 @@ func TestLuaPhases(t *testing.T) {
 	}
 	if phases == 0 || other == 0 {
 		t.Fatalf("no /phases (%d) or /ok (%d) requests", phases, other)
+	}
+	// Every main request's Lua time was consumed by its free_request; subrequests (the
+	// /phases capture of /withsub) were never timed, so nothing is left behind.
+	var k bpf.NginxReqNginxreqLuaKey
+	var v bpf.NginxReqNginxreqLuaAcc
+	left := 0
+	for it := p.objs.NginxreqLuaTime.Iterate(); it.Next(&k, &v); {
+		left++
+	}
+	if left != 0 {
+		t.Fatalf("%d Lua time entries left behind (subrequests timed?)", left)
 	}
 	for _, r := range got {
 		if strings.HasPrefix(r.URI, "/phases") {

@@ -78,6 +78,9 @@ var testNoCachedTime = false
 // uprobe_multi, so tests exercise that path too.
 var testForcePerf = false
 
+// testCalibHook sees every calibration event (tests record real snapshots with it).
+var testCalibHook func(*rawCalib)
+
 type nginxBin struct {
 	key      binKey
 	exe      string
@@ -94,6 +97,7 @@ type nginxBin struct {
 	lua      string // where the Lua handlers were attached ("" none)
 	luaLinks []link.Link
 	gw       discovery.Gateway // the gateway it was attached for (to find its Lua module)
+	mainOK   bool              // r->main verified at start_sec+168
 }
 
 type gateway struct {
@@ -609,6 +613,9 @@ func (p *Probes) handle(raw []byte, r *record, req *model.Request, sink model.Si
 		return
 	}
 	p.calibs.Add(1)
+	if testCalibHook != nil {
+		testCalibHook(cb)
+	}
 	ready, lay := p.calibrate(cb)
 	for _, c := range ready {
 		if err := p.clk.decodeCalib(c, lay, req); err != nil {
@@ -675,6 +682,17 @@ func (p *Probes) calibrate(cb *rawCalib) ([]*rawCalib, nginxlayout.Layout) {
 		return nil, nginxlayout.Layout{}
 	}
 	b.layout = lay
+	// r->main (for the Lua probes' subrequest filter) only if every sample agrees.
+	mainOK := 0
+	for _, c := range append(b.pending, cb) {
+		if int(c.S_off) == lay.Start {
+			if !nginxlayout.MainIsR(calibSample(c, 0), *lay) {
+				mainOK = -1 << 30
+			}
+			mainOK++
+		}
+	}
+	b.mainOK = mainOK >= learnNeed
 	kl := bpf.NginxReqNginxreqLayout{
 		Ready:      1,
 		OffStatus:  uint32(lay.Status()),
@@ -686,10 +704,14 @@ func (p *Probes) calibrate(cb *rawCalib) ([]*rawCalib, nginxlayout.Layout) {
 		ConnAddr:   nginxlayout.ConnAddrOffset,
 		UstateRt:   nginxlayout.UpstreamRTOffset,
 	}
+	if b.mainOK {
+		kl.OffMain = uint32(lay.Start + nginxlayout.SToMain)
+	}
 	if err := p.objs.NginxreqLayouts.Put(b.id, &kl); err != nil {
 		p.lastErr = err.Error()
 	}
-	p.log().Info("learnt nginx request layout", "exe", b.exe, "layout", lay.String(), "samples", b.learner.Seen())
+	p.log().Info("learnt nginx request layout", "exe", b.exe, "layout", lay.String(), "samples", b.learner.Seen(),
+		"mainVerified", b.mainOK)
 	out := append(b.pending, cb)
 	b.pending = nil
 	return out, *lay
@@ -736,7 +758,11 @@ func (p *Probes) Status() Status {
 			calibrating = true
 			layouts = append(layouts, b.exe+": calibrating")
 		default:
-			layouts = append(layouts, b.exe+": "+b.layout.String())
+			l := b.exe + ": " + b.layout.String()
+			if b.mainOK {
+				l += fmt.Sprintf(" main=%d", b.layout.Start+nginxlayout.SToMain)
+			}
+			layouts = append(layouts, l)
 		}
 	}
 	if mode != "failed" && calibrating {

@@ -138,7 +138,7 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 		do(h1, "GET", base+"/dead", "", nil)           // 502, upstream refused
 		do(h1, "GET", base+"/lua", "", nil)
 		do(h1, "DELETE", base+"/phases", "", nil)
-		do(h1, "GET", base+"/withsub", "", nil) // a Lua subrequest
+		do(h1, "GET", base+"/withsub", "", nil)                            // a Lua subrequest
 		do(h1, "GET", base+"/ok?pad="+strings.Repeat("long", 60), "", nil) // URI longer than 160
 		do(h2, "GET", tlsBase+"/ok", "", nil)
 		do(h2, "POST", tlsBase+"/ok", "", strings.NewReader("hello"))

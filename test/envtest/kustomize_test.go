@@ -124,17 +124,17 @@ func TestKustomizeDefault(t *testing.T) {
 		t.Errorf("namespaceSelector = %+v, want metadata.name NotIn [kube-system %s]", nsSel, app.DefaultNamespace)
 	}
 	if wh.FailurePolicy == nil || *wh.FailurePolicy != admissionregistrationv1.Ignore {
-		t.Errorf("failurePolicy = %v, want Ignore", wh.FailurePolicy)
+		t.Errorf("failurePolicy = %v, want Ignore", deref(wh.FailurePolicy))
 	}
 	if wh.SideEffects == nil || (*wh.SideEffects != admissionregistrationv1.SideEffectClassNone &&
 		*wh.SideEffects != admissionregistrationv1.SideEffectClassNoneOnDryRun) {
-		t.Errorf("sideEffects = %v, want None or NoneOnDryRun", wh.SideEffects)
+		t.Errorf("sideEffects = %v, want None or NoneOnDryRun", deref(wh.SideEffects))
 	}
 	if wh.ReinvocationPolicy == nil || *wh.ReinvocationPolicy != admissionregistrationv1.IfNeededReinvocationPolicy {
-		t.Errorf("reinvocationPolicy = %v, want IfNeeded", wh.ReinvocationPolicy)
+		t.Errorf("reinvocationPolicy = %v, want IfNeeded", deref(wh.ReinvocationPolicy))
 	}
 	if wh.TimeoutSeconds == nil || *wh.TimeoutSeconds != 5 {
-		t.Errorf("timeoutSeconds = %v, want 5", wh.TimeoutSeconds)
+		t.Errorf("timeoutSeconds = %v, want 5", deref(wh.TimeoutSeconds))
 	}
 	if strings.Join(wh.AdmissionReviewVersions, ",") != "v1" {
 		t.Errorf("admissionReviewVersions = %v, want [v1]", wh.AdmissionReviewVersions)
@@ -143,7 +143,7 @@ func TestKustomizeDefault(t *testing.T) {
 	var dep appsv1.Deployment
 	objs.get(t, "Deployment", "kong-watcher-webhook", &dep)
 	if dep.Spec.Replicas == nil || *dep.Spec.Replicas != 2 {
-		t.Errorf("replicas = %v, want 2", dep.Spec.Replicas)
+		t.Errorf("replicas = %v, want 2", deref(dep.Spec.Replicas))
 	}
 	pod := dep.Spec.Template.Spec
 	if pod.SecurityContext == nil || pod.SecurityContext.RunAsNonRoot == nil || !*pod.SecurityContext.RunAsNonRoot ||
@@ -239,6 +239,14 @@ func TestKustomizeDefault(t *testing.T) {
 	if !grants(agent.Rules, "", "pods", "patch", "some-pod") || !grants(agent.Rules, "", "events", "create", "") {
 		t.Errorf("agent ClusterRole = %+v, want pods get/patch, events create/patch", agent.Rules)
 	}
+}
+
+// deref prints a pointer's value ("<nil>" when unset).
+func deref[T any](p *T) any {
+	if p == nil {
+		return "<nil>"
+	}
+	return *p
 }
 
 // grants reports whether rules allow verb on group/resource (named name, if not empty).

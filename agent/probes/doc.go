@@ -59,8 +59,10 @@
 //     per thread and a uretprobe on free_request completes it. The time is the handlers'
 //     own: rewrite/access re-entries after a yield are summed, but content-phase code resumed
 //     after a yield (ngx.sleep, cosockets) runs from another handler and is not included.
-//     Calibration events carry no Lua timing. Cost: 2 probe hits per Lua handler call and
-//     one uretprobe per request.
+//     Only main requests are timed (r->main == r, at start_sec+168, used only once every
+//     calibration sample confirmed it), and only once the layout is known: calibration
+//     events carry no Lua timing. Cost: 2 probe hits per Lua handler call and one uretprobe
+//     per request; SetLuaPhases switches it at run time without losing requests.
 //   - request_length is not read (model.Request has no field for it).
 //
 // # Measured (Debian nginx 1.22.1 + lua module, kernel 6.18, 2 vCPUs shared with other work)

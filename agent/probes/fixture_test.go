@@ -118,6 +118,9 @@ http {
 
 func startNginx(t testing.TB) *testNginx { return startNginxWrapped(t) }
 
+// nginxBinary is the executable startNginx runs (a test may point it at a copy).
+var nginxBinary = nginxExe
+
 // startNginxWrapped runs nginx under a wrapper command (e.g. unshare --pid --fork): the
 // master is then the wrapper's child.
 func startNginxWrapped(t testing.TB, wrapper ...string) *testNginx {
@@ -151,7 +154,7 @@ func startNginxWrapped(t testing.TB, wrapper ...string) *testNginx {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := append(append([]string{}, wrapper...), nginxExe, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
+	args := append(append([]string{}, wrapper...), nginxBinary, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
 	n.cmd = exec.Command(args[0], args[1:]...)
 	n.cmd.Stdout, n.cmd.Stderr = os.Stderr, os.Stderr
 	if err := n.cmd.Start(); err != nil {

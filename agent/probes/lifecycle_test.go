@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -496,4 +497,44 @@ func TestSharedBinary(t *testing.T) {
 	if st := p.Status(); st.AttachedBinaries != 0 || st.TrackedPIDs != 0 {
 		t.Fatalf("status after untracking both %+v", st)
 	}
+}
+
+// TestTwoBinaries: two different nginx executables (a copy has its own inode) get their own
+// attachment and their own layout slot; each learns, and requests of both are seen.
+func TestTwoBinaries(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t)
+	a := startNginx(t)
+	cp := filepath.Join(t.TempDir(), "nginx-copy")
+	os.Chmod(filepath.Dir(cp), 0o755)
+	data, err := os.ReadFile(nginxExe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cp, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	nginxBinary = cp
+	b := startNginx(t)
+	nginxBinary = nginxExe
+	p, c := startProbes(t, a, Options{})
+	if err := p.Track(b.Gateway(t)); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Status(); st.AttachedBinaries != 2 || st.TrackedPIDs != 4 {
+		t.Fatalf("status %+v", st)
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := 0; i < 15; i++ {
+		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?a=%d", a.Port, i))
+		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?b=%d", b.Port, i))
+	}
+	got := c.waitFor(t, 30, 3*time.Second)
+	st := p.Status()
+	if len(got) != 30 || st.Mode != "ready" || strings.Count(st.Layout, "start_sec=960") != 2 {
+		t.Fatalf("%d requests, status %+v", len(got), st)
+	}
+	t.Logf("layouts: %s", st.Layout)
 }

@@ -75,6 +75,31 @@ type pendingReq struct {
 	// endsAtClose: the last exchange of a connection (Connection: close, HTTP/1.0). nginx
 	// logs it when the connection is closed, after any lingering close, so it ends there.
 	endsAtClose bool
+
+	// up is the upstream exchange whose response this request's response relays.
+	up *upstreamX
+}
+
+// upstreamX is one request the gateway sent to an upstream and its response.
+type upstreamX struct {
+	method         string
+	start          time.Time // the request head written
+	head           time.Time // the response head read
+	end            time.Time // the response's last byte read
+	headSeen, done bool
+}
+
+// upstreamTime is what nginx's $upstream_response_time measures, from the request written
+// (nginx counts from the connect, which the wire does not see) to the response read.
+func (u *upstreamX) upstreamTime() time.Duration {
+	end := u.end
+	if !u.done {
+		end = u.head
+	}
+	if d := end.Sub(u.start); d > 0 {
+		return d
+	}
+	return 0
 }
 
 type conn struct {
@@ -83,6 +108,8 @@ type conn struct {
 	req, resp half
 	p         *Parser
 	pending   []pendingReq
+
+	upq []*upstreamX // upstream role: requests written, oldest first
 
 	// the response being read
 	interim   bool
@@ -106,6 +133,10 @@ type Parser struct {
 	// OnError is called for every parse error (for debug logs).
 	OnError func(k ConnKey, reason string)
 	stats   ParserStats
+	// upHead is, per worker, the upstream response head read last and not yet claimed: nginx
+	// relays it to its client in the same event handler, so the next response head the
+	// worker writes to a client is that request's.
+	upHead map[uint32]*upstreamX
 }
 
 // NewParser returns a Parser that calls emit for every request paired with its response.
@@ -113,7 +144,7 @@ func NewParser(maxConns int, emit func(*model.Request)) *Parser {
 	if maxConns <= 0 {
 		maxConns = 16384
 	}
-	return &Parser{maxConns: maxConns, conns: map[ConnKey]*conn{}, lru: list.New(), emit: emit}
+	return &Parser{maxConns: maxConns, conns: map[ConnKey]*conn{}, lru: list.New(), emit: emit, upHead: map[uint32]*upstreamX{}}
 }
 
 // Stats returns the counters.
@@ -158,10 +189,21 @@ func (p *Parser) Feed(ch Chunk) {
 	if c.role == roleUnknown {
 		c.classify(ch)
 	}
+	gap := ch.Len - int64(len(ch.Data))
+	if c.role == roleUpstream {
+		// The gateway is the client: its writes are requests, its reads responses.
+		if ch.Out {
+			c.req.now = ch.TS
+			c.req.feed(ch.Data, gap)
+		} else {
+			c.resp.now = ch.TS
+			c.resp.feed(ch.Data, gap)
+		}
+		return
+	}
 	if c.role != roleServer {
 		return
 	}
-	gap := ch.Len - int64(len(ch.Data))
 	if ch.Out {
 		c.resp.now = ch.TS
 		c.resp.feed(ch.Data, gap)
@@ -222,6 +264,11 @@ func (p *Parser) Close(k ConnKey, ts time.Time) {
 	if !ok {
 		return
 	}
+	if c.role == roleUpstream && c.resp.state == stUntilClose {
+		if u := c.currentUpstream(); u != nil && u.headSeen {
+			u.end, u.done = ts, true
+		}
+	}
 	if c.role == roleServer {
 		if c.resp.state == stUntilClose {
 			c.resp.now = ts
@@ -255,6 +302,7 @@ func (p *Parser) produce(k ConnKey, r pendingReq, status int, bytes int64, end t
 	p.emit(&model.Request{
 		Start: r.start, End: end, Method: r.method, Host: r.host, URI: r.uri, Proto: r.proto,
 		Status: status, Latency: lat, BytesSent: uint64(bytes), PID: int(k.TGID),
+		HasUpstream: r.up != nil, Upstream: upTime(r.up),
 	})
 }
 
@@ -262,11 +310,23 @@ type reqEvents struct{ c *conn }
 
 func (e reqEvents) onHead(h *head, n int) (framing, int64) {
 	c := e.c
+	if c.role == roleUpstream {
+		if len(c.upq) >= maxPending {
+			c.upq = c.upq[1:]
+		}
+		c.upq = append(c.upq, &upstreamX{method: h.method, start: c.req.headStart})
+		return bodyFraming(h)
+	}
 	if len(c.pending) >= maxPending {
 		c.pending = c.pending[1:]
 		c.p.stats.Overflow++
 	}
 	c.pending = append(c.pending, pendingReq{method: h.method, uri: h.uri, host: h.host, proto: h.proto, start: c.req.headStart, endsAtClose: h.close})
+	return bodyFraming(h)
+}
+
+// bodyFraming is a request body's framing.
+func bodyFraming(h *head) (framing, int64) {
 	switch {
 	case h.chunked:
 		return byChunks, 0
@@ -280,6 +340,9 @@ func (e reqEvents) onBody(int64) {}
 // onEnd: the request whose body just ended is the newest one (requests arrive in order).
 func (e reqEvents) onEnd() {
 	c := e.c
+	if c.role == roleUpstream {
+		return
+	}
 	if n := len(c.pending); n > 0 && !c.pending[n-1].bodyDone {
 		c.pending[n-1].bodyDone, c.pending[n-1].bodyEnd = true, c.req.now
 	}
@@ -298,6 +361,9 @@ type respEvents struct{ c *conn }
 
 func (e respEvents) onHead(h *head, n int) (framing, int64) {
 	c := e.c
+	if c.role == roleUpstream {
+		return c.upstreamHead(h)
+	}
 	// Interim (1xx) heads add to the bytes sent for the request, like nginx's $bytes_sent.
 	c.status = h.status
 	c.respBytes += int64(n)
@@ -311,6 +377,10 @@ func (e respEvents) onHead(h *head, n int) (framing, int64) {
 	var method string
 	if c.matched {
 		method = r.method
+		if u := c.p.upHead[c.key.TGID]; u != nil && !c.interim && !u.head.Before(r.start) {
+			r.up = u
+			delete(c.p.upHead, c.key.TGID)
+		}
 	} else {
 		c.p.stats.Unmatched++
 	}
@@ -333,6 +403,13 @@ func (e respEvents) onBody(n int64) { e.c.respBytes += n }
 
 func (e respEvents) onEnd() {
 	c := e.c
+	if c.role == roleUpstream {
+		if u := c.currentUpstream(); u != nil && u.headSeen && !u.done {
+			u.end, u.done = c.resp.now, true
+			c.upq = c.upq[1:]
+		}
+		return
+	}
 	if c.interim { // 100 Continue etc.: the final response is still to come
 		c.interim = false
 		return
@@ -423,4 +500,46 @@ func (c *conn) partialRequest() *pendingReq {
 	c.pending = append(c.pending, r)
 	c.p.stats.Rejected++
 	return &c.pending[len(c.pending)-1]
+}
+
+// currentUpstream is the oldest upstream request whose response is not complete.
+func (c *conn) currentUpstream() *upstreamX {
+	if len(c.upq) == 0 {
+		return nil
+	}
+	return c.upq[0]
+}
+
+func (c *conn) upstreamHead(h *head) (framing, int64) {
+	u := c.currentUpstream()
+	interim := h.status >= 100 && h.status < 200 && h.status != 101
+	if u != nil && !interim {
+		u.head, u.headSeen = c.resp.now, true
+		c.p.upHead[c.key.TGID] = u
+	}
+	method := ""
+	if u != nil {
+		method = u.method
+	}
+	switch {
+	case interim:
+		return noBody, 0
+	case h.status == 101:
+		c.role = roleOpaque
+		return opaque, 0
+	case method == "HEAD" || h.status == 204 || h.status == 304:
+		return noBody, 0
+	case h.chunked:
+		return byChunks, 0
+	case h.contentLength >= 0:
+		return byLength, h.contentLength
+	}
+	return untilClose, 0
+}
+
+func upTime(u *upstreamX) time.Duration {
+	if u == nil {
+		return 0
+	}
+	return u.upstreamTime()
 }

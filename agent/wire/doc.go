@@ -38,7 +38,11 @@
 // (400, 414) are reported from what was read. A PROXY protocol v1/v2 header is skipped.
 //
 // Connections are classified by their first bytes: a request read = a client connection; a
-// request written or a response read = an upstream connection (proxy_pass), skipped; the
+// request written or a response read = an upstream connection (proxy_pass), parsed the other
+// way round for Request.Upstream: from the upstream request written to its response read
+// (nginx also counts the connect, which the wire does not see). It is attributed to the next
+// response head the same worker writes to a client after reading the upstream's head: nginx
+// relays a response in the handler that reads it. The
 // HTTP/2 preface = an HTTP/2 connection, counted in ParserStats.H2Conns and logged, never
 // parsed (HPACK is out of scope); anything else (DNS, databases) = not HTTP, ignored. Garbage
 // or lost framing on a client connection resets its parser (ParseErrors) until a captured
@@ -48,7 +52,7 @@
 // # Not covered
 //
 //   - HTTP/2 (and HTTP/3) requests: counted as connections only.
-//   - Upstream latency (Request.Upstream) and the client address are not filled in.
+//   - The client address is not filled in; Upstream is one try (the last), not a sum.
 //   - Reads through read/readv (nginx uses recv) and writes through write (nginx uses
 //     writev/send) are not seen.
 package wire

@@ -351,3 +351,33 @@ func TestRejectedHead(t *testing.T) {
 		t.Fatalf("%+v", h.out)
 	}
 }
+
+// A proxied request: the worker reads the client's request, writes one upstream, reads the
+// upstream's response, writes the client's response.
+func TestUpstreamTiming(t *testing.T) {
+	var out []*model.Request
+	p := NewParser(10, func(r *model.Request) { out = append(out, r) })
+	client, up := ConnKey{TGID: 5, ID: 3}, ConnKey{TGID: 5, ID: 9}
+	other := ConnKey{TGID: 5, ID: 4}
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	p.Feed(Chunk{Key: client, TS: at(1), Data: []byte("GET /p HTTP/1.1\r\nHost: a\r\n\r\n")})
+	p.Feed(Chunk{Key: up, Out: true, TS: at(2), Data: []byte("GET /p HTTP/1.0\r\nHost: backend\r\n\r\n")})
+	p.Feed(Chunk{Key: up, TS: at(4), Data: []byte("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")})
+	p.Feed(Chunk{Key: up, TS: at(7), Data: []byte("world")})
+	p.Feed(Chunk{Key: client, Out: true, TS: at(8), Data: []byte(ok5)})
+	// A request served without an upstream on the same worker gets none.
+	p.Feed(Chunk{Key: other, TS: at(9), Data: []byte("GET /local HTTP/1.1\r\nHost: a\r\n\r\n")})
+	p.Feed(Chunk{Key: other, Out: true, TS: at(10), Data: []byte(ok5)})
+	if len(out) != 2 {
+		t.Fatalf("%d requests", len(out))
+	}
+	if r := out[0]; !r.HasUpstream || r.Upstream != 5*time.Millisecond || r.Latency != 7*time.Millisecond {
+		t.Fatalf("proxied: %+v", r)
+	}
+	if r := out[1]; r.HasUpstream {
+		t.Fatalf("local: %+v", r)
+	}
+	if s := p.Stats(); s.Upstream != 1 || s.ParseErrors != 0 {
+		t.Fatalf("%+v", s)
+	}
+}

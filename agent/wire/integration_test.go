@@ -100,7 +100,7 @@ pid %[1]s/nginx.pid;
 error_log %[1]s/error.log warn;
 events { worker_connections 1024; }
 http {
-  log_format kwjson escape=json '{"status":$status,"host":"$host","method":"$request_method","uri":"$request_uri","rt":$request_time,"bytes":$bytes_sent,"pid":$pid,"proto":"$server_protocol"}';
+  log_format kwjson escape=json '{"status":$status,"host":"$host","method":"$request_method","uri":"$request_uri","rt":$request_time,"bytes":$bytes_sent,"pid":$pid,"proto":"$server_protocol","urt":"$upstream_response_time"}';
   access_log %[1]s/access.log kwjson;
   client_body_temp_path %[1]s/body;
   proxy_temp_path %[1]s/proxy;
@@ -211,6 +211,7 @@ type logLine struct {
 	Bytes  uint64  `json:"bytes"`
 	PID    int     `json:"pid"`
 	Proto  string  `json:"proto"`
+	URT    string  `json:"urt"` // $upstream_response_time, "" or "-" without upstream
 }
 
 func (f *nginxFixture) accessLog(t *testing.T) []logLine {
@@ -358,6 +359,8 @@ func TestIntegrationNginx(t *testing.T) {
 	do("HEAD", base+"/r/head", "", nil)
 	do("POST", base+"/r/chunked", "", &chunkedBody{left: 20000})
 	do("GET", base+"/proxy/p1", "proxied.example", nil)
+	do("GET", base+"/proxy/p2", "proxied.example", nil)
+	do("POST", base+"/proxy/p3", "proxied.example", strings.NewReader(strings.Repeat("p", 3000)))
 	for i := 0; i < 3; i++ {
 		do("GET", fmt.Sprintf("https://127.0.0.1:%d/r/tls-%d", ng.tlsPort, i), "secure.example", nil)
 	}
@@ -437,7 +440,7 @@ func TestIntegrationNginx(t *testing.T) {
 				want = append(want, l)
 			}
 		}
-		if len(col.snapshot()) >= len(want) && len(want) >= 23 || time.Now().After(deadline) {
+		if len(col.snapshot()) >= len(want) && len(want) >= 27 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -485,6 +488,19 @@ func TestIntegrationNginx(t *testing.T) {
 			problems = append(problems, fmt.Sprintf("%s: latency %v above the client's %v", k, r.Latency, cd))
 		}
 		diffs = append(diffs, math.Abs(ours-l.RT*1000))
+		if urt, err := strconv.ParseFloat(l.URT, 64); err == nil {
+			switch {
+			case !r.HasUpstream:
+				problems = append(problems, k+": no upstream time, nginx "+l.URT)
+			case math.Abs(float64(r.Upstream.Microseconds())/1000-urt*1000) > 5:
+				t.Logf("%s: upstream %v, nginx %ss: more than 5ms off", k, r.Upstream, l.URT)
+				latencyOff++
+			default:
+				t.Logf("%s: upstream %v, nginx %ss", k, r.Upstream, l.URT)
+			}
+		} else if r.HasUpstream {
+			problems = append(problems, fmt.Sprintf("%s: upstream %v, nginx had none", k, r.Upstream))
+		}
 		if r.BytesSent != l.Bytes {
 			problems = append(problems, fmt.Sprintf("%s: bytes %d, nginx %d", k, r.BytesSent, l.Bytes))
 		}

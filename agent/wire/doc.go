@@ -42,7 +42,8 @@
 // way round for Request.Upstream: from the upstream request written to its response read
 // (nginx also counts the connect, which the wire does not see). It is attributed to the next
 // response head the same worker writes to a client after reading the upstream's head: nginx
-// relays a response in the handler that reads it. The
+// relays a response in the handler that reads it (a Lua cosocket call-out right before a
+// response is indistinguishable and counts too). The
 // HTTP/2 preface = an HTTP/2 connection, counted in ParserStats.H2Conns and logged, never
 // parsed (HPACK is out of scope); anything else (DNS, databases) = not HTTP, ignored. Garbage
 // or lost framing on a client connection resets its parser (ParseErrors) until a captured

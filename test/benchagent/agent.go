@@ -21,7 +21,7 @@ import (
 type agentRunner struct {
 	bin       string // path of kong-watcher-agent; "" = no agent (A/A self-test mode)
 	master    int    // the gateway's master PID (KONG_WATCHER_ONLY_PIDS)
-	luaPhases bool
+	luaPhases string // KONG_WATCHER_LUA_PHASES, "" = the agent's default
 	dataPath  string // KONG_WATCHER_DATA_PATH, "" = the agent's default
 	logPath   string // the agent's stdout+stderr, appended across starts
 	readyWait time.Duration
@@ -66,8 +66,10 @@ func (a *agentRunner) start(ctx context.Context, poke func()) error {
 		"KONG_WATCHER_ONLY_PIDS="+strconv.Itoa(a.master),
 		"STATS_INTERVAL=5s",
 		"LOG_LEVEL=info",
-		"KONG_WATCHER_LUA_PHASES="+strconv.FormatBool(a.luaPhases),
 	)
+	if a.luaPhases != "" {
+		cmd.Env = append(cmd.Env, "KONG_WATCHER_LUA_PHASES="+a.luaPhases)
+	}
 	if a.dataPath != "" {
 		cmd.Env = append(cmd.Env, "KONG_WATCHER_DATA_PATH="+a.dataPath)
 	}

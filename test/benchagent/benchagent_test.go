@@ -75,7 +75,7 @@ status codes: 31530 2xx, 0 3xx, 2 4xx, 1 5xx
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.RPS != 6307.4 || r.Requests != 31530 || r.Errors != 10 {
+	if r.RPS != 6307.4 || r.Requests != 31530 || r.Errors != 3 {
 		t.Fatalf("%+v", r)
 	}
 }

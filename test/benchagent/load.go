@@ -120,7 +120,9 @@ func parseH2load(out string) (loadResult, error) {
 	r.RPS, _ = strconv.ParseFloat(m[1], 64)
 	if m := h2Requests.FindStringSubmatch(r.Raw); m != nil {
 		r.Requests, _ = strconv.Atoi(m[4])
-		for _, s := range m[5:] {
+		// "failed" also counts the streams still open when -D ends: only errored and
+		// timed-out streams (and 4xx/5xx below) are errors.
+		for _, s := range m[6:] {
 			n, _ := strconv.Atoi(s)
 			r.Errors += n
 		}

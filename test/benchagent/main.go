@@ -45,7 +45,7 @@ type config struct {
 	scenarios            string
 	docPath              string
 	writeDoc             bool
-	luaPhases            bool
+	luaPhases            string
 	dataPath             string
 	workDir              string
 	readyWait            time.Duration
@@ -79,7 +79,7 @@ func run() int {
 	flag.StringVar(&c.scenarios, "scenarios", "kong_like,return200,tls,http2", "throughput scenarios to run")
 	flag.StringVar(&c.docPath, "doc", "docs/benchmarks.md", "the file whose \"## Agent\" section is rewritten")
 	flag.BoolVar(&c.writeDoc, "write-doc", true, "rewrite the doc section (never in -quick or A/A mode)")
-	flag.BoolVar(&c.luaPhases, "lua-phases", true, "KONG_WATCHER_LUA_PHASES for the agent")
+	flag.StringVar(&c.luaPhases, "lua-phases", "", "KONG_WATCHER_LUA_PHASES for the agent (off|on|sampled; empty = the agent's default)")
 	flag.StringVar(&c.dataPath, "data-path", "", "KONG_WATCHER_DATA_PATH for the agent (auto|nginx-request|wire; empty = the agent's default)")
 	flag.StringVar(&c.workDir, "work-dir", "", "where the gateway prefix and the agent log go (default: a new temporary directory, removed unless the run fails)")
 	flag.DurationVar(&c.readyWait, "ready-timeout", 30*time.Second, "how long to wait for the agent's /readyz")
@@ -178,18 +178,19 @@ type cpuResult struct {
 }
 
 type bench struct {
-	cfg       config
-	started   time.Time
-	workDir   string
-	g         *fixture.Gateway
-	agent     *agentRunner
-	tool      loadTool
-	rounds    []roundResult
-	cpu       []cpuResult
-	notes     []string
-	missed    int
-	maxLoad   float64
-	bpfWarned bool
+	cfg          config
+	started      time.Time
+	workDir      string
+	g            *fixture.Gateway
+	agent        *agentRunner
+	tool         loadTool
+	rounds       []roundResult
+	cpu          []cpuResult
+	notes        []string
+	missed       int
+	maxLoad      float64
+	bpfWarned    bool
+	agentVersion string
 
 	// the drop/accuracy run
 	drop struct {
@@ -257,11 +258,22 @@ func (b *bench) run(ctx context.Context) (err error) {
 	workers, _ := g.WorkerPIDs()
 	b.logf("gateway: master %d, workers %v, http %s, https %s", g.MasterPID(), workers, g.HTTPAddr, g.HTTPSAddr)
 
+	// Run a private copy: bin/ is shared, and a `make build` elsewhere during the run would
+	// otherwise swap the agent between rounds.
+	if c.agentBin != "" {
+		cp := filepath.Join(b.workDir, "kong-watcher-agent")
+		if err := copyFile(c.agentBin, cp); err != nil {
+			return fmt.Errorf("copying the agent: %w", err)
+		}
+		b.agentVersion = agentVersion(cp)
+		c.agentBin = cp
+	}
 	b.agent = &agentRunner{bin: c.agentBin, master: g.MasterPID(), luaPhases: c.luaPhases, dataPath: c.dataPath,
 		logPath: filepath.Join(b.workDir, "agent.log"), readyWait: c.readyWait}
 	defer b.agent.stop()
 	b.tool = loadTool{pinCPUs: c.pin}
 	if c.agentBin == "" {
+		b.agentVersion = "none (A/A run)"
 		b.note("A/A run (-agent none): the \"with\" rounds run without the agent; the ratios show the noise floor")
 	}
 
@@ -668,4 +680,12 @@ func loadAvg() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+func copyFile(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, data, 0o755)
 }

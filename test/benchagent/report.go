@@ -247,7 +247,7 @@ func (b *bench) report(scens []scenario) reportOut {
 	now := time.Now().UTC()
 	fmt.Fprintf(&doc, "## Agent\n\n")
 	fmt.Fprintf(&doc, "What the agent costs the gateway it watches. Written by `%s` (`hack/bench-agent.sh`,\n", c.command)
-	fmt.Fprintf(&doc, "source `test/benchagent`); the last run: %s, agent `%s`.\n\n", now.Format("2006-01-02 15:04 UTC"), agentVersion(c.agentBin))
+	fmt.Fprintf(&doc, "source `test/benchagent`); the last run: %s, agent `%s`.\n\n", now.Format("2006-01-02 15:04 UTC"), b.agentVersion)
 	fmt.Fprintf(&doc, "Machine: %s; a shared VM (other builds and tests were running: 1-minute load average up\n", machineNote())
 	fmt.Fprintf(&doc, "to %.1f during the run, which ran at niceness %d). Throughput varies by +-15%% from run to run\n", b.maxLoad, niceness())
 	fmt.Fprintf(&doc, "here, so each scenario alternates rounds without\n")
@@ -262,7 +262,7 @@ func (b *bench) report(scens []scenario) reportOut {
 	}
 	fmt.Fprintf(&doc, "wrk/h2load are %s; nginx, the agent and the fixture's Go upstream are not pinned (all\n", pinNote)
 	fmt.Fprintf(&doc, "share the 2 vCPUs, as in a pod). The agent is stopped between rounds and restarted (and waited\n")
-	fmt.Fprintf(&doc, "for on `/readyz`) for every \"with\" side, with `KONG_WATCHER_LUA_PHASES=%v`%s.\n\n", c.luaPhases, dataPathNote(c.dataPath))
+	fmt.Fprintf(&doc, "for on `/readyz`) for every \"with\" side, with %s.\n\n", agentEnvNote(c.luaPhases, c.dataPath))
 	if !agentOn {
 		fmt.Fprintf(&doc, "**A/A run: no agent was started; the ratios are the noise floor.**\n\n")
 	}
@@ -342,11 +342,19 @@ func foreignMark(b bool) string {
 	return ""
 }
 
-func dataPathNote(p string) string {
-	if p == "" {
-		return " and its default data path"
+func agentEnvNote(lua, dataPath string) string {
+	var parts []string
+	if lua == "" {
+		parts = append(parts, "its default Lua phase timing")
+	} else {
+		parts = append(parts, "`KONG_WATCHER_LUA_PHASES="+lua+"`")
 	}
-	return ", `KONG_WATCHER_DATA_PATH=" + p + "`"
+	if dataPath == "" {
+		parts = append(parts, "its default data path")
+	} else {
+		parts = append(parts, "`KONG_WATCHER_DATA_PATH="+dataPath+"`")
+	}
+	return strings.Join(parts, " and ")
 }
 
 func agentVersion(bin string) string {

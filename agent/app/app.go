@@ -81,7 +81,7 @@ func New(cfg Config, log logr.Logger) (*Agent, error) {
 	}
 
 	if cfg.DataPath != DataPathWire {
-		p, err := probes.New(probes.Options{LuaPhases: cfg.LuaPhases, Log: log.WithName("nginx-request")})
+		p, err := probes.New(probes.Options{LuaPhases: cfg.LuaPhases == LuaOn, Log: log.WithName("nginx-request")})
 		if err != nil {
 			if cfg.DataPath == DataPathNginx {
 				return nil, fmt.Errorf("nginx-request data path: %w", err)
@@ -193,6 +193,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.runTracer(ctx, DataPathWire, a.wire)
 	}
 	go a.healthLoop(ctx)
+	if a.nginx != nil && a.cfg.LuaPhases == LuaSampled {
+		go a.sampleLua(ctx)
+	}
 
 	scanner := discovery.Scanner{ProcRoot: a.cfg.ProcRoot, Name: a.cfg.ProcessName}
 	if gws, err := scanner.Scan(); err == nil && len(gws) == 0 {
@@ -279,6 +282,37 @@ func (a *Agent) attach(gw discovery.Gateway) *tracked {
 	t.err = nil
 	a.log.Info("probes attached", "dataPath", DataPathWire, "masterPID", gw.Master.PID, "pids", gw.PIDs())
 	return t
+}
+
+// sampleLua switches the Lua phase probes on for LuaSampleFor every LuaSampleEvery. Timing
+// every Lua handler call costs 2 probe hits per call plus one per request (docs/design.md);
+// a duty-cycled sample gives the per-phase distribution at a few percent of that cost, and
+// the request counts never depend on it.
+func (a *Agent) sampleLua(ctx context.Context) {
+	t := time.NewTicker(a.cfg.LuaSampleEvery)
+	defer t.Stop()
+	warned := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := a.nginx.SetLuaPhases(true); err != nil {
+			if !warned {
+				a.log.Info("Lua phase timing unavailable; request statistics are unaffected", "reason", err.Error())
+				warned = true
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(a.cfg.LuaSampleFor):
+		}
+		if err := a.nginx.SetLuaPhases(false); err != nil {
+			a.log.Error(err, "cannot switch Lua phase timing off")
+		}
+	}
 }
 
 // healthLoop publishes the data paths' health to Prometheus and moves gateways to the wire

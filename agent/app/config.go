@@ -22,6 +22,13 @@ const (
 	DataPathWire  = "wire"          // only libc/OpenSSL reads and writes
 )
 
+// Lua phase timing modes (Config.LuaPhases).
+const (
+	LuaOff     = "off"
+	LuaOn      = "on"
+	LuaSampled = "sampled"
+)
+
 // Config is everything the agent needs, parsed from the environment (DESIGN.md's names).
 type Config struct {
 	LogLevel      string
@@ -35,8 +42,10 @@ type Config struct {
 	ProcRoot string
 	// DataPath: auto, nginx-request or wire.
 	DataPath string
-	// LuaPhases turns on the Lua phase timing probes (2 extra probe hits per phase).
-	LuaPhases bool
+	// LuaPhases: "off", "on" (every request: 2 extra probe hits per Lua handler call and one
+	// per request) or "sampled" (on for LuaSampleFor every LuaSampleEvery; the default).
+	LuaPhases                    string
+	LuaSampleEvery, LuaSampleFor time.Duration
 	// MaxHosts / MaxPaths bound the per-host and per-path rows; the rest fold into "other".
 	MaxHosts, MaxPaths int
 	// ScanInterval is how often /proc is scanned for gateway changes.
@@ -52,17 +61,19 @@ type Config struct {
 // a configuration it would silently misread.
 func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	c := Config{
-		LogLevel:      "info",
-		JSONLog:       false,
-		ProcessName:   v1alpha1.DefaultProcessName,
-		StatsInterval: 30 * time.Second,
-		MetricsAddr:   v1alpha1.DefaultMetricsAddr,
-		ProcRoot:      "/proc",
-		DataPath:      DataPathAuto,
-		LuaPhases:     true,
-		MaxHosts:      100,
-		MaxPaths:      200,
-		ScanInterval:  time.Second,
+		LogLevel:       "info",
+		JSONLog:        false,
+		ProcessName:    v1alpha1.DefaultProcessName,
+		StatsInterval:  30 * time.Second,
+		MetricsAddr:    v1alpha1.DefaultMetricsAddr,
+		ProcRoot:       "/proc",
+		DataPath:       DataPathAuto,
+		LuaPhases:      LuaSampled,
+		LuaSampleEvery: time.Minute,
+		LuaSampleFor:   2 * time.Second,
+		MaxHosts:       100,
+		MaxPaths:       200,
+		ScanInterval:   time.Second,
 	}
 	get := func(k string) (string, bool) {
 		v, ok := lookup(k)
@@ -115,11 +126,27 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 		}
 	}
 	if v, ok := get("KONG_WATCHER_LUA_PHASES"); ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("KONG_WATCHER_LUA_PHASES=%q: want true or false", v))
+		switch v {
+		case LuaOff, LuaOn, LuaSampled:
+			c.LuaPhases = v
+		default:
+			errs = append(errs, fmt.Sprintf("KONG_WATCHER_LUA_PHASES=%q: want off, on or sampled", v))
 		}
-		c.LuaPhases = b
+	}
+	for _, p := range []struct {
+		env string
+		dst *time.Duration
+	}{{"KONG_WATCHER_LUA_SAMPLE_EVERY", &c.LuaSampleEvery}, {"KONG_WATCHER_LUA_SAMPLE_FOR", &c.LuaSampleFor}} {
+		if v, ok := get(p.env); ok {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 100*time.Millisecond {
+				errs = append(errs, fmt.Sprintf("%s=%q: want a Go duration of at least 100ms", p.env, v))
+			}
+			*p.dst = d
+		}
+	}
+	if c.LuaSampleFor >= c.LuaSampleEvery {
+		errs = append(errs, "KONG_WATCHER_LUA_SAMPLE_FOR must be shorter than KONG_WATCHER_LUA_SAMPLE_EVERY")
 	}
 	for _, p := range []struct {
 		env string

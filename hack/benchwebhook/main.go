@@ -78,7 +78,7 @@ func main() {
 	if *verbose {
 		lvl = zapcore.InfoLevel
 	}
-	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(lvl)))
+	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(lvl), zap.StacktraceLevel(zapcore.PanicLevel)))
 
 	if err := run(*rate, *dur, *satWorkers, *satDur, *doc); err != nil {
 		fmt.Fprintln(os.Stderr, "benchwebhook:", err)
@@ -103,7 +103,10 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, doc 
 		LocalServingHost:             "127.0.0.1",
 		LocalServingHostExternalName: "localhost",
 		LocalServingPort:             port,
-	}}
+	},
+		// The 20 s default is too short for a cold kube-apiserver start on a busy machine.
+		ControlPlaneStartTimeout: 90 * time.Second,
+	}
 	t0 := time.Now()
 	cfg, err := env.Start()
 	if err != nil {

@@ -41,7 +41,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel())))
+	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel()),
+		// cert-controller logs expected start-up races (two writers of the Secret) as errors;
+		// stack traces for them only bury the test output.
+		zap.StacktraceLevel(zapcore.PanicLevel)))
 	code := m.Run()
 	if env != nil {
 		if err := env.Stop(); err != nil {
@@ -106,6 +109,10 @@ func startEnv(t *testing.T) (*envtest.Environment, *rest.Config) {
 				LocalServingHostExternalName: "localhost",
 			},
 			ErrorIfCRDPathMissing: false,
+			// envtest's 20 s default is too short for a cold kube-apiserver start on a busy
+			// 2-core machine (seen: three timeouts in a row at load 17).
+			ControlPlaneStartTimeout: 90 * time.Second,
+			ControlPlaneStopTimeout:  30 * time.Second,
 		}
 		start := time.Now()
 		envCfg, envErr = e.Start()

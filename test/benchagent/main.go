@@ -340,6 +340,9 @@ func (b *bench) run(ctx context.Context) (err error) {
 				}
 				b.rounds = append(b.rounds, rr)
 				b.logf("  %-9s round %d %-7s %9.0f req/s  %8d req  errors %d%s", s.name, r+1, sd, rr.load.RPS, rr.load.Requests, rr.load.Errors, b.roundExtra(rr))
+				if rr.load.Errors > 0 {
+					b.logf("    errors: %s", errorLines(rr.load.Raw))
+				}
 			}
 		}
 	}
@@ -688,4 +691,18 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return os.WriteFile(dst, data, 0o755)
+}
+
+// errorLines picks the lines of wrk/h2load output that explain errors.
+func errorLines(out string) string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		for _, p := range []string{"Socket errors", "Non-2xx", "requests:", "status codes:"} {
+			if strings.HasPrefix(l, p) {
+				keep = append(keep, l)
+			}
+		}
+	}
+	return strings.Join(keep, "; ")
 }

@@ -248,11 +248,16 @@ func (b *bench) report(scens []scenario) reportOut {
 	fmt.Fprintf(&doc, "## Agent\n\n")
 	fmt.Fprintf(&doc, "What the agent costs the gateway it watches. Written by `%s` (`hack/bench-agent.sh`,\n", c.command)
 	fmt.Fprintf(&doc, "source `test/benchagent`); the last run: %s, agent `%s`.\n\n", now.Format("2006-01-02 15:04 UTC"), b.agentVersion)
-	fmt.Fprintf(&doc, "Machine: %s; a shared VM (other builds and tests were running: 1-minute load average up\n", machineNote())
-	fmt.Fprintf(&doc, "to %.1f during the run, which ran at niceness %d). Throughput varies by +-15%% from run to run\n", b.maxLoad, niceness())
-	fmt.Fprintf(&doc, "here, so each scenario alternates rounds without\n")
-	fmt.Fprintf(&doc, "and with the agent (order flipped every round), compares the medians, and quotes ratios, not\n")
-	fmt.Fprintf(&doc, "absolute req/s. Smoke test in under a minute: `BENCH_QUICK=1 make bench` (does not update this page).\n\n")
+	fmt.Fprintf(&doc, "Machine: %s, a VM shared with other builds and tests (1-minute load\n", machineNote())
+	fmt.Fprintf(&doc, "average up to %.1f during this run; the harness runs in its own scheduler autogroup at niceness\n", b.maxLoad)
+	fmt.Fprintf(&doc, "%d so the measured processes get the CPU). Throughput varies by +-15%% from run to run here, so\n", niceness())
+	fmt.Fprintf(&doc, "each scenario alternates rounds without and with the agent (order flipped every round),\n")
+	fmt.Fprintf(&doc, "compares the medians and quotes ratios, not absolute req/s. Smoke test in under a minute:\n")
+	fmt.Fprintf(&doc, "`BENCH_QUICK=1 make bench` (does not update this page); noise floor: `KW_AGENT=none make bench`.\n\n")
+	if b.foreignSeen() {
+		fmt.Fprintf(&doc, "During this run other processes had uprobes attached on the machine (other tests): a uprobe\n")
+		fmt.Fprintf(&doc, "in nginx or libc slows every process mapping that file, on both sides of a round.\n\n")
+	}
 	fmt.Fprintf(&doc, "Setup: the gateway fixture (`test/fixture`: Debian nginx 1.22 + lua-nginx-module, 2 workers,\n")
 	fmt.Fprintf(&doc, "JSON access log on) on loopback. %d round(s) per scenario, %v measured per side after a %v warm-up.\n",
 		c.rounds, c.dur, c.warmup)
@@ -421,4 +426,13 @@ func writeAgentSection(path, section string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+func (b *bench) foreignSeen() bool {
+	for _, r := range b.rounds {
+		if r.foreign > 0 {
+			return true
+		}
+	}
+	return false
 }

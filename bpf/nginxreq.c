@@ -40,6 +40,7 @@ volatile const __u64 wakeup_bytes = 262144; /* wake the reader only when this mu
 #define F_HAS_LUA (1 << 4)
 #define F_CALIB_NO_S (1 << 5) /* calibration: start_sec not found */
 #define F_UPSTREAM_BAD (1 << 6)
+#define F_HOST_SERVER_NAME (1 << 7) /* no Host: host is the server's server_name, as in $host */
 
 /* counters (per-CPU array indexes) */
 #define C_RING_DROP 0    /* ring buffer full: request event lost */
@@ -56,6 +57,8 @@ volatile const __u64 wakeup_bytes = 262144; /* wake the reader only when this mu
 #define SNAP_LEN 2048
 #define N_HOST_CAND 3
 #define N_UP_CAND 2
+#define N_SN_CAND 2 /* cscf->server_name at 48 (no file_name/line in the struct) or 64 */
+#define CSCF_HEAD 96
 #define MAX_UP_TRIES 4
 #define MAX_LAYOUTS 16
 
@@ -70,6 +73,11 @@ volatile const __u64 wakeup_bytes = 262144; /* wake the reader only when this mu
 #define S_TO_HTTPVER 24
 #define S_TO_UNPARSED_URI 96
 #define S_TO_METHOD_NAME 112
+
+/* r->srv_conf: after signature (4 + pad), connection, ctx, main_conf in every nginx version.
+ * ngx_http_core_module is the first HTTP module (ctx_index 0), so srv_conf[0] is the
+ * server's ngx_http_core_srv_conf_t; $host falls back to its server_name. */
+#define R_TO_SRV_CONF 32
 
 struct nginxreq_event {
 	__u32 kind;
@@ -117,6 +125,16 @@ struct nginxreq_calib {
 	__u32 host_len[N_HOST_CAND]; /* headers_in.server at S - D - 40, D = 424, 360, 368 */
 	__u32 _pad1;
 	char host[N_HOST_CAND][HOST_LEN];
+	/* The server's ngx_http_core_srv_conf_t (cscf), so user space can verify the struct and
+	 * find server_name in it: srv_conf = r->srv_conf, cscf = srv_conf[0], cscf_ctx_srv =
+	 * cscf->ctx->srv_conf (== srv_conf for a real cscf), the first 96 bytes of cscf and the
+	 * strings at the server_name candidates (cscf + 48, cscf + 64). */
+	__u64 srv_conf;
+	__u64 cscf;
+	__u64 cscf_ctx_srv;
+	__u64 cscf_head[CSCF_HEAD / 8];
+	__u32 sn_len[N_SN_CAND];
+	char sn[N_SN_CAND][HOST_LEN];
 	__u8 snap[SNAP_LEN];
 };
 
@@ -135,6 +153,8 @@ struct nginxreq_layout {
 	__u32 conn_addr;    /* ngx_connection_t.addr_text */
 	__u32 ustate_rt;    /* ngx_http_upstream_state_t.response_time */
 	__u32 off_main;     /* r->main, 0 if not verified: Lua timing then skips no subrequest */
+	__u32 off_srv_conf; /* r->srv_conf */
+	__u32 cscf_name;    /* ngx_http_core_srv_conf_t.server_name; 0: not verified, no fallback */
 	__u32 _pad;
 };
 
@@ -313,10 +333,26 @@ static __always_inline __u32 read_host(char *dst, __u64 r, __u32 off, __u32 *fla
 	__u64 str[2] = {};
 	if (bpf_probe_read_user(str, sizeof(str), (void *)(r + off)))
 		return 0;
+	if (str[0] > 0xffffffff)
+		return 0;
 	if (str[0] > HOST_LEN)
 		*flags |= F_HOST_TRUNC;
 	KW_READ_STR(dst, HOST_LEN, str[1], str[0]);
 	return str[0];
+}
+
+/* $host when the client sent no Host (headers_in.server empty): the server_name of the
+ * server that handled the request, ((ngx_http_core_srv_conf_t *) r->srv_conf[0])->server_name.
+ * Only on that (rare) path, so the common path costs nothing more. */
+static __always_inline __u32 read_server_name(char *dst, __u64 r, struct nginxreq_layout *l, __u32 *flags)
+{
+	__u64 sc = 0, cscf = 0;
+	if (bpf_probe_read_user(&sc, sizeof(sc), (void *)(r + l->off_srv_conf)) || !sc)
+		return 0;
+	if (bpf_probe_read_user(&cscf, sizeof(cscf), (void *)sc) || !cscf)
+		return 0;
+	*flags |= F_HOST_SERVER_NAME;
+	return read_host(dst, cscf, l->cscf_name, flags);
 }
 
 /* Sum response_time over the first tries of an ngx_array_t of ngx_http_upstream_state_t,
@@ -405,6 +441,22 @@ static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 
 		cb->host_len[2] = read_host(cb->host[2], r, s - 368 - 40, &e->flags);
 	}
 
+	/* The server's core srv conf, for the server_name fallback of $host. */
+	__u64 srv = 0, cscf = 0;
+	if (bpf_probe_read_user(&srv, sizeof(srv), (void *)(r + R_TO_SRV_CONF)) == 0 && srv &&
+	    bpf_probe_read_user(&cscf, sizeof(cscf), (void *)srv) == 0 && cscf) {
+		cb->srv_conf = srv;
+		cb->cscf = cscf;
+		if (bpf_probe_read_user(cb->cscf_head, sizeof(cb->cscf_head), (void *)cscf) == 0) {
+			__u64 ctx = cb->cscf_head[5]; /* after ngx_array_t server_names (40 bytes) */
+			if (ctx)
+				bpf_probe_read_user(&cb->cscf_ctx_srv, sizeof(cb->cscf_ctx_srv), (void *)(ctx + 8));
+			__u32 fl = 0;
+			cb->sn_len[0] = read_host(cb->sn[0], cscf, 48, &fl);
+			cb->sn_len[1] = read_host(cb->sn[1], cscf, 64, &fl);
+		}
+	}
+
 	/* upstream_states candidates: U = 72 without the cache module, 80 with it. */
 #pragma unroll
 	for (int k = 0; k < N_UP_CAND; k++) {
@@ -444,6 +496,8 @@ static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, stru
 	e->kind = EV_REQUEST;
 	read_from_start(e, r, l->off_start);
 	e->host_len = read_host(e->host, r, l->off_server, &e->flags);
+	if (!e->host_len && l->cscf_name)
+		e->host_len = read_server_name(e->host, r, l, &e->flags);
 	if (bpf_probe_read_user(&e->status, sizeof(e->status), (void *)(r + l->off_status)))
 		e->flags |= F_READ_ERR;
 

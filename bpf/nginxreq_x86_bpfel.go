@@ -14,15 +14,21 @@ import (
 )
 
 type NginxReqNginxreqCalib struct {
-	_       structs.HostLayout
-	Ev      NginxReqNginxreqEvent
-	S_off   uint32
-	SnapLen uint32
-	Up      [2]NginxReqNginxreqUpcand
-	HostLen [3]uint32
-	Pad1    uint32
-	Host    [3][64]int8
-	Snap    [2048]uint8
+	_          structs.HostLayout
+	Ev         NginxReqNginxreqEvent
+	S_off      uint32
+	SnapLen    uint32
+	Up         [2]NginxReqNginxreqUpcand
+	HostLen    [3]uint32
+	Pad1       uint32
+	Host       [3][64]int8
+	SrvConf    uint64
+	Cscf       uint64
+	CscfCtxSrv uint64
+	CscfHead   [12]uint64
+	SnLen      [2]uint32
+	Sn         [2][64]int8
+	Snap       [2048]uint8
 }
 
 type NginxReqNginxreqConfig struct {
@@ -75,6 +81,8 @@ type NginxReqNginxreqLayout struct {
 	ConnAddr   uint32
 	UstateRt   uint32
 	OffMain    uint32
+	OffSrvConf uint32
+	CscfName   uint32
 	Pad        uint32
 }
 

@@ -42,7 +42,19 @@ const (
 
 	// Signature is r->signature, "HTTP" read as a little-endian uint32.
 	Signature = 0x50545448
+
+	// SrvConfOffset: r->srv_conf follows connection, ctx and main_conf in every version.
+	// ngx_http_core_module is the first HTTP module (ctx_index 0), so r->srv_conf[0] is the
+	// server's ngx_http_core_srv_conf_t (cscf), whose server_name is $host's fallback.
+	SrvConfOffset = 32
+	// cscfCtx: cscf->ctx (ngx_http_conf_ctx_t *), after the ngx_array_t server_names.
+	cscfCtx = 40
 )
+
+// ServerNameCandidates are the possible offsets of server_name in ngx_http_core_srv_conf_t:
+// right after ctx, or after the u_char *file_name and ngx_uint_t line that newer nginx
+// versions put between them. The BPF program captures the string at each, in this order.
+var ServerNameCandidates = [2]int{48, 64}
 
 // StartDistances are the known values of start_sec - headers_out: up to 1.22, 1.23-1.27 and
 // from 1.29.7. The BPF program captures headers_in.server for each of them, in this order.
@@ -105,6 +117,9 @@ func (l Layout) String() string {
 var (
 	// Debian 1.22.1 (cache module built in): FACTS.md's offsets.
 	Debian1221 = Layout{HeadersOut: 536, Start: 960, UpstreamStates: 80}
+	// Debian1221ServerName: its ngx_http_core_srv_conf_t has file_name and line before
+	// server_name (checked on the live binary: ServerName on its calibration samples).
+	Debian1221ServerName = 64
 )
 
 // UpstreamArray is the BPF program's capture of one upstream_states candidate.
@@ -129,6 +144,85 @@ type Sample struct {
 	Upstream [2]UpstreamArray
 	// MethodName is the string the BPF program read at BPFStart+SToMethodName.
 	MethodName string
+	// Srv is the BPF program's capture of the server's core srv conf (zero: none).
+	Srv SrvConf `json:",omitempty"`
+}
+
+// SrvConf is what the BPF program read of the request's server configuration.
+type SrvConf struct {
+	SrvConf    uint64     // r->srv_conf
+	Cscf       uint64     // r->srv_conf[0]: ngx_http_core_srv_conf_t *
+	CtxSrvConf uint64     // cscf->ctx->srv_conf
+	Head       [12]uint64 // the first 96 bytes of *cscf
+	// Names are the strings at ServerNameCandidates (up to the BPF buffer's length).
+	Names [2]string
+}
+
+// Errors of ServerName.
+var (
+	ErrNoSrvConf     = errors.New("no server configuration captured")
+	ErrSrvConfCtx    = errors.New("r->srv_conf[0] is not a core srv conf (ctx->srv_conf != r->srv_conf)")
+	ErrServerNames   = errors.New("cscf->server_names is not an array of ngx_http_server_name_t")
+	ErrServerNameAt  = errors.New("server_name found at no candidate offset, or at both")
+	ErrServerNameStr = errors.New("server_name is not a printable host name")
+)
+
+func isPtr(v uint64) bool { return v >= 1<<16 && v < 1<<47 }
+
+// printable reports whether s could be a configured server name ($hostname, a host name, a
+// wildcard or a regex): printable ASCII without spaces.
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// ServerName finds the offset of server_name in the ngx_http_core_srv_conf_t the sample's
+// request was served by. The struct must prove itself: its ctx points back to r->srv_conf,
+// server_names is an ngx_array_t of ngx_http_server_name_t (24 bytes, 32 with PCRE) holding
+// at least one name, and exactly one candidate holds an ngx_str_t that is followed by
+// connection_pool_size and request_pool_size (multiples of 16) and, at 64, preceded by
+// file_name and line. Debian 1.22.1 has them (64); the struct without them is older nginx's.
+func ServerName(s Sample) (int, error) {
+	c := s.Srv
+	if c.SrvConf == 0 || c.Cscf == 0 {
+		return 0, ErrNoSrvConf
+	}
+	if len(s.Snap) >= SrvConfOffset+8 && u64(s.Snap, SrvConfOffset) != c.SrvConf {
+		return 0, ErrNoSrvConf
+	}
+	h := c.Head
+	if !isPtr(h[cscfCtx/8]) || c.CtxSrvConf != c.SrvConf {
+		return 0, ErrSrvConfCtx
+	}
+	// ngx_array_t: elts, nelts, size, nalloc, pool (a pool that is gone after start-up).
+	if !isPtr(h[0]) || h[1] == 0 || h[1] > h[3] || h[2] != 24 && h[2] != 32 || h[3] > 1<<20 {
+		return 0, ErrServerNames
+	}
+	str := func(off int) bool { return h[off/8] < 1<<16 && isPtr(h[off/8+1]) }
+	poolSize := func(v uint64) bool { return v >= 64 && v < 1<<32 && v%16 == 0 }
+	var at []int
+	// No file_name/line: server_name at 48, connection_pool_size and request_pool_size next.
+	if str(48) && poolSize(h[64/8]) && poolSize(h[72/8]) {
+		at = append(at, 0)
+	}
+	// file_name (a path) and line before it, the pool sizes after it.
+	if isPtr(h[48/8]) && h[56/8] > 0 && h[56/8] < 1<<24 && str(64) && poolSize(h[80/8]) && poolSize(h[88/8]) {
+		at = append(at, 1)
+	}
+	if len(at) != 1 {
+		return 0, ErrServerNameAt
+	}
+	i := at[0]
+	off := ServerNameCandidates[i]
+	// A failed read of the string leaves zeros, which are not printable.
+	if !printable(c.Names[i]) {
+		return 0, ErrServerNameStr
+	}
+	return off, nil
 }
 
 // Errors of Analyze, so callers and tests can tell why a sample was not used.
@@ -336,6 +430,8 @@ type Learner struct {
 	rejected  map[error]int
 	failed    error
 	learnt    *Layout
+	// server_name offset votes (ServerName), 0 for samples that gave none.
+	snVotes map[int]int
 }
 
 // NewLearner returns a learner that accepts a layout once need samples agree on it and at
@@ -347,7 +443,7 @@ func NewLearner(need, max int) *Learner {
 	if max < need {
 		max = need
 	}
-	return &Learner{need: need, max: max, counts: map[Layout]int{}, rejected: map[error]int{}}
+	return &Learner{need: need, max: max, counts: map[Layout]int{}, rejected: map[error]int{}, snVotes: map[int]int{}}
 }
 
 // Add feeds one sample. It returns the layout once learnt (and from then on), or an error
@@ -357,6 +453,11 @@ func (l *Learner) Add(s Sample) (*Layout, error) {
 		return l.learnt, l.failed
 	}
 	l.seen++
+	if off, err := ServerName(s); err != nil {
+		l.snVotes[0]++
+	} else {
+		l.snVotes[off]++
+	}
 	if lay, err := Analyze(s); err != nil {
 		l.rejected[err]++
 	} else {
@@ -378,6 +479,24 @@ func (l *Learner) Add(s Sample) (*Layout, error) {
 		l.failed = fmt.Errorf("no nginx request layout after %d requests: %s", l.seen, l.summary())
 	}
 	return nil, l.failed
+}
+
+// ServerName is the learnt offset of server_name in ngx_http_core_srv_conf_t, or 0 when the
+// samples did not establish it (then the agent reports no host for requests without Host).
+// It needs 3 samples and an 80% majority of all samples, independently of the layout, so a
+// surprise in the server configuration only disables the fallback.
+func (l *Learner) ServerName() int {
+	best, bestN, total := 0, 0, 0
+	for off, n := range l.snVotes {
+		total += n
+		if off != 0 && n > bestN {
+			best, bestN = off, n
+		}
+	}
+	if bestN >= 3 && bestN*5 >= total*4 {
+		return best
+	}
+	return 0
 }
 
 // Seen is the number of samples fed.

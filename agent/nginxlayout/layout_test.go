@@ -266,3 +266,85 @@ func FuzzAnalyze(f *testing.F) {
 		}
 	})
 }
+
+// srvSample adds a core srv conf capture to s: server_name at off (48: no file_name/line,
+// 64: with them), named name; server_names elements of eltSize bytes.
+func srvSample(s Sample, off int, name string, eltSize uint64) Sample {
+	const srv, cscf, ctx = 0x55d0_0001_0000, 0x55d0_0002_0000, 0x55d0_0003_0000
+	put(s.Snap, SrvConfOffset, srv)
+	c := SrvConf{SrvConf: srv, Cscf: cscf, CtxSrvConf: srv}
+	h := &c.Head
+	h[0], h[1], h[2], h[3], h[4] = 0x55d0_0004_0000, 2, eltSize, 4, 0x55d0_0005_0000
+	h[5] = ctx
+	if off == 48 {
+		h[6], h[7] = uint64(len(name)), 0x55d0_0006_0000
+		h[8], h[9] = 512, 4096 // connection_pool_size, request_pool_size
+		h[10], h[11] = 1024, 4 // client_header_buffer_size, large_client_header_buffers.num
+		c.Names[0] = name
+		c.Names[1] = "\x00\x00" // whatever sits at 64 is no string
+	} else {
+		h[6], h[7] = 0x55d0_0007_0000, 42 // file_name, line
+		h[8], h[9] = uint64(len(name)), 0x55d0_0006_0000
+		h[10], h[11] = 512, 4096
+		c.Names[1] = name
+	}
+	s.Srv = c
+	return s
+}
+
+func TestServerName(t *testing.T) {
+	base := build{name: "debian", U: 80, H: 536, D: 424, elt: 48, method: 2, version: 1001, status: 200}.sample()
+	for _, c := range []struct {
+		off  int
+		name string
+		elt  uint64
+	}{{64, "kw.test", 32}, {48, "kw.test", 24}, {64, "", 32}, {48, "", 32}, {64, "~^(www\\.)?(?<d>.+)$", 32}} {
+		got, err := ServerName(srvSample(base, c.off, c.name, c.elt))
+		if err != nil || got != c.off {
+			t.Errorf("server_name at %d (%q): got %d, %v", c.off, c.name, got, err)
+		}
+	}
+	bad := func(why string, want error, mod func(*Sample)) {
+		t.Helper()
+		s := srvSample(base, 64, "kw.test", 32)
+		s.Snap = append([]byte(nil), s.Snap...)
+		mod(&s)
+		if got, err := ServerName(s); !errors.Is(err, want) {
+			t.Errorf("%s: got %d, %v; want %v", why, got, err, want)
+		}
+	}
+	bad("nothing captured", ErrNoSrvConf, func(s *Sample) { s.Srv = SrvConf{} })
+	bad("r->srv_conf differs from the snapshot", ErrNoSrvConf, func(s *Sample) { put(s.Snap, SrvConfOffset, 8) })
+	bad("ctx->srv_conf is not r->srv_conf (not module 0's conf)", ErrSrvConfCtx, func(s *Sample) { s.Srv.CtxSrvConf++ })
+	bad("element size of no ngx_http_server_name_t", ErrServerNames, func(s *Sample) { s.Srv.Head[2] = 16 })
+	bad("no names", ErrServerNames, func(s *Sample) { s.Srv.Head[1] = 0 })
+	bad("no string anywhere", ErrServerNameAt, func(s *Sample) { s.Srv.Head[9] = 0 })
+	bad("no pool sizes after it", ErrServerNameAt, func(s *Sample) { s.Srv.Head[11] = 4097 })
+	bad("unreadable string", ErrServerNameStr, func(s *Sample) { s.Srv.Names[1] = "\x00\x00\x00\x00\x00\x00\x00" })
+	bad("control bytes", ErrServerNameStr, func(s *Sample) { s.Srv.Names[1] = "kw\ntest" })
+
+	// The learner's vote: 3 agreeing samples and an 80% majority, independent of the layout.
+	l := NewLearner(5, 50)
+	s := srvSample(base, 64, "kw.test", 32)
+	for i := 0; i < 5; i++ {
+		l.Add(s)
+	}
+	if l.ServerName() != 64 {
+		t.Fatalf("learnt server_name offset %d", l.ServerName())
+	}
+	l = NewLearner(5, 50)
+	l.Add(s)
+	l.Add(s)
+	if l.ServerName() != 0 {
+		t.Fatal("server_name offset from 2 samples")
+	}
+	l.Add(s)
+	l.Add(base) // no capture
+	if l.ServerName() != 0 {
+		t.Fatal("server_name offset with 3 of 4 samples agreeing")
+	}
+	lay, err := l.Add(s)
+	if lay == nil || err != nil || l.ServerName() != 64 {
+		t.Fatalf("layout %v %v, server_name offset %d", lay, err, l.ServerName())
+	}
+}

@@ -31,6 +31,9 @@ func TestRealDebianSamples(t *testing.T) {
 			t.Errorf("%s: %v %v", f, lay, err)
 			continue
 		}
+		if off, err := ServerName(s); off != Debian1221ServerName || err != nil {
+			t.Errorf("%s: server_name offset %d, %v; want %d", f, off, err, Debian1221ServerName)
+		}
 		if !MainIsR(s, lay) {
 			t.Errorf("%s: r->main != r at start_sec+%d", f, SToMain)
 		}
@@ -45,7 +48,7 @@ func TestRealDebianSamples(t *testing.T) {
 			t.Errorf("%s: accepted a stale start_sec", f)
 		}
 	}
-	if got == nil || *got != Debian1221 {
-		t.Fatalf("learnt %v", got)
+	if got == nil || *got != Debian1221 || l.ServerName() != Debian1221ServerName {
+		t.Fatalf("learnt %v, server_name offset %d", got, l.ServerName())
 	}
 }

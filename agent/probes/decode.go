@@ -25,6 +25,8 @@ const (
 	fHasLua      = 1 << 4
 	fCalibNoS    = 1 << 5
 	fUpstreamBad = 1 << 6
+	// fHostServerName: the client sent no Host, so host is the server's server_name ($host).
+	fHostServerName = 1 << 7
 )
 
 type (
@@ -174,14 +176,33 @@ func calibSample(cb *rawCalib, nowSec int64) nginxlayout.Sample {
 	if cb.Ev.MethodLen > 0 {
 		s.MethodName = str(cb.Ev.Method[:], cb.Ev.MethodLen)
 	}
+	if cb.SrvConf != 0 && cb.Cscf != 0 {
+		s.Srv = nginxlayout.SrvConf{SrvConf: cb.SrvConf, Cscf: cb.Cscf, CtxSrvConf: cb.CscfCtxSrv, Head: cb.CscfHead}
+		for i := range s.Srv.Names {
+			s.Srv.Names[i] = str(cb.Sn[i][:], cb.SnLen[i])
+		}
+	}
 	return s
+}
+
+// serverNameCandidate is the index of the BPF program's server_name capture at offset off
+// (nginxlayout.ServerNameCandidates), or -1.
+func serverNameCandidate(off int) int {
+	for i, c := range nginxlayout.ServerNameCandidates {
+		if off != 0 && c == off {
+			return i
+		}
+	}
+	return -1
 }
 
 var errCalibDecode = errors.New("calibration event does not fit the learnt layout")
 
 // decodeCalib decodes a calibration event with a learnt layout: the scalar fields come from
 // the snapshot, the strings from the captures the BPF program made at candidate positions.
-func (c clock) decodeCalib(cb *rawCalib, l nginxlayout.Layout, out *model.Request) error {
+// serverName is the learnt offset of server_name in the core srv conf (0: unknown), used as
+// nginx's $host does when the client sent no Host.
+func (c clock) decodeCalib(cb *rawCalib, l nginxlayout.Layout, serverName int, out *model.Request) error {
 	if int(cb.S_off) != l.Start || int(cb.SnapLen) < l.Status()+8 || int(cb.SnapLen) > len(cb.Snap) {
 		return errCalibDecode
 	}
@@ -192,6 +213,14 @@ func (c clock) decodeCalib(cb *rawCalib, l nginxlayout.Layout, out *model.Reques
 	ev := cb.Ev
 	ev.HostLen = cb.HostLen[hi]
 	copy(ev.Host[:], cb.Host[hi][:])
+	if si := serverNameCandidate(serverName); ev.HostLen == 0 && si >= 0 && cb.Cscf != 0 {
+		ev.HostLen = cb.SnLen[si]
+		copy(ev.Host[:], cb.Sn[si][:])
+		ev.Flags |= fHostServerName
+		if ev.HostLen > uint32(len(ev.Host)) {
+			ev.Flags |= fHostTrunc
+		}
+	}
 	up := cb.Up[ui]
 	if up.Ptr != 0 && up.Nelts > 0 {
 		ev.UpstreamTries = uint32(up.Nelts)

@@ -18,7 +18,7 @@ func TestEventSizes(t *testing.T) {
 	if eventSize != 456 {
 		t.Fatalf("event is %d bytes, want 456", eventSize)
 	}
-	if calibSize != 456+8+2*40+16+3*64+2048 {
+	if calibSize != 456+8+2*40+16+3*64+3*8+96+2*4+2*64+2048 {
 		t.Fatalf("calibration event is %d bytes", calibSize)
 	}
 }
@@ -123,15 +123,26 @@ func TestDecodeCalib(t *testing.T) {
 	cb.HostLen[0] = setStr(cb.Host[0][:], "right.example")
 	cb.HostLen[1] = setStr(cb.Host[1][:], "wrong.example")
 	cb.Up[1] = bpfUp(0x1000, 1, 72, 0x2000, 7)
+	cb.Cscf = 0x5000
+	cb.SnLen[0] = setStr(cb.Sn[0][:], "wrong.server")
+	cb.SnLen[1] = setStr(cb.Sn[1][:], "default.server")
 	var r model.Request
-	if err := (clock{}).decodeCalib(cb, l, &r); err != nil {
+	if err := (clock{}).decodeCalib(cb, l, 64, &r); err != nil {
 		t.Fatal(err)
 	}
 	if r.Status != 404 || r.Host != "right.example" || r.Upstream != 7*time.Millisecond || !r.HasUpstream {
 		t.Fatalf("%+v", r)
 	}
+	// No Host sent: $host is the server's server_name, when its offset is known.
+	cb.HostLen[0] = 0
+	if err := (clock{}).decodeCalib(cb, l, 64, &r); err != nil || r.Host != "default.server" {
+		t.Fatalf("no Host, server_name at 64: %q %v", r.Host, err)
+	}
+	if err := (clock{}).decodeCalib(cb, l, 0, &r); err != nil || r.Host != "" {
+		t.Fatalf("no Host, server_name offset unknown: %q %v", r.Host, err)
+	}
 	cb.S_off = 0 // the BPF scan found no start_sec: strings were not captured
-	if err := (clock{}).decodeCalib(cb, l, &r); err == nil {
+	if err := (clock{}).decodeCalib(cb, l, 64, &r); err == nil {
 		t.Fatal("decoded a calibration event whose strings were not captured")
 	}
 }
@@ -166,9 +177,13 @@ func FuzzDecode(f *testing.F) {
 		if r.calib != nil {
 			s := calibSample(r.calib, 1_796_000_000)
 			if lay, err := nginxlayout.Analyze(s); err == nil {
-				clock{}.decodeCalib(r.calib, lay, &req)
+				clock{}.decodeCalib(r.calib, lay, 64, &req)
 			}
-			clock{}.decodeCalib(r.calib, nginxlayout.Debian1221, &req)
+			nginxlayout.ServerName(s)
+			clock{}.decodeCalib(r.calib, nginxlayout.Debian1221, 48, &req)
+			if len(req.Host) > 64 {
+				t.Fatalf("host longer than its buffer: %q", req.Host)
+			}
 		}
 	})
 }
@@ -187,7 +202,7 @@ func TestLearningFailureIsReported(t *testing.T) {
 		for j := range cb.Snap {
 			cb.Snap[j] = byte(i * j)
 		}
-		if out, _ := p.calibrate(cb); len(out) != 0 {
+		if out, _, _ := p.calibrate(cb); len(out) != 0 {
 			t.Fatalf("decoded garbage at sample %d", i)
 		}
 	}

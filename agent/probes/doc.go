@@ -31,7 +31,8 @@
 // events: a 2 KB snapshot of r, plus what the BPF program can find without the layout
 // (start_sec by a bounded scan for a plausible time/msec/method-bit/version run, the strings
 // at fixed distances from it, headers_in.server at the three known distances, the
-// upstream_states candidates at 72 and 80). agent/nginxlayout finds headers_out (its two
+// upstream_states candidates at 72 and 80, the server's core srv conf for the server_name
+// fallback of $host, see Decisions). agent/nginxlayout finds headers_out (its two
 // ngx_list_t, headers then trailers, on r's pool), start_sec at a known distance from it and
 // upstream_states next to r->pool, and needs 5 agreeing requests (80% majority) with
 // plausible values. Calibration events are decoded too, so no request is lost while
@@ -42,9 +43,21 @@
 //
 // # Decisions
 //
-//   - Host: headers_in.server, lower-cased by nginx, without port. When the client sent no
-//     Host (HTTP/1.0), nginx's $host falls back to the server's server_name, which the agent
-//     cannot know; Host is then "".
+//   - Host: exactly nginx's $host. headers_in.server, lower-cased by nginx, without port;
+//     when that is empty (HTTP/1.0 without Host, a 400 on the request line) $host is the
+//     server_name of the server that handled the request, and so is Host:
+//     ((ngx_http_core_srv_conf_t *) r->srv_conf[0])->server_name (srv_conf at r+32 in every
+//     version, ngx_http_core_module is HTTP module 0). nginx stores it lower-cased, without
+//     a leading dot, at config time; the agent copies it as is (event flag
+//     F_HOST_SERVER_NAME). Its offset in the struct moved (48 in old nginx, 64 once file_name
+//     and line were added, as in Debian 1.22.1), so calibration events also carry r->srv_conf,
+//     the first 96 bytes of the core srv conf, cscf->ctx->srv_conf and the strings at both
+//     candidates; nginxlayout.ServerName accepts an offset only if ctx->srv_conf points back
+//     to r->srv_conf, server_names looks like an array of ngx_http_server_name_t and the
+//     neighbouring fields fit, and the learner needs 3 samples and an 80% majority for it,
+//     separately from the request layout. Without it the fallback stays off (Host "").
+//     The extra reads (srv_conf, cscf, the string) happen only when headers_in.server is
+//     empty, so requests with a Host cost nothing more.
 //   - URI: the first 160 bytes of $request_uri (longer ones are truncated).
 //   - $status: r->err_status did not need handling: nginx copies it into headers_out.status
 //     when it sends the header; 404 through error_page, 499, 502 and 400 all match the access

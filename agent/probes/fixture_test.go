@@ -63,9 +63,12 @@ func freePort(t testing.TB) int {
 type testNginx struct {
 	Dir                         string
 	Port, TLSPort, UpPort, Dead int
-	AccessLog                   string
-	cmd                         *exec.Cmd
-	Master                      int
+	// AltPort is served by a second server whose server_name ($host without Host) is
+	// written with a leading dot and capitals: nginx logs "alt.kw.test".
+	AltPort   int
+	AccessLog string
+	cmd       *exec.Cmd
+	Master    int
 }
 
 const nginxConf = `
@@ -109,6 +112,11 @@ http {
     }
   }
   server {
+    listen 127.0.0.1:{{.AltPort}};
+    server_name .Alt.KW.Test www.alt.kw.test;
+    location / { return 204; }
+  }
+  server {
     listen 127.0.0.1:{{.UpPort}};
     location / { content_by_lua_block { ngx.sleep(0.02) ngx.say("slow upstream") } }
     location /hang { content_by_lua_block { ngx.sleep(0.3) ngx.say("late") } }
@@ -129,7 +137,7 @@ func startNginxWrapped(t testing.TB, wrapper ...string) *testNginx {
 	// Workers run as an unprivileged user: let them into the test's directory.
 	os.Chmod(dir, 0o755)
 	os.Chmod(filepath.Dir(dir), 0o755)
-	n := &testNginx{Dir: dir, Port: freePort(t), TLSPort: freePort(t), UpPort: freePort(t), Dead: freePort(t),
+	n := &testNginx{Dir: dir, Port: freePort(t), TLSPort: freePort(t), UpPort: freePort(t), Dead: freePort(t), AltPort: freePort(t),
 		AccessLog: filepath.Join(dir, "access.log")}
 	for _, d := range []string{"tmp", "html/static", "logs"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
@@ -149,7 +157,7 @@ func startNginxWrapped(t testing.TB, wrapper ...string) *testNginx {
 	}
 	err = template.Must(template.New("c").Parse(nginxConf)).Execute(f, map[string]any{
 		"NDK": ndkModule, "Lua": luaModule, "Dir": dir, "Port": n.Port, "TLSPort": n.TLSPort,
-		"UpPort": n.UpPort, "Dead": n.Dead})
+		"UpPort": n.UpPort, "Dead": n.Dead, "AltPort": n.AltPort})
 	f.Close()
 	if err != nil {
 		t.Fatal(err)

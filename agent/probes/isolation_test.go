@@ -88,7 +88,7 @@ func TestCapabilities(t *testing.T) {
 	requireIntegration(t, "setpriv")
 	n := startNginx(t)
 	env := []string{
-		"KW_NGINX=" + fmt.Sprintf("%d,%d,%d,%s", n.Master, n.Port, n.TLSPort, n.AccessLog),
+		"KW_NGINX=" + fmt.Sprintf("%d,%d,%d,%s,%d", n.Master, n.Port, n.TLSPort, n.AccessLog, n.AltPort),
 	}
 	setpriv := func(caps string) []string {
 		return []string{"setpriv", "--inh-caps=-all," + caps, "--ambient-caps=-all," + caps, "--bounding-set=-all," + caps}
@@ -129,13 +129,14 @@ func TestCapsInner(t *testing.T) {
 		return
 	}
 	f := strings.Split(os.Getenv("KW_NGINX"), ",")
-	if len(f) != 4 {
+	if len(f) != 5 {
 		t.Fatalf("KW_NGINX=%q", os.Getenv("KW_NGINX"))
 	}
 	n := &testNginx{AccessLog: f[3]}
 	n.Master, _ = strconv.Atoi(f[0])
 	n.Port, _ = strconv.Atoi(f[1])
 	n.TLSPort, _ = strconv.Atoi(f[2])
+	n.AltPort, _ = strconv.Atoi(f[4])
 	p, c := startProbes(t, n, Options{})
 	if st := p.Status(); st.AttachMethod != "uprobe_multi" {
 		t.Fatalf("attach method %q", st.AttachMethod)

@@ -88,6 +88,7 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 	defer h2.CloseIdleConnections()
 	count := 0
 	id := 0
+	var rawTo func(port int, s string)
 	do := func(c *http.Client, method, url, host string, body io.Reader) {
 		t.Helper()
 		id++
@@ -115,8 +116,9 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 		}
 		count++
 	}
-	raw := func(s string) {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", n.Port))
+	raw := func(s string) { rawTo(n.Port, s) }
+	rawTo = func(port int, s string) {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,8 +148,11 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 		do(h2, "GET", tlsBase+"/static/a.txt", "h2.example", nil)
 		raw(fmt.Sprintf("GET /ok?id=raw10-%d HTTP/1.0\r\n\r\n", i))
 		raw(fmt.Sprintf("GET /ok?id=raw10h-%d HTTP/1.0\r\nHost: ten.example\r\n\r\n", i))
+		// No Host: $host is the server_name of the server that answered ("alt.kw.test").
+		rawTo(n.AltPort, fmt.Sprintf("GET /alt?id=rawalt-%d HTTP/1.0\r\n\r\n", i))
 		if i%5 == 0 {
-			raw("THIS IS NOT HTTP\r\n\r\n") // 400
+			raw("THIS IS NOT HTTP\r\n\r\n")      // 400, $host "kw.test"
+			rawTo(n.AltPort, "NOT/HTTP\r\n\r\n") // 400, $host "alt.kw.test"
 			// 499: the client gives up while nginx waits for the upstream; nginx notices the
 			// closed connection and finalizes with 499 at once.
 			id++
@@ -315,6 +320,9 @@ func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent i
 	if !strings.Contains(st.Layout, nginxlayout.Debian1221.String()) {
 		t.Errorf("learnt layout %q, want FACTS.md's Debian 1.22.1 %v", st.Layout, nginxlayout.Debian1221)
 	}
+	if want := fmt.Sprintf("srv_conf=%d server_name=%d", nginxlayout.SrvConfOffset, nginxlayout.Debian1221ServerName); !strings.Contains(st.Layout, want) {
+		t.Errorf("learnt layout %q, want %s", st.Layout, want)
+	}
 	if st.Dropped != 0 || st.DecodeErrors != 0 {
 		t.Errorf("dropped %d, decode errors %d", st.Dropped, st.DecodeErrors)
 	}
@@ -372,6 +380,19 @@ func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent i
 			t.Errorf("traffic produced no %q", want)
 		}
 	}
+	// Requests without Host, answered by each server: $host is its server_name.
+	noHost := map[string]int{}
+	for _, l := range lines {
+		if strings.Contains(l.URI, "id=raw10-") || strings.Contains(l.URI, "id=rawalt-") || l.Status == 400 {
+			noHost[fmt.Sprintf("%s %d", l.Host, l.Status)]++
+		}
+	}
+	t.Logf("requests without Host by $host and status: %v", noHost)
+	for _, want := range []string{"kw.test 200", "kw.test 400", "alt.kw.test 204", "alt.kw.test 400"} {
+		if noHost[want] == 0 && n.AltPort != 0 {
+			t.Errorf("traffic produced no request without Host for %q", want)
+		}
+	}
 	return got
 }
 
@@ -395,8 +416,8 @@ func compare(l logLine, r model.Request) string {
 	if r.Status != l.Status {
 		d = append(d, fmt.Sprintf("status %d != %d", r.Status, l.Status))
 	}
-	// $host falls back to server_name when the client sent no Host; the agent reports "".
-	if r.Host != l.Host && !(r.Host == "" && l.Host == "kw.test") {
+	// Without Host, $host is the server's server_name: the agent must report it too.
+	if r.Host != l.Host {
 		d = append(d, fmt.Sprintf("host %q != %q", r.Host, l.Host))
 	}
 	method := r.Method

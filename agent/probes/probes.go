@@ -98,6 +98,9 @@ type nginxBin struct {
 	luaLinks []link.Link
 	gw       discovery.Gateway // the gateway it was attached for (to find its Lua module)
 	mainOK   bool              // r->main verified at start_sec+168
+	// serverName is the offset of server_name in ngx_http_core_srv_conf_t (0: not learnt,
+	// requests without Host then have no host).
+	serverName int
 }
 
 type gateway struct {
@@ -616,9 +619,9 @@ func (p *Probes) handle(raw []byte, r *record, req *model.Request, sink model.Si
 	if testCalibHook != nil {
 		testCalibHook(cb)
 	}
-	ready, lay := p.calibrate(cb)
+	ready, lay, sn := p.calibrate(cb)
 	for _, c := range ready {
-		if err := p.clk.decodeCalib(c, lay, req); err != nil {
+		if err := p.clk.decodeCalib(c, lay, sn, req); err != nil {
 			p.decodeErrs.Add(1)
 		} else if ignorable(&c.Ev, req) {
 			p.ignored.Add(1)
@@ -648,18 +651,19 @@ func (p *Probes) deliver(ev *rawEvent, req *model.Request, sink model.Sink) {
 }
 
 // calibrate feeds a calibration event to its binary's learner and returns the calibration
-// events that can now be decoded (none while learning) with the layout to decode them with.
-func (p *Probes) calibrate(cb *rawCalib) ([]*rawCalib, nginxlayout.Layout) {
+// events that can now be decoded (none while learning) with the layout (and server_name
+// offset) to decode them with.
+func (p *Probes) calibrate(cb *rawCalib) ([]*rawCalib, nginxlayout.Layout, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.byID[cb.Ev.LayoutId]
 	if b == nil || b.failed != nil {
 		p.decodeErrs.Add(1)
 		p.calPool.Put(cb)
-		return nil, nginxlayout.Layout{}
+		return nil, nginxlayout.Layout{}, 0
 	}
 	if b.layout != nil {
-		return []*rawCalib{cb}, *b.layout
+		return []*rawCalib{cb}, *b.layout, b.serverName
 	}
 	lay, err := b.learner.Add(calibSample(cb, p.opts.Now().Unix()))
 	if err != nil {
@@ -670,7 +674,7 @@ func (p *Probes) calibrate(cb *rawCalib) ([]*rawCalib, nginxlayout.Layout) {
 		b.pending = nil
 		closeLinks(&b.links)
 		closeLinks(&b.luaLinks)
-		return nil, nginxlayout.Layout{}
+		return nil, nginxlayout.Layout{}, 0
 	}
 	if lay == nil {
 		if len(b.pending) < pendingMax {
@@ -679,7 +683,7 @@ func (p *Probes) calibrate(cb *rawCalib) ([]*rawCalib, nginxlayout.Layout) {
 			p.decodeErrs.Add(1)
 			p.calPool.Put(cb)
 		}
-		return nil, nginxlayout.Layout{}
+		return nil, nginxlayout.Layout{}, 0
 	}
 	b.layout = lay
 	// r->main (for the Lua probes' subrequest filter) only if every sample agrees.
@@ -693,6 +697,7 @@ func (p *Probes) calibrate(cb *rawCalib) ([]*rawCalib, nginxlayout.Layout) {
 		}
 	}
 	b.mainOK = mainOK >= learnNeed
+	b.serverName = b.learner.ServerName()
 	kl := bpf.NginxReqNginxreqLayout{
 		Ready:      1,
 		OffStatus:  uint32(lay.Status()),
@@ -707,14 +712,18 @@ func (p *Probes) calibrate(cb *rawCalib) ([]*rawCalib, nginxlayout.Layout) {
 	if b.mainOK {
 		kl.OffMain = uint32(lay.Start + nginxlayout.SToMain)
 	}
+	if b.serverName != 0 {
+		kl.OffSrvConf = nginxlayout.SrvConfOffset
+		kl.CscfName = uint32(b.serverName)
+	}
 	if err := p.objs.NginxreqLayouts.Put(b.id, &kl); err != nil {
 		p.lastErr = err.Error()
 	}
 	p.log().Info("learnt nginx request layout", "exe", b.exe, "layout", lay.String(), "samples", b.learner.Seen(),
-		"mainVerified", b.mainOK)
+		"mainVerified", b.mainOK, "serverNameOffset", b.serverName)
 	out := append(b.pending, cb)
 	b.pending = nil
-	return out, *lay
+	return out, *lay, b.serverName
 }
 
 // verify watches the first hot-path events after a layout went live: if most are
@@ -761,6 +770,9 @@ func (p *Probes) Status() Status {
 			l := b.exe + ": " + b.layout.String()
 			if b.mainOK {
 				l += fmt.Sprintf(" main=%d", b.layout.Start+nginxlayout.SToMain)
+			}
+			if b.serverName != 0 {
+				l += fmt.Sprintf(" srv_conf=%d server_name=%d", nginxlayout.SrvConfOffset, b.serverName)
 			}
 			layouts = append(layouts, l)
 		}

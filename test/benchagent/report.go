@@ -23,6 +23,7 @@ type reportOut struct{ table, doc, bench string }
 type scenSummary struct {
 	s                    scenario
 	without, with, ratio float64
+	paired               float64 // median of the rounds' own with/without ratios
 	agentCPU             float64
 	counted, logged      int64
 	dropped              int64
@@ -57,6 +58,11 @@ func (b *bench) summarise(scens []scenario) []scenSummary {
 			}
 		}
 		sum.without, sum.with = median(wo), median(wi)
+		var pairs []float64
+		for i := 0; i < len(wo) && i < len(wi); i++ {
+			pairs = append(pairs, wi[i]/wo[i])
+		}
+		sum.paired = median(pairs)
 		sum.ratio = sum.with / sum.without
 		sum.agentCPU = median(acpu)
 		sum.ok = sum.ratio >= s.target
@@ -150,7 +156,7 @@ func (b *bench) report(scens []scenario) reportOut {
 	// ---- the console table ----
 	fmt.Fprintf(&t, "\n== kong-watcher agent benchmark (%d round(s) x %v per side, warm-up %v, wrk/h2load pinned to CPU %q) ==\n",
 		c.rounds, c.dur, c.warmup, c.pin)
-	fmt.Fprintf(&t, "%-10s %12s %12s %7s %7s %-6s %9s %14s %6s\n", "scenario", "without r/s", "with r/s", "ratio", "target", "", "agent cpu", "counted/logged", "drops")
+	fmt.Fprintf(&t, "%-10s %12s %12s %7s %7s %-6s %7s %9s %14s %6s\n", "scenario", "without r/s", "with r/s", "ratio", "target", "", "paired", "agent cpu", "counted/logged", "drops")
 	for _, s := range sums {
 		if !s.ok {
 			b.missed++
@@ -163,8 +169,8 @@ func (b *bench) report(scens []scenario) reportOut {
 		if agentOn {
 			drops = fmt.Sprint(s.dropped)
 		}
-		fmt.Fprintf(&t, "%-10s %12s %12s %7s %7.2f %-6s %8s%% %14s %6s%s\n", s.s.name, f(s.without, 0), f(s.with, 0), f(s.ratio, 3),
-			s.s.target, passMiss(s.ok), f(s.agentCPU, 1), cnt, drops, foreignMark(s.foreign))
+		fmt.Fprintf(&t, "%-10s %12s %12s %7s %7.2f %-6s %7s %8s%% %14s %6s%s\n", s.s.name, f(s.without, 0), f(s.with, 0), f(s.ratio, 3),
+			s.s.target, passMiss(s.ok), f(s.paired, 3), f(s.agentCPU, 1), cnt, drops, foreignMark(s.foreign))
 		if s.errors > 0 {
 			fmt.Fprintf(&t, "%-10s   (%d socket errors / non-2xx responses / failed streams over all rounds)\n", "", s.errors)
 		}
@@ -241,6 +247,9 @@ func (b *bench) report(scens []scenario) reportOut {
 	fmt.Fprintf(&bl, "BENCH probe_hits_per_request %s\n", na(cs.bpfOK, f(cs.hitsPerReq, 2)))
 	fmt.Fprintf(&bl, "BENCH bpf_us_per_request %s\n", na(cs.bpfOK, f(cs.bpfUsPerReq, 3)))
 	fmt.Fprintf(&bl, "BENCH bottom_up_extra_cpu_pct_at_%drps %s\n", c.cpuRate, na(cs.bpfOK, f(cs.bottomUp, 2)))
+	for _, sm := range sums {
+		fmt.Fprintf(&bl, "BENCH %s_paired_ratio %s\n", sm.s.name, f(sm.paired, 3))
+	}
 	fmt.Fprintf(&bl, "BENCH targets_missed %d\n", b.missed)
 
 	// ---- the docs section ----
@@ -271,17 +280,20 @@ func (b *bench) report(scens []scenario) reportOut {
 	if !agentOn {
 		fmt.Fprintf(&doc, "**A/A run: no agent was started; the ratios are the noise floor.**\n\n")
 	}
-	fmt.Fprintf(&doc, "| scenario | load | without (req/s) | with (req/s) | ratio | target | agent CPU | counted |\n")
-	fmt.Fprintf(&doc, "|---|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&doc, "| scenario | load | without (req/s) | with (req/s) | ratio | target | paired | agent CPU | counted |\n")
+	fmt.Fprintf(&doc, "|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range sums {
 		cnt := "n/a"
 		if agentOn && s.logged > 0 {
 			cnt = fmt.Sprintf("%.2f%%", 100*float64(s.counted)/float64(s.logged))
 		}
-		fmt.Fprintf(&doc, "| %s | %s | %s | %s | **%s** | >= %.2f %s | %s%% | %s |\n", s.s.name, s.s.what, f(s.without, 0), f(s.with, 0),
-			f(s.ratio, 3), s.s.target, passMiss(s.ok), f(s.agentCPU, 1), cnt)
+		fmt.Fprintf(&doc, "| %s | %s | %s | %s | **%s** | >= %.2f %s | %s | %s%% | %s |\n", s.s.name, s.s.what, f(s.without, 0), f(s.with, 0),
+			f(s.ratio, 3), s.s.target, passMiss(s.ok), f(s.paired, 3), f(s.agentCPU, 1), cnt)
 	}
-	fmt.Fprintf(&doc, "\n\"agent CPU\" is the agent process's own CPU during the \"with\" runs, in %% of one core (the probes'\n")
+	fmt.Fprintf(&doc, "\n\"ratio\" is the median with over the median without; \"paired\" is the median of each round's\n")
+	fmt.Fprintf(&doc, "own with/without ratio (the two sides of a round run back to back, so it resists slow drift\n")
+	fmt.Fprintf(&doc, "of the machine's other load better). ")
+	fmt.Fprintf(&doc, "\"agent CPU\" is the agent process's own CPU during the \"with\" runs, in %% of one core (the probes'\n")
 	fmt.Fprintf(&doc, "cost is in the workers' kernel time, and shows as lower throughput); \"counted\" is the agent's\n")
 	fmt.Fprintf(&doc, "request count over the access log's line count for the same runs.\n\n")
 	fmt.Fprintf(&doc, "| figure | value | target |\n|---|---:|---|\n")

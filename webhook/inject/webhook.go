@@ -2,6 +2,7 @@ package inject
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,6 +49,49 @@ type Webhook struct {
 	// never hold up an admission: when the queue is full the Event is dropped and logged.
 	eventQueue chan func()
 	startQueue sync.Once
+
+	namespaceLabels NamespaceLabels
+}
+
+// NamespaceLabels returns the labels of a namespace (from an informer cache, typically).
+type NamespaceLabels func(ctx context.Context, namespace string) (map[string]string, error)
+
+// WithNamespaceLabels lets the webhook see Pod Security Admission labels: in a namespace that
+// enforces the baseline or restricted level, the API server would reject the injected pod
+// (the agent adds capabilities and an Unconfined seccomp profile), so the Kong pod could not
+// be created at all. With a lookup, such namespaces are skipped (reason PodSecurityEnforced).
+// Optional: without it every labelled pod is injected.
+func (w *Webhook) WithNamespaceLabels(f NamespaceLabels) *Webhook {
+	w.namespaceLabels = f
+	return w
+}
+
+// podSecurityEnforceLabel is Pod Security Admission's enforcement level label.
+const podSecurityEnforceLabel = "pod-security.kubernetes.io/enforce"
+
+// ReasonPodSecurityEnforced: the namespace enforces a Pod Security level the agent violates.
+const ReasonPodSecurityEnforced = "PodSecurityEnforced"
+
+// checkPodSecurity turns an inject decision into a skip when the namespace's enforced Pod
+// Security level would reject the agent. A failed lookup is logged and injection goes on:
+// most namespaces carry no enforce label.
+func (w *Webhook) checkPodSecurity(ctx context.Context, namespace string, d Decision) Decision {
+	if w.namespaceLabels == nil {
+		return d
+	}
+	labels, err := w.namespaceLabels(ctx, namespace)
+	if err != nil {
+		w.log.Error(err, "reading namespace labels; injecting without a Pod Security check", "namespace", namespace)
+		return d
+	}
+	switch level := labels[podSecurityEnforceLabel]; level {
+	case "baseline", "restricted":
+		return Decision{Reason: ReasonPodSecurityEnforced, Message: fmt.Sprintf(
+			"namespace %q enforces Pod Security level %q, which forbids the agent's BPF capabilities "+
+				"and Unconfined seccomp; label the namespace %s=privileged to monitor Kong here",
+			namespace, level, podSecurityEnforceLabel)}
+	}
+	return d
 }
 
 // eventQueueLen bounds the Events waiting for the recorder (a burst of a big rollout).
@@ -79,7 +123,7 @@ func (w *Webhook) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	}
 	review, err := readReview(rw, req)
 	if err == nil {
-		review.Response, err = w.admit(review.Request)
+		review.Response, err = w.admit(req.Context(), review.Request)
 	}
 	if err != nil {
 		w.log.Info("rejecting malformed admission request", "error", err.Error(), "remote", req.RemoteAddr)
@@ -143,7 +187,7 @@ func decodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
 }
 
 // admit answers a checked request. The error is for a malformed pod only (HTTP 400).
-func (w *Webhook) admit(req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, error) {
+func (w *Webhook) admit(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, error) {
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	if req.Operation != admissionv1.Create || req.Kind != podKind || req.SubResource != "" {
 		w.log.V(1).Info("not a pod creation, allowed unchanged", "uid", req.UID,
@@ -159,7 +203,7 @@ func (w *Webhook) admit(req *admissionv1.AdmissionRequest) (*admissionv1.Admissi
 		namespace = pod.Namespace
 	}
 
-	d, warnings, patch, err := w.mutate(pod, namespace, req.Object.Raw)
+	d, warnings, patch, err := w.mutate(ctx, pod, namespace, req.Object.Raw)
 	if err != nil {
 		// Never deny and never send a patch we are unsure of: the pod goes on without the agent.
 		w.log.Error(err, "injection failed; pod admitted unchanged", "uid", req.UID,
@@ -203,13 +247,16 @@ func decodePod(raw []byte) (*corev1.Pod, error) {
 
 // mutate decides, injects and computes the patch against raw. A panic is turned into an
 // error so that one odd pod cannot break the webhook for everyone.
-func (w *Webhook) mutate(pod *corev1.Pod, namespace string, raw []byte) (d Decision, warnings []string, patch []byte, err error) {
+func (w *Webhook) mutate(ctx context.Context, pod *corev1.Pod, namespace string, raw []byte) (d Decision, warnings []string, patch []byte, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic while injecting: %v", r)
 		}
 	}()
 	d = Decide(pod, namespace, w.cfg)
+	if d.Inject {
+		d = w.checkPodSecurity(ctx, namespace, d)
+	}
 	if !d.Inject {
 		return d, d.Warnings, nil, nil
 	}

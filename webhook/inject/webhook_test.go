@@ -2,7 +2,9 @@ package inject
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -212,5 +214,38 @@ func TestInternalErrorAllowsUnchanged(t *testing.T) {
 		reviewBody(t, "u4", admissionv1.Create, "kong", raw)), "u4")
 	if len(resp.Patch) != 0 {
 		t.Errorf("patch %s sent for a pod it cannot apply to", resp.Patch)
+	}
+}
+
+func TestPodSecurityEnforcedNamespaceIsSkipped(t *testing.T) {
+	levels := map[string]map[string]string{
+		"strict":  {"pod-security.kubernetes.io/enforce": "restricted"},
+		"base":    {"pod-security.kubernetes.io/enforce": "baseline", "other": "x"},
+		"priv":    {"pod-security.kubernetes.io/enforce": "privileged"},
+		"warning": {"pod-security.kubernetes.io/warn": "restricted"},
+	}
+	lookup := func(_ context.Context, ns string) (map[string]string, error) {
+		if ns == "broken" {
+			return nil, errors.New("cache not synced")
+		}
+		return levels[ns], nil
+	}
+	for ns, wantPatch := range map[string]bool{"strict": false, "base": false, "priv": true, "warning": true, "broken": true, "plain": true} {
+		t.Run(ns, func(t *testing.T) {
+			rec := &captureRecorder{}
+			w := NewWebhook(testConfig(), rec, testr.New(t)).WithNamespaceLabels(lookup)
+			resp := admissionResponse(t, post(w, reviewBody(t, "u5", admissionv1.Create, ns, podJSON(t, "kong"))), "u5")
+			if wantPatch != (len(resp.Patch) > 0) {
+				t.Errorf("patch %v, want %v", len(resp.Patch) > 0, wantPatch)
+			}
+			flushEvents(t, w)
+			events := rec.recorded()
+			if len(events) != 1 {
+				t.Fatalf("events %+v", events)
+			}
+			if !wantPatch && (events[0].reason != kwv1.ReasonInjectionSkipped || !strings.Contains(events[0].note, ReasonPodSecurityEnforced)) {
+				t.Errorf("event %+v", events[0])
+			}
+		})
 	}
 }

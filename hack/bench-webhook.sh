@@ -18,4 +18,11 @@ if [[ -z "${KUBEBUILDER_ASSETS:-}" ]]; then
 fi
 mkdir -p bin
 go build -o bin/benchwebhook ./hack/benchwebhook
-exec bin/benchwebhook -doc docs/benchmarks.md "$@"
+# The machine is shared with builds and other benchmarks (load averages of 15-30 on 2 vCPUs
+# have been seen): as root, run at niceness -15 like the agent benchmark so the numbers are
+# the webhook's, not the scheduler's. The API server and etcd inherit it.
+nice_cmd=()
+if [[ $(id -u) == 0 ]]; then
+  nice_cmd=(nice -n -15)
+fi
+exec "${nice_cmd[@]}" bin/benchwebhook -doc docs/benchmarks.md "$@"

@@ -316,10 +316,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 
 	// Prime every path once (Lua code, upstream keep-alive pools, TLS sessions, page cache)
 	// so that the first measured round is not the cold one.
-	prime := 2 * c.warmup
-	if c.quick {
-		prime = c.warmup
-	}
+	prime := c.warmup
 	b.logf("priming: %v of each scenario's load, not measured", prime)
 	for _, s := range scens {
 		if _, err := s.run(ctx, prime); err != nil {

@@ -348,3 +348,36 @@ func TestServerName(t *testing.T) {
 		t.Fatalf("layout %v %v, server_name offset %d", lay, err, l.ServerName())
 	}
 }
+
+func FuzzServerName(f *testing.F) {
+	base := build{name: "debian", U: 80, H: 536, D: 424, elt: 48, method: 2, version: 1001, status: 200}.sample()
+	head := func(s Sample) []byte {
+		b := make([]byte, 96)
+		for i, v := range s.Srv.Head {
+			put(b, 8*i, v)
+		}
+		return b
+	}
+	for _, c := range []struct {
+		off  int
+		name string
+	}{{64, "kw.test"}, {48, "kw.test"}, {64, ""}} {
+		s := srvSample(base, c.off, c.name, 32)
+		f.Add(head(s), s.Srv.CtxSrvConf, s.Srv.Names[0], s.Srv.Names[1])
+	}
+	f.Fuzz(func(t *testing.T, h []byte, ctxSrv uint64, n0, n1 string) {
+		s := srvSample(base, 64, "kw.test", 32)
+		for i := range s.Srv.Head {
+			s.Srv.Head[i] = u64(h, 8*i)
+		}
+		s.Srv.CtxSrvConf, s.Srv.Names = ctxSrv, [2]string{n0, n1}
+		off, err := ServerName(s)
+		if err != nil {
+			return
+		}
+		i := map[int]int{48: 0, 64: 1}[off]
+		if off != 48 && off != 64 || s.Srv.CtxSrvConf != s.Srv.SrvConf || !printable(s.Srv.Names[i]) {
+			t.Fatalf("accepted server_name at %d: %+v", off, s.Srv)
+		}
+	})
+}

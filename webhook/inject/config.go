@@ -151,7 +151,7 @@ func parseLogLevel(s string) (string, error) {
 	case "debug", "info", "warn", "error":
 		return l, nil
 	}
-	return "", fmt.Errorf("log level %q must be one of debug, info, warn, error", s)
+	return "", fmt.Errorf("log level %q must be one of debug, info, warn, error", truncate(s, 32))
 }
 
 // validateProcessName checks that name can be a Linux process name (comm): the agent compares
@@ -161,14 +161,14 @@ func validateProcessName(name string) error {
 		return errors.New("process name must not be empty")
 	}
 	if len(name) > maxCommLen {
-		return fmt.Errorf("process name %q is longer than %d bytes, the kernel's limit for a process name", name, maxCommLen)
+		return fmt.Errorf("process name %q is longer than %d bytes, the kernel's limit for a process name", truncate(name, 32), maxCommLen)
 	}
 	if strings.TrimSpace(name) != name {
-		return fmt.Errorf("process name %q must not start or end with whitespace", name)
+		return fmt.Errorf("process name %q must not start or end with whitespace", truncate(name, 32))
 	}
 	for i := 0; i < len(name); i++ {
 		if b := name[i]; b < 0x20 || b > 0x7e || b == '/' {
-			return fmt.Errorf("process name %q must be printable ASCII without '/'", name)
+			return fmt.Errorf("process name %q must be printable ASCII without '/'", truncate(name, 32))
 		}
 	}
 	return nil

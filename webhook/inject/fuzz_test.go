@@ -110,7 +110,7 @@ func FuzzPodSettings(f *testing.F) {
 			t.Fatalf("%d warnings for 5 annotations", len(warnings))
 		}
 		for _, w := range warnings {
-			if len(w) > 400 {
+			if len(w) > 300 {
 				t.Fatalf("warning of %d bytes", len(w))
 			}
 		}

@@ -38,9 +38,9 @@ func podSettings(pod *corev1.Pod, cfg Config) (settings, []string) {
 		s.logLevel = l
 	}
 	var warnings []string
-	invalid := func(key, value string, err error, kept string) {
-		warnings = append(warnings, fmt.Sprintf("annotation %s=%q ignored: %v; using %s",
-			key, truncate(value, 64), err, kept))
+	// err quotes the (truncated) value already.
+	invalid := func(key, _ string, err error, kept string) {
+		warnings = append(warnings, fmt.Sprintf("annotation %s ignored: %v; using %s", key, err, kept))
 	}
 	ann := pod.Annotations
 
@@ -85,7 +85,7 @@ func podSettings(pod *corev1.Pod, cfg Config) (settings, []string) {
 func parseBool(v string) (bool, error) {
 	b, err := strconv.ParseBool(strings.TrimSpace(v))
 	if err != nil {
-		return false, fmt.Errorf("%q is not a boolean (true or false)", v)
+		return false, fmt.Errorf("%q is not a boolean (true or false)", truncate(v, 32))
 	}
 	return b, nil
 }
@@ -93,7 +93,7 @@ func parseBool(v string) (bool, error) {
 func parseStatsInterval(v string) (time.Duration, error) {
 	d, err := time.ParseDuration(strings.TrimSpace(v))
 	if err != nil {
-		return 0, fmt.Errorf("%q is not a Go duration such as 30s or 1m", v)
+		return 0, fmt.Errorf("%q is not a Go duration such as 30s or 1m", truncate(v, 32))
 	}
 	if err := validateStatsInterval(d); err != nil {
 		return 0, err
@@ -101,7 +101,8 @@ func parseStatsInterval(v string) (time.Duration, error) {
 	return d, nil
 }
 
-// truncate keeps warnings short: the API server caps the size of admission warnings.
+// truncate keeps warnings short (the API server caps admission warnings) when they quote a
+// user's value.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s

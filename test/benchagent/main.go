@@ -63,7 +63,7 @@ func run() int {
 	flag.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured load before each measured run (after the agent is ready)")
 	flag.BoolVar(&c.quick, "quick", false, "smoke test: 1 round of 2 s, 3 s CPU and drop runs, no docs update (under a minute)")
 	flag.IntVar(&c.cpuRate, "cpu-rate", 2000, "paced req/s of the CPU-per-request measurement")
-	flag.DurationVar(&c.cpuDur, "cpu-duration", 5*time.Second, "length of each side of one CPU round")
+	flag.DurationVar(&c.cpuDur, "cpu-duration", 4*time.Second, "length of each side of one CPU round")
 	flag.IntVar(&c.cpuRounds, "cpu-rounds", 4, "rounds of the CPU measurement (each both sides, order alternating; the workers' CPU per request drifts with the machine's other load, so several short alternating rounds beat one long pair)")
 	flag.IntVar(&c.dropRate, "drop-rate", 5000, "paced req/s of the drop/accuracy run")
 	flag.DurationVar(&c.dropDur, "drop-duration", 10*time.Second, "length of the drop/accuracy run")

@@ -176,12 +176,19 @@ func (b *bench) report(scens []scenario) reportOut {
 		}
 	}
 	cpuOK := cs.ok && cs.extra <= targetExtraCPUPct
+	// When the runs without the agent alone spread over more than twice the target, the
+	// difference of medians cannot say whether the target is met.
+	cpuNoisy := cs.ok && len(b.cpu) > 2 && cs.woMax-cs.woMin > 2*targetExtraCPUPct
+	cpuVerdict := passMiss(cpuOK)
+	if cpuNoisy {
+		cpuVerdict += fmt.Sprintf(" (inconclusive: noise floor spans %.1f%%)", cs.woMax-cs.woMin)
+	}
 	if cs.ok {
 		if !cpuOK {
 			b.missed++
 		}
 		fmt.Fprintf(&t, "CPU at %d req/s (paced, %s): workers %.2f%% without; workers+agent %.2f%% with (agent itself %.2f%%) => extra %.2f%% of a core, %.1f us/request [target <= %.0f%%: %s]\n",
-			c.cpuRate, c.kongRoute, cs.without, cs.with, cs.agent, cs.extra, cs.usPerReq, targetExtraCPUPct, passMiss(cpuOK))
+			c.cpuRate, c.kongRoute, cs.without, cs.with, cs.agent, cs.extra, cs.usPerReq, targetExtraCPUPct, cpuVerdict)
 		if len(b.cpu) > 2 {
 			fmt.Fprintf(&t, "  noise: the workers' CPU over the %d runs without the agent spans %.2f%% to %.2f%% of a core\n", len(b.cpu)/2, cs.woMin, cs.woMax)
 		}
@@ -299,15 +306,15 @@ func (b *bench) report(scens []scenario) reportOut {
 	fmt.Fprintf(&doc, "| figure | value | target |\n|---|---:|---|\n")
 	if cs.ok {
 		fmt.Fprintf(&doc, "| extra CPU at %d req/s (paced, Kong-like route): workers + agent minus workers alone | **%.2f%% of a core** (%.1f us/request; workers %.2f%% -> %.2f%%, agent %.2f%%) | <= %.0f%% %s |\n",
-			c.cpuRate, cs.extra, cs.usPerReq, cs.without, cs.with-cs.agent, cs.agent, targetExtraCPUPct, passMiss(cpuOK))
+			c.cpuRate, cs.extra, cs.usPerReq, cs.without, cs.with-cs.agent, cs.agent, targetExtraCPUPct, cpuVerdict)
 		if len(b.cpu) > 2 {
 			fmt.Fprintf(&doc, "| noise floor: the workers' CPU over the %d runs without the agent | %.2f%% to %.2f%% of a core | |\n", len(b.cpu)/2, cs.woMin, cs.woMax)
 		}
 		fmt.Fprintf(&doc, "| the same, workers measured by schedstat (ns) instead of utime+stime ticks | %.2f%% of a core (%.1f us/request) | |\n",
 			cs.schedXtra, cs.schedUsPerReq)
 		if cs.bpfOK {
-			fmt.Fprintf(&doc, "| bottom-up at %d req/s: agent CPU + the BPF programs' run time (kernel accounting) + %.1f us per probe hit for the trap (FACTS.md) | %.2f%% of a core (%.2f hits, %.2f us BPF, %.1f us total per request) | <= %.0f%% |\n",
-				c.cpuRate, trapCostUs, cs.bottomUp, cs.hitsPerReq, cs.bpfUsPerReq, cs.bottomUpUsPerReq, targetExtraCPUPct)
+			fmt.Fprintf(&doc, "| bottom-up at %d req/s: agent CPU + the BPF programs' run time (kernel accounting) + %.1f us per probe hit for the trap (FACTS.md) | %.2f%% of a core (%.2f hits, %.2f us BPF, %.1f us total per request) | <= %.0f%% %s |\n",
+				c.cpuRate, trapCostUs, cs.bottomUp, cs.hitsPerReq, cs.bpfUsPerReq, cs.bottomUpUsPerReq, targetExtraCPUPct, passMiss(cs.bottomUp <= targetExtraCPUPct))
 		}
 	}
 	if agentOn {
@@ -321,10 +328,11 @@ func (b *bench) report(scens []scenario) reportOut {
 	fmt.Fprintf(&doc, "connections) sends exactly %d req/s to the Kong-like route, %d round(s) of %v without and %v with\n", c.cpuRate, c.cpuRounds, c.cpuDur, c.cpuDur)
 	fmt.Fprintf(&doc, "the agent (order alternating); the CPU of the two workers (utime+stime from `/proc/<pid>/stat`,\n")
 	fmt.Fprintf(&doc, "which includes the uprobe handlers run in their context) plus the agent's own is compared,\n")
-	fmt.Fprintf(&doc, "median against median. On this shared VM the workers' CPU per request itself moves by several\n")
-	fmt.Fprintf(&doc, "%% of a core between runs as other work comes and goes (an A/A run, `KW_AGENT=none`, shows it), so\n")
-	fmt.Fprintf(&doc, "a 1%% figure is at the edge of what one run resolves: rerun with `BENCH_ARGS=-cpu-rounds=8`\n")
-	fmt.Fprintf(&doc, "for a firmer one, and read the agent's own CPU (measured alone, precise) next to it.\n")
+	fmt.Fprintf(&doc, "median against median. On this shared VM the workers' CPU at a fixed rate itself moves by\n")
+	fmt.Fprintf(&doc, "several %% of a core between runs as other work comes and goes (the noise-floor line; an A/A\n")
+	fmt.Fprintf(&doc, "run, `KW_AGENT=none make bench`, shows the same), so this top-down difference cannot resolve a\n")
+	fmt.Fprintf(&doc, "1%% target here (it says \"inconclusive\" then); on a quiet machine it can, and\n")
+	fmt.Fprintf(&doc, "`BENCH_ARGS=-cpu-rounds=8` narrows it. The agent's own CPU is measured alone and is precise.\n")
 	fmt.Fprintf(&doc, "The bottom-up line adds what can be attributed exactly: the agent's CPU, the run time the\n")
 	fmt.Fprintf(&doc, "kernel accounts to the agent's BPF programs (BPF_ENABLE_STATS, during the \"with\" runs only;\n")
 	fmt.Fprintf(&doc, "it includes time a program was preempted, so it is an upper bound on a busy machine) and an\n")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,9 +58,10 @@ type Agent struct {
 }
 
 type tracked struct {
-	gw   discovery.Gateway
-	path string // DataPathNginx or DataPathWire; "" when attaching failed
-	err  error
+	gw    discovery.Gateway
+	since time.Time // when it was first attached
+	path  string    // DataPathNginx or DataPathWire; "" when attaching failed
+	err   error
 }
 
 // New builds the pipeline and loads the BPF programs; it attaches nothing yet.
@@ -139,12 +141,26 @@ func (a *Agent) Ready() (bool, string) {
 	}
 	var last error
 	for _, t := range a.gateways {
-		if t.path != "" {
+		if t.path != "" && !waitingForWorkers(t) {
 			return true, "probes attached (" + t.path + ")"
 		}
-		last = t.err
+		if t.path != "" {
+			last = errors.New("the gateway's master has not started its workers yet")
+		} else {
+			last = t.err
+		}
 	}
-	return false, fmt.Sprintf("probes could not be attached: %v", last)
+	return false, fmt.Sprintf("probes not attached to a serving gateway: %v", last)
+}
+
+// waitingForWorkers: an nginx master that has not forked its workers yet serves nothing;
+// ready would be a lie until the workers are in the kernel filter. A master caught before it
+// set its title looks like a single-process nginx, so that one must stay alone a while too.
+func waitingForWorkers(t *tracked) bool {
+	if len(t.gw.Workers) > 0 {
+		return false
+	}
+	return strings.Contains(t.gw.Master.Title, "master process") || time.Since(t.since) < 2*time.Second
 }
 
 // DataPath says which data path serves the gateways ("nginx-request", "wire", or both).
@@ -253,7 +269,7 @@ func (a *Agent) tracerFor(path string) tracer {
 
 // attach follows gw on the best data path available; called with a.mu held.
 func (a *Agent) attach(gw discovery.Gateway) *tracked {
-	t := &tracked{gw: gw}
+	t := &tracked{gw: gw, since: time.Now()}
 	if a.nginx != nil && !a.nginxFailed {
 		err := a.nginx.Track(gw)
 		if err == nil {

@@ -47,24 +47,35 @@ type Event struct {
 // gateway as Added. Within one scan, Removed events come first, then Changed, then Added.
 // A scan that cannot read ProcRoot at all is skipped (nothing is reported Removed).
 // Watch returns when ctx is done.
+//
+// While a gateway has no workers yet (its master was caught before forking them, or it is
+// restarting them), Watch rescans every FastInterval instead: requests served by a worker
+// the kernel filter does not know yet are not seen, so that window must stay short.
 func Watch(ctx context.Context, s Scanner, interval time.Duration, fn func(Event)) {
 	if interval <= 0 {
 		interval = DefaultInterval
 	}
 	known := map[GatewayID]Gateway{}
-	t := time.NewTicker(interval)
-	defer t.Stop()
 	for {
 		if gws, err := s.Scan(); err == nil || gws != nil {
 			known = diff(known, gws, fn)
 		}
+		next := interval
+		for _, g := range known {
+			if len(g.Workers) == 0 && FastInterval < next {
+				next = FastInterval
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(next):
 		}
 	}
 }
+
+// FastInterval is Watch's rescan interval while a gateway has no workers.
+const FastInterval = 100 * time.Millisecond
 
 // diff reports the differences between the previous and the current scan and returns the
 // new state.
@@ -99,7 +110,7 @@ func diff(prev map[GatewayID]Gateway, cur []Gateway, fn func(Event)) map[Gateway
 
 func changed(a, b Gateway) bool {
 	if a.ExeDev != b.ExeDev || a.ExeIno != b.ExeIno || (a.Err == nil) != (b.Err == nil) ||
-		len(a.Workers) != len(b.Workers) {
+		len(a.Workers) != len(b.Workers) || a.Master.Title != b.Master.Title {
 		return true
 	}
 	for i := range a.Workers {

@@ -144,7 +144,12 @@ func tail(s string, n int) string {
 }
 
 // waitReady waits for /readyz to answer 200.
-func (a *agent) waitReady(t *testing.T, timeout time.Duration) {
+func (a *agent) waitReady(t *testing.T, timeout time.Duration) { a.waitFor(t, "/readyz", timeout) }
+
+// waitHealthy waits for /healthz to answer 200 (the agent serves, gateway or not).
+func (a *agent) waitHealthy(t *testing.T, timeout time.Duration) { a.waitFor(t, "/healthz", timeout) }
+
+func (a *agent) waitFor(t *testing.T, path string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var last string
@@ -154,7 +159,7 @@ func (a *agent) waitReady(t *testing.T, timeout time.Duration) {
 			t.Fatalf("the agent exited: %v\n%s", a.cmd.ProcessState, tail(a.log.String(), 4000))
 		default:
 		}
-		resp, err := http.Get("http://" + a.addr + "/readyz")
+		resp, err := http.Get("http://" + a.addr + path)
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -167,7 +172,7 @@ func (a *agent) waitReady(t *testing.T, timeout time.Duration) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("agent not ready after %v: %s", timeout, last)
+	t.Fatalf("agent: %s not 200 after %v: %s", path, timeout, last)
 }
 
 func (a *agent) readyz(t *testing.T) int {

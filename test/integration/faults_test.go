@@ -106,7 +106,8 @@ func TestGatewayAppearsLater(t *testing.T) {
 		return
 	}
 	a := startAgent(t, 0, nil)
-	time.Sleep(1500 * time.Millisecond)
+	a.waitHealthy(t, 20*time.Second)
+	time.Sleep(1500 * time.Millisecond) // a few discovery rounds with nothing to find
 	if code := a.readyz(t); code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz with no gateway: %d, want 503", code)
 	}

@@ -302,7 +302,16 @@ func (b *bench) report(scens []scenario) reportOut {
 	fmt.Fprintf(&doc, "of the machine's other load better). ")
 	fmt.Fprintf(&doc, "\"agent CPU\" is the agent process's own CPU during the \"with\" runs, in %% of one core (the probes'\n")
 	fmt.Fprintf(&doc, "cost is in the workers' kernel time, and shows as lower throughput); \"counted\" is the agent's\n")
-	fmt.Fprintf(&doc, "request count over the access log's line count for the same runs.\n\n")
+	fmt.Fprintf(&doc, "request count over the access log's line count for the same runs.")
+	for _, sm := range sums {
+		if sm.s.name == "http2" && sm.errors > 0 {
+			fmt.Fprintf(&doc, " The http2 rounds' \"errors\" are\n")
+			fmt.Fprintf(&doc, "streams h2load reports as errored, on both sides, while every response it got was 2xx and the\n")
+			fmt.Fprintf(&doc, "access log and the agent agree; nginx ends each HTTP/2 connection after `keepalive_requests`\n")
+			fmt.Fprintf(&doc, "(1000) with a GOAWAY, which is the likely cause.")
+		}
+	}
+	fmt.Fprintf(&doc, "\n\n")
 	fmt.Fprintf(&doc, "| figure | value | target |\n|---|---:|---|\n")
 	if cs.ok {
 		fmt.Fprintf(&doc, "| extra CPU at %d req/s (paced, Kong-like route): workers + agent minus workers alone | **%.2f%% of a core** (%.1f us/request; workers %.2f%% -> %.2f%%, agent %.2f%%) | <= %.0f%% %s |\n",

@@ -32,6 +32,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,6 +46,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -224,6 +226,13 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conn
 	fmt.Printf("  ok %d, errors %d, %.0f reviews/s, p50 %.3f ms  p99 %.3f ms  max %.3f ms, CPU %.0f us per review\n",
 		sat.ok, sat.errors, sat.achieved, ms(sat.p(0.50)), ms(sat.p(0.99)), ms(sat.max()), us(sat.cpuPerReview))
 
+	// The handler alone, in this process, without TLS/HTTP/Events: splits the cost.
+	handlerCPU, handlerAllocs, err := handlerOnly(o.Agent, body, 500)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("handler alone (no TLS, no HTTP server, no Events): CPU %.0f us per review, %d allocations\n", us(handlerCPU), handlerAllocs)
+
 	if ol.errors > 0 || sat.errors > 0 {
 		fmt.Printf("WARNING: %d + %d failed reviews\n", ol.errors, sat.errors)
 	}
@@ -231,6 +240,7 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conn
 		date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), rate: rate, dur: dur, ol: ol,
 		satWorkers: satWorkers, satDur: satDur, sat: sat, bodyLen: len(body),
 		cpus: runtime.NumCPU(), load: load0, loadAfter: loadavg(), conns: conns,
+		handlerCPU: handlerCPU, handlerAllocs: handlerAllocs,
 	}
 	if doc != "" {
 		if err := writeDoc(doc, res); err != nil {
@@ -243,6 +253,7 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conn
 	fmt.Printf("BENCH webhook_errors %d\n", ol.errors+sat.errors)
 	fmt.Printf("BENCH webhook_max_ms %.3f\n", ms(ol.max()))
 	fmt.Printf("BENCH webhook_cpu_us_per_review %.0f\n", us(sat.cpuPerReview))
+	fmt.Printf("BENCH webhook_handler_cpu_us_per_review %.0f\n", us(handlerCPU))
 	fmt.Printf("BENCH webhook_reviews_per_sec %.0f\n", sat.achieved)
 	fmt.Printf("BENCH webhook_p50_ms %.3f\n", ms(ol.p(0.50)))
 	fmt.Printf("BENCH webhook_p99_ms %.3f\n", ms(ol.p(0.99)))
@@ -426,6 +437,28 @@ func checkOne(hc *http.Client, url string, body []byte) error {
 	return nil
 }
 
+// handlerOnly calls the injection handler n times in-process and returns the CPU time and
+// the allocations per call.
+func handlerOnly(cfg inject.Config, body []byte, n int) (time.Duration, uint64, error) {
+	h := inject.NewWebhook(cfg, nil, logr.Discard())
+	var ms0, ms1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms0)
+	cpu0 := cpuTime()
+	for range n {
+		req := httptest.NewRequest(http.MethodPost, inject.Path, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		rw := httptest.NewRecorder()
+		h.ServeHTTP(rw, req)
+		if rw.Code != http.StatusOK {
+			return 0, 0, fmt.Errorf("handler: HTTP %d: %s", rw.Code, rw.Body.String())
+		}
+	}
+	cpu := (cpuTime() - cpu0) / time.Duration(n)
+	runtime.ReadMemStats(&ms1)
+	return cpu, (ms1.Mallocs - ms0.Mallocs) / uint64(n), nil
+}
+
 // cpuTime is this process's user + system CPU time so far.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
@@ -594,6 +627,9 @@ type summary struct {
 	load       string
 	loadAfter  string
 	conns      int
+
+	handlerCPU    time.Duration
+	handlerAllocs uint64
 }
 
 func (s summary) markdown() string {
@@ -616,6 +652,9 @@ func (s summary) markdown() string {
 		s.rate, s.dur, s.ol.sent, s.ol.errors, s.ol.achieved, ms(s.ol.p(.5)), ms(s.ol.p(.9)), ms(s.ol.p(.99)), ms(s.ol.max()), us(s.ol.cpuPerReview))
 	fmt.Fprintf(&b, "| saturation, %d closed-loop workers for %v | %d | %d | **%.0f** | %.3f | %.3f | %.3f | %.3f | %.0f |\n\n",
 		s.satWorkers, s.satDur, s.sat.sent, s.sat.errors, s.sat.achieved, ms(s.sat.p(.5)), ms(s.sat.p(.9)), ms(s.sat.p(.99)), ms(s.sat.max()), us(s.sat.cpuPerReview))
+	fmt.Fprintf(&b, "The injection handler alone (`inject.Webhook.ServeHTTP` called in-process, no TLS, no HTTP\n")
+	fmt.Fprintf(&b, "server, no Events; also `go test -bench Handler ./hack/benchwebhook`): %.0f us CPU and %d\n", us(s.handlerCPU), s.handlerAllocs)
+	fmt.Fprintf(&b, "allocations per review.\n\n")
 	verdict := "meets"
 	if ms(s.ol.p(.99)) > 5 {
 		verdict = "MISSES"

@@ -22,7 +22,9 @@ const (
 // Agent HTTP endpoints on the metrics port (DESIGN.md).
 const (
 	metricsPath   = "/metrics"
-	readinessPath = "/readyz"
+	// The agent's /readyz means "probes attached to a gateway" (for people and tests); the
+	// kubelet's readiness probe must not use it, see below.
+	readinessPath = "/healthz"
 	livenessPath  = "/healthz"
 )
 
@@ -93,8 +95,9 @@ func agentContainer(cfg Config, s settings) corev1.Container {
 			Protocol:      corev1.ProtocolTCP,
 		}},
 		Resources: *cfg.Resources.DeepCopy(),
-		// Readiness of a native sidecar counts toward the pod's Ready condition, so /readyz must
-		// only say "my HTTP server is up", never "Kong found" or "probes attached": otherwise
+		// Readiness of a native sidecar counts toward the pod's Ready condition, so the probe
+		// must only ask "is the HTTP server up" (/healthz), never "Kong found" or "probes
+		// attached" (/readyz): otherwise
 		// a monitoring hiccup would take Kong out of its Service. No startupProbe on purpose:
 		// with one, Kong's containers would wait for it.
 		ReadinessProbe: &corev1.Probe{

@@ -304,13 +304,10 @@ func createPatch(original, mutated *corev1.Pod, raw []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decoding our own JSON patch: %w", err)
 	}
-	got, err := p.Apply(before)
-	if err != nil {
-		return nil, fmt.Errorf("JSON patch does not apply to the encoded pod: %w", err)
-	}
-	if !jsonpatchapply.Equal(got, after) {
-		return nil, errors.New("JSON patch does not reproduce the mutated pod")
-	}
+	// One safety check per review: the patch applies to the pod the API server holds (an op
+	// on a path that does not exist there would make the API server reject the pod, whatever
+	// the failurePolicy). That the patch reproduces the mutated pod is proven by the golden
+	// and fuzz tests; checking it here too cost ~55% of the handler's CPU (bench-webhook).
 	if _, err := p.Apply(raw); err != nil {
 		return nil, fmt.Errorf("JSON patch does not apply to the request's pod: %w", err)
 	}

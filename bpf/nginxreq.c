@@ -20,6 +20,7 @@
  * entry probe parks the event per thread and a uretprobe on free_request completes and emits it.
  */
 #include "headers/common.h"
+#include "headers/task.h"
 
 char __license[] SEC("license") = "GPL";
 
@@ -48,6 +49,7 @@ volatile const __u64 wakeup_bytes = 262144; /* wake the reader only when this mu
 #define C_NS_ERR 2       /* bpf_get_ns_current_pid_tgid failed */
 #define C_PENDING_LOST 3 /* Lua mode: parked event not completed (map full) */
 #define C_EVENTS 4       /* events submitted */
+#define C_ADOPTED 5      /* untracked process accepted because its parent is a tracked master */
 #define C_MAX 8
 
 #define METHOD_LEN 16
@@ -161,7 +163,9 @@ struct nginxreq_layout {
 struct nginxreq_proc {
 	__u64 cached_time_addr; /* runtime address of the ngx_cached_time pointer, 0 if unknown */
 	__u32 layout_id;
-	__u32 _pad;
+	/* The gateway's master (agent's PID namespace). An entry whose key is its own master
+	 * lets the kernel adopt that process's children: see adopt(). */
+	__u32 master;
 };
 
 struct nginxreq_config {
@@ -262,21 +266,73 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
+/* The parent process's tgid as the agent sees it (0: unknown).
+ *
+ * ns_mode (bpf_get_ns_current_pid_tgid matched): the current task's own PID namespace, the
+ * deepest level of its struct pid, is the agent's, so that level L is the agent's namespace
+ * level (user space cannot tell it: NSpid in a pod's own /proc lists only that namespace).
+ * The parent's PID there is numbers[L] of its thread group leader's struct pid, trusted only
+ * if the parent has that level and it is the agent's namespace. real_parent is the thread
+ * that forked; its group leader's PID is the process's.
+ *
+ * Otherwise (agent in the initial namespace, nginx in a container): the global tgid. */
+static __always_inline __u32 parent_tgid(int ns_mode)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (!ns_mode)
+		return BPF_CORE_READ(task, real_parent, tgid);
+	__u32 lvl = BPF_CORE_READ(task, thread_pid, level);
+	struct pid *pid = BPF_CORE_READ(task, real_parent, group_leader, thread_pid);
+	if (!pid || lvl > 32 || BPF_CORE_READ(pid, level) < lvl)
+		return 0;
+	struct upid *u = (struct upid *)((void *)pid + bpf_core_field_offset(struct pid, numbers) +
+					  lvl * bpf_core_type_size(struct upid));
+	struct pid_namespace *ns = BPF_CORE_READ(u, ns);
+	if (!ns || BPF_CORE_READ(ns, ns.inum) != agent_ns_ino)
+		return 0;
+	return BPF_CORE_READ(u, nr);
+}
+
+/* A process not (yet) in the filter: nginx forks workers at start, on reload and to replace
+ * a crashed one, and user space only adds them at its next /proc scan. If the parent is a
+ * tracked gateway master (its entry names itself as master), the process is one of its
+ * workers: accept it with the master's value (same binary, same address space layout, so
+ * the ngx_cached_time address holds) and add it to the filter, so its next requests take the
+ * fast path. User space reconciles these entries at its next SetPIDs. Only runs on a miss. */
+static __always_inline struct nginxreq_proc *adopt(__u32 tgid, int ns_mode)
+{
+	__u32 ppid = parent_tgid(ns_mode);
+	if (!ppid || ppid == tgid)
+		return 0;
+	struct nginxreq_proc *pp = bpf_map_lookup_elem(&nginxreq_procs, &ppid);
+	if (!pp || pp->master != ppid)
+		return 0;
+	struct nginxreq_proc v = *pp;
+	bpf_map_update_elem(&nginxreq_procs, &tgid, &v, BPF_NOEXIST);
+	count(C_ADOPTED);
+	return pp;
+}
+
 /* The calling process, if tracked. The map is keyed by the PID the agent sees, so a pod's
  * agent (its own PID namespace) and a host agent both work. */
 static __always_inline struct nginxreq_proc *lookup_proc(__u32 *tgid)
 {
 	struct bpf_pidns_info ns = {};
+	int ns_mode = 1;
 	if (bpf_get_ns_current_pid_tgid(agent_ns_dev, agent_ns_ino, &ns, sizeof(ns)) == 0) {
 		*tgid = ns.tgid;
 	} else if (agent_in_init_ns) {
 		/* nginx in a container, agent on the host: global PIDs are what it sees. */
 		*tgid = bpf_get_current_pid_tgid() >> 32;
+		ns_mode = 0;
 	} else {
 		count(C_NS_ERR);
 		return 0;
 	}
-	return bpf_map_lookup_elem(&nginxreq_procs, tgid);
+	struct nginxreq_proc *p = bpf_map_lookup_elem(&nginxreq_procs, tgid);
+	if (p)
+		return p;
+	return adopt(*tgid, ns_mode);
 }
 
 static __always_inline void read_clock(struct nginxreq_event *e, struct nginxreq_proc *p)

@@ -110,7 +110,7 @@ type NginxReqNginxreqProc struct {
 	_              structs.HostLayout
 	CachedTimeAddr uint64
 	LayoutId       uint32
-	Pad            uint32
+	Master         uint32
 }
 
 type NginxReqNginxreqUpcand struct {

@@ -24,6 +24,22 @@
 // runs in the initial namespace and nginx in a container, the helper cannot match and the
 // program falls back to global PIDs (what such an agent sees in /proc).
 //
+// New workers are not lost while user space has not listed them yet (nginx forks them at
+// start, on reload and to replace a crashed one; discovery scans /proc once a second): the
+// filter also holds each gateway's master (it serves no requests in master/worker mode), and
+// on a filter miss the program looks at the process's parent (task_struct through CO-RE,
+// bpf/headers/task.h): the real parent's thread group leader's PID at the agent's namespace
+// level (the current task's own level, since the helper matched; the namespace is checked),
+// or its global tgid in the fallback mode. If that is a tracked master, the event is
+// accepted with the master's entry (same binary and address space layout, so the same
+// ngx_cached_time address) and the process is added to the filter in the kernel
+// (BPF_NOEXIST), so its next requests take the fast path; Status.AdoptedPIDs counts these.
+// Only a master's entry adopts (its value names itself as master), so processes forked by
+// workers (Lua's os.execute) are not. The next SetPIDs keeps adopted entries of live
+// children of the master, removes those of processes that are gone, never removes the
+// master; Untrack removes them all. A worker dropped from SetPIDs while still running is
+// therefore adopted again at its next request.
+//
 // # Layout learning
 //
 // Offsets in ngx_http_request_t move with nginx version and build options and Kong's binary

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/bpf"
 )
 
 func get(t *testing.T, c *http.Client, url string) {
@@ -36,7 +37,8 @@ func get(t *testing.T, c *http.Client, url string) {
 	resp.Body.Close()
 }
 
-// TestTrackSetPIDsUntrack: the kernel filter follows SetPIDs, and Untrack detaches.
+// TestTrackSetPIDsUntrack: the kernel filter follows SetPIDs (plus the master, whose
+// children the kernel adopts), and Untrack removes everything and detaches.
 func TestTrackSetPIDsUntrack(t *testing.T) {
 	if os.Getenv(innerEnv) != "" {
 		t.Skip("inner run")
@@ -48,42 +50,55 @@ func TestTrackSetPIDsUntrack(t *testing.T) {
 	if st := p.Status(); st.AttachedBinaries != 1 || st.TrackedPIDs != 2 {
 		t.Fatalf("status %+v", st)
 	}
+	if got, want := filterPIDs(t, p), pidSet(gw.Master.PID, gw.Workers[0].PID, gw.Workers[1].PID); got != want {
+		t.Fatalf("kernel filter %s, want %s (master and workers)", got, want)
+	}
 	// Tracking the same gateway again (a discovery refresh) changes nothing.
 	if err := p.Track(gw); err != nil {
 		t.Fatal(err)
 	}
-	keep := gw.Workers[0].PID
+	keep, other := gw.Workers[0].PID, gw.Workers[1].PID
 	p.SetPIDs(gw.ID(), []int{keep})
 	if st := p.Status(); st.TrackedPIDs != 1 {
 		t.Fatalf("status after SetPIDs %+v", st)
 	}
-	// New connections each time, so both workers serve some.
+	if got, want := filterPIDs(t, p), pidSet(gw.Master.PID, keep); got != want {
+		t.Fatalf("kernel filter after SetPIDs %s, want %s", got, want)
+	}
+	// The dropped worker is still a child of the tracked master: the kernel adopts it at its
+	// first request, so nothing is lost.
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	for i := 0; i < 60; i++ {
 		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?id=%d", n.Port, i))
 	}
 	time.Sleep(400 * time.Millisecond)
 	lines := readAccessLog(t, n.AccessLog)
-	want := 0
+	byOther := 0
 	for _, l := range lines {
-		if l.PID == keep {
-			want++
+		if l.PID == other {
+			byOther++
 		}
 	}
-	got := c.waitFor(t, want, 3*time.Second)
-	for _, r := range got {
-		if r.PID != keep {
-			t.Fatalf("request from untracked worker %d: %+v", r.PID, r)
+	got := c.waitFor(t, len(lines), 3*time.Second)
+	st := p.Status()
+	if len(got) != len(lines) || (byOther > 0) != (st.AdoptedPIDs > 0) {
+		t.Fatalf("agent saw %d of %d requests (%d by the dropped worker), status %+v", len(got), len(lines), byOther, st)
+	}
+	t.Logf("dropped worker %d served %d of %d requests; agent saw all; adopted %d", other, byOther, len(lines), st.AdoptedPIDs)
+	// The next SetPIDs keeps the adopted entry of a live child of the master.
+	p.SetPIDs(gw.ID(), []int{keep})
+	if byOther > 0 {
+		if got, want := filterPIDs(t, p), pidSet(gw.Master.PID, keep, other); got != want {
+			t.Fatalf("kernel filter after second SetPIDs %s, want %s", got, want)
 		}
 	}
-	if len(got) != want || want == 0 || want == len(lines) {
-		t.Fatalf("tracked worker served %d of %d, agent saw %d", want, len(lines), len(got))
-	}
-	t.Logf("worker %d served %d of %d requests; agent saw exactly those", keep, want, len(lines))
 
 	p.Untrack(gw.ID())
 	if st := p.Status(); st.AttachedBinaries != 0 || st.TrackedPIDs != 0 {
 		t.Fatalf("status after Untrack %+v", st)
+	}
+	if f := filterPIDs(t, p); f != "[]" {
+		t.Fatalf("kernel filter after Untrack %s", f)
 	}
 	for i := 0; i < 20; i++ {
 		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?after=%d", n.Port, i))
@@ -103,6 +118,247 @@ func TestTrackSetPIDsUntrack(t *testing.T) {
 	if st := p.Status(); st.AttachedBinaries != 1 || st.Mode != "ready" || st.DecodeErrors != 0 {
 		t.Fatalf("status after re-Track %+v", st)
 	}
+}
+
+// filterPIDs lists the kernel filter's keys, sorted, as a string.
+func filterPIDs(t testing.TB, p *Probes) string {
+	t.Helper()
+	var (
+		k    uint32
+		v    bpf.NginxReqNginxreqProc
+		pids []int
+	)
+	it := p.objs.NginxreqProcs.Iterate()
+	for it.Next(&k, &v) {
+		pids = append(pids, int(k))
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return pidSet(pids...)
+}
+
+func pidSet(pids ...int) string {
+	s := append([]int(nil), pids...)
+	sort.Ints(s)
+	return fmt.Sprint(s)
+}
+
+// adoptNewWorkers: nginx forks new workers (mode "reload": SIGHUP; "kill": both workers
+// killed with SIGKILL, twice, the second time the workers the kernel itself adopted) and
+// requests reach them before anyone calls SetPIDs. The kernel adopts them (their parent,
+// the master, is in the filter), so the agent sees exactly what the access log has. Then
+// SetPIDs reconciles the filter: the master and the live workers, nothing else.
+func adoptNewWorkers(t *testing.T, n *testNginx, mode string) {
+	p, c := startProbes(t, n, Options{})
+	gw := n.Gateway(t)
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	sent := 0
+	send := func(tag string, k int) {
+		for i := 0; i < k; i++ {
+			get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?id=%d&%s", n.Port, sent, tag))
+			sent++
+		}
+	}
+	send("before", 10)
+	c.waitFor(t, 10, 3*time.Second)
+	if st := p.Status(); st.Mode != "ready" {
+		t.Fatalf("status %+v", st)
+	}
+	workers := func() map[int]bool {
+		m := map[int]bool{}
+		for _, w := range n.Workers() {
+			m[w.PID] = true
+		}
+		return m
+	}
+	var fresh map[int]bool
+	rounds := 1
+	if mode == "kill" {
+		rounds = 2
+	}
+	for round := 0; round < rounds; round++ {
+		old := workers()
+		if mode == "reload" {
+			if err := syscall.Kill(n.Master, syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			// A worker logs (and calls free_request) just after the client has its
+			// response: let it finish, or the request is neither logged nor seen.
+			for deadline := time.Now().Add(3 * time.Second); len(readAccessLog(t, n.AccessLog)) < sent; {
+				if time.Now().After(deadline) {
+					t.Fatal("access log behind")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			for pid := range old {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			// Wait until they are gone (reaped by the master): connections then queue for
+			// the workers it forks.
+			for deadline := time.Now().Add(5 * time.Second); ; {
+				alive := 0
+				for pid := range workers() {
+					if old[pid] {
+						alive++
+					}
+				}
+				if alive == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("killed workers still there")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		// Requests right away, while the new workers start (and, on reload, the old ones
+		// stop accepting); no SetPIDs.
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			send(fmt.Sprintf("round=%d", round), 5)
+			fresh = map[int]bool{}
+			ws := workers()
+			for pid := range ws {
+				if !old[pid] {
+					fresh[pid] = true
+				}
+			}
+			if len(fresh) == 2 && len(ws) == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no new workers: %v", ws)
+			}
+		}
+		send(fmt.Sprintf("round=%d", round), 20)
+	}
+	var lines []logLine
+	var got []model.Request
+	for prev, deadline := -1, time.Now().Add(10*time.Second); ; {
+		time.Sleep(300 * time.Millisecond)
+		lines = readAccessLog(t, n.AccessLog)
+		got = c.waitFor(t, len(lines), 3*time.Second)
+		if len(lines) == prev || time.Now().After(deadline) {
+			break
+		}
+		prev = len(lines)
+	}
+	st := p.Status()
+	seen := map[string]int{}
+	byFresh := 0
+	for _, r := range got {
+		seen[reqKey(r.URI, r.Method, r.Status)]++
+		if fresh[r.PID] {
+			byFresh++
+		}
+	}
+	var missing []string
+	for _, l := range lines {
+		if k := reqKey(l.URI, l.Method, l.Status); seen[k] != 1 {
+			missing = append(missing, l.raw)
+		}
+	}
+	t.Logf("%s: sent %d, %d log lines, %d agent records (%d from the last new workers %v); status %+v",
+		mode, sent, len(lines), len(got), byFresh, fresh, st)
+	if len(lines) != sent || len(got) != len(lines) || len(missing) > 0 {
+		t.Fatalf("agent and access log disagree: %d log lines, %d records; not seen exactly once: %q", len(lines), len(got), missing)
+	}
+	if st.AdoptedPIDs == 0 || byFresh == 0 || st.DecodeErrors != 0 || st.Calibration > 10 {
+		t.Fatalf("no adoption (%d requests by new workers), status %+v", byFresh, st)
+	}
+	// Adopted entries carry the master's value (same binary, same load address).
+	var mv, wv bpf.NginxReqNginxreqProc
+	if err := p.objs.NginxreqProcs.Lookup(uint32(gw.Master.PID), &mv); err != nil {
+		t.Fatalf("master not in the filter: %v", err)
+	}
+	for pid := range fresh {
+		if err := p.objs.NginxreqProcs.Lookup(uint32(pid), &wv); err == nil && wv != mv {
+			t.Fatalf("adopted worker %d: %+v, master %+v", pid, wv, mv)
+		}
+	}
+	// On reload the old workers exit once idle: wait, then user space reconciles.
+	var live []int
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		live = live[:0]
+		for pid := range workers() {
+			live = append(live, pid)
+		}
+		if len(live) == 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.SetPIDs(gw.ID(), live)
+	if got, want := filterPIDs(t, p), pidSet(append(live, gw.Master.PID)...); got != want {
+		t.Fatalf("kernel filter after SetPIDs %s, want %s (master and live workers)", got, want)
+	}
+	if st := p.Status(); st.TrackedPIDs != 2 {
+		t.Fatalf("status after SetPIDs %+v", st)
+	}
+	p.Untrack(gw.ID())
+	if f := filterPIDs(t, p); f != "[]" {
+		t.Fatalf("kernel filter after Untrack %s", f)
+	}
+}
+
+// adoptTest runs in the test's own PID namespace, or inside TestPIDNamespaceAdopt's.
+func adoptTest(t *testing.T) bool {
+	if e := os.Getenv(innerEnv); e != "" && e != "pidns" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t)
+	return true
+}
+
+// TestReloadAdoptsWorkers: after `nginx -s reload`, requests served by the new workers before
+// SetPIDs are all seen.
+func TestReloadAdoptsWorkers(t *testing.T) {
+	adoptTest(t)
+	n := startNginx(t)
+	checkInnerPIDNS(t, n)
+	adoptNewWorkers(t, n, "reload")
+}
+
+// TestRespawnAdoptsWorkers: workers killed with SIGKILL are respawned by the master; their
+// successors' requests are seen before SetPIDs.
+func TestRespawnAdoptsWorkers(t *testing.T) {
+	adoptTest(t)
+	n := startNginx(t)
+	checkInnerPIDNS(t, n)
+	adoptNewWorkers(t, n, "kill")
+}
+
+// TestPIDNamespaceAdopt: both adoption tests with the agent and nginx in a child PID
+// namespace (the parent's PID is read at the agent's namespace level).
+func TestPIDNamespaceAdopt(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t, "unshare")
+	for _, test := range []string{"TestReloadAdoptsWorkers", "TestRespawnAdoptsWorkers"} {
+		out := runInner(t, []string{"unshare", "--pid", "--fork", "--mount-proc"}, test, innerEnv+"=pidns")
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "agent records") || strings.Contains(l, "inner pid namespace") {
+				t.Log(strings.TrimSpace(l))
+			}
+		}
+	}
+}
+
+// TestNginxInChildNamespaceAdopts: the agent in the initial PID namespace, nginx in a
+// container's: the parent is found by its global tgid.
+func TestNginxInChildNamespaceAdopts(t *testing.T) {
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t, "unshare")
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/pid", &st); err != nil || st.Ino != 0xEFFFFFFC {
+		t.Skip("the test itself must run in the initial PID namespace")
+	}
+	n := startNginxWrapped(t, "unshare", "--pid", "--fork")
+	adoptNewWorkers(t, n, "reload")
 }
 
 // TestThroughput measures what the probes cost nginx: wrk against `return 200`, alternating

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,7 +41,14 @@ type Options struct {
 // Status is a snapshot of the probes' health, for /readyz, metrics and Events.
 type Status struct {
 	AttachedBinaries int
-	TrackedPIDs      int
+	// TrackedPIDs counts the PIDs given to Track/SetPIDs (the workers). The kernel filter
+	// also holds each gateway's master and the workers the kernel adopted.
+	TrackedPIDs int
+	// AdoptedPIDs counts the times the kernel accepted an untracked process because its
+	// parent is a tracked master (a worker forked at start, on reload or to replace a crashed
+	// one, before user space's next scan), adding it to the filter itself: about one per
+	// such worker.
+	AdoptedPIDs uint64
 	// Mode is "calibrating" (no layout learnt yet), "ready" or "failed" (see Err).
 	Mode string
 	// Layout describes the learnt offsets of each attached binary.
@@ -106,7 +114,8 @@ type nginxBin struct {
 type gateway struct {
 	gw   discovery.Gateway
 	bin  *nginxBin
-	pids map[int]bool
+	pids map[int]bool // in the kernel filter, put there by user space (workers and master)
+	req  map[int]bool // the PIDs Track/SetPIDs asked for
 }
 
 // Probes is the loaded BPF collection and everything attached from it.
@@ -120,7 +129,7 @@ type Probes struct {
 	bins     map[binKey]*nginxBin
 	byID     map[uint32]*nginxBin
 	gws      map[discovery.GatewayID]*gateway
-	pidOwner map[int]discovery.GatewayID
+	pidOwner map[int]discovery.GatewayID // the PIDs Track/SetPIDs asked for
 	nextID   uint32
 	freeIDs  []uint32
 	lastErr  string
@@ -228,7 +237,7 @@ func (p *Probes) Track(gw discovery.Gateway) error {
 		}
 	}
 	b.users++
-	g := &gateway{gw: gw, bin: b, pids: map[int]bool{}}
+	g := &gateway{gw: gw, bin: b, pids: map[int]bool{}, req: map[int]bool{}}
 	p.gws[id] = g
 	return p.setPIDsLocked(g, gw.PIDs())
 }
@@ -479,7 +488,7 @@ func (p *Probes) Untrack(id discovery.GatewayID) {
 	if !ok {
 		return
 	}
-	p.setPIDsLocked(g, nil)
+	p.removePIDsLocked(g)
 	delete(p.gws, id)
 	b := g.bin
 	b.users--
@@ -508,24 +517,38 @@ func (p *Probes) SetPIDs(id discovery.GatewayID, pids []int) {
 	}
 }
 
+// setPIDsLocked makes the kernel filter hold the gateway's pids and its master. The master
+// serves no requests in master/worker mode (and is one of pids when it does), but with it in
+// the filter the kernel accepts the requests of workers it forks before user space lists
+// them, and adds them to the filter itself (adopt() in bpf/nginxreq.c). Adopted entries of
+// processes that are gone (or no longer the master's children) are removed here.
 func (p *Probes) setPIDsLocked(g *gateway, pids []int) error {
-	want := map[int]bool{}
+	master := g.gw.Master.PID
+	want := map[int]bool{master: true}
 	for _, pid := range pids {
 		want[pid] = true
 	}
+	p.reapAdoptedLocked(g, want)
 	for pid := range g.pids {
 		if !want[pid] {
 			p.objs.NginxreqProcs.Delete(uint32(pid))
 			delete(g.pids, pid)
-			delete(p.pidOwner, pid)
 		}
+	}
+	for pid := range g.req {
+		delete(p.pidOwner, pid)
+	}
+	g.req = map[int]bool{}
+	for _, pid := range pids {
+		g.req[pid] = true
+		p.pidOwner[pid] = g.gw.ID()
 	}
 	var errs []error
 	for pid := range want {
 		if g.pids[pid] {
 			continue
 		}
-		v := bpf.NginxReqNginxreqProc{LayoutId: g.bin.id}
+		v := bpf.NginxReqNginxreqProc{LayoutId: g.bin.id, Master: uint32(master)}
 		if g.bin.info.cachedTime != 0 && !testNoCachedTime {
 			base, err := loadBase(pid, g.bin.key.ino, g.bin.info)
 			if err != nil {
@@ -540,9 +563,71 @@ func (p *Probes) setPIDsLocked(g *gateway, pids []int) error {
 			continue
 		}
 		g.pids[pid] = true
-		p.pidOwner[pid] = g.gw.ID()
 	}
 	return errors.Join(errs...)
+}
+
+// removePIDsLocked takes all of a gateway's entries out of the kernel filter: the master,
+// the workers and those the kernel adopted.
+func (p *Probes) removePIDsLocked(g *gateway) {
+	for _, pid := range p.adoptedLocked(g, nil) {
+		p.objs.NginxreqProcs.Delete(uint32(pid))
+	}
+	for pid := range g.pids {
+		p.objs.NginxreqProcs.Delete(uint32(pid))
+	}
+	for pid := range g.req {
+		delete(p.pidOwner, pid)
+	}
+	g.pids, g.req = map[int]bool{}, map[int]bool{}
+}
+
+// reapAdoptedLocked removes the entries the kernel adopted for the gateway whose process is
+// gone or is no longer a child of the master (its PID reused); want are about to be put.
+func (p *Probes) reapAdoptedLocked(g *gateway, want map[int]bool) {
+	master := g.gw.Master.PID
+	for _, pid := range p.adoptedLocked(g, want) {
+		if ppid, err := parentPID(pid); err == nil && ppid == master {
+			continue // a live worker discovery has not listed yet
+		}
+		p.objs.NginxreqProcs.Delete(uint32(pid))
+	}
+}
+
+// adoptedLocked lists the kernel filter's entries for the gateway that user space did not
+// put there (nor is about to: skip).
+func (p *Probes) adoptedLocked(g *gateway, skip map[int]bool) []int {
+	var (
+		key  uint32
+		v    bpf.NginxReqNginxreqProc
+		out  []int
+		mine = uint32(g.gw.Master.PID)
+	)
+	it := p.objs.NginxreqProcs.Iterate()
+	for it.Next(&key, &v) {
+		if v.Master == mine && !g.pids[int(key)] && !skip[int(key)] {
+			out = append(out, int(key))
+		}
+	}
+	return out
+}
+
+// parentPID reads a process's parent PID from /proc/<pid>/stat (PIDs as the agent sees them).
+func parentPID(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no comm", pid)
+	}
+	fs := strings.Fields(s[i+1:])
+	if len(fs) < 2 {
+		return 0, fmt.Errorf("/proc/%d/stat: short", pid)
+	}
+	return strconv.Atoi(fs[1])
 }
 
 // Run reads events until ctx is done, delivering each request to sink.
@@ -784,6 +869,7 @@ func (p *Probes) Status() Status {
 	sort.Strings(layouts)
 	s.Layout = strings.Join(layouts, "; ")
 	s.Dropped = p.counter(0) + p.counter(1) + p.counter(3)
+	s.AdoptedPIDs = p.counter(5) // C_ADOPTED
 	s.Decoded = p.decoded.Load()
 	s.DecodeErrors = p.decodeErrs.Load()
 	s.Calibration = p.calibs.Load()

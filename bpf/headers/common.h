@@ -1,8 +1,9 @@
 /* Shared helpers for kong-watcher's eBPF programs.
  *
- * We deliberately avoid vmlinux.h: the programs only read user memory (nginx's structs, whose
+ * We deliberately avoid vmlinux.h: the programs mostly read user memory (nginx's structs, whose
  * layout is learnt at run time, not known from BTF) and the uprobe register context, so the
- * UAPI <linux/bpf.h> plus libbpf's helper declarations are all we need. Regenerating needs
+ * UAPI <linux/bpf.h> plus libbpf's helper declarations are all we need; the few kernel fields
+ * nginxreq reads (a task's parent) are declared for CO-RE in task.h. Regenerating needs
  * linux-libc-dev and libbpf-dev (see hack/install-deps.sh); building the Go package does not,
  * because the generated objects are committed.
  */

@@ -374,3 +374,89 @@ func TestKustomizeSamples(t *testing.T) {
 		t.Errorf("PodMonitor endpoints = %v, want port kw-metrics", eps)
 	}
 }
+
+// TestKustomizeAgentPolicy: config/default renders the agent's ClusterRole with exactly the
+// rights the agent needs, and the ValidatingAdmissionPolicy + binding that narrow them
+// (TestAgentPolicy exercises them against a real API server).
+func TestKustomizeAgentPolicy(t *testing.T) {
+	objs := kustomize(t, "default")
+
+	var agent rbacv1.ClusterRole
+	objs.get(t, "ClusterRole", "kong-watcher-agent", &agent)
+	want := map[string]bool{ // group/resource/verb
+		"/pods/get": true, "/pods/patch": true,
+		"/events/create": true, "/events/patch": true,
+		"events.k8s.io/events/create": true, "events.k8s.io/events/patch": true,
+		"kong-watcher.io/agents/report": true, // the policy's marker, not an API resource
+	}
+	got := map[string]bool{}
+	for _, r := range agent.Rules {
+		if len(r.ResourceNames) != 0 || len(r.NonResourceURLs) != 0 {
+			t.Errorf("agent rule %+v: resourceNames/nonResourceURLs not expected", r)
+		}
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				for _, v := range r.Verbs {
+					got[g+"/"+res+"/"+v] = true
+				}
+			}
+		}
+	}
+	for k := range want {
+		if !got[k] {
+			t.Errorf("agent ClusterRole lacks %s", k)
+		}
+	}
+	for k := range got {
+		if !want[k] {
+			t.Errorf("agent ClusterRole grants %s, more than the agent needs", k)
+		}
+	}
+
+	const name = "kong-watcher-agent-pod-annotations"
+	var vap admissionregistrationv1.ValidatingAdmissionPolicy
+	objs.get(t, "ValidatingAdmissionPolicy", name, &vap)
+	var vapb admissionregistrationv1.ValidatingAdmissionPolicyBinding
+	objs.get(t, "ValidatingAdmissionPolicyBinding", name, &vapb)
+	for _, kind := range []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
+		if ns := objs.find(kind, name).GetNamespace(); ns != "" {
+			t.Errorf("%s is cluster-scoped but renders with namespace %q", kind, ns)
+		}
+	}
+	if vap.Spec.FailurePolicy == nil || *vap.Spec.FailurePolicy != admissionregistrationv1.Fail {
+		t.Errorf("policy failurePolicy = %v, want Fail", deref(vap.Spec.FailurePolicy))
+	}
+	if vap.Spec.ParamKind != nil {
+		t.Errorf("policy paramKind = %+v, want none", vap.Spec.ParamKind)
+	}
+	mc := vap.Spec.MatchConstraints
+	if mc == nil || len(mc.ResourceRules) != 1 {
+		t.Fatalf("policy matchConstraints = %+v, want one rule", mc)
+	}
+	rr := mc.ResourceRules[0]
+	if strings.Join(rr.APIGroups, ",") != "" || strings.Join(rr.APIVersions, ",") != "v1" ||
+		strings.Join(rr.Resources, ",") != "pods" || len(rr.Operations) != 1 || rr.Operations[0] != admissionregistrationv1.Update {
+		t.Errorf("policy rule = %+v, want UPDATE of pods (no subresource) only", rr)
+	}
+	conds := ""
+	for _, c := range vap.Spec.MatchConditions {
+		conds += c.Expression + "\n"
+	}
+	for _, want := range []string{"system:serviceaccount:", "authentication.kubernetes.io/pod-name", "check('report')"} {
+		if !strings.Contains(conds, want) {
+			t.Errorf("policy matchConditions lack %q: %s", want, conds)
+		}
+	}
+	if len(vap.Spec.Validations) == 0 {
+		t.Errorf("policy has no validations")
+	}
+	if vapb.Spec.PolicyName != name {
+		t.Errorf("binding policyName = %q, want %q (namePrefix applied to both)", vapb.Spec.PolicyName, name)
+	}
+	if len(vapb.Spec.ValidationActions) != 1 || vapb.Spec.ValidationActions[0] != admissionregistrationv1.Deny {
+		t.Errorf("binding validationActions = %v, want [Deny]", vapb.Spec.ValidationActions)
+	}
+	if vapb.Spec.ParamRef != nil || vapb.Spec.MatchResources != nil {
+		t.Errorf("binding paramRef %+v matchResources %+v, want neither (the policy scopes itself)", vapb.Spec.ParamRef, vapb.Spec.MatchResources)
+	}
+}

@@ -1,0 +1,214 @@
+package envtest
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+const podNameClaim = "authentication.kubernetes.io/pod-name"
+
+// TestAgentPolicy applies the agent's ClusterRole, ValidatingAdmissionPolicy and binding as
+// `kubectl kustomize config/default` renders them, binds the ClusterRole to a service account
+// the way config/samples does, and then acts as that service account with a real token bound
+// to pod A (TokenRequest with boundObjectRef: the API server's token authenticator adds the
+// authentication.kubernetes.io/pod-name extra claim, exactly as for a projected token in a
+// running pod; envtest's API server has service-account signing keys configured). No
+// impersonation: the identity is the one the agent has in a cluster.
+func TestAgentPolicy(t *testing.T) {
+	_, cfg := startEnv(t)
+	ctx := t.Context()
+	admin := kubernetes.NewForConfigOrDie(cfg)
+	c := newClient(t, cfg)
+
+	// The agent's objects from config/default, applied as rendered.
+	objs := kustomize(t, "default")
+	for _, kn := range [][2]string{
+		{"ClusterRole", "kong-watcher-agent"},
+		{"ValidatingAdmissionPolicy", "kong-watcher-agent-pod-annotations"},
+		{"ValidatingAdmissionPolicyBinding", "kong-watcher-agent-pod-annotations"},
+	} {
+		u := objs.find(kn[0], kn[1])
+		if u == nil {
+			t.Fatalf("config/default renders no %s %s", kn[0], kn[1])
+		}
+		u = u.DeepCopy()
+		if err := c.Create(ctx, u); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("creating %s %s: %v", kn[0], kn[1], err)
+		}
+	}
+
+	const ns = "kw-policy"
+	ensureNamespace(t, c, ns)
+	mustCreate := func(err error) {
+		t.Helper()
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	for _, sa := range []string{"kong", "other-operator"} {
+		_, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
+		mustCreate(err)
+	}
+	// As config/samples/agent_rolebinding.yaml: the Kong service account gets the agent's
+	// ClusterRole in its namespace.
+	_, err := admin.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "kong-watcher-agent"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "kong-watcher-agent"},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "kong", Namespace: ns}},
+	}, metav1.CreateOptions{})
+	mustCreate(err)
+	// A different in-cluster client (an operator that legitimately patches pods) with its own
+	// Role: the policy must leave it alone.
+	_, err = admin.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "pod-patcher"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "patch"}}},
+	}, metav1.CreateOptions{})
+	mustCreate(err)
+	_, err = admin.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "pod-patcher"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "pod-patcher"},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "other-operator", Namespace: ns}},
+	}, metav1.CreateOptions{})
+	mustCreate(err)
+
+	newPod := func(name, sa string) *corev1.Pod {
+		t.Helper()
+		p, err := admin.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "kong"},
+				Annotations: map[string]string{"user/note": "keep", "kong-watcher.io/requests": "total=0"}},
+			Spec: corev1.PodSpec{ServiceAccountName: sa, Containers: []corev1.Container{{Name: "proxy", Image: "kong:3.9"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	podA, podB, podC := newPod("kong-a", "kong"), newPod("kong-b", "kong"), newPod("operator-c", "other-operator")
+
+	agent := tokenClient(t, ctx, admin, cfg, ns, "kong", podA)
+	operator := tokenClient(t, ctx, admin, cfg, ns, "other-operator", podC)
+
+	// The identity really carries the pod-name claim (not impersonated).
+	rev, err := agent.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("SelfSubjectReview: %v", err)
+	}
+	ui := rev.Status.UserInfo
+	if ui.Username != "system:serviceaccount:"+ns+":kong" || strings.Join(ui.Extra[podNameClaim], ",") != podA.Name {
+		t.Fatalf("token identity = %s extra %v, want the kong service account bound to pod %s", ui.Username, ui.Extra, podA.Name)
+	}
+	t.Logf("agent identity: %s, %s=%v", ui.Username, podNameClaim, ui.Extra[podNameClaim])
+
+	patch := func(cs *kubernetes.Clientset, pod, body string) error {
+		_, err := cs.CoreV1().Pods(ns).Patch(ctx, pod, types.MergePatchType, []byte(body), metav1.PatchOptions{})
+		return err
+	}
+	denied := func(err error) bool {
+		return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "ValidatingAdmissionPolicy") &&
+			strings.Contains(err.Error(), "kong-watcher-agent-pod-annotations")
+	}
+
+	// The policy takes effect once the API server's policy informer has it and has
+	// type-checked it: wait for a denial of the simplest forbidden change.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		// (Pod C, so that a patch let through before the policy is active changes nothing
+		// the checks below look at.)
+		err := patch(agent, podC.Name, `{"metadata":{"annotations":{"kong-watcher.io/requests":"total=1"}}}`)
+		if denied(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the policy never denied a patch of another pod; last result: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	for _, tc := range []struct {
+		name, pod, body string
+		allow           bool
+	}{
+		{"own pod, kong-watcher.io annotation", podA.Name, `{"metadata":{"annotations":{"kong-watcher.io/requests":"total=1234 errors=5 (0.4%) rate=12.3/s","kong-watcher.io/latency":"p99=20.1ms"}}}`, true},
+		{"own pod, remove a kong-watcher.io annotation", podA.Name, `{"metadata":{"annotations":{"kong-watcher.io/latency":null}}}`, true},
+		{"own pod, change another annotation", podA.Name, `{"metadata":{"annotations":{"user/note":"changed"}}}`, false},
+		{"own pod, add another annotation", podA.Name, `{"metadata":{"annotations":{"user/new":"x"}}}`, false},
+		{"own pod, remove another annotation", podA.Name, `{"metadata":{"annotations":{"user/note":null}}}`, false},
+		{"own pod, label", podA.Name, `{"metadata":{"labels":{"app":"evil"}}}`, false},
+		{"own pod, add a label", podA.Name, `{"metadata":{"labels":{"kong-watcher.io/x":"y"}}}`, false},
+		{"own pod, finalizer", podA.Name, `{"metadata":{"finalizers":["example.com/hold"]}}`, false},
+		{"own pod, spec", podA.Name, `{"spec":{"activeDeadlineSeconds":60}}`, false},
+		{"own pod, image", podA.Name, `{"spec":{"containers":[{"name":"proxy","image":"evil:3.9"}]}}`, false},
+		{"other pod, kong-watcher.io annotation", podB.Name, `{"metadata":{"annotations":{"kong-watcher.io/requests":"total=666"}}}`, false},
+		{"other pod, label", podB.Name, `{"metadata":{"labels":{"app":"evil"}}}`, false},
+	} {
+		err := patch(agent, tc.pod, tc.body)
+		switch {
+		case tc.allow && err != nil:
+			t.Errorf("%s: denied: %v", tc.name, err)
+		case !tc.allow && err == nil:
+			t.Errorf("%s: allowed, want denied by the policy", tc.name)
+		case !tc.allow && !denied(err):
+			t.Errorf("%s: error %v, want a denial by the ValidatingAdmissionPolicy", tc.name, err)
+		case !tc.allow:
+			t.Logf("%s: denied: %v", tc.name, err)
+		}
+	}
+
+	got, err := admin.CoreV1().Pods(ns).Get(ctx, podA.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Annotations["kong-watcher.io/requests"] != "total=1234 errors=5 (0.4%) rate=12.3/s" ||
+		got.Annotations["user/note"] != "keep" || got.Labels["app"] != "kong" || got.Spec.ActiveDeadlineSeconds != nil ||
+		len(got.Finalizers) != 0 {
+		t.Errorf("pod A after the patches: annotations %v labels %v activeDeadlineSeconds %v finalizers %v",
+			got.Annotations, got.Labels, got.Spec.ActiveDeadlineSeconds, got.Finalizers)
+	}
+	if got, _ := admin.CoreV1().Pods(ns).Get(ctx, podB.Name, metav1.GetOptions{}); got != nil &&
+		(got.Annotations["kong-watcher.io/requests"] != "total=0" || got.Labels["app"] != "kong") {
+		t.Errorf("pod B was changed: annotations %v labels %v", got.Annotations, got.Labels)
+	}
+
+	// Not constrained: another pod-bound service account without the agent's ClusterRole
+	// (the policy must not break operators), and an administrator.
+	if err := patch(operator, podB.Name, `{"metadata":{"labels":{"operator":"was-here"},"annotations":{"user/note":"operator"}}}`); err != nil {
+		t.Errorf("a pod-bound service account without the agent role was blocked: %v", err)
+	}
+	if err := patch(admin, podA.Name, `{"metadata":{"labels":{"admin":"was-here"}},"spec":{"activeDeadlineSeconds":3600}}`); err != nil {
+		t.Errorf("the administrator was blocked: %v", err)
+	}
+}
+
+// tokenClient returns a clientset authenticated with a token of service account ns/sa bound to
+// pod (what the kubelet mounts into the pod as its projected token).
+func tokenClient(t *testing.T, ctx context.Context, admin *kubernetes.Clientset, cfg *rest.Config, ns, sa string, pod *corev1.Pod) *kubernetes.Clientset {
+	t.Helper()
+	exp := int64(3600)
+	tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			ExpirationSeconds: &exp,
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("TokenRequest for %s/%s bound to pod %s: %v", ns, sa, pod.Name, err)
+	}
+	sc := rest.AnonymousClientConfig(cfg)
+	sc.BearerToken = tr.Status.Token
+	cs, err := kubernetes.NewForConfig(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
+	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/cmd/webhook/app"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
 )
@@ -370,8 +371,20 @@ func TestKustomizeSamples(t *testing.T) {
 		t.Fatal("no PodMonitor")
 	}
 	eps, _, _ := unstructured.NestedSlice(pm.Object, "spec", "podMetricsEndpoints")
-	if len(eps) != 1 || eps[0].(map[string]any)["port"] != "kw-metrics" {
-		t.Errorf("PodMonitor endpoints = %v, want port kw-metrics", eps)
+	if len(eps) != 1 || eps[0].(map[string]any)["port"] != kwv1.MetricsPortName ||
+		eps[0].(map[string]any)["path"] != "/metrics" {
+		t.Errorf("PodMonitor endpoints = %v, want port %s path /metrics (the agent's port)", eps, kwv1.MetricsPortName)
+	}
+	// It selects the injected pods by the opt-in label, in every namespace.
+	sel, _, _ := unstructured.NestedStringMap(pm.Object, "spec", "selector", "matchLabels")
+	if len(sel) != 1 || sel[kwv1.LabelInject] != kwv1.LabelInjectValue {
+		t.Errorf("PodMonitor selector = %v, want %s=%s", sel, kwv1.LabelInject, kwv1.LabelInjectValue)
+	}
+	if anyNS, _, _ := unstructured.NestedBool(pm.Object, "spec", "namespaceSelector", "any"); !anyNS {
+		t.Errorf("PodMonitor namespaceSelector.any is not true")
+	}
+	if dep.Spec.Template.Labels[kwv1.LabelInject] != kwv1.LabelInjectValue {
+		t.Errorf("the sample Deployment's pods do not carry the label the PodMonitor selects")
 	}
 }
 
@@ -458,5 +471,26 @@ func TestKustomizeAgentPolicy(t *testing.T) {
 	}
 	if vapb.Spec.ParamRef != nil || vapb.Spec.MatchResources != nil {
 		t.Errorf("binding paramRef %+v matchResources %+v, want neither (the policy scopes itself)", vapb.Spec.ParamRef, vapb.Spec.MatchResources)
+	}
+
+	// The Events policy: the same identity, Events about its own pod only.
+	const evName = "kong-watcher-agent-events"
+	var ev admissionregistrationv1.ValidatingAdmissionPolicy
+	objs.get(t, "ValidatingAdmissionPolicy", evName, &ev)
+	var evb admissionregistrationv1.ValidatingAdmissionPolicyBinding
+	objs.get(t, "ValidatingAdmissionPolicyBinding", evName, &evb)
+	for _, kind := range []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
+		if ns := objs.find(kind, evName).GetNamespace(); ns != "" {
+			t.Errorf("%s %s renders with namespace %q", kind, evName, ns)
+		}
+	}
+	if ev.Spec.FailurePolicy == nil || *ev.Spec.FailurePolicy != admissionregistrationv1.Fail ||
+		ev.Spec.MatchConstraints == nil || len(ev.Spec.MatchConstraints.ResourceRules) != 1 ||
+		strings.Join(ev.Spec.MatchConstraints.ResourceRules[0].Resources, ",") != "events" ||
+		ev.Spec.MatchConstraints.MatchPolicy == nil || *ev.Spec.MatchConstraints.MatchPolicy != admissionregistrationv1.Equivalent {
+		t.Errorf("events policy = %+v, want failurePolicy Fail, core events, matchPolicy Equivalent", ev.Spec)
+	}
+	if evb.Spec.PolicyName != evName || len(evb.Spec.ValidationActions) != 1 || evb.Spec.ValidationActions[0] != admissionregistrationv1.Deny {
+		t.Errorf("events binding = %+v, want policyName %s, [Deny]", evb.Spec, evName)
 	}
 }

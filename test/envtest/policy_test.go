@@ -2,12 +2,14 @@ package envtest
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,6 +39,8 @@ func TestAgentPolicy(t *testing.T) {
 		{"ClusterRole", "kong-watcher-agent"},
 		{"ValidatingAdmissionPolicy", "kong-watcher-agent-pod-annotations"},
 		{"ValidatingAdmissionPolicyBinding", "kong-watcher-agent-pod-annotations"},
+		{"ValidatingAdmissionPolicy", "kong-watcher-agent-events"},
+		{"ValidatingAdmissionPolicyBinding", "kong-watcher-agent-events"},
 	} {
 		u := objs.find(kn[0], kn[1])
 		if u == nil {
@@ -178,6 +182,57 @@ func TestAgentPolicy(t *testing.T) {
 	if got, _ := admin.CoreV1().Pods(ns).Get(ctx, podB.Name, metav1.GetOptions{}); got != nil &&
 		(got.Annotations["kong-watcher.io/requests"] != "total=0" || got.Labels["app"] != "kong") {
 		t.Errorf("pod B was changed: annotations %v labels %v", got.Annotations, got.Labels)
+	}
+
+	// Events: only about its own pod, through either API group (client-go's core recorder
+	// creates, then patches to bump the count; the events.k8s.io recorder creates).
+	coreEvent := func(name, kind, obj string) *corev1.Event {
+		return &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			InvolvedObject: corev1.ObjectReference{Kind: kind, APIVersion: "v1", Namespace: ns, Name: obj},
+			Reason:         "TrafficStats", Message: "total=1234", Type: corev1.EventTypeNormal,
+			Source: corev1.EventSource{Component: "kong-watcher-agent"}, Count: 1,
+			FirstTimestamp: metav1.Now(), LastTimestamp: metav1.Now()}
+	}
+	deniedBy := func(err error, policy string) bool {
+		return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "ValidatingAdmissionPolicy '"+policy+"'")
+	}
+	deadline = time.Now().Add(60 * time.Second)
+	for i := 0; ; i++ {
+		_, err := agent.CoreV1().Events(ns).Create(ctx, coreEvent(fmt.Sprintf("warmup-%d", i), "Pod", podC.Name), metav1.CreateOptions{})
+		if deniedBy(err, "kong-watcher-agent-events") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the events policy never denied an Event about another pod; last result: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := agent.CoreV1().Events(ns).Create(ctx, coreEvent("own", "Pod", podA.Name), metav1.CreateOptions{}); err != nil {
+		t.Errorf("core Event about its own pod: denied: %v", err)
+	} else if _, err := agent.CoreV1().Events(ns).Patch(ctx, "own", types.StrategicMergePatchType,
+		[]byte(`{"count":2,"message":"total=2000"}`), metav1.PatchOptions{}); err != nil {
+		t.Errorf("patching (count bump) an Event about its own pod: denied: %v", err)
+	}
+	for _, tc := range []struct{ name, kind, obj string }{
+		{"core Event about another pod", "Pod", podB.Name},
+		{"core Event about a Service", "Service", "kong-proxy"},
+	} {
+		_, err := agent.CoreV1().Events(ns).Create(ctx, coreEvent(strings.ReplaceAll(strings.ToLower(tc.name), " ", "-"), tc.kind, tc.obj), metav1.CreateOptions{})
+		if !deniedBy(err, "kong-watcher-agent-events") {
+			t.Errorf("%s: %v, want a denial by the events policy", tc.name, err)
+		}
+	}
+	newEvent := func(name, obj string) *eventsv1.Event {
+		return &eventsv1.Event{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Regarding: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ns, Name: obj},
+			Reason:    "HighErrorRate", Note: "5xx 12% over 1m", Type: corev1.EventTypeWarning, Action: "Alert",
+			ReportingController: "kong-watcher.io/agent", ReportingInstance: podA.Name, EventTime: metav1.NowMicro()}
+	}
+	if _, err := agent.EventsV1().Events(ns).Create(ctx, newEvent("own-v1", podA.Name), metav1.CreateOptions{}); err != nil {
+		t.Errorf("events.k8s.io Event about its own pod: denied: %v", err)
+	}
+	if _, err := agent.EventsV1().Events(ns).Create(ctx, newEvent("other-v1", podB.Name), metav1.CreateOptions{}); !deniedBy(err, "kong-watcher-agent-events") {
+		t.Errorf("events.k8s.io Event about another pod: %v, want a denial by the events policy", err)
 	}
 
 	// Not constrained: another pod-bound service account without the agent's ClusterRole

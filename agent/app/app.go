@@ -31,10 +31,21 @@ type tracer interface {
 	Close() error
 }
 
+// Notifier hears what the agent finds and attaches (the Kubernetes reporter turns it into
+// Events). Its methods are called with the agent's lock held: they must not block.
+type Notifier interface {
+	KongDetected(gw discovery.Gateway)
+	ProbesAttached(gw discovery.Gateway, dataPath string)
+	ProbeAttachFailed(gw discovery.Gateway, err error)
+}
+
 // Agent is one running agent: its pipeline and what it currently follows.
 type Agent struct {
 	cfg Config
 	log logr.Logger
+
+	// Notify, when set before Run, hears gateway detection and probe attachment.
+	Notify Notifier
 
 	Aggregator *aggregate.Aggregator
 	Registry   *prometheus.Registry
@@ -240,6 +251,9 @@ func (a *Agent) onEvent(ev discovery.Event) {
 	switch ev.Kind {
 	case discovery.Added:
 		a.log.Info("gateway detected", "masterPID", gw.Master.PID, "workers", len(gw.Workers), "exe", gw.Exe)
+		if a.Notify != nil {
+			a.Notify.KongDetected(gw)
+		}
 		a.gateways[id] = a.attach(gw)
 	case discovery.Changed:
 		t, ok := a.gateways[id]
@@ -267,8 +281,20 @@ func (a *Agent) tracerFor(path string) tracer {
 	return a.wire
 }
 
-// attach follows gw on the best data path available; called with a.mu held.
+// attach follows gw on the best data path available and tells the Notifier; called with a.mu held.
 func (a *Agent) attach(gw discovery.Gateway) *tracked {
+	t := a.attachPath(gw)
+	if a.Notify != nil {
+		if t.path != "" {
+			a.Notify.ProbesAttached(gw, t.path)
+		} else {
+			a.Notify.ProbeAttachFailed(gw, t.err)
+		}
+	}
+	return t
+}
+
+func (a *Agent) attachPath(gw discovery.Gateway) *tracked {
 	t := &tracked{gw: gw, since: time.Now()}
 	if a.nginx != nil && !a.nginxFailed {
 		err := a.nginx.Track(gw)

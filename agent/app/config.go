@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kong-watcher/kong-watcher/agent/kube"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -54,7 +55,25 @@ type Config struct {
 	// (KONG_WATCHER_ONLY_PIDS, comma-separated): for tests and debugging on a machine that
 	// runs other nginx instances. In a pod the PID namespace already isolates Kong.
 	OnlyMasterPIDs []int
+
+	// Kubernetes reporter (only when PodName and PodNamespace are set).
+	// TrafficStatsEventInterval: how often a TrafficStats Event is recorded (0 = never).
+	TrafficStatsEventInterval time.Duration
+	// HighErrorRateThreshold (fraction), HighLatencyP99Ms and AlertMinRequests: the alert
+	// defaults; the pod's kong-watcher.io/high-error-rate-threshold and
+	// kong-watcher.io/high-latency-p99-ms annotations override the first two.
+	HighErrorRateThreshold float64
+	HighLatencyP99Ms       float64
+	AlertMinRequests       uint64
 }
+
+// Environment variables of the Kubernetes reporter.
+const (
+	EnvTrafficStatsEventInterval = "TRAFFIC_STATS_EVENT_INTERVAL"
+	EnvHighErrorRateThreshold    = "HIGH_ERROR_RATE_THRESHOLD"
+	EnvHighLatencyP99Ms          = "HIGH_LATENCY_P99_MS"
+	EnvAlertMinRequests          = "ALERT_MIN_REQUESTS"
+)
 
 // FromEnv reads the agent's configuration from environment variables (lookup is os.LookupEnv
 // in production, a map in tests). Invalid values are errors: the agent refuses to start with
@@ -74,6 +93,11 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 		MaxHosts:       100,
 		MaxPaths:       200,
 		ScanInterval:   time.Second,
+
+		TrafficStatsEventInterval: kube.DefaultTrafficStatsInterval,
+		HighErrorRateThreshold:    kube.DefaultErrorRateThreshold,
+		HighLatencyP99Ms:          kube.DefaultLatencyP99Ms,
+		AlertMinRequests:          kube.DefaultMinRequests,
 	}
 	get := func(k string) (string, bool) {
 		v, ok := lookup(k)
@@ -169,6 +193,34 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 			}
 			c.OnlyMasterPIDs = append(c.OnlyMasterPIDs, n)
 		}
+	}
+	if v, ok := get(EnvTrafficStatsEventInterval); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || (d != 0 && d < time.Second) {
+			errs = append(errs, fmt.Sprintf("%s=%q: want a Go duration of at least 1s, or 0 (off)", EnvTrafficStatsEventInterval, v))
+		}
+		c.TrafficStatsEventInterval = d
+	}
+	if v, ok := get(EnvHighErrorRateThreshold); ok {
+		f, err := kube.ParseErrorRate(v)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%v", EnvHighErrorRateThreshold, err))
+		}
+		c.HighErrorRateThreshold = f
+	}
+	if v, ok := get(EnvHighLatencyP99Ms); ok {
+		f, err := kube.ParseLatencyMs(v)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%v", EnvHighLatencyP99Ms, err))
+		}
+		c.HighLatencyP99Ms = f
+	}
+	if v, ok := get(EnvAlertMinRequests); ok {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n < 1 {
+			errs = append(errs, fmt.Sprintf("%s=%q: want a positive integer", EnvAlertMinRequests, v))
+		}
+		c.AlertMinRequests = n
 	}
 	if len(errs) > 0 {
 		return c, fmt.Errorf("invalid agent configuration: %s", strings.Join(errs, "; "))

@@ -50,3 +50,27 @@ func TestFromEnvRejectsBadValues(t *testing.T) {
 		}
 	}
 }
+
+func TestFromEnvReporter(t *testing.T) {
+	c, err := FromEnv(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TrafficStatsEventInterval != 5*time.Minute || c.HighErrorRateThreshold != 0.05 || c.HighLatencyP99Ms != 1000 || c.AlertMinRequests != 20 {
+		t.Errorf("reporter defaults: %+v", c)
+	}
+	c, err = FromEnv(env(map[string]string{"TRAFFIC_STATS_EVENT_INTERVAL": "0", "HIGH_ERROR_RATE_THRESHOLD": "2.5%",
+		"HIGH_LATENCY_P99_MS": "250", "ALERT_MIN_REQUESTS": "100"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TrafficStatsEventInterval != 0 || c.HighErrorRateThreshold != 0.025 || c.HighLatencyP99Ms != 250 || c.AlertMinRequests != 100 {
+		t.Errorf("parsed: %+v", c)
+	}
+	for _, kv := range [][2]string{{"TRAFFIC_STATS_EVENT_INTERVAL", "5"}, {"HIGH_ERROR_RATE_THRESHOLD", "150%"},
+		{"HIGH_LATENCY_P99_MS", "-1"}, {"ALERT_MIN_REQUESTS", "0"}} {
+		if _, err := FromEnv(env(map[string]string{kv[0]: kv[1]})); err == nil || !strings.Contains(err.Error(), kv[0]) {
+			t.Errorf("%s=%s: err = %v", kv[0], kv[1], err)
+		}
+	}
+}

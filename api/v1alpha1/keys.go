@@ -35,6 +35,13 @@ const (
 	AnnotationStats       = Domain + "/stats"
 )
 
+// Read by the agent from its own pod: alert thresholds overriding HIGH_ERROR_RATE_THRESHOLD
+// ("5%" or "0.05") and HIGH_LATENCY_P99_MS (milliseconds).
+const (
+	AnnotationHighErrorRateThreshold = Domain + "/high-error-rate-threshold"
+	AnnotationHighLatencyP99Ms       = Domain + "/high-latency-p99-ms"
+)
+
 // AgentContainerName is the name of the injected sidecar container.
 const AgentContainerName = "kong-watcher-agent"
 
@@ -67,6 +74,9 @@ const (
 	ReasonTrafficStats      = "TrafficStats"
 	ReasonHighErrorRate     = "HighErrorRate"
 	ReasonHighLatency       = "HighLatency"
+	// Normal Events closing an alert episode.
+	ReasonHighErrorRateResolved = "HighErrorRateResolved"
+	ReasonHighLatencyResolved   = "HighLatencyResolved"
 	// Webhook, on the pod's owner.
 	ReasonInjected         = "Injected"
 	ReasonInjectionSkipped = "InjectionSkipped"

@@ -14,7 +14,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
+
 	"github.com/kong-watcher/kong-watcher/agent/app"
+	"github.com/kong-watcher/kong-watcher/agent/kube"
 	"github.com/kong-watcher/kong-watcher/agent/logging"
 	"github.com/kong-watcher/kong-watcher/agent/report"
 	"github.com/kong-watcher/kong-watcher/internal/version"
@@ -42,7 +45,9 @@ func main() {
 const usage = `usage:
   kong-watcher-agent             run the agent (configured by LOG_LEVEL, ENABLE_JSON_LOG,
                                  KONG_PROCESS_NAME, STATS_INTERVAL, METRICS_ADDR, POD_NAME,
-                                 POD_NAMESPACE)
+                                 POD_NAMESPACE, TRAFFIC_STATS_EVENT_INTERVAL,
+                                 HIGH_ERROR_RATE_THRESHOLD, HIGH_LATENCY_P99_MS,
+                                 ALERT_MIN_REQUESTS; KUBECONFIG outside a pod)
   kong-watcher-agent top [URL] [-n N] [-i 1s]
                                  show a running agent's stats as a refreshing table
                                  (URL defaults to http://127.0.0.1:9464/stats)
@@ -83,6 +88,20 @@ func run() int {
 
 	go statsLoop(ctx, cfg.StatsInterval, agent, log)
 
+	// The Kubernetes reporter: only in a pod (POD_NAME and POD_NAMESPACE from the downward API);
+	// standalone the agent reports to logs and HTTP only. It never blocks the data path: it
+	// runs in its own goroutine and only reads agent.Stats().
+	if cfg.PodName != "" && cfg.PodNamespace != "" {
+		if rep, err := newReporter(cfg, agent, log); err != nil {
+			log.Error(err, "cannot report to Kubernetes (annotations, Events); continuing with logs and HTTP only")
+		} else {
+			agent.Notify = rep
+			go func() { _ = rep.Run(ctx) }()
+		}
+	} else {
+		log.Info("POD_NAME/POD_NAMESPACE not set: running standalone (no pod annotations or Events)")
+	}
+
 	runErr := make(chan error, 1)
 	go func() { runErr <- agent.Run(ctx) }()
 	select {
@@ -94,6 +113,24 @@ func run() int {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return 0
+}
+
+func newReporter(cfg app.Config, agent *app.Agent, log logr.Logger) (*kube.Reporter, error) {
+	c, err := kube.ClientFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	return kube.New(kube.Options{
+		Client:               c,
+		Namespace:            cfg.PodNamespace,
+		PodName:              cfg.PodName,
+		Stats:                agent.Stats,
+		Interval:             cfg.StatsInterval,
+		TrafficStatsInterval: cfg.TrafficStatsEventInterval,
+		Thresholds: kube.Thresholds{ErrorRate: cfg.HighErrorRateThreshold, LatencyP99Ms: cfg.HighLatencyP99Ms,
+			MinRequests: cfg.AlertMinRequests},
+		Log: log.WithName("kube"),
+	})
 }
 
 // statsLoop logs the stats every interval and starts a new window.

@@ -463,3 +463,22 @@ func TestNginxVersion(t *testing.T) {
 		t.Fatal("a missing file must give no version")
 	}
 }
+
+func TestClientLoggerDemotesRepeatedErrors(t *testing.T) {
+	var mu sync.Mutex
+	var lines []string
+	base := funcr.New(func(prefix, args string) {
+		mu.Lock()
+		lines = append(lines, args)
+		mu.Unlock()
+	}, funcr.Options{Verbosity: 0})
+	l := ClientLogger(base, time.Hour).WithName("client-go")
+	for range 5 {
+		l.Error(errors.New("connection refused"), "Unable to write event (may retry after sleeping)")
+	}
+	l.WithValues("k", "v").Error(errors.New("forbidden"), "Server rejected event (will not retry!)")
+	l.Info("hello")
+	if len(lines) != 3 {
+		t.Fatalf("want 2 errors and 1 info, got %q", lines)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
 
 	"github.com/kong-watcher/kong-watcher/agent/app"
 	"github.com/kong-watcher/kong-watcher/agent/kube"
@@ -92,10 +93,15 @@ func run() int {
 	// standalone the agent reports to logs and HTTP only. It never blocks the data path: it
 	// runs in its own goroutine and only reads agent.Stats().
 	if cfg.PodName != "" && cfg.PodNamespace != "" {
+		// client-go logs through klog: into the agent's log, a repeated error once per 10 min.
+		klog.SetLogger(kube.ClientLogger(log.WithName("client-go"), 0))
 		if rep, err := newReporter(cfg, agent, log); err != nil {
 			log.Error(err, "cannot report to Kubernetes (annotations, Events); continuing with logs and HTTP only")
 		} else {
 			agent.Notify = rep
+			log.Info("reporting to Kubernetes: pod annotations and Events", "pod", cfg.PodNamespace+"/"+cfg.PodName,
+				"trafficStatsEvery", cfg.TrafficStatsEventInterval.String(), "highErrorRate", cfg.HighErrorRateThreshold,
+				"highLatencyP99Ms", cfg.HighLatencyP99Ms, "alertMinRequests", cfg.AlertMinRequests)
 			go func() { _ = rep.Run(ctx) }()
 		}
 	} else {

@@ -208,8 +208,14 @@ func TestReporterAgainstRealAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The reporter exactly as the agent builds it (bounded QPS, record broadcaster), fast ticks.
-	client, err := kube.NewClient(cfg)
+	// The reporter exactly as the agent builds it (KUBECONFIG, bounded QPS, record
+	// broadcaster), with fast ticks.
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kc, env.KubeConfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KUBECONFIG", kc)
+	client, err := kube.ClientFromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -155,8 +155,9 @@ type Reporter struct {
 	pending []pendingEvent
 	noUID   bool
 
+	thresholds Thresholds // guarded by mu
+
 	// Touched only by Run's goroutine.
-	thresholds   Thresholds
 	badThreshold string   // the last invalid threshold annotation reported (log once per value)
 	patched      snapshot // what the last successful patch wrote (nil before the first)
 	written      map[string]string
@@ -373,19 +374,26 @@ func (r *Reporter) adoptPod(pod *corev1.Pod) {
 	} else {
 		r.badThreshold = ""
 	}
-	if t != r.thresholds {
+	r.mu.Lock()
+	changed := t != r.thresholds
+	r.thresholds = t
+	r.mu.Unlock()
+	if changed {
 		r.log.Info("alert thresholds", "errorRate", t.ErrorRate, "latencyP99Ms", t.LatencyP99Ms, "minRequests", t.MinRequests)
 	}
-	r.thresholds = t
 }
 
-// Thresholds returns the thresholds in force (for tests).
-func (r *Reporter) Thresholds() Thresholds { return r.thresholds }
+// Thresholds returns the thresholds in force.
+func (r *Reporter) Thresholds() Thresholds {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.thresholds
+}
 
 // evaluate raises and clears the alerts on the last window, and records TrafficStats when due.
 func (r *Reporter) evaluate(s v1alpha1.Stats, now time.Time) {
 	w := s.Window
-	th := r.thresholds
+	th := r.Thresholds()
 	enough := w.Requests >= th.MinRequests && w.Requests > 0
 	ratio := 0.0
 	if w.Requests > 0 {
@@ -426,9 +434,6 @@ func (r *Reporter) evaluate(s v1alpha1.Stats, now time.Time) {
 			t.Requests, t.Errors)
 	}
 }
-
-// Alerts reports which alerts are raised (for tests and /readyz-style introspection).
-func (r *Reporter) Alerts() (highErrorRate, highLatency bool) { return r.errorAlert, r.latencyAlert }
 
 func pct(f float64) string { return strconv.FormatFloat(100*f, 'f', 1, 64) + "%" }
 func ms(v float64) string {

@@ -174,13 +174,8 @@ func waitingForWorkers(t *tracked) bool {
 	return strings.Contains(t.gw.Master.Title, "master process") || time.Since(t.since) < 2*time.Second
 }
 
-// DataPath says which data path serves the gateways ("nginx-request", "wire", or both).
-func (a *Agent) DataPath() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.dataPathLocked()
-}
-
+// dataPathLocked says which data path serves the gateways ("nginx-request", "wire", or
+// both); updateHealthLocked hands it to the aggregator and the info metric.
 func (a *Agent) dataPathLocked() string {
 	seen := map[string]bool{}
 	for _, t := range a.gateways {
@@ -199,12 +194,9 @@ func (a *Agent) dataPathLocked() string {
 	return ""
 }
 
-// Stats is the current Stats document.
-func (a *Agent) Stats() v1alpha1.Stats {
-	s := a.Aggregator.Snapshot()
-	s.DataPath = a.DataPath()
-	return s
-}
+// Stats is the current Stats document (its dataPath is kept current by updateHealthLocked,
+// which runs after every gateway change).
+func (a *Agent) Stats() v1alpha1.Stats { return a.Aggregator.Snapshot() }
 
 // Run follows gateways and feeds the pipeline until ctx is done.
 func (a *Agent) Run(ctx context.Context) error {
@@ -256,14 +248,13 @@ func (a *Agent) onEvent(ev discovery.Event) {
 		}
 		a.gateways[id] = a.attach(gw)
 	case discovery.Changed:
-		t, ok := a.gateways[id]
-		if !ok || t.path == "" {
-			a.gateways[id] = a.attach(gw)
-			return
+		if t, ok := a.gateways[id]; ok && t.path != "" {
+			t.gw = gw
+			a.tracerFor(t.path).SetPIDs(id, gw.PIDs())
+			a.log.Info("gateway workers changed", "masterPID", gw.Master.PID, "workers", len(gw.Workers))
+		} else {
+			a.gateways[id] = a.attach(gw) // not followed yet: a retry on every change
 		}
-		t.gw = gw
-		a.tracerFor(t.path).SetPIDs(id, gw.PIDs())
-		a.log.Info("gateway workers changed", "masterPID", gw.Master.PID, "workers", len(gw.Workers))
 	case discovery.Removed:
 		if t, ok := a.gateways[id]; ok && t.path != "" {
 			a.tracerFor(t.path).Untrack(id)

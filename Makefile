@@ -48,6 +48,14 @@ test-unit: ## Unit tests only (no root, no API server).
 fuzz: ## Run every fuzz target for FUZZTIME (default 20s each).
 	hack/fuzz.sh $(or $(FUZZTIME),20s)
 
+.PHONY: e2e
+e2e: ## The whole story on a real local cluster (docs/e2e.md). KEEP=1 leaves it running.
+	KEEP=$(KEEP) hack/e2e.sh
+
+.PHONY: e2e-down
+e2e-down: ## Stop the e2e cluster and remove everything it added to the host.
+	hack/e2e-cluster.sh down
+
 ##@ Run and measure
 
 .PHONY: demo

@@ -4,6 +4,10 @@
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev bpftool nginx libnginx-mod-http-lua wrk curl openssl iproute2
   util-linux libcap2-bin procps nghttp2-client)
+# --e2e: also what the local cluster of `make e2e` needs (hack/e2e-cluster.sh).
+if [[ "${1:-}" == "--e2e" ]]; then
+  pkgs+=(containerd runc containernetworking-plugins iptables buildah)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -1,0 +1,606 @@
+#!/usr/bin/env bash
+# A real single-node Kubernetes cluster on this machine, for `make e2e`:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (v1.37 built from
+# Go modules by hack/k8s-binaries.sh), containerd + runc + the bridge CNI plugin from Debian.
+# No kube-proxy, no cluster DNS, no registry: the images are built by hack/e2e-images.sh and
+# imported into containerd.
+#
+#   hack/e2e-cluster.sh up       # start (or reuse a running one: images rebuilt), print the env file
+#   hack/e2e-cluster.sh down     # stop every process it started, remove all it added
+#   hack/e2e-cluster.sh status   # exit 0 when the cluster is up and the node Ready
+#   hack/e2e-cluster.sh logs     # the tail of every component's log (for failed runs)
+#
+# Everything lives under one directory, $KW_E2E_DIR (default /tmp/kong-watcher-e2e): certs,
+# kubeconfigs, etcd data, containerd's root, the kubelet's root, logs, PID files and the env
+# file (KUBECONFIG, CONTAINERD_ADDRESS, KW_E2E_NODE_NAME, KW_E2E_NODE_IP) that tests source.
+#
+# What it adds to the host, and `down` removes (recorded in $KW_E2E_DIR/host/ as it is added):
+#   - the bridge kwbr0 (10.244.0.1/24): pod IPs, the API server's and kubelet's address;
+#   - the nat chain KW-E2E, jumped to from PREROUTING for packets from kwbr0 only: it DNATs
+#     the `kubernetes` Service IP (10.96.0.1:443) to the API server, standing in for kube-proxy;
+#   - the cgroup kong-watcher-e2e (every process started here and the containerd shims live
+#     in it, so `down` finds them all) and the kubelet's kubepods cgroups;
+#   - the iptables chains the kubelet creates (KUBE-*), when they were not there before.
+# Host sysctls stay unchanged: containerd and the kubelet (which would set vm.overcommit_memory,
+# kernel.panic, kernel.panic_on_oops, ... and, through the bridge plugin, ip_forward) run in a
+# private mount namespace with stand-in files bind-mounted over those sysctls, and with private
+# tmpfs on /run, /var/lib/cni, /var/log/pods and /var/log/containers.
+#
+# Workarounds this machine needs (../shared/FACTS.md): cgroups are v1 (kubelet failCgroupV1:
+# false); the VM lacks CAP_SYS_RESOURCE (containerd restrict_oom_score_adj); no systemd (every
+# daemon is started by hand and stopped by PID).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+STATE="${KW_E2E_DIR:-/tmp/kong-watcher-e2e}"
+NODE_NAME="kw-e2e"
+BRIDGE="kwbr0"
+NODE_IP="10.244.0.1"
+POD_CIDR="10.244.0.0/24"
+SERVICE_CIDR="10.96.0.0/16"
+KUBERNETES_SVC_IP="10.96.0.1"
+ETCD_PORT=23790
+APISERVER_PORT=6443
+CGROUP_NAME="kong-watcher-e2e"
+NAT_CHAIN="KW-E2E"
+STAND_IN_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
+  kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward)
+PRIVATE_TMPFS=(/run /var/lib/cni /var/log/pods /var/log/containers)
+
+log() { printf '[e2e-cluster %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1fs", b-a}'; }
+
+# --- cgroups ---------------------------------------------------------------------------------
+# Every hierarchy the kubelet and we touch. v1 here; v2 (unified) is handled too.
+cgroup_roots() {
+  if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    echo /sys/fs/cgroup
+  else
+    for d in /sys/fs/cgroup/*/; do
+      d="${d%/}"
+      [[ -f "$d/cgroup.procs" ]] && echo "$d"
+    done
+  fi
+}
+# The hierarchy that tracks our processes.
+track_cgroup() {
+  if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    echo "/sys/fs/cgroup/$CGROUP_NAME"
+  else
+    echo "/sys/fs/cgroup/pids/$CGROUP_NAME"
+  fi
+}
+# All PIDs in a cgroup tree (named by its path below each root), in every hierarchy.
+cgroup_pids() {
+  local name="$1" root
+  for root in $(cgroup_roots); do
+    [[ -d "$root/$name" ]] || continue
+    find "$root/$name" -name cgroup.procs -exec cat {} + 2>/dev/null || true
+  done | sort -un
+}
+# Removes a cgroup tree, deepest directories first, in every hierarchy.
+cgroup_remove() {
+  local name="$1" root
+  for root in $(cgroup_roots); do
+    [[ -d "$root/$name" ]] || continue
+    find "$root/$name" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    [[ -d "$root/$name" ]] && log "warning: could not remove cgroup $root/$name"
+  done
+  return 0
+}
+
+# --- processes -------------------------------------------------------------------------------
+# spawn NAME CMD...: starts CMD in the background inside the tracking cgroup, in its own
+# session, with its output in logs/NAME.log and its PID in pids/NAME.pid.
+spawn() {
+  local name="$1"; shift
+  local cg; cg="$(track_cgroup)"
+  (
+    echo "$BASHPID" > "$cg/cgroup.procs"
+    exec setsid "$@" </dev/null >>"$STATE/logs/$name.log" 2>&1
+  ) &
+  echo $! > "$STATE/pids/$name.pid"
+}
+pid_of() { cat "$STATE/pids/$1.pid" 2>/dev/null || true; }
+alive() { local p; p="$(pid_of "$1")"; [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
+
+# wait_for DESC TIMEOUT_S COMPONENT CMD...: polls CMD until it succeeds; fails early (with the
+# component's log) when COMPONENT's process has died.
+wait_for() {
+  local desc="$1" timeout="$2" comp="$3"; shift 3
+  local start; start="$(now)"
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [[ -n "$comp" ]] && ! alive "$comp"; then
+      tail -n 40 "$STATE/logs/$comp.log" >&2 || true
+      die "$comp exited while waiting for: $desc"
+    fi
+    if ((SECONDS >= deadline)); then
+      [[ -n "$comp" ]] && tail -n 40 "$STATE/logs/$comp.log" >&2
+      die "timed out after ${timeout}s waiting for: $desc"
+    fi
+    sleep 0.2
+  done
+  log "$desc ($(since "$start"))"
+}
+
+# --- preflight -------------------------------------------------------------------------------
+preflight() {
+  local missing=() c
+  for c in containerd containerd-shim-runc-v2 runc ctr iptables ip openssl unshare nsenter setsid \
+      buildah curl kubectl; do
+    command -v "$c" >/dev/null || missing+=("$c")
+  done
+  [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] ||
+    missing+=("CNI plugins in /usr/lib/cni (containernetworking-plugins)")
+  ((${#missing[@]} == 0)) || die "missing: ${missing[*]} (hack/install-deps.sh --e2e installs them)"
+  [[ "$(id -u)" == 0 ]] || die "must run as root (containerd, kubelet, bridge, iptables)"
+  [[ -d /sys/fs/cgroup ]] || die "no /sys/fs/cgroup"
+  unshare -m --propagation private true 2>/dev/null || die "cannot create a mount namespace (unshare -m)"
+  if ip link show "$BRIDGE" >/dev/null 2>&1 && [[ ! -f "$STATE/host/bridge" ]]; then
+    die "a bridge $BRIDGE exists that this script did not create; remove it or run down"
+  fi
+  local p
+  for p in $ETCD_PORT $APISERVER_PORT 10250 10248 10257 10259; do
+    if ss -Hltn "sport = :$p" | grep -q .; then
+      die "port $p is already in use: $(ss -Hltnp "sport = :$p" | head -1)"
+    fi
+  done
+}
+
+# --- certificates, tokens, kubeconfigs -------------------------------------------------------
+pki() {
+  local d="$STATE/pki"
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=kong-watcher-e2e-ca" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  # leaf NAME SUBJECT EXT
+  leaf() {
+    openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$d/$1.key" -out "$d/$1.csr" 2>/dev/null
+    printf '%s\n' "$3" > "$d/$1.ext"
+    openssl x509 -req -in "$d/$1.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+      -extfile "$d/$1.ext" -out "$d/$1.crt" 2>/dev/null
+  }
+  leaf apiserver "/CN=kube-apiserver" "subjectAltName=IP:$NODE_IP,IP:$KUBERNETES_SVC_IP,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+extendedKeyUsage=serverAuth
+keyUsage=critical,digitalSignature,keyEncipherment"
+  leaf apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth
+keyUsage=critical,digitalSignature,keyEncipherment"
+  leaf kubelet "/CN=$NODE_NAME" "subjectAltName=IP:$NODE_IP,IP:127.0.0.1,DNS:$NODE_NAME
+extendedKeyUsage=serverAuth
+keyUsage=critical,digitalSignature,keyEncipherment"
+  openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+
+  # Static tokens: one identity per component. The kubelet is a proper node identity so the
+  # Node authorizer and NodeRestriction apply to it as in a real cluster.
+  local t_admin t_cm t_sched t_kubelet
+  t_admin="$(openssl rand -hex 16)"; t_cm="$(openssl rand -hex 16)"
+  t_sched="$(openssl rand -hex 16)"; t_kubelet="$(openssl rand -hex 16)"
+  {
+    echo "$t_admin,kong-watcher-e2e-admin,admin,system:masters"
+    echo "$t_cm,system:kube-controller-manager,kcm,system:masters"
+    echo "$t_sched,system:kube-scheduler,sched,system:masters"
+    echo "$t_kubelet,system:node:$NODE_NAME,node,system:nodes"
+  } > "$d/tokens.csv"
+  chmod 600 "$d"/*.key "$d/tokens.csv"
+  kubeconfig admin "$t_admin"
+  kubeconfig controller-manager "$t_cm"
+  kubeconfig scheduler "$t_sched"
+  kubeconfig kubelet "$t_kubelet"
+}
+kubeconfig() {
+  cat > "$STATE/$1.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: kw-e2e
+  cluster:
+    server: https://$NODE_IP:$APISERVER_PORT
+    certificate-authority: $STATE/pki/ca.crt
+users:
+- name: $1
+  user:
+    token: $2
+contexts:
+- name: kw-e2e
+  context: {cluster: kw-e2e, user: $1}
+current-context: kw-e2e
+EOF
+  chmod 600 "$STATE/$1.kubeconfig"
+}
+
+# --- host network ----------------------------------------------------------------------------
+host_network() {
+  mkdir -p "$STATE/host"
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    touch "$STATE/host/bridge"
+    ip addr add "$NODE_IP/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+  fi
+  # Which KUBE-*/CNI-* chains existed before the kubelet ran: down removes only the new ones.
+  local tool t
+  for tool in iptables ip6tables; do
+    for t in filter nat mangle; do
+      chains "$tool" "$t" > "$STATE/host/chains-before.$tool.$t"
+    done
+  done
+  if ! iptables -t nat -S "$NAT_CHAIN" >/dev/null 2>&1; then
+    iptables -t nat -N "$NAT_CHAIN"
+    touch "$STATE/host/nat"
+  fi
+  iptables -t nat -F "$NAT_CHAIN"
+  iptables -t nat -A "$NAT_CHAIN" -d "$KUBERNETES_SVC_IP/32" -p tcp --dport 443 \
+    -j DNAT --to-destination "$NODE_IP:$APISERVER_PORT"
+  iptables -t nat -C PREROUTING -i "$BRIDGE" -j "$NAT_CHAIN" 2>/dev/null ||
+    iptables -t nat -A PREROUTING -i "$BRIDGE" -j "$NAT_CHAIN"
+}
+
+# The KUBE-*/CNI-* chains of one table.
+chains() {
+  "$1" -t "$2" -S 2>/dev/null | awk '$1=="-N"{print $2}' | grep -E '^(KUBE-|CNI-)' || true
+}
+# remove_new_chains TOOL: deletes the KUBE-*/CNI-* chains that were not there before `up`
+# (the kubelet's canary and firewall chains), and every rule that jumps to them.
+remove_new_chains() {
+  local tool="$1" t c rule
+  for t in filter nat mangle; do
+    local before="$STATE/host/chains-before.$tool.$t"
+    [[ -f "$before" ]] || continue
+    local new=()
+    for c in $(chains "$tool" "$t"); do
+      grep -qxF "$c" "$before" || new+=("$c")
+    done
+    ((${#new[@]})) || continue
+    for c in "${new[@]}"; do
+      while read -r rule; do
+        [[ -n "$rule" ]] || continue
+        # eval: the rule as -S prints it quotes its comment.
+        eval "$tool -t $t ${rule/#-A /-D }" 2>/dev/null || true
+      done < <("$tool" -t "$t" -S 2>/dev/null | grep -E -- "-j $c( |\$)" | grep -v "^-A $c " || true)
+    done
+    for c in "${new[@]}"; do "$tool" -t "$t" -F "$c" 2>/dev/null || true; done
+    for c in "${new[@]}"; do "$tool" -t "$t" -X "$c" 2>/dev/null || true; done
+  done
+}
+
+# --- the private mount namespace for containerd and the kubelet ------------------------------
+mount_namespace() {
+  mkdir -p "$STATE/sysctl"
+  local s f
+  for s in "${STAND_IN_SYSCTLS[@]}"; do
+    f="$STATE/sysctl/${s//\//.}"
+    [[ -e "/proc/sys/$s" ]] && cat "/proc/sys/$s" > "$f"
+  done
+  spawn mountns unshare -m --propagation private sleep infinity
+  local pid; pid="$(pid_of mountns)"
+  wait_for "private mount namespace" 10 mountns \
+    test "$(readlink "/proc/$pid/ns/mnt")" != "$(readlink /proc/self/ns/mnt)"
+  local script="set -e"
+  for s in "${STAND_IN_SYSCTLS[@]}"; do
+    f="$STATE/sysctl/${s//\//.}"
+    [[ -f "$f" ]] && script+="; mount --bind '$f' '/proc/sys/$s'"
+  done
+  for s in "${PRIVATE_TMPFS[@]}"; do
+    script+="; mkdir -p '$s'; mount -t tmpfs -o mode=755 tmpfs '$s'"
+  done
+  # cAdvisor (inside the kubelet) looks for containerd at its default socket only.
+  script+="; mkdir -p /run/containerd; ln -s '$STATE/containerd/containerd.sock' /run/containerd/containerd.sock"
+  nsenter -t "$pid" -m -- sh -c "$script" || die "setting up the private mount namespace failed"
+}
+in_ns() { nsenter -t "$(pid_of mountns)" -m -- "$@"; }
+
+# --- containerd ------------------------------------------------------------------------------
+containerd_up() {
+  local d="$STATE/containerd"
+  mkdir -p "$d/root" "$d/state" "$STATE/cni/net.d" "$STATE/cni/ipam"
+  cat > "$d/config.toml" <<EOF
+version = 2
+root = "$d/root"
+state = "$d/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "$d/containerd.sock"
+[ttrpc]
+  address = "$d/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$d/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/kong-watcher/pause:e2e"
+  # The VM lacks CAP_SYS_RESOURCE: lowering oom_score_adj below the parent's is refused.
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$STATE/cni/net.d"
+EOF
+  cat > "$STATE/cni/net.d/10-kw-e2e.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "kw-e2e",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$STATE/cni/ipam",
+        "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$NODE_IP"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+EOF
+  spawn containerd nsenter -t "$(pid_of mountns)" -m -- containerd --config "$d/config.toml"
+  wait_for "containerd serving" 30 containerd ctr --address "$d/containerd.sock" version
+}
+
+images_up() {
+  local start; start="$(now)"
+  "$ROOT/hack/e2e-images.sh" "$STATE/images" >&2
+  local t
+  for t in "$STATE"/images/*.tar; do
+    ctr --address "$STATE/containerd/containerd.sock" -n k8s.io images import "$t" >/dev/null
+  done
+  log "images built and imported ($(since "$start")):"
+  ctr --address "$STATE/containerd/containerd.sock" -n k8s.io images ls -q | grep kong-watcher >&2
+}
+
+# --- control plane ---------------------------------------------------------------------------
+control_plane_up() {
+  local bin="$1"
+  spawn etcd "$bin/etcd" --name kw-e2e --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --initial-cluster "kw-e2e=http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --unsafe-no-fsync --quota-backend-bytes 2147483648
+  wait_for "etcd healthy" 30 etcd curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+
+  local p="$STATE/pki"
+  spawn kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port "$APISERVER_PORT" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
+    --client-ca-file "$p/ca.crt" --token-auth-file "$p/tokens.csv" \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
+    --kubelet-client-certificate "$p/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$p/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
+    --enable-aggregator-routing=true \
+    --cert-dir "$STATE/apiserver" --profiling=false --v=1
+  wait_for "kube-apiserver ready" 90 kube-apiserver \
+    kubectl --kubeconfig "$STATE/admin.kubeconfig" get --raw /readyz
+
+  spawn kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
+    --cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" --use-service-account-credentials=true \
+    --leader-elect=false --bind-address 127.0.0.1 --profiling=false --v=1
+  spawn kube-scheduler "$bin/kube-scheduler" \
+    --kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --leader-elect=false --bind-address 127.0.0.1 --profiling=false --v=1
+  wait_for "kube-controller-manager healthy" 60 kube-controller-manager \
+    curl -fsSk https://127.0.0.1:10257/healthz
+  wait_for "kube-scheduler healthy" 60 kube-scheduler curl -fsSk https://127.0.0.1:10259/healthz
+}
+
+kubelet_up() {
+  local bin="$1"
+  mkdir -p "$STATE/kubelet"
+  cat > "$STATE/kubelet-config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# cgroups are v1 on these machines.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://$STATE/containerd/containerd.sock
+address: $NODE_IP
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+tlsCertFile: $STATE/pki/kubelet.crt
+tlsPrivateKeyFile: $STATE/pki/kubelet.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: false}
+  x509: {clientCAFile: $STATE/pki/ca.crt}
+authorization: {mode: AlwaysAllow}
+podCIDR: $POD_CIDR
+maxPods: 40
+failSwapOn: false
+resolvConf: /etc/resolv.conf
+serializeImagePulls: false
+# Images are imported, never pulled: keep them, whatever the disk says.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%
+  nodefs.inodesFree: 1%
+  imagefs.available: 1%
+nodeStatusUpdateFrequency: 4s
+syncFrequency: 10s
+EOF
+  spawn kubelet nsenter -t "$(pid_of mountns)" -m -- "$bin/kubelet" \
+    --config "$STATE/kubelet-config.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
+    --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --root-dir "$STATE/kubelet" --v=1
+  wait_for "kubelet healthy" 60 kubelet curl -fsS http://127.0.0.1:10248/healthz
+  wait_for "node $NODE_NAME Ready" 90 kubelet \
+    kubectl --kubeconfig "$STATE/admin.kubeconfig" wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
+}
+
+write_env() {
+  cat > "$STATE/env" <<EOF
+KUBECONFIG=$STATE/admin.kubeconfig
+CONTAINERD_ADDRESS=$STATE/containerd/containerd.sock
+KW_E2E_DIR=$STATE
+KW_E2E_NODE_NAME=$NODE_NAME
+KW_E2E_NODE_IP=$NODE_IP
+EOF
+}
+
+status() {
+  [[ -f "$STATE/env" ]] || return 1
+  local c
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler mountns containerd kubelet; do
+    alive "$c" || { log "$c is not running"; return 1; }
+  done
+  kubectl --kubeconfig "$STATE/admin.kubeconfig" wait --for=condition=Ready "node/$NODE_NAME" \
+    --timeout=5s >/dev/null 2>&1 || { log "node $NODE_NAME is not Ready"; return 1; }
+}
+
+up() {
+  local start; start="$(now)"
+  if status 2>/dev/null; then
+    log "already up; rebuilding and re-importing the images"
+    images_up
+    echo "$STATE/env"
+    return 0
+  fi
+  # A half-started or crashed cluster: clear it first so this run starts clean.
+  if [[ -d "$STATE" ]]; then
+    log "leftovers of an earlier run in $STATE: cleaning up first"
+    down
+  fi
+  preflight
+  local bin; bin="$("$ROOT/hack/k8s-binaries.sh" --cluster | tail -1)"
+  mkdir -p "$STATE"/{logs,pids,host}
+  mkdir -p "$(track_cgroup)"
+  [[ -d "$(track_cgroup)" ]] || die "cannot create cgroup $(track_cgroup)"
+  local root
+  for root in $(cgroup_roots); do
+    [[ -d "$root/kubepods" ]] && touch "$STATE/host/kubepods-existed"
+  done
+  pki
+  host_network
+  control_plane_up "$bin"
+  mount_namespace
+  containerd_up
+  kubelet_up "$bin"
+  images_up
+  write_env
+  log "cluster up in $(since "$start"); KUBECONFIG=$STATE/admin.kubeconfig"
+  echo "$STATE/env"
+}
+
+# Stops a component by its PID file: TERM, then KILL after a grace period.
+stop() {
+  local name="$1" grace="${2:-10}" p
+  p="$(pid_of "$name")"
+  [[ -n "$p" ]] || return 0
+  if kill -0 "$p" 2>/dev/null; then
+    kill -TERM "$p" 2>/dev/null || true
+    local i
+    for ((i = 0; i < grace * 10; i++)); do
+      kill -0 "$p" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+  fi
+  rm -f "$STATE/pids/$name.pid"
+}
+
+# Kills every process in a cgroup tree until it is empty.
+kill_cgroup() {
+  local name="$1" i pids
+  for ((i = 0; i < 50; i++)); do
+    pids="$(cgroup_pids "$name")"
+    [[ -z "$pids" ]] && return 0
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.1
+  done
+  log "warning: processes left in cgroup $name: $(cgroup_pids "$name" | tr '\n' ' ')"
+}
+
+down() {
+  local start; start="$(now)"
+  [[ -d "$STATE" ]] || { log "nothing to remove ($STATE does not exist)"; return 0; }
+  # The kubelet first, so it does not restart containers while they are being killed; then
+  # the containers (in kubepods), then containerd and its shims, then the control plane.
+  stop kubelet 10
+  if [[ ! -f "$STATE/host/kubepods-existed" ]]; then
+    kill_cgroup kubepods
+  fi
+  stop containerd 10
+  stop mountns 2
+  kill_cgroup "$CGROUP_NAME"     # shims and anything else started from here
+  stop kube-scheduler 5
+  stop kube-controller-manager 5
+  stop kube-apiserver 10
+  stop etcd 10
+  # Anything still in the tracking cgroup (a PID file lost in a crash) is ours too.
+  kill_cgroup "$CGROUP_NAME"
+  [[ -f "$STATE/host/kubepods-existed" ]] || cgroup_remove kubepods
+  cgroup_remove "$CGROUP_NAME"
+
+  # Host network: our NAT chain and its jump, the kubelet's new chains, the bridge.
+  while iptables -t nat -D PREROUTING -i "$BRIDGE" -j "$NAT_CHAIN" 2>/dev/null; do :; done
+  if iptables -t nat -S "$NAT_CHAIN" >/dev/null 2>&1; then
+    iptables -t nat -F "$NAT_CHAIN"
+    iptables -t nat -X "$NAT_CHAIN"
+  fi
+  remove_new_chains iptables
+  remove_new_chains ip6tables
+  if [[ -f "$STATE/host/bridge" ]] || ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link del "$BRIDGE" 2>/dev/null || true
+  fi
+  # veths whose peer was in a pod's network namespace go with the namespace; any left over
+  # (a namespace still pinned) were enslaved to our bridge and are gone with it or orphaned:
+  local v
+  for v in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    [[ "$v" == veth* ]] && ip link show "$v" 2>/dev/null | grep -q "master $BRIDGE" &&
+      ip link del "$v" 2>/dev/null || true
+  done
+  # Nothing mounted on the host lives under $STATE (the kubelet's and containerd's mounts
+  # were in the private namespace, gone with its processes); check before deleting anyway.
+  if grep -q " $STATE" /proc/self/mounts; then
+    awk -v s="$STATE" '$2 ~ "^"s {print $2}' /proc/self/mounts | sort -r | xargs -r -n1 umount -l
+  fi
+  rm -rf "$STATE"
+  log "cluster down in $(since "$start")"
+}
+
+logs() {
+  local f
+  for f in "$STATE"/logs/*.log; do
+    [[ -f "$f" ]] || continue
+    echo "===== $(basename "$f") (last 30 lines)"
+    tail -n 30 "$f"
+  done
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status && log "up: KUBECONFIG=$STATE/admin.kubeconfig" ;;
+  logs) logs ;;
+  *) echo "usage: $0 up|down|status|logs" >&2; exit 2 ;;
+esac

@@ -1,0 +1,93 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// writeDocs writes docs/e2e.md from this run.
+func (s *suite) writeDocs(total time.Duration) error {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("# kong-watcher end to end, on a real single-node cluster\n\n")
+	w("Written by `make e2e` (`KW_E2E_WRITE_DOCS=1 go test -tags e2e ./test/e2e`) from the run of %s.\n",
+		s.start.UTC().Format("2006-01-02 15:04 MST"))
+	w("Nothing here is simulated: `hack/e2e-cluster.sh` starts etcd, kube-apiserver,\n")
+	w("kube-controller-manager, kube-scheduler and a kubelet with containerd, runc and a bridge CNI\n")
+	w("on this machine; the images are built from the repository's `Dockerfile.webhook` and\n")
+	w("`Dockerfile.agent` and the gateway's `test/e2e/gateway` (Debian's nginx + the Lua module with\n")
+	w("a Kong-like configuration) and imported into containerd; the agent attaches its eBPF probes to\n")
+	w("nginx in a real pod. The test (`test/e2e`) uses `kubectl` for what a person would do and\n")
+	w("client-go to wait and check; traffic goes from the test process straight to the pod IPs.\n\n")
+
+	w("## The story and its timings\n\n")
+	w("| step | result | time |\n|---|---|---|\n")
+	desc := map[string]string{
+		"1-install":                 "`kubectl apply -k test/e2e/overlay` (config/default with the local image names and `imagePullPolicy: Never`); the webhook Deployment Available, its self-issued certificate in the Secret, the caBundle verifying it, a dry-run pod coming back mutated",
+		"2-label-deployment":        "a 2-replica Kong-like Deployment without the label gets no agent; `kubectl patch` adds `kong-watcher.io/inject: \"true\"` to its pod template; the rolled pods are Running and Ready with the agent as a native sidecar, `shareProcessNamespace: true`, capabilities BPF, PERFMON, SYS_PTRACE (ALL dropped), not privileged",
+		"3-traffic-stats-events":    "305 requests to each pod (HTTP/1.1 keep-alive, HTTP/1.1 over TLS, HTTP/2; 200, 404, 500, 502, 503; three hosts); the `kong-watcher.io/*` annotations equal the access log (`kubectl logs`) plus the kubelet's probes, within one stats interval (5 s); Events KongDetected and ProbesAttached; a burst of 60 × 500 raises HighErrorRate (then HighErrorRateResolved)",
+		"4-agent-identity-confined": "a token of the pod's service account bound to pod A (what the agent uses) may patch pod A's `kong-watcher.io/*` annotations, nothing else of it, not pod B, not a pod of another namespace (RBAC, and the policy even with a RoleBinding there), nor record Events about pod B",
+		"5-reload-and-agent-kill":   "`kubectl exec … nginx -s reload` in pod B under traffic: no failed request, the annotations still equal the access log; SIGKILL of pod A's agent task (`ctr tasks kill`): the kubelet restarts it, the gateway answers every request meanwhile, the new agent counts from its start and counts new traffic exactly; the first TrafficStats Event (5 min after the agent started)",
+		"6-uninstall":               "`kubectl delete -k test/e2e/overlay`: namespace, webhook configuration, ClusterRoles, policies gone; the gateway pods keep running and serving; after `kubectl rollout restart` the new pods, still labelled, have no agent",
+	}
+	for _, r := range s.steps {
+		status := r.Status
+		if r.Why != "" {
+			status += " (" + r.Why + ")"
+		}
+		w("| **%s**: %s | %s | %s |\n", r.Name, desc[r.Name], status, r.Duration.Round(100*time.Millisecond))
+	}
+	w("| total (with the clean-up of earlier runs) | | %s |\n\n", total.Round(100*time.Millisecond))
+	w("The first `TrafficStats` Event comes `TRAFFIC_STATS_EVENT_INTERVAL` (default 5m) after an agent\n")
+	w("starts, and the webhook offers no per-pod setting for it, so step 5 waits for it: most of that\n")
+	w("step's time is this wait.\n\n")
+
+	if len(s.notes) > 0 {
+		w("## What was measured\n\n")
+		for _, n := range s.notes {
+			w("- %s\n", n)
+		}
+		w("\n")
+	}
+
+	w("## Environment\n\n")
+	for _, e := range s.env {
+		if strings.Contains(e.Value, "\n") {
+			w("%s:\n\n```\n%s\n```\n\n", e.Key, e.Value)
+		} else {
+			w("- %s: %s\n", e.Key, e.Value)
+		}
+	}
+	w("\n")
+
+	if s.describePod != "" {
+		key := "after step 5 (" + s.describePod + ")"
+		w("## `kubectl describe pod` of a gateway pod\n\n")
+		w("Pod B (%s) after step 5: its agent has run since the label was added, counted step 3's\n", s.describePod)
+		w("traffic and burst, step 5's reload traffic, and recorded the Events.\n\n")
+		w("```console\n$ kubectl describe pod -n %s %s\n%s```\n\n", kongNS, s.describePod, s.describe[key])
+		if s.eventsOut != "" {
+			w("```console\n$ kubectl get events -n %s --field-selector involvedObject.name=%s\n%s```\n\n", kongNS, s.describePod, s.eventsOut)
+		}
+	} else if len(s.describe) > 0 {
+		keys := make([]string, 0, len(s.describe))
+		for k := range s.describe {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		w("## `kubectl describe pod` of a gateway pod (%s)\n\n```console\n%s```\n\n", keys[0], s.describe[keys[0]])
+	}
+
+	w("## The commands, in order\n\n```sh\n")
+	for _, c := range s.commands {
+		w("%s\n", c)
+	}
+	w("```\n")
+	return os.WriteFile(filepath.Join(s.root, "docs", "e2e.md"), []byte(b.String()), 0o644)
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the four OCI images of the end-to-end test on a real single-node cluster, with no
+# Builds the five OCI images of the end-to-end test on a real single-node cluster, with no
 # registry and no container engine: buildah (vfs storage kept inside OUTDIR, FROM scratch,
 # COPY only, no RUN) writes each as an oci-archive that `ctr -n k8s.io images import` loads
 # under exactly the name below.
@@ -9,13 +9,16 @@
 #     OUTDIR/webhook.tar  localhost/kong-watcher/webhook:e2e  Dockerfile.webhook, BASE=scratch
 #     OUTDIR/gateway.tar  localhost/kong-watcher/gateway:e2e  test/e2e/gateway: Debian's nginx +
 #                         lua module as a Kong-like gateway (8000 HTTP, 8443 TLS+HTTP/2,
-#                         GET /healthz -> 200, unlogged)
+#                         GET /healthz -> 200, unlogged), proxying to 127.0.0.1:8081
+#     OUTDIR/upstream.tar localhost/kong-watcher/upstream:e2e test/e2e/upstream: the service
+#                         behind the gateway, a static Go server on 127.0.0.1:8081 run as
+#                         the gateway pod's second container (its requests are not nginx's)
 #     OUTDIR/pause.tar    localhost/kong-watcher/pause:e2e    test/e2e/pause: the pod sandbox
 #     OUTDIR/gateway-cert.pem  the gateway's self-signed certificate (CN kong-gateway.e2e)
 #
 # Environment: SKIP_BUILD=1 uses bin/ as it is instead of running `make build`;
 # KEEP_BUILDAH_STORAGE=1 keeps OUTDIR/buildah-root and OUTDIR/ctx (else only the archives remain).
-# Idempotent: every run rebuilds all four archives from scratch. Needs no network. The host
+# Idempotent: every run rebuilds all five archives from scratch. Needs no network. The host
 # must have what the gateway image is made of: Debian's nginx, libnginx-mod-http-lua (and
 # its dependencies lua-resty-core, libluajit2) and openssl, plus buildah, ctr and Go.
 set -euo pipefail
@@ -71,7 +74,7 @@ BROOT=$OUT/buildah-root
 BRUN=$OUT/buildah-run
 POLICY=$OUT/policy.json
 # No archive of an earlier run survives a failed one.
-rm -f "$OUT"/{agent,webhook,gateway,pause}.tar "$OUT/gateway-cert.pem"
+rm -f "$OUT"/{agent,webhook,gateway,upstream,pause}.tar "$OUT/gateway-cert.pem"
 rm -rf "$BROOT" "$BRUN" "$OUT/ctx"
 mkdir -p "$BROOT" "$BRUN" "$OUT/ctx"
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' > "$POLICY"
@@ -128,6 +131,14 @@ mkdir -p "$PCTX"
 (cd "$REPO" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$PCTX/pause" ./test/e2e/pause)
 log "pause binary ($(since "$t"))"
 build pause "$REPO/test/e2e/pause/Dockerfile" "$PCTX"
+
+# --- upstream: the gateway's service, a static Go HTTP server ------------------------------
+t=$(now)
+UCTX=$OUT/ctx/upstream
+mkdir -p "$UCTX"
+(cd "$REPO" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$UCTX/upstream" ./test/e2e/upstream)
+log "upstream binary ($(since "$t"))"
+build upstream "$REPO/test/e2e/upstream/Dockerfile" "$UCTX"
 
 # --- gateway: Debian's nginx + lua module, assembled from the host's files ----------------
 t=$(now)
@@ -201,5 +212,5 @@ rm -rf "$CHK"
 log "gateway context: $(du -sh "$ROOT" | cut -f1) rootfs, $(echo "$libs" | wc -l) libraries ($(since "$t"))"
 build gateway "$REPO/test/e2e/gateway/Dockerfile" "$GCTX"
 
-log "done in $(since "$T0"): $(cd "$OUT" && ls agent.tar webhook.tar gateway.tar pause.tar | tr '\n' ' ')"
-log "load with: for i in agent webhook gateway pause; do ctr -n k8s.io images import $OUT/\$i.tar; done"
+log "done in $(since "$T0"): $(cd "$OUT" && ls agent.tar webhook.tar gateway.tar upstream.tar pause.tar | tr '\n' ' ')"
+log "load with: for i in agent webhook gateway upstream pause; do ctr -n k8s.io images import $OUT/\$i.tar; done"

@@ -31,7 +31,7 @@ func (s *suite) writeDocs(total time.Duration) error {
 	desc := map[string]string{
 		"1-install":                 "`kubectl apply -k test/e2e/overlay` (config/default with the local image names and `imagePullPolicy: Never`); the webhook Deployment Available, its self-issued certificate in the Secret, the caBundle verifying it, a dry-run pod coming back mutated",
 		"2-label-deployment":        "a 2-replica Kong-like Deployment without the label gets no agent; `kubectl patch` adds `kong-watcher.io/inject: \"true\"` to its pod template; the rolled pods are Running and Ready with the agent as a native sidecar, `shareProcessNamespace: true`, capabilities BPF, PERFMON, SYS_PTRACE (ALL dropped), not privileged",
-		"3-traffic-stats-events":    "305 requests to each pod (HTTP/1.1 keep-alive, HTTP/1.1 over TLS, HTTP/2; 200, 404, 500, 502, 503; three hosts); the `kong-watcher.io/*` annotations equal the access log (`kubectl logs`) plus the kubelet's probes, within one stats interval (5 s); Events KongDetected and ProbesAttached; a burst of 60 × 500 raises HighErrorRate (then HighErrorRateResolved)",
+		"3-traffic-stats-events":    fmt.Sprintf("%d requests to each pod", sent(mainPlan())) + " (HTTP/1.1 keep-alive, HTTP/1.1 over TLS, HTTP/2; 200, 404, 500, 502, 503; three hosts); the `kong-watcher.io/*` annotations equal the access log (`kubectl logs`) plus the kubelet's probes, within one stats interval (5 s); Events KongDetected and ProbesAttached; a burst of " + fmt.Sprint(sent(burstPlan())) + " × 500 raises HighErrorRate (then HighErrorRateResolved)",
 		"4-agent-identity-confined": "a token of the pod's service account bound to pod A (what the agent uses) may patch pod A's `kong-watcher.io/*` annotations, nothing else of it, not pod B, not a pod of another namespace (RBAC, and the policy even with a RoleBinding there), nor record Events about pod B",
 		"5-reload-and-agent-kill":   "`kubectl exec … nginx -s reload` in pod B under traffic: no failed request, the annotations still equal the access log; SIGKILL of pod A's agent task (`ctr tasks kill`): the kubelet restarts it, the gateway answers every request meanwhile, the new agent counts from its start and counts new traffic exactly; the first TrafficStats Event (5 min after the agent started)",
 		"6-uninstall":               "`kubectl delete -k test/e2e/overlay`: namespace, webhook configuration, ClusterRoles, policies gone; the gateway pods keep running and serving; after `kubectl rollout restart` the new pods, still labelled, have no agent",
@@ -90,4 +90,12 @@ func (s *suite) writeDocs(total time.Duration) error {
 	}
 	w("```\n")
 	return os.WriteFile(filepath.Join(s.root, "docs", "e2e.md"), []byte(b.String()), 0o644)
+}
+
+func sent(plan []req) int {
+	n := 0
+	for _, r := range plan {
+		n += r.count
+	}
+	return n
 }

@@ -13,8 +13,9 @@
 //	set -a; . /tmp/kong-watcher-e2e/env; set +a
 //	go test -tags e2e -count=1 -v -timeout 20m ./test/e2e
 //
-// KW_E2E_WRITE_DOCS=1 writes docs/e2e.md (what the run did, the timings, the environment and
-// the `kubectl describe pod` output). KEEP=1 (or KW_E2E_KEEP=1) installs kong-watcher again
+// A run where every step passed writes docs/e2e.md (what the run did, the timings, the
+// environment and the `kubectl describe pod` output); KW_E2E_WRITE_DOCS=1 writes it whatever
+// the result, KW_E2E_WRITE_DOCS=0 never. KEEP=1 (or KW_E2E_KEEP=1) installs kong-watcher again
 // after the uninstall step and rolls the gateway, so that a person finds a monitored Kong in
 // the kept cluster.
 package e2e
@@ -171,7 +172,13 @@ func TestStory(t *testing.T) {
 	}
 	t.Logf("  %-28s      %8s", "total", total.Round(100*time.Millisecond))
 
-	if os.Getenv("KW_E2E_WRITE_DOCS") == "1" {
+	// docs/e2e.md: always with KW_E2E_WRITE_DOCS=1, never with 0, and by default (make e2e)
+	// only from a run where every step passed.
+	allPassed := !t.Failed()
+	for _, r := range s.steps {
+		allPassed = allPassed && r.Status == "PASS"
+	}
+	if w := os.Getenv("KW_E2E_WRITE_DOCS"); w == "1" || (w == "" && allPassed) {
 		if err := s.writeDocs(total); err != nil {
 			t.Errorf("writing docs/e2e.md: %v", err)
 		} else {

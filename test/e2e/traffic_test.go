@@ -123,32 +123,30 @@ func (s *sender) do(ctx context.Context, r req) error {
 	return nil
 }
 
-// sendAll sends every request of plan count times, interleaved round-robin so that the kinds
-// mix (errors spread through the traffic); it fails the test on the first wrong answer.
+// sendAll sends every request of plan count times, each kind spread evenly through the
+// whole sequence (so that the few errors never bunch up in one stats window); it fails the
+// test on the first wrong answer and returns the number of requests sent.
 func (s *sender) sendAll(t *testing.T, plan []req) int {
 	t.Helper()
-	left := make([]int, len(plan))
-	n := 0
-	for i, r := range plan {
-		left[i] = r.count
+	type slot struct {
+		pos  float64
+		kind int
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	for more := true; more; {
-		more = false
-		for i, r := range plan {
-			if left[i] == 0 {
-				continue
-			}
-			more = true
-			left[i]--
-			if err := s.do(ctx, r); err != nil {
-				t.Fatalf("request %d to the gateway at %s: %v", n+1, s.ip, err)
-			}
-			n++
+	var order []slot
+	for i, r := range plan {
+		for j := 0; j < r.count; j++ {
+			order = append(order, slot{(float64(j) + 0.5) / float64(r.count), i})
 		}
 	}
-	return n
+	sort.SliceStable(order, func(a, b int) bool { return order[a].pos < order[b].pos })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for n, o := range order {
+		if err := s.do(ctx, plan[o.kind]); err != nil {
+			t.Fatalf("request %d of %d to the gateway at %s: %v", n+1, len(order), s.ip, err)
+		}
+	}
+	return len(order)
 }
 
 // background sends GET requests at a steady rate until stopped, counting answers.

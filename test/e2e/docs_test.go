@@ -16,8 +16,9 @@ func (s *suite) writeDocs(total time.Duration) error {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("# kong-watcher end to end, on a real single-node cluster\n\n")
-	w("Written by `make e2e` (`KW_E2E_WRITE_DOCS=1 go test -tags e2e ./test/e2e`) from the run of %s.\n",
-		s.start.UTC().Format("2006-01-02 15:04 MST"))
+	w("Written by the test of `make e2e` (`test/e2e`, from a run where every step passed, or with\n")
+	w("`KW_E2E_WRITE_DOCS=1`) on %s. Re-run it with `make e2e`; `make e2e KEEP=1` leaves the\n", s.start.UTC().Format("2006-01-02 15:04 MST"))
+	w("cluster running with kong-watcher installed again after the story, for exploring with kubectl.\n\n")
 	w("Nothing here is simulated: `hack/e2e-cluster.sh` starts etcd, kube-apiserver,\n")
 	w("kube-controller-manager, kube-scheduler and a kubelet with containerd, runc and a bridge CNI\n")
 	w("on this machine; the images are built from the repository's `Dockerfile.webhook` and\n")
@@ -48,6 +49,18 @@ func (s *suite) writeDocs(total time.Duration) error {
 	w("starts, and the webhook offers no per-pod setting for it, so step 5 waits for it: most of that\n")
 	w("step's time is this wait.\n\n")
 
+	w("## How the counts are checked\n\n")
+	w("The gateway's access log (`kubectl logs -c proxy`, one JSON line per request) is the ground\n")
+	w("truth. The test first checks that it holds exactly the requests it sent (method, host, URI,\n")
+	w("status, protocol and port), then that the agent's `kong-watcher.io/stats` totals (requests,\n")
+	w("errors, client errors, and every method, status code, host and path row) equal the log's, and\n")
+	w("that the short annotations (`requests`, `methods`, `status`, `top-hosts`, `top-paths`) agree\n")
+	w("with the JSON. Two things the agent sees that a client does not: every proxied route is a\n")
+	w("second request inside nginx (the gateway's upstream \"service\" is a server of the same nginx\n")
+	w("on 127.0.0.1:8081, host `kw-upstream`, logged too), and the kubelet's readiness probes\n")
+	w("(`GET /healthz`, Host the pod IP), which nginx does not log: their number is taken from the\n")
+	w("agent's own `GET /healthz` row and must be the only difference.\n\n")
+
 	if len(s.notes) > 0 {
 		w("## What was measured\n\n")
 		for _, n := range s.notes {
@@ -58,13 +71,16 @@ func (s *suite) writeDocs(total time.Duration) error {
 
 	w("## Environment\n\n")
 	for _, e := range s.env {
-		if strings.Contains(e.Value, "\n") {
-			w("%s:\n\n```\n%s\n```\n\n", e.Key, e.Value)
-		} else {
+		if !strings.Contains(e.Value, "\n") {
 			w("- %s: %s\n", e.Key, e.Value)
 		}
 	}
 	w("\n")
+	for _, e := range s.env {
+		if strings.Contains(e.Value, "\n") {
+			w("```console\n$ %s\n%s\n```\n\n", e.Key, e.Value)
+		}
+	}
 
 	if s.describePod != "" {
 		key := "after step 5 (" + s.describePod + ")"

@@ -36,7 +36,7 @@ func (s *suite) kubectl(t *testing.T, timeout time.Duration, args ...string) (st
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+s.kubeconfig)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	line := "kubectl " + strings.Join(args, " ")
+	line := "kubectl " + shellJoin(args)
 	begin := time.Now()
 	err := cmd.Run()
 	t.Logf("$ %s  (%s)", line, time.Since(begin).Round(time.Millisecond))
@@ -404,4 +404,24 @@ func (s *suite) waitEvent(t *testing.T, p *corev1.Pod, reason, eventType string,
 	}
 	t.Logf("Event %s %s on %s: %s", found.Type, found.Reason, p.Name, found.Message)
 	return found
+}
+
+// shellJoin renders args as a shell command line a person can paste.
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		safe := a != ""
+		for _, c := range a {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_./:=,@+", c)) {
+				safe = false
+				break
+			}
+		}
+		if safe {
+			q[i] = a
+		} else {
+			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(q, " ")
 }

@@ -35,6 +35,7 @@ import (
 // certificate, patches the caBundle, and the API server reaches it.
 
 func (s *suite) stepInstall(t *testing.T) {
+	applied := time.Now()
 	out := s.mustKubectl(t, 2*time.Minute, "apply", "-k", overlayDir)
 	t.Logf("apply:\n%s", out)
 	s.installed = true
@@ -95,7 +96,7 @@ func (s *suite) stepInstall(t *testing.T) {
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "proxy", Image: gatewayImage, ImagePullPolicy: corev1.PullNever}}},
 	}
 	var mutated *corev1.Pod
-	d := waitFor(t, "a dry-run create of a labelled pod coming back with the agent (the API server reaches the webhook)", waitLong, time.Second,
+	waitFor(t, "a dry-run create of a labelled pod coming back with the agent (the API server reaches the webhook)", waitLong, time.Second,
 		func(ctx context.Context) (bool, string, error) {
 			p, err := s.cs.CoreV1().Pods("default").Create(ctx, probe.DeepCopy(), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 			if err != nil {
@@ -107,7 +108,8 @@ func (s *suite) stepInstall(t *testing.T) {
 			mutated = p
 			return true, "", nil
 		})
-	s.note("After `kubectl apply -k`, the webhook Deployment was Available and the API server got a mutated dry-run pod back %s later than the certificate checks.", d.Round(100*time.Millisecond))
+	s.note("Step 1: %s after `kubectl apply -k`, both webhook replicas were Ready with their self-issued certificate, the caBundle was patched, and a dry-run pod came back with the agent.",
+		time.Since(applied).Round(100*time.Millisecond))
 	agent := findContainer(mutated, kwv1.AgentContainerName)
 	if agent.Image != agentImage {
 		t.Errorf("injected agent image %q, want %q (kustomize images: must rewrite AGENT_IMAGE)", agent.Image, agentImage)
@@ -204,7 +206,7 @@ func (s *suite) stepLabel(t *testing.T) {
 	t.Logf("%s", s.mustKubectl(t, waitLong+30*time.Second, "rollout", "status", "deployment/"+gatewayDeploy, "-n", kongNS, "--timeout=180s"))
 	s.waitDeploymentRolledOut(t, kongNS, gatewayDeploy, waitLong)
 	pods = s.waitGatewayPods(t, 2, waitLong)
-	s.note("Adding the label rolled the 2 gateway pods in %s (kubectl rollout status until both injected pods were Ready).", time.Since(begin).Round(100*time.Millisecond))
+	s.note("Step 2: adding the label rolled the 2 gateway pods in %s (kubectl rollout status until both injected pods were Ready).", time.Since(begin).Round(100*time.Millisecond))
 
 	// The agent container must also be started and ready (a native sidecar's readiness counts
 	// toward the pod's, but check it by name).
@@ -809,8 +811,8 @@ func (s *suite) stepResilience(t *testing.T) {
 	killAt := time.Now()
 	ctrArgs := []string{"--address", s.containerd, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id}
 	out, err := exec.Command("ctr", ctrArgs...).CombinedOutput()
-	s.commands = append(s.commands, "ctr "+strings.Join(ctrArgs, " "))
-	t.Logf("$ ctr %s\n%s", strings.Join(ctrArgs, " "), out)
+	s.commands = append(s.commands, "ctr "+shellJoin(ctrArgs))
+	t.Logf("$ ctr %s\n%s", shellJoin(ctrArgs), out)
 	if err != nil {
 		t.Fatalf("killing the agent's task: %v: %s", err, out)
 	}

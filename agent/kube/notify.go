@@ -47,6 +47,20 @@ func (r *Reporter) ProbeAttachFailed(gw discovery.Gateway, err error) {
 		"cannot attach probes to master PID %d: its requests are NOT counted: %s", gw.Master.PID, msg)
 }
 
+// AgentDisabled records that the agent could not start its data path at all: nothing in this
+// pod is counted until it is fixed (typically a missing capability or kernel feature).
+func (r *Reporter) AgentDisabled(err error) {
+	msg := "unknown error"
+	if err != nil {
+		msg = err.Error()
+	}
+	if len(msg) > 800 {
+		msg = msg[:800] + "..."
+	}
+	r.event(corev1.EventTypeWarning, v1alpha1.ReasonProbeAttachFailed,
+		"the agent cannot start: NO requests are counted (Kong is not affected): %s", msg)
+}
+
 var versionRE = regexp.MustCompile(`(?:openresty|nginx|kong)/[0-9]+\.[0-9]+(?:\.[0-9]+)*`)
 
 // NginxVersion reads the version strings nginx/OpenResty/Kong compile into the binary's

@@ -64,7 +64,8 @@ type Options struct {
 	Stats func() v1alpha1.Stats
 	// Interval is how often the annotations are refreshed and the alerts evaluated (STATS_INTERVAL).
 	Interval time.Duration
-	// TrafficStatsInterval: how often a TrafficStats Event is recorded; 0 turns it off.
+	// TrafficStatsInterval: how often a TrafficStats Event is recorded (the first one as soon
+	// as the agent has counted requests); 0 turns it off.
 	TrafficStatsInterval time.Duration
 	// Alert thresholds (the pod's annotations override them, see Thresholds).
 	Thresholds Thresholds
@@ -169,6 +170,10 @@ type Reporter struct {
 	errorAlert   bool
 	latencyAlert bool
 	lastTraffic  time.Time
+	// sawTraffic: a TrafficStats Event with requests in it has been recorded. The first one is
+	// recorded as soon as there is traffic, not a whole TrafficStatsInterval after the start,
+	// so `kubectl describe pod` shows one within a stats interval of the first requests.
+	sawTraffic bool
 }
 
 // snapshot is what decides whether a patch is needed: the annotations computed from the stats
@@ -319,6 +324,20 @@ func (r *Reporter) Run(ctx context.Context) error {
 	}
 }
 
+// RunEventsOnly is Run for an agent that has no stats to report (see AgentDisabled): it reads
+// the pod once, retried, so that the Events recorded so far go out with its UID, and then
+// waits for ctx. No annotation is written.
+func (r *Reporter) RunEventsOnly(ctx context.Context) {
+	defer r.stop()
+	backoff := r.newBackoff()
+	for !r.getPod(ctx) && !r.gone {
+		if !sleep(ctx, backoff.Step()) {
+			return
+		}
+	}
+	<-ctx.Done()
+}
+
 func (r *Reporter) newBackoff() *wait.Backoff {
 	return &wait.Backoff{Duration: r.o.InitialBackoff, Factor: 2, Jitter: 0.5, Steps: math.MaxInt32, Cap: r.o.MaxBackoff}
 }
@@ -425,8 +444,10 @@ func (r *Reporter) evaluate(s v1alpha1.Stats, now time.Time) {
 			"p99 latency back to %s over the last %s (%d requests), threshold %s",
 			ms(w.LatencyMs.P99), period(w.PeriodSeconds), w.Requests, ms(th.LatencyP99Ms))
 	}
-	if r.o.TrafficStatsInterval > 0 && now.Sub(r.lastTraffic) >= r.o.TrafficStatsInterval {
+	first := !r.sawTraffic && s.Total.Requests > 0
+	if r.o.TrafficStatsInterval > 0 && (first || now.Sub(r.lastTraffic) >= r.o.TrafficStatsInterval) {
 		r.lastTraffic = now
+		r.sawTraffic = r.sawTraffic || s.Total.Requests > 0
 		t := s.Total
 		r.event(corev1.EventTypeNormal, v1alpha1.ReasonTrafficStats,
 			"last %s: %d requests (%.1f/s), %d errors (%s), p50 %s p99 %s; since start: %d requests, %d errors",

@@ -279,17 +279,32 @@ func TestThresholdsFromPodAnnotations(t *testing.T) {
 }
 
 func TestTrafficStatsEvent(t *testing.T) {
-	box := &statsBox{s: stats(100, 0, 5)}
+	box := &statsBox{s: stats(0, 0, 0)}
 	r, _, rec, _ := newTest(t, pod(nil), box)
 	r.o.TrafficStatsInterval = time.Minute
 	now := time.Now()
 	r.lastTraffic = now
+	// No traffic yet: nothing until the interval has passed.
 	r.evaluate(box.get(), now.Add(30*time.Second))
-	r.evaluate(box.get(), now.Add(61*time.Second))
-	r.evaluate(box.get(), now.Add(90*time.Second))
+	if ev := events(rec); len(ev) != 0 {
+		t.Fatalf("no traffic, before the interval: got %q", ev)
+	}
+	// The first requests: an Event at once, not a minute after the start.
+	box.set(func(s *v1alpha1.Stats) { *s = stats(100, 0, 5) })
+	r.evaluate(box.get(), now.Add(40*time.Second))
 	ev := events(rec)
 	if len(ev) != 1 || !strings.HasPrefix(ev[0], "Normal TrafficStats ") || !strings.Contains(ev[0], "100 requests") {
-		t.Fatalf("got %q", ev)
+		t.Fatalf("first traffic: got %q", ev)
+	}
+	// Then one per interval.
+	r.evaluate(box.get(), now.Add(61*time.Second))
+	r.evaluate(box.get(), now.Add(99*time.Second))
+	if ev := events(rec); len(ev) != 0 {
+		t.Fatalf("within the interval after the first: got %q", ev)
+	}
+	r.evaluate(box.get(), now.Add(101*time.Second))
+	if ev := events(rec); len(ev) != 1 {
+		t.Fatalf("one interval after the first: got %q", ev)
 	}
 	r.o.TrafficStatsInterval = 0
 	r.evaluate(box.get(), now.Add(time.Hour))

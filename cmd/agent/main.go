@@ -15,12 +15,14 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/kong-watcher/kong-watcher/agent/app"
 	"github.com/kong-watcher/kong-watcher/agent/kube"
 	"github.com/kong-watcher/kong-watcher/agent/logging"
 	"github.com/kong-watcher/kong-watcher/agent/report"
+	v1alpha1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/internal/version"
 )
 
@@ -76,8 +78,7 @@ func run() int {
 
 	agent, err := app.New(cfg, log)
 	if err != nil {
-		log.Error(err, "the agent cannot start")
-		return 1
+		return disabled(ctx, cfg, log, err)
 	}
 	defer agent.Close()
 
@@ -95,7 +96,7 @@ func run() int {
 	if cfg.PodName != "" && cfg.PodNamespace != "" {
 		// client-go logs through klog: into the agent's log, a repeated error once per 10 min.
 		klog.SetLogger(kube.ClientLogger(log.WithName("client-go"), 0))
-		if rep, err := newReporter(cfg, agent, log); err != nil {
+		if rep, err := newReporter(cfg, agent.Stats, log); err != nil {
 			log.Error(err, "cannot report to Kubernetes (annotations, Events); continuing with logs and HTTP only")
 		} else {
 			agent.Notify = rep
@@ -121,7 +122,40 @@ func run() int {
 	return 0
 }
 
-func newReporter(cfg app.Config, agent *app.Agent, log logr.Logger) (*kube.Reporter, error) {
+// disabled is what the agent does when it cannot start its data path at all (no BPF
+// capability, a kernel without uprobe support, ...): it says why (log, /readyz, and a
+// ProbeAttachFailed Event on the pod) and then stays up, serving /healthz, until it is
+// stopped. Exiting instead would make the kubelet restart it in a back-off loop, and a
+// crash-looping sidecar keeps the whole pod NotReady: Kong would be taken out of its Service
+// by its monitor.
+func disabled(ctx context.Context, cfg app.Config, log logr.Logger, cause error) int {
+	log.Error(cause, "the agent cannot start: NO requests are counted; it stays up so the pod (and Kong) stay Ready")
+	stats := func() v1alpha1.Stats {
+		return v1alpha1.Stats{APIVersion: v1alpha1.StatsAPIVersion, Kind: v1alpha1.StatsKind}
+	}
+	ready := func() (bool, string) { return false, "the agent cannot start: " + cause.Error() }
+	srv := report.NewServer(cfg.MetricsAddr, stats, ready, prometheus.NewRegistry(), log.WithName("http"))
+	if err := srv.Start(ctx); err != nil {
+		log.Error(err, "cannot serve /healthz and /readyz either", "addr", cfg.MetricsAddr)
+	}
+	if cfg.PodName != "" && cfg.PodNamespace != "" {
+		klog.SetLogger(kube.ClientLogger(log.WithName("client-go"), 0))
+		if rep, err := newReporter(cfg, stats, log); err != nil {
+			log.Error(err, "cannot report to Kubernetes")
+		} else {
+			rep.AgentDisabled(cause)
+			go rep.RunEventsOnly(ctx)
+		}
+	}
+	<-ctx.Done()
+	log.Info("kong-watcher agent stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return 0
+}
+
+func newReporter(cfg app.Config, stats func() v1alpha1.Stats, log logr.Logger) (*kube.Reporter, error) {
 	c, err := kube.ClientFromEnv()
 	if err != nil {
 		return nil, err
@@ -130,7 +164,7 @@ func newReporter(cfg app.Config, agent *app.Agent, log logr.Logger) (*kube.Repor
 		Client:               c,
 		Namespace:            cfg.PodNamespace,
 		PodName:              cfg.PodName,
-		Stats:                agent.Stats,
+		Stats:                stats,
 		Interval:             cfg.StatsInterval,
 		TrafficStatsInterval: cfg.TrafficStatsEventInterval,
 		Thresholds: kube.Thresholds{ErrorRate: cfg.HighErrorRateThreshold, LatencyP99Ms: cfg.HighLatencyP99Ms,

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -80,7 +81,9 @@ func TestAgentLeastPrivilege(t *testing.T) {
 }
 
 // TestAgentWithoutCapabilitiesSaysWhy: with no BPF capability at all the agent must not
-// pretend; it exits or stays unready and names the missing capability.
+// count anything, must name the missing capability, and must stay up (a sidecar that exits is
+// restarted in a back-off loop and keeps the whole pod, Kong included, NotReady): /healthz
+// answers 200, /readyz 503 with the reason.
 func TestAgentWithoutCapabilitiesSaysWhy(t *testing.T) {
 	fixture.RequireRoot(t)
 	fixture.RequireCommand(t, "setpriv")
@@ -88,14 +91,30 @@ func TestAgentWithoutCapabilitiesSaysWhy(t *testing.T) {
 	caps := "-all,+sys_ptrace"
 	wrapper := []string{"setpriv", "--inh-caps=" + caps, "--ambient-caps=" + caps, "--bounding-set=" + caps, "--"}
 	a := startAgent(t, gw.MasterPID(), wrapper)
+	a.waitHealthy(t, 20*time.Second)
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if strings.Contains(a.log.String(), "CAP_BPF") {
-			return
+	for !strings.Contains(a.log.String(), "CAP_BPF") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never named CAP_BPF as missing:\n%s", tail(a.log.String(), 3000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Errorf("the agent never named CAP_BPF as missing:\n%s", tail(a.log.String(), 3000))
+	// Still up a while later, and unready with the reason.
+	time.Sleep(time.Second)
+	select {
+	case <-a.done:
+		t.Fatalf("the agent exited: %v\n%s", a.cmd.ProcessState, tail(a.log.String(), 3000))
+	default:
+	}
+	resp, err := http.Get("http://" + a.addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "CAP_BPF") {
+		t.Errorf("/readyz: %d %q, want 503 naming CAP_BPF", resp.StatusCode, body)
+	}
 }
 
 // TestGatewayAppearsLater: the agent starts first (as a native sidecar does), the gateway

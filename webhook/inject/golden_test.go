@@ -255,12 +255,10 @@ func checkInjected(t *testing.T, before, after *corev1.Pod, cfg Config, native b
 	if agent.StartupProbe != nil {
 		t.Error("a startupProbe would hold Kong's containers back")
 	}
-	// The kubelet's readiness probe must not use /readyz ("probes attached"): a native
-	// sidecar's readiness gates the pod's Ready condition, and monitoring must never take
-	// Kong out of its Service.
-	if agent.ReadinessProbe == nil || agent.ReadinessProbe.HTTPGet.Path != "/healthz" ||
-		agent.LivenessProbe == nil || agent.LivenessProbe.HTTPGet.Path != "/healthz" {
-		t.Errorf("probes: readiness %+v liveness %+v, want both on /healthz", agent.ReadinessProbe, agent.LivenessProbe)
+	// No kubelet readiness probe: a native sidecar's readiness gates the pod's Ready
+	// condition, and monitoring must never take Kong out of its Service.
+	if agent.ReadinessProbe != nil || agent.LivenessProbe == nil || agent.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Errorf("probes: readiness %+v liveness %+v, want no readiness and liveness on /healthz", agent.ReadinessProbe, agent.LivenessProbe)
 	}
 	if len(agent.Ports) != 1 || agent.Ports[0].Name != kwv1.MetricsPortName || agent.Ports[0].ContainerPort != cfg.MetricsPort {
 		t.Errorf("ports %+v", agent.Ports)

@@ -21,11 +21,8 @@ const (
 
 // Agent HTTP endpoints on the metrics port (DESIGN.md).
 const (
-	metricsPath   = "/metrics"
-	// The agent's /readyz means "probes attached to a gateway" (for people and tests); the
-	// kubelet's readiness probe must not use it, see below.
-	readinessPath = "/healthz"
-	livenessPath  = "/healthz"
+	metricsPath  = "/metrics"
+	livenessPath = "/healthz"
 )
 
 // Inject mutates pod in place (only call when Decide said Inject) and returns admission
@@ -95,19 +92,12 @@ func agentContainer(cfg Config, s settings) corev1.Container {
 			Protocol:      corev1.ProtocolTCP,
 		}},
 		Resources: *cfg.Resources.DeepCopy(),
-		// Readiness of a native sidecar counts toward the pod's Ready condition, so the probe
-		// must only ask "is the HTTP server up" (/healthz), never "Kong found" or "probes
-		// attached" (/readyz): otherwise
-		// a monitoring hiccup would take Kong out of its Service. No startupProbe on purpose:
-		// with one, Kong's containers would wait for it.
-		ReadinessProbe: &corev1.Probe{
-			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-				Path: readinessPath, Port: metricsPort, Scheme: corev1.URISchemeHTTP}},
-			PeriodSeconds:    10,
-			TimeoutSeconds:   2,
-			FailureThreshold: 3,
-			SuccessThreshold: 1,
-		},
+		// No readiness probe, and no startupProbe: a sidecar's readiness counts toward the
+		// pod's Ready condition, so any readiness probe lets a monitoring hiccup take Kong out of
+		// its Service (after a restart of the agent the pod would stay NotReady until the next
+		// probe period). Without one the agent is ready as soon as it runs; it never exits on
+		// its own (see cmd/agent: it stays up and says why when it cannot count). A startupProbe
+		// would hold Kong's containers back. /readyz ("probes attached") is for people.
 		LivenessProbe: &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 				Path: livenessPath, Port: metricsPort, Scheme: corev1.URISchemeHTTP}},

@@ -101,7 +101,7 @@ func (s *suite) writeDocs(total time.Duration) error {
 	}
 
 	w("## The commands, in order\n\n```sh\n")
-	for _, c := range s.commands {
+	for _, c := range s.commands[:s.storyCommands] {
 		w("%s\n", c)
 	}
 	w("```\n")

@@ -89,6 +89,8 @@ type suite struct {
 	start    time.Time
 	steps    []stepResult
 	commands []string // the user-visible kubectl commands, in order
+	// storyCommands: how many of commands the six steps ran (KEEP's reinstall comes after).
+	storyCommands int
 
 	// Set by the steps.
 	installed   bool
@@ -161,6 +163,7 @@ func TestStory(t *testing.T) {
 		t.Logf("step %s: %s in %s", st.name, r.Status, r.Duration.Round(100*time.Millisecond))
 	}
 
+	s.storyCommands = len(s.commands)
 	if keep() && passed[0] {
 		t.Run("keep-reinstall", func(t *testing.T) { s.reinstallForExploration(t) })
 	}

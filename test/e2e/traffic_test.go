@@ -26,9 +26,9 @@ import (
 
 // Protocols the test speaks to the gateway.
 const (
-	protoH1    = "HTTP/1.1"         // plain, keep-alive, port 8000
+	protoH1    = "HTTP/1.1"          // plain, keep-alive, port 8000
 	protoH1TLS = "HTTP/1.1 over TLS" // port 8443, ALPN http/1.1
-	protoH2    = "HTTP/2"           // port 8443, ALPN h2
+	protoH2    = "HTTP/2"            // port 8443, ALPN h2
 )
 
 // req is one kind of request the test sends, count times.

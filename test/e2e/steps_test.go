@@ -581,14 +581,14 @@ func checkProtocols(t *testing.T, pod string, entries []fixture.LogEntry, plan [
 	for _, r := range plan {
 		switch r.proto {
 		case protoH1:
-			want["http HTTP/1.1 8000"] += r.count
+			want[fmt.Sprintf("http HTTP/1.1 %d", httpPort)] += r.count
 		case protoH1TLS:
-			want["https HTTP/1.1 8443"] += r.count
+			want[fmt.Sprintf("https HTTP/1.1 %d", tlsPort)] += r.count
 		case protoH2:
-			want["https HTTP/2.0 8443"] += r.count
+			want[fmt.Sprintf("https HTTP/2.0 %d", tlsPort)] += r.count
 		}
 		if r.proxied {
-			want["http HTTP/1.1 8081"] += r.count
+			want[fmt.Sprintf("http HTTP/1.1 %d", upstreamPrt)] += r.count
 		}
 	}
 	got := map[string]int{}
@@ -870,7 +870,6 @@ func (s *suite) stepResilience(t *testing.T) {
 	batchStart := time.Now()
 	snd.sendAll(t, after)
 	snd.close()
-	batchEnd := time.Now()
 	entries = s.accessLog(t, nameA)
 	batch := logTally(t, entries, nm, func(e fixture.LogEntry) bool {
 		return float64(batchStart.UnixMilli())/1000 <= e.Msec+0.001 && e.RequestURI != restartBgReq().uri
@@ -927,7 +926,6 @@ func (s *suite) stepResilience(t *testing.T) {
 	s.note("Step 5, %s: the agent killed with SIGKILL was restarted by the kubelet in %s (started %s); %d requests answered meanwhile, %d failed; the new agent counts from its start (since %s): %d requests (the previous agent had counted %d), the %d sent after the restart exactly.",
 		nameA, d.Round(100*time.Millisecond), newStart.Format(time.TimeOnly), ok, len(failed), final.Since.Format(time.TimeOnly),
 		final.Total.Requests, prev.Total.Requests, expected(after).Requests)
-	_ = batchEnd
 
 	// TrafficStats: every TRAFFIC_STATS_EVENT_INTERVAL (5m, the default: the webhook injects
 	// no other value and no annotation overrides it) after the agent started. Pod B's agent

@@ -32,9 +32,9 @@ func (s *suite) writeDocs(total time.Duration) error {
 	desc := map[string]string{
 		"1-install":                 "`kubectl apply -k test/e2e/overlay` (config/default with the local image names and `imagePullPolicy: Never`); the webhook Deployment Available, its self-issued certificate in the Secret, the caBundle verifying it, a dry-run pod coming back mutated",
 		"2-label-deployment":        "a 2-replica Kong-like Deployment without the label gets no agent; `kubectl patch` adds `kong-watcher.io/inject: \"true\"` to its pod template; the rolled pods are Running and Ready with the agent as a native sidecar, `shareProcessNamespace: true`, capabilities BPF, PERFMON, SYS_PTRACE (ALL dropped), not privileged",
-		"3-traffic-stats-events":    fmt.Sprintf("%d requests to each pod", sent(mainPlan())) + " (HTTP/1.1 keep-alive, HTTP/1.1 over TLS, HTTP/2; 200, 404, 500, 502, 503; three hosts); the `kong-watcher.io/*` annotations equal the access log (`kubectl logs`) plus the kubelet's probes, within one stats interval (5 s); Events KongDetected and ProbesAttached; a burst of " + fmt.Sprint(sent(burstPlan())) + " × 500 raises HighErrorRate (then HighErrorRateResolved)",
+		"3-traffic-stats-events":    fmt.Sprintf("%d requests to each pod", sent(mainPlan())) + " (HTTP/1.1 keep-alive, HTTP/1.1 over TLS, HTTP/2; 200, 404, 500, 502, 503; three hosts); the `kong-watcher.io/*` annotations equal the access log (`kubectl logs`) plus the kubelet's probes, within one stats interval (5 s); Events KongDetected, ProbesAttached and TrafficStats; a burst of " + fmt.Sprint(sent(burstPlan())) + " × 500 raises HighErrorRate (then HighErrorRateResolved)",
 		"4-agent-identity-confined": "a token of the pod's service account bound to pod A (what the agent uses) may patch pod A's `kong-watcher.io/*` annotations, nothing else of it, not pod B, not a pod of another namespace (RBAC, and the policy even with a RoleBinding there), nor record Events about pod B",
-		"5-reload-and-agent-kill":   "`kubectl exec … nginx -s reload` in pod B under traffic: no failed request, the annotations still equal the access log; SIGKILL of pod A's agent task (`ctr tasks kill`): the kubelet restarts it, the gateway answers every request meanwhile, the new agent counts from its start and counts new traffic exactly; the first TrafficStats Event (5 min after the agent started)",
+		"5-reload-and-agent-kill":   "`kubectl exec … nginx -s reload` in pod B under traffic: no failed request, the annotations still equal the access log; SIGKILL of pod A's agent task (`ctr tasks kill`): the kubelet restarts it (the pod is NotReady at most until then), the gateway answers every request meanwhile, the new agent counts from its start, counts new traffic exactly and records its own KongDetected, ProbesAttached and TrafficStats",
 		"6-uninstall":               "`kubectl delete -k test/e2e/overlay`: namespace, webhook configuration, ClusterRoles, policies gone; the gateway pods keep running and serving; after `kubectl rollout restart` the new pods, still labelled, have no agent",
 	}
 	for _, r := range s.steps {
@@ -45,9 +45,6 @@ func (s *suite) writeDocs(total time.Duration) error {
 		w("| **%s**: %s | %s | %s |\n", r.Name, desc[r.Name], status, r.Duration.Round(100*time.Millisecond))
 	}
 	w("| total (with the clean-up of earlier runs) | | %s |\n\n", total.Round(100*time.Millisecond))
-	w("The first `TrafficStats` Event comes `TRAFFIC_STATS_EVENT_INTERVAL` (default 5m) after an agent\n")
-	w("starts, and the webhook offers no per-pod setting for it, so step 5 waits for it: most of that\n")
-	w("step's time is this wait.\n\n")
 
 	w("## How the counts are checked\n\n")
 	w("The gateway's access log (`kubectl logs -c proxy`, one JSON line per request) is the ground\n")
@@ -55,11 +52,12 @@ func (s *suite) writeDocs(total time.Duration) error {
 	w("status, protocol and port), then that the agent's `kong-watcher.io/stats` totals (requests,\n")
 	w("errors, client errors, and every method, status code, host and path row) equal the log's, and\n")
 	w("that the short annotations (`requests`, `methods`, `status`, `top-hosts`, `top-paths`) agree\n")
-	w("with the JSON. Two things the agent sees that a client does not: every proxied route is a\n")
-	w("second request inside nginx (the gateway's upstream \"service\" is a server of the same nginx\n")
-	w("on 127.0.0.1:8081, host `kw-upstream`, logged too), and the kubelet's readiness probes\n")
-	w("(`GET /healthz`, Host the pod IP), which nginx does not log: their number is taken from the\n")
-	w("agent's own `GET /healthz` row and must be the only difference.\n\n")
+	w("with the JSON. The gateway pod runs nginx (`proxy`) and, as a second container, the service\n")
+	w("its routes proxy to (`upstream`, a Go server on the pod's loopback): the agent follows nginx\n")
+	w("only, so each client request is one request, as with a real Kong. The one thing the agent\n")
+	w("sees that the log lacks is the kubelet's readiness probes (`GET /healthz`, Host the pod IP),\n")
+	w("which nginx does not log: their number is taken from the agent's own `GET /healthz` row and\n")
+	w("must be the only difference.\n\n")
 
 	if len(s.notes) > 0 {
 		w("## What was measured\n\n")

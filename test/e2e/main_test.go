@@ -58,18 +58,14 @@ const (
 	pauseImage   = "localhost/kong-watcher/pause:e2e"
 	agentImage   = "localhost/kong-watcher/agent:e2e"
 
-	httpPort    = 8000
-	tlsPort     = 8443
-	agentPort   = 9464
-	upstreamPrt = 8081 // the in-nginx upstream service (logged, and counted by the agent)
-	probePath   = "/healthz"
+	httpPort  = 8000
+	tlsPort   = 8443
+	agentPort = 9464
+	probePath = "/healthz"
 
 	// statsInterval is the kong-watcher.io/stats-interval annotation of the gateway's pod
 	// template (test/e2e/manifests/kong.yaml).
 	statsInterval = 5 * time.Second
-	// trafficStatsInterval is the agent's TRAFFIC_STATS_EVENT_INTERVAL default (5m): the
-	// webhook injects no value and there is no per-pod override.
-	trafficStatsInterval = 5 * time.Minute
 
 	// Bounds of the waits.
 	waitShort = 90 * time.Second

@@ -278,8 +278,7 @@ mount_namespace() {
   done
   spawn mountns unshare -m --propagation private sleep infinity
   local pid; pid="$(pid_of mountns)"
-  wait_for "private mount namespace" 10 mountns \
-    test "$(readlink "/proc/$pid/ns/mnt")" != "$(readlink /proc/self/ns/mnt)"
+  wait_for "private mount namespace" 10 mountns own_mount_ns "$pid"
   local script="set -e"
   for s in "${STAND_IN_SYSCTLS[@]}"; do
     f="$STATE/sysctl/${s//\//.}"
@@ -292,7 +291,8 @@ mount_namespace() {
   script+="; mkdir -p /run/containerd; ln -s '$STATE/containerd/containerd.sock' /run/containerd/containerd.sock"
   nsenter -t "$pid" -m -- sh -c "$script" || die "setting up the private mount namespace failed"
 }
-in_ns() { nsenter -t "$(pid_of mountns)" -m -- "$@"; }
+# own_mount_ns PID: PID has left this shell's mount namespace (unshare has run).
+own_mount_ns() { [[ "$(readlink "/proc/$1/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]]; }
 
 # --- containerd ------------------------------------------------------------------------------
 containerd_up() {

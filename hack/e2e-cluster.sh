@@ -11,8 +11,9 @@
 #   hack/e2e-cluster.sh logs     # the tail of every component's log (for failed runs)
 #
 # Everything lives under one directory, $KW_E2E_DIR (default /tmp/kong-watcher-e2e): certs,
-# kubeconfigs, etcd data, containerd's root, the kubelet's root, logs, PID files and the env
-# file (KUBECONFIG, CONTAINERD_ADDRESS, KW_E2E_NODE_NAME, KW_E2E_NODE_IP) that tests source.
+# kubeconfigs, etcd data, containerd's root, the kubelet's root, logs, PID files, the timings
+# of `up` (timings.tsv, which docs/e2e.md shows) and the env file (KUBECONFIG,
+# CONTAINERD_ADDRESS, KW_E2E_NODE_NAME, KW_E2E_NODE_IP) that tests source.
 #
 # What it adds to the host, and `down` removes (recorded in $KW_E2E_DIR/host/ as it is added):
 #   - the bridge kwbr0 (10.244.0.1/24): pod IPs, the API server's and kubelet's address;
@@ -124,6 +125,7 @@ wait_for() {
     sleep 0.2
   done
   log "$desc ($(since "$start"))"
+  echo "$desc	$(since "$start")" >> "$STATE/timings.tsv"
 }
 
 # --- preflight -------------------------------------------------------------------------------
@@ -358,6 +360,7 @@ images_up() {
   for t in "$STATE"/images/*.tar; do
     ctr --address "$STATE/containerd/containerd.sock" -n k8s.io images import "$t" >/dev/null
   done
+  echo "images built and imported	$(since "$start")" >> "$STATE/timings.tsv"
   log "images built and imported ($(since "$start")):"
   ctr --address "$STATE/containerd/containerd.sock" -n k8s.io images ls -q | grep kong-watcher >&2
 }
@@ -506,6 +509,7 @@ up() {
   kubelet_up "$bin"
   images_up
   write_env
+  echo "cluster up (all of the above)	$(since "$start")" >> "$STATE/timings.tsv"
   log "cluster up in $(since "$start"); KUBECONFIG=$STATE/admin.kubeconfig"
   echo "$STATE/env"
 }

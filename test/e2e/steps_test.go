@@ -401,8 +401,9 @@ type matchResult struct {
 }
 
 // waitCountsMatch waits until, for every pod, the kong-watcher.io/stats annotation's totals
-// equal want[pod] plus the readiness probes the agent counted (nginx does not log them), and
-// the short annotations agree with the JSON. since is when the traffic ended.
+// equal want[pod] (the access log without the kubelet's probes) plus the readiness probes,
+// which must agree with the access log too (withProbes), and the short annotations agree
+// with the JSON. since is when the traffic ended.
 func (s *suite) waitCountsMatch(t *testing.T, what string, want map[string]*tally, since time.Time, timeout time.Duration) map[string]matchResult {
 	t.Helper()
 	res := map[string]matchResult{}
@@ -422,8 +423,11 @@ func (s *suite) waitCountsMatch(t *testing.T, what string, want map[string]*tall
 				continue
 			}
 			got := statsTally(st.Total)
-			full, probes := withProbes(w, got, p.Status.PodIP)
+			full, probes, bad := s.withProbes(t, pod, w, got, p.Status.PodIP)
 			diff := diffTally(got, full)
+			if bad != "" {
+				diff = append(diff, bad)
+			}
 			diff = append(diff, checkShortAnnotations(p.Annotations, st.Total)...)
 			if len(diff) > 0 {
 				msgs = append(msgs, fmt.Sprintf("%s (stats updated %s): %s", pod, st.Updated.Format(time.TimeOnly), strings.Join(diff, "; ")))
@@ -598,7 +602,9 @@ func checkProtocols(t *testing.T, pod string, entries []fixture.LogEntry, plan [
 	}
 	got := map[string]int{}
 	for _, e := range entries {
-		got[fmt.Sprintf("%s %s %d", e.Scheme, e.Protocol, e.ServerPort)]++
+		if !isProbe(e) {
+			got[fmt.Sprintf("%s %s %d", e.Scheme, e.Protocol, e.ServerPort)]++
+		}
 	}
 	for k, v := range want {
 		if got[k] != v {

@@ -268,12 +268,14 @@ func (s *suite) accessLog(t *testing.T, pod string) []fixture.LogEntry {
 }
 
 // logTally counts log entries (those keep returns true for) with the row names of norms
-// (request URI -> "METHOD /normalised"); an URI the test did not send fails the test.
+// (request URI -> "METHOD /normalised"); an URI the test did not send fails the test. The
+// kubelet's readiness probes are left out: they keep coming while the test waits, so
+// waitCountsMatch checks them on their own (probesLogged).
 func logTally(t *testing.T, entries []fixture.LogEntry, norms map[string]string, keep func(fixture.LogEntry) bool) *tally {
 	t.Helper()
 	out := newTally()
 	for _, e := range entries {
-		if keep != nil && !keep(e) {
+		if isProbe(e) || keep != nil && !keep(e) {
 			continue
 		}
 		norm, ok := norms[e.Method+" "+e.RequestURI]
@@ -352,15 +354,36 @@ func statsTally(s kwv1.Summary) *tally {
 	return t
 }
 
-// withProbes adds the kubelet's readiness probes the agent counted (GET /healthz, 200, Host:
-// the pod IP; nginx does not log them) to want, taking their number from got's probe row.
-func withProbes(want, got *tally, podIP string) (*tally, uint64) {
+func isProbe(e fixture.LogEntry) bool { return e.Method == "GET" && e.RequestURI == probePath }
+
+// probesLogged is how many kubelet readiness probes (GET /healthz) the access log holds.
+func probesLogged(entries []fixture.LogEntry) uint64 {
+	var n uint64
+	for _, e := range entries {
+		if isProbe(e) {
+			n++
+		}
+	}
+	return n
+}
+
+// withProbes checks the agent's count of the kubelet's readiness probes (its GET /healthz
+// row) against the access log, read after the annotations: the agent cannot have counted
+// more than the log holds, and may lag it by the probes of its last stats interval (the
+// probe period is 10s, the interval 5s; 2 allows for one poll's skew). It returns want plus
+// that many probes (Host: the pod IP), or why the count is wrong.
+func (s *suite) withProbes(t *testing.T, pod string, want, got *tally, podIP string) (*tally, uint64, string) {
+	t.Helper()
 	n := got.Paths["GET "+probePath]
+	logged := probesLogged(s.accessLog(t, pod))
 	w := cloneTally(want)
 	if n > 0 {
 		w.add("GET", podIP, "GET "+probePath, 200, n)
 	}
-	return w, n
+	if n > logged || n+2 < logged {
+		return w, n, fmt.Sprintf("the agent counted %d readiness probes, the access log holds %d", n, logged)
+	}
+	return w, n, ""
 }
 
 func cloneTally(t *tally) *tally {

@@ -124,21 +124,20 @@ done
 build agent "$REPO/Dockerfile.agent" "$REPO" --build-arg BASE=scratch
 build webhook "$REPO/Dockerfile.webhook" "$REPO" --build-arg BASE=scratch
 
-# --- pause: a static Go PID 1 that reaps zombies -----------------------------------------
-t=$(now)
-PCTX=$OUT/ctx/pause
-mkdir -p "$PCTX"
-(cd "$REPO" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$PCTX/pause" ./test/e2e/pause)
-log "pause binary ($(since "$t"))"
-build pause "$REPO/test/e2e/pause/Dockerfile" "$PCTX"
-
-# --- upstream: the gateway's service, a static Go HTTP server ------------------------------
-t=$(now)
-UCTX=$OUT/ctx/upstream
-mkdir -p "$UCTX"
-(cd "$REPO" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$UCTX/upstream" ./test/e2e/upstream)
-log "upstream binary ($(since "$t"))"
-build upstream "$REPO/test/e2e/upstream/Dockerfile" "$UCTX"
+# go_image NAME: a static Go program of test/e2e/NAME, built into its own context and
+# packed with test/e2e/NAME/Dockerfile.
+go_image() {
+  local name=$1 t ctx
+  t=$(now)
+  ctx=$OUT/ctx/$name
+  mkdir -p "$ctx"
+  (cd "$REPO" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags '-s -w' -o "$ctx/$name" "./test/e2e/$name")
+  log "$name binary ($(since "$t"))"
+  build "$name" "$REPO/test/e2e/$name/Dockerfile" "$ctx"
+}
+# pause: a static Go PID 1 that reaps zombies; upstream: the gateway's service.
+go_image pause
+go_image upstream
 
 # --- gateway: Debian's nginx + lua module, assembled from the host's files ----------------
 t=$(now)

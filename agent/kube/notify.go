@@ -36,29 +36,27 @@ func (r *Reporter) ProbesAttached(gw discovery.Gateway, dataPath string) {
 
 // ProbeAttachFailed records why gw's requests are not counted.
 func (r *Reporter) ProbeAttachFailed(gw discovery.Gateway, err error) {
-	msg := "unknown error"
-	if err != nil {
-		msg = err.Error()
-	}
-	if len(msg) > 800 {
-		msg = msg[:800] + "..."
-	}
 	r.event(corev1.EventTypeWarning, v1alpha1.ReasonProbeAttachFailed,
-		"cannot attach probes to master PID %d: its requests are NOT counted: %s", gw.Master.PID, msg)
+		"cannot attach probes to master PID %d: its requests are NOT counted: %s", gw.Master.PID, errDetail(err))
 }
 
 // AgentDisabled records that the agent could not start its data path at all: nothing in this
 // pod is counted until it is fixed (typically a missing capability or kernel feature).
 func (r *Reporter) AgentDisabled(err error) {
-	msg := "unknown error"
-	if err != nil {
-		msg = err.Error()
+	r.event(corev1.EventTypeWarning, v1alpha1.ReasonProbeAttachFailed,
+		"the agent cannot start: NO requests are counted (Kong is not affected): %s", errDetail(err))
+}
+
+// errDetail is err's text for an Event message, bounded (an Event message is at most 1 KiB).
+func errDetail(err error) string {
+	if err == nil {
+		return "unknown error"
 	}
+	msg := err.Error()
 	if len(msg) > 800 {
 		msg = msg[:800] + "..."
 	}
-	r.event(corev1.EventTypeWarning, v1alpha1.ReasonProbeAttachFailed,
-		"the agent cannot start: NO requests are counted (Kong is not affected): %s", msg)
+	return msg
 }
 
 var versionRE = regexp.MustCompile(`(?:openresty|nginx|kong)/[0-9]+\.[0-9]+(?:\.[0-9]+)*`)

@@ -9,7 +9,7 @@
 #     OUTDIR/webhook.tar  localhost/kong-watcher/webhook:e2e  Dockerfile.webhook, BASE=scratch
 #     OUTDIR/gateway.tar  localhost/kong-watcher/gateway:e2e  test/e2e/gateway: Debian's nginx +
 #                         lua module as a Kong-like gateway (8000 HTTP, 8443 TLS+HTTP/2,
-#                         GET /healthz -> 200, unlogged), proxying to 127.0.0.1:8081
+#                         GET /healthz -> 200, logged), proxying to 127.0.0.1:8081
 #     OUTDIR/upstream.tar localhost/kong-watcher/upstream:e2e test/e2e/upstream: the service
 #                         behind the gateway, a static Go server on 127.0.0.1:8081 run as
 #                         the gateway pod's second container (its requests are not nginx's)

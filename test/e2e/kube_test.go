@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +57,23 @@ func (s *suite) mustKubectl(t *testing.T, timeout time.Duration, args ...string)
 		t.Fatal(err)
 	}
 	return out
+}
+
+// pollKubectl runs kubectl inside a poll: not recorded (the story's command list shows the
+// command once, where the test reads it on purpose) and not logged; a failure is returned
+// with stderr in the error.
+func (s *suite) pollKubectl(timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "kubectl", args...)
+	cmd.Dir = s.root
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+s.kubeconfig)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("kubectl %s: %v: %s", shellJoin(args), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
 }
 
 // quietKubectl runs kubectl for diagnostics: not recorded, errors folded into the output.
@@ -375,6 +394,40 @@ func eventTime(e corev1.Event) time.Time {
 		return e.EventTime.Time
 	}
 	return e.CreationTimestamp.Time
+}
+
+// eventFirstTime is the Event's first occurrence.
+func eventFirstTime(e corev1.Event) time.Time {
+	switch {
+	case !e.FirstTimestamp.IsZero():
+		return e.FirstTimestamp.Time
+	case !e.EventTime.IsZero():
+		return e.EventTime.Time
+	}
+	return e.CreationTimestamp.Time
+}
+
+// trafficStatsTotal matches the end of a TrafficStats message (agent/kube/reporter.go):
+// "...; since start: %d requests, %d errors".
+var trafficStatsTotal = regexp.MustCompile(`; since start: (\d+) requests, (\d+) errors$`)
+
+// checkTrafficStats checks that the pod's first TrafficStats Event came with the traffic
+// that began at begin, not before, and counts at least ALERT_MIN_REQUESTS (20) requests.
+func checkTrafficStats(t *testing.T, pod string, e corev1.Event, begin time.Time) {
+	t.Helper()
+	// Event timestamps have second precision.
+	if first := eventFirstTime(e); first.Before(begin.Truncate(time.Second)) {
+		t.Errorf("%s: TrafficStats first recorded at %s, before the traffic began (%s): %q",
+			pod, first.Format(time.TimeOnly), begin.Format("15:04:05.000"), e.Message)
+	}
+	m := trafficStatsTotal.FindStringSubmatch(e.Message)
+	if m == nil {
+		t.Errorf("%s: TrafficStats message %q does not end with \"; since start: N requests, M errors\"", pod, e.Message)
+		return
+	}
+	if n, err := strconv.ParseUint(m[1], 10, 64); err != nil || n < 20 {
+		t.Errorf("%s: TrafficStats counts %s requests since start, want at least 20 (ALERT_MIN_REQUESTS): %q", pod, m[1], e.Message)
+	}
 }
 
 // waitEvent waits for an Event with reason about the pod, from the agent, seen at or after

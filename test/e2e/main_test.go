@@ -11,7 +11,7 @@
 // KW_E2E_NODE_IP):
 //
 //	set -a; . /tmp/kong-watcher-e2e/env; set +a
-//	go test -tags e2e -count=1 -v -timeout 20m ./test/e2e
+//	go test -tags e2e -count=1 -v -timeout 30m ./test/e2e
 //
 // A run where every step passed writes docs/e2e.md (what the run did, the timings, the
 // environment and the `kubectl describe pod` output); KW_E2E_WRITE_DOCS=1 writes it whatever
@@ -92,11 +92,14 @@ type suite struct {
 	installed   bool
 	gatewayPods []string // the two injected gateway pods, sorted (pod A, pod B)
 	agentStart  map[string]time.Time
-	describe    map[string]string // "after step N" -> kubectl describe pod output
-	describePod string
-	eventsOut   string
-	notes       []string // facts worth writing down (measured latencies, counts)
-	env         []envLine
+	// probesAttached: by when each pod's agent had attached its probes (its ProbesAttached
+	// Event's second, plus one).
+	probesAttached map[string]time.Time
+	describe       map[string]string // "after step N" -> kubectl describe pod output
+	describePod    string
+	eventsOut      string
+	notes          []string // facts worth writing down (measured latencies, counts)
+	env            []envLine
 }
 
 type stepResult struct {
@@ -190,7 +193,7 @@ func keep() bool { return os.Getenv("KEEP") == "1" || os.Getenv("KW_E2E_KEEP") =
 
 func newSuite(t *testing.T) *suite {
 	t.Helper()
-	s := &suite{start: time.Now(), agentStart: map[string]time.Time{}, describe: map[string]string{}}
+	s := &suite{start: time.Now(), agentStart: map[string]time.Time{}, probesAttached: map[string]time.Time{}, describe: map[string]string{}}
 	s.kubeconfig = os.Getenv("KUBECONFIG")
 	s.containerd = os.Getenv("CONTAINERD_ADDRESS")
 	s.nodeName = os.Getenv("KW_E2E_NODE_NAME")

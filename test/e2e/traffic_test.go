@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -124,8 +125,11 @@ func (s *sender) do(ctx context.Context, r req) error {
 }
 
 // sendAll sends every request of plan count times, each kind spread evenly through the
-// whole sequence (so that the few errors never bunch up in one stats window); it fails the
-// test on the first wrong answer and returns the number of requests sent.
+// whole sequence: request j of kind i goes at position (j+phase_i)/count in [0,1). The phase
+// (the fractional part of i times the golden ratio) differs from kind to kind and is
+// scattered over [0,1), so kinds with the same count (the 5xx kinds: 2 each) do not land at
+// the same positions, and the few errors never bunch up. It fails the test on the first
+// wrong answer and returns the number of requests sent.
 func (s *sender) sendAll(t *testing.T, plan []req) int {
 	t.Helper()
 	type slot struct {
@@ -134,8 +138,9 @@ func (s *sender) sendAll(t *testing.T, plan []req) int {
 	}
 	var order []slot
 	for i, r := range plan {
+		_, phase := math.Modf(float64(i) * 0.6180339887498949)
 		for j := 0; j < r.count; j++ {
-			order = append(order, slot{(float64(j) + 0.5) / float64(r.count), i})
+			order = append(order, slot{(float64(j) + phase) / float64(r.count), i})
 		}
 	}
 	sort.SliceStable(order, func(a, b int) bool { return order[a].pos < order[b].pos })
@@ -245,11 +250,28 @@ func expected(plan []req) *tally {
 	return t
 }
 
-// accessLog reads the gateway container's access log with kubectl logs: the JSON lines
-// (nginx's error log lines share the container's output and are skipped).
+// accessLog reads the gateway container's access log with kubectl logs (a recorded
+// command): the JSON lines (nginx's error log lines share the container's output and are
+// skipped). A failure fails the test.
 func (s *suite) accessLog(t *testing.T, pod string) []fixture.LogEntry {
 	t.Helper()
-	out := s.mustKubectl(t, time.Minute, "logs", "-n", kongNS, pod, "-c", gatewayCtr)
+	entries, err := parseAccessLog(pod, s.mustKubectl(t, time.Minute, "logs", "-n", kongNS, pod, "-c", gatewayCtr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries
+}
+
+// pollAccessLog is accessLog for a poll: not recorded, and a failure is returned.
+func (s *suite) pollAccessLog(pod string) ([]fixture.LogEntry, error) {
+	out, err := s.pollKubectl(time.Minute, "logs", "-n", kongNS, pod, "-c", gatewayCtr)
+	if err != nil {
+		return nil, err
+	}
+	return parseAccessLog(pod, out)
+}
+
+func parseAccessLog(pod, out string) ([]fixture.LogEntry, error) {
 	var entries []fixture.LogEntry
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
@@ -260,17 +282,20 @@ func (s *suite) accessLog(t *testing.T, pod string) []fixture.LogEntry {
 		}
 		e, err := fixture.ParseAccessLogLine([]byte(line))
 		if err != nil {
-			t.Fatalf("pod %s: access log line %q: %v", pod, line, err)
+			return nil, fmt.Errorf("pod %s: access log line %q: %v", pod, line, err)
 		}
 		entries = append(entries, e)
 	}
-	return entries
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("pod %s: reading the access log: %v", pod, err)
+	}
+	return entries, nil
 }
 
 // logTally counts log entries (those keep returns true for) with the row names of norms
 // (request URI -> "METHOD /normalised"); an URI the test did not send fails the test. The
 // kubelet's readiness probes are left out: they keep coming while the test waits, so
-// waitCountsMatch checks them on their own (probesLogged).
+// waitCountsMatch checks them on their own (withProbes).
 func logTally(t *testing.T, entries []fixture.LogEntry, norms map[string]string, keep func(fixture.LogEntry) bool) *tally {
 	t.Helper()
 	out := newTally()
@@ -356,34 +381,48 @@ func statsTally(s kwv1.Summary) *tally {
 
 func isProbe(e fixture.LogEntry) bool { return e.Method == "GET" && e.RequestURI == probePath }
 
-// probesLogged is how many kubelet readiness probes (GET /healthz) the access log holds.
-func probesLogged(entries []fixture.LogEntry) uint64 {
-	var n uint64
+// probesLogged counts the kubelet's readiness probes (GET /healthz) the access log holds
+// from since on (the agent cannot count what came before it started), and early: those of
+// them logged before attachedBy (the agent may have been still attaching).
+func probesLogged(entries []fixture.LogEntry, since, attachedBy time.Time) (logged, early uint64) {
+	from := float64(since.UnixNano()) / 1e9
+	by := float64(attachedBy.UnixNano()) / 1e9
 	for _, e := range entries {
-		if isProbe(e) {
-			n++
+		if isProbe(e) && e.Msec >= from {
+			logged++
+			if e.Msec < by {
+				early++
+			}
 		}
 	}
-	return n
+	return logged, early
 }
 
 // withProbes checks the agent's count of the kubelet's readiness probes (its GET /healthz
-// row) against the access log, read after the annotations: the agent cannot have counted
-// more than the log holds, and may lag it by the probes of its last stats interval (the
-// probe period is 10s, the interval 5s; 2 allows for one poll's skew). It returns want plus
-// that many probes (Host: the pod IP), or why the count is wrong.
-func (s *suite) withProbes(t *testing.T, pod string, want, got *tally, podIP string) (*tally, uint64, string) {
-	t.Helper()
+// row, n) against the access log, read after the annotations, counting only the probes
+// logged at or after the agent's start (st.Since): the agent cannot have counted more than
+// the log holds, and may lag it by one probe (the probe period is 10s, the stats interval
+// 5s: at most one probe is logged and not yet in the annotation's snapshot). A probe logged
+// between the agent's start and its ProbesAttached Event (attachedBy) may have come before
+// the probes were attached: it may be missing too. It returns want plus n probes (Host: the
+// pod IP) and n, or why the count is wrong; an error is "cannot tell yet" (the access log
+// could not be read).
+func (s *suite) withProbes(pod string, want, got *tally, podIP string, since, attachedBy time.Time) (*tally, uint64, string, error) {
 	n := got.Paths["GET "+probePath]
-	logged := probesLogged(s.accessLog(t, pod))
+	entries, err := s.pollAccessLog(pod)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	logged, early := probesLogged(entries, since, attachedBy)
 	w := cloneTally(want)
 	if n > 0 {
 		w.add("GET", podIP, "GET "+probePath, 200, n)
 	}
-	if n > logged || n+2 < logged {
-		return w, n, fmt.Sprintf("the agent counted %d readiness probes, the access log holds %d", n, logged)
+	if n > logged || n+1+early < logged {
+		return w, n, fmt.Sprintf("the agent counted %d readiness probes, the access log holds %d since its start (%s; %d of them before its ProbesAttached Event)",
+			n, logged, since.Format("15:04:05.000"), early), nil
 	}
-	return w, n, ""
+	return w, n, "", nil
 }
 
 func cloneTally(t *tally) *tally {

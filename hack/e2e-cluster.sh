@@ -46,7 +46,8 @@ CGROUP_NAME="kong-watcher-e2e"
 NAT_CHAIN="KW-E2E"
 STAND_IN_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
   kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward)
-PRIVATE_TMPFS=(/run /var/lib/cni /var/log/pods /var/log/containers)
+# /var/lib/kubelet: the kubelet's device-plugin socket path is fixed, whatever its --root-dir.
+PRIVATE_TMPFS=(/run /var/lib/kubelet /var/lib/cni /var/log/pods /var/log/containers)
 
 log() { printf '[e2e-cluster %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -100,6 +101,7 @@ spawn() {
   local cg; cg="$(track_cgroup)"
   (
     echo "$BASHPID" > "$cg/cgroup.procs"
+    exec 9<&-
     exec setsid "$@" </dev/null >>"$STATE/logs/$name.log" 2>&1
   ) &
   echo $! > "$STATE/pids/$name.pid"
@@ -141,8 +143,8 @@ preflight() {
   [[ "$(id -u)" == 0 ]] || die "must run as root (containerd, kubelet, bridge, iptables)"
   [[ -d /sys/fs/cgroup ]] || die "no /sys/fs/cgroup"
   unshare -m --propagation private true 2>/dev/null || die "cannot create a mount namespace (unshare -m)"
-  if ip link show "$BRIDGE" >/dev/null 2>&1 && [[ ! -f "$STATE/host/bridge" ]]; then
-    die "a bridge $BRIDGE exists that this script did not create; remove it or run down"
+  if [[ -n "$(cgroup_pids kubepods)" ]]; then
+    die "another kubelet's pods run here (the kubepods cgroup is not empty); one kubelet per machine"
   fi
   local p
   for p in $ETCD_PORT $APISERVER_PORT 10250 10248 10257 10259; do
@@ -154,8 +156,10 @@ preflight() {
 
 # --- certificates, tokens, kubeconfigs -------------------------------------------------------
 pki() {
+  # Keys, tokens and kubeconfigs are never readable by others, not even for a moment.
+  umask 077
   local d="$STATE/pki"
-  mkdir -p "$d"
+  mkdir -p -m 700 "$d"
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=kong-watcher-e2e-ca" \
     -keyout "$d/ca.key" -out "$d/ca.crt" -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
@@ -188,11 +192,11 @@ keyUsage=critical,digitalSignature,keyEncipherment"
     echo "$t_sched,system:kube-scheduler,sched,system:masters"
     echo "$t_kubelet,system:node:$NODE_NAME,node,system:nodes"
   } > "$d/tokens.csv"
-  chmod 600 "$d"/*.key "$d/tokens.csv"
   kubeconfig admin "$t_admin"
   kubeconfig controller-manager "$t_cm"
   kubeconfig scheduler "$t_sched"
   kubeconfig kubelet "$t_kubelet"
+  umask 022
 }
 kubeconfig() {
   cat > "$STATE/$1.kubeconfig" <<EOF
@@ -212,7 +216,6 @@ contexts:
   context: {cluster: kw-e2e, user: $1}
 current-context: kw-e2e
 EOF
-  chmod 600 "$STATE/$1.kubeconfig"
 }
 
 # --- host network ----------------------------------------------------------------------------
@@ -220,7 +223,6 @@ host_network() {
   mkdir -p "$STATE/host"
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge
-    touch "$STATE/host/bridge"
     ip addr add "$NODE_IP/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
   fi
@@ -228,7 +230,7 @@ host_network() {
   local tool t
   for tool in iptables ip6tables; do
     for t in filter nat mangle; do
-      chains "$tool" "$t" > "$STATE/host/chains-before.$tool.$t"
+      chains "$tool" "$t" | { grep -Ev "$KUBELET_CHAINS" || true; } > "$STATE/host/chains-before.$tool.$t"
     done
   done
   if ! iptables -t nat -S "$NAT_CHAIN" >/dev/null 2>&1; then
@@ -246,16 +248,23 @@ host_network() {
 chains() {
   "$1" -t "$2" -S 2>/dev/null | awk '$1=="-N"{print $2}' | grep -E '^(KUBE-|CNI-)' || true
 }
+# The chains only a kubelet makes. With no other kubelet on the machine (preflight), any of
+# them found before `up` is a leftover of a run whose state was lost: down removes them too.
+KUBELET_CHAINS='^KUBE-(KUBELET-CANARY|FIREWALL|IPTABLES-HINT)$'
 # remove_new_chains TOOL: deletes the KUBE-*/CNI-* chains that were not there before `up`
-# (the kubelet's canary and firewall chains), and every rule that jumps to them.
+# (the kubelet's canary and firewall chains), and every rule that jumps to them. Without the
+# record (state lost), only the chains that only a kubelet makes.
 remove_new_chains() {
   local tool="$1" t c rule
   for t in filter nat mangle; do
     local before="$STATE/host/chains-before.$tool.$t"
-    [[ -f "$before" ]] || continue
     local new=()
     for c in $(chains "$tool" "$t"); do
-      grep -qxF "$c" "$before" || new+=("$c")
+      if [[ -f "$before" ]]; then
+        grep -qxF "$c" "$before" || new+=("$c")
+      elif [[ "$c" =~ $KUBELET_CHAINS ]]; then
+        new+=("$c") # no record (state lost): the kubelet's own chains only
+      fi
     done
     ((${#new[@]})) || continue
     for c in "${new[@]}"; do
@@ -287,7 +296,13 @@ mount_namespace() {
     [[ -f "$f" ]] && script+="; mount --bind '$f' '/proc/sys/$s'"
   done
   for s in "${PRIVATE_TMPFS[@]}"; do
-    script+="; mkdir -p '$s'; mount -t tmpfs -o mode=755 tmpfs '$s'"
+    # A missing mountpoint is made on the host's file system (the namespace shares it):
+    # recorded, and removed by down.
+    if [[ ! -d "$s" ]]; then
+      mkdir -p "$s"
+      echo "$s" >> "$STATE/host/created-dirs"
+    fi
+    script+="; mount -t tmpfs -o mode=755 tmpfs '$s'"
   done
   # cAdvisor (inside the kubelet) looks for containerd at its default socket only.
   script+="; mkdir -p /run/containerd; ln -s '$STATE/containerd/containerd.sock' /run/containerd/containerd.sock"
@@ -402,6 +417,7 @@ control_plane_up() {
     --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
     --cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" --use-service-account-credentials=true \
+    --flex-volume-plugin-dir "$STATE/controller-manager-plugins" \
     --leader-elect=false --bind-address 127.0.0.1 --profiling=false --v=1
   spawn kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig "$STATE/scheduler.kubeconfig" \
@@ -449,6 +465,8 @@ evictionHard:
   nodefs.inodesFree: 1%
   imagefs.available: 1%
 nodeStatusUpdateFrequency: 4s
+# Not /usr/libexec/kubernetes/kubelet-plugins/volume/exec on the host.
+volumePluginDir: $STATE/kubelet-plugins
 syncFrequency: 10s
 EOF
   spawn kubelet nsenter -t "$(pid_of mountns)" -m -- "$bin/kubelet" \
@@ -487,9 +505,11 @@ up() {
     echo "$STATE/env"
     return 0
   fi
-  # A half-started or crashed cluster: clear it first so this run starts clean.
-  if [[ -d "$STATE" ]]; then
-    log "leftovers of an earlier run in $STATE: cleaning up first"
+  # A half-started or crashed cluster (or one whose state directory is gone): clear it first
+  # so this run starts clean.
+  if [[ -d "$STATE" ]] || ip link show "$BRIDGE" >/dev/null 2>&1 ||
+    iptables -t nat -S "$NAT_CHAIN" >/dev/null 2>&1 || [[ -n "$(cgroup_pids "$CGROUP_NAME")" ]]; then
+    log "leftovers of an earlier run: cleaning up first"
     down
   fi
   preflight
@@ -497,10 +517,9 @@ up() {
   mkdir -p "$STATE"/{logs,pids,host}
   mkdir -p "$(track_cgroup)"
   [[ -d "$(track_cgroup)" ]] || die "cannot create cgroup $(track_cgroup)"
-  local root
-  for root in $(cgroup_roots); do
-    [[ -d "$root/kubepods" ]] && touch "$STATE/host/kubepods-existed"
-  done
+  # An empty kubepods cgroup is a leftover of a kubelet that is gone (preflight refused a
+  # non-empty one): the kubelet makes it afresh.
+  cgroup_remove kubepods
   pki
   host_network
   control_plane_up "$bin"
@@ -519,7 +538,9 @@ stop() {
   local name="$1" grace="${2:-10}" p
   p="$(pid_of "$name")"
   [[ -n "$p" ]] || return 0
-  if kill -0 "$p" 2>/dev/null; then
+  # A PID file may outlive its process (a crash); the PID may since belong to another. Only
+  # a process in the tracking cgroup is ours.
+  if kill -0 "$p" 2>/dev/null && grep -q "/$CGROUP_NAME\(/\|\$\)" "/proc/$p/cgroup" 2>/dev/null; then
     kill -TERM "$p" 2>/dev/null || true
     local i
     for ((i = 0; i < grace * 10; i++)); do
@@ -546,13 +567,13 @@ kill_cgroup() {
 
 down() {
   local start; start="$(now)"
-  [[ -d "$STATE" ]] || { log "nothing to remove ($STATE does not exist)"; return 0; }
+  # Without $STATE (deleted by hand, say) the PID files and records are gone, but everything
+  # with a fixed name is still found: the tracking cgroup, the bridge, the NAT chain.
+  [[ -d "$STATE" ]] || log "$STATE does not exist: removing what has a fixed name"
   # The kubelet first, so it does not restart containers while they are being killed; then
   # the containers (in kubepods), then containerd and its shims, then the control plane.
   stop kubelet 10
-  if [[ ! -f "$STATE/host/kubepods-existed" ]]; then
-    kill_cgroup kubepods
-  fi
+  kill_cgroup kubepods  # up refused to start beside another kubelet's pods: these are ours
   stop containerd 10
   stop mountns 2
   kill_cgroup "$CGROUP_NAME"     # shims and anything else started from here
@@ -562,31 +583,39 @@ down() {
   stop etcd 10
   # Anything still in the tracking cgroup (a PID file lost in a crash) is ours too.
   kill_cgroup "$CGROUP_NAME"
-  [[ -f "$STATE/host/kubepods-existed" ]] || cgroup_remove kubepods
+  cgroup_remove kubepods
   cgroup_remove "$CGROUP_NAME"
 
   # Host network: our NAT chain and its jump, the kubelet's new chains, the bridge.
   while iptables -t nat -D PREROUTING -i "$BRIDGE" -j "$NAT_CHAIN" 2>/dev/null; do :; done
   if iptables -t nat -S "$NAT_CHAIN" >/dev/null 2>&1; then
-    iptables -t nat -F "$NAT_CHAIN"
-    iptables -t nat -X "$NAT_CHAIN"
+    iptables -t nat -F "$NAT_CHAIN" || true
+    iptables -t nat -X "$NAT_CHAIN" || true
   fi
   remove_new_chains iptables
   remove_new_chains ip6tables
-  if [[ -f "$STATE/host/bridge" ]] || ip link show "$BRIDGE" >/dev/null 2>&1; then
+  # veths whose peer was in a pod's network namespace go with the namespace; any still
+  # enslaved to our bridge (a namespace pinned somewhere) go now, then the bridge.
+  local v
+  for v in $(ip -o link show master "$BRIDGE" type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    ip link del "$v" 2>/dev/null || true
+  done
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link del "$BRIDGE" 2>/dev/null || true
   fi
-  # veths whose peer was in a pod's network namespace go with the namespace; any left over
-  # (a namespace still pinned) were enslaved to our bridge and are gone with it or orphaned:
-  local v
-  for v in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
-    [[ "$v" == veth* ]] && ip link show "$v" 2>/dev/null | grep -q "master $BRIDGE" &&
-      ip link del "$v" 2>/dev/null || true
-  done
   # Nothing mounted on the host lives under $STATE (the kubelet's and containerd's mounts
   # were in the private namespace, gone with its processes); check before deleting anyway.
   if grep -q " $STATE" /proc/self/mounts; then
     awk -v s="$STATE" '$2 ~ "^"s {print $2}' /proc/self/mounts | sort -r | xargs -r -n1 umount -l
+  fi
+  # Mountpoints up had to create on the host (only while empty: never anything else's). With
+  # the record lost, the ones no package owns that are empty.
+  if [[ -f "$STATE/host/created-dirs" ]]; then
+    sort -r "$STATE/host/created-dirs" | while read -r d; do rmdir "$d" 2>/dev/null || true; done
+  elif [[ ! -d "$STATE" ]]; then
+    for d in /var/lib/kubelet /var/lib/cni /var/log/pods /var/log/containers; do
+      dpkg -S "$d" >/dev/null 2>&1 || rmdir "$d" 2>/dev/null || true
+    done
   fi
   rm -rf "$STATE"
   log "cluster down in $(since "$start")"
@@ -601,9 +630,17 @@ logs() {
   done
 }
 
+# up and down change the host: one at a time (the lock is on this script's own file; spawn
+# closes it in the daemons). Exit code 75 says "busy", so hack/e2e.sh knows not to tear down
+# a cluster another run is using.
+lock() {
+  exec 9<"$0"
+  flock -n 9 || { log "another hack/e2e-cluster.sh up or down is running"; exit 75; }
+}
+
 case "${1:-}" in
-  up) up ;;
-  down) down ;;
+  up) lock; up ;;
+  down) lock; down ;;
   status) status && log "up: KUBECONFIG=$STATE/admin.kubeconfig" ;;
   logs) logs ;;
   *) echo "usage: $0 up|down|status|logs" >&2; exit 2 ;;

@@ -13,12 +13,15 @@ hack/install-deps.sh --e2e
 
 start=$(date +%s)
 ok=0
+busy=0
 finish() {
-  if [[ "$ok" != 1 ]]; then
+  if [[ "$ok" != 1 && "$busy" != 1 ]]; then
     echo "e2e FAILED; component logs:" >&2
     hack/e2e-cluster.sh logs >&2 || true
   fi
-  if [[ "$KEEP" == 1 ]]; then
+  if [[ "$busy" == 1 ]]; then
+    echo "another hack/e2e-cluster.sh is bringing a cluster up or down: not touching it" >&2
+  elif [[ "$KEEP" == 1 ]]; then
     echo
     echo "The cluster and the install are still running (KEEP=1). Explore them with:"
     echo "  export KUBECONFIG=${KW_E2E_DIR:-/tmp/kong-watcher-e2e}/admin.kubeconfig"
@@ -31,7 +34,14 @@ finish() {
 }
 trap finish EXIT
 
-envfile="$(hack/e2e-cluster.sh up | tail -1)"
+# A cluster kept by an earlier `make e2e KEEP=1` is reused (its images rebuilt), then removed
+# at the end unless KEEP=1 again.
+rc=0
+envfile="$(hack/e2e-cluster.sh up | tail -1)" || rc=$?
+if [[ "$rc" == 75 ]]; then
+  busy=1
+fi
+[[ "$rc" == 0 ]] || exit "$rc"
 set -a
 # shellcheck disable=SC1090
 . "$envfile"

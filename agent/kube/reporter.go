@@ -65,7 +65,7 @@ type Options struct {
 	// Interval is how often the annotations are refreshed and the alerts evaluated (STATS_INTERVAL).
 	Interval time.Duration
 	// TrafficStatsInterval: how often a TrafficStats Event is recorded (the first one as soon
-	// as the agent has counted requests); 0 turns it off.
+	// as a window holds Thresholds.MinRequests requests); 0 turns it off.
 	TrafficStatsInterval time.Duration
 	// Alert thresholds (the pod's annotations override them, see Thresholds).
 	Thresholds Thresholds
@@ -170,9 +170,9 @@ type Reporter struct {
 	errorAlert   bool
 	latencyAlert bool
 	lastTraffic  time.Time
-	// sawTraffic: a TrafficStats Event with requests in it has been recorded. The first one is
-	// recorded as soon as there is traffic, not a whole TrafficStatsInterval after the start,
-	// so `kubectl describe pod` shows one within a stats interval of the first requests.
+	// sawTraffic: a TrafficStats Event for a window of at least MinRequests requests has been
+	// recorded. The first such window gets one at once, not a whole TrafficStatsInterval
+	// after the start, so `kubectl describe pod` shows one within a stats interval of traffic.
 	sawTraffic bool
 }
 
@@ -444,10 +444,12 @@ func (r *Reporter) evaluate(s v1alpha1.Stats, now time.Time) {
 			"p99 latency back to %s over the last %s (%d requests), threshold %s",
 			ms(w.LatencyMs.P99), period(w.PeriodSeconds), w.Requests, ms(th.LatencyP99Ms))
 	}
-	first := !r.sawTraffic && s.Total.Requests > 0
-	if r.o.TrafficStatsInterval > 0 && (first || now.Sub(r.lastTraffic) >= r.o.TrafficStatsInterval) {
+	// The first TrafficStats comes with the first window busy enough to alert on (so not
+	// with the kubelet's first probe), then one every TrafficStatsInterval.
+	busy := w.Requests > 0 && w.Requests >= th.MinRequests
+	if r.o.TrafficStatsInterval > 0 && (busy && !r.sawTraffic || now.Sub(r.lastTraffic) >= r.o.TrafficStatsInterval) {
 		r.lastTraffic = now
-		r.sawTraffic = r.sawTraffic || s.Total.Requests > 0
+		r.sawTraffic = r.sawTraffic || busy
 		t := s.Total
 		r.event(corev1.EventTypeNormal, v1alpha1.ReasonTrafficStats,
 			"last %s: %d requests (%.1f/s), %d errors (%s), p50 %s p99 %s; since start: %d requests, %d errors",

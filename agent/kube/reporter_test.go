@@ -289,7 +289,13 @@ func TestTrafficStatsEvent(t *testing.T) {
 	if ev := events(rec); len(ev) != 0 {
 		t.Fatalf("no traffic, before the interval: got %q", ev)
 	}
-	// The first requests: an Event at once, not a minute after the start.
+	// A few requests (the kubelet's probes, say): not yet.
+	box.set(func(s *v1alpha1.Stats) { *s = stats(3, 0, 5) })
+	r.evaluate(box.get(), now.Add(35*time.Second))
+	if ev := events(rec); len(ev) != 0 {
+		t.Fatalf("a window of 3 requests (below ALERT_MIN_REQUESTS): got %q", ev)
+	}
+	// The first busy window: an Event at once, not a minute after the start.
 	box.set(func(s *v1alpha1.Stats) { *s = stats(100, 0, 5) })
 	r.evaluate(box.get(), now.Add(40*time.Second))
 	ev := events(rec)

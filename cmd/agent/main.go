@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/kong-watcher/kong-watcher/agent/app"
@@ -134,7 +133,16 @@ func disabled(ctx context.Context, cfg app.Config, log logr.Logger, cause error)
 		return v1alpha1.Stats{APIVersion: v1alpha1.StatsAPIVersion, Kind: v1alpha1.StatsKind}
 	}
 	ready := func() (bool, string) { return false, "the agent cannot start: " + cause.Error() }
-	srv := report.NewServer(cfg.MetricsAddr, stats, ready, prometheus.NewRegistry(), log.WithName("http"))
+	// The usual metrics, with nothing attached: kong_watcher_probes_attached 0 and
+	// kong_watcher_info{data_path=""} are what a Prometheus alert on a blind agent looks for.
+	reg := report.NewRegistry()
+	m := report.NewMetrics(report.MetricsOptions{})
+	if err := m.Register(reg); err != nil {
+		log.Error(err, "registering metrics")
+	}
+	m.SetInfo(version.Version, "")
+	m.SetProbesAttached(0)
+	srv := report.NewServer(cfg.MetricsAddr, stats, ready, reg, log.WithName("http"))
 	if err := srv.Start(ctx); err != nil {
 		log.Error(err, "cannot serve /healthz and /readyz either", "addr", cfg.MetricsAddr)
 	}

@@ -517,6 +517,19 @@ func (s *suite) stepTraffic(t *testing.T) {
 			name, r.after.Round(100*time.Millisecond), statsInterval, r.stats.Total.Requests, r.probes, r.stats.DataPath)
 	}
 
+	// The third place people look: Prometheus /metrics on the agent's port.
+	for _, name := range s.gatewayPods {
+		mt, err := metricsTally(pods[name].Status.PodIP)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if d := diffTally(mt, want[name]); len(d) > 0 {
+			t.Errorf("%s: kong_watcher_requests_total on /metrics does not equal the access log: %s", name, strings.Join(d, "; "))
+		} else {
+			t.Logf("%s: kong_watcher_requests_total on /metrics equals the access log (%d requests)", name, mt.Requests)
+		}
+	}
+
 	// TrafficStats: the first one at the first stats window holding at least
 	// ALERT_MIN_REQUESTS (20) requests (the kubelet's probes alone never make one), then every
 	// TRAFFIC_STATS_EVENT_INTERVAL (5m).

@@ -528,3 +528,60 @@ func (t *tally) String() string {
 	return fmt.Sprintf("requests=%d errors=%d clientErrors=%d methods[%s] status[%s] hosts[%s] paths[%s]",
 		t.Requests, t.Errors, t.ClientErrors, f(t.Methods), f(t.Status), f(t.Hosts), f(t.Paths))
 }
+
+// metricsTally reads the agent's Prometheus endpoint (what a PodMonitor scrapes) and counts
+// kong_watcher_requests_total by the same rows as the access log, leaving out the kubelet's
+// probes (path "/healthz"). The counters move with every request, so once the annotations
+// have caught up they must equal the log exactly.
+func metricsTally(ip string) (*tally, error) {
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(fmt.Sprintf("http://%s:%d/metrics", ip, agentPort))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	out := newTally()
+	series := 0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		rest, ok := strings.CutPrefix(line, "kong_watcher_requests_total{")
+		if !ok {
+			continue
+		}
+		labelText, value, ok := strings.Cut(rest, "} ")
+		if !ok {
+			return nil, fmt.Errorf("/metrics: malformed line %q", line)
+		}
+		labels := map[string]string{}
+		for _, kv := range strings.Split(labelText, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			labels[k] = strings.Trim(v, `"`)
+		}
+		n, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			return nil, fmt.Errorf("/metrics: value of %q: %w", line, err)
+		}
+		code, err := strconv.Atoi(labels["code"])
+		if err != nil {
+			return nil, fmt.Errorf("/metrics: code of %q: %w", line, err)
+		}
+		series++
+		if labels["path"] == probePath {
+			continue
+		}
+		out.add(labels["method"], labels["host"], labels["method"]+" "+labels["path"], code, uint64(n))
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if series == 0 {
+		return nil, fmt.Errorf("/metrics has no kong_watcher_requests_total series")
+	}
+	return out, nil
+}

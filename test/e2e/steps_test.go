@@ -552,6 +552,7 @@ func (s *suite) stepTraffic(t *testing.T) {
 	if !strings.Contains(desc, "kong-watcher.io/requests:  total=") && !strings.Contains(desc, "kong-watcher.io/requests: total=") {
 		t.Errorf("kubectl describe pod %s: no `kong-watcher.io/requests: total=...` line", podA)
 	}
+	checkDescribeCounts(t, podA, desc, want[podA])
 	for _, reason := range []string{kwv1.ReasonKongDetected, kwv1.ReasonProbesAttached, kwv1.ReasonTrafficStats} {
 		if !strings.Contains(desc, reason) {
 			t.Errorf("kubectl describe pod %s lists no %s Event", podA, reason)
@@ -1018,6 +1019,51 @@ func (s *suite) stepResilience(t *testing.T) {
 	}
 	s.describePod = nameB
 	s.eventsOut = s.mustKubectl(t, time.Minute, "get", "events", "-n", kongNS, "--field-selector", "involvedObject.name="+nameB)
+}
+
+// checkDescribeCounts reads the numbers as a person does, from kubectl describe's annotation
+// lines, and checks those the kubelet's probes cannot move: every status class but 2xx and
+// every method but GET must equal the access log (want, without probes).
+func checkDescribeCounts(t *testing.T, pod, desc string, want *tally) {
+	t.Helper()
+	ann := map[string]string{}
+	for _, line := range strings.Split(desc, "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "Annotations:"))
+		if k, v, ok := strings.Cut(line, ": "); ok && strings.HasPrefix(k, kwv1.Domain+"/") {
+			ann[k] = strings.TrimSpace(v)
+		}
+	}
+	classes := map[string]uint64{}
+	for code, n := range want.Status {
+		classes[code[:1]+"xx"] += n
+	}
+	status := pairs(ann[kwv1.AnnotationStatus], " ")
+	methods := pairs(ann[kwv1.AnnotationMethods], " ")
+	var bad []string
+	checked := 0
+	for class, n := range classes {
+		if class != "2xx" {
+			checked++
+			if status[class] != n {
+				bad = append(bad, fmt.Sprintf("%s=%d, the access log %d", class, status[class], n))
+			}
+		}
+	}
+	for m, n := range want.Methods {
+		if m != "GET" {
+			checked++
+			if methods[m] != n {
+				bad = append(bad, fmt.Sprintf("%s=%d, the access log %d", m, methods[m], n))
+			}
+		}
+	}
+	if checked == 0 || len(bad) > 0 {
+		t.Errorf("kubectl describe pod %s: %s %q, %s %q: %s (checked %d numbers)", pod, kwv1.AnnotationStatus,
+			ann[kwv1.AnnotationStatus], kwv1.AnnotationMethods, ann[kwv1.AnnotationMethods], strings.Join(bad, "; "), checked)
+		return
+	}
+	t.Logf("kubectl describe pod %s shows %s: %s and %s: %s, as the access log says", pod,
+		kwv1.AnnotationStatus, ann[kwv1.AnnotationStatus], kwv1.AnnotationMethods, ann[kwv1.AnnotationMethods])
 }
 
 func pidList(m map[int]int) []int {

@@ -26,11 +26,9 @@ import (
 
 var listAll = metav1.ListOptions{}
 
-// kubectl runs kubectl (the user's tool, /usr/bin/kubectl) in the repository root with the
-// cluster's KUBECONFIG, records the command line, and returns its stdout. A failure is
-// returned, not fatal, with stderr in the error.
-func (s *suite) kubectl(t *testing.T, timeout time.Duration, args ...string) (string, error) {
-	t.Helper()
+// runKubectl runs kubectl (the user's tool, /usr/bin/kubectl) in the repository root with
+// the cluster's KUBECONFIG and returns its stdout and stderr.
+func (s *suite) runKubectl(timeout time.Duration, args ...string) (string, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "kubectl", args...)
@@ -38,15 +36,23 @@ func (s *suite) kubectl(t *testing.T, timeout time.Duration, args ...string) (st
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+s.kubeconfig)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// kubectl runs kubectl, logs and records the command line (the story's command list), and
+// returns its stdout. A failure is returned, not fatal, with stderr in the error.
+func (s *suite) kubectl(t *testing.T, timeout time.Duration, args ...string) (string, error) {
+	t.Helper()
 	line := "kubectl " + shellJoin(args)
 	begin := time.Now()
-	err := cmd.Run()
+	out, errOut, err := s.runKubectl(timeout, args...)
 	t.Logf("$ %s  (%s)", line, time.Since(begin).Round(time.Millisecond))
 	s.commands = append(s.commands, line)
 	if err != nil {
-		return out.String(), fmt.Errorf("%s: %v\nstdout:\n%s\nstderr:\n%s", line, err, out.String(), errb.String())
+		return out, fmt.Errorf("%s: %v\nstdout:\n%s\nstderr:\n%s", line, err, out, errOut)
 	}
-	return out.String(), nil
+	return out, nil
 }
 
 // mustKubectl is kubectl that fails the test on error.
@@ -63,31 +69,20 @@ func (s *suite) mustKubectl(t *testing.T, timeout time.Duration, args ...string)
 // command once, where the test reads it on purpose) and not logged; a failure is returned
 // with stderr in the error.
 func (s *suite) pollKubectl(timeout time.Duration, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "kubectl", args...)
-	cmd.Dir = s.root
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+s.kubeconfig)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("kubectl %s: %v: %s", shellJoin(args), err, strings.TrimSpace(errb.String()))
+	out, errOut, err := s.runKubectl(timeout, args...)
+	if err != nil {
+		return out, fmt.Errorf("kubectl %s: %v: %s", shellJoin(args), err, strings.TrimSpace(errOut))
 	}
-	return out.String(), nil
+	return out, nil
 }
 
 // quietKubectl runs kubectl for diagnostics: not recorded, errors folded into the output.
 func (s *suite) quietKubectl(timeout time.Duration, args ...string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "kubectl", args...)
-	cmd.Dir = s.root
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+s.kubeconfig)
-	out, err := cmd.CombinedOutput()
+	out, errOut, err := s.runKubectl(timeout, args...)
 	if err != nil {
-		return string(out) + "\n(" + err.Error() + ")"
+		return out + errOut + "\n(" + err.Error() + ")"
 	}
-	return string(out)
+	return out + errOut
 }
 
 // waitFor polls cond every interval until it returns true, or fails the test after timeout

@@ -920,19 +920,22 @@ func (s *suite) stepResilience(t *testing.T) {
 	}
 	// The pod's Ready condition includes the native sidecar's readiness. The agent has no
 	// readiness probe (checkInjected), so it is ready as soon as it runs again: the pod may be
-	// NotReady only while the kubelet restarts the killed container, never until a later
-	// probe. The bound is fixed, not the measured restart time d: d runs until the agent is
-	// Ready, so it would grow with a readiness probe's delay.
+	// NotReady only while the kubelet restarts the killed container. The bound is the moment
+	// the new container started (its status's startedAt, whole seconds) plus 3s (the kubelet notices a running container on its next relist), not the
+	// measured d: d runs until the agent is Ready, so it would grow with a readiness probe's
+	// delay. (How long the kubelet takes to restart it depends on the machine's load: 0.2s
+	// on a quiet one, 6s seen while a benchmark ran beside it.)
 	rw.stop()
-	const maxNotReady = 5 * time.Second
+	maxNotReady := newStart.Truncate(time.Second).Add(time.Second).Sub(killAt) + 3*time.Second
 	notReady, windows := rw.notReady(killAt)
 	switch {
 	case len(windows) == 0:
 		s.note("Step 5, %s: the pod stayed Ready while the agent was killed and restarted.", nameA)
 	case notReady > maxNotReady:
 		t.Errorf("pod %s was NotReady for %s (%s) after its agent was killed (restarted and Ready %s after the kill): more than %s, "+
-			"the pod may be NotReady only while the kubelet restarts the agent, not until a readiness probe passes",
-			nameA, notReady.Round(10*time.Millisecond), strings.Join(windows, ", "), d.Round(10*time.Millisecond), maxNotReady)
+			"(the new agent started at %s): the pod may be NotReady only while the kubelet restarts the agent, not until a readiness probe passes",
+			nameA, notReady.Round(10*time.Millisecond), strings.Join(windows, ", "), d.Round(10*time.Millisecond),
+			maxNotReady.Round(10*time.Millisecond), newStart.Format(time.TimeOnly))
 	default:
 		t.Logf("pod %s was NotReady for %s (%s): from the kill until the kubelet ran the agent again (a sidecar that is not running is not ready)",
 			nameA, notReady.Round(10*time.Millisecond), strings.Join(windows, ", "))

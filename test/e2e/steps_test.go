@@ -921,10 +921,10 @@ func (s *suite) stepResilience(t *testing.T) {
 	// The pod's Ready condition includes the native sidecar's readiness. The agent has no
 	// readiness probe (checkInjected), so it is ready as soon as it runs again: the pod may be
 	// NotReady only while the kubelet restarts the killed container. The bound is the moment
-	// the new container started (its status's startedAt, whole seconds) plus 3s (the kubelet notices a running container on its next relist), not the
-	// measured d: d runs until the agent is Ready, so it would grow with a readiness probe's
-	// delay. (How long the kubelet takes to restart it depends on the machine's load: 0.2s
-	// on a quiet one, 6s seen while a benchmark ran beside it.)
+	// the new container started (its status's startedAt, whole seconds) plus 3s (the kubelet
+	// sees a running container at its next relist), not the measured d: d runs until the
+	// agent is Ready, so it would grow with a readiness probe's delay. (The restart itself
+	// takes 0.2s on a quiet machine, 6s was seen while a benchmark ran beside it.)
 	rw.stop()
 	maxNotReady := newStart.Truncate(time.Second).Add(time.Second).Sub(killAt) + 3*time.Second
 	notReady, windows := rw.notReady(killAt)

@@ -389,6 +389,14 @@ func (e respEvents) onHead(h *head, n int) (framing, int64) {
 		return noBody, 0
 	case h.status == 101 || method == "CONNECT" && h.status/100 == 2:
 		return opaque, 0
+	}
+	return responseBody(h, method)
+}
+
+// responseBody is how a final, non-upgrade response's body is delimited (RFC 9112 6.3),
+// given the request's method: for client and upstream connections alike.
+func responseBody(h *head, method string) (framing, int64) {
+	switch {
 	case method == "HEAD" || h.status == 204 || h.status == 304:
 		return noBody, 0
 	case h.chunked:
@@ -527,14 +535,8 @@ func (c *conn) upstreamHead(h *head) (framing, int64) {
 	case h.status == 101:
 		c.role = roleOpaque
 		return opaque, 0
-	case method == "HEAD" || h.status == 204 || h.status == 304:
-		return noBody, 0
-	case h.chunked:
-		return byChunks, 0
-	case h.contentLength >= 0:
-		return byLength, h.contentLength
 	}
-	return untilClose, 0
+	return responseBody(h, method)
 }
 
 func upTime(u *upstreamX) time.Duration {

@@ -57,25 +57,8 @@ func agentBinary(t *testing.T) string {
 type agent struct {
 	cmd  *exec.Cmd
 	addr string
-	log  *syncBuffer
+	log  *fixture.SyncBuffer
 	done chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func freeAddr(t *testing.T) string {
@@ -94,7 +77,7 @@ func startAgent(t *testing.T, masterPID int, wrapper []string, env ...string) *a
 	t.Helper()
 	fixture.RequireRoot(t)
 	bin := agentBinary(t)
-	a := &agent{addr: freeAddr(t), log: &syncBuffer{}, done: make(chan struct{})}
+	a := &agent{addr: freeAddr(t), log: &fixture.SyncBuffer{}, done: make(chan struct{})}
 	args := append(append([]string{}, wrapper...), bin)
 	a.cmd = exec.Command(args[0], args[1:]...)
 	a.cmd.Env = append(os.Environ(),

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
 const (
@@ -26,26 +27,13 @@ const (
 // prerequisites are missing.
 func requireIntegration(t testing.TB, bins ...string) {
 	t.Helper()
-	need := os.Getenv("KW_REQUIRE_INTEGRATION") == "1"
-	miss := func(why string) {
-		t.Helper()
-		if need {
-			t.Fatalf("KW_REQUIRE_INTEGRATION=1 but %s", why)
-		}
-		t.Skip(why)
-	}
-	if os.Geteuid() != 0 {
-		miss("needs root (BPF, uprobes)")
-	}
+	fixture.Require(t, os.Geteuid() == 0, "needs root (BPF, uprobes)")
 	for _, f := range []string{nginxExe, ndkModule, luaModule} {
-		if _, err := os.Stat(f); err != nil {
-			miss(f + " missing (apt-get install nginx libnginx-mod-http-lua)")
-		}
+		_, err := os.Stat(f)
+		fixture.Require(t, err == nil, f+" missing (apt-get install nginx libnginx-mod-http-lua)")
 	}
 	for _, b := range append([]string{"openssl"}, bins...) {
-		if _, err := exec.LookPath(b); err != nil {
-			miss(b + " not installed")
-		}
+		fixture.RequireCommand(t, b)
 	}
 }
 

@@ -35,32 +35,22 @@ import (
 
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
 	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
-// requireEnv fails when KW_REQUIRE_INTEGRATION=1 (CI must not silently skip) and skips
-// otherwise.
-func requireEnv(t *testing.T, ok bool, why string) {
-	t.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("KW_REQUIRE_INTEGRATION") == "1" {
-		t.Fatalf("prerequisite missing: %s", why)
-	}
-	t.Skipf("prerequisite missing: %s", why)
-}
-
+// havePrereqs skips (or, with KW_REQUIRE_INTEGRATION=1, fails) a test that needs root,
+// tools on PATH and kernel BTF; under -short it skips unless integration is required.
 func havePrereqs(t *testing.T, tools ...string) {
-	if testing.Short() && os.Getenv("KW_REQUIRE_INTEGRATION") != "1" {
+	t.Helper()
+	if testing.Short() && !fixture.IntegrationRequired() {
 		t.Skip("-short: no root/nginx integration tests")
 	}
-	requireEnv(t, os.Geteuid() == 0, "root (BPF + uprobes)")
+	fixture.Require(t, os.Geteuid() == 0, "root (BPF + uprobes)")
 	for _, tool := range tools {
-		_, err := exec.LookPath(tool)
-		requireEnv(t, err == nil, tool+" in PATH")
+		fixture.RequireCommand(t, tool)
 	}
 	_, err := os.Stat("/sys/kernel/btf/vmlinux")
-	requireEnv(t, err == nil, "kernel BTF")
+	fixture.Require(t, err == nil, "kernel BTF")
 }
 
 func freePort(t *testing.T) int {

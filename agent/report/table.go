@@ -63,22 +63,12 @@ func Table(s v1alpha1.Stats) string {
 		}
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		fmt.Fprintf(tw, "%s\trequests\terrors\tp99 ms\n", title)
-		var shown []v1alpha1.Row
-		var rest v1alpha1.Row
-		for _, r := range rs {
-			if r.Name != v1alpha1.OtherRow && len(shown) < tableRows {
-				shown = append(shown, r)
-				continue
+		for _, r := range foldRows(rs, tableRows) {
+			name := r.Name
+			if name == v1alpha1.OtherRow {
+				name = "(other)"
 			}
-			rest.Requests += r.Requests
-			rest.Errors += r.Errors
-			rest.P99Ms = max(rest.P99Ms, r.P99Ms)
-		}
-		for _, r := range shown {
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t%.1f\n", r.Name, r.Requests, r.Errors, r.P99Ms)
-		}
-		if rest.Requests > 0 {
-			fmt.Fprintf(tw, "  (other)\t%d\t%d\t%.1f\n", rest.Requests, rest.Errors, rest.P99Ms)
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%.1f\n", name, r.Requests, r.Errors, r.P99Ms)
 		}
 		_ = tw.Flush()
 	}

@@ -37,6 +37,26 @@ func requireIntegration(t testing.TB, bins ...string) {
 	}
 }
 
+// requireOuter is requireIntegration for a test that re-executes itself in a namespace:
+// the inner run (innerEnv set) only does the part it was started for.
+func requireOuter(t testing.TB, bins ...string) {
+	t.Helper()
+	if os.Getenv(innerEnv) != "" {
+		t.Skip("inner run")
+	}
+	requireIntegration(t, bins...)
+}
+
+// requireInitialPIDNamespace skips a test that must itself run in the initial PID namespace
+// (whose inode number is fixed: PROC_PID_INIT_INO).
+func requireInitialPIDNamespace(t testing.TB) {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/pid", &st); err != nil || st.Ino != 0xEFFFFFFC {
+		t.Skip("the test itself must run in the initial PID namespace")
+	}
+}
+
 func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -50,10 +50,7 @@ func runInner(t *testing.T, wrapper []string, test string, env ...string) string
 // shareProcessNamespace). The kernel filter must match the namespaced PIDs, and the PIDs
 // reported must be the ones nginx itself logs ($pid).
 func TestPIDNamespace(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t, "unshare")
+	requireOuter(t, "unshare")
 	out := runInner(t, []string{"unshare", "--pid", "--fork", "--mount-proc"}, "TestAgainstAccessLog",
 		innerEnv+"=pidns")
 	for _, l := range strings.Split(out, "\n") {
@@ -82,10 +79,7 @@ func checkInnerPIDNS(t *testing.T, n *testNginx) {
 // webhook grants) loads, attaches with uprobe_multi and sees every request; without
 // CAP_PERFMON it fails with an error that names it.
 func TestCapabilities(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t, "setpriv")
+	requireOuter(t, "setpriv")
 	n := startNginx(t)
 	env := []string{
 		"KW_NGINX=" + fmt.Sprintf("%d,%d,%d,%s,%d", n.Master, n.Port, n.TLSPort, n.AccessLog, n.AltPort),
@@ -150,14 +144,8 @@ func TestCapsInner(t *testing.T) {
 // namespace is not the agent's), so the filter falls back to global PIDs, which is what an
 // agent in the initial namespace sees in /proc.
 func TestNginxInChildNamespace(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t, "unshare")
-	var st syscall.Stat_t
-	if err := syscall.Stat("/proc/self/ns/pid", &st); err != nil || st.Ino != 0xEFFFFFFC {
-		t.Skip("the test itself must run in the initial PID namespace")
-	}
+	requireOuter(t, "unshare")
+	requireInitialPIDNamespace(t)
 	n := startNginxWrapped(t, "unshare", "--pid", "--fork")
 	p, c := startProbes(t, n, Options{})
 	sent := traffic(t, n, 5)

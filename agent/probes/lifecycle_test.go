@@ -40,10 +40,7 @@ func get(t *testing.T, c *http.Client, url string) {
 // TestTrackSetPIDsUntrack: the kernel filter follows SetPIDs (plus the master, whose
 // children the kernel adopts), and Untrack removes everything and detaches.
 func TestTrackSetPIDsUntrack(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t)
+	requireOuter(t)
 	n := startNginx(t)
 	p, c := startProbes(t, n, Options{})
 	gw := n.Gateway(t)
@@ -233,17 +230,7 @@ func adoptNewWorkers(t *testing.T, n *testNginx, mode string) {
 		}
 		send(fmt.Sprintf("round=%d", round), 20)
 	}
-	var lines []logLine
-	var got []model.Request
-	for prev, deadline := -1, time.Now().Add(10*time.Second); ; {
-		time.Sleep(300 * time.Millisecond)
-		lines = readAccessLog(t, n.AccessLog)
-		got = c.waitFor(t, len(lines), 3*time.Second)
-		if len(lines) == prev || time.Now().After(deadline) {
-			break
-		}
-		prev = len(lines)
-	}
+	lines, got := settle(t, n, c, 300*time.Millisecond)
 	st := p.Status()
 	seen := map[string]int{}
 	byFresh := 0
@@ -332,10 +319,7 @@ func TestRespawnAdoptsWorkers(t *testing.T) {
 // TestPIDNamespaceAdopt: both adoption tests with the agent and nginx in a child PID
 // namespace (the parent's PID is read at the agent's namespace level).
 func TestPIDNamespaceAdopt(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t, "unshare")
+	requireOuter(t, "unshare")
 	for _, test := range []string{"TestReloadAdoptsWorkers", "TestRespawnAdoptsWorkers"} {
 		out := runInner(t, []string{"unshare", "--pid", "--fork", "--mount-proc"}, test, innerEnv+"=pidns")
 		for _, l := range strings.Split(out, "\n") {
@@ -349,14 +333,8 @@ func TestPIDNamespaceAdopt(t *testing.T) {
 // TestNginxInChildNamespaceAdopts: the agent in the initial PID namespace, nginx in a
 // container's: the parent is found by its global tgid.
 func TestNginxInChildNamespaceAdopts(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t, "unshare")
-	var st syscall.Stat_t
-	if err := syscall.Stat("/proc/self/ns/pid", &st); err != nil || st.Ino != 0xEFFFFFFC {
-		t.Skip("the test itself must run in the initial PID namespace")
-	}
+	requireOuter(t, "unshare")
+	requireInitialPIDNamespace(t)
 	n := startNginxWrapped(t, "unshare", "--pid", "--fork")
 	adoptNewWorkers(t, n, "reload")
 }
@@ -509,10 +487,7 @@ func (f sinkFunc) Observe(_ *model.Request) { f() }
 // TestDropsCounted: with a one-page ring buffer and nobody reading it, the kernel cannot
 // queue the events, and every lost one is counted.
 func TestDropsCounted(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t)
+	requireOuter(t)
 	n := startNginx(t)
 	p, err := New(Options{RingBufferBytes: 4096, Log: testr.New(t)})
 	if err != nil {
@@ -538,10 +513,7 @@ func TestDropsCounted(t *testing.T) {
 // TestReload: after `nginx -s reload` the workers are new processes; SetPIDs moves the
 // filter to them, the binary stays attached and its learnt layout stays valid.
 func TestReload(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t)
+	requireOuter(t)
 	n := startNginx(t)
 	p, c := startProbes(t, n, Options{})
 	gw := n.Gateway(t)
@@ -602,10 +574,7 @@ func TestReload(t *testing.T) {
 // TestSetLuaPhases: Lua timing switched on and off at run time (duty cycling), with traffic
 // running through the switch; no request is lost.
 func TestSetLuaPhases(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t)
+	requireOuter(t)
 	n := startNginx(t)
 	p, c := startProbes(t, n, Options{})
 	client := &http.Client{}
@@ -678,10 +647,7 @@ func TestSetLuaPhases(t *testing.T) {
 // TestDrainPending: an event still parked for the free_request return probe when Lua timing
 // is switched off is recovered and delivered, not lost.
 func TestDrainPending(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t)
+	requireOuter(t)
 	p, err := New(Options{LuaPhases: true, Log: testr.New(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -714,10 +680,7 @@ func TestDrainPending(t *testing.T) {
 // TestSharedBinary: two gateways running the same nginx executable share one attachment;
 // it stays until the last of them is untracked.
 func TestSharedBinary(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t)
+	requireOuter(t)
 	a, b := startNginx(t), startNginx(t)
 	p, c := startProbes(t, a, Options{})
 	if err := p.Track(b.Gateway(t)); err != nil {
@@ -758,10 +721,7 @@ func TestSharedBinary(t *testing.T) {
 // TestTwoBinaries: two different nginx executables (a copy has its own inode) get their own
 // attachment and their own layout slot; each learns, and requests of both are seen.
 func TestTwoBinaries(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t)
+	requireOuter(t)
 	a := startNginx(t)
 	cp := filepath.Join(t.TempDir(), "nginx-copy")
 	os.Chmod(filepath.Dir(cp), 0o755)

@@ -295,22 +295,28 @@ func TestLuaPhases(t *testing.T) {
 	}
 }
 
-// checkAgainstLog compares the agent's records with nginx's access log line by line.
-func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent int) []model.Request {
+// settle waits until the access log stops growing (checked every pause, for at most 10s) and
+// the agent has caught up with it: upstream requests of aborted clients finish late. It
+// returns the log and the agent's records.
+func settle(t *testing.T, n *testNginx, c *collector, pause time.Duration) ([]logLine, []model.Request) {
 	t.Helper()
-	// Let the access log and the agent settle: upstream requests of aborted clients finish
-	// late, so wait until the log stops growing and the agent has caught up with it.
 	var lines []logLine
 	var got []model.Request
 	for prev, deadline := -1, time.Now().Add(10*time.Second); ; {
-		time.Sleep(400 * time.Millisecond)
+		time.Sleep(pause)
 		lines = readAccessLog(t, n.AccessLog)
 		got = c.waitFor(t, len(lines), 3*time.Second)
 		if len(lines) == prev || time.Now().After(deadline) {
-			break
+			return lines, got
 		}
 		prev = len(lines)
 	}
+}
+
+// checkAgainstLog compares the agent's records with nginx's access log line by line.
+func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent int) []model.Request {
+	t.Helper()
+	lines, got := settle(t, n, c, 400*time.Millisecond)
 	st := p.Status()
 	t.Logf("sent %d requests, %d log lines, %d agent records; status %+v", sent, len(lines), len(got), st)
 

@@ -16,10 +16,7 @@ import (
 // KW_WRITE_TESTDATA=1, stores them as agent/nginxlayout/testdata/debian-1.22.1/*.json so the
 // learner is also tested on real memory, without root.
 func TestRecordRealSnapshots(t *testing.T) {
-	if os.Getenv(innerEnv) != "" {
-		t.Skip("inner run")
-	}
-	requireIntegration(t)
+	requireOuter(t)
 	var mu sync.Mutex
 	var samples []nginxlayout.Sample
 	testCalibHook = func(cb *rawCalib) {

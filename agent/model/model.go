@@ -20,6 +20,22 @@ const (
 // LuaPhaseNames are the names used in Stats JSON and metric labels.
 var LuaPhaseNames = [NumLuaPhases]string{"rewrite", "access", "content", "log"}
 
+// The longest Host and URI a data path keeps. Both data paths cut at the same lengths (the
+// request-object path's BPF record has buffers of exactly these sizes) and mark the cut, so a
+// long value reads the same whichever path saw it and is never mistaken for a shorter real one.
+const (
+	MaxHostLen = 64
+	MaxURILen  = 160
+)
+
+// Cut returns s cut to max bytes and whether it was cut.
+func Cut(s string, max int) (string, bool) {
+	if len(s) <= max {
+		return s, false
+	}
+	return s[:max], true
+}
+
 // Request is one HTTP request and its response.
 type Request struct {
 	// Start is when nginx started reading the request; End when the agent saw it finish.
@@ -32,6 +48,10 @@ type Request struct {
 	// URI is what the client sent ($request_uri), query string included; the aggregator
 	// normalises it and drops the query, the logger masks it.
 	URI string
+	// HostTruncated and URITruncated say that Host or URI hold only the first MaxHostLen or
+	// MaxURILen bytes of what the client sent.
+	HostTruncated bool
+	URITruncated  bool
 	// Proto is "HTTP/1.0", "HTTP/1.1", "HTTP/2.0", ... ("" if unknown).
 	Proto string
 	// Status is the response status; 0 means no valid response was sent.

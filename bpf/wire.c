@@ -23,7 +23,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 volatile const __u64 pidns_dev;
 volatile const __u64 pidns_ino;
 // Wake the reader only once this many bytes wait in the ring: one wake-up per event costs
-// more than the probes on 2 cores (FACTS.md); the reader polls on a short timer anyway.
+// more than the probes on 2 cores; the reader polls on a short timer anyway.
 volatile const __u64 wakeup_bytes = 64 * 1024;
 
 struct {
@@ -49,14 +49,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct wire_call);
 } wire_calls SEC(".maps");
-
-// Event under construction: too big for the 512-byte stack.
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct wire_event);
-} wire_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -92,22 +84,78 @@ static __always_inline __u64 wake_flags(void)
 									      : BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline void submit(struct wire_event *e)
+// Events are built in place in records reserved in the ring, never in a shared scratch buffer:
+// uprobe programs run with migration disabled but are preemptible, so another task on the same
+// CPU can run this program in the middle of ours, and would overwrite a per-CPU buffer we are
+// still filling. A reserved record belongs to its reserver until submitted. Reservations have a
+// constant size, so a record is one of three sizes: the header alone (nothing captured), the
+// header with WIRE_SMALL bytes, or with WIRE_CAP bytes; cap tells user space how many count.
+#define WIRE_SMALL 256 // the smaller record's bytes: most heads and short writes fit
+
+struct wire_event_small {
+	struct wire_event_hdr hdr;
+	__u8 data[WIRE_SMALL];
+};
+
+// The header's layout reaches user space through bpf2go's generated Go type: keep it in BTF
+// now that no map's value refers to it.
+const struct wire_event_hdr *unused_wire_event_hdr __attribute__((unused));
+
+static __always_inline void submitted(long ok)
 {
-	__u64 size = sizeof(struct wire_event_hdr) + (e->hdr.cap & (WIRE_CAP - 1 | WIRE_CAP));
-	if (size > sizeof(*e))
-		size = sizeof(*e);
-	if (bpf_ringbuf_output(&wire_events, e, size, wake_flags()))
-		count(WIRE_STAT_DROPS);
-	else
-		count(WIRE_STAT_EVENTS);
+	count(ok ? WIRE_STAT_EVENTS : WIRE_STAT_DROPS);
+}
+
+// emit sends one event: the header h with up to WIRE_CAP bytes read from user address p (n of
+// them; h->len is what the event stands for). An unreadable buffer is sent uncaptured (cap 0).
+static __always_inline void emit(const struct wire_event_hdr *h, __u64 p, __u64 n)
+{
+	if (n == 0) {
+		struct wire_event_hdr *e = bpf_ringbuf_reserve(&wire_events, sizeof(*e), 0);
+		if (!e) {
+			submitted(0);
+			return;
+		}
+		*e = *h;
+		e->cap = 0;
+		bpf_ringbuf_submit(e, wake_flags());
+		submitted(1);
+		return;
+	}
+	if (n <= WIRE_SMALL) {
+		struct wire_event_small *e = bpf_ringbuf_reserve(&wire_events, sizeof(*e), 0);
+		if (!e) {
+			submitted(0);
+			return;
+		}
+		e->hdr = *h;
+		e->hdr.cap = n;
+		if (bpf_probe_read_user(e->data, n, (void *)p))
+			e->hdr.cap = 0;
+		bpf_ringbuf_submit(e, wake_flags());
+		submitted(1);
+		return;
+	}
+	if (n > WIRE_CAP)
+		n = WIRE_CAP;
+	struct wire_event *e = bpf_ringbuf_reserve(&wire_events, sizeof(*e), 0);
+	if (!e) {
+		submitted(0);
+		return;
+	}
+	e->hdr = *h;
+	e->hdr.cap = n;
+	if (bpf_probe_read_user(e->data, n, (void *)p))
+		e->hdr.cap = 0;
+	bpf_ringbuf_submit(e, wake_flags());
+	submitted(1);
 }
 
 // emit_buf sends the len bytes at user address p as up to WIRE_MAX_PARTS events of at most
 // WIRE_CAP captured bytes. The last event accounts for everything left (its len exceeds its
 // cap), so the lengths always add up to what the call transferred: user space frames bodies
 // by these lengths, never by captured bytes.
-static __always_inline void emit_buf(struct wire_event *e, __u64 p, __u64 len)
+static __always_inline void emit_buf(struct wire_event_hdr *h, __u64 p, __u64 len)
 {
 	for (int i = 0; i < WIRE_MAX_PARTS; i++) {
 		if (len == 0)
@@ -115,33 +163,26 @@ static __always_inline void emit_buf(struct wire_event *e, __u64 p, __u64 len)
 		__u64 n = len;
 		if (n > WIRE_CAP)
 			n = WIRE_CAP;
-		e->hdr.len = (i == WIRE_MAX_PARTS - 1) ? len : n;
-		e->hdr.cap = n;
-		if (bpf_probe_read_user(e->data, n & (WIRE_CAP - 1 | WIRE_CAP), (void *)p))
-			e->hdr.cap = 0;
-		submit(e);
+		h->len = (i == WIRE_MAX_PARTS - 1) ? len : n;
+		emit(h, p, n);
 		p += n;
-		len -= e->hdr.len;
+		len -= h->len;
 	}
 }
 
-static __always_inline struct wire_event *new_event(__u32 tgid, __u64 conn, __u8 fn)
+// new_event fills the header template of an event (on the stack: each run has its own).
+static __always_inline void new_event(struct wire_event_hdr *h, __u32 tgid, __u64 conn, __u8 fn)
 {
-	__u32 zero = 0;
-	struct wire_event *e = bpf_map_lookup_elem(&wire_scratch, &zero);
-	if (!e)
-		return 0;
-	e->hdr.ts = bpf_ktime_get_ns();
-	e->hdr.conn = conn;
-	e->hdr.tgid = tgid;
-	e->hdr.len = 0;
-	e->hdr.cap = 0;
-	e->hdr.fn = fn;
-	e->hdr.kind = WIRE_KIND_DATA;
-	e->hdr.tls = fn == WIRE_FN_SSL_READ || fn == WIRE_FN_SSL_WRITE || fn == WIRE_FN_SSL_FREE;
-	e->hdr.dir = (fn == WIRE_FN_RECV || fn == WIRE_FN_SSL_READ) ? WIRE_DIR_IN : WIRE_DIR_OUT;
-	e->hdr._pad[0] = e->hdr._pad[1] = 0;
-	return e;
+	h->ts = bpf_ktime_get_ns();
+	h->conn = conn;
+	h->tgid = tgid;
+	h->len = 0;
+	h->cap = 0;
+	h->fn = fn;
+	h->kind = WIRE_KIND_DATA;
+	h->tls = fn == WIRE_FN_SSL_READ || fn == WIRE_FN_SSL_WRITE || fn == WIRE_FN_SSL_FREE;
+	h->dir = (fn == WIRE_FN_RECV || fn == WIRE_FN_SSL_READ) ? WIRE_DIR_IN : WIRE_DIR_OUT;
+	h->_pad[0] = h->_pad[1] = 0;
 }
 
 SEC("uprobe")
@@ -155,11 +196,10 @@ int wire_enter(struct pt_regs *ctx)
 		__u64 conn = fn == WIRE_FN_CLOSE ? (__u64)(__u32)PT_REGS_PARM1(ctx) : PT_REGS_PARM1(ctx);
 		if (!conn && fn == WIRE_FN_SSL_FREE)
 			return 0;
-		struct wire_event *e = new_event(tgid, conn, fn);
-		if (!e)
-			return 0;
-		e->hdr.kind = WIRE_KIND_CLOSE;
-		submit(e);
+		struct wire_event_hdr h;
+		new_event(&h, tgid, conn, fn);
+		h.kind = WIRE_KIND_CLOSE;
+		emit(&h, 0, 0);
 		return 0;
 	}
 	// nginx peeks one byte with recv(MSG_PEEK) to tell TLS from plain HTTP: not consumed.
@@ -202,11 +242,10 @@ static __always_inline int on_return(struct pt_regs *ctx)
 	__u64 conn = c.a0;
 	if (c.fn != WIRE_FN_SSL_READ && c.fn != WIRE_FN_SSL_WRITE)
 		conn = (__u32)c.a0; // an int fd
-	struct wire_event *e = new_event(c.tgid, conn, c.fn);
-	if (!e)
-		return 0;
-	if (e->hdr.dir == WIRE_DIR_OUT)
-		e->hdr.ts = c.ts;
+	struct wire_event_hdr h;
+	new_event(&h, c.tgid, conn, c.fn);
+	if (h.dir == WIRE_DIR_OUT)
+		h.ts = c.ts;
 	__u64 left = ret;
 	switch (c.fn) {
 	case WIRE_FN_WRITEV: {
@@ -220,24 +259,22 @@ static __always_inline int on_return(struct pt_regs *ctx)
 			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(c.a1 + i * 16)))
 				break;
 			__u64 n = iov.len < left ? iov.len : left;
-			emit_buf(e, iov.base, n);
+			emit_buf(&h, iov.base, n);
 			left -= n;
 		}
 		if (left) {
-			e->hdr.len = left;
-			e->hdr.cap = 0;
-			submit(e);
+			h.len = left;
+			emit(&h, 0, 0);
 		}
 		break;
 	}
 	case WIRE_FN_SENDFILE:
 		// File data: only its length matters, to skip it in the response body.
-		e->hdr.len = ret;
-		e->hdr.cap = 0;
-		submit(e);
+		h.len = ret;
+		emit(&h, 0, 0);
 		break;
 	default:
-		emit_buf(e, c.a1, ret);
+		emit_buf(&h, c.a1, ret);
 	}
 	return 0;
 }

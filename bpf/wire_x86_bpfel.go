@@ -24,12 +24,6 @@ type WireWireCall struct {
 	Pad  [3]uint8
 }
 
-type WireWireEvent struct {
-	_    structs.HostLayout
-	Hdr  WireWireEventHdr
-	Data [1024]uint8
-}
-
 type WireWireEventHdr struct {
 	_    structs.HostLayout
 	Ts   uint64
@@ -48,17 +42,17 @@ type WireWireEventHdr struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	WireMapWireCalls    = "wire_calls"
-	WireMapWireEvents   = "wire_events"
-	WireMapWirePids     = "wire_pids"
-	WireMapWireScratch  = "wire_scratch"
-	WireMapWireStats    = "wire_stats"
-	WireProgWireEnter   = "wire_enter"
-	WireProgWireExit    = "wire_exit"
-	WireProgWireRetSite = "wire_ret_site"
-	WireVarPidnsDev     = "pidns_dev"
-	WireVarPidnsIno     = "pidns_ino"
-	WireVarWakeupBytes  = "wakeup_bytes"
+	WireMapWireCalls          = "wire_calls"
+	WireMapWireEvents         = "wire_events"
+	WireMapWirePids           = "wire_pids"
+	WireMapWireStats          = "wire_stats"
+	WireProgWireEnter         = "wire_enter"
+	WireProgWireExit          = "wire_exit"
+	WireProgWireRetSite       = "wire_ret_site"
+	WireVarPidnsDev           = "pidns_dev"
+	WireVarPidnsIno           = "pidns_ino"
+	WireVarUnusedWireEventHdr = "unused_wire_event_hdr"
+	WireVarWakeupBytes        = "wakeup_bytes"
 )
 
 // LoadWire returns the embedded CollectionSpec for Wire.
@@ -112,20 +106,20 @@ type WireProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WireMapSpecs struct {
-	WireCalls   *ebpf.MapSpec `ebpf:"wire_calls"`
-	WireEvents  *ebpf.MapSpec `ebpf:"wire_events"`
-	WirePids    *ebpf.MapSpec `ebpf:"wire_pids"`
-	WireScratch *ebpf.MapSpec `ebpf:"wire_scratch"`
-	WireStats   *ebpf.MapSpec `ebpf:"wire_stats"`
+	WireCalls  *ebpf.MapSpec `ebpf:"wire_calls"`
+	WireEvents *ebpf.MapSpec `ebpf:"wire_events"`
+	WirePids   *ebpf.MapSpec `ebpf:"wire_pids"`
+	WireStats  *ebpf.MapSpec `ebpf:"wire_stats"`
 }
 
 // WireVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type WireVariableSpecs struct {
-	PidnsDev    *ebpf.VariableSpec `ebpf:"pidns_dev"`
-	PidnsIno    *ebpf.VariableSpec `ebpf:"pidns_ino"`
-	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	PidnsDev           *ebpf.VariableSpec `ebpf:"pidns_dev"`
+	PidnsIno           *ebpf.VariableSpec `ebpf:"pidns_ino"`
+	UnusedWireEventHdr *ebpf.VariableSpec `ebpf:"unused_wire_event_hdr"`
+	WakeupBytes        *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // WireObjects contains all objects after they have been loaded into the kernel.
@@ -148,11 +142,10 @@ func (o *WireObjects) Close() error {
 //
 // It can be passed to LoadWireObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WireMaps struct {
-	WireCalls   *ebpf.Map `ebpf:"wire_calls"`
-	WireEvents  *ebpf.Map `ebpf:"wire_events"`
-	WirePids    *ebpf.Map `ebpf:"wire_pids"`
-	WireScratch *ebpf.Map `ebpf:"wire_scratch"`
-	WireStats   *ebpf.Map `ebpf:"wire_stats"`
+	WireCalls  *ebpf.Map `ebpf:"wire_calls"`
+	WireEvents *ebpf.Map `ebpf:"wire_events"`
+	WirePids   *ebpf.Map `ebpf:"wire_pids"`
+	WireStats  *ebpf.Map `ebpf:"wire_stats"`
 }
 
 func (m *WireMaps) Close() error {
@@ -160,7 +153,6 @@ func (m *WireMaps) Close() error {
 		m.WireCalls,
 		m.WireEvents,
 		m.WirePids,
-		m.WireScratch,
 		m.WireStats,
 	)
 }
@@ -169,9 +161,10 @@ func (m *WireMaps) Close() error {
 //
 // It can be passed to LoadWireObjects or ebpf.CollectionSpec.LoadAndAssign.
 type WireVariables struct {
-	PidnsDev    *ebpf.Variable `ebpf:"pidns_dev"`
-	PidnsIno    *ebpf.Variable `ebpf:"pidns_ino"`
-	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
+	PidnsDev           *ebpf.Variable `ebpf:"pidns_dev"`
+	PidnsIno           *ebpf.Variable `ebpf:"pidns_ino"`
+	UnusedWireEventHdr *ebpf.Variable `ebpf:"unused_wire_event_hdr"`
+	WakeupBytes        *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // WirePrograms contains all programs after they have been loaded into the kernel.

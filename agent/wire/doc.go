@@ -24,8 +24,11 @@
 // process using them). Arguments of a call in flight are kept per thread; at return, up to
 // 8 events of 1 KiB captured bytes each are written per buffer (per iovec for writev), with
 // the byte count from the return value: user space frames bodies by counts, so uncaptured
-// bytes cost nothing. Reads are stamped at return, writes at entry. The ring buffer is
-// woken only past 1/16 of its size; the reader polls every 20 ms.
+// bytes cost nothing. Each event is built in the ring record it reserves (32 bytes of header
+// alone, or with room for 256 or 1024 captured bytes), never in a per-CPU buffer: uprobe
+// programs are preemptible, and another run on the same CPU would overwrite it. Reads are
+// stamped at return, writes at entry. The ring buffer is woken only past 1/16 of its size;
+// the reader polls every 20 ms.
 //
 // # User space (Parser)
 //

@@ -427,7 +427,7 @@ func (t *Tracer) attach(ex *link.Executable, groups []probeGroup) ([]link.Link, 
 		}
 		err := t.spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 			"wire_events": t.objs.WireEvents, "wire_pids": t.objs.WirePids, "wire_calls": t.objs.WireCalls,
-			"wire_scratch": t.objs.WireScratch, "wire_stats": t.objs.WireStats,
+			"wire_stats": t.objs.WireStats,
 		}})
 		if err != nil {
 			return nil, "", err

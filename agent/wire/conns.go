@@ -62,6 +62,7 @@ const (
 // discarded) a body, and logs the request, with $request_time, only after the body is in.
 type pendingReq struct {
 	method, uri, host, proto string
+	uriCut, hostCut          bool // cut at model.MaxURILen, model.MaxHostLen
 	start                    time.Time
 
 	bodyDone bool
@@ -301,6 +302,7 @@ func (p *Parser) produce(k ConnKey, r pendingReq, status int, bytes int64, end t
 	}
 	p.emit(&model.Request{
 		Start: r.start, End: end, Method: r.method, Host: r.host, URI: r.uri, Proto: r.proto,
+		HostTruncated: r.hostCut, URITruncated: r.uriCut,
 		Status: status, Latency: lat, BytesSent: uint64(bytes), PID: int(k.TGID),
 		HasUpstream: r.up != nil, Upstream: upTime(r.up),
 	})
@@ -321,7 +323,8 @@ func (e reqEvents) onHead(h *head, n int) (framing, int64) {
 		c.pending = c.pending[1:]
 		c.p.stats.Overflow++
 	}
-	c.pending = append(c.pending, pendingReq{method: h.method, uri: h.uri, host: h.host, proto: h.proto, start: c.req.headStart, endsAtClose: h.close})
+	c.pending = append(c.pending, pendingReq{method: h.method, uri: h.uri, host: h.host, proto: h.proto,
+		uriCut: h.uriCut, hostCut: h.hostCut, start: c.req.headStart, endsAtClose: h.close})
 	return bodyFraming(h)
 }
 
@@ -482,7 +485,8 @@ func (c *conn) partialRequest() *pendingReq {
 	if line, rest, ok := bytes.Cut(head, []byte("\n")); ok {
 		f := bytes.Fields(bytes.TrimRight(line, "\r"))
 		if len(f) >= 2 && looksLikeStart(f[0], true) {
-			r.method, r.uri = string(f[0]), string(f[1])
+			r.method = string(f[0])
+			r.uri, r.uriCut = cutString(f[1], model.MaxURILen)
 			if len(f) >= 3 {
 				r.proto = string(f[2])
 			}
@@ -495,7 +499,7 @@ func (c *conn) partialRequest() *pendingReq {
 			}
 			name, val, found := bytes.Cut(bytes.TrimRight(l, "\r"), []byte(":"))
 			if found && bytes.EqualFold(name, []byte("host")) {
-				r.host = normHost(string(bytes.TrimSpace(val)))
+				r.host, r.hostCut = model.Cut(normHost(string(bytes.TrimSpace(val))), model.MaxHostLen)
 				break
 			}
 		}

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kong-watcher/kong-watcher/agent/model"
 )
 
 // Limits that bound the memory one connection can hold.
@@ -18,9 +20,11 @@ const (
 
 // head is a parsed start line plus the headers the framing and the model need.
 type head struct {
-	// request
-	method, uri string
-	host        string
+	// request: uri and host cut at model.MaxURILen and model.MaxHostLen like the other data
+	// path's, the flags tell they were
+	method, uri     string
+	host            string
+	uriCut, hostCut bool
 	// response
 	status int
 	// both
@@ -358,11 +362,11 @@ func parseHead(b []byte, isReq bool) (head, bool) {
 		if sp2 <= 0 {
 			return h, false // HTTP/0.9 "GET /" is not supported: no headers, no framing
 		}
-		h.uri = string(rest[:sp2])
-		h.proto = string(rest[sp2+1:])
-		if !bytes.HasPrefix(rest[sp2+1:], []byte("HTTP/1.")) || len(h.uri) == 0 {
+		if !bytes.HasPrefix(rest[sp2+1:], []byte("HTTP/1.")) {
 			return h, false
 		}
+		h.uri, h.uriCut = cutString(rest[:sp2], model.MaxURILen)
+		h.proto = string(rest[sp2+1:])
 	} else {
 		if !bytes.HasPrefix(first, []byte("HTTP/1.")) || len(first) < 12 || first[8] != ' ' {
 			return h, false
@@ -388,7 +392,7 @@ func parseHead(b []byte, isReq bool) (head, bool) {
 		switch {
 		case bytes.EqualFold(name, []byte("host")):
 			if h.host == "" {
-				h.host = normHost(string(val))
+				h.host, h.hostCut = model.Cut(normHost(string(val)), model.MaxHostLen)
 			}
 		case bytes.EqualFold(name, []byte("content-length")):
 			n, err := strconv.ParseInt(string(val), 10, 64)
@@ -417,6 +421,14 @@ func parseHead(b []byte, isReq bool) (head, bool) {
 		h.close = true
 	}
 	return h, true
+}
+
+// cutString is model.Cut on bytes: it copies only what is kept.
+func cutString(b []byte, max int) (string, bool) {
+	if len(b) > max {
+		return string(b[:max]), true
+	}
+	return string(b), false
 }
 
 // normHost makes nginx's $host from a Host header: no port, lower case.

@@ -381,3 +381,43 @@ func TestUpstreamTiming(t *testing.T) {
 		t.Fatalf("%+v", s)
 	}
 }
+
+// Host and URI are cut where the request-object data path's buffers end, with the flags set,
+// so a long value reads the same whichever path saw it.
+func TestTruncation(t *testing.T) {
+	longURI := "/" + strings.Repeat("u", model.MaxURILen) + "?q=" + strings.Repeat("v", 500)
+	longHost := strings.Repeat("H", model.MaxHostLen+1) + ".EXAMPLE"
+	exactURI := "/" + strings.Repeat("e", model.MaxURILen-1)
+	exactHost := strings.Repeat("h", model.MaxHostLen)
+	for _, c := range []struct {
+		name, uri, host   string
+		wantURI, wantHost string
+		uriCut, hostCut   bool
+	}{
+		{"short", "/a?b=c", "Example.com:8080", "/a?b=c", "example.com", false, false},
+		{"exact", exactURI, exactHost + ":443", exactURI, exactHost, false, false},
+		{"long", longURI, longHost + ":8443", longURI[:model.MaxURILen], strings.ToLower(longHost)[:model.MaxHostLen], true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t)
+			head := "GET " + c.uri + " HTTP/1.1\r\nHost: " + c.host + "\r\n\r\n"
+			for i := 0; i < len(head); i += 100 { // split like the kernel side's events may be
+				h.in(head[i:min(i+100, len(head))])
+			}
+			h.out1(ok5)
+			// nginx rejects this one (400) after its request line: reported from what was read.
+			h.in("GET " + c.uri + " HTTP/1.1\r\nHost: " + c.host + "\r\nBad Header\r\n\r\n")
+			h.out1("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+			h.p.Close(h.k, h.at())
+			if len(h.out) != 2 {
+				t.Fatalf("%d requests, stats %+v", len(h.out), h.p.Stats())
+			}
+			for _, r := range h.out {
+				if r.URI != c.wantURI || r.URITruncated != c.uriCut || r.Host != c.wantHost || r.HostTruncated != c.hostCut {
+					t.Errorf("status %d: URI %q (cut %v), Host %q (cut %v); want %q (%v), %q (%v)",
+						r.Status, r.URI, r.URITruncated, r.Host, r.HostTruncated, c.wantURI, c.uriCut, c.wantHost, c.hostCut)
+				}
+			}
+		})
+	}
+}

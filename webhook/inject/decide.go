@@ -14,6 +14,9 @@ type Decision struct {
 	Reason   string   // machine-friendly short reason, one of the Reason* constants
 	Message  string   // human sentence
 	Warnings []string // e.g. invalid override annotations (ignored)
+	// Warning marks a skip the pod's owner should act on (the Event is a Warning): the pod
+	// was labelled for monitoring and something in its spec or its namespace stood in the way.
+	Warning bool
 }
 
 // Decision reasons. They appear in the webhook's log lines and, for labelled pods, in the
@@ -39,8 +42,17 @@ const (
 	// ReasonUnsupportedOS: the pod is not a Linux pod; eBPF uprobes are Linux only.
 	ReasonUnsupportedOS = "UnsupportedOS"
 	// ReasonMetricsPortConflict: a container of the pod already declares the agent's metrics
-	// port; the agent could not bind it and would crash-loop.
+	// port; the agent could not bind it.
 	ReasonMetricsPortConflict = "MetricsPortConflict"
+	// ReasonNoContainers: the pod has no containers: it is invalid, there is no Kong to watch.
+	ReasonNoContainers = "NoContainers"
+	// ReasonSidecarWouldNotEnd: the pod runs to completion (restartPolicy Never or OnFailure)
+	// and the agent would be a plain container (native-sidecar "false"), which never exits:
+	// the pod would never complete.
+	ReasonSidecarWouldNotEnd = "SidecarWouldNotEnd"
+	// ReasonAdmissionWouldReject: the API server would reject the pod with the agent (Pod
+	// Security, a ResourceQuota, a policy engine, ...): the pod is created without it.
+	ReasonAdmissionWouldReject = "AdmissionWouldReject"
 )
 
 // Decide reports whether pod, being created in namespace, gets the agent. namespace comes from
@@ -72,6 +84,11 @@ func Decide(pod *corev1.Pod, namespace string, cfg Config) Decision {
 		return Decision{Reason: ReasonAlreadyInjected,
 			Message: fmt.Sprintf("pod already has a %s container", kwv1.AgentContainerName)}
 	}
+	if len(pod.Spec.Containers) == 0 {
+		// The API server rejects such a pod anyway; a patch appending to a list the request
+		// does not have would not even apply.
+		return Decision{Reason: ReasonNoContainers, Message: "pod has no containers"}
+	}
 	if pod.Spec.OS != nil && pod.Spec.OS.Name != corev1.Linux {
 		return Decision{Reason: ReasonUnsupportedOS,
 			Message: fmt.Sprintf("pod OS is %q; the agent needs Linux eBPF", pod.Spec.OS.Name)}
@@ -93,6 +110,12 @@ func Decide(pod *corev1.Pod, namespace string, cfg Config) Decision {
 			Message: fmt.Sprintf("container %q already declares port %d, the agent's metrics port", c, cfg.MetricsPort)}
 	}
 	s, warnings := podSettings(pod, cfg)
+	if !s.nativeSidecar && pod.Spec.RestartPolicy != "" && pod.Spec.RestartPolicy != corev1.RestartPolicyAlways {
+		return Decision{Reason: ReasonSidecarWouldNotEnd, Warning: true, Warnings: warnings,
+			Message: fmt.Sprintf("pod has restartPolicy %s and the agent would be a plain container (%s: \"false\"), "+
+				"which never exits, so the pod would never complete; remove the annotation to inject the agent as a native sidecar",
+				pod.Spec.RestartPolicy, kwv1.AnnotationNativeSidecar)}
+	}
 	return Decision{
 		Inject:   true,
 		Reason:   ReasonInject,

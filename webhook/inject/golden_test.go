@@ -14,6 +14,7 @@ import (
 	jsonpatchapply "github.com/evanphx/json-patch/v5"
 	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/types"
 
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
@@ -56,8 +57,16 @@ var goldenCases = []goldenCase{
 		event: kwv1.ReasonInjected, native: true},
 	{name: "prometheus-annotated", pod: "prometheus-annotated", namespace: "kong", reason: ReasonInject,
 		event: kwv1.ReasonInjected, native: true},
-	{name: "excluded-namespace", pod: "kong", namespace: "kube-system", reason: ReasonExcludedNamespace,
-		event: kwv1.ReasonInjectionSkipped},
+	// No Event: the webhook configuration never sends pods of excluded namespaces, so such a
+	// review is not from the API server and must not write there.
+	{name: "excluded-namespace", pod: "kong", namespace: "kube-system", reason: ReasonExcludedNamespace},
+	{name: "guaranteed", pod: "guaranteed", namespace: "kong", reason: ReasonInject, event: kwv1.ReasonInjected, native: true},
+	{name: "pod-level-resources", pod: "pod-level-resources", namespace: "kong", reason: ReasonInject,
+		event: kwv1.ReasonInjected, native: true, warnings: []string{"pod-level resources"}},
+	{name: "host-network", pod: "host-network", namespace: "kong", reason: ReasonInject, event: kwv1.ReasonInjected,
+		native: true, warnings: []string{"hostNetwork pod"}},
+	{name: "job-plain-sidecar", pod: "job-plain-sidecar", namespace: "kong", reason: ReasonSidecarWouldNotEnd,
+		event: kwv1.ReasonInjectionSkipped, warnings: []string{"never complete"}},
 	{name: "host-pid", pod: "host-pid", namespace: "kong", reason: ReasonHostPID, event: kwv1.ReasonInjectionSkipped},
 	{name: "label-not-true", pod: "label-not-true", namespace: "kong", reason: ReasonInvalidLabel,
 		event: kwv1.ReasonInjectionSkipped, warnings: []string{`kong-watcher.io/inject="True" is not "true"`}},
@@ -187,8 +196,12 @@ func checkEvent(t *testing.T, rec *captureRecorder, gc goldenCase) {
 		t.Fatalf("got %d events %+v, want one %s", len(events), events, gc.event)
 	}
 	e := events[0]
-	if e.eventtype != corev1.EventTypeNormal || e.reason != gc.event {
-		t.Errorf("event %s %s, want Normal %s", e.eventtype, e.reason, gc.event)
+	wantType := corev1.EventTypeNormal
+	if gc.reason == ReasonSidecarWouldNotEnd {
+		wantType = corev1.EventTypeWarning // the owner has to act for the pod to be monitored
+	}
+	if e.eventtype != wantType || e.reason != gc.event {
+		t.Errorf("event %s %s, want %s %s", e.eventtype, e.reason, wantType, gc.event)
 	}
 	if gc.event == kwv1.ReasonInjectionSkipped && !strings.Contains(e.note, gc.reason) {
 		t.Errorf("skip event note %q does not name the reason %s", e.note, gc.reason)
@@ -224,7 +237,7 @@ func checkInjected(t *testing.T, before, after *corev1.Pod, cfg Config, native b
 			t.Errorf("annotation %s changed from %q to %q", k, v, after.Annotations[k])
 		}
 	}
-	if !hasPrometheusAnnotation(before.Annotations) {
+	if !hasPrometheusAnnotation(before.Annotations) && !before.Spec.HostNetwork {
 		if after.Annotations[AnnotationPrometheusPort] != strconv.Itoa(int(cfg.MetricsPort)) ||
 			after.Annotations[AnnotationPrometheusScrape] != "true" || after.Annotations[AnnotationPrometheusPath] != "/metrics" {
 			t.Errorf("prometheus annotations missing: %v", after.Annotations)
@@ -257,15 +270,41 @@ func checkInjected(t *testing.T, before, after *corev1.Pod, cfg Config, native b
 	}
 	// No kubelet readiness probe: a native sidecar's readiness gates the pod's Ready
 	// condition, and monitoring must never take Kong out of its Service.
-	if agent.ReadinessProbe != nil || agent.LivenessProbe == nil || agent.LivenessProbe.HTTPGet.Path != "/healthz" {
-		t.Errorf("probes: readiness %+v liveness %+v, want no readiness and liveness on /healthz", agent.ReadinessProbe, agent.LivenessProbe)
+	// condition, and a liveness restart makes it NotReady too: monitoring must never take
+	// Kong out of its Service.
+	if agent.ReadinessProbe != nil || agent.LivenessProbe != nil {
+		t.Errorf("probes: readiness %+v liveness %+v, want none", agent.ReadinessProbe, agent.LivenessProbe)
 	}
-	if len(agent.Ports) != 1 || agent.Ports[0].Name != kwv1.MetricsPortName || agent.Ports[0].ContainerPort != cfg.MetricsPort {
+	wantAddr := fmt.Sprintf(":%d", cfg.MetricsPort)
+	if before.Spec.HostNetwork {
+		// The node's network: loopback only, and no containerPort (it would be a host port).
+		wantAddr = fmt.Sprintf("127.0.0.1:%d", cfg.MetricsPort)
+		if len(agent.Ports) != 0 {
+			t.Errorf("hostNetwork pod: ports %+v, want none", agent.Ports)
+		}
+		if hasPrometheusAnnotation(after.Annotations) {
+			t.Errorf("hostNetwork pod: scrape annotations %v for a loopback-only endpoint", after.Annotations)
+		}
+	} else if len(agent.Ports) != 1 || agent.Ports[0].Name != kwv1.MetricsPortName || agent.Ports[0].ContainerPort != cfg.MetricsPort {
 		t.Errorf("ports %+v", agent.Ports)
 	}
-	if !agent.Resources.Requests.Cpu().Equal(*cfg.Resources.Requests.Cpu()) ||
-		!agent.Resources.Limits.Memory().Equal(*cfg.Resources.Limits.Memory()) {
-		t.Errorf("resources %+v", agent.Resources)
+	switch {
+	case before.Spec.Resources != nil:
+		if len(agent.Resources.Requests) != 0 || len(agent.Resources.Limits) != 0 {
+			t.Errorf("pod-level resources: agent resources %+v, want none of its own", agent.Resources)
+		}
+	case guaranteed(before):
+		if !apiequality.Semantic.DeepEqual(agent.Resources.Requests, cfg.Resources.Limits) ||
+			!apiequality.Semantic.DeepEqual(agent.Resources.Limits, cfg.Resources.Limits) {
+			t.Errorf("Guaranteed pod: agent resources %+v, want requests = limits = %v", agent.Resources, cfg.Resources.Limits)
+		}
+		if !guaranteed(after) {
+			t.Error("injection made a Guaranteed pod Burstable")
+		}
+	default:
+		if !apiequality.Semantic.DeepEqual(agent.Resources, cfg.Resources) {
+			t.Errorf("resources %+v, want %+v", agent.Resources, cfg.Resources)
+		}
 	}
 	env := map[string]corev1.EnvVar{}
 	for _, e := range agent.Env {
@@ -277,7 +316,7 @@ func checkInjected(t *testing.T, before, after *corev1.Pod, cfg Config, native b
 	if e := env[kwv1.EnvPodNamespace]; e.ValueFrom == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
 		t.Errorf("POD_NAMESPACE %+v", e)
 	}
-	if got := env[kwv1.EnvMetricsAddr].Value; got != fmt.Sprintf(":%d", cfg.MetricsPort) {
+	if got := env[kwv1.EnvMetricsAddr].Value; got != wantAddr {
 		t.Errorf("METRICS_ADDR %q", got)
 	}
 	for _, name := range []string{kwv1.EnvLogLevel, kwv1.EnvJSONLog, kwv1.EnvProcessName, kwv1.EnvStatsInterval} {

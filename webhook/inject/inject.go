@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
@@ -19,17 +18,28 @@ const (
 	AnnotationPrometheusPath   = prometheusPrefix + "path"
 )
 
-// Agent HTTP endpoints on the metrics port (DESIGN.md).
-const (
-	metricsPath  = "/metrics"
-	livenessPath = "/healthz"
-)
+// metricsPath is where the agent serves Prometheus metrics on its metrics port.
+const metricsPath = "/metrics"
 
 // Inject mutates pod in place (only call when Decide said Inject) and returns admission
 // warnings: the override warnings Decide reported plus notes about the injection.
 func Inject(pod *corev1.Pod, cfg Config) (warnings []string) {
 	s, warnings := podSettings(pod, cfg)
-	agent := agentContainer(cfg, s)
+	agent := agentContainer(cfg, s, pod.Spec.HostNetwork)
+	switch {
+	case pod.Spec.Resources != nil:
+		// Pod-level resources: the pod's QoS and budget are set for the pod as a whole, and
+		// container requests must fit in it. The agent takes its share of that budget rather
+		// than adding requests that could make the pod invalid.
+		agent.Resources = corev1.ResourceRequirements{}
+		warnings = append(warnings, "the pod sets pod-level resources: the kong-watcher agent has no "+
+			"resources of its own and shares the pod's")
+	case guaranteed(pod):
+		// Guaranteed QoS (every container's requests equal its limits) must survive injection:
+		// it decides the pod's eviction order and its CPU manager placement. The agent asks for
+		// what it may use at most.
+		agent.Resources.Requests = agent.Resources.Limits.DeepCopy()
+	}
 
 	if s.nativeSidecar {
 		// Native sidecars start in initContainers order, each before the next init container
@@ -51,7 +61,7 @@ func Inject(pod *corev1.Pod, cfg Config) (warnings []string) {
 		pod.Annotations = map[string]string{}
 	}
 	pod.Annotations[kwv1.AnnotationInjected] = cfg.AgentVersion
-	if !hasPrometheusAnnotation(pod.Annotations) {
+	if !pod.Spec.HostNetwork && !hasPrometheusAnnotation(pod.Annotations) {
 		// Scrape the agent only where the pod says nothing about Prometheus: Kong's own
 		// Prometheus plugin endpoint, when annotated, must keep being scraped as configured.
 		pod.Annotations[AnnotationPrometheusScrape] = "true"
@@ -59,6 +69,11 @@ func Inject(pod *corev1.Pod, cfg Config) (warnings []string) {
 		pod.Annotations[AnnotationPrometheusPath] = metricsPath
 	}
 
+	if pod.Spec.HostNetwork {
+		warnings = append(warnings, fmt.Sprintf("hostNetwork pod: the kong-watcher agent serves /metrics and /stats on "+
+			"the node's loopback only (%s), not on the node's address; its stats still reach the pod's annotations",
+			metricsAddr(cfg.MetricsPort, true)))
+	}
 	if pod.Spec.AutomountServiceAccountToken != nil && !*pod.Spec.AutomountServiceAccountToken {
 		warnings = append(warnings, "automountServiceAccountToken is false: the kong-watcher agent "+
 			"cannot write its pod annotations and Events, only /metrics and logs")
@@ -67,11 +82,8 @@ func Inject(pod *corev1.Pod, cfg Config) (warnings []string) {
 }
 
 // agentContainer builds the agent sidecar for one pod.
-func agentContainer(cfg Config, s settings) corev1.Container {
-	port := cfg.MetricsPort
-	metricsPort := intstr.FromString(kwv1.MetricsPortName)
-
-	return corev1.Container{
+func agentContainer(cfg Config, s settings, hostNetwork bool) corev1.Container {
+	c := corev1.Container{
 		Name:            kwv1.AgentContainerName,
 		Image:           cfg.Image,
 		ImagePullPolicy: cfg.PullPolicy,
@@ -84,32 +96,62 @@ func agentContainer(cfg Config, s settings) corev1.Container {
 			{Name: kwv1.EnvJSONLog, Value: strconv.FormatBool(s.jsonLog)},
 			{Name: kwv1.EnvProcessName, Value: s.processName},
 			{Name: kwv1.EnvStatsInterval, Value: s.statsInterval.String()},
-			{Name: kwv1.EnvMetricsAddr, Value: fmt.Sprintf(":%d", port)},
+			{Name: kwv1.EnvMetricsAddr, Value: metricsAddr(cfg.MetricsPort, hostNetwork)},
 		},
-		Ports: []corev1.ContainerPort{{
-			Name:          kwv1.MetricsPortName,
-			ContainerPort: port,
-			Protocol:      corev1.ProtocolTCP,
-		}},
 		Resources: *cfg.Resources.DeepCopy(),
-		// No readiness probe, and no startupProbe: a sidecar's readiness counts toward the
-		// pod's Ready condition, so any readiness probe lets a monitoring hiccup take Kong out of
-		// its Service (after a restart of the agent the pod would stay NotReady until the next
-		// probe period). Without one the agent is ready as soon as it runs; it never exits on
-		// its own (see cmd/agent: it stays up and says why when it cannot count). A startupProbe
-		// would hold Kong's containers back. /readyz ("probes attached") is for people.
-		LivenessProbe: &corev1.Probe{
-			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-				Path: livenessPath, Port: metricsPort, Scheme: corev1.URISchemeHTTP}},
-			InitialDelaySeconds: 5,
-			PeriodSeconds:       20,
-			TimeoutSeconds:      2,
-			FailureThreshold:    3,
-			SuccessThreshold:    1,
-		},
+		// No probes at all. A sidecar's readiness counts toward the pod's Ready condition, so
+		// a readiness probe would let a monitoring hiccup take Kong out of its Service; a
+		// liveness probe restarts the agent, and while a native sidecar restarts the pod is
+		// NotReady too. A liveness probe would also fail for good where another process holds
+		// the metrics port (the agent then keeps counting and retries the port). A stuck agent
+		// costs Kong nothing (the kernel drops what the agent does not read), so no probe is
+		// worth a Ready minute; /healthz and /readyz are for people and monitoring.
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		SecurityContext:          agentSecurityContext(cfg.Privileged),
 	}
+	if !hostNetwork {
+		// With hostNetwork a containerPort is a host port: the scheduler would keep the pod off
+		// any node where something else declares it, so the port is declared only in the
+		// pod's own network namespace.
+		c.Ports = []corev1.ContainerPort{{
+			Name:          kwv1.MetricsPortName,
+			ContainerPort: cfg.MetricsPort,
+			Protocol:      corev1.ProtocolTCP,
+		}}
+	}
+	return c
+}
+
+// metricsAddr is the agent's METRICS_ADDR. In a hostNetwork pod the pod's network is the
+// node's: the agent listens on loopback only, so /stats (hosts and paths of Kong's traffic)
+// is never exposed on the node's address.
+func metricsAddr(port int32, hostNetwork bool) string {
+	if hostNetwork {
+		return fmt.Sprintf("127.0.0.1:%d", port)
+	}
+	return fmt.Sprintf(":%d", port)
+}
+
+// guaranteed reports whether the pod is in the Guaranteed QoS class: every container (init
+// containers too) has CPU and memory limits, and requests equal to them (a request left
+// unset defaults to the limit).
+func guaranteed(pod *corev1.Pod) bool {
+	n := 0
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, c := range cs {
+			for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+				lim, ok := c.Resources.Limits[name]
+				if !ok {
+					return false
+				}
+				if req, ok := c.Resources.Requests[name]; ok && req.Cmp(lim) != 0 {
+					return false
+				}
+			}
+			n++
+		}
+	}
+	return n > 0
 }
 
 // agentSecurityContext grants the agent what attaching uprobes needs and nothing else.

@@ -7,14 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
+	"time"
 
-	jsonpatchapply "github.com/evanphx/json-patch/v5"
 	"github.com/go-logr/logr"
-	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -50,49 +52,59 @@ type Webhook struct {
 	eventQueue chan func()
 	startQueue sync.Once
 
-	namespaceLabels NamespaceLabels
+	admissionCheck AdmissionCheck
+	// decoding bounds the reviews being decoded at once, and so the webhook's memory: a
+	// review of a few MiB takes several times its size while it is decoded.
+	decoding chan struct{}
 }
 
-// NamespaceLabels returns the labels of a namespace (from an informer cache, typically).
-type NamespaceLabels func(ctx context.Context, namespace string) (map[string]string, error)
+// maxDecoding is how many AdmissionReviews are read and decoded at once; more wait.
+const maxDecoding = 4
 
-// WithNamespaceLabels lets the webhook see Pod Security Admission labels: in a namespace that
-// enforces the baseline or restricted level, the API server would reject the injected pod
-// (the agent adds capabilities and an Unconfined seccomp profile), so the Kong pod could not
-// be created at all. With a lookup, such namespaces are skipped (reason PodSecurityEnforced).
-// Optional: without it every labelled pod is injected.
-func (w *Webhook) WithNamespaceLabels(f NamespaceLabels) *Webhook {
-	w.namespaceLabels = f
+// AdmissionCheck asks the API server whether it would admit pod, the pod as injected, in
+// namespace (a server-side dry-run create). A non-nil error means it would not, or that it
+// could not say: either way the pod is created without the agent.
+type AdmissionCheck func(ctx context.Context, pod *corev1.Pod, namespace string) error
+
+// WithAdmissionCheck makes the webhook verify every injected pod before answering. The agent
+// adds capabilities and an Unconfined seccomp profile, resources, a container: Pod Security
+// (the namespace's level or the cluster's default), a ResourceQuota or a policy engine may
+// reject that pod, and the API server would then refuse it whatever the webhook's
+// failurePolicy, leaving Kong without pods. With a check, such a pod is admitted unchanged
+// and a Warning says why (reason AdmissionWouldReject). Without one every pod is injected.
+func (w *Webhook) WithAdmissionCheck(check AdmissionCheck) *Webhook {
+	w.admissionCheck = check
 	return w
 }
 
-// podSecurityEnforceLabel is Pod Security Admission's enforcement level label.
-const podSecurityEnforceLabel = "pod-security.kubernetes.io/enforce"
+// checkTimeout bounds the dry-run: the API server gives the whole webhook call
+// timeoutSeconds (5 s in config/webhook), and an answer without the agent is better than none.
+const checkTimeout = 2500 * time.Millisecond
 
-// ReasonPodSecurityEnforced: the namespace enforces a Pod Security level the agent violates.
-const ReasonPodSecurityEnforced = "PodSecurityEnforced"
+// maxCheckMessage bounds the API server's refusal quoted in warnings and Events.
+const maxCheckMessage = 600
 
-// checkPodSecurity turns an inject decision into a skip when the namespace's enforced Pod
-// Security level would reject the agent. A failed lookup is logged and injection goes on:
-// most namespaces carry no enforce label.
-func (w *Webhook) checkPodSecurity(ctx context.Context, namespace string, d Decision) Decision {
-	if w.namespaceLabels == nil {
+// admissible runs the admission check on the injected pod, turning a refusal into a skip.
+func (w *Webhook) admissible(ctx context.Context, pod *corev1.Pod, namespace string, d Decision) Decision {
+	if w.admissionCheck == nil {
 		return d
 	}
-	labels, err := w.namespaceLabels(ctx, namespace)
-	if err != nil {
-		w.log.Error(err, "reading namespace labels; injecting without a Pod Security check", "namespace", namespace)
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	err := w.admissionCheck(ctx, pod, namespace)
+	if err == nil {
 		return d
 	}
-	switch level := labels[podSecurityEnforceLabel]; level {
-	case "baseline", "restricted":
-		return Decision{Reason: ReasonPodSecurityEnforced, Message: fmt.Sprintf(
-			"namespace %q enforces Pod Security level %q, which forbids the agent's BPF capabilities "+
-				"and Unconfined seccomp; label the namespace %s=privileged to monitor Kong here",
-			namespace, level, podSecurityEnforceLabel)}
-	}
-	return d
+	return Decision{Reason: ReasonAdmissionWouldReject, Warning: true, Warnings: d.Warnings, Message: fmt.Sprintf(
+		"the API server would not admit this pod with the agent (%s); it is created without it. The agent needs "+
+			"capabilities BPF, PERFMON and SYS_PTRACE and seccomp Unconfined: to monitor Kong here allow them, "+
+			"e.g. label the namespace pod-security.kubernetes.io/enforce=privileged or exempt the %s container "+
+			"in your policy engine, and leave room for its resources in any quota",
+		truncate(err.Error(), maxCheckMessage), kwv1.AgentContainerName)}
 }
+
+// maxEventNote stays under the API server's 1 KiB limit on an Event's note.
+const maxEventNote = 1000
 
 // eventQueueLen bounds the Events waiting for the recorder (a burst of a big rollout).
 const eventQueueLen = 256
@@ -101,7 +113,8 @@ const eventQueueLen = 256
 // controller-runtime it is mgr.GetEventRecorder("kong-watcher-webhook"). cfg should have
 // passed Validate.
 func NewWebhook(cfg Config, recorder events.EventRecorder, log logr.Logger) *Webhook {
-	return &Webhook{cfg: cfg, recorder: recorder, log: log, eventQueue: make(chan func(), eventQueueLen)}
+	return &Webhook{cfg: cfg, recorder: recorder, log: log, eventQueue: make(chan func(), eventQueueLen),
+		decoding: make(chan struct{}, maxDecoding)}
 }
 
 // badRequest is an AdmissionReview the handler refuses with HTTP 400.
@@ -121,9 +134,17 @@ func (w *Webhook) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 			http.StatusMethodNotAllowed)
 		return
 	}
+	select {
+	case w.decoding <- struct{}{}:
+	case <-req.Context().Done():
+		http.Error(rw, "kong-watcher webhook busy", http.StatusServiceUnavailable)
+		return
+	}
+	release := sync.OnceFunc(func() { <-w.decoding })
+	defer release()
 	review, err := readReview(rw, req)
 	if err == nil {
-		review.Response, err = w.admit(req.Context(), review.Request)
+		review.Response, err = w.admit(req.Context(), review.Request, release)
 	}
 	if err != nil {
 		w.log.Info("rejecting malformed admission request", "error", err.Error(), "remote", req.RemoteAddr)
@@ -187,7 +208,9 @@ func decodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
 }
 
 // admit answers a checked request. The error is for a malformed pod only (HTTP 400).
-func (w *Webhook) admit(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, error) {
+// decoded is called once the request's bytes are no longer needed, before the admission
+// check waits on the API server.
+func (w *Webhook) admit(ctx context.Context, req *admissionv1.AdmissionRequest, decoded func()) (*admissionv1.AdmissionResponse, error) {
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	if req.Operation != admissionv1.Create || req.Kind != podKind || req.SubResource != "" {
 		w.log.V(1).Info("not a pod creation, allowed unchanged", "uid", req.UID,
@@ -198,12 +221,13 @@ func (w *Webhook) admit(ctx context.Context, req *admissionv1.AdmissionRequest) 
 	if err != nil {
 		return nil, err
 	}
+	req.Object.Raw = nil
 	namespace := req.Namespace
 	if namespace == "" {
 		namespace = pod.Namespace
 	}
 
-	d, warnings, patch, err := w.mutate(ctx, pod, namespace, req.Object.Raw)
+	d, warnings, patch, err := w.mutate(ctx, pod, namespace, decoded)
 	if err != nil {
 		// Never deny and never send a patch we are unsure of: the pod goes on without the agent.
 		w.log.Error(err, "injection failed; pod admitted unchanged", "uid", req.UID,
@@ -223,8 +247,10 @@ func (w *Webhook) admit(ctx context.Context, req *admissionv1.AdmissionRequest) 
 	w.log.Info("injection decision", "uid", req.UID, "namespace", namespace, "pod", podName(pod),
 		"owner", ownerString(owner), "inject", d.Inject, "reason", d.Reason, "message", d.Message,
 		"warnings", warnings, "dryRun", req.DryRun != nil && *req.DryRun)
-	// Events are the one side effect: none for dry runs (sideEffects: NoneOnDryRun).
-	if req.DryRun == nil || !*req.DryRun {
+	// Events are the one side effect: none for dry runs (sideEffects: NoneOnDryRun), and none
+	// in excluded namespaces: the webhook configuration never sends their pods, so such a
+	// review did not come from the API server and must not write there.
+	if (req.DryRun == nil || !*req.DryRun) && !w.cfg.excluded(namespace) {
 		w.recordEvent(pod, namespace, owner, d)
 	}
 	return resp, nil
@@ -245,73 +271,94 @@ func decodePod(raw []byte) (*corev1.Pod, error) {
 	return &pod, nil
 }
 
-// mutate decides, injects and computes the patch against raw. A panic is turned into an
-// error so that one odd pod cannot break the webhook for everyone.
-func (w *Webhook) mutate(ctx context.Context, pod *corev1.Pod, namespace string, raw []byte) (d Decision, warnings []string, patch []byte, err error) {
+// mutate decides, injects, builds the patch and checks the injected pod with the API
+// server. A panic is turned into an error so that one odd pod cannot break the webhook for
+// everyone.
+func (w *Webhook) mutate(ctx context.Context, pod *corev1.Pod, namespace string, decoded func()) (d Decision, warnings []string, patch []byte, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic while injecting: %v", r)
 		}
 	}()
 	d = Decide(pod, namespace, w.cfg)
-	if d.Inject {
-		d = w.checkPodSecurity(ctx, namespace, d)
-	}
 	if !d.Inject {
-		return d, d.Warnings, nil, nil
+		return d, skipWarnings(d), nil, nil
 	}
-	original := pod.DeepCopy()
+	hadInit, hadAnnotations := len(pod.Spec.InitContainers) > 0, len(pod.Annotations) > 0
+	before := maps.Clone(pod.Annotations)
 	warnings = Inject(pod, w.cfg)
-	patch, err = createPatch(original, pod, raw)
+	patch, err = buildPatch(pod, hadInit, hadAnnotations, before)
 	if err != nil {
 		return d, nil, nil, err
+	}
+	decoded()
+	if d = w.admissible(ctx, pod, namespace, d); !d.Inject {
+		return d, skipWarnings(d), nil, nil
 	}
 	d.Message = fmt.Sprintf("injected kong-watcher agent %s as %s", w.cfg.AgentVersion, sidecarKind(isNative(pod)))
 	return d, warnings, patch, nil
 }
 
-// createPatch returns the JSON patch from original to mutated, checked against raw.
-//
-// The diff is taken between original and mutated both encoded from the same Go types, not
-// between the API server's raw bytes and mutated: fields this build's k8s.io/api does not know
-// (a newer API server) then appear in neither side, so the patch never removes them.
-// The patch is then applied to raw, because a patch that fails to apply makes the API server
-// reject the pod regardless of failurePolicy; such a patch is an internal error instead.
-func createPatch(original, mutated *corev1.Pod, raw []byte) ([]byte, error) {
-	before, err := json.Marshal(original)
-	if err != nil {
-		return nil, fmt.Errorf("encoding original pod: %w", err)
+// skipWarnings are the admission warnings of a pod left without the agent: the override
+// warnings, plus the reason itself when its owner should act on it.
+func skipWarnings(d Decision) []string {
+	if !d.Warning {
+		return d.Warnings
 	}
-	after, err := json.Marshal(mutated)
-	if err != nil {
-		return nil, fmt.Errorf("encoding mutated pod: %w", err)
+	return append(slices.Clip(d.Warnings), "kong-watcher agent not injected: "+d.Message)
+}
+
+// patchOp is one RFC 6902 operation.
+type patchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value"`
+}
+
+// buildPatch writes the JSON patch for what Inject did to pod: the agent container appended,
+// shareProcessNamespace set, annotations added. It is built from the mutation itself, not by
+// diffing two encodings of the pod: fields this build's k8s.io/api does not know (a newer API
+// server) are never touched, and the cost does not grow with the size of the pod.
+// hadInit and hadAnnotations say whether the request's pod had init containers and
+// annotations (an "add" on a member that exists replaces it, so an empty list or map in the
+// request is replaced whole, which is what it means); before holds its annotations.
+func buildPatch(pod *corev1.Pod, hadInit, hadAnnotations bool, before map[string]string) ([]byte, error) {
+	ops := make([]patchOp, 0, 8)
+	switch {
+	case isNative(pod) && hadInit:
+		ops = append(ops, patchOp{"add", "/spec/initContainers/-", pod.Spec.InitContainers[len(pod.Spec.InitContainers)-1]})
+	case isNative(pod):
+		ops = append(ops, patchOp{"add", "/spec/initContainers", pod.Spec.InitContainers})
+	case len(pod.Spec.Containers) > 1:
+		ops = append(ops, patchOp{"add", "/spec/containers/-", pod.Spec.Containers[len(pod.Spec.Containers)-1]})
+	default:
+		ops = append(ops, patchOp{"add", "/spec/containers", pod.Spec.Containers})
 	}
-	ops, err := jsonpatch.CreatePatch(before, after)
-	if err != nil {
-		return nil, fmt.Errorf("computing JSON patch: %w", err)
+	ops = append(ops, patchOp{"add", "/spec/shareProcessNamespace", true})
+	if !hadAnnotations {
+		ops = append(ops, patchOp{"add", "/metadata/annotations", pod.Annotations})
+	} else {
+		keys := make([]string, 0, 4)
+		for k, v := range pod.Annotations {
+			if old, ok := before[k]; !ok || old != v {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys) // stable patches and golden files
+		for _, k := range keys {
+			ops = append(ops, patchOp{"add", "/metadata/annotations/" + escapePointer(k), pod.Annotations[k]})
+		}
 	}
-	if len(ops) == 0 {
-		return nil, nil
-	}
-	// CreatePatch walks maps in random order; sorted ops give stable patches and golden
-	// files. Our ops touch distinct paths, and the check below proves the order is sound.
-	sort.SliceStable(ops, func(i, j int) bool { return ops[i].Path < ops[j].Path })
 	patch, err := json.Marshal(ops)
 	if err != nil {
 		return nil, fmt.Errorf("encoding JSON patch: %w", err)
 	}
-	p, err := jsonpatchapply.DecodePatch(patch)
-	if err != nil {
-		return nil, fmt.Errorf("decoding our own JSON patch: %w", err)
-	}
-	// One safety check per review: the patch applies to the pod the API server holds (an op
-	// on a path that does not exist there would make the API server reject the pod, whatever
-	// the failurePolicy). That the patch reproduces the mutated pod is proven by the golden
-	// and fuzz tests; checking it here too cost ~55% of the handler's CPU (bench-webhook).
-	if _, err := p.Apply(raw); err != nil {
-		return nil, fmt.Errorf("JSON patch does not apply to the request's pod: %w", err)
-	}
 	return patch, nil
+}
+
+// escapePointer escapes a map key for a JSON pointer (RFC 6901): "~" and "/".
+func escapePointer(k string) string {
+	return strings.NewReplacer("~", "~0", "/", "~1").Replace(k)
 }
 
 // recordEvent records Injected or InjectionSkipped on the pod's controller (its ReplicaSet,
@@ -336,7 +383,10 @@ func (w *Webhook) recordEvent(pod *corev1.Pod, namespace string, owner *metav1.O
 	if owner.APIVersion == "v1" && owner.Kind == "Node" {
 		ref.Namespace = "" // mirror pods of static pods are owned by their (cluster-scoped) Node
 	}
-	reason, note := kwv1.ReasonInjected, fmt.Sprintf("%s into pod %s", d.Message, podName(pod))
+	reason, note, eventType := kwv1.ReasonInjected, fmt.Sprintf("%s into pod %s", d.Message, podName(pod)), corev1.EventTypeNormal
+	if d.Warning {
+		eventType = corev1.EventTypeWarning
+	}
 	if !d.Inject {
 		reason = kwv1.ReasonInjectionSkipped
 		note = fmt.Sprintf("kong-watcher agent not injected into pod %s: %s (%s)", podName(pod), d.Message, d.Reason)
@@ -347,7 +397,7 @@ func (w *Webhook) recordEvent(pod *corev1.Pod, namespace string, owner *metav1.O
 				w.log.Error(fmt.Errorf("%v", r), "recording event panicked", "owner", ownerString(owner), "reason", reason)
 			}
 		}()
-		w.recorder.Eventf(ref, nil, corev1.EventTypeNormal, reason, "Inject", "%s", note)
+		w.recorder.Eventf(ref, nil, eventType, reason, "Inject", "%s", truncate(note, maxEventNote))
 	})
 }
 

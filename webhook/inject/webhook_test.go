@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -199,52 +200,65 @@ func TestStuckRecorderDoesNotBlockAdmission(t *testing.T) {
 	}
 }
 
-func TestInternalErrorAllowsUnchanged(t *testing.T) {
-	// A patch that cannot apply to the request's bytes is refused by createPatch ...
-	pod := decodeTestPod(t, podJSON(t, "kong"))
-	mutated := pod.DeepCopy()
-	Inject(mutated, testConfig())
-	if _, err := createPatch(pod, mutated, []byte(`{"spec":{}}`)); err == nil ||
-		!strings.Contains(err.Error(), "does not apply to the request's pod") {
-		t.Errorf("createPatch error = %v", err)
-	}
-	// ... and the webhook then admits the pod without a patch rather than denying it.
+func TestPodWithoutContainersIsLeftAlone(t *testing.T) {
+	// A patch appending to a list the request does not have would not apply, and the API
+	// server rejects a pod whose patch fails whatever the failurePolicy: no patch at all.
 	raw := []byte(`{"metadata":{"labels":{"` + kwv1.LabelInject + `":"true"}},"spec":null}`)
 	resp := admissionResponse(t, post(NewWebhook(testConfig(), nil, testr.New(t)),
 		reviewBody(t, "u4", admissionv1.Create, "kong", raw)), "u4")
 	if len(resp.Patch) != 0 {
-		t.Errorf("patch %s sent for a pod it cannot apply to", resp.Patch)
+		t.Errorf("patch %s sent for a pod without containers", resp.Patch)
 	}
 }
 
-func TestPodSecurityEnforcedNamespaceIsSkipped(t *testing.T) {
-	levels := map[string]map[string]string{
-		"strict":  {"pod-security.kubernetes.io/enforce": "restricted"},
-		"base":    {"pod-security.kubernetes.io/enforce": "baseline", "other": "x"},
-		"priv":    {"pod-security.kubernetes.io/enforce": "privileged"},
-		"warning": {"pod-security.kubernetes.io/warn": "restricted"},
-	}
-	lookup := func(_ context.Context, ns string) (map[string]string, error) {
-		if ns == "broken" {
-			return nil, errors.New("cache not synced")
-		}
-		return levels[ns], nil
-	}
-	for ns, wantPatch := range map[string]bool{"strict": false, "base": false, "priv": true, "warning": true, "broken": true, "plain": true} {
-		t.Run(ns, func(t *testing.T) {
+func TestAdmissionCheckRefusalLeavesPodUnchanged(t *testing.T) {
+	refusal := errors.New(`pods "kong-x" is forbidden: violates PodSecurity "baseline:latest": non-default capabilities`)
+	for name, check := range map[string]AdmissionCheck{
+		"admitted": func(context.Context, *corev1.Pod, string) error { return nil },
+		"refused":  func(context.Context, *corev1.Pod, string) error { return refusal },
+		"timeout": func(ctx context.Context, _ *corev1.Pod, _ string) error {
+			<-ctx.Done() // an API server that never answers: the check's own deadline ends it
+			return ctx.Err()
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var checked *corev1.Pod
 			rec := &captureRecorder{}
-			w := NewWebhook(testConfig(), rec, testr.New(t)).WithNamespaceLabels(lookup)
-			resp := admissionResponse(t, post(w, reviewBody(t, "u5", admissionv1.Create, ns, podJSON(t, "kong"))), "u5")
-			if wantPatch != (len(resp.Patch) > 0) {
-				t.Errorf("patch %v, want %v", len(resp.Patch) > 0, wantPatch)
-			}
+			w := NewWebhook(testConfig(), rec, testr.New(t)).WithAdmissionCheck(func(ctx context.Context, pod *corev1.Pod, ns string) error {
+				if ns != "kong" {
+					t.Errorf("checked in namespace %q", ns)
+				}
+				checked = pod
+				return check(ctx, pod, ns)
+			})
+			resp := admissionResponse(t, post(w, reviewBody(t, "u5", admissionv1.Create, "kong", podJSON(t, "kong"))), "u5")
 			flushEvents(t, w)
+			if checked == nil || !hasAgent(checked) {
+				t.Fatalf("the check did not see the injected pod: %+v", checked)
+			}
 			events := rec.recorded()
 			if len(events) != 1 {
 				t.Fatalf("events %+v", events)
 			}
-			if !wantPatch && (events[0].reason != kwv1.ReasonInjectionSkipped || !strings.Contains(events[0].note, ReasonPodSecurityEnforced)) {
-				t.Errorf("event %+v", events[0])
+			e := events[0]
+			if name == "admitted" {
+				if len(resp.Patch) == 0 || e.reason != kwv1.ReasonInjected || e.eventtype != corev1.EventTypeNormal {
+					t.Errorf("admitted pod: patch %d bytes, event %+v", len(resp.Patch), e)
+				}
+				return
+			}
+			if len(resp.Patch) != 0 {
+				t.Errorf("patch sent although the API server would refuse the injected pod: %s", resp.Patch)
+			}
+			if e.reason != kwv1.ReasonInjectionSkipped || e.eventtype != corev1.EventTypeWarning ||
+				!strings.Contains(e.note, ReasonAdmissionWouldReject) || !strings.Contains(e.note, "enforce=privileged") {
+				t.Errorf("event %+v", e)
+			}
+			if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "not injected") {
+				t.Errorf("warnings %q, want one saying why", resp.Warnings)
+			}
+			if name == "refused" && !strings.Contains(e.note, "violates PodSecurity") {
+				t.Errorf("event does not quote the API server: %q", e.note)
 			}
 		})
 	}

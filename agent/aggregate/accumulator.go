@@ -9,7 +9,7 @@ import (
 )
 
 // accumulator holds one period's numbers in fixed-size arrays and bounded tables, so that
-// observing a request never allocates once its host and path rows exist.
+// observing a request never allocates once its host and path slots have rows.
 type accumulator struct {
 	start        time.Time
 	requests     uint64
@@ -44,7 +44,9 @@ func newAccumulator(start time.Time, maxHosts, maxPaths int) *accumulator {
 	return a
 }
 
-func (a *accumulator) observe(r *model.Request, end time.Time, hostKey, pathKey []byte) {
+// observe counts r; hostSlot and pathSlot are the Ranker slots of its host and path (-1:
+// other).
+func (a *accumulator) observe(r *model.Request, end time.Time, hostSlot, pathSlot int) {
 	a.requests++
 	a.methods[MethodIndex(r.Method)]++
 	code, isErr := 0, true
@@ -74,7 +76,7 @@ func (a *accumulator) observe(r *model.Request, end time.Time, hostKey, pathKey 
 			a.lua[i].record(r.LuaPhases[i])
 		}
 	}
-	for _, row := range [2]*row{a.hosts.get(hostKey), a.paths.get(pathKey)} {
+	for _, row := range [2]*row{a.hosts.get(hostSlot), a.paths.get(pathSlot)} {
 		row.requests++
 		if isErr {
 			row.errors++
@@ -110,11 +112,9 @@ func (a *accumulator) merge(o *accumulator) {
 }
 
 func (a *accumulator) reset(start time.Time) {
-	maxHosts, maxPaths := a.hosts.max, a.paths.max
 	hosts, paths := a.hosts, a.paths
 	latency, upstream, kong, lua := a.latency, a.upstream, a.kong, a.lua
 	*a = accumulator{start: start, latency: latency, upstream: upstream, kong: kong, lua: lua, hosts: hosts, paths: paths}
-	a.hosts.max, a.paths.max = maxHosts, maxPaths
 	a.latency.reset()
 	a.upstream.reset()
 	a.kong.reset()
@@ -125,8 +125,9 @@ func (a *accumulator) reset(start time.Time) {
 	a.paths.reset()
 }
 
-// summary renders the accumulator as the Stats JSON summary of the period [start, end).
-func (a *accumulator) summary(end time.Time) v1alpha1.Summary {
+// summary renders the accumulator as the Stats JSON summary of the period [start, end);
+// hosts and paths name the rows' slots.
+func (a *accumulator) summary(end time.Time, hosts, paths *Ranker) v1alpha1.Summary {
 	period := end.Sub(a.start).Seconds()
 	s := v1alpha1.Summary{
 		PeriodSeconds:     period,
@@ -140,8 +141,8 @@ func (a *accumulator) summary(end time.Time) v1alpha1.Summary {
 		Methods:           map[string]uint64{},
 		StatusCodes:       map[string]uint64{},
 		StatusClasses:     map[string]uint64{},
-		Hosts:             a.hosts.list(),
-		Paths:             a.paths.list(),
+		Hosts:             a.hosts.list(hosts),
+		Paths:             a.paths.list(paths),
 		BytesSent:         a.bytes,
 		DroppedEvents:     a.dropped,
 	}

@@ -1,7 +1,21 @@
 // Package aggregate turns the stream of model.Requests into the Stats document: counters per
 // method, status, host and path, and latency percentiles, for the time since the agent
-// started (Total) and for the last stats interval (Window). Memory is bounded whatever the
-// traffic: hosts and paths beyond MaxHosts/MaxPaths fold into an "other" row.
+// started (Total) and for the last stats interval (Window).
+//
+// Memory is bounded whatever the traffic: at most MaxHosts hosts and MaxPaths paths have a
+// row of their own at any time, the rest count in an "other" row. Which keys have a row is
+// decided by recent weight (see Ranker), not by order of arrival, so a burst of junk Host
+// headers or URIs cannot keep real traffic in "other": a real key with a steady share of the
+// traffic takes the place of a junk one within a few of its own requests, and of a heavier
+// stale one within a few halving periods of traffic (16 requests per slot each).
+//
+// What a row counts: the key's requests in the period since the key last took its place.
+// Its requests from before that, and those of keys without a place, are in "other"; when a
+// key loses its place, its rows in the window and the total fold into "other". So rows and
+// "other" always add up to the period's requests, and the totals and the method and status
+// counts are exact whatever happens to the rows. With no more distinct hosts (paths) than
+// MaxHosts (MaxPaths) since the start, every key has its place from its first request and
+// keeps it: rows are exact.
 package aggregate
 
 import (
@@ -17,7 +31,8 @@ import (
 
 // Options configure an Aggregator; zero values take the defaults.
 type Options struct {
-	// MaxHosts and MaxPaths bound the named host and path rows (default 100 each).
+	// MaxHosts and MaxPaths bound the named host and path rows (default 100 each): the
+	// slots of the host and path Rankers.
 	MaxHosts, MaxPaths int
 	// Now is the clock (default time.Now); tests inject a fake one.
 	Now func() time.Time
@@ -36,11 +51,16 @@ const DefaultMaxRows = 100
 // partial window (with its actual PeriodSeconds), so a freshly started agent shows traffic
 // at once.
 //
+// One Ranker per dimension, shared by the window, the total and Snapshot's scratch copy,
+// gives each host and path its slot; the three tables hold rows by slot, so a key has the
+// same place in all of them and merging is slot by slot.
+//
 // Cost, measured (see the benchmarks): Observe ~400 ns of CPU and no allocation once a
-// request's host and path rows exist; Snapshot ~0.8 ms of CPU with full tables, holding the
-// lock (the event reader waits that long). Memory: ~0.6 MiB empty, ~5.5 MiB with the default
-// 100 hosts + 100 paths full in the window, the total and Snapshot's scratch copy, and no
-// more whatever the traffic (TestBoundedMemory).
+// request's host and path have slots with rows; Snapshot ~0.8 ms of CPU with full tables,
+// holding the lock (the event reader waits that long). Memory: ~0.6 MiB empty, ~5.5 MiB with
+// the default 100 hosts + 100 paths full in the window, the total and Snapshot's scratch
+// copy, plus the Rankers' keys and candidates, and no more whatever the traffic
+// (TestBoundedMemory).
 type Aggregator struct {
 	mu       sync.Mutex
 	now      func() time.Time
@@ -49,6 +69,8 @@ type Aggregator struct {
 	total    *accumulator // closed windows
 	current  *accumulator // the open window
 	scratch  *accumulator // total + current, rebuilt by Snapshot
+	hosts    *Ranker      // who has a host row
+	paths    *Ranker      // who has a path row
 	last     v1alpha1.Summary
 	hasLast  bool
 	keyBuf   []byte
@@ -74,12 +96,14 @@ func New(o Options) *Aggregator {
 		total:   newAccumulator(now, o.MaxHosts, o.MaxPaths),
 		current: newAccumulator(now, o.MaxHosts, o.MaxPaths),
 		scratch: newAccumulator(now, o.MaxHosts, o.MaxPaths),
+		hosts:   NewRanker(o.MaxHosts),
+		paths:   NewRanker(o.MaxPaths),
 		keyBuf:  make([]byte, 0, 512),
 	}
 }
 
-// Observe counts one request. It does not allocate once the request's host and path rows
-// exist.
+// Observe counts one request. It does not allocate once the request's host and path have
+// slots with rows.
 func (a *Aggregator) Observe(r *model.Request) {
 	end := r.End
 	if end.IsZero() {
@@ -92,9 +116,22 @@ func (a *Aggregator) Observe(r *model.Request) {
 	buf = append(buf, Method(r.Method)...)
 	buf = append(buf, ' ')
 	buf = pathnorm.Append(buf, r.URI)
-	a.current.observe(r, end, buf[:hostLen], buf[hostLen:])
+	host := place(a.hosts, buf[:hostLen], &a.current.hosts, &a.total.hosts)
+	path := place(a.paths, buf[hostLen:], &a.current.paths, &a.total.paths)
+	a.current.observe(r, end, host, path)
 	a.keyBuf = buf
 	a.mu.Unlock()
+}
+
+// place returns key's slot in rank (-1: other). If key has just taken the slot from another
+// key, that key's rows in the window and the total fold into other first.
+func place(rank *Ranker, key []byte, window, total *table) int {
+	slot, _, moved := rank.Observe(key)
+	if moved {
+		window.evict(slot)
+		total.evict(slot)
+	}
+	return slot
 }
 
 // AddDropped counts events lost before decoding (ring buffer full, undecodable).
@@ -116,10 +153,12 @@ func (a *Aggregator) Rotate() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
-	a.last = a.current.summary(now)
+	a.last = a.current.summary(now, a.hosts, a.paths)
 	a.hasLast = true
 	a.total.merge(a.current)
 	a.current.reset(now)
+	a.hosts.NextEpoch()
+	a.paths.NextEpoch()
 }
 
 // Snapshot returns the Stats document as of now.
@@ -136,12 +175,12 @@ func (a *Aggregator) Snapshot() v1alpha1.Stats {
 		Since:      a.since,
 		Updated:    now,
 		DataPath:   a.dataPath,
-		Total:      a.scratch.summary(now),
+		Total:      a.scratch.summary(now, a.hosts, a.paths),
 	}
 	if a.hasLast {
 		s.Window = cloneSummary(a.last) // callers may edit what they get
 	} else {
-		s.Window = a.current.summary(now)
+		s.Window = a.current.summary(now, a.hosts, a.paths)
 	}
 	return s
 }

@@ -27,108 +27,72 @@ func (r *row) reset() {
 	r.latency.reset()
 }
 
-// table holds at most max named rows plus the "other" row, so its memory is bounded whatever
-// the traffic: about max * 7 KiB.
+// table holds one period's host or path rows, indexed by the slot the Aggregator's Ranker
+// gave the key, plus the "other" row. Its memory is bounded whatever the traffic: at most one
+// row per slot, about 7 KiB each, allocated when the slot first has requests in this table
+// and reused for whichever key holds the slot later, so steady-state observing never
+// allocates.
 //
-// Within one window (see Aggregator) the first max distinct keys get rows and later ones fold
-// into other: heavy hitters show up early in every window, and the window starts afresh each
-// interval. The total is built by merging closed windows (mergeFrom), where a newcomer row
-// with more requests than the smallest kept row replaces it (the replaced row folds into
-// other); so a host that becomes busy late still earns its own row in the total.
+// A slot's row always belongs to the key that holds the slot now: when a key loses its slot
+// (see Ranker), the Aggregator folds the slot's rows into other (evict), so the rows and
+// other always add up to the period's requests.
 type table struct {
-	max   int
-	rows  map[string]*row
+	rows  []*row // by slot; nil until the slot first has requests here
 	other row
-	free  []*row // rows of a reset table, reused so steady-state observing never allocates
 }
 
-func newTable(max int) table {
-	return table{max: max, rows: make(map[string]*row, max), other: row{latency: newHistogram(rowSubBits, false)}}
+func newTable(slots int) table {
+	return table{rows: make([]*row, slots), other: row{latency: newHistogram(rowSubBits, false)}}
 }
 
-// get returns key's row, creating it while there is room, else the other row.
-func (t *table) get(key []byte) *row {
-	if r, ok := t.rows[string(key)]; ok { // no allocation: the compiler special-cases this
-		return r
-	}
-	if len(t.rows) >= t.max {
+// get returns slot's row, or the other row for slot -1.
+func (t *table) get(slot int) *row {
+	if slot < 0 {
 		return &t.other
 	}
-	r := t.newRow()
-	t.rows[string(key)] = r
+	r := t.rows[slot]
+	if r == nil {
+		r = newRow()
+		t.rows[slot] = r
+	}
 	return r
 }
 
-func (t *table) newRow() *row {
-	if n := len(t.free); n > 0 {
-		r := t.free[n-1]
-		t.free = t.free[:n-1]
-		return r
+// evict folds slot's row into other: the key that held the slot has lost it.
+func (t *table) evict(slot int) {
+	if r := t.rows[slot]; r != nil && r.requests > 0 {
+		t.other.add(r)
+		r.reset()
 	}
-	return newRow()
 }
 
 func (t *table) reset() {
-	for k, r := range t.rows {
-		r.reset()
-		t.free = append(t.free, r)
-		delete(t.rows, k)
+	for _, r := range t.rows {
+		if r != nil && r.requests > 0 {
+			r.reset()
+		}
 	}
 	t.other.reset()
 }
 
-// mergeFrom adds src's rows to t; see the type comment for what happens when t is full.
+// mergeFrom adds src's rows to t slot by slot (both follow the same Ranker).
 func (t *table) mergeFrom(src *table) {
 	t.other.add(&src.other)
-	keys := make([]string, 0, len(src.rows))
-	for k := range src.rows {
-		keys = append(keys, k)
-	}
-	// Biggest first, so that newcomers compete for free slots in order of weight.
-	slices.SortFunc(keys, func(a, b string) int {
-		return cmp.Or(cmp.Compare(src.rows[b].requests, src.rows[a].requests), cmp.Compare(a, b))
-	})
-	for _, k := range keys {
-		s := src.rows[k]
-		if r, ok := t.rows[k]; ok {
-			r.add(s)
-			continue
+	for s, r := range src.rows {
+		if r != nil && r.requests > 0 {
+			t.get(s).add(r)
 		}
-		if len(t.rows) < t.max {
-			r := t.newRow()
-			r.add(s)
-			t.rows[k] = r
-			continue
-		}
-		minKey, minRow := t.smallest()
-		if minRow == nil || s.requests <= minRow.requests {
-			t.other.add(s)
-			continue
-		}
-		t.other.add(minRow)
-		delete(t.rows, minKey)
-		minRow.reset()
-		minRow.add(s)
-		t.rows[k] = minRow
 	}
 }
 
-func (t *table) smallest() (string, *row) {
-	var key string
-	var small *row
-	for k, r := range t.rows {
-		if small == nil || r.requests < small.requests || r.requests == small.requests && k > key {
-			key, small = k, r
-		}
-	}
-	return key, small
-}
-
-// list returns the rows by requests (descending, then name), other last if it has any.
-func (t *table) list() []v1alpha1.Row {
+// list returns the rows with requests by requests (descending, then name), other last if it
+// has any; rank names the slots.
+func (t *table) list(rank *Ranker) []v1alpha1.Row {
 	out := make([]v1alpha1.Row, 0, len(t.rows)+1)
-	for k, r := range t.rows {
-		out = append(out, v1alpha1.Row{Name: k, Requests: r.requests, Errors: r.errors, P99Ms: r.latency.quantileMs(0.99)})
+	for s, r := range t.rows {
+		if r != nil && r.requests > 0 {
+			out = append(out, v1alpha1.Row{Name: rank.Key(s), Requests: r.requests, Errors: r.errors, P99Ms: r.latency.quantileMs(0.99)})
+		}
 	}
 	slices.SortFunc(out, func(a, b v1alpha1.Row) int {
 		return cmp.Or(cmp.Compare(b.Requests, a.Requests), cmp.Compare(a.Name, b.Name))

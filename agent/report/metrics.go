@@ -16,10 +16,14 @@ import (
 // MetricsOptions bound the label cardinality of kong_watcher_requests_total; zero values
 // take the defaults.
 type MetricsOptions struct {
-	// MaxHosts and MaxPaths: the first distinct hosts / normalised paths get their own label
-	// value, later ones are labelled "other" (default 100 each, as the aggregator's rows).
-	// Unlike the aggregator's windows this is first-come for the process lifetime: a counter
-	// series must not disappear and reappear.
+	// MaxHosts and MaxPaths: how many hosts / normalised paths have a label value of their
+	// own at a time (default 100 each, as the aggregator's rows); the others are labelled
+	// "other". Places go by recent weight, as for the aggregator's rows (aggregate.Ranker),
+	// not by order of arrival: junk seen first cannot keep real values in "other" for good.
+	// A value that loses its place has its series deleted and counts under "other" from then
+	// on; a value that gains a place gets its own series, starting from zero. So a series
+	// counts its value's requests since the value last got its place. With no more distinct
+	// values than the bound, every value keeps its place and series from its first request.
 	MaxHosts, MaxPaths int
 	// MaxSeries bounds the distinct {method,host,path,code} series (default 2000); beyond
 	// it new combinations are counted under host="other", path="other" (at most
@@ -63,11 +67,16 @@ type Metrics struct {
 
 	mu     sync.Mutex
 	opts   MetricsOptions
-	hosts  map[string]string // label values seen -> the same string (interned)
-	paths  map[string]string
-	series map[string]prometheus.Counter // method \x00 host \x00 path \x00 code
+	rank   [2]*aggregate.Ranker // by dimension (hostDim, pathDim): who has a label value
+	series seriesSet
 	buf    []byte
 }
+
+// The label dimensions that have Rankers.
+const (
+	hostDim = 0
+	pathDim = 1
+)
 
 var _ model.Sink = (*Metrics)(nil)
 
@@ -93,7 +102,7 @@ func NewMetrics(o MetricsOptions) *Metrics {
 	}
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kong_watcher", Name: "requests_total",
-			Help: `HTTP requests Kong served, by method, host, normalised path and status code ("000": no valid response). Hosts and paths beyond the agent's bounds are labelled "other".`},
+			Help: `HTTP requests Kong served, by method, host, normalised path and status code ("000": no valid response). Only the busiest hosts and paths (by recent traffic, up to the agent's bounds) have a value of their own, the others are labelled "other"; a value that loses its place loses its series.`},
 			[]string{"method", "host", "path", "code"}),
 		duration: prometheus.NewHistogramVec(hist("request_duration_seconds",
 			"Total request time as nginx measures it ($request_time), by method."), []string{"method"}),
@@ -116,9 +125,8 @@ func NewMetrics(o MetricsOptions) *Metrics {
 		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "kong_watcher", Name: "info",
 			Help: "Always 1: the agent's version and data path (nginx-request, wire or empty)."}, []string{"version", "data_path"}),
 		opts:   o,
-		hosts:  make(map[string]string, o.MaxHosts),
-		paths:  make(map[string]string, o.MaxPaths),
-		series: make(map[string]prometheus.Counter),
+		rank:   [2]*aggregate.Ranker{aggregate.NewRanker(o.MaxHosts), aggregate.NewRanker(o.MaxPaths)},
+		series: newSeriesSet(o.MaxHosts, o.MaxPaths),
 		buf:    make([]byte, 0, 512),
 	}
 	for i, name := range aggregate.Methods {
@@ -151,9 +159,9 @@ func (m *Metrics) Observe(r *model.Request) {
 
 	m.mu.Lock()
 	buf := aggregate.AppendHost(m.buf[:0], r.Host)
-	host := intern(m.hosts, buf, m.opts.MaxHosts)
+	host := m.place(hostDim, buf)
 	buf = pathnorm.Append(buf[:0], r.URI)
-	path := intern(m.paths, buf, m.opts.MaxPaths)
+	path := m.place(pathDim, buf)
 	counter := m.counter(method, host, path, code)
 	m.buf = buf
 	m.mu.Unlock()
@@ -174,47 +182,144 @@ func (m *Metrics) Observe(r *model.Request) {
 	}
 }
 
-// intern returns the label value for key: itself while the set has room, else "other".
-func intern(set map[string]string, key []byte, max int) string {
-	if s, ok := set[string(key)]; ok {
-		return s
+// place returns key's slot in dimension dim (-1: "other"). If key has just taken the slot
+// from another value, that value's series are deleted first: its requests count under
+// "other" from now on. m.mu must be held.
+func (m *Metrics) place(dim int, key []byte) int32 {
+	slot, old, moved := m.rank[dim].Observe(key)
+	if moved {
+		m.series.drop(dim, int32(slot), func(k seriesKey) {
+			host, path := m.label(hostDim, k.host), m.label(pathDim, k.path)
+			if dim == hostDim {
+				host = old
+			} else {
+				path = old
+			}
+			m.requests.DeleteLabelValues(aggregate.Methods[k.method], host, path, codeLabels[k.code])
+		})
 	}
-	if len(set) >= max {
+	return int32(slot)
+}
+
+// label returns the label value of slot in dimension dim; m.mu must be held.
+func (m *Metrics) label(dim int, slot int32) string {
+	if slot < 0 {
 		return v1alpha1.OtherRow
 	}
-	s := string(key)
-	set[s] = s
-	return s
+	return m.rank[dim].Key(int(slot))
 }
 
 // counter returns the cached requests_total child; m.mu must be held.
-func (m *Metrics) counter(method int, host, path string, code int) prometheus.Counter {
-	key := m.seriesKey(method, host, path, code)
-	if c, ok := m.series[string(key)]; ok {
-		return c
+func (m *Metrics) counter(method int, host, path int32, code int) prometheus.Counter {
+	k := seriesKey{host: host, path: path, code: uint16(code), method: uint8(method)}
+	if i, ok := m.series.index[k]; ok {
+		return m.series.entries[i].c
 	}
-	if len(m.series) >= m.opts.MaxSeries {
-		host, path = v1alpha1.OtherRow, v1alpha1.OtherRow
-		key = m.seriesKey(method, host, path, code)
-		if c, ok := m.series[string(key)]; ok {
-			return c
+	if len(m.series.index) >= m.opts.MaxSeries {
+		k.host, k.path = -1, -1
+		if i, ok := m.series.index[k]; ok {
+			return m.series.entries[i].c
 		}
 	}
-	c := m.requests.WithLabelValues(aggregate.Methods[method], host, path, codeLabels[code])
-	m.series[string(key)] = c
+	c := m.requests.WithLabelValues(aggregate.Methods[k.method], m.label(hostDim, k.host), m.label(pathDim, k.path), codeLabels[code])
+	m.series.add(k, c)
 	return c
 }
 
-func (m *Metrics) seriesKey(method int, host, path string, code int) []byte {
-	k := append(m.buf[:0], aggregate.Methods[method]...)
-	k = append(k, 0)
-	k = append(k, host...)
-	k = append(k, 0)
-	k = append(k, path...)
-	k = append(k, 0)
-	k = append(k, codeLabels[code]...)
-	m.buf = k
-	return k
+// seriesKey names a requests_total child by the Ranker slots of its host and path (-1:
+// "other"), so that finding it needs no string.
+type seriesKey struct {
+	host, path int32
+	code       uint16
+	method     uint8
+}
+
+func (k seriesKey) slot(dim int) int32 {
+	if dim == hostDim {
+		return k.host
+	}
+	return k.path
+}
+
+// seriesSet holds the requests_total children, indexed by key and linked in one list per
+// host slot and one per path slot, so that a value losing its slot deletes its series in
+// time proportional to their number: each deletion is paid for by the request that created
+// the series. Its size is bounded by MaxSeries plus the "other"/"other" overflow series.
+type seriesSet struct {
+	index   map[seriesKey]int32
+	entries []seriesEntry
+	free    []int32    // unused entries
+	heads   [2][]int32 // by dimension and slot: the first entry of its list, -1 if none
+}
+
+type seriesEntry struct {
+	c          prometheus.Counter
+	key        seriesKey
+	prev, next [2]int32 // by dimension: neighbours in the slot's list, -1 if none
+}
+
+func newSeriesSet(hosts, paths int) seriesSet {
+	s := seriesSet{index: make(map[seriesKey]int32)}
+	for dim, n := range [2]int{hosts, paths} {
+		s.heads[dim] = make([]int32, n)
+		for i := range s.heads[dim] {
+			s.heads[dim][i] = -1
+		}
+	}
+	return s
+}
+
+func (s *seriesSet) add(k seriesKey, c prometheus.Counter) {
+	var i int32
+	if n := len(s.free); n > 0 {
+		i, s.free = s.free[n-1], s.free[:n-1]
+	} else {
+		i = int32(len(s.entries))
+		s.entries = append(s.entries, seriesEntry{})
+	}
+	e := &s.entries[i]
+	*e = seriesEntry{c: c, key: k, prev: [2]int32{-1, -1}, next: [2]int32{-1, -1}}
+	for dim := range 2 {
+		if slot := k.slot(dim); slot >= 0 {
+			head := &s.heads[dim][slot]
+			e.next[dim] = *head
+			if *head >= 0 {
+				s.entries[*head].prev[dim] = i
+			}
+			*head = i
+		}
+	}
+	s.index[k] = i
+}
+
+// drop removes every series of slot in dimension dim, calling del with each one's key.
+func (s *seriesSet) drop(dim int, slot int32, del func(seriesKey)) {
+	for i := s.heads[dim][slot]; i >= 0; {
+		e := &s.entries[i]
+		next := e.next[dim]
+		if other := 1 - dim; e.key.slot(other) >= 0 {
+			s.unlink(i, other)
+		}
+		del(e.key)
+		delete(s.index, e.key)
+		*e = seriesEntry{}
+		s.free = append(s.free, i)
+		i = next
+	}
+	s.heads[dim][slot] = -1
+}
+
+// unlink takes entry i out of its list in dimension dim.
+func (s *seriesSet) unlink(i int32, dim int) {
+	e := &s.entries[i]
+	if p := e.prev[dim]; p >= 0 {
+		s.entries[p].next[dim] = e.next[dim]
+	} else {
+		s.heads[dim][e.key.slot(dim)] = e.next[dim]
+	}
+	if n := e.next[dim]; n >= 0 {
+		s.entries[n].prev[dim] = e.prev[dim]
+	}
 }
 
 // SetProbesAttached sets kong_watcher_probes_attached.

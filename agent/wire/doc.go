@@ -32,6 +32,10 @@
 //
 // # User space (Parser)
 //
+// Each ring record is checked before it is parsed (decodeEvent): one the kernel side cannot
+// have written (short, oversized, fields out of range) is skipped and counted in
+// Status.BadRecords, with a log line at most every 10 s.
+//
 // One parser per connection, keyed by (pid, fd) or (pid, SSL*): request heads are queued
 // (pipelining), response heads paired in order; bodies are skipped by Content-Length or
 // chunked framing (HEAD, 1xx, 204, 304 have none; a response without length ends at close).

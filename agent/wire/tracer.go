@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"debug/elf"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -12,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -39,8 +37,10 @@ const (
 )
 
 const (
-	kindClose  = 1 // enum wire_kind
-	dirOut     = 1 // enum wire_dir
+	kindData   = 0 // enum wire_kind
+	kindClose  = 1
+	dirIn      = 0 // enum wire_dir
+	dirOut     = 1
 	statEvents = 0 // enum wire_stat
 	statDrops  = 1
 )
@@ -100,6 +100,8 @@ type Status struct {
 	PIDs     int
 	Events   uint64 // events the kernel side emitted
 	Dropped  uint64 // events lost because the ring buffer was full
+	// BadRecords counts ring-buffer records that did not decode as an event: skipped.
+	BadRecords uint64
 	ParserStats
 }
 
@@ -130,6 +132,7 @@ type Tracer struct {
 	libs      map[fileID]*attachedLib
 	gws       map[discovery.GatewayID]*gwState
 	pstats    ParserStats
+	bad       uint64 // BadRecords
 
 	rd        *ringbuf.Reader
 	monoToRT  int64 // add to a CLOCK_MONOTONIC ns to get Unix ns
@@ -534,8 +537,9 @@ func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
 		<-ctx.Done()
 		t.rd.Close() // unblocks ReadInto
 	}()
-	const hdrSize = int(unsafe.Sizeof(bpf.WireWireEventHdr{}))
 	var rec ringbuf.Record
+	var bad uint64
+	badLog := logLimiter{every: 10 * time.Second}
 	lastStats := time.Now()
 	for {
 		// Events are submitted without wake-ups below a fill threshold: poll.
@@ -543,61 +547,71 @@ func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
 		err := t.rd.ReadInto(&rec)
 		switch {
 		case err == nil:
-			if len(rec.RawSample) < hdrSize {
-				continue
+			ev, derr := decodeEvent(rec.RawSample, t.monoToRT)
+			if derr != nil {
+				bad++
+				if ok, held := badLog.allow(time.Now()); ok {
+					t.log.Info("wire: ring-buffer record skipped", "reason", derr.Error(), "badRecords", bad, "notLogged", held)
+				}
+				break
 			}
-			t.handle(parser, rec.RawSample, hdrSize)
+			t.handle(parser, ev)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 		case errors.Is(err, ringbuf.ErrClosed):
-			t.publish(parser)
+			t.publish(parser, bad)
 			return nil
 		default:
 			return err
 		}
 		if time.Since(lastStats) > 100*time.Millisecond || err != nil {
-			t.publish(parser)
+			t.publish(parser, bad)
 			lastStats = time.Now()
 		}
 	}
 }
 
-func (t *Tracer) publish(p *Parser) {
+func (t *Tracer) publish(p *Parser, bad uint64) {
 	s := p.Stats()
 	t.mu.Lock()
 	t.pstats = s
+	t.bad = bad
 	t.mu.Unlock()
 }
 
-func (t *Tracer) handle(p *Parser, raw []byte, hdrSize int) {
-	le := binary.LittleEndian
-	ts := le.Uint64(raw[0:])
-	conn := le.Uint64(raw[8:])
-	tgid := le.Uint32(raw[16:])
-	n := le.Uint32(raw[20:])
-	capd := int(le.Uint16(raw[24:]))
-	kind, dir, tls := raw[27], raw[28], raw[29]
-	key := ConnKey{TGID: tgid, TLS: tls != 0, ID: conn}
-	when := time.Unix(0, int64(ts)+t.monoToRT)
-	if kind == kindClose {
-		p.Close(key, when)
+func (t *Tracer) handle(p *Parser, ev event) {
+	if ev.close {
+		p.Close(ev.chunk.Key, ev.chunk.TS)
 		return
 	}
-	data := raw[hdrSize:]
-	if capd < len(data) {
-		data = data[:capd]
-	}
-	ch := Chunk{Key: key, Out: dir == dirOut, TS: when, Len: int64(n), Data: data}
 	if t.onChunk != nil {
-		t.onChunk(ch)
+		t.onChunk(ev.chunk)
 	}
-	p.Feed(ch)
+	p.Feed(ev.chunk)
+}
+
+// logLimiter lets a log line through at most once per interval and counts those held back.
+type logLimiter struct {
+	every time.Duration
+	last  time.Time
+	held  uint64
+}
+
+// allow reports whether to log now, and how many lines were held back since the last one.
+func (l *logLimiter) allow(now time.Time) (bool, uint64) {
+	if !l.last.IsZero() && now.Sub(l.last) < l.every {
+		l.held++
+		return false, 0
+	}
+	held := l.held
+	l.last, l.held = now, 0
+	return true, held
 }
 
 // Status reports attachments and counters.
 func (t *Tracer) Status() Status {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s := Status{Mode: t.mode, Gateways: len(t.gws), ParserStats: t.pstats}
+	s := Status{Mode: t.mode, Gateways: len(t.gws), ParserStats: t.pstats, BadRecords: t.bad}
 	for _, l := range t.libs {
 		s.Probes = append(s.Probes, l.probes...)
 	}

@@ -1,0 +1,89 @@
+package wire
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+	"unsafe"
+
+	"github.com/kong-watcher/kong-watcher/bpf"
+)
+
+// Ring-buffer records: a struct wire_event_hdr (bpf/headers/wire_types.h) followed by up to
+// wireCap captured bytes. The kernel side reserves one of three record sizes and says in cap
+// how many of the bytes after the header are the stream's.
+const (
+	hdrSize = int(unsafe.Sizeof(bpf.WireWireEventHdr{}))
+	wireCap = 1024 // WIRE_CAP
+)
+
+// event is one decoded record: a chunk of a connection's stream, or its close (then only
+// chunk.Key and chunk.TS are set).
+type event struct {
+	close bool
+	chunk Chunk
+}
+
+// decodeEvent decodes a record the kernel side wrote, adding monoToRT to its CLOCK_MONOTONIC
+// stamp. The chunk's Data aliases raw. A record the kernel side cannot have written (short,
+// oversized, fields out of range or contradicting each other) is an error: feeding it to the
+// parser would corrupt a connection's framing.
+func decodeEvent(raw []byte, monoToRT int64) (event, error) {
+	if len(raw) < hdrSize {
+		return event{}, fmt.Errorf("record of %d bytes, shorter than the %d-byte header", len(raw), hdrSize)
+	}
+	if len(raw) > hdrSize+wireCap {
+		return event{}, fmt.Errorf("record of %d bytes, longer than the largest event (%d)", len(raw), hdrSize+wireCap)
+	}
+	le := binary.LittleEndian
+	ts := le.Uint64(raw[0:])
+	conn := le.Uint64(raw[8:])
+	tgid := le.Uint32(raw[16:])
+	n := le.Uint32(raw[20:])
+	capd := int(le.Uint16(raw[24:]))
+	fn, kind, dir, tls := raw[26], raw[27], raw[28], raw[29]
+	if raw[30] != 0 || raw[31] != 0 {
+		return event{}, fmt.Errorf("header padding %#x %#x, not zero", raw[30], raw[31])
+	}
+	if fn < fnRecv || fn > fnSSLFree {
+		return event{}, fmt.Errorf("unknown function %d", fn)
+	}
+	isTLS := fn == fnSSLRead || fn == fnSSLWrite || fn == fnSSLFree
+	if tls > 1 || (tls == 1) != isTLS {
+		return event{}, fmt.Errorf("tls flag %d for function %d", tls, fn)
+	}
+	wantDir := uint8(dirOut)
+	if fn == fnRecv || fn == fnSSLRead {
+		wantDir = dirIn
+	}
+	if dir != wantDir {
+		return event{}, fmt.Errorf("direction %d for function %d", dir, fn)
+	}
+	if tgid == 0 {
+		return event{}, fmt.Errorf("no process (tgid 0)")
+	}
+	key := ConnKey{TGID: tgid, TLS: isTLS, ID: conn}
+	when := time.Unix(0, int64(ts)+monoToRT)
+	closing := fn == fnClose || fn == fnSSLFree
+	switch kind {
+	case kindClose:
+		if !closing || n != 0 || capd != 0 {
+			return event{}, fmt.Errorf("close record of function %d with %d bytes (%d captured)", fn, n, capd)
+		}
+		return event{close: true, chunk: Chunk{Key: key, TS: when}}, nil
+	case kindData:
+		switch {
+		case closing:
+			return event{}, fmt.Errorf("data record of function %d", fn)
+		case n == 0:
+			return event{}, fmt.Errorf("data record of no bytes")
+		case capd > int(n) || capd > wireCap:
+			return event{}, fmt.Errorf("%d bytes captured of %d (at most %d)", capd, n, wireCap)
+		case hdrSize+capd > len(raw):
+			return event{}, fmt.Errorf("%d bytes captured, the record holds %d", capd, len(raw)-hdrSize)
+		}
+		data := raw[hdrSize : hdrSize+capd : hdrSize+capd]
+		return event{chunk: Chunk{Key: key, Out: dir == dirOut, TS: when, Len: int64(n), Data: data}}, nil
+	}
+	return event{}, fmt.Errorf("unknown record kind %d", kind)
+}

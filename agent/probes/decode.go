@@ -121,6 +121,10 @@ func (c clock) toRequest(ev *rawEvent, status uint64, out *model.Request) {
 	out.Method = str(ev.Method[:], ev.MethodLen)
 	out.Host = str(ev.Host[:], ev.HostLen)
 	out.URI = str(ev.Uri[:], ev.UriLen)
+	// The record carries the real lengths: longer than the buffer means the value was cut
+	// (the buffers are model.MaxHostLen and model.MaxURILen bytes, see TestEventSizes).
+	out.HostTruncated = int(ev.HostLen) > len(ev.Host)
+	out.URITruncated = int(ev.UriLen) > len(ev.Uri)
 	if ev.MethodLen > 0 {
 		// No request line parsed (a 400 on it): nginx logs no protocol either.
 		out.Proto = proto(ev.HttpVersion)

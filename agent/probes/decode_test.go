@@ -21,6 +21,11 @@ func TestEventSizes(t *testing.T) {
 	if calibSize != 456+8+2*40+16+3*64+3*8+96+2*4+2*64+2048 {
 		t.Fatalf("calibration event is %d bytes", calibSize)
 	}
+	// Both data paths cut Host and URI at the same lengths: the record's buffers.
+	var ev rawEvent
+	if len(ev.Host) != model.MaxHostLen || len(ev.Uri) != model.MaxURILen {
+		t.Fatalf("host/uri buffers %d/%d bytes, model says %d/%d", len(ev.Host), len(ev.Uri), model.MaxHostLen, model.MaxURILen)
+	}
 }
 
 func setStr(dst []int8, s string) uint32 {
@@ -60,11 +65,27 @@ func TestToRequest(t *testing.T) {
 	if !plausible(&ev, ev.Status, &r) {
 		t.Fatal("not plausible")
 	}
+	if r.URITruncated || r.HostTruncated {
+		t.Fatalf("short values marked as cut: %+v", r)
+	}
 	// Truncated URI: the buffer holds 160 bytes of a longer one.
 	ev.UriLen = 500
 	clock{}.toRequest(&ev, ev.Status, &r)
-	if len(r.URI) != 160 {
-		t.Fatalf("truncated uri has %d bytes", len(r.URI))
+	if len(r.URI) != 160 || !r.URITruncated || r.HostTruncated {
+		t.Fatalf("truncated uri has %d bytes, URITruncated %v HostTruncated %v", len(r.URI), r.URITruncated, r.HostTruncated)
+	}
+	// Exactly as long as the buffer: complete, not cut.
+	ev.UriLen = model.MaxURILen
+	clock{}.toRequest(&ev, ev.Status, &r)
+	if r.URITruncated {
+		t.Fatal("a URI of exactly MaxURILen bytes marked as cut")
+	}
+	// Truncated Host.
+	ev = sampleEvent()
+	ev.HostLen = setStr(ev.Host[:], strings.Repeat("h", 100))
+	clock{}.toRequest(&ev, ev.Status, &r)
+	if r.Host != strings.Repeat("h", 64) || !r.HostTruncated || r.URITruncated {
+		t.Fatalf("truncated host %q, HostTruncated %v URITruncated %v", r.Host, r.HostTruncated, r.URITruncated)
 	}
 	// Wrong layout symptoms.
 	ev = sampleEvent()
@@ -141,6 +162,23 @@ func TestDecodeCalib(t *testing.T) {
 	if err := (clock{}).decodeCalib(cb, l, 0, &r); err != nil || r.Host != "" {
 		t.Fatalf("no Host, server_name offset unknown: %q %v", r.Host, err)
 	}
+	// Long values: the learnt candidate's length decides, not another candidate's.
+	long := strings.Repeat("x", 70)
+	cb.HostLen[0] = setStr(cb.Host[0][:], long)
+	if err := (clock{}).decodeCalib(cb, l, 64, &r); err != nil || r.Host != long[:64] || !r.HostTruncated {
+		t.Fatalf("long Host: %q cut %v %v", r.Host, r.HostTruncated, err)
+	}
+	cb.HostLen[0] = setStr(cb.Host[0][:], "right.example")
+	cb.HostLen[1] = setStr(cb.Host[1][:], long)
+	if err := (clock{}).decodeCalib(cb, l, 64, &r); err != nil || r.HostTruncated {
+		t.Fatalf("another candidate's long Host marked this one cut: %+v %v", r, err)
+	}
+	cb.HostLen[0], cb.HostLen[1] = 0, setStr(cb.Host[1][:], "wrong.example")
+	cb.SnLen[1] = setStr(cb.Sn[1][:], long)
+	if err := (clock{}).decodeCalib(cb, l, 64, &r); err != nil || r.Host != long[:64] || !r.HostTruncated {
+		t.Fatalf("long server_name: %q cut %v %v", r.Host, r.HostTruncated, err)
+	}
+	cb.SnLen[1] = setStr(cb.Sn[1][:], "default.server")
 	cb.S_off = 0 // the BPF scan found no start_sec: strings were not captured
 	if err := (clock{}).decodeCalib(cb, l, 64, &r); err == nil {
 		t.Fatal("decoded a calibration event whose strings were not captured")
@@ -173,6 +211,9 @@ func FuzzDecode(f *testing.F) {
 		plausible(&r.ev, r.ev.Status, &req)
 		if len(req.Method) > 16 || len(req.Host) > 64 || len(req.URI) > 160 || len(req.ClientAddr) > 48 {
 			t.Fatalf("string longer than its buffer: %+v", req)
+		}
+		if req.URITruncated != (r.ev.UriLen > model.MaxURILen) || req.HostTruncated != (r.ev.HostLen > model.MaxHostLen) {
+			t.Fatalf("cut flags %v/%v for lengths %d/%d", req.URITruncated, req.HostTruncated, r.ev.UriLen, r.ev.HostLen)
 		}
 		if r.calib != nil {
 			s := calibSample(r.calib, 1_796_000_000)

@@ -111,11 +111,11 @@ func (a *Aggregator) Observe(r *model.Request) {
 	}
 	a.mu.Lock()
 	// Build both row keys in one reused buffer: host, then "METHOD /normalised/path".
-	buf := AppendHost(a.keyBuf[:0], r.Host)
+	buf := pathnorm.MarkCut(AppendHost(a.keyBuf[:0], r.Host), r.HostTruncated)
 	hostLen := len(buf)
 	buf = append(buf, Method(r.Method)...)
 	buf = append(buf, ' ')
-	buf = pathnorm.Append(buf, r.URI)
+	buf = pathnorm.AppendCut(buf, r.URI, r.URITruncated)
 	host := place(a.hosts, buf[:hostLen], &a.current.hosts, &a.total.hosts)
 	path := place(a.paths, buf[hostLen:], &a.current.paths, &a.total.paths)
 	a.current.observe(r, end, host, path)

@@ -158,9 +158,9 @@ func (m *Metrics) Observe(r *model.Request) {
 	}
 
 	m.mu.Lock()
-	buf := aggregate.AppendHost(m.buf[:0], r.Host)
+	buf := pathnorm.MarkCut(aggregate.AppendHost(m.buf[:0], r.Host), r.HostTruncated)
 	host := m.place(hostDim, buf)
-	buf = pathnorm.Append(buf[:0], r.URI)
+	buf = pathnorm.AppendCut(buf[:0], r.URI, r.URITruncated)
 	path := m.place(pathDim, buf)
 	counter := m.counter(method, host, path, code)
 	m.buf = buf

@@ -139,8 +139,8 @@ func (l *RequestLogger) Observe(r *model.Request) {
 	kv := make([]any, 0, 24)
 	kv = append(kv,
 		"method", r.Method,
-		"host", r.Host,
-		"path", pathnorm.Normalise(r.URI),
+		"host", pathnorm.Host(r.Host, r.HostTruncated),
+		"path", pathnorm.NormaliseCut(r.URI, r.URITruncated),
 		"uri", uri,
 		"status", r.Status,
 		"latencyMs", ms(r.Latency),

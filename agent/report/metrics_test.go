@@ -198,6 +198,21 @@ func BenchmarkMetricsObserve(b *testing.B) {
 	}
 }
 
+// Worst case: junk hosts and paths in pairs, so that places and series keep changing hands.
+func BenchmarkMetricsObservePairs(b *testing.B) {
+	m, _ := newTestMetrics(b, MetricsOptions{})
+	reqs := make([]*model.Request, 8192)
+	for i := range reqs {
+		reqs[i] = &model.Request{Method: "GET", Host: fmt.Sprintf("h%d.example.com", i/2), URI: junkPath(i / 2),
+			Status: 200, Latency: time.Millisecond}
+	}
+	b.ReportAllocs()
+	defer reportCPU(b)()
+	for i := 0; b.Loop(); i++ {
+		m.Observe(reqs[i%len(reqs)])
+	}
+}
+
 // reportCPU adds a cpu-ns/op metric: the process's CPU time per operation. On a shared,
 // oversubscribed machine wall-clock ns/op measures the neighbours; CPU time measures us.
 func reportCPU(b *testing.B) func() {

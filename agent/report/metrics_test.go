@@ -331,6 +331,40 @@ func TestMetricsJunkFirstCannotPoisonLabels(t *testing.T) {
 	checkSeries(t, m, reg)
 }
 
+// Junk that was heavy for a while is forgotten after a few halving periods of later
+// traffic: the real values get series of their own and the junk's are deleted.
+func TestMetricsHeavyJunkBurstIsForgotten(t *testing.T) {
+	const max = 10
+	m, reg := newTestMetrics(t, MetricsOptions{MaxHosts: max, MaxPaths: max})
+	for i := 0; i < 2000; i++ {
+		m.Observe(&model.Request{Method: "GET", Host: fmt.Sprintf("junk%d.example.com", i%max), URI: junkPath(i % max), Status: 404})
+	}
+	hosts := []string{"api.example.com", "shop.example.com", "auth.example.com"}
+	bound := 4 * 16 * max // four halving periods
+	n := 0
+	for ; n < bound; n++ {
+		m.Observe(&model.Request{Method: "GET", Host: hosts[n%3], URI: "/users", Status: 200})
+		got := labelValues(reg)
+		if got["host"][hosts[0]] > 0 && got["host"][hosts[1]] > 0 && got["host"][hosts[2]] > 0 && got["path"]["/users"] > 0 {
+			break
+		}
+	}
+	t.Logf("real values have series after %d requests", n)
+	if n >= bound {
+		t.Fatalf("no series of their own after %d requests: %v", bound, labelValues(reg))
+	}
+	junk := 0
+	for v := range labelValues(reg)["host"] {
+		if strings.Contains(v, "junk") {
+			junk++
+		}
+	}
+	if junk > max-3 {
+		t.Errorf("%d junk hosts still have series", junk)
+	}
+	checkSeries(t, m, reg)
+}
+
 // A value that loses its place loses its series and counts under "other"; when it gains a
 // place again it has a series again, counting from zero.
 func TestMetricsPlaceChangesHands(t *testing.T) {

@@ -235,6 +235,33 @@ func TestAgentPolicy(t *testing.T) {
 		t.Errorf("events.k8s.io Event about another pod: %v, want a denial by the events policy", err)
 	}
 
+	// A token of the same service account bound to no pod (`kubectl create token kong`, a
+	// legacy Secret token) changes nothing through the agent's rights: not its "own" pod's
+	// kong-watcher.io annotations (it has none), not a label, not an Event.
+	unbound := tokenClient(t, ctx, admin, cfg, ns, "kong", nil)
+	if rev, err := unbound.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("SelfSubjectReview (unbound): %v", err)
+	} else if _, bound := rev.Status.UserInfo.Extra[podNameClaim]; bound || rev.Status.UserInfo.Username != "system:serviceaccount:"+ns+":kong" {
+		t.Fatalf("unbound token identity %+v, want the kong service account without a pod claim", rev.Status.UserInfo)
+	}
+	for _, tc := range []struct{ name, pod, body string }{
+		{"unbound token, kong-watcher.io annotation", podA.Name, `{"metadata":{"annotations":{"kong-watcher.io/requests":"total=666"}}}`},
+		{"unbound token, label", podA.Name, `{"metadata":{"labels":{"kong-watcher.io/x":"y"}}}`},
+		{"unbound token, another pod's annotation", podB.Name, `{"metadata":{"annotations":{"kong-watcher.io/requests":"total=666"}}}`},
+	} {
+		if err := patch(unbound, tc.pod, tc.body); !denied(err) {
+			t.Errorf("%s: %v, want a denial by the ValidatingAdmissionPolicy", tc.name, err)
+		} else if !strings.Contains(err.Error(), "token bound to its own pod") {
+			t.Errorf("%s: denial %q does not say why", tc.name, err)
+		}
+	}
+	if _, err := unbound.CoreV1().Events(ns).Create(ctx, coreEvent("unbound", "Pod", podA.Name), metav1.CreateOptions{}); !deniedBy(err, "kong-watcher-agent-events") {
+		t.Errorf("unbound token, Event about pod A: %v, want a denial by the events policy", err)
+	}
+	if _, err := unbound.EventsV1().Events(ns).Create(ctx, newEvent("unbound-v1", podA.Name), metav1.CreateOptions{}); !deniedBy(err, "kong-watcher-agent-events") {
+		t.Errorf("unbound token, events.k8s.io Event about pod A: %v, want a denial by the events policy", err)
+	}
+
 	// Not constrained: another pod-bound service account without the agent's ClusterRole
 	// (the policy must not break operators), and an administrator.
 	if err := patch(operator, podB.Name, `{"metadata":{"labels":{"operator":"was-here"},"annotations":{"user/note":"operator"}}}`); err != nil {
@@ -246,18 +273,18 @@ func TestAgentPolicy(t *testing.T) {
 }
 
 // tokenClient returns a clientset authenticated with a token of service account ns/sa bound to
-// pod (what the kubelet mounts into the pod as its projected token).
+// pod (what the kubelet mounts into the pod as its projected token), or bound to nothing when
+// pod is nil (what `kubectl create token` hands out).
 func tokenClient(t *testing.T, ctx context.Context, admin *kubernetes.Clientset, cfg *rest.Config, ns, sa string, pod *corev1.Pod) *kubernetes.Clientset {
 	t.Helper()
 	exp := int64(3600)
-	tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			ExpirationSeconds: &exp,
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-		},
-	}, metav1.CreateOptions{})
+	spec := authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}
+	if pod != nil {
+		spec.BoundObjectRef = &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}
+	}
+	tr, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{Spec: spec}, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatalf("TokenRequest for %s/%s bound to pod %s: %v", ns, sa, pod.Name, err)
+		t.Fatalf("TokenRequest for %s/%s (pod %v): %v", ns, sa, pod != nil, err)
 	}
 	sc := rest.AnonymousClientConfig(cfg)
 	sc.BearerToken = tr.Status.Token

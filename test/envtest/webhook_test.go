@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -106,6 +107,32 @@ func (w *runningWebhook) stop(t *testing.T) {
 			}
 		case <-time.After(30 * time.Second):
 			t.Errorf("webhook did not stop within 30s")
+		}
+	})
+}
+
+// startWebhookProvidedCerts runs the webhook with certificates from elsewhere: envtest's own
+// serving pair, whose CA the webhook configuration is set back to trusting (whatever an earlier
+// test's rotator wrote; cert-manager's CA injector plays this part in a cluster). A process
+// runs one certificate rotator, so every test but TestWebhookWithRotator uses this.
+func startWebhookProvidedCerts(t *testing.T, e *envtest.Environment, cfg *rest.Config, mod func(*app.Options)) *runningWebhook {
+	t.Helper()
+	c := newClient(t, cfg)
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := c.Get(t.Context(), types.NamespacedName{Name: app.DefaultWebhookConfigName}, mwc); err != nil {
+		t.Fatal(err)
+	}
+	for i := range mwc.Webhooks {
+		mwc.Webhooks[i].ClientConfig.CABundle = e.WebhookInstallOptions.LocalServingCAData
+	}
+	if err := c.Update(t.Context(), mwc); err != nil {
+		t.Fatal(err)
+	}
+	return startWebhook(t, cfg, e.WebhookInstallOptions.LocalServingPort, func(o *app.Options) {
+		o.DisableCertRotation = true
+		o.WebhookCertPath = e.WebhookInstallOptions.LocalServingCertDir
+		if mod != nil {
+			mod(o)
 		}
 	})
 }
@@ -363,23 +390,10 @@ func TestWebhookWithProvidedCerts(t *testing.T) {
 	e, cfg := startEnv(t)
 	c := newClient(t, cfg)
 	ctx := t.Context()
-	// Whatever an earlier test's rotator wrote, trust envtest's CA again (cert-manager's CA
-	// injector plays this part in a cluster).
-	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
-	if err := c.Get(ctx, types.NamespacedName{Name: app.DefaultWebhookConfigName}, mwc); err != nil {
-		t.Fatal(err)
-	}
-	for i := range mwc.Webhooks {
-		mwc.Webhooks[i].ClientConfig.CABundle = e.WebhookInstallOptions.LocalServingCAData
-	}
-	if err := c.Update(ctx, mwc); err != nil {
-		t.Fatal(err)
-	}
-	startWebhook(t, cfg, e.WebhookInstallOptions.LocalServingPort, func(o *app.Options) {
-		o.DisableCertRotation = true
-		o.WebhookCertPath = e.WebhookInstallOptions.LocalServingCertDir
+	startWebhookProvidedCerts(t, e, cfg, func(o *app.Options) {
 		o.Agent.NativeSidecar = false // and the plain-container variant
 	})
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
 	ns := "kong-" + rand.String(5)
 	ensureNamespace(t, c, ns)
 	pod := kongPod(ns, "kong", true)

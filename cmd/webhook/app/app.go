@@ -13,6 +13,7 @@ import (
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -97,6 +98,19 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 	}
 
 	hook := inject.NewWebhook(o.Agent, mgr.GetEventRecorder(EventSource), log.WithName("inject"))
+	if o.VerifyInjectedPods {
+		// A client of its own: protobuf (pods are big, and this runs inside an admission's
+		// deadline), and no client-side rate limit queuing an admission behind others.
+		ccfg := rest.CopyConfig(cfg)
+		ccfg.ContentType = "application/vnd.kubernetes.protobuf"
+		ccfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+		ccfg.QPS, ccfg.Burst = -1, 0
+		cs, err := kubernetes.NewForConfig(ccfg)
+		if err != nil {
+			return fmt.Errorf("creating the dry-run client: %w", err)
+		}
+		hook.WithAdmissionCheck(inject.DryRunCreate(cs))
+	}
 
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("adding health check: %w", err)
@@ -122,7 +136,7 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 	log.Info("starting kong-watcher webhook", "version", version.Version, "namespace", o.Namespace,
 		"certRotation", !o.DisableCertRotation, "agentImage", o.Agent.Image,
 		"nativeSidecar", o.Agent.NativeSidecar, "privileged", o.Agent.Privileged,
-		"excludedNamespaces", o.Agent.ExcludedNamespaces)
+		"excludedNamespaces", o.Agent.ExcludedNamespaces, "verifyInjectedPods", o.VerifyInjectedPods)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("running manager: %w", err)
 	}

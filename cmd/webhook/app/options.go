@@ -57,6 +57,9 @@ type Options struct {
 	ExtraDNSNames []string
 
 	Agent inject.Config
+	// VerifyInjectedPods: dry-run every injected pod against the API server and leave it
+	// unchanged when it would be refused (inject.DryRunCreate).
+	VerifyInjectedPods bool
 
 	// Raw agent resource quantities, parsed into Agent.Resources by Complete.
 	AgentCPURequest, AgentMemoryRequest, AgentCPULimit, AgentMemoryLimit string
@@ -83,6 +86,7 @@ func NewOptions() *Options {
 		SecretName:          DefaultSecretName,
 		WebhookConfigName:   DefaultWebhookConfigName,
 		Agent:               agent,
+		VerifyInjectedPods:  true,
 		AgentCPURequest:     "100m",
 		AgentMemoryRequest:  "128Mi",
 		AgentCPULimit:       "200m",
@@ -118,6 +122,10 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect,
 		"Enable leader election. Nothing in the webhook needs a single leader (every replica rotates certificates "+
 			"and serves), so it is off by default.")
+	fs.BoolVar(&o.VerifyInjectedPods, "verify-injected-pods", o.VerifyInjectedPods,
+		"Dry-run every injected pod against the API server first and create it without the agent when it would be "+
+			"refused (Pod Security, quotas, policy engines). Needs the create-pods right the ValidatingAdmissionPolicy "+
+			"in config/webhook limits to dry runs.")
 	fs.BoolVar(&o.EnableHTTP2, "enable-http2", o.EnableHTTP2,
 		"If set, HTTP/2 will be enabled for the webhook server (off by default: HTTP/2 Stream Cancellation and Rapid Reset CVEs).")
 	fs.StringVar(&o.WebhookHost, "webhook-host", o.WebhookHost, "The address the webhook server binds to (empty: all).")

@@ -1,0 +1,208 @@
+package envtest
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+
+	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/webhook/inject"
+)
+
+// restrictedKongPod is a labelled Kong pod that the restricted Pod Security level admits by
+// itself, owned by rs (so the webhook's Event has somewhere to go).
+func restrictedKongPod(rs *appsv1.ReplicaSet) *corev1.Pod {
+	yes, no, uid := true, false, int64(1000)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: rs.Namespace, GenerateName: rs.Name + "-",
+			Labels: map[string]string{"app": "kong", kwv1.LabelInject: kwv1.LabelInjectValue},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet",
+				Name: rs.Name, UID: rs.UID, Controller: &yes, BlockOwnerDeletion: &yes}}},
+		Spec: corev1.PodSpec{
+			SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: &yes, RunAsUser: &uid,
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
+			Containers: []corev1.Container{{Name: "proxy", Image: "kong:3.9",
+				Ports: []corev1.ContainerPort{{Name: "proxy", ContainerPort: 8000}},
+				SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: &no,
+					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}},
+		},
+	}
+}
+
+// createLabelledKong creates a ReplicaSet and one labelled pod of it in ns, the way the
+// ReplicaSet controller would, and returns the stored pod, the warnings the creator saw and
+// the webhook's Event on the ReplicaSet.
+func createLabelledKong(t *testing.T, cfg *rest.Config, ns string) (*corev1.Pod, []string, *eventsv1.Event) {
+	t.Helper()
+	ctx := t.Context()
+	c := newClient(t, cfg)
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "kong-" + rand.String(6)},
+		Spec: appsv1.ReplicaSetSpec{
+			Replicas: new(int32),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "kong"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "kong", kwv1.LabelInject: "true"}},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "proxy", Image: "kong:3.9"}}},
+			},
+		},
+	}
+	if err := c.Create(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	wcfg := rest.CopyConfig(cfg)
+	rec := &warningRecorder{}
+	wcfg.WarningHandler = rec
+	pod := restrictedKongPod(rs)
+	if err := newClient(t, wcfg).Create(ctx, pod); err != nil {
+		t.Fatalf("the labelled Kong pod was not created in namespace %s: %v", ns, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var evs eventsv1.EventList
+		if err := c.List(ctx, &evs, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		for i, ev := range evs.Items {
+			if ev.Regarding.Kind == "ReplicaSet" && ev.Regarding.Name == rs.Name {
+				return pod, rec.all(), &evs.Items[i]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no webhook Event on ReplicaSet %s/%s after 30s", ns, rs.Name)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkPodSecurityOutcome checks one labelled Kong pod against what its namespace's
+// enforced level allows: injected, or created without the agent with a Warning Event and a
+// warning to its creator that quote the API server and say how to allow it.
+func checkPodSecurityOutcome(t *testing.T, cfg *rest.Config, ns string, wantInjected bool) {
+	t.Helper()
+	pod, warnings, ev := createLabelledKong(t, cfg, ns)
+	a, _ := agentOf(pod)
+	t.Logf("%s: agent injected %v; event %s %s: %.300s; warnings %q", ns, a != nil, ev.Type, ev.Reason, ev.Note, warnings)
+	if wantInjected {
+		if a == nil || ev.Reason != kwv1.ReasonInjected {
+			t.Errorf("%s: want the agent injected, got agent %v and event %s: %s", ns, a != nil, ev.Reason, ev.Note)
+		}
+		return
+	}
+	if a != nil || pod.Spec.ShareProcessNamespace != nil || pod.Annotations[kwv1.AnnotationInjected] != "" {
+		t.Errorf("%s: the pod was mutated although the API server refuses the agent here", ns)
+	}
+	if ev.Type != corev1.EventTypeWarning || ev.Reason != kwv1.ReasonInjectionSkipped ||
+		!strings.Contains(ev.Note, inject.ReasonAdmissionWouldReject) || !strings.Contains(ev.Note, "PodSecurity") ||
+		!strings.Contains(ev.Note, "enforce=privileged") {
+		t.Errorf("%s: event %s %s %q, want a Warning InjectionSkipped quoting Pod Security and how to allow it", ns, ev.Type, ev.Reason, ev.Note)
+	}
+	found := false
+	for _, w := range warnings {
+		found = found || (strings.Contains(w, "not injected") && strings.Contains(w, "PodSecurity"))
+	}
+	if !found {
+		t.Errorf("%s: the pod's creator got no warning saying why: %q", ns, warnings)
+	}
+}
+
+// TestInjectionUnderPodSecurity: a labelled Kong pod is created in every namespace whatever
+// Pod Security level it enforces; it gets the agent where the level admits it.
+func TestInjectionUnderPodSecurity(t *testing.T) {
+	e, cfg := startEnv(t)
+	c := newClient(t, cfg)
+	startWebhookProvidedCerts(t, e, cfg, nil)
+
+	for _, tc := range []struct {
+		level        string
+		wantInjected bool
+	}{
+		{"", true}, // the API server's default level: privileged
+		{"privileged", true},
+		{"baseline", false},
+		{"restricted", false},
+	} {
+		name := tc.level
+		if name == "" {
+			name = "unlabelled"
+		}
+		t.Run(name, func(t *testing.T) {
+			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "psa-" + name + "-" + rand.String(4)}}
+			if tc.level != "" {
+				ns.Labels = map[string]string{"pod-security.kubernetes.io/enforce": tc.level}
+			}
+			if err := c.Create(t.Context(), ns); err != nil {
+				t.Fatal(err)
+			}
+			checkPodSecurityOutcome(t, cfg, ns.Name, tc.wantInjected)
+		})
+	}
+}
+
+// TestInjectionUnderClusterDefaultPodSecurity: an API server whose AdmissionConfiguration
+// enforces baseline by default (no namespace label anywhere) still creates labelled Kong
+// pods, without the agent; a namespace labelled privileged gets it.
+func TestInjectionUnderClusterDefaultPodSecurity(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a real API server (-short)")
+	}
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		requireOrSkip(t, "KUBEBUILDER_ASSETS is not set (hack/k8s-binaries.sh prints the directory)")
+	}
+	admissionConfig := filepath.Join(t.TempDir(), "admission.yaml")
+	writeFile(t, admissionConfig, `apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: PodSecurity
+  configuration:
+    apiVersion: pod-security.admission.config.k8s.io/v1
+    kind: PodSecurityConfiguration
+    defaults:
+      enforce: baseline
+      enforce-version: latest
+    exemptions: {}
+`)
+	e := &envtest.Environment{
+		WebhookInstallOptions: envtest.WebhookInstallOptions{
+			MutatingWebhooks:             []*admissionregistrationv1.MutatingWebhookConfiguration{renderedMWC(t)},
+			LocalServingHost:             "127.0.0.1",
+			LocalServingHostExternalName: "localhost",
+		},
+		ControlPlaneStartTimeout: 90 * time.Second,
+		ControlPlaneStopTimeout:  30 * time.Second,
+	}
+	e.ControlPlane.GetAPIServer().Configure().Set("admission-control-config-file", admissionConfig)
+	cfg, err := e.Start()
+	if err != nil {
+		t.Fatalf("starting an API server with a cluster-wide Pod Security default: %v", err)
+	}
+	// Cleanups run last-in first-out: the webhook (registered below) stops before this.
+	t.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			t.Errorf("stopping the second API server: %v", err)
+		}
+	})
+	c := newClient(t, cfg)
+	startWebhookProvidedCerts(t, e, cfg, nil)
+
+	ensureNamespace(t, c, "default-baseline")
+	checkPodSecurityOutcome(t, cfg, "default-baseline", false)
+	if err := c.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "opted-privileged",
+		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "privileged"}}}); err != nil {
+		t.Fatal(err)
+	}
+	checkPodSecurityOutcome(t, cfg, "opted-privileged", true)
+}

@@ -57,14 +57,41 @@ func requireInitialPIDNamespace(t testing.TB) {
 	}
 }
 
-func freePort(t testing.TB) int {
+// loopbackSocket returns a TCP socket bound to a free port of 127.0.0.1, and the port. A
+// listening one is for nginx to inherit (see startNginxWrapped): non-blocking, as nginx
+// expects of the sockets it accepts on and does not set on inherited ones. One that is only
+// bound keeps the port taken without accepting, so connecting to it is refused.
+func loopbackSocket(t testing.TB, listen bool) (*os.File, int) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	// A blocking descriptor makes a plain (not pollable) os.File, whose Fd (exec.Cmd.Start
+	// calls it) leaves the mode alone; O_NONBLOCK is set after.
+	f := os.NewFile(uintptr(fd), "loopback socket")
+	sa := &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+	if err := syscall.Bind(fd, sa); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	if listen {
+		// nginx's default backlog.
+		if err := syscall.Listen(fd, 511); err != nil {
+			f.Close()
+			t.Fatal(err)
+		}
+		if err := syscall.SetNonblock(fd, true); err != nil {
+			f.Close()
+			t.Fatal(err)
+		}
+	}
+	got, err := syscall.Getsockname(fd)
+	if err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	return f, got.(*syscall.SockaddrInet4).Port
 }
 
 // testNginx is a private nginx (Debian's binary + the lua module) on loopback ports.
@@ -145,8 +172,26 @@ func startNginxWrapped(t testing.TB, wrapper ...string) *testNginx {
 	// Workers run as an unprivileged user: let them into the test's directory.
 	os.Chmod(dir, 0o755)
 	os.Chmod(filepath.Dir(dir), 0o755)
-	n := &testNginx{Dir: dir, Port: freePort(t), TLSPort: freePort(t), UpPort: freePort(t), Dead: freePort(t), AltPort: freePort(t),
-		AccessLog: filepath.Join(dir, "access.log")}
+	n := &testNginx{Dir: dir, AccessLog: filepath.Join(dir, "access.log")}
+	// nginx inherits its listening sockets, bound here, rather than binding ports picked
+	// earlier: a port picked by binding and closing a probe socket is free only at that moment,
+	// so two picks can return the same port (nginx then merges the two listen directives, and
+	// the alt server's requests are answered by the main server) and another process can take
+	// one before nginx binds it. The dead port stays bound, not listening, until the test ends.
+	var inherit []*os.File
+	defer func() {
+		for _, f := range inherit {
+			f.Close() // nginx has its own copies once started
+		}
+	}()
+	for _, port := range []*int{&n.Port, &n.TLSPort, &n.UpPort, &n.AltPort} {
+		f, p := loopbackSocket(t, true)
+		inherit = append(inherit, f)
+		*port = p
+	}
+	dead, deadPort := loopbackSocket(t, false)
+	t.Cleanup(func() { dead.Close() })
+	n.Dead = deadPort
 	for _, d := range []string{"tmp", "html/static", "logs"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -173,6 +218,14 @@ func startNginxWrapped(t testing.TB, wrapper ...string) *testNginx {
 	args := append(append([]string{}, wrapper...), nginxBinary, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
 	n.cmd = exec.Command(args[0], args[1:]...)
 	n.cmd.Stdout, n.cmd.Stderr = os.Stderr, os.Stderr
+	// nginx takes inherited listening sockets from $NGINX ("fd;fd;...;"), as in a binary
+	// upgrade, and uses each for the listen directive with its address.
+	n.cmd.ExtraFiles = inherit
+	var fds strings.Builder
+	for i := range inherit {
+		fmt.Fprintf(&fds, "%d;", 3+i)
+	}
+	n.cmd.Env = append(os.Environ(), "NGINX="+fds.String())
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -17,8 +17,11 @@ import (
 
 	"github.com/go-logr/logr/testr"
 
+	"github.com/kong-watcher/kong-watcher/agent/aggregate"
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/agent/nginxlayout"
+	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
+	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/bpf"
 )
 
@@ -295,6 +298,122 @@ func TestLuaPhases(t *testing.T) {
 	}
 }
 
+// TestCutHostAndURI: a Host and a URI longer than the record's buffers (a 100-byte Host, a
+// 300-byte URI) arrive cut and flagged, whether decoded from calibration events or on the
+// fast path, and make marked rows that never merge with a real, shorter host or path.
+func TestCutHostAndURI(t *testing.T) {
+	requireIntegration(t)
+	n := startNginx(t)
+	p, c := startProbes(t, n, Options{})
+	longHost := "a" + strings.Repeat("sub.", 22) + "cut.kw.test"
+	longPath := "/cut/documents/attachments/" + strings.Repeat("attachment-", 24) + "last-part"
+	longQuery := "/ok?pad=" + strings.Repeat("q", 292) // 300 bytes, cut in the query
+	if len(longHost) != 100 || len(longPath) != 300 || len(longQuery) != 300 {
+		t.Fatal("test values have the wrong lengths")
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", n.Port)
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	defer client.CloseIdleConnections()
+	sent := 0
+	get := func(uri, host string) {
+		t.Helper()
+		req, err := http.NewRequest("GET", base+uri, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s (Host %s): %v", uri, host, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		sent++
+	}
+	round := func() {
+		get(longPath, "")                       // cut inside the path
+		get("/cut/documents/attachments", "")   // the real, shorter path
+		get(longQuery, "")                      // cut inside the query: the route is whole
+		get("/ok", longHost)                    // cut host
+		get("/ok", longHost[:model.MaxHostLen]) // the real host that is the cut one's prefix
+	}
+	// The first requests are calibration events (decoded with the learnt layout later), the
+	// ones after the layout is learnt take the fast path.
+	round()
+	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no layout learnt: %+v", p.Status())
+		}
+		get("/warmup", "")
+		time.Sleep(20 * time.Millisecond)
+	}
+	round()
+	round()
+
+	lines, got := settle(t, n, c, 300*time.Millisecond)
+	if len(got) != len(lines) || len(lines) != sent {
+		t.Fatalf("sent %d requests, %d log lines, %d agent records", sent, len(lines), len(got))
+	}
+	// Pair every log line with a record that matches it (host, URI, cut flags, ...).
+	used := make([]bool, len(got))
+	for _, l := range lines {
+		found := false
+		for i, r := range got {
+			if !used[i] && compare(l, r) == "" {
+				used[i], found = true, true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("no agent record matches log line %q", l.raw)
+		}
+	}
+	cutURI, cutHost := 0, 0
+	for _, r := range got {
+		if r.URITruncated {
+			cutURI++
+		}
+		if r.HostTruncated {
+			cutHost++
+		}
+	}
+	if cutURI != 6 || cutHost != 3 {
+		t.Errorf("%d records with a cut URI (want 6), %d with a cut host (want 3)", cutURI, cutHost)
+	}
+
+	agg := aggregate.New(aggregate.Options{})
+	for i := range got {
+		agg.Observe(&got[i])
+	}
+	total := agg.Snapshot().Total
+	rows := func(rs []v1alpha1.Row) map[string]uint64 {
+		m := map[string]uint64{}
+		for _, r := range rs {
+			m[r.Name] = r.Requests
+		}
+		return m
+	}
+	hosts, paths := rows(total.Hosts), rows(total.Paths)
+	t.Logf("host rows %v\npath rows %v", hosts, paths)
+	for name, want := range map[string]uint64{
+		longHost[:model.MaxHostLen] + pathnorm.Truncated: 3, // marked
+		longHost[:model.MaxHostLen]:                      3, // the real host, its own row
+	} {
+		if hosts[name] != want {
+			t.Errorf("host row %q has %d requests, want %d", name, hosts[name], want)
+		}
+	}
+	for name, want := range map[string]uint64{
+		"GET /cut/documents/attachments/" + pathnorm.Truncated: 3, // complete segments, then the mark
+		"GET /cut/documents/attachments":                       3,
+		"GET /ok":                                              9, // the query cut changes nothing
+	} {
+		if paths[name] != want {
+			t.Errorf("path row %q has %d requests, want %d", name, paths[name], want)
+		}
+	}
+}
+
 // settle waits until the access log stops growing (checked every pause, for at most 10s) and
 // the agent has caught up with it: upstream requests of aborted clients finish late. It
 // returns the log and the agent's records.
@@ -422,9 +541,14 @@ func compare(l logLine, r model.Request) string {
 	if r.Status != l.Status {
 		d = append(d, fmt.Sprintf("status %d != %d", r.Status, l.Status))
 	}
-	// Without Host, $host is the server's server_name: the agent must report it too.
-	if r.Host != l.Host {
-		d = append(d, fmt.Sprintf("host %q != %q", r.Host, l.Host))
+	// Without Host, $host is the server's server_name: the agent must report it too. A host
+	// longer than the record's buffer arrives cut, and says so.
+	if len(l.Host) > model.MaxHostLen {
+		if !strings.HasPrefix(l.Host, r.Host) || len(r.Host) != model.MaxHostLen || !r.HostTruncated {
+			d = append(d, fmt.Sprintf("host %q (cut %v) is not the marked %d-byte prefix of %q", r.Host, r.HostTruncated, model.MaxHostLen, l.Host))
+		}
+	} else if r.Host != l.Host || r.HostTruncated {
+		d = append(d, fmt.Sprintf("host %q (cut %v) != %q", r.Host, r.HostTruncated, l.Host))
 	}
 	method := r.Method
 	if method == "" {
@@ -437,12 +561,12 @@ func compare(l logLine, r model.Request) string {
 	if uri == "" {
 		uri = "-"
 	}
-	if len(l.URI) > 160 {
-		if !strings.HasPrefix(l.URI, uri) || len(uri) != 160 {
-			d = append(d, fmt.Sprintf("uri %q is not the 160-byte prefix of %q", uri, l.URI))
+	if len(l.URI) > model.MaxURILen {
+		if !strings.HasPrefix(l.URI, uri) || len(uri) != model.MaxURILen || !r.URITruncated {
+			d = append(d, fmt.Sprintf("uri %q (cut %v) is not the marked %d-byte prefix of %q", uri, r.URITruncated, model.MaxURILen, l.URI))
 		}
-	} else if uri != l.URI {
-		d = append(d, fmt.Sprintf("uri %q != %q", uri, l.URI))
+	} else if uri != l.URI || r.URITruncated {
+		d = append(d, fmt.Sprintf("uri %q (cut %v) != %q", uri, r.URITruncated, l.URI))
 	}
 	if ms := r.Latency.Milliseconds(); latencyTolerance == 0 && ms != l.ReqMs ||
 		latencyTolerance > 0 && time.Duration(abs(ms-l.ReqMs))*time.Millisecond > latencyTolerance {

@@ -42,6 +42,15 @@ type ParserStats struct {
 	Overflow    uint64 // pipelined requests dropped past maxPending
 	NonHTTP     uint64 // connections whose first bytes are not HTTP (DNS, databases, streams)
 	Rejected    uint64 // responses to heads never completed (400/414/494): reported, partly known
+
+	// Buffered is what the connections hold now beyond their fixed state: heads and chunk
+	// lines read in pieces, requests waiting for their responses, upstream exchanges in flight
+	// (bytes, at most Parser.MaxBuffered).
+	Buffered     int64
+	OverBudget   uint64 // connections given up to keep Buffered under MaxBuffered
+	HeadTimeouts uint64 // connections given up with a head still incomplete after HeadTimeout
+	Reclaimed    uint64 // idle connections forgotten after IdleTimeout (nothing lost)
+	Lost         uint64 // requests read and never reported: their connection was given up or evicted
 }
 
 const maxPending = 64
@@ -55,6 +64,7 @@ const (
 	roleH2
 	roleOpaque // upgraded (WebSocket) or tunnelled
 	roleOther  // not HTTP from the start: a worker's DNS, database or stream-module sockets
+	roleGivenUp
 )
 
 // pendingReq is a request whose exchange is not over. An exchange ends when the response
@@ -119,21 +129,39 @@ type conn struct {
 	respBytes int64
 	matched   bool
 	lru       *list.Element
+
+	last      time.Time     // the last chunk's
+	mem       int64         // memory() when last settled
+	hold      *list.Element // in Parser.holders while mem > 0
+	holdSince time.Time
 }
 
 // Parser turns captured chunks of many connections into model.Requests. It holds at most
-// MaxConns connections (least recently used evicted first) and bounded bytes per
-// connection. Not safe for concurrent use.
+// MaxConns connections (least recently used evicted first), each with a fixed-size state,
+// and MaxBuffered bytes for all of them together beyond that. Not safe for concurrent use.
 type Parser struct {
-	maxConns int
-	conns    map[ConnKey]*conn
-	lru      *list.List
-	emit     func(*model.Request)
+	// MaxBuffered bounds ParserStats.Buffered (default DefaultMaxBuffered). Past it, the
+	// connections that have held bytes the longest are given up: a slowloris client's head
+	// ages, a real one is complete within milliseconds.
+	MaxBuffered int64
+	// HeadTimeout gives up a connection whose head is still incomplete after it (default
+	// DefaultHeadTimeout), IdleTimeout forgets one idle that long between messages (default
+	// DefaultIdleTimeout): Expire applies them.
+	HeadTimeout, IdleTimeout time.Duration
 	// OnH2 is called once per connection found to speak HTTP/2.
 	OnH2 func(k ConnKey)
 	// OnError is called for every parse error (for debug logs).
 	OnError func(k ConnKey, reason string)
-	stats   ParserStats
+	// OnGiveUp is called for every connection given up, with the requests lost with it.
+	OnGiveUp func(k ConnKey, reason string, lost int)
+
+	maxConns int
+	conns    map[ConnKey]*conn
+	lru      *list.List
+	emit     func(*model.Request)
+	stats    ParserStats
+	used     int64      // sum of the connections' mem
+	holders  *list.List // connections with mem > 0, in the order they started to hold it
 	// upHead is, per worker, the upstream response head read last and not yet claimed: nginx
 	// relays it to its client in the same event handler, so the next response head the
 	// worker writes to a client is that request's.
@@ -145,13 +173,15 @@ func NewParser(maxConns int, emit func(*model.Request)) *Parser {
 	if maxConns <= 0 {
 		maxConns = 16384
 	}
-	return &Parser{maxConns: maxConns, conns: map[ConnKey]*conn{}, lru: list.New(), emit: emit, upHead: map[uint32]*upstreamX{}}
+	return &Parser{maxConns: maxConns, conns: map[ConnKey]*conn{}, lru: list.New(), emit: emit, upHead: map[uint32]*upstreamX{},
+		MaxBuffered: DefaultMaxBuffered, HeadTimeout: DefaultHeadTimeout, IdleTimeout: DefaultIdleTimeout, holders: list.New()}
 }
 
 // Stats returns the counters.
 func (p *Parser) Stats() ParserStats {
 	s := p.stats
 	s.Conns = len(p.conns)
+	s.Buffered = p.used
 	return s
 }
 
@@ -167,13 +197,21 @@ func (p *Parser) get(k ConnKey) *conn {
 	p.conns[k] = c
 	for len(p.conns) > p.maxConns {
 		old := p.lru.Back().Value.(*conn)
+		p.stats.Lost += uint64(len(old.pending))
 		p.drop(old)
 		p.stats.Evicted++
 	}
 	return c
 }
 
+// drop forgets a connection and what it holds.
 func (p *Parser) drop(c *conn) {
+	p.used -= c.mem
+	c.mem = 0
+	if c.hold != nil {
+		p.holders.Remove(c.hold)
+		c.hold = nil
+	}
 	p.lru.Remove(c.lru)
 	delete(p.conns, c.key)
 }
@@ -187,6 +225,13 @@ func (p *Parser) Feed(ch Chunk) {
 		return
 	}
 	c := p.get(ch.Key)
+	c.last = ch.TS
+	p.feed(c, ch)
+	p.settle(c)
+	p.enforce()
+}
+
+func (p *Parser) feed(c *conn, ch Chunk) {
 	if c.role == roleUnknown {
 		c.classify(ch)
 	}
@@ -314,13 +359,13 @@ func (e reqEvents) onHead(h *head, n int) (framing, int64) {
 	c := e.c
 	if c.role == roleUpstream {
 		if len(c.upq) >= maxPending {
-			c.upq = c.upq[1:]
+			c.popUpstream()
 		}
 		c.upq = append(c.upq, &upstreamX{method: h.method, start: c.req.headStart})
 		return bodyFraming(h)
 	}
 	if len(c.pending) >= maxPending {
-		c.pending = c.pending[1:]
+		c.popPending()
 		c.p.stats.Overflow++
 	}
 	c.pending = append(c.pending, pendingReq{method: h.method, uri: h.uri, host: h.host, proto: h.proto,
@@ -417,7 +462,7 @@ func (e respEvents) onEnd() {
 	if c.role == roleUpstream {
 		if u := c.currentUpstream(); u != nil && u.headSeen && !u.done {
 			u.end, u.done = c.resp.now, true
-			c.upq = c.upq[1:]
+			c.popUpstream()
 		}
 		return
 	}
@@ -457,8 +502,7 @@ func (c *conn) finishResponse() {
 // flush produces the exchanges at the head of the queue that are over.
 func (c *conn) flush() {
 	for len(c.pending) > 0 && c.pending[0].respDone && c.pending[0].bodyDone && !c.pending[0].endsAtClose {
-		r := c.pending[0]
-		c.pending = c.pending[1:]
+		r := c.popPending()
 		end := r.respEnd
 		if r.bodyEnd.After(end) {
 			end = r.bodyEnd
@@ -472,16 +516,34 @@ func (c *conn) flush() {
 // counts like nginx logs it. Only a head being read, or one that lost framing, qualifies.
 func (c *conn) partialRequest() *pendingReq {
 	q := &c.req
-	if !(q.state == stHead && len(q.buf) > 0) && q.state != stDesync {
+	var r pendingReq
+	switch {
+	case q.state == stHead && len(q.buf) > 0:
+		r = rejectedHead(q.buf)
+	case q.state == stDesync:
+		if q.failed != nil {
+			r = *q.failed
+		}
+	default:
 		return nil
 	}
-	r := pendingReq{start: q.headStart, bodyDone: true, bodyEnd: q.now}
-	head := q.buf
-	if q.state == stDesync {
-		head = q.failedHead
+	r.start, r.bodyDone, r.bodyEnd = q.headStart, true, q.now
+	if r.start.IsZero() {
+		r.start = q.now
 	}
-	// Like nginx's log of such a request: no method/URI unless the request line was
-	// complete; the Host header if it came before the line nginx rejected.
+	// nginx closes the connection after such an error: what follows is not a request.
+	q.state, q.buf, q.failed = stDesync, nil, nil
+	c.pending = append(c.pending, r)
+	c.p.stats.Rejected++
+	return &c.pending[len(c.pending)-1]
+}
+
+// rejectedHead is what nginx logs of a head it rejected, from the part read: no method/URI
+// unless the request line was complete; the Host header if it came before the line nginx
+// rejected. Only the first 8 KiB are looked at.
+func rejectedHead(head []byte) pendingReq {
+	var r pendingReq
+	head = head[:min(len(head), 8192)]
 	if line, rest, ok := bytes.Cut(head, []byte("\n")); ok {
 		f := bytes.Fields(bytes.TrimRight(line, "\r"))
 		if len(f) >= 2 && looksLikeStart(f[0], true) {
@@ -504,14 +566,7 @@ func (c *conn) partialRequest() *pendingReq {
 			}
 		}
 	}
-	if r.start.IsZero() {
-		r.start = q.now
-	}
-	// nginx closes the connection after such an error: what follows is not a request.
-	q.state, q.buf = stDesync, q.buf[:0]
-	c.pending = append(c.pending, r)
-	c.p.stats.Rejected++
-	return &c.pending[len(c.pending)-1]
+	return r
 }
 
 // currentUpstream is the oldest upstream request whose response is not complete.

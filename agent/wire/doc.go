@@ -43,6 +43,9 @@
 // of a connection (Connection: close, HTTP/1.0) when the connection closes: that is when
 // nginx logs, so Latency matches $request_time. Heads nginx rejects before they are complete
 // (400, 414) are reported from what was read. A PROXY protocol v1/v2 header is skipped.
+// Host (as nginx's $host: no port, lower case) and URI ($request_uri) are cut at
+// model.MaxHostLen and model.MaxURILen bytes and the cut flagged, exactly as the
+// request-object path keeps them, so both paths report a long value the same way.
 //
 // Connections are classified by their first bytes: a request read = a client connection; a
 // request written or a response read = an upstream connection (proxy_pass), parsed the other
@@ -54,8 +57,25 @@
 // HTTP/2 preface = an HTTP/2 connection, counted in ParserStats.H2Conns and logged, never
 // parsed (HPACK is out of scope); anything else (DNS, databases) = not HTTP, ignored. Garbage
 // or lost framing on a client connection resets its parser (ParseErrors) until a captured
-// chunk starts a new message. Memory is bounded: MaxConns connections (LRU), 32 KiB of head
-// and 64 queued requests per connection.
+// chunk starts a new message.
+//
+// # Memory
+//
+// What the parser holds is bounded whatever clients send: at most MaxConns connections
+// (16384, least recently used evicted) of ~0.6 KiB fixed state each, plus MaxBuffered bytes
+// (8 MiB) for all of them together, so under 20 MiB at the defaults: heads and chunk lines arriving in pieces (a head that
+// arrives whole is parsed in place and never copied; a buffer grows with what arrived, up to
+// 32 KiB a head), requests waiting for their responses (64 at most a connection, Host and URI
+// cut as above) and upstream exchanges in flight. ParserStats.Buffered is that total. Past
+// the budget, the connections that have held bytes the longest are given up first (a slowloris
+// client's head ages, a real one completes within milliseconds): a partial head is dropped
+// and its connection resynchronises at its next message, or, with requests in flight whose
+// responses could no longer be paired, the connection is ignored until it closes (OverBudget,
+// Lost; logged at most every 10 s). Every second, heads still incomplete after 5 minutes are
+// given up the same way (HeadTimeouts; nginx closes them after client_header_timeout first,
+// this frees what a lost close event leaves) and HTTP/1 connections idle for 10 minutes
+// between messages are forgotten (Reclaimed; nothing is lost). With 10,000 slowloris
+// connections trickling 7 KiB heads, the tracer's Go heap grows by ~15 MiB.
 //
 // # Not covered
 //

@@ -9,10 +9,11 @@ import (
 	"github.com/kong-watcher/kong-watcher/agent/model"
 )
 
-// Limits that bound the memory one connection can hold.
+// Limits that bound the memory one connection can hold (Parser.MaxBuffered bounds them all).
 const (
-	// maxHead is the largest request/response head (start line + headers) kept; nginx's
-	// default limit is 4 large_client_header_buffers of 8 KiB, Kong's similar.
+	// maxHead is the largest request/response head (start line + headers) buffered; nginx's
+	// default limit is 4 large_client_header_buffers of 8 KiB, Kong's similar. A buffer
+	// grows to what arrived, up to this.
 	maxHead = 32 << 10
 	// maxLine bounds a chunk-size or trailer line.
 	maxLine = 1024
@@ -79,13 +80,16 @@ type halfEvents interface {
 // bodies cost nothing. A gap in a head or a chunk-size line loses framing: the half then
 // waits for a captured chunk that begins with a valid start line.
 type half struct {
-	isReq      bool
-	state      int
-	buf        []byte // head or chunk-size/trailer line being accumulated
-	remain     int64  // body or chunk bytes left
-	ev         halfEvents
-	sawProxy   bool   // the first message was looked at for a PROXY protocol header
-	failedHead []byte // start of the last head that lost framing (at most 8 KiB)
+	isReq  bool
+	state  int
+	buf    []byte // head or chunk-size/trailer line arriving in pieces; nil when none is
+	remain int64  // body or chunk bytes left
+	ev     halfEvents
+	// sawProxy: the first message was looked at for a PROXY protocol header
+	sawProxy bool
+	// failed is what nginx would log of the last request head that lost framing (see
+	// conn.partialRequest), nil when none.
+	failed *pendingReq
 	// now is the time of the chunk being fed; headStart when the current head's first byte
 	// arrived (a request's Start).
 	now, headStart time.Time
@@ -100,7 +104,7 @@ func (p *half) feed(data []byte, gap int64) {
 			return
 		}
 		p.state = stHead
-		p.buf = p.buf[:0]
+		p.buf = nil
 	}
 	for len(data) > 0 {
 		data = p.step(data)
@@ -122,7 +126,7 @@ func (p *half) skip(n int64) {
 			if p.remain == 0 {
 				if p.state == stBody {
 					p.state = stHead
-					p.buf = p.buf[:0]
+					p.buf = nil
 					p.ev.onEnd()
 				} else {
 					p.state = stChunkCRLF
@@ -136,7 +140,7 @@ func (p *half) skip(n int64) {
 			p.ev.onBody(k)
 			if p.remain == 0 {
 				p.state = stChunkSize
-				p.buf = p.buf[:0]
+				p.buf = nil
 			}
 		case stUntilClose:
 			p.ev.onBody(n)
@@ -158,13 +162,23 @@ func (p *half) skip(n int64) {
 }
 
 func (p *half) desync(reason string) {
-	if p.state == stHead && len(p.buf) > 0 {
-		// Keep the start line: nginx answers a rejected head with an error, which
+	var head []byte
+	if p.state == stHead {
+		head = p.buf
+	}
+	p.desyncHead(reason, head)
+}
+
+// desyncHead loses framing in the middle of head (nil if none).
+func (p *half) desyncHead(reason string, head []byte) {
+	if p.isReq && len(head) > 0 {
+		// Keep what nginx logs of it: nginx answers a rejected head with an error, which
 		// conn.partialRequest reports with what it knows.
-		p.failedHead = append(p.failedHead[:0], p.buf[:min(len(p.buf), 8192)]...)
+		r := rejectedHead(head)
+		p.failed = &r
 	}
 	p.state = stDesync
-	p.buf = p.buf[:0]
+	p.buf = nil
 	p.remain = 0
 	p.ev.onError(reason)
 }
@@ -199,49 +213,26 @@ func (p *half) step(data []byte) []byte {
 				return nil
 			}
 			p.headStart = p.now
-			p.failedHead = p.failedHead[:0]
+			p.failed = nil
+			// Most heads arrive whole in one read or write: parsed in place, nothing kept.
+			if end := headEnd(data, 0); end >= 0 && end <= maxHead {
+				return p.endHead(data[:end], data[end:])
+			}
 		}
 		scanFrom := max(0, len(p.buf)-3)
 		if len(p.buf)+len(data) > maxHead {
 			p.desync("head too large")
 			return nil
 		}
-		p.buf = append(p.buf, data...)
+		p.buf = appendBuf(p.buf, data, maxHead)
 		end := headEnd(p.buf, scanFrom)
 		if end < 0 {
 			return nil
 		}
-		rest := p.buf[end:]
-		h, ok := parseHead(p.buf[:end], p.isReq)
-		if !ok {
-			p.desync("malformed head")
-			return nil
-		}
-		// Keep rest: it aliases p.buf, which the next head reuses only after rest is consumed.
-		restCopy := append([]byte(nil), rest...)
-		p.buf = p.buf[:0]
-		fr, n := p.ev.onHead(&h, end)
-		switch fr {
-		case noBody:
-			p.ev.onEnd()
-		case byLength:
-			if n == 0 {
-				p.ev.onEnd()
-			} else {
-				p.state, p.remain = stBody, n
-			}
-		case byChunks:
-			p.state = stChunkSize
-		case untilClose:
-			p.state = stUntilClose
-		case opaque:
-			p.state = stOpaque
-			p.ev.onEnd()
-		}
-		if p.state == stOpaque {
-			return nil
-		}
-		return restCopy
+		// The buffer is let go: the rest after the head still aliases it until consumed.
+		b := p.buf
+		p.buf = nil
+		return p.endHead(b[:end], b[end:])
 	case stBody, stChunkData, stChunkCRLF, stSkip:
 		k := min(int64(len(data)), p.remain)
 		p.skip(k)
@@ -253,7 +244,7 @@ func (p *half) step(data []byte) []byte {
 				p.desync("chunk line too long")
 				return nil
 			}
-			p.buf = append(p.buf, data...)
+			p.buf = appendBuf(p.buf, data, maxLine)
 			p.ev.onBody(int64(len(data)))
 			return nil
 		}
@@ -261,8 +252,11 @@ func (p *half) step(data []byte) []byte {
 			p.desync("chunk line too long")
 			return nil
 		}
-		line := append(p.buf, data[:i]...)
-		p.buf = line[:0]
+		line := data[:i]
+		if len(p.buf) > 0 {
+			line = append(p.buf, line...)
+			p.buf = nil
+		}
 		p.ev.onBody(int64(i + 1))
 		line = bytes.TrimRight(line, "\r")
 		if p.state == stTrailer {
@@ -292,6 +286,37 @@ func (p *half) step(data []byte) []byte {
 	default: // stOpaque, stDesync
 		return nil
 	}
+}
+
+// endHead handles a complete head b and returns rest, what follows it.
+func (p *half) endHead(b, rest []byte) []byte {
+	h, ok := parseHead(b, p.isReq)
+	if !ok {
+		p.desyncHead("malformed head", b)
+		return nil
+	}
+	fr, n := p.ev.onHead(&h, len(b))
+	switch fr {
+	case noBody:
+		p.ev.onEnd()
+	case byLength:
+		if n == 0 {
+			p.ev.onEnd()
+		} else {
+			p.state, p.remain = stBody, n
+		}
+	case byChunks:
+		p.state = stChunkSize
+	case untilClose:
+		p.state = stUntilClose
+	case opaque:
+		p.state = stOpaque
+		p.ev.onEnd()
+	}
+	if p.state == stOpaque {
+		return nil
+	}
+	return rest
 }
 
 // headEnd returns the index just past the blank line ending a head, or -1. Bare LF line

@@ -77,6 +77,24 @@ type nginxFixture struct {
 
 func startNginx(t *testing.T) *nginxFixture {
 	t.Helper()
+	return startNginxWith(t, nginxOptions{})
+}
+
+// nginxOptions changes the fixture's limits.
+type nginxOptions struct {
+	workerConnections int    // per worker (default 1024)
+	rlimitNofile      int    // worker_rlimit_nofile (default twice workerConnections)
+	http              string // more http-level directives
+}
+
+func startNginxWith(t *testing.T, o nginxOptions) *nginxFixture {
+	t.Helper()
+	if o.workerConnections == 0 {
+		o.workerConnections = 1024
+	}
+	if o.rlimitNofile == 0 {
+		o.rlimitNofile = 2 * o.workerConnections
+	}
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o755); err != nil { // workers run as nobody
 		t.Fatal(err)
@@ -105,8 +123,10 @@ daemon off;
 master_process on;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log warn;
-events { worker_connections 1024; }
+worker_rlimit_nofile %[9]d;
+events { worker_connections %[8]d; }
 http {
+  %[10]s
   log_format kwjson escape=json '{"status":$status,"host":"$host","method":"$request_method","uri":"$request_uri","rt":$request_time,"bytes":$bytes_sent,"pid":$pid,"proto":"$server_protocol","urt":"$upstream_response_time"}';
   access_log %[1]s/access.log kwjson;
   client_body_temp_path %[1]s/body;
@@ -132,7 +152,7 @@ http {
     location / { return 200 "upstream\n"; }
   }
 }
-`, dir, f.plain, f.up, f.tlsPort, f.h2Port, luaLoad, luaLoc)
+`, dir, f.plain, f.up, f.tlsPort, f.h2Port, luaLoad, luaLoc, o.workerConnections, o.rlimitNofile, o.http)
 	os.Mkdir(filepath.Join(dir, "static"), 0o755)
 	if err := os.WriteFile(filepath.Join(dir, "static", "big.bin"), bytes.Repeat([]byte("s"), 300000), 0o644); err != nil {
 		t.Fatal(err)

@@ -74,6 +74,10 @@ type Options struct {
 	RingBufferBytes int
 	// MaxConns bounds the connections parsed at once (default 16384).
 	MaxConns int
+	// MaxBufferedBytes bounds what the parser holds beyond the connections' fixed state:
+	// heads arriving in pieces, requests waiting for responses (default 8 MiB, at least
+	// 256 KiB). See Parser.MaxBuffered.
+	MaxBufferedBytes int64
 	// TLS also probes OpenSSL's SSL_read/SSL_write when libssl is mapped.
 	TLS bool
 }
@@ -151,6 +155,11 @@ func New(o Options) (*Tracer, error) {
 	if o.MaxConns <= 0 {
 		o.MaxConns = 16384
 	}
+	if o.MaxBufferedBytes <= 0 {
+		o.MaxBufferedBytes = DefaultMaxBuffered
+	}
+	// Below a few heads' worth, one large head (32 KiB) or pipeline would be given up alone.
+	o.MaxBufferedBytes = max(o.MaxBufferedBytes, 256<<10)
 	spec, err := bpf.LoadWire()
 	if err != nil {
 		return nil, err
@@ -522,6 +531,18 @@ func (t *Tracer) setPIDsLocked(id discovery.GatewayID, pids []int) {
 // Run reads events until ctx ends or the tracer is closed, feeding sink.
 func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
 	parser := NewParser(t.opts.MaxConns, func(r *model.Request) { sink.Observe(r) })
+	parser.MaxBuffered = t.opts.MaxBufferedBytes
+	var gaveUp, lost uint64
+	gaveUpLog := logLimiter{every: 10 * time.Second}
+	parser.OnGiveUp = func(k ConnKey, reason string, n int) {
+		gaveUp++
+		lost += uint64(n)
+		if ok, held := gaveUpLog.allow(time.Now()); ok {
+			t.log.Info("wire: connection given up to keep the parser's memory bounded (a partial head dropped, or the connection ignored until it closes if requests were in flight)",
+				"pid", k.TGID, "tls", k.TLS, "conn", k.ID, "reason", reason, "requestsLost", n,
+				"givenUp", gaveUp, "lost", lost, "notLogged", held)
+		}
+	}
 	var h2Logged uint64
 	parser.OnH2 = func(k ConnKey) {
 		// Log the first ones, then every 1000th: enough to explain the counter.
@@ -540,7 +561,7 @@ func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
 	var rec ringbuf.Record
 	var bad uint64
 	badLog := logLimiter{every: 10 * time.Second}
-	lastStats := time.Now()
+	lastStats, lastExpire := time.Now(), time.Now()
 	for {
 		// Events are submitted without wake-ups below a fill threshold: poll.
 		t.rd.SetDeadline(time.Now().Add(20 * time.Millisecond))
@@ -563,11 +584,22 @@ func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
 		default:
 			return err
 		}
+		if time.Since(lastExpire) > time.Second {
+			parser.Expire(t.now())
+			lastExpire = time.Now()
+		}
 		if time.Since(lastStats) > 100*time.Millisecond || err != nil {
 			t.publish(parser, bad)
 			lastStats = time.Now()
 		}
 	}
+}
+
+// now is the time on the chunks' clock (CLOCK_MONOTONIC, shifted like their stamps).
+func (t *Tracer) now() time.Time {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Unix(0, ts.Nano()+t.monoToRT)
 }
 
 func (t *Tracer) publish(p *Parser, bad uint64) {

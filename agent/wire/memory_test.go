@@ -182,3 +182,17 @@ func TestExpire(t *testing.T) {
 	}
 	checkAccounting(t, h.p)
 }
+
+// Give-ups and bad records are logged at most once per interval, with the count held back.
+func TestLogLimiter(t *testing.T) {
+	l := logLimiter{every: 10 * time.Second}
+	var got []string
+	for s := 0; s <= 25; s++ {
+		if ok, held := l.allow(t0.Add(time.Duration(s) * time.Second)); ok {
+			got = append(got, fmt.Sprintf("%ds:%d", s, held))
+		}
+	}
+	if g := strings.Join(got, " "); g != "0s:0 10s:9 20s:9" {
+		t.Fatalf("logged at %s", g)
+	}
+}

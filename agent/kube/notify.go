@@ -47,6 +47,15 @@ func (r *Reporter) AgentDisabled(err error) {
 		"the agent cannot start: NO requests are counted (Kong is not affected): %s", errDetail(err))
 }
 
+// MetricsPortUnavailable records that the agent cannot bind its HTTP address (METRICS_ADDR):
+// its endpoints are unreachable until the address frees; the agent keeps running (and counting,
+// if it could start) and retries.
+func (r *Reporter) MetricsPortUnavailable(addr string, err error) {
+	r.event(corev1.EventTypeWarning, v1alpha1.ReasonMetricsPortUnavailable,
+		"cannot listen on %s (METRICS_ADDR): /metrics, /stats, /healthz and /readyz are unreachable until it "+
+			"frees; the agent keeps running and retries: %s", addr, errDetail(err))
+}
+
 // errDetail is err's text for an Event message, bounded (an Event message is at most 1 KiB).
 func errDetail(err error) string {
 	if err == nil {

@@ -77,6 +77,8 @@ const (
 	// Normal Events closing an alert episode.
 	ReasonHighErrorRateResolved = "HighErrorRateResolved"
 	ReasonHighLatencyResolved   = "HighLatencyResolved"
+	// Warning: the agent's METRICS_ADDR cannot be bound; it keeps counting and retries.
+	ReasonMetricsPortUnavailable = "MetricsPortUnavailable"
 	// Webhook, on the pod's owner.
 	ReasonInjected         = "Injected"
 	ReasonInjectionSkipped = "InjectionSkipped"

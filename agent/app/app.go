@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -62,6 +63,9 @@ type Agent struct {
 	nginxFailed bool
 	wireErr     error
 	runCtx      context.Context
+	// fault is a panic recovered in one of the agent's goroutines: what it did is no longer
+	// done (Ready says so), but the process stays up, as for any other monitoring fault.
+	fault error
 	// What has already been added to the aggregator and the metrics of the data paths'
 	// cumulative counters (they report totals; the sinks take increments).
 	seenDropped, seenDecodeErrs uint64
@@ -77,22 +81,10 @@ type tracked struct {
 
 // New builds the pipeline and loads the BPF programs; it attaches nothing yet.
 func New(cfg Config, log logr.Logger) (*Agent, error) {
-	a := &Agent{cfg: cfg, log: log, gateways: map[discovery.GatewayID]*tracked{}}
-	a.Aggregator = aggregate.New(aggregate.Options{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
-	a.Registry = report.NewRegistry()
-	a.metrics = report.NewMetrics(report.MetricsOptions{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
-	if err := a.metrics.Register(a.Registry); err != nil {
-		return nil, fmt.Errorf("registering metrics: %w", err)
+	a, err := newPipeline(cfg, log)
+	if err != nil {
+		return nil, err
 	}
-	a.metrics.SetInfo(version.Version, "")
-	// Debug lines are capped per second: at Kong's rates one line per request would cost
-	// more than the probes; the overflow is counted in one line per second.
-	reqLog := report.NewRequestLogger(log.WithName("request"), report.RequestLogOptions{MaxPerSecond: 1000})
-	a.sink = fanout{a.Aggregator, a.metrics}
-	if reqLog.Enabled() {
-		a.sink = fanout{a.Aggregator, a.metrics, reqLog}
-	}
-
 	if cfg.DataPath != DataPathWire {
 		p, err := probes.New(probes.Options{LuaPhases: cfg.LuaPhases == LuaOn, Log: log.WithName("nginx-request")})
 		if err != nil {
@@ -110,6 +102,27 @@ func New(cfg Config, log logr.Logger) (*Agent, error) {
 			a.Close()
 			return nil, err
 		}
+	}
+	return a, nil
+}
+
+// newPipeline builds what follows the data paths: the aggregator, the metrics and the
+// request logger behind one sink.
+func newPipeline(cfg Config, log logr.Logger) (*Agent, error) {
+	a := &Agent{cfg: cfg, log: log, gateways: map[discovery.GatewayID]*tracked{}}
+	a.Aggregator = aggregate.New(aggregate.Options{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
+	a.Registry = report.NewRegistry()
+	a.metrics = report.NewMetrics(report.MetricsOptions{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
+	if err := a.metrics.Register(a.Registry); err != nil {
+		return nil, fmt.Errorf("registering metrics: %w", err)
+	}
+	a.metrics.SetInfo(version.Version, "")
+	// Debug lines are capped per second: at Kong's rates one line per request would cost
+	// more than the probes; the overflow is counted in one line per second.
+	reqLog := report.NewRequestLogger(log.WithName("request"), report.RequestLogOptions{MaxPerSecond: 1000})
+	a.sink = fanout{a.Aggregator, a.metrics}
+	if reqLog.Enabled() {
+		a.sink = fanout{a.Aggregator, a.metrics, reqLog}
 	}
 	return a, nil
 }
@@ -147,6 +160,9 @@ func (a *Agent) Close() {
 func (a *Agent) Ready() (bool, string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.fault != nil {
+		return false, a.fault.Error()
+	}
 	if len(a.gateways) == 0 {
 		return false, fmt.Sprintf("no %q process found yet", a.cfg.ProcessName)
 	}
@@ -198,10 +214,16 @@ func (a *Agent) dataPathLocked() string {
 // which runs after every gateway change).
 func (a *Agent) Stats() v1alpha1.Stats { return a.Aggregator.Snapshot() }
 
-// Run follows gateways and feeds the pipeline until ctx is done.
-func (a *Agent) Run(ctx context.Context) error {
+// Run follows gateways and feeds the pipeline until ctx is done. It returns an error only
+// when following them failed (a recovered panic); the caller should stay up all the same.
+func (a *Agent) Run(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer func() {
+		if v := recover(); v != nil {
+			err = a.panicked("gateway discovery", v)
+		}
+	}()
 	a.mu.Lock()
 	a.runCtx = ctx
 	a.mu.Unlock()
@@ -227,6 +249,7 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) runTracer(ctx context.Context, name string, t tracer) {
+	defer a.recoverIn("the " + name + " data path")
 	if err := t.Run(ctx, a.sink); err != nil && !errors.Is(err, context.Canceled) {
 		a.log.Error(err, "data path stopped reading events", "dataPath", name)
 	}
@@ -322,6 +345,7 @@ func (a *Agent) attachPath(gw discovery.Gateway) *tracked {
 // a duty-cycled sample gives the per-phase distribution at a few percent of that cost, and
 // the request counts never depend on it.
 func (a *Agent) sampleLua(ctx context.Context) {
+	defer a.recoverIn("Lua phase sampling")
 	t := time.NewTicker(a.cfg.LuaSampleEvery)
 	defer t.Stop()
 	warned := false
@@ -351,6 +375,7 @@ func (a *Agent) sampleLua(ctx context.Context) {
 // healthLoop publishes the data paths' health to Prometheus and moves gateways to the wire
 // if the nginx-request path gives up (its layout could not be learnt on this binary).
 func (a *Agent) healthLoop(ctx context.Context) {
+	defer a.recoverIn("the health loop")
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -359,22 +384,46 @@ func (a *Agent) healthLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		a.mu.Lock()
-		if a.nginx != nil && !a.nginxFailed && a.cfg.DataPath == DataPathAuto {
-			if st := a.nginx.Status(); st.Mode == "failed" {
-				a.nginxFailed = true
-				a.log.Error(errors.New(st.Err), "the nginx-request data path cannot read this gateway's requests; moving every gateway to the wire data path")
-				for id, t := range a.gateways {
-					if t.path == DataPathNginx {
-						a.nginx.Untrack(id)
-						a.gateways[id] = a.attach(t.gw)
-					}
+		a.checkHealth()
+	}
+}
+
+func (a *Agent) checkHealth() {
+	a.mu.Lock()
+	defer a.mu.Unlock() // deferred: a panic must not leave the lock held
+	if a.nginx != nil && !a.nginxFailed && a.cfg.DataPath == DataPathAuto {
+		if st := a.nginx.Status(); st.Mode == "failed" {
+			a.nginxFailed = true
+			a.log.Error(errors.New(st.Err), "the nginx-request data path cannot read this gateway's requests; moving every gateway to the wire data path")
+			for id, t := range a.gateways {
+				if t.path == DataPathNginx {
+					a.nginx.Untrack(id)
+					a.gateways[id] = a.attach(t.gw)
 				}
 			}
 		}
-		a.updateHealthLocked()
-		a.mu.Unlock()
 	}
+	a.updateHealthLocked()
+}
+
+// recoverIn, deferred at the top of the agent's goroutines, turns a panic into a logged
+// fault: a monitoring bug must not take the process down, since a sidecar that exits makes
+// Kong's pod NotReady while it restarts.
+func (a *Agent) recoverIn(what string) {
+	if v := recover(); v != nil {
+		a.panicked(what, v)
+	}
+}
+
+func (a *Agent) panicked(what string, v any) error {
+	err := fmt.Errorf("%s failed (a bug; please report it): %v", what, v)
+	a.log.Error(err, "the agent stays up, but this part of it stopped", "stack", string(debug.Stack()))
+	a.mu.Lock()
+	if a.fault == nil {
+		a.fault = err
+	}
+	a.mu.Unlock()
+	return err
 }
 
 func (a *Agent) updateHealthLocked() {

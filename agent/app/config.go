@@ -134,6 +134,9 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 		c.StatsInterval = d
 	}
 	if v, ok := get(v1alpha1.EnvMetricsAddr); ok {
+		if err := CheckListenAddr(v); err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%v", v1alpha1.EnvMetricsAddr, err))
+		}
 		c.MetricsAddr = v
 	}
 	c.PodName, _ = get(v1alpha1.EnvPodName)

@@ -9,8 +9,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -44,6 +46,12 @@ func main() {
 	os.Exit(run())
 }
 
+func run() int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return runAgent(ctx, app.OSEnv, os.Stderr)
+}
+
 const usage = `usage:
   kong-watcher-agent             run the agent (configured by LOG_LEVEL, ENABLE_JSON_LOG,
                                  KONG_PROCESS_NAME, STATS_INTERVAL, METRICS_ADDR, POD_NAME,
@@ -56,69 +64,112 @@ const usage = `usage:
   kong-watcher-agent version
 `
 
-func run() int {
-	cfg, err := app.FromEnv(app.OSEnv)
+// runAgent runs the agent until ctx ends. Only an invalid configuration ends it early (exit
+// status 2, at start); every fault after that (no BPF, the metrics port taken, the API server
+// away, a bug in a goroutine) is logged and reported while the agent stays up: a sidecar that
+// exits is restarted by the kubelet, and meanwhile Kong's whole pod is NotReady.
+func runAgent(ctx context.Context, env func(string) (string, bool), stderr io.Writer) (code int) {
+	cfg, err := app.FromEnv(env)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(stderr, err)
 		return 2
 	}
 	log, zlog, err := logging.New(cfg.LogLevel, cfg.JSONLog)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(stderr, err)
 		return 2
 	}
 	defer zlog.Sync() //nolint:errcheck
+	defer func() {
+		// A bug on the start path: what started keeps running (the endpoints, if already up),
+		// and the process waits to be stopped rather than exit.
+		if v := recover(); v != nil {
+			log.Error(fmt.Errorf("the agent failed to start (a bug; please report it): %v", v),
+				"it stays up, idle, until stopped", "stack", string(debug.Stack()))
+			<-ctx.Done()
+			code = 0
+		}
+	}()
 	log.Info("kong-watcher agent starting", "version", version.Version, "processName", cfg.ProcessName,
 		"statsInterval", cfg.StatsInterval.String(), "metricsAddr", cfg.MetricsAddr, "dataPath", cfg.DataPath,
 		"pod", cfg.PodNamespace+"/"+cfg.PodName)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
-	agent, err := app.New(cfg, log)
+	agent, err := newAgent(cfg, log)
 	if err != nil {
 		return disabled(ctx, cfg, log, err)
 	}
 	defer agent.Close()
 
-	srv := report.NewServer(cfg.MetricsAddr, agent.Stats, agent.Ready, agent.Registry, log.WithName("http"))
-	if err := srv.Start(ctx); err != nil {
-		log.Error(err, "cannot serve /metrics and /stats", "addr", cfg.MetricsAddr)
-		return 1
-	}
-
-	go statsLoop(ctx, cfg.StatsInterval, agent, log)
-
 	// The Kubernetes reporter: only in a pod (POD_NAME and POD_NAMESPACE from the downward API);
 	// standalone the agent reports to logs and HTTP only. It never blocks the data path: it
-	// runs in its own goroutine and only reads agent.Stats().
+	// runs in its own goroutine and only reads agent.Stats(). It is built before the HTTP
+	// server so that a metrics port found taken becomes an Event on the pod.
+	var rep *kube.Reporter
 	if cfg.PodName != "" && cfg.PodNamespace != "" {
 		// client-go logs through klog: into the agent's log, a repeated error once per 10 min.
 		klog.SetLogger(kube.ClientLogger(log.WithName("client-go"), 0))
-		if rep, err := newReporter(cfg, agent.Stats, log); err != nil {
+		if r, err := newReporter(cfg, agent.Stats, log); err != nil {
 			log.Error(err, "cannot report to Kubernetes (annotations, Events); continuing with logs and HTTP only")
 		} else {
+			rep = r
 			agent.Notify = rep
 			log.Info("reporting to Kubernetes: pod annotations and Events", "pod", cfg.PodNamespace+"/"+cfg.PodName,
 				"trafficStatsEvery", cfg.TrafficStatsEventInterval.String(), "highErrorRate", cfg.HighErrorRateThreshold,
 				"highLatencyP99Ms", cfg.HighLatencyP99Ms, "alertMinRequests", cfg.AlertMinRequests)
-			go func() { _ = rep.Run(ctx) }()
 		}
 	} else {
 		log.Info("POD_NAME/POD_NAMESPACE not set: running standalone (no pod annotations or Events)")
 	}
 
-	runErr := make(chan error, 1)
-	go func() { runErr <- agent.Run(ctx) }()
-	select {
-	case <-ctx.Done():
-	case <-runErr:
+	srv := agent.StartHTTP(ctx, portNotifier(rep))
+	goSafe(log, "the stats log", func() { statsLoop(ctx, cfg.StatsInterval, agent, log) })
+	if rep != nil {
+		goSafe(log, "the Kubernetes reporter", func() { _ = rep.Run(ctx) })
 	}
+
+	// Run returns before ctx ends only after a fault it logged (and /readyz reports): the
+	// endpoints stay up all the same until the agent is stopped.
+	_ = agent.Run(ctx)
+	<-ctx.Done()
 	log.Info("kong-watcher agent stopping")
 	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return 0
+}
+
+// newAgent is app.New, a panic in it being an error like any other reason the data path
+// cannot start.
+func newAgent(cfg app.Config, log logr.Logger) (a *app.Agent, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			log.Error(fmt.Errorf("%v", v), "loading the data path panicked (a bug; please report it)", "stack", string(debug.Stack()))
+			a, err = nil, fmt.Errorf("loading the data path failed: %v", v)
+		}
+	}()
+	return app.New(cfg, log)
+}
+
+// portNotifier is rep as an app.PortNotifier; nil (no Event) when there is no reporter.
+func portNotifier(rep *kube.Reporter) app.PortNotifier {
+	if rep == nil {
+		return nil
+	}
+	return rep
+}
+
+// goSafe runs fn in a goroutine; a panic in it is logged and ends only that goroutine, not
+// the process (see runAgent).
+func goSafe(log logr.Logger, what string, fn func()) {
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				log.Error(fmt.Errorf("%s failed (a bug; please report it): %v", what, v),
+					"the agent stays up, but this part of it stopped", "stack", string(debug.Stack()))
+			}
+		}()
+		fn()
+	}()
 }
 
 // disabled is what the agent does when it cannot start its data path at all (no BPF
@@ -142,19 +193,19 @@ func disabled(ctx context.Context, cfg app.Config, log logr.Logger, cause error)
 	}
 	m.SetInfo(version.Version, "")
 	m.SetProbesAttached(0)
-	srv := report.NewServer(cfg.MetricsAddr, stats, ready, reg, log.WithName("http"))
-	if err := srv.Start(ctx); err != nil {
-		log.Error(err, "cannot serve /healthz and /readyz either", "addr", cfg.MetricsAddr)
-	}
+	var rep *kube.Reporter
 	if cfg.PodName != "" && cfg.PodNamespace != "" {
 		klog.SetLogger(kube.ClientLogger(log.WithName("client-go"), 0))
-		if rep, err := newReporter(cfg, stats, log); err != nil {
+		if r, err := newReporter(cfg, stats, log); err != nil {
 			log.Error(err, "cannot report to Kubernetes")
 		} else {
+			rep = r
 			rep.AgentDisabled(cause)
-			go rep.RunEventsOnly(ctx)
+			goSafe(log, "the Kubernetes reporter", func() { rep.RunEventsOnly(ctx) })
 		}
 	}
+	srv := app.StartHTTP(ctx, app.HTTPOptions{Addr: cfg.MetricsAddr, Stats: stats, Ready: ready, Registry: reg,
+		Notify: portNotifier(rep), Log: log.WithName("http")})
 	<-ctx.Done()
 	log.Info("kong-watcher agent stopping")
 	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)

@@ -7,15 +7,17 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/testr"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 
@@ -164,7 +166,7 @@ func TestServeHTTPRejectsMalformedReviews(t *testing.T) {
 // panicRecorder stands for a broken Event pipeline: admission must not notice.
 type panicRecorder struct{}
 
-func (panicRecorder) Eventf(runtime.Object, runtime.Object, string, string, string, string, ...any) {
+func (panicRecorder) Eventf(k8sruntime.Object, k8sruntime.Object, string, string, string, string, ...any) {
 	panic("event sink exploded")
 }
 
@@ -261,5 +263,38 @@ func TestAdmissionCheckRefusalLeavesPodUnchanged(t *testing.T) {
 				t.Errorf("event does not quote the API server: %q", e.note)
 			}
 		})
+	}
+}
+
+// TestReviewMemoryBounded: a review near the size limit (a pod with a 2.9 MB annotation, which
+// no API server would store but anyone reaching the port can send) costs a small multiple of
+// its size, and at most maxDecoding are decoded at once: the webhook's memory stays bounded
+// under its container limit however many arrive.
+func TestReviewMemoryBounded(t *testing.T) {
+	raw := podJSON(t, "kong")
+	big := strings.Replace(string(raw), `"labels":{`, `"annotations":{"big":"`+strings.Repeat("x", 2900000)+`"},"labels":{`, 1)
+	body := reviewBody(t, "u", admissionv1.Create, "kong", []byte(big))
+	w := NewWebhook(testConfig(), nil, logr.Discard())
+	if rec := post(w, body); rec.Code != http.StatusOK {
+		t.Fatalf("status %d", rec.Code)
+	}
+	const runs = 5
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range runs {
+		if rec := post(w, body); rec.Code != http.StatusOK {
+			t.Fatalf("status %d", rec.Code)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	perReview := float64(after.TotalAlloc-before.TotalAlloc) / runs
+	t.Logf("%d-byte review: %.1f MiB allocated per review, at most %d decoded at once (%.0f MiB)",
+		len(body), perReview/(1<<20), maxDecoding, maxDecoding*perReview/(1<<20))
+	if limit := 6 * float64(len(body)); perReview > limit {
+		t.Errorf("%.1f MiB allocated per review of %d bytes, want at most 6x its size", perReview/(1<<20), len(body))
+	}
+	if maxDecoding*perReview > 64<<20 {
+		t.Errorf("%d reviews decoded at once can take %.0f MiB, more than half the webhook's 128 Mi limit", maxDecoding, maxDecoding*perReview/(1<<20))
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/klog/v2"
 
 	"github.com/kong-watcher/kong-watcher/agent/app"
@@ -90,6 +91,9 @@ func runAgent(ctx context.Context, env func(string) (string, bool), stderr io.Wr
 			code = 0
 		}
 	}()
+	// client-go's own goroutines (the Event broadcaster's, say) log a panic and then re-raise
+	// it by default; a bug in reporting must not take the agent, and Kong's readiness, down.
+	utilruntime.ReallyCrash = false
 	log.Info("kong-watcher agent starting", "version", version.Version, "processName", cfg.ProcessName,
 		"statsInterval", cfg.StatsInterval.String(), "metricsAddr", cfg.MetricsAddr, "dataPath", cfg.DataPath,
 		"pod", cfg.PodNamespace+"/"+cfg.PodName)

@@ -54,6 +54,10 @@ const (
 	EnvPodName       = "POD_NAME"
 	EnvPodNamespace  = "POD_NAMESPACE"
 	EnvMetricsAddr   = "METRICS_ADDR"
+	// EnvSupervise "true": the agent runs as the child of a supervisor that restarts it in
+	// place when it dies, so its container (a native sidecar: the pod is NotReady while one
+	// restarts) never exits. The webhook sets it.
+	EnvSupervise = "KONG_WATCHER_SUPERVISE"
 )
 
 // Agent defaults.

@@ -24,6 +24,7 @@ import (
 	"github.com/kong-watcher/kong-watcher/agent/kube"
 	"github.com/kong-watcher/kong-watcher/agent/logging"
 	"github.com/kong-watcher/kong-watcher/agent/report"
+	"github.com/kong-watcher/kong-watcher/agent/supervise"
 	v1alpha1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/internal/version"
 )
@@ -48,6 +49,14 @@ func main() {
 }
 
 func run() int {
+	if os.Getenv(v1alpha1.EnvSupervise) == "true" && !supervise.Child() {
+		// In the container: this process only keeps the agent running (see agent/supervise).
+		exe, err := os.Executable()
+		if err == nil {
+			return supervise.Run(context.Background(), exe, os.Args[1:], supervise.Options{})
+		}
+		fmt.Fprintf(os.Stderr, "cannot find the agent's own binary (%v); running unsupervised\n", err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return runAgent(ctx, app.OSEnv, os.Stderr)

@@ -319,6 +319,9 @@ func checkInjected(t *testing.T, before, after *corev1.Pod, cfg Config, native b
 	if got := env[kwv1.EnvMetricsAddr].Value; got != wantAddr {
 		t.Errorf("METRICS_ADDR %q", got)
 	}
+	if env[kwv1.EnvSupervise].Value != "true" {
+		t.Errorf("%s = %q, want true: a dying agent must restart inside its container", kwv1.EnvSupervise, env[kwv1.EnvSupervise].Value)
+	}
 	for _, name := range []string{kwv1.EnvLogLevel, kwv1.EnvJSONLog, kwv1.EnvProcessName, kwv1.EnvStatsInterval} {
 		if env[name].Value == "" {
 			t.Errorf("%s empty", name)

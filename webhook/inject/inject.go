@@ -97,6 +97,9 @@ func agentContainer(cfg Config, s settings, hostNetwork bool) corev1.Container {
 			{Name: kwv1.EnvProcessName, Value: s.processName},
 			{Name: kwv1.EnvStatsInterval, Value: s.statsInterval.String()},
 			{Name: kwv1.EnvMetricsAddr, Value: metricsAddr(cfg.MetricsPort, hostNetwork)},
+			// A dying agent is restarted inside its container, which never exits: a native
+			// sidecar that restarts makes the whole pod NotReady.
+			{Name: kwv1.EnvSupervise, Value: "true"},
 		},
 		Resources: *cfg.Resources.DeepCopy(),
 		// No probes at all. A sidecar's readiness counts toward the pod's Ready condition, so

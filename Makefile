@@ -49,8 +49,12 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 20s each).
 	hack/fuzz.sh $(or $(FUZZTIME),20s)
 
 .PHONY: e2e
-e2e: ## The whole story on a real local cluster (docs/e2e.md). KEEP=1 leaves it running.
+e2e: ## The whole story on a real local cluster (changes no file). KEEP=1 leaves it running.
 	KEEP=$(KEEP) hack/e2e.sh
+
+.PHONY: e2e-docs
+e2e-docs: ## make e2e, and rewrite docs/e2e.md from the run when every step passed.
+	KW_E2E_WRITE_DOCS=1 KEEP=$(KEEP) hack/e2e.sh
 
 .PHONY: e2e-down
 e2e-down: ## Stop the e2e cluster and remove everything it added to the host.

@@ -1,6 +1,7 @@
 package envtest
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -205,4 +206,72 @@ plugins:
 		t.Fatal(err)
 	}
 	checkPodSecurityOutcome(t, cfg, "opted-privileged", true)
+}
+
+// TestInjectionUnderUnknownPolicy: a policy the webhook knows nothing about (here a
+// ValidatingAdmissionPolicy, as a policy engine would install, refusing added capabilities in
+// namespaces labelled no-caps) refuses the injected pod: the Kong pod is created without the
+// agent, and the owner is told why in the policy's own words.
+func TestInjectionUnderUnknownPolicy(t *testing.T) {
+	e, cfg := startEnv(t)
+	c := newClient(t, cfg)
+	ctx := t.Context()
+	fail := admissionregistrationv1.Fail
+	policy := &admissionregistrationv1.ValidatingAdmissionPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "corp-no-added-capabilities"},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: &fail,
+			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
+				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
+					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+					Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}},
+				}}}},
+			Validations: []admissionregistrationv1.Validation{{
+				Expression: "object.spec.?initContainers.orValue([]).all(c, size(c.?securityContext.?capabilities.?add.orValue([])) == 0) && " +
+					"object.spec.containers.all(c, size(c.?securityContext.?capabilities.?add.orValue([])) == 0)",
+				Message: "corp policy: no container may add Linux capabilities",
+			}},
+		},
+	}
+	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "corp-no-added-capabilities"},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{
+			PolicyName:        policy.Name,
+			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
+			MatchResources: &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
+				MatchLabels: map[string]string{"corp.example.com/no-caps": "true"}}},
+		},
+	}
+	for _, o := range []client.Object{policy, binding} {
+		if err := c.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Delete(context.Background(), o) })
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "corp-" + rand.String(4),
+		Labels: map[string]string{"corp.example.com/no-caps": "true"}}}
+	if err := c.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	// The policy is active once the API server refuses a pod that adds a capability.
+	eventually(t, "the corp policy refusing a pod with capabilities", func() (bool, error) {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, GenerateName: "probe-"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x",
+				SecurityContext: &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"BPF"}}}}}}}
+		err := c.Create(ctx, p, client.DryRunAll)
+		return err != nil && strings.Contains(err.Error(), "corp policy"), err
+	})
+	startWebhookProvidedCerts(t, e, cfg, nil)
+	pod, warnings, ev := createLabelledKong(t, cfg, ns.Name)
+	if a, _ := agentOf(pod); a != nil {
+		t.Fatalf("the agent was injected although the corp policy refuses it")
+	}
+	if ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Note, "corp policy: no container may add Linux capabilities") ||
+		!strings.Contains(ev.Note, inject.ReasonAdmissionWouldReject) {
+		t.Errorf("event %s %s %q, want a Warning quoting the policy", ev.Type, ev.Reason, ev.Note)
+	}
+	if len(warnings) == 0 {
+		t.Errorf("the pod's creator got no warning")
+	}
+	t.Logf("%s: %s %s: %.300s", ns.Name, ev.Type, ev.Reason, ev.Note)
 }

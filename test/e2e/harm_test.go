@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
 // Step 6: nothing the agent goes through costs Kong its Ready condition or its place in the
@@ -41,6 +42,10 @@ const (
 
 func harmBgReq() req {
 	return req{proto: protoH1, method: "GET", host: "api.kong.test", uri: "/during-harm", status: 200, proxied: true, norm: "GET /during-harm"}
+}
+
+func killsBgReq() req {
+	return req{proto: protoH1, method: "GET", host: "api.kong.test", uri: "/during-kills", status: 200, proxied: true, norm: "GET /during-kills"}
 }
 
 func afterHarmPlan() []req {
@@ -78,14 +83,39 @@ func (s *suite) stepDoNoHarm(t *testing.T) {
 	floodRes := fl.wait()
 	hzRes := hz.stop()
 	t.Logf("%s: /stats flood: %s; /healthz meanwhile: %s", nameA, floodRes, hzRes)
-	if floodRes.sent < floodRate*int(floodFor/time.Second)*8/10 {
-		t.Errorf("%s: the flood sent only %d requests (wanted about %d): the step did not test what it says", nameA, floodRes.sent, floodRate*int(floodFor/time.Second))
+	// The flood offers 500 req/s from 64 clients; the agent (200m CPU limit) answers what it
+	// can and the rest find every client waiting: either way it runs at its limit.
+	if floodRes.sent < floodRes.offered*8/10 && floodRes.skipped < floodRes.offered/10 {
+		t.Errorf("%s: the flood offered %d requests but sent %d with few ticks skipped: the step did not load the agent", nameA, floodRes.offered, floodRes.sent)
 	}
 	if hzRes.failed > 0 {
 		t.Errorf("%s: /healthz failed %d of %d times during the /stats flood: %s", nameA, hzRes.failed, hzRes.total, hzRes.firstErr)
 	}
-	s.note("Step 6, %s: %d /stats requests in %s (%s); /healthz probed %d times meanwhile, %d failed, slowest %s.",
-		nameA, floodRes.sent, floodFor, floodRes, hzRes.total, hzRes.failed, hzRes.slowest.Round(time.Millisecond))
+	// Counting went on under the flood: the agent's row for the background path equals the
+	// access log once the traffic has stopped.
+	okBg, failedBg := bg.end()
+	if len(failedBg) > 0 {
+		t.Errorf("%s: %d of %d gateway requests failed during the /stats flood: %s", nameA, len(failedBg), okBg+len(failedBg), strings.Join(failedBg, "; "))
+	}
+	bgRow := harmBgReq().norm
+	logged := logTally(t, s.accessLog(t, nameA), allNorms(), func(e fixture.LogEntry) bool { return e.RequestURI == harmBgReq().uri }).Paths[bgRow]
+	countedAfter := waitFor(t, "the annotations of "+nameA+" to count every request sent during the flood", 2*statsInterval+30*time.Second, 250*time.Millisecond,
+		func(ctx context.Context) (bool, string, error) {
+			p, err := s.cs.CoreV1().Pods(kongNS).Get(ctx, nameA, metav1.GetOptions{})
+			if err != nil {
+				return false, "", err
+			}
+			stats, err := podStats(p.Annotations)
+			if err != nil {
+				return false, err.Error(), nil
+			}
+			got := statsTally(stats.Total).Paths[bgRow]
+			return got == logged, fmt.Sprintf("%s: %d, the access log %d", bgRow, got, logged), nil
+		})
+	s.note("Step 6, %s: a /stats flood for %s (%s); /healthz probed %d times meanwhile, %d failed, slowest %s; the %d gateway requests sent meanwhile were all answered and counted (the annotations equal the access log %s after the traffic).",
+		nameA, floodFor, floodRes, hzRes.total, hzRes.failed, hzRes.slowest.Round(time.Millisecond), logged, countedAfter.Round(100*time.Millisecond))
+	bg = startBackground(pa.Status.PodIP, killsBgReq(), 20*time.Millisecond, 100000)
+	defer bg.end()
 
 	// --- The agent process killed again and again; its port taken by another process.
 	sup := s.agentTaskPID(t, st.ContainerID)
@@ -293,13 +323,14 @@ func get(ctx context.Context, url string) (int, error) {
 
 // floodResult counts a flood's answers.
 type floodResult struct {
-	sent   int
-	status map[int]int
-	errors int
+	offered, skipped, sent int
+	status                 map[int]int
+	errors                 int
 }
 
 func (r floodResult) String() string {
-	return fmt.Sprintf("sent %d, answers by status %v, transport errors %d", r.sent, r.status, r.errors)
+	return fmt.Sprintf("offered %d, sent %d (the rest found all clients waiting), answers by status %v, transport errors %d",
+		r.offered, r.sent, r.status, r.errors)
 }
 
 type flooder struct {
@@ -345,9 +376,15 @@ func flood(url string, rate int, d time.Duration) *flooder {
 			case <-end:
 				break loop
 			case <-tick.C:
+				mu.Lock()
+				res.offered++
+				mu.Unlock()
 				select {
 				case jobs <- struct{}{}:
 				default: // every worker busy: this tick is skipped
+					mu.Lock()
+					res.skipped++
+					mu.Unlock()
 				}
 			}
 		}

@@ -384,7 +384,7 @@ func afterRestartPlan() []req {
 }
 
 func allNorms() map[string]string {
-	m := norms(mainPlan(), burstPlan(), reloadReqs(), afterRestartPlan(), []req{restartBgReq()}, afterHarmPlan(), []req{harmBgReq()})
+	m := norms(mainPlan(), burstPlan(), reloadReqs(), afterRestartPlan(), []req{restartBgReq()}, afterHarmPlan(), []req{harmBgReq(), killsBgReq()})
 	return m
 }
 

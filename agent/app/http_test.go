@@ -204,17 +204,6 @@ func TestStartHTTPPortTakenKeepsCountingAndServesOnceFreed(t *testing.T) {
 
 // A flood of /stats and /metrics neither stalls the counting nor delays /healthz.
 func TestHTTPFloodDoesNotStallCountingOrHealthz(t *testing.T) {
-	const (
-		floodFor     = 4 * time.Second
-		floodWorkers = 16 // connections: more than the /stats and /metrics in-flight limits together
-		feedEvery    = 10 * time.Millisecond
-		feedBatch    = 50 // 5,000 requests/s into the pipeline
-		// generous bounds the /healthz answers and the feeder's batches, beyond the stalls of
-		// the whole test process: the machines that run these tests are shared and loaded,
-		// and a process can wait for a CPU for a second or more. What must not happen is a
-		// probe waiting on the flood itself (a lock, a queue, a limit).
-		generous = time.Second
-	)
 	a := testPipeline(t)
 	var snapshots atomic.Int64
 	stats := func() v1alpha1.Stats { snapshots.Add(1); return a.Stats() }
@@ -222,8 +211,78 @@ func TestHTTPFloodDoesNotStallCountingOrHealthz(t *testing.T) {
 	defer cancel()
 	srv := StartHTTP(ctx, HTTPOptions{Addr: "127.0.0.1:0", Stats: stats, Ready: a.Ready, Registry: a.Registry, Log: logr.Discard()})
 	base := waitServing(t, srv, 10*time.Second)
-	feed(a, 2000) // full tables: the snapshots and /metrics cost what they cost in production
+	const prefed = 2000
+	feed(a, prefed) // full tables: the snapshots and /metrics cost what they cost in production
+	fed := prefed
 
+	// The flood comes from this process, which a loaded machine can leave without a CPU for
+	// seconds: a window whose flood stayed under the wanted rate proves nothing either way
+	// and is tried again. Every window must count every request and answer every probe.
+	const wantRate, attempts = 500, 3
+	for attempt := 1; ; attempt++ {
+		snapshots.Store(0)
+		w := floodWindow(t, a, base)
+		fed += w.fed
+		agg, met := counted(t, a)
+		t.Logf("flood: %d requests (%d to /metrics, the rest to /stats) in %v (%.0f req/s): %d answered 200, %d 503, %d other; "+
+			"%d snapshots taken; fed %d requests in all, counted %d (aggregator) %d (metrics), slowest batch of %d Observe %v; "+
+			"%d /healthz probes, %d failed, slowest %v; the process stalled for up to %v",
+			w.sent, w.toMetrics, w.elapsed.Round(time.Millisecond), w.rate(), w.ok200, w.rejected, w.failed, snapshots.Load(),
+			fed, agg, met, feedBatch, w.worstFeed, w.probes, w.probeFailures, w.worstProbe, w.worstStall)
+		if w.failed > 0 {
+			t.Errorf("%d flood requests answered neither 200 nor 503", w.failed)
+		}
+		if agg != uint64(fed) || met != uint64(fed) {
+			t.Errorf("fed %d requests, counted %d (aggregator), %d (metrics)", fed, agg, met)
+		}
+		if most := int64(w.elapsed/report.StatsRefresh) + 2; snapshots.Load() > most {
+			t.Errorf("%d snapshots in %v, want at most one per %v", snapshots.Load(), w.elapsed, report.StatsRefresh)
+		}
+		if w.probes < 3 || w.probeFailures > 0 || w.worstProbe > generous+w.worstStall {
+			t.Errorf("%d /healthz probes, %d failed, slowest %v: want every probe answered 200 within %v (plus the process's stalls, %v)",
+				w.probes, w.probeFailures, w.worstProbe, generous, w.worstStall)
+		}
+		if w.worstFeed > generous+w.worstStall {
+			t.Errorf("a batch of %d requests took %v to count: the flood stalls the pipeline", feedBatch, w.worstFeed)
+		}
+		if w.rate() >= wantRate || t.Failed() {
+			break
+		}
+		if attempt == attempts {
+			t.Errorf("the flood never reached %d req/s in %d windows", wantRate, attempts)
+			break
+		}
+		t.Logf("the flood stayed under %d req/s (the process stalled for up to %v): another window", wantRate, w.worstStall)
+	}
+}
+
+const (
+	floodFor     = 4 * time.Second
+	floodWorkers = 16 // connections: more than the /stats and /metrics in-flight limits together
+	feedEvery    = 10 * time.Millisecond
+	feedBatch    = 50 // 5,000 requests/s into the pipeline
+	// generous bounds the /healthz answers and the feeder's batches, beyond the stalls of the
+	// whole test process: the machines that run these tests are shared and loaded, and a
+	// process can wait for a CPU for a second or more. What must not happen is a probe
+	// waiting on the flood itself (a lock, a queue, a limit).
+	generous = time.Second
+)
+
+type floodResult struct {
+	elapsed                           time.Duration
+	sent, ok200, rejected, failed     int64
+	toMetrics                         int64
+	fed                               int
+	worstFeed, worstProbe, worstStall time.Duration
+	probes, probeFailures             int
+}
+
+func (r floodResult) rate() float64 { return float64(r.sent) / r.elapsed.Seconds() }
+
+// floodWindow floods base's /stats and /metrics for floodFor while it feeds the pipeline and
+// probes /healthz, and measures the process's own stalls (how late a sleeping goroutine wakes).
+func floodWindow(t *testing.T, a *Agent, base string) floodResult {
+	var r floodResult
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var ok200, rejected, failed, toMetrics atomic.Int64
@@ -252,12 +311,9 @@ func TestHTTPFloodDoesNotStallCountingOrHealthz(t *testing.T) {
 			}
 		}()
 	}
-
-	var fed int
-	var worstFeed time.Duration
-	feedDone := make(chan struct{})
+	wg.Add(3)
 	go func() {
-		defer close(feedDone)
+		defer wg.Done()
 		tick := time.NewTicker(feedEvery)
 		defer tick.Stop()
 		for {
@@ -268,17 +324,14 @@ func TestHTTPFloodDoesNotStallCountingOrHealthz(t *testing.T) {
 			}
 			start := time.Now()
 			feed(a, feedBatch)
-			worstFeed = max(worstFeed, time.Since(start))
-			fed += feedBatch
+			r.worstFeed = max(r.worstFeed, time.Since(start))
+			r.fed += feedBatch
 		}
 	}()
-
-	var probes, probeFailures int
-	var worstProbe time.Duration
-	probeDone := make(chan struct{})
 	go func() {
-		defer close(probeDone)
+		defer wg.Done()
 		c := &http.Client{Timeout: 10 * time.Second}
+		defer c.CloseIdleConnections()
 		for {
 			select {
 			case <-stop:
@@ -287,21 +340,16 @@ func TestHTTPFloodDoesNotStallCountingOrHealthz(t *testing.T) {
 			}
 			start := time.Now()
 			code, body, err := httpGet(c, base+"/healthz")
-			d := time.Since(start)
-			probes++
-			worstProbe = max(worstProbe, d)
+			r.worstProbe = max(r.worstProbe, time.Since(start))
+			r.probes++
 			if code != 200 || body != "ok\n" {
-				probeFailures++
-				t.Errorf("/healthz during the flood: %d %q %v", code, body, err)
+				r.probeFailures++
+				t.Logf("/healthz during the flood: %d %q %v", code, body, err)
 			}
 		}
 	}()
-
-	// The process's own stalls (the machine's load, GC): how late a sleeping goroutine wakes.
-	var worstStall time.Duration
-	stallDone := make(chan struct{})
 	go func() {
-		defer close(stallDone)
+		defer wg.Done()
 		for {
 			select {
 			case <-stop:
@@ -310,47 +358,17 @@ func TestHTTPFloodDoesNotStallCountingOrHealthz(t *testing.T) {
 			}
 			t0 := time.Now()
 			time.Sleep(5 * time.Millisecond)
-			worstStall = max(worstStall, time.Since(t0)-5*time.Millisecond)
+			r.worstStall = max(r.worstStall, time.Since(t0)-5*time.Millisecond)
 		}
 	}()
-
 	start := time.Now()
 	time.Sleep(floodFor)
 	close(stop)
 	wg.Wait()
-	elapsed := time.Since(start)
-	<-feedDone
-	<-probeDone
-	<-stallDone
-	fed += 2000
-
-	sent := ok200.Load() + rejected.Load() + failed.Load()
-	rate := float64(sent) / elapsed.Seconds()
-	agg, met := counted(t, a)
-	t.Logf("flood: %d requests (%d to /metrics, the rest to /stats) in %v (%.0f req/s): %d answered 200, %d 503, %d other; "+
-		"%d snapshots taken; fed %d requests, counted %d (aggregator) %d (metrics), slowest batch of %d Observe %v; "+
-		"%d /healthz probes, %d failed, slowest %v; the process stalled for up to %v",
-		sent, toMetrics.Load(), elapsed.Round(time.Millisecond), rate, ok200.Load(), rejected.Load(), failed.Load(), snapshots.Load(),
-		fed, agg, met, feedBatch, worstFeed, probes, probeFailures, worstProbe, worstStall)
-	if rate < 500 {
-		t.Errorf("the flood reached %.0f req/s, want at least 500", rate)
-	}
-	if failed.Load() > 0 {
-		t.Errorf("%d flood requests answered neither 200 nor 503", failed.Load())
-	}
-	if agg != uint64(fed) || met != uint64(fed) {
-		t.Errorf("fed %d requests, counted %d (aggregator), %d (metrics)", fed, agg, met)
-	}
-	if most := int64(elapsed/report.StatsRefresh) + 2; snapshots.Load() > most {
-		t.Errorf("%d snapshots in %v, want at most one per %v", snapshots.Load(), elapsed, report.StatsRefresh)
-	}
-	if probes < 10 || worstProbe > generous+worstStall {
-		t.Errorf("%d /healthz probes, slowest %v: want every probe answered within %v (plus the process's stalls, %v)",
-			probes, worstProbe, generous, worstStall)
-	}
-	if worstFeed > generous+worstStall {
-		t.Errorf("a batch of %d requests took %v to count: the flood stalls the pipeline", feedBatch, worstFeed)
-	}
+	r.elapsed = time.Since(start)
+	r.ok200, r.rejected, r.failed, r.toMetrics = ok200.Load(), rejected.Load(), failed.Load(), toMetrics.Load()
+	r.sent = r.ok200 + r.rejected + r.failed
+	return r
 }
 
 // floodDepth is how many requests a flood connection sends at once.

@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/rest"
@@ -274,4 +275,40 @@ func TestInjectionUnderUnknownPolicy(t *testing.T) {
 		t.Errorf("the pod's creator got no warning")
 	}
 	t.Logf("%s: %s %s: %.300s", ns.Name, ev.Type, ev.Reason, ev.Note)
+}
+
+// TestInjectionKeepsQoSClass: the API server itself classifies the injected pod: a Guaranteed
+// Kong pod stays Guaranteed, a Burstable one stays Burstable.
+func TestInjectionKeepsQoSClass(t *testing.T) {
+	e, cfg := startEnv(t)
+	c := newClient(t, cfg)
+	startWebhookProvidedCerts(t, e, cfg, nil)
+	ns := "qos-" + rand.String(5)
+	ensureNamespace(t, c, ns)
+	guaranteed := corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("1Gi")},
+		Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("1Gi")},
+	}
+	burstable := corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m")},
+	}
+	for name, tc := range map[string]struct {
+		res  corev1.ResourceRequirements
+		want corev1.PodQOSClass
+	}{
+		"guaranteed": {guaranteed, corev1.PodQOSGuaranteed},
+		"burstable":  {burstable, corev1.PodQOSBurstable},
+	} {
+		pod := kongPod(ns, name, true)
+		pod.Spec.Containers[0].Resources = tc.res
+		if err := c.Create(t.Context(), pod); err != nil {
+			t.Fatal(err)
+		}
+		if a, _ := agentOf(pod); a == nil {
+			t.Fatalf("%s: not injected", name)
+		}
+		if pod.Status.QOSClass != tc.want {
+			t.Errorf("%s Kong pod: the API server classified the injected pod %q, want %q", name, pod.Status.QOSClass, tc.want)
+		}
+	}
 }

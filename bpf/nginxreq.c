@@ -64,7 +64,7 @@ volatile const __u64 wakeup_bytes = 262144; /* wake the reader only when this mu
 #define MAX_UP_TRIES 4
 #define MAX_LAYOUTS 16
 
-/* start_sec scan window in r (8-byte steps): covers every layout in FACTS.md (960 in Debian
+/* start_sec scan window in r (8-byte steps): covers every layout checked (960 in Debian
  * 1.22, ~900-1000 elsewhere) with room for builds with more fields before it. */
 #define S_SCAN_LO 512
 #define S_SCAN_HI 1600

@@ -27,7 +27,7 @@
 # private mount namespace with stand-in files bind-mounted over those sysctls, and with private
 # tmpfs on /run, /var/lib/cni, /var/log/pods and /var/log/containers.
 #
-# Workarounds this machine needs (../shared/FACTS.md): cgroups are v1 (kubelet failCgroupV1:
+# Workarounds this machine needs: cgroups are v1 (kubelet failCgroupV1:
 # false); the VM lacks CAP_SYS_RESOURCE (containerd restrict_oom_score_adj); no systemd (every
 # daemon is started by hand and stopped by PID).
 set -euo pipefail

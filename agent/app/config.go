@@ -30,7 +30,7 @@ const (
 	LuaSampled = "sampled"
 )
 
-// Config is everything the agent needs, parsed from the environment (DESIGN.md's names).
+// Config is everything the agent needs, parsed from the environment (the names the webhook injects, api/v1alpha1).
 type Config struct {
 	LogLevel      string
 	JSONLog       bool

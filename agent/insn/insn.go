@@ -3,7 +3,7 @@
 // The kernel runs the instruction under a uprobe's breakpoint either by emulating it (a few
 // instruction kinds: push reg, nop, jmp/jcc rel, call rel32) or by single-stepping a copy of
 // it out of line, which costs ~15 us per hit in our VMs against ~1 us for an emulated one
-// (see shared FACTS.md). glibc's recv/write/writev start with a RIP-relative cmpb that must be
+// (measured on the development VMs, docs/design.md). glibc's recv/write/writev start with a RIP-relative cmpb that must be
 // single-stepped; a few bytes further is a je that is emulated. Putting the probe there is
 // only correct if no instruction before it changes what the probe reads: the argument
 // registers and, for a uretprobe (which hijacks the return address at [rsp]), rsp itself.

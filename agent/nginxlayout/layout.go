@@ -1,6 +1,6 @@
 // Package nginxlayout learns, at run time, where the fields kong-watcher needs sit in nginx's
 // ngx_http_request_t. Kong's binary has no debug info and the layout moves with nginx version
-// and build options (FACTS.md), so the agent's BPF program first ships raw snapshots of r
+// and build options (checked against nginx 1.21-1.29, OpenResty and Kong's patch set), so the agent's BPF program first ships raw snapshots of r
 // (calibration events) and this package finds the layout in them, from fingerprints that hold
 // in every version checked, and only accepts it once several requests agree and every sample
 // decodes to plausible values.
@@ -13,7 +13,7 @@ import (
 	"math/bits"
 )
 
-// Offsets that are the same in every nginx version checked (FACTS.md).
+// Offsets that are the same in every nginx version checked.
 const (
 	// ConnOffset: r->connection is the first pointer after the 4-byte signature.
 	ConnOffset = 8
@@ -34,7 +34,7 @@ const (
 	SToUnparsedURI = 96
 	SToMethodName  = 112
 	SToHTTPProto   = 128
-	// r->main follows schema and out: main == r for a client request. Not in FACTS.md's
+	// r->main follows schema and out: main == r for a client request. Not in the
 	// list of stable fields, so it is verified on the samples before it is used.
 	SToMain = 168
 
@@ -115,7 +115,7 @@ func (l Layout) String() string {
 
 // Known layouts, for tests and for the log line that says which build the agent recognised.
 var (
-	// Debian 1.22.1 (cache module built in): FACTS.md's offsets.
+	// Debian 1.22.1 (cache module built in): the offsets read under a debugger.
 	Debian1221 = Layout{HeadersOut: 536, Start: 960, UpstreamStates: 80}
 	// Debian1221ServerName: its ngx_http_core_srv_conf_t has file_name and line before
 	// server_name (checked on the live binary: ServerName on its calibration samples).
@@ -247,7 +247,7 @@ func u64(b []byte, off int) uint64 {
 // list reports whether an ngx_list_t initialised by ngx_list_init(l, pool, nalloc, size) sits
 // at off: element size 48 or 56 (ngx_table_elt_t grew a next pointer in 1.23), the expected
 // nalloc, and the request's pool. The self-reference (last == &part) is checked only as a
-// hint by the caller: it breaks once a list outgrows its first part (FACTS.md).
+// hint by the caller: it breaks once a list outgrows its first part (ngx_list_init points last at the first part).
 func list(b []byte, off int, nalloc uint64) (pool uint64, ok bool) {
 	if off < 0 || off+listSize > len(b) {
 		return 0, false

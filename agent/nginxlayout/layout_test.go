@@ -122,11 +122,11 @@ func TestAnalyzeBuilds(t *testing.T) {
 
 func TestDebianMatchesFacts(t *testing.T) {
 	l := Debian1221
-	// FACTS.md: headers_in.server 496, headers_out.status 648, unparsed_uri 1056,
+	// Read under a debugger: headers_in.server 496, headers_out.status 648, unparsed_uri 1056,
 	// method_name 1072, upstream_states 80.
 	if l.Server() != 496 || l.Status() != 648 || l.UnparsedURI() != 1056 || l.MethodName() != 1072 ||
 		l.UpstreamStates != 80 || l.Distance() != 424 {
-		t.Fatalf("Debian 1.22.1 layout disagrees with FACTS.md: %v", l)
+		t.Fatalf("Debian 1.22.1 layout disagrees with the offsets read under a debugger: %v", l)
 	}
 }
 

@@ -100,14 +100,14 @@
 // latency in exact ms, upstream ms, bytes, protocol, client address, worker PID) for
 // HTTP/1.0, HTTP/1.1 keep-alive, HTTP/2 over TLS, HEAD, POST, 400, 404 via error_page, 499,
 // 502, proxied requests, in the agent's own child PID namespace, and with only CAP_BPF,
-// CAP_PERFMON and CAP_SYS_PTRACE. Learnt layout = FACTS.md's offsets for that build.
+// CAP_PERFMON and CAP_SYS_PTRACE. Learnt layout = the offsets read under a debugger for that build.
 // Cost (TestThroughput, KW_BENCH=1; wrk -t1 -c20 -d5s on `return 200`, 3 alternating
 // rounds, medians). Other tenants kept the load average at 20-37, so req/s ratios were noise
 // (the probed runs were sometimes faster than the bare one); the nginx workers' CPU time per
 // request is the number to read. Two runs: no probes 16.9 / 18.4 us per request; the
 // nginxreq probe 24.7 / 20.8 us; with Lua phase probes 43.3 / 31.8 us; an empty BPF program
 // on ngx_http_free_request 23.1 / 22.7 us (the bare uprobe trap costs several us on this
-// loaded VM; FACTS.md measured 0.5-1.3 us on a quieter one). Time inside the BPF programs
+// loaded VM; 0.5-1.3 us was measured on a quieter one). Time inside the BPF programs
 // (kernel.bpf_stats): free_request 0.9-1.5 us, free_request return 0.7-1.1 us, Lua handler
 // entry 0.55-0.75 us, exit 0.4-0.6 us. In that config each request runs one Lua handler
 // (the log handler, registered globally once any location has log_by_lua), so Lua timing

@@ -443,7 +443,7 @@ func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent i
 		t.Errorf("mode %q, want ready (%s)", st.Mode, st.Err)
 	}
 	if !strings.Contains(st.Layout, nginxlayout.Debian1221.String()) {
-		t.Errorf("learnt layout %q, want FACTS.md's Debian 1.22.1 %v", st.Layout, nginxlayout.Debian1221)
+		t.Errorf("learnt layout %q, want Debian 1.22.1's known %v", st.Layout, nginxlayout.Debian1221)
 	}
 	if want := fmt.Sprintf("srv_conf=%d server_name=%d", nginxlayout.SrvConfOffset, nginxlayout.Debian1221ServerName); !strings.Contains(st.Layout, want) {
 		t.Errorf("learnt layout %q, want %s", st.Layout, want)

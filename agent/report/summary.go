@@ -55,7 +55,7 @@ const DefaultMaxStatsJSON = 16 << 10
 // topN is how many hosts / paths the short annotations list.
 const topN = 5
 
-// Annotations returns the agent's pod annotations (see DESIGN.md):
+// Annotations returns the agent's pod annotations (api/v1alpha1 names them):
 //
 //	kong-watcher.io/requests     total=1234 errors=5 (0.4%) rate=12.3/s
 //	kong-watcher.io/latency      avg=3.2ms p50=2.1ms p95=8.0ms p99=20.1ms

@@ -85,7 +85,7 @@ type cpuSummary struct {
 }
 
 // trapCostUs is the cost of taking one uprobe on an emulated instruction, outside the BPF
-// program: FACTS.md measured 0.5-1.3 us on this VM; the upper end is used.
+// program: 0.5-1.3 us was measured on this VM; the upper end is used.
 const trapCostUs = 1.3
 
 func (b *bench) cpuSummary() cpuSummary {
@@ -322,7 +322,7 @@ func (b *bench) report(scens []scenario) reportOut {
 		fmt.Fprintf(&doc, "| the same, workers measured by schedstat (ns) instead of utime+stime ticks | %.2f%% of a core (%.1f us/request) | |\n",
 			cs.schedXtra, cs.schedUsPerReq)
 		if cs.bpfOK {
-			fmt.Fprintf(&doc, "| bottom-up at %d req/s: agent CPU + the BPF programs' run time (kernel accounting) + %.1f us per probe hit for the trap (FACTS.md) | %.2f%% of a core (%.2f hits, %.2f us BPF, %.1f us total per request) | <= %.0f%% %s |\n",
+			fmt.Fprintf(&doc, "| bottom-up at %d req/s: agent CPU + the BPF programs' run time (kernel accounting) + %.1f us per probe hit for the trap (measured on this VM) | %.2f%% of a core (%.2f hits, %.2f us BPF, %.1f us total per request) | <= %.0f%% %s |\n",
 				c.cpuRate, trapCostUs, cs.bottomUp, cs.hitsPerReq, cs.bpfUsPerReq, cs.bottomUpUsPerReq, targetExtraCPUPct, passMiss(cs.bottomUp <= targetExtraCPUPct))
 		}
 	}
@@ -349,7 +349,7 @@ func (b *bench) report(scens []scenario) reportOut {
 	if cs.ok && cs.bpfOK && cs.extra-cs.bottomUp > cs.woMax-cs.woMin {
 		fmt.Fprintf(&doc, " In this run the top-down figure exceeds the bottom-up one by %.2f%% of a core,\n", cs.extra-cs.bottomUp)
 		fmt.Fprintf(&doc, "more than the noise floor's spread: the workers pay for something the BPF accounting does not\n")
-		fmt.Fprintf(&doc, "see (a probe on a single-stepped instruction costs ~15 us per hit here, FACTS.md; ring-buffer\n")
+		fmt.Fprintf(&doc, "see (a probe on a single-stepped instruction costs ~15 us per hit here; ring-buffer\n")
 		fmt.Fprintf(&doc, "wake-ups; uprobe attach/detach).")
 	}
 	fmt.Fprintf(&doc, "\n\n")

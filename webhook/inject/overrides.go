@@ -23,7 +23,7 @@ type settings struct {
 
 // podSettings applies the pod's override annotations to cfg. An invalid value is ignored and
 // reported as a warning, never as an error: a typo in an annotation must not cost the user
-// the pod (DESIGN.md). The image is deliberately not overridable: the agent runs with BPF
+// the pod. The image is deliberately not overridable: the agent runs with BPF
 // rights, so which binary gets them is the cluster operator's choice, not the pod author's.
 func podSettings(pod *corev1.Pod, cfg Config) (settings, []string) {
 	s := settings{

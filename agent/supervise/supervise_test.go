@@ -125,4 +125,3 @@ func TestCrashingAgentBacksOff(t *testing.T) {
 		t.Errorf("want the wait capped at MaxBackoff and the exit status logged:\n%s", out)
 	}
 }
-

@@ -57,41 +57,14 @@ func requireInitialPIDNamespace(t testing.TB) {
 	}
 }
 
-// loopbackSocket returns a TCP socket bound to a free port of 127.0.0.1, and the port. A
-// listening one is for nginx to inherit (see startNginxWrapped): non-blocking, as nginx
-// expects of the sockets it accepts on and does not set on inherited ones. One that is only
-// bound keeps the port taken without accepting, so connecting to it is refused.
+// loopbackSocket is fixture.LoopbackSocket on a free port, failing the test on error.
 func loopbackSocket(t testing.TB, listen bool) (*os.File, int) {
 	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	f, port, err := fixture.LoopbackSocket(0, listen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A blocking descriptor makes a plain (not pollable) os.File, whose Fd (exec.Cmd.Start
-	// calls it) leaves the mode alone; O_NONBLOCK is set after.
-	f := os.NewFile(uintptr(fd), "loopback socket")
-	sa := &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
-	if err := syscall.Bind(fd, sa); err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
-	if listen {
-		// nginx's default backlog.
-		if err := syscall.Listen(fd, 511); err != nil {
-			f.Close()
-			t.Fatal(err)
-		}
-		if err := syscall.SetNonblock(fd, true); err != nil {
-			f.Close()
-			t.Fatal(err)
-		}
-	}
-	got, err := syscall.Getsockname(fd)
-	if err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
-	return f, got.(*syscall.SockaddrInet4).Port
+	return f, port
 }
 
 // testNginx is a private nginx (Debian's binary + the lua module) on loopback ports.
@@ -218,14 +191,7 @@ func startNginxWrapped(t testing.TB, wrapper ...string) *testNginx {
 	args := append(append([]string{}, wrapper...), nginxBinary, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
 	n.cmd = exec.Command(args[0], args[1:]...)
 	n.cmd.Stdout, n.cmd.Stderr = os.Stderr, os.Stderr
-	// nginx takes inherited listening sockets from $NGINX ("fd;fd;...;"), as in a binary
-	// upgrade, and uses each for the listen directive with its address.
-	n.cmd.ExtraFiles = inherit
-	var fds strings.Builder
-	for i := range inherit {
-		fmt.Fprintf(&fds, "%d;", 3+i)
-	}
-	n.cmd.Env = append(os.Environ(), "NGINX="+fds.String())
+	fixture.InheritListeners(n.cmd, inherit)
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -53,15 +53,6 @@ func havePrereqs(t *testing.T, tools ...string) {
 	fixture.Require(t, err == nil, "kernel BTF")
 }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // nginxFixture is a real nginx in a temporary prefix: a plain server (200, 404, a
 // proxy_pass to a second server block), the upstream block, and a TLS listener without
 // http2, two workers, a JSON access log.
@@ -99,7 +90,25 @@ func startNginxWith(t *testing.T, o nginxOptions) *nginxFixture {
 	if err := os.Chmod(dir, 0o755); err != nil { // workers run as nobody
 		t.Fatal(err)
 	}
-	f := &nginxFixture{dir: dir, plain: freePort(t), up: freePort(t), tlsPort: freePort(t), h2Port: freePort(t)}
+	f := &nginxFixture{dir: dir}
+	// nginx inherits its listening sockets, bound here, rather than binding ports picked
+	// earlier: a port picked by binding and closing a probe socket is free only at that
+	// moment, so two picks can return the same port and another process can take one before
+	// nginx binds it.
+	var listeners []*os.File
+	defer func() {
+		for _, l := range listeners {
+			l.Close() // nginx has its own copies once started
+		}
+	}()
+	for _, port := range []*int{&f.plain, &f.up, &f.tlsPort, &f.h2Port} {
+		l, p, err := fixture.LoopbackSocket(0, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listeners = append(listeners, l)
+		*port = p
+	}
 	writeCert(t, dir)
 	// Kong is OpenResty: load Debian's lua module when present, for a content_by_lua
 	// location whose cosocket calls the upstream block (like a plugin calling out).
@@ -163,6 +172,7 @@ http {
 	f.lua = luaLoad != ""
 	f.cmd = exec.Command("nginx", "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
 	f.cmd.Stderr = os.Stderr
+	fixture.InheritListeners(f.cmd, listeners)
 	if err := f.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -182,14 +192,14 @@ http {
 			t.Logf("nginx error.log:\n%s", b)
 		}
 	})
-	deadline := time.Now().Add(5 * time.Second)
+	// The inherited sockets accept before nginx runs, so connecting proves nothing; the
+	// master forks its workers once the configuration is loaded and the sockets are set up.
+	// The bound is for a loaded machine, where the start (TLS, Lua) waits for a CPU.
+	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		f.workers = childrenOf(f.master)
 		if len(f.workers) == 2 {
-			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", f.plain)); err == nil {
-				c.Close()
-				return f
-			}
+			return f
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

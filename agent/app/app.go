@@ -68,8 +68,8 @@ type Agent struct {
 	fault error
 	// What has already been added to the aggregator and the metrics of the data paths'
 	// cumulative counters (they report totals; the sinks take increments).
-	seenDropped, seenDecodeErrs uint64
-	lastDataPath                string
+	seenDropped, seenDecodeErrs, seenGivenUp uint64
+	lastDataPath                             string
 }
 
 type tracked struct {
@@ -445,9 +445,16 @@ func (a *Agent) updateHealthLocked() {
 	}
 	if a.wire != nil {
 		st := a.wire.Status()
-		dropped += st.Dropped
-		decodeErrs += st.ParseErrors
+		// Requests the wire parser read but had to give up with their connection are lost
+		// like events the ring buffer could not hold.
+		dropped += st.Dropped + st.Lost
+		decodeErrs += st.ParseErrors + st.BadRecords
 		probesAttached += len(st.Probes)
+		a.metrics.SetWireBuffered(st.Buffered)
+		if givenUp := st.OverBudget + st.HeadTimeouts; givenUp > a.seenGivenUp {
+			a.metrics.AddWireGivenUp(givenUp - a.seenGivenUp)
+			a.seenGivenUp = givenUp
+		}
 	}
 	if dropped > a.seenDropped {
 		a.Aggregator.AddDropped(dropped - a.seenDropped)

@@ -59,6 +59,8 @@ type Metrics struct {
 	eventsDropped    prometheus.Counter
 	processesTracked prometheus.Gauge
 	decodeErrors     prometheus.Counter
+	wireBuffered     prometheus.Gauge
+	wireGivenUp      prometheus.Counter
 	info             *prometheus.GaugeVec
 
 	// Cached children, so Observe does no label hashing or allocation in the steady state.
@@ -122,6 +124,10 @@ func NewMetrics(o MetricsOptions) *Metrics {
 			Help: "Kong/nginx worker processes currently probed."}),
 		decodeErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kong_watcher", Name: "decode_errors_total",
 			Help: "Events the agent could not decode into a request."}),
+		wireBuffered: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kong_watcher", Name: "wire_buffered_bytes",
+			Help: "Bytes the wire data path holds for connections in progress (bounded by its budget)."}),
+		wireGivenUp: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kong_watcher", Name: "wire_connections_given_up_total",
+			Help: "Connections the wire data path stopped following to stay within its memory budget or whose head never completed."}),
 		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "kong_watcher", Name: "info",
 			Help: "Always 1: the agent's version and data path (nginx-request, wire or empty)."}, []string{"version", "data_path"}),
 		opts:   o,
@@ -141,7 +147,7 @@ func NewMetrics(o MetricsOptions) *Metrics {
 // Register registers every metric on reg.
 func (m *Metrics) Register(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.upstream, m.kong, m.luaPhase, m.bytes,
-		m.probesAttached, m.eventsDropped, m.processesTracked, m.decodeErrors, m.info} {
+		m.probesAttached, m.eventsDropped, m.processesTracked, m.decodeErrors, m.wireBuffered, m.wireGivenUp, m.info} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -333,6 +339,12 @@ func (m *Metrics) SetProcessesTracked(n int) { m.processesTracked.Set(float64(n)
 
 // AddDecodeErrors adds to kong_watcher_decode_errors_total.
 func (m *Metrics) AddDecodeErrors(n uint64) { m.decodeErrors.Add(float64(n)) }
+
+// SetWireBuffered sets kong_watcher_wire_buffered_bytes.
+func (m *Metrics) SetWireBuffered(n int64) { m.wireBuffered.Set(float64(n)) }
+
+// AddWireGivenUp adds to kong_watcher_wire_connections_given_up_total.
+func (m *Metrics) AddWireGivenUp(n uint64) { m.wireGivenUp.Add(float64(n)) }
 
 // SetInfo sets kong_watcher_info{version,data_path} to 1, replacing any earlier values (the
 // data path is learnt after start-up).

@@ -36,6 +36,8 @@ func TestMetricsObserve(t *testing.T) {
 	m.AddEventsDropped(3)
 	m.SetProcessesTracked(2)
 	m.AddDecodeErrors(1)
+	m.SetWireBuffered(4096)
+	m.AddWireGivenUp(5)
 	m.SetInfo("v0.0.1", "")
 	m.SetInfo("v0.1.0", "nginx-request")
 
@@ -51,6 +53,8 @@ func TestMetricsObserve(t *testing.T) {
 		{"kong_watcher_events_dropped_total", nil, 3},
 		{"kong_watcher_processes_tracked", nil, 2},
 		{"kong_watcher_decode_errors_total", nil, 1},
+		{"kong_watcher_wire_buffered_bytes", nil, 4096},
+		{"kong_watcher_wire_connections_given_up_total", nil, 5},
 		{"kong_watcher_info", map[string]string{"version": "v0.1.0", "data_path": "nginx-request"}, 1},
 		{"kong_watcher_request_duration_seconds", map[string]string{"method": "GET"}, 2},
 		{"kong_watcher_upstream_duration_seconds", nil, 2},

@@ -99,19 +99,7 @@ func (s *suite) stepDoNoHarm(t *testing.T) {
 	}
 	bgRow := harmBgReq().norm
 	logged := logTally(t, s.accessLog(t, nameA), allNorms(), func(e fixture.LogEntry) bool { return e.RequestURI == harmBgReq().uri }).Paths[bgRow]
-	countedAfter := waitFor(t, "the annotations of "+nameA+" to count every request sent during the flood", 2*statsInterval+30*time.Second, 250*time.Millisecond,
-		func(ctx context.Context) (bool, string, error) {
-			p, err := s.cs.CoreV1().Pods(kongNS).Get(ctx, nameA, metav1.GetOptions{})
-			if err != nil {
-				return false, "", err
-			}
-			stats, err := podStats(p.Annotations)
-			if err != nil {
-				return false, err.Error(), nil
-			}
-			got := statsTally(stats.Total).Paths[bgRow]
-			return got == logged, fmt.Sprintf("%s: %d, the access log %d", bgRow, got, logged), nil
-		})
+	countedAfter := s.waitPathCounts(t, nameA, "every request sent during the flood", map[string]uint64{bgRow: logged})
 	s.note("Step 6, %s: a /stats flood for %s (%s); /healthz probed %d times meanwhile, %d failed, slowest %s; the %d gateway requests sent meanwhile were all answered and counted (the annotations equal the access log %s after the traffic).",
 		nameA, floodFor, floodRes, hzRes.total, hzRes.failed, hzRes.slowest.Round(time.Millisecond), logged, countedAfter.Round(100*time.Millisecond))
 	bg = startBackground(pa.Status.PodIP, killsBgReq(), 20*time.Millisecond, 100000)
@@ -182,10 +170,16 @@ func (s *suite) stepDoNoHarm(t *testing.T) {
 	defer snd.close()
 	snd.sendAll(t, plan)
 	snd.close()
-	want := expected(plan)
-	waitFor(t, "the annotations of "+nameA+" to count the batch sent after the harm exactly", 2*statsInterval+30*time.Second, 250*time.Millisecond,
+	s.waitPathCounts(t, nameA, "the batch sent after the harm", expected(plan).Paths)
+}
+
+// waitPathCounts waits until the path rows of pod name's kong-watcher.io/stats annotation hold
+// exactly want (other rows are not looked at) and returns how long that took.
+func (s *suite) waitPathCounts(t *testing.T, name, what string, want map[string]uint64) time.Duration {
+	t.Helper()
+	return waitFor(t, "the annotations of "+name+" to count "+what+" exactly", 2*statsInterval+30*time.Second, 250*time.Millisecond,
 		func(ctx context.Context) (bool, string, error) {
-			p, err := s.cs.CoreV1().Pods(kongNS).Get(ctx, nameA, metav1.GetOptions{})
+			p, err := s.cs.CoreV1().Pods(kongNS).Get(ctx, name, metav1.GetOptions{})
 			if err != nil {
 				return false, "", err
 			}
@@ -193,11 +187,11 @@ func (s *suite) stepDoNoHarm(t *testing.T) {
 			if err != nil {
 				return false, err.Error(), nil
 			}
-			got := statsTally(stats.Total)
+			got := statsTally(stats.Total).Paths
 			var diff []string
-			for k, v := range want.Paths {
-				if got.Paths[k] != v {
-					diff = append(diff, fmt.Sprintf("path %s: %d, want %d", k, got.Paths[k], v))
+			for k, v := range want {
+				if got[k] != v {
+					diff = append(diff, fmt.Sprintf("path %s: %d, want %d", k, got[k], v))
 				}
 			}
 			return len(diff) == 0, strings.Join(diff, "; "), nil

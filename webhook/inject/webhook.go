@@ -61,6 +61,9 @@ type Webhook struct {
 // maxDecoding is how many AdmissionReviews are read and decoded at once; more wait.
 const maxDecoding = 4
 
+// bodyReadTimeout bounds how long a review's body may take to arrive.
+const bodyReadTimeout = 2 * time.Second
+
 // AdmissionCheck asks the API server whether it would admit pod, the pod as injected, in
 // namespace (a server-side dry-run create). A non-nil error means it would not, or that it
 // could not say: either way the pod is created without the agent.
@@ -172,6 +175,9 @@ func readReview(rw http.ResponseWriter, req *http.Request) (*admissionv1.Admissi
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
 		return nil, badf("Content-Type must be application/json, got %q", ct)
 	}
+	// A review holds one of the few decoding slots while its body arrives: a sender that
+	// trickles it (the API server never does) gives the slot up after bodyReadTimeout.
+	_ = http.NewResponseController(rw).SetReadDeadline(time.Now().Add(bodyReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(rw, req.Body, MaxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError

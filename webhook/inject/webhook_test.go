@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -297,4 +299,34 @@ func TestReviewMemoryBounded(t *testing.T) {
 	if maxDecoding*perReview > 64<<20 {
 		t.Errorf("%d reviews decoded at once can take %.0f MiB, more than half the webhook's 128 Mi limit", maxDecoding, maxDecoding*perReview/(1<<20))
 	}
+}
+
+// TestSlowSendersCannotHoldTheWebhook: senders that trickle a review's body (the API server
+// never does) hold the few decoding slots only for bodyReadTimeout: a real review behind
+// them is still answered.
+func TestSlowSendersCannotHoldTheWebhook(t *testing.T) {
+	srv := httptest.NewServer(NewWebhook(testConfig(), nil, logr.Discard()))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for range maxDecoding + 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"apiVer", Path)
+	}
+	time.Sleep(100 * time.Millisecond) // the slow senders are in the handler, holding slots
+	body := reviewBody(t, "real", admissionv1.Create, "kong", podJSON(t, "kong"))
+	client := &http.Client{Timeout: 20 * time.Second}
+	start := time.Now()
+	resp, err := client.Post(srv.URL+Path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("a real review behind %d slow senders: %v", maxDecoding+2, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a real review behind slow senders: status %d", resp.StatusCode)
+	}
+	t.Logf("answered after %v behind %d slow senders", time.Since(start).Round(time.Millisecond), maxDecoding+2)
 }

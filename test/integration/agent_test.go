@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -61,14 +62,71 @@ type agent struct {
 	done chan struct{}
 }
 
-func freeAddr(t *testing.T) string {
+// agentAddr returns a free loopback address for the agent's endpoints (METRICS_ADDR). The
+// agent binds it itself and takes no port 0, so the port is only free when chosen here. It
+// is chosen at random below the kernel's ephemeral range, from which every bind to port 0
+// and every outgoing connection takes its port, so that no other process is given it
+// before the agent binds it; waitFor still checks that the listener is the agent's.
+func agentAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	const first = 10000
+	if low <= first+1000 {
+		t.Fatalf("ephemeral ports start at %d: no room below for the agent's port", low)
+	}
+	for range 100 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(first+rand.IntN(low-first)))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue // taken: another one
+		}
+		ln.Close()
+		return addr
+	}
+	t.Fatal("no free port for the agent below the ephemeral range")
+	return ""
+}
+
+// listensOn reports whether process pid has a socket listening on addr (IPv4 host:port):
+// a 200 from another process that took the port would otherwise pass for the agent's.
+func listensOn(pid int, addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host).To4()
+	p, err := strconv.Atoi(port)
+	if ip == nil || err != nil {
+		return false
+	}
+	// /proc/net/tcp writes the address as the hex of its 32-bit value in host (little-endian)
+	// order, the port in hex; state 0A is LISTEN.
+	local := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], p)
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	if err != nil {
+		return false
+	}
+	inodes := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 9 && f[1] == local && f[3] == "0A" {
+			inodes["socket:["+f[9]+"]"] = true
+		}
+	}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && inodes[l] {
+			return true
+		}
+	}
+	return false
 }
 
 // startAgent runs the agent binary (optionally through a wrapper such as setpriv), limited
@@ -77,7 +135,7 @@ func startAgent(t *testing.T, masterPID int, wrapper []string, env ...string) *a
 	t.Helper()
 	fixture.RequireRoot(t)
 	bin := agentBinary(t)
-	a := &agent{addr: freeAddr(t), log: &fixture.SyncBuffer{}, done: make(chan struct{})}
+	a := &agent{addr: agentAddr(t), log: &fixture.SyncBuffer{}, done: make(chan struct{})}
 	args := append(append([]string{}, wrapper...), bin)
 	a.cmd = exec.Command(args[0], args[1:]...)
 	a.cmd.Env = append(os.Environ(),
@@ -147,7 +205,9 @@ func (a *agent) waitFor(t *testing.T, path string, timeout time.Duration) {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			last = fmt.Sprintf("%d %s", resp.StatusCode, b)
-			if resp.StatusCode == 200 {
+			if !listensOn(a.cmd.Process.Pid, a.addr) {
+				last = fmt.Sprintf("%s answered by a process other than the agent: %s", a.addr, last)
+			} else if resp.StatusCode == 200 {
 				return
 			}
 		} else {

@@ -29,8 +29,18 @@ import (
 var (
 	buildOnce sync.Once
 	agentBin  string
+	agentDir  string // where this process built agentBin; "" when it reuses another's
 	buildErr  error
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	// Each run builds its own binary: leaving it would add one to /tmp per run.
+	if agentDir != "" {
+		os.RemoveAll(agentDir)
+	}
+	os.Exit(code)
+}
 
 // agentBinary builds cmd/agent once per test run, as `make build` does.
 func agentBinary(t *testing.T) string {
@@ -41,7 +51,7 @@ func agentBinary(t *testing.T) string {
 			buildErr = err
 			return
 		}
-		agentBin = filepath.Join(dir, "kong-watcher-agent")
+		agentDir, agentBin = dir, filepath.Join(dir, "kong-watcher-agent")
 		cmd := exec.Command("go", "build", "-o", agentBin, "github.com/kong-watcher/kong-watcher/cmd/agent")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

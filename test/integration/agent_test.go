@@ -417,7 +417,7 @@ func driveAndCompare(t *testing.T, gw *fixture.Gateway, a *agent, n int) v1alpha
 	if err != nil {
 		t.Logf("traffic: %v", err) // an unexpected status is nginx's business; the log is the truth
 	}
-	es, err := gw.WaitAccessLog(ctx, len(before)+sent.Total())
+	es, err := gw.WaitAccessLog(ctx, fixture.Traffic(before)+sent.Total())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -474,10 +474,10 @@ func TestAgentAgreesWithAccessLog(t *testing.T) {
 	// A request on a keep-alive connection the old workers close at the reload may never
 	// reach nginx: the access log, not what the client sent, is the truth.
 	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
-	es, _ := gw.WaitAccessLog(wctx, len(before)+sent.Total())
+	es, _ := gw.WaitAccessLog(wctx, fixture.Traffic(before)+sent.Total())
 	wcancel()
-	if len(es) < len(before)+sent.Total()-5 {
-		t.Fatalf("access log has %d new lines for %d requests sent", len(es)-len(before), sent.Total())
+	if fixture.Traffic(es) < fixture.Traffic(before)+sent.Total()-5 {
+		t.Fatalf("access log has %d new lines for %d requests sent", fixture.Traffic(es)-fixture.Traffic(before), sent.Total())
 	}
 	s = a.waitRequests(t, uint64(len(es)), 15*time.Second)
 	compare(t, s.Total, es)

@@ -313,6 +313,23 @@ func parseMs(s string) (int64, bool) {
 	return a*1000 + b, true
 }
 
+// waitAccessLog waits until the access log holds at least n lines and returns them all.
+// nginx writes a request's line only after the client has the whole answer, so the last
+// lines of traffic just answered can still be missing, the longer the busier the machine.
+func waitAccessLog(t testing.TB, path string, n int) []logLine {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		lines := readAccessLog(t, path)
+		if len(lines) >= n {
+			return lines
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("access log has %d lines, want %d", len(lines), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func readAccessLog(t testing.TB, path string) []logLine {
 	t.Helper()
 	b, err := os.ReadFile(path)

@@ -68,8 +68,8 @@ func TestTrackSetPIDsUntrack(t *testing.T) {
 	for i := 0; i < 60; i++ {
 		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?id=%d", n.Port, i))
 	}
-	time.Sleep(400 * time.Millisecond)
-	lines := readAccessLog(t, n.AccessLog)
+	time.Sleep(400 * time.Millisecond) // an extra record from the agent would arrive by then
+	lines := waitAccessLog(t, n.AccessLog, 60)
 	byOther := 0
 	for _, l := range lines {
 		if l.PID == other {
@@ -578,9 +578,11 @@ func TestSetLuaPhases(t *testing.T) {
 	n := startNginx(t)
 	p, c := startProbes(t, n, Options{})
 	client := &http.Client{}
+	answered := 0 // requests answered, each logged by nginx
 	send := func(tag string, k int) {
 		for i := 0; i < k; i++ {
 			get(t, client, fmt.Sprintf("http://127.0.0.1:%d/phases?%s=%d", n.Port, tag, i))
+			answered++
 		}
 	}
 	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; {
@@ -600,6 +602,7 @@ func TestSetLuaPhases(t *testing.T) {
 	send("on", 20)
 	// Switch off while requests are in flight.
 	done := make(chan struct{})
+	during := 0
 	go func() {
 		defer close(done)
 		c := &http.Client{}
@@ -608,6 +611,7 @@ func TestSetLuaPhases(t *testing.T) {
 			if err != nil {
 				return
 			}
+			during++
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 		}
@@ -618,8 +622,8 @@ func TestSetLuaPhases(t *testing.T) {
 	}
 	<-done
 	send("off2", 20)
-	time.Sleep(400 * time.Millisecond)
-	lines := readAccessLog(t, n.AccessLog)
+	time.Sleep(400 * time.Millisecond) // an extra record from the agent would arrive by then
+	lines := waitAccessLog(t, n.AccessLog, answered+during)
 	got := c.waitFor(t, len(lines), 3*time.Second)
 	if len(got) != len(lines) {
 		t.Fatalf("agent saw %d requests, access log has %d (status %+v)", len(got), len(lines), p.Status())

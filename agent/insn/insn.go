@@ -275,16 +275,6 @@ func FunctionBytes(f *elf.File, addr uint64, n int) ([]byte, error) {
 	return nil, fmt.Errorf("address %#x is in no executable segment", addr)
 }
 
-// FileOffset converts a virtual address of an ELF file to a file offset (what uprobes take).
-func FileOffset(f *elf.File, addr uint64) (uint64, error) {
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_LOAD && addr >= p.Vaddr && addr < p.Vaddr+p.Filesz {
-			return addr - p.Vaddr + p.Off, nil
-		}
-	}
-	return 0, fmt.Errorf("address %#x is in no loadable segment", addr)
-}
-
 // ReturnSite finds a cheap stand-in for a uretprobe in a function whose prologue moves rsp
 // before any emulated instruction (OpenSSL's SSL_read/SSL_write: `sub $0x18,%rsp` first, so a
 // uretprobe there is single-stepped, ~15 us). code is the whole function (its symbol size).

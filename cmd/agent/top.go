@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
-	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -77,4 +76,3 @@ func fetchStats(ctx context.Context, c *http.Client, url string) (v1alpha1.Stats
 	return s, nil
 }
 
-var _ = os.Stdout

@@ -362,10 +362,10 @@ func buildPatch(pod *corev1.Pod, hadInit, hadAnnotations bool, before map[string
 	return patch, nil
 }
 
-// escapePointer escapes a map key for a JSON pointer (RFC 6901): "~" and "/".
-func escapePointer(k string) string {
-	return strings.NewReplacer("~", "~0", "/", "~1").Replace(k)
-}
+// pointerEscaper escapes a map key for a JSON pointer (RFC 6901): "~" and "/".
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
+
+func escapePointer(k string) string { return pointerEscaper.Replace(k) }
 
 // recordEvent records Injected or InjectionSkipped on the pod's controller (its ReplicaSet,
 // typically), built from the ownerReference so no API call is needed at admission time: the

@@ -29,6 +29,14 @@ manifests: ## Render config/default to stdout-checked YAML (kubectl kustomize).
 deps: ## Install the Debian packages the tests need (when missing).
 	hack/install-deps.sh
 
+.PHONY: helm
+helm: ## Build (or reuse) the helm CLI the chart tests use; prints its path.
+	@hack/helm.sh
+
+.PHONY: helm-test
+helm-test: ## Lint charts/kong-watcher and compare its render with config/default (test/helm).
+	KW_HELM="$$(hack/helm.sh | tail -1)" KW_REQUIRE_INTEGRATION=1 $(GO) test -count=1 -v ./test/helm
+
 .PHONY: k8s-binaries
 k8s-binaries: ## Build (or reuse) kube-apiserver, kube-controller-manager and etcd for envtest.
 	hack/k8s-binaries.sh
@@ -37,7 +45,7 @@ k8s-binaries: ## Build (or reuse) kube-apiserver, kube-controller-manager and et
 
 .PHONY: test
 test: deps ## Run every test this machine can run: unit, envtest, root-only integration.
-	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" KW_REQUIRE_INTEGRATION=1 \
+	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" KW_HELM="$$(hack/helm.sh | tail -1)" KW_REQUIRE_INTEGRATION=1 \
 		$(GO) test -count=1 -timeout 30m ./...
 
 .PHONY: test-unit

@@ -4,7 +4,8 @@
 // (hack/e2e-cluster.sh: etcd, kube-apiserver, controller-manager, scheduler, kubelet,
 // containerd, bridge CNI) with real pods: install with `kubectl apply -k`, label a Kong-like
 // Deployment, send traffic, read the stats with `kubectl describe pod`, check the agent's
-// identity is confined, reload nginx, kill the agent, uninstall.
+// identity is confined, reload nginx, kill the agent, uninstall; then install, upgrade and
+// uninstall the same with the Helm chart.
 //
 // It runs only with the e2e build tag, from `make e2e`, which starts the cluster and exports
 // its env file ($KW_E2E_DIR/env: KUBECONFIG, CONTAINERD_ADDRESS, KW_E2E_NODE_NAME,
@@ -130,6 +131,7 @@ func TestStory(t *testing.T) {
 		{"5-reload-and-agent-kill", []int{0, 1}, (*suite).stepResilience},
 		{"6-do-no-harm", []int{0, 1}, (*suite).stepDoNoHarm},
 		{"7-uninstall", []int{0}, (*suite).stepUninstall},
+		{"8-helm-install-upgrade-uninstall", []int{1, 6}, (*suite).stepHelm},
 	}
 	passed := make([]bool, len(steps))
 	for i, st := range steps {

@@ -70,9 +70,9 @@ type Config struct {
 // Environment variables of the Kubernetes reporter.
 const (
 	EnvTrafficStatsEventInterval = "TRAFFIC_STATS_EVENT_INTERVAL"
-	EnvHighErrorRateThreshold    = "HIGH_ERROR_RATE_THRESHOLD"
-	EnvHighLatencyP99Ms          = "HIGH_LATENCY_P99_MS"
-	EnvAlertMinRequests          = "ALERT_MIN_REQUESTS"
+	EnvHighErrorRateThreshold    = v1alpha1.EnvHighErrorRateThreshold
+	EnvHighLatencyP99Ms          = v1alpha1.EnvHighLatencyP99Ms
+	EnvAlertMinRequests          = v1alpha1.EnvAlertMinRequests
 )
 
 // FromEnv reads the agent's configuration from environment variables (lookup is os.LookupEnv

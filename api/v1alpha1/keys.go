@@ -58,6 +58,10 @@ const (
 	// place when it dies, so its container (a native sidecar: the pod is NotReady while one
 	// restarts) never exits. The webhook sets it.
 	EnvSupervise = "KONG_WATCHER_SUPERVISE"
+	// Alert thresholds (the agent's defaults: 5%, 1000 ms, 20 requests).
+	EnvHighErrorRateThreshold = "HIGH_ERROR_RATE_THRESHOLD"
+	EnvHighLatencyP99Ms       = "HIGH_LATENCY_P99_MS"
+	EnvAlertMinRequests       = "ALERT_MIN_REQUESTS"
 )
 
 // Agent defaults.

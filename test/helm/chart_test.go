@@ -381,6 +381,7 @@ func TestValuesBecomeWebhookFlags(t *testing.T) {
 		"agent.logLevel=debug", "agent.jsonLog=false", "agent.processName=nginx",
 		"agent.statsInterval=10s", "agent.nativeSidecar=false", "agent.privileged=true",
 		"verifyInjectedPods=false", "excludedNamespaces={kube-system,istio-system}",
+		"agent.highErrorRateThreshold=2%", "agent.highLatencyP99Ms=250", "agent.alertMinRequests=40",
 	}
 	objs := parse(t, "helm template", helmTemplate(t, sets...))
 	dep := objs["apps/v1 Deployment "+namespace+"/kong-watcher-webhook"]
@@ -440,6 +441,9 @@ func TestValuesBecomeWebhookFlags(t *testing.T) {
 	if a.LogLevel != "debug" || a.JSONLog || a.StatsInterval.String() != "10s" || a.NativeSidecar || !a.Privileged ||
 		string(a.PullPolicy) != "Always" || opts.VerifyInjectedPods {
 		t.Errorf("agent settings did not reach the webhook: %+v (verify %v)", a, opts.VerifyInjectedPods)
+	}
+	if a.HighErrorRateThreshold != "2%" || a.HighLatencyP99Ms != "250" || a.AlertMinRequests != "40" {
+		t.Errorf("alert thresholds did not reach the webhook: %q %q %q", a.HighErrorRateThreshold, a.HighLatencyP99Ms, a.AlertMinRequests)
 	}
 	if got := a.Resources.Requests.Cpu().String() + " " + a.Resources.Requests.Memory().String() + " " +
 		a.Resources.Limits.Cpu().String() + " " + a.Resources.Limits.Memory().String(); got != "150m 100Mi 1 1Gi" {

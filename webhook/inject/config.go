@@ -10,12 +10,14 @@ package inject
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/kong-watcher/kong-watcher/agent/kube"
 	"github.com/kong-watcher/kong-watcher/internal/version"
 )
 
@@ -37,6 +39,12 @@ type Config struct {
 	Privileged bool
 	// ExcludedNamespaces never get the agent (kube-system, the webhook's own namespace).
 	ExcludedNamespaces []string
+	// Alert thresholds passed to the agent as HIGH_ERROR_RATE_THRESHOLD, HIGH_LATENCY_P99_MS
+	// and ALERT_MIN_REQUESTS, checked with the agent's own parsers; empty leaves the agent's
+	// default (5%, 1000 ms, 20). Per pod, the threshold annotations still win.
+	HighErrorRateThreshold string
+	HighLatencyP99Ms       string
+	AlertMinRequests       string
 }
 
 // Bounds of the stats interval, shared by Config.Validate and the per-pod annotation.
@@ -110,6 +118,21 @@ func (c Config) Validate() error {
 			"kong-watcher.io/injected annotation)"))
 	} else if len(c.AgentVersion) > 63 || strings.ContainsAny(c.AgentVersion, " \t\r\n") {
 		errs = append(errs, fmt.Errorf("agent version %q must be at most 63 characters without whitespace", c.AgentVersion))
+	}
+	if v := c.HighErrorRateThreshold; v != "" {
+		if _, err := kube.ParseErrorRate(v); err != nil {
+			errs = append(errs, fmt.Errorf("high error rate threshold: %w", err))
+		}
+	}
+	if v := c.HighLatencyP99Ms; v != "" {
+		if _, err := kube.ParseLatencyMs(v); err != nil {
+			errs = append(errs, fmt.Errorf("high latency p99 ms: %w", err))
+		}
+	}
+	if v := c.AlertMinRequests; v != "" {
+		if n, err := strconv.ParseUint(v, 10, 64); err != nil || n < 1 {
+			errs = append(errs, fmt.Errorf("alert min requests %q must be a positive integer", v))
+		}
 	}
 	for _, ns := range c.ExcludedNamespaces {
 		if strings.TrimSpace(ns) == "" {

@@ -112,6 +112,15 @@ func agentContainer(cfg Config, s settings, hostNetwork bool) corev1.Container {
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		SecurityContext:          agentSecurityContext(cfg.Privileged),
 	}
+	for _, e := range []corev1.EnvVar{
+		{Name: kwv1.EnvHighErrorRateThreshold, Value: cfg.HighErrorRateThreshold},
+		{Name: kwv1.EnvHighLatencyP99Ms, Value: cfg.HighLatencyP99Ms},
+		{Name: kwv1.EnvAlertMinRequests, Value: cfg.AlertMinRequests},
+	} {
+		if e.Value != "" {
+			c.Env = append(c.Env, e)
+		}
+	}
 	if !hostNetwork {
 		// With hostNetwork a containerPort is a host port: the scheduler would keep the pod off
 		// any node where something else declares it, so the port is declared only in the

@@ -178,6 +178,34 @@ func TestInjectDoesNotShareConfigState(t *testing.T) {
 	}
 }
 
+// TestAlertThresholdsReachTheAgent: thresholds set on the webhook become the agent's env,
+// in the agent's own syntax; unset ones are left out so the agent's defaults apply.
+func TestAlertThresholdsReachTheAgent(t *testing.T) {
+	cfg := testConfig()
+	envOf := func(cfg Config) map[string]string {
+		pod := decodeTestPod(t, podJSON(t, "kong"))
+		Inject(pod, cfg)
+		env := map[string]string{}
+		for _, e := range pod.Spec.InitContainers[len(pod.Spec.InitContainers)-1].Env {
+			env[e.Name] = e.Value
+		}
+		return env
+	}
+	for _, k := range []string{kwv1.EnvHighErrorRateThreshold, kwv1.EnvHighLatencyP99Ms, kwv1.EnvAlertMinRequests} {
+		if v, ok := envOf(cfg)[k]; ok {
+			t.Errorf("unset %s injected as %q", k, v)
+		}
+	}
+	cfg.HighErrorRateThreshold, cfg.HighLatencyP99Ms, cfg.AlertMinRequests = "2.5%", "250", "50"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(cfg)
+	if env[kwv1.EnvHighErrorRateThreshold] != "2.5%" || env[kwv1.EnvHighLatencyP99Ms] != "250" || env[kwv1.EnvAlertMinRequests] != "50" {
+		t.Errorf("agent env %v", env)
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatalf("DefaultConfig is invalid: %v", err)
@@ -210,6 +238,9 @@ func TestConfigValidate(t *testing.T) {
 		{"negative limit", func(c *Config) {
 			c.Resources.Limits[corev1.ResourceCPU] = resource.MustParse("-1")
 		}, "negative"},
+		{"error rate", func(c *Config) { c.HighErrorRateThreshold = "150%" }, "high error rate threshold"},
+		{"latency", func(c *Config) { c.HighLatencyP99Ms = "-5" }, "high latency"},
+		{"min requests", func(c *Config) { c.AlertMinRequests = "0" }, "alert min requests"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()

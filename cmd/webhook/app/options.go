@@ -167,6 +167,14 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 			"false: a plain container. Per pod: annotation kong-watcher.io/native-sidecar.")
 	fs.BoolVar(&o.Agent.Privileged, "agent-privileged", o.Agent.Privileged,
 		"Escape hatch: run the agent privileged (kernels without uprobe_multi, < 6.6). Default: capabilities BPF, PERFMON, SYS_PTRACE only.")
+	fs.StringVar(&o.Agent.HighErrorRateThreshold, "agent-high-error-rate-threshold", o.Agent.HighErrorRateThreshold,
+		"The agent's HIGH_ERROR_RATE_THRESHOLD for its HighErrorRate Event (\"5%\" or \"0.05\"; empty: the agent's 5%); "+
+			"per pod: annotation kong-watcher.io/high-error-rate-threshold.")
+	fs.StringVar(&o.Agent.HighLatencyP99Ms, "agent-high-latency-p99-ms", o.Agent.HighLatencyP99Ms,
+		"The agent's HIGH_LATENCY_P99_MS for its HighLatency Event (empty: the agent's 1000); per pod: annotation "+
+			"kong-watcher.io/high-latency-p99-ms.")
+	fs.StringVar(&o.Agent.AlertMinRequests, "agent-alert-min-requests", o.Agent.AlertMinRequests,
+		"The agent's ALERT_MIN_REQUESTS: a window with fewer requests never alerts (empty: the agent's 20).")
 	fs.StringVar(&o.excludedNamespaces, "excluded-namespaces", o.excludedNamespaces,
 		"Comma-separated namespaces never injected (the webhook's own namespace is always added). The "+
 			"MutatingWebhookConfiguration's namespaceSelector should exclude them too.")

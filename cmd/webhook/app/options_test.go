@@ -66,11 +66,15 @@ func TestOptionsFlags(t *testing.T) {
 		"--agent-memory-request=64Mi", "--agent-log-level=debug", "--agent-json-log=false",
 		"--agent-process-name=openresty", "--agent-stats-interval=10s", "--agent-native-sidecar=false",
 		"--agent-privileged", "--excluded-namespaces=a, b", "--webhook-extra-dns-names=localhost,x.example",
-		"--disable-cert-rotation")
+		"--disable-cert-rotation", "--agent-high-error-rate-threshold=2%", "--agent-high-latency-p99-ms=300",
+		"--agent-alert-min-requests=40")
 	if err != nil {
 		t.Fatal(err)
 	}
 	a := o.Agent
+	if a.HighErrorRateThreshold != "2%" || a.HighLatencyP99Ms != "300" || a.AlertMinRequests != "40" {
+		t.Errorf("alert thresholds from flags: %q %q %q", a.HighErrorRateThreshold, a.HighLatencyP99Ms, a.AlertMinRequests)
+	}
 	if a.Image != "img:2" || a.PullPolicy != corev1.PullAlways || a.Resources.Limits.Cpu().String() != "1" ||
 		a.Resources.Requests.Memory().String() != "64Mi" || a.LogLevel != "debug" || a.JSONLog ||
 		a.ProcessName != "openresty" || a.StatsInterval != 10*time.Second || a.NativeSidecar || !a.Privileged {
@@ -91,6 +95,9 @@ func TestOptionsInvalid(t *testing.T) {
 		{"--agent-log-level=loud"},
 		{"--agent-cpu-request=2", "--agent-cpu-limit=1"}, // request above limit: every patched pod would be rejected
 		{"--webhook-port=0"},
+		{"--agent-high-error-rate-threshold=lots"},
+		{"--agent-high-latency-p99-ms=0"},
+		{"--agent-alert-min-requests=-1"},
 		{"--webhook-service-name="},
 	} {
 		if _, err := parse(t, args...); err == nil {

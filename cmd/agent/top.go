@@ -75,4 +75,3 @@ func fetchStats(ctx context.Context, c *http.Client, url string) (v1alpha1.Stats
 	}
 	return s, nil
 }
-

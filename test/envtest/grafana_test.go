@@ -16,6 +16,8 @@ import (
 
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/agent/report"
+
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
 // TestGrafanaDashboardMetrics: every metric the dashboard (config/grafana) queries is one the
@@ -215,7 +217,7 @@ func TestPromQLMetricNames(t *testing.T) {
 
 func readDashboard(t *testing.T) map[string]any {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), "config", "grafana", "kong-watcher-dashboard.json"))
+	b, err := os.ReadFile(filepath.Join(fixture.RepoRoot(t), "config", "grafana", "kong-watcher-dashboard.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +252,7 @@ func TestKustomizeGrafana(t *testing.T) {
 	if cm.GetLabels()["grafana_dashboard"] != "1" {
 		t.Errorf("ConfigMap labels = %v, want grafana_dashboard: \"1\"", cm.GetLabels())
 	}
-	want, err := os.ReadFile(filepath.Join(repoRoot(t), "config", "grafana", "kong-watcher-dashboard.json"))
+	want, err := os.ReadFile(filepath.Join(fixture.RepoRoot(t), "config", "grafana", "kong-watcher-dashboard.json"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,8 @@ import (
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/cmd/webhook/app"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
+
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
 // rendered is one `kubectl kustomize` output, split into objects.
@@ -30,9 +32,9 @@ func kustomize(t *testing.T, dir string) rendered {
 	t.Helper()
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		requireOrSkip(t, "kubectl not on PATH")
+		fixture.Require(t, false, "kubectl not on PATH")
 	}
-	cmd := exec.Command(kubectl, "kustomize", filepath.Join(repoRoot(t), "config", dir))
+	cmd := exec.Command(kubectl, "kustomize", filepath.Join(fixture.RepoRoot(t), "config", dir))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -272,7 +274,7 @@ func grants(rules []rbacv1.PolicyRule, group, resource, verb, name string) bool 
 // TestKustomizeImagesOverlay: a user overlay's `images:` changes both the webhook image and
 // the agent image (carried in AGENT_IMAGE), as config/default documents.
 func TestKustomizeImagesOverlay(t *testing.T) {
-	root := repoRoot(t)
+	root := fixture.RepoRoot(t)
 	dir := t.TempDir()
 	rel, err := filepath.Rel(dir, filepath.Join(root, "config", "default"))
 	if err != nil {
@@ -283,7 +285,7 @@ func TestKustomizeImagesOverlay(t *testing.T) {
 		"- name: kong-watcher/webhook\n  newName: registry.example.com/kw/webhook\n  newTag: v9.9.9\n")
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		requireOrSkip(t, "kubectl not on PATH")
+		fixture.Require(t, false, "kubectl not on PATH")
 	}
 	out, err := exec.Command(kubectl, "kustomize", "--load-restrictor=LoadRestrictionsNone", dir).CombinedOutput()
 	if err != nil {

@@ -22,6 +22,8 @@ import (
 
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
+
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
 // restrictedKongPod is a labelled Kong pod that the restricted Pod Security level admits by
@@ -162,7 +164,7 @@ func TestInjectionUnderClusterDefaultPodSecurity(t *testing.T) {
 		t.Skip("needs a real API server (-short)")
 	}
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		requireOrSkip(t, "KUBEBUILDER_ASSETS is not set (hack/k8s-binaries.sh prints the directory)")
+		fixture.Require(t, false, "KUBEBUILDER_ASSETS is not set (hack/k8s-binaries.sh prints the directory)")
 	}
 	admissionConfig := filepath.Join(t.TempDir(), "admission.yaml")
 	writeFile(t, admissionConfig, `apiVersion: apiserver.config.k8s.io/v1

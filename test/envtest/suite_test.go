@@ -10,8 +10,6 @@ package envtest
 import (
 	"fmt"
 	"os"
-	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -28,6 +26,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/kong-watcher/kong-watcher/cmd/webhook/app"
+
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
 // The shared API server: started by the first test that needs it, stopped by TestMain after
@@ -62,24 +62,6 @@ func zapLevel() zapcore.Level {
 	return zapcore.ErrorLevel
 }
 
-// requireOrSkip skips, or fails under KW_REQUIRE_INTEGRATION=1.
-func requireOrSkip(t testing.TB, why string) {
-	t.Helper()
-	if os.Getenv("KW_REQUIRE_INTEGRATION") == "1" {
-		t.Fatalf("KW_REQUIRE_INTEGRATION=1 but %s", why)
-	}
-	t.Skip(why)
-}
-
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot locate the test source")
-	}
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
 func writeFile(t testing.TB, path, data string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
@@ -96,7 +78,7 @@ func startEnv(t *testing.T) (*envtest.Environment, *rest.Config) {
 		t.Skip("needs a real API server (-short)")
 	}
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		requireOrSkip(t, "KUBEBUILDER_ASSETS is not set (hack/k8s-binaries.sh prints the directory)")
+		fixture.Require(t, false, "KUBEBUILDER_ASSETS is not set (hack/k8s-binaries.sh prints the directory)")
 	}
 	mwcs := []*admissionregistrationv1.MutatingWebhookConfiguration{renderedMWC(t)}
 	envOnce.Do(func() {

@@ -19,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -29,6 +28,8 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/kong-watcher/kong-watcher/cmd/webhook/app"
+
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
 const (
@@ -48,28 +49,11 @@ var helmOnlyLabels = []string{"helm.sh/chart", "app.kubernetes.io/instance", "ap
 // "Helm"), so it is removed from both sides' metadata.labels.
 const toolLabel = "app.kubernetes.io/managed-by"
 
-func requireOrSkip(t testing.TB, why string) {
-	t.Helper()
-	if os.Getenv("KW_REQUIRE_INTEGRATION") == "1" {
-		t.Fatalf("KW_REQUIRE_INTEGRATION=1 but %s", why)
-	}
-	t.Skip(why)
-}
-
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot locate the test source")
-	}
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-}
-
 func helmBin(t testing.TB) string {
 	t.Helper()
 	h := os.Getenv("KW_HELM")
 	if h == "" {
-		requireOrSkip(t, "KW_HELM is not set (hack/helm.sh builds helm and prints its path)")
+		fixture.Require(t, false, "KW_HELM is not set (hack/helm.sh builds helm and prints its path)")
 	}
 	return h
 }
@@ -78,7 +62,7 @@ func kubectlBin(t testing.TB) string {
 	t.Helper()
 	k, err := exec.LookPath("kubectl")
 	if err != nil {
-		requireOrSkip(t, "kubectl (with its built-in kustomize) is not on PATH")
+		fixture.Require(t, false, "kubectl (with its built-in kustomize) is not on PATH")
 	}
 	return k
 }
@@ -99,7 +83,7 @@ func run(t testing.TB, dir, bin string, args ...string) (string, error) {
 // helmTemplate renders the chart as `helm install -n kong-watcher-system` would.
 func helmTemplate(t testing.TB, sets ...string) string {
 	t.Helper()
-	root := repoRoot(t)
+	root := fixture.RepoRoot(t)
 	args := []string{"template", release, chartDir, "--namespace", namespace}
 	for _, s := range sets {
 		args = append(args, "--set", s)
@@ -113,7 +97,7 @@ func helmTemplate(t testing.TB, sets ...string) string {
 
 func kustomize(t testing.TB, dir string, args ...string) string {
 	t.Helper()
-	out, err := run(t, repoRoot(t), kubectlBin(t), append([]string{"kustomize", dir}, args...)...)
+	out, err := run(t, fixture.RepoRoot(t), kubectlBin(t), append([]string{"kustomize", dir}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +243,7 @@ func TestCertManagerEqualsOverlay(t *testing.T) {
 // config/default adds the PodMonitor when its `#- ../prometheus` line is uncommented: the test
 // does exactly that in a copy of config/.
 func TestPodMonitorEqualsKustomize(t *testing.T) {
-	root := repoRoot(t)
+	root := fixture.RepoRoot(t)
 	tmp := t.TempDir()
 	cfg := filepath.Join(tmp, "config")
 	if err := os.CopyFS(cfg, os.DirFS(filepath.Join(root, "config"))); err != nil {
@@ -306,7 +290,7 @@ func TestGrafanaDashboardEqualsKustomize(t *testing.T) {
 // way a chart travels: packaging on a checkout without symlinks, some GitOps tools), so it
 // carries a copy of the dashboard; this keeps the copy identical.
 func TestDashboardCopyIdentical(t *testing.T) {
-	root := repoRoot(t)
+	root := fixture.RepoRoot(t)
 	src, err := os.ReadFile(filepath.Join(root, "config/grafana/kong-watcher-dashboard.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -322,7 +306,7 @@ func TestDashboardCopyIdentical(t *testing.T) {
 }
 
 func TestLint(t *testing.T) {
-	out, err := run(t, repoRoot(t), helmBin(t), "lint", "--strict", chartDir)
+	out, err := run(t, fixture.RepoRoot(t), helmBin(t), "lint", "--strict", chartDir)
 	t.Logf("helm lint --strict %s:\n%s", chartDir, out)
 	if err != nil {
 		t.Fatal(err)
@@ -335,7 +319,7 @@ func TestLint(t *testing.T) {
 		for _, s := range sets {
 			args = append(args, "--set", s)
 		}
-		if out, err := run(t, repoRoot(t), helmBin(t), args...); err != nil {
+		if out, err := run(t, fixture.RepoRoot(t), helmBin(t), args...); err != nil {
 			t.Errorf("%v\n%s", err, out)
 		}
 	}
@@ -357,7 +341,7 @@ func TestSchemaRejects(t *testing.T) {
 				{"template", release, chartDir, "-n", namespace},
 				{"install", release, chartDir, "-n", namespace, "--dry-run=client"},
 			} {
-				out, err := run(t, repoRoot(t), helmBin(t), append(cmd, c.flag, c.set)...)
+				out, err := run(t, fixture.RepoRoot(t), helmBin(t), append(cmd, c.flag, c.set)...)
 				if err == nil {
 					t.Fatalf("helm %s %s %s succeeded:\n%.300s", cmd[0], c.flag, c.set, out)
 				}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -192,16 +191,7 @@ func (s *suite) stepHelm(t *testing.T) {
 	})
 
 	// Kong keeps running, agent and all, and keeps serving.
-	after := s.waitGatewayPods(t, len(pods), waitShort)
-	if !slices.Equal(podNames(after), podNames(pods)) {
-		t.Errorf("gateway pods changed by the uninstall: %v, were %v", podNames(after), podNames(pods))
-	}
-	for _, p := range after {
-		snd := newSender(p.Status.PodIP)
-		defer snd.close() // also on t.Fatalf
-		snd.sendAll(t, []req{{proto: protoH1, method: "GET", host: "api.kong.test", uri: "/fast", status: 200, count: 10, norm: "GET /fast"}})
-		snd.close()
-	}
+	s.gatewaysServeAfterUninstall(t, pods)
 
 	// New pods start without the agent.
 	for _, p := range s.rollGateway(t) {

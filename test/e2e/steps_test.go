@@ -1025,6 +1025,24 @@ func (s *suite) stepResilience(t *testing.T) {
 	s.eventsOut = s.mustKubectl(t, time.Minute, "get", "events", "-n", kongNS, "--field-selector", "involvedObject.name="+nameB)
 }
 
+// gatewaysServeAfterUninstall checks that an uninstall left the gateway pods as they were
+// (same pods, agent and all) and serving, and returns them.
+func (s *suite) gatewaysServeAfterUninstall(t *testing.T, before []corev1.Pod) []corev1.Pod {
+	t.Helper()
+	pods := s.waitGatewayPods(t, len(before), waitShort)
+	if !slices.Equal(podNames(pods), podNames(before)) {
+		t.Errorf("gateway pods changed by the uninstall: %v, were %v", podNames(pods), podNames(before))
+	}
+	for _, p := range pods {
+		func() {
+			snd := newSender(p.Status.PodIP)
+			defer snd.close() // also on t.Fatalf
+			snd.sendAll(t, []req{{proto: protoH1, method: "GET", host: "api.kong.test", uri: "/fast", status: 200, count: 10, norm: "GET /fast"}})
+		}()
+	}
+	return pods
+}
+
 // checkDescribeCounts reads the numbers as a person does, from kubectl describe's annotation
 // lines, and checks those the kubelet's probes cannot move: every status class but 2xx and
 // every method but GET must equal the access log (want, without probes).
@@ -1130,16 +1148,7 @@ func (s *suite) stepUninstall(t *testing.T) {
 	t.Logf("gone: %v", objs)
 
 	// The gateway pods keep running, agent and all.
-	pods := s.waitGatewayPods(t, len(before), waitShort)
-	if !slices.Equal(podNames(pods), podNames(before)) {
-		t.Errorf("gateway pods changed by the uninstall: %v, were %v", podNames(pods), podNames(before))
-	}
-	for _, p := range pods {
-		snd := newSender(p.Status.PodIP)
-		defer snd.close() // also on t.Fatalf
-		snd.sendAll(t, []req{{proto: protoH1, method: "GET", host: "api.kong.test", uri: "/fast", status: 200, count: 10, norm: "GET /fast"}})
-		snd.close()
-	}
+	pods := s.gatewaysServeAfterUninstall(t, before)
 
 	// New pods (a rollout restart) start without the agent, label or not: no webhook.
 	s.mustKubectl(t, time.Minute, "rollout", "restart", "deployment/"+gatewayDeploy, "-n", kongNS)

@@ -158,7 +158,9 @@ func (a *agentRunner) stats() (v1alpha1.Stats, error) {
 }
 
 // settledStats polls /stats until total.requests stops moving (the agent has drained
-// what the kernel handed it) or max elapses, and returns the last document.
+// what the kernel handed it) or max elapses, and returns the last document. /stats serves a
+// snapshot up to a second old, so only two different snapshots (their updated times differ)
+// with the same total prove that the count has settled.
 func (a *agentRunner) settledStats(max time.Duration) (v1alpha1.Stats, error) {
 	deadline := time.Now().Add(max)
 	prev, err := a.stats()
@@ -170,6 +172,9 @@ func (a *agentRunner) settledStats(max time.Duration) (v1alpha1.Stats, error) {
 		cur, err := a.stats()
 		if err != nil {
 			return prev, err
+		}
+		if !cur.Updated.After(prev.Updated) {
+			continue // the same snapshot again
 		}
 		if cur.Total.Requests == prev.Total.Requests {
 			return cur, nil

@@ -290,10 +290,10 @@ func (w *Webhook) mutate(ctx context.Context, pod *corev1.Pod, namespace string,
 	if !d.Inject {
 		return d, skipWarnings(d), nil, nil
 	}
-	hadInit, hadAnnotations := len(pod.Spec.InitContainers) > 0, len(pod.Annotations) > 0
+	hadInit := len(pod.Spec.InitContainers) > 0
 	before := maps.Clone(pod.Annotations)
 	warnings = Inject(pod, w.cfg)
-	patch, err = buildPatch(pod, hadInit, hadAnnotations, before)
+	patch, err = buildPatch(pod, hadInit, before)
 	if err != nil {
 		return d, nil, nil, err
 	}
@@ -325,10 +325,10 @@ type patchOp struct {
 // shareProcessNamespace set, annotations added. It is built from the mutation itself, not by
 // diffing two encodings of the pod: fields this build's k8s.io/api does not know (a newer API
 // server) are never touched, and the cost does not grow with the size of the pod.
-// hadInit and hadAnnotations say whether the request's pod had init containers and
-// annotations (an "add" on a member that exists replaces it, so an empty list or map in the
-// request is replaced whole, which is what it means); before holds its annotations.
-func buildPatch(pod *corev1.Pod, hadInit, hadAnnotations bool, before map[string]string) ([]byte, error) {
+// hadInit says whether the request's pod had init containers and before holds its annotations
+// (an "add" on a member that exists replaces it, so an empty list or map in the request is
+// replaced whole, which is what it means).
+func buildPatch(pod *corev1.Pod, hadInit bool, before map[string]string) ([]byte, error) {
 	ops := make([]patchOp, 0, 8)
 	switch {
 	case isNative(pod) && hadInit:
@@ -341,7 +341,7 @@ func buildPatch(pod *corev1.Pod, hadInit, hadAnnotations bool, before map[string
 		ops = append(ops, patchOp{"add", "/spec/containers", pod.Spec.Containers})
 	}
 	ops = append(ops, patchOp{"add", "/spec/shareProcessNamespace", true})
-	if !hadAnnotations {
+	if len(before) == 0 {
 		ops = append(ops, patchOp{"add", "/metadata/annotations", pod.Annotations})
 	} else {
 		keys := make([]string, 0, 4)

@@ -22,8 +22,10 @@ const (
 // Written by the webhook: the agent version injected.
 const AnnotationInjected = Domain + "/injected"
 
-// Written by the agent on its own pod; short and human-readable for `kubectl describe pod`,
-// except AnnotationStats which holds the bounded machine-readable Stats JSON.
+// The statistics annotations. The manager writes them on each agent's pod from the agent's
+// reports, and on the pod's workload (Deployment, StatefulSet, DaemonSet) from the combined
+// reports of its pods. Short and human-readable for `kubectl describe`, except AnnotationStats,
+// which holds the bounded machine-readable Stats JSON.
 const (
 	AnnotationRequests    = Domain + "/requests"
 	AnnotationLatency     = Domain + "/latency"
@@ -33,7 +35,16 @@ const (
 	AnnotationTopPaths    = Domain + "/top-paths"
 	AnnotationLastRequest = Domain + "/last-request"
 	AnnotationStats       = Domain + "/stats"
+	// AnnotationPods, on a workload only: how many of its pods the combined stats cover.
+	AnnotationPods = Domain + "/pods"
 )
+
+// ReportedAnnotations are every annotation the manager writes; it changes no other key, label or
+// field (config/webhook/policy.yaml enforces that on the API server).
+var ReportedAnnotations = []string{
+	AnnotationRequests, AnnotationLatency, AnnotationMethods, AnnotationStatus, AnnotationTopHosts,
+	AnnotationTopPaths, AnnotationLastRequest, AnnotationStats, AnnotationPods,
+}
 
 // Read by the agent from its own pod: alert thresholds overriding HIGH_ERROR_RATE_THRESHOLD
 // ("5%" or "0.05") and HIGH_LATENCY_P99_MS (milliseconds).

@@ -56,7 +56,11 @@ type Config struct {
 	// runs other nginx instances. In a pod the PID namespace already isolates Kong.
 	OnlyMasterPIDs []int
 
-	// Kubernetes reporter (only when PodName and PodNamespace are set).
+	// Kubernetes reporter (only when PodName, PodNamespace and ManagerURL are set): where the
+	// manager is, the CA it is verified with, and the projected token the agent proves its pod with.
+	ManagerURL string
+	ManagerCA  []byte
+	TokenFile  string
 	// TrafficStatsEventInterval: how often a TrafficStats Event is recorded (0 = never).
 	TrafficStatsEventInterval time.Duration
 	// HighErrorRateThreshold (fraction), HighLatencyP99Ms and AlertMinRequests: the alert
@@ -141,6 +145,14 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	}
 	c.PodName, _ = get(v1alpha1.EnvPodName)
 	c.PodNamespace, _ = get(v1alpha1.EnvPodNamespace)
+	c.ManagerURL, _ = get(v1alpha1.EnvManagerURL)
+	if v, ok := get(v1alpha1.EnvManagerCA); ok {
+		c.ManagerCA = []byte(v)
+	}
+	c.TokenFile, _ = get(v1alpha1.EnvTokenFile)
+	if c.ManagerURL != "" && (len(c.ManagerCA) == 0 || c.TokenFile == "") {
+		errs = append(errs, fmt.Sprintf("%s needs %s and %s", v1alpha1.EnvManagerURL, v1alpha1.EnvManagerCA, v1alpha1.EnvTokenFile))
+	}
 	if v, ok := get("KONG_WATCHER_PROC_ROOT"); ok {
 		c.ProcRoot = v
 	}

@@ -1,21 +1,29 @@
-// Package kube is the agent's Kubernetes reporter: it writes the kong-watcher.io/* annotations
-// on the agent's own pod, and records Events on it (KongDetected, ProbesAttached,
-// ProbeAttachFailed, TrafficStats, and the HighErrorRate / HighLatency alerts with their
-// *Resolved counterparts).
+// Package kube is the agent's Kubernetes reporter. The agent has no rights of its own in the
+// API: every STATS_INTERVAL it sends its Stats, and the Events it wants recorded on its pod
+// (KongDetected, ProbesAttached, ProbeAttachFailed, TrafficStats, the HighErrorRate /
+// HighLatency alerts and their *Resolved counterparts), to the kong-watcher manager, which
+// writes them with its own identity. The agent proves which pod it is with its projected,
+// pod-bound service-account token (audience v1alpha1.ReportAudience) and verifies the manager
+// with the CA the webhook injected.
 //
 // It never touches the data path: it runs in its own goroutine and only calls the Stats
-// function it is given. When the API server is slow or away it keeps retrying with
-// exponential backoff and jitter, and logs one line when reporting starts failing and one
-// when it is back.
+// function it is given. While the manager is away it keeps counting and retries with
+// exponential backoff and jitter; when it is back it sends the latest state (only the windows
+// in between are lost). It logs one line when reporting starts failing and one when it is back.
 package kube
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
+	"io"
 	"math"
+	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -24,23 +32,10 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/record"
 
-	"github.com/kong-watcher/kong-watcher/agent/report"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
-
-// Component is the Events' source component.
-const Component = v1alpha1.AgentContainerName
 
 // Defaults.
 const (
@@ -48,32 +43,35 @@ const (
 	DefaultErrorRateThreshold   = 0.05
 	DefaultLatencyP99Ms         = 1000
 	DefaultMinRequests          = 20
-	DefaultQPS                  = 1
-	DefaultBurst                = 5
 	DefaultRequestTimeout       = 10 * time.Second
-	// DefaultMaxBackoff caps the retry delay while the API server is away.
+	// DefaultMaxBackoff caps the retry delay while the manager is away.
 	DefaultMaxBackoff = 2 * time.Minute
 )
 
 // Options configures a Reporter.
 type Options struct {
-	Client    kubernetes.Interface
-	Namespace string
-	PodName   string
-	// Stats returns the current Stats document (Agent.Stats); called from the reporter's goroutine.
+	// URL is the manager's report endpoint (KONG_WATCHER_MANAGER_URL).
+	URL string
+	// CA is the PEM bundle the manager's certificate must chain to (KONG_WATCHER_MANAGER_CA).
+	CA []byte
+	// TokenFile holds the projected report token; it is read again for every report (the
+	// kubelet rotates it).
+	TokenFile string
+	// HTTPClient overrides the client built from CA (tests).
+	HTTPClient *http.Client
+	Namespace  string
+	PodName    string
+	// Stats returns the current Stats document (Agent.Stats); called from the reporter's
+	// goroutine. nil: an agent with nothing to count (see AgentDisabled) that sends Events only.
 	Stats func() v1alpha1.Stats
-	// Interval is how often the annotations are refreshed and the alerts evaluated (STATS_INTERVAL).
+	// Interval is how often the stats are sent and the alerts evaluated (STATS_INTERVAL).
 	Interval time.Duration
 	// TrafficStatsInterval: how often a TrafficStats Event is recorded (the first one as soon
 	// as a window holds Thresholds.MinRequests requests); 0 turns it off.
 	TrafficStatsInterval time.Duration
 	// Alert thresholds (the pod's annotations override them, see Thresholds).
 	Thresholds Thresholds
-	// MaxStatsJSON bounds the kong-watcher.io/stats annotation (<= 0: report.DefaultMaxStatsJSON).
-	MaxStatsJSON int
-	// Recorder records the Events; nil: a record.EventBroadcaster writing to Client (core/v1 Events).
-	Recorder record.EventRecorder
-	// RequestTimeout bounds each API call (<= 0: DefaultRequestTimeout).
+	// RequestTimeout bounds each report (<= 0: DefaultRequestTimeout).
 	RequestTimeout time.Duration
 	// MaxBackoff caps the retry delay (<= 0: DefaultMaxBackoff); InitialBackoff is the first (<= 0: 1s).
 	InitialBackoff, MaxBackoff time.Duration
@@ -142,27 +140,23 @@ func (t Thresholds) withAnnotations(ann map[string]string) (Thresholds, []error)
 	return t, errs
 }
 
-// Reporter writes the agent's pod annotations and Events.
+// Reporter sends the agent's stats and Events to the manager.
 type Reporter struct {
-	o    Options
-	log  logr.Logger
-	rec  record.EventRecorder
-	stop func()
+	o      Options
+	log    logr.Logger
+	client *http.Client
+	kick   chan struct{} // an Event is waiting: send soon rather than at the next tick
 
-	mu  sync.Mutex
-	ref *corev1.ObjectReference // the pod the Events are about
-	// Events recorded before the pod's UID is known wait here (kubectl describe finds Events
-	// by UID), at most maxPending; noUID: the pod could not be read, record without it.
-	pending []pendingEvent
-	noUID   bool
-
-	thresholds Thresholds // guarded by mu
+	mu         sync.Mutex
+	pending    []v1alpha1.ReportEvent // oldest first, at most v1alpha1.MaxReportEvents
+	dropped    int                    // Events dropped since the last log line about it
+	thresholds Thresholds
 
 	// Touched only by Run's goroutine.
-	badThreshold string   // the last invalid threshold annotation reported (log once per value)
-	patched      snapshot // what the last successful patch wrote (nil before the first)
-	written      map[string]string
-	gone         bool // the pod is gone (404): no more patches
+	badThreshold string // the last invalid threshold annotation reported (log once per value)
+	sent         []byte // the last stats sent, with the always-moving fields zeroed
+	sentAt       time.Time
+	gone         bool // the pod is gone (410): nothing more to send
 	failing      bool
 	failingSince time.Time
 	failures     int
@@ -176,14 +170,10 @@ type Reporter struct {
 	sawTraffic bool
 }
 
-// snapshot is what decides whether a patch is needed: the annotations computed from the stats
-// with the always-moving fields (updated, window period) zeroed.
-type snapshot map[string]string
-
-// New builds a Reporter. It makes no API call; Run does.
+// New builds a Reporter. It sends nothing; Run does.
 func New(o Options) (*Reporter, error) {
-	if o.Client == nil || o.Namespace == "" || o.PodName == "" || o.Stats == nil {
-		return nil, errors.New("kube reporter: Client, Namespace, PodName and Stats are required")
+	if o.URL == "" || o.TokenFile == "" || o.Namespace == "" || o.PodName == "" {
+		return nil, errors.New("kube reporter: the manager URL, the token file, the namespace and the pod name are required")
 	}
 	if o.Interval <= 0 {
 		o.Interval = 30 * time.Second
@@ -200,142 +190,104 @@ func New(o Options) (*Reporter, error) {
 	if o.InitialBackoff <= 0 {
 		o.InitialBackoff = time.Second
 	}
-	r := &Reporter{o: o, log: o.Log, thresholds: o.Thresholds, stop: func() {}}
-	r.ref = &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: o.Namespace, Name: o.PodName}
-	r.rec = o.Recorder
-	if r.rec == nil {
-		r.rec, r.stop = NewRecorder(o.Client, o.Log)
+	client := o.HTTPClient
+	if client == nil {
+		var err error
+		if client, err = NewHTTPClient(o.CA, o.RequestTimeout); err != nil {
+			return nil, err
+		}
 	}
-	return r, nil
+	return &Reporter{o: o, log: o.Log, client: client, thresholds: o.Thresholds, kick: make(chan struct{}, 1)}, nil
 }
 
-// NewRecorder is a client-go record.EventRecorder writing core/v1 Events through c. The
-// correlator aggregates similar Events into one with a count and filters spam; the spam key
-// includes the reason, so a burst of one kind (say ProbeAttachFailed) cannot starve another
-// (an alert). stop flushes nothing, it ends the broadcaster.
-func NewRecorder(c kubernetes.Interface, log logr.Logger) (record.EventRecorder, func()) {
-	b := record.NewBroadcaster(record.WithCorrelatorOptions(record.CorrelatorOptions{
-		SpamKeyFunc: func(e *corev1.Event) string {
-			return strings.Join([]string{e.Source.Component, e.InvolvedObject.Namespace, e.InvolvedObject.Name,
-				string(e.InvolvedObject.UID), e.Type, e.Reason}, "/")
+// NewHTTPClient is a client that trusts only the manager's CA (no system roots, no proxy from
+// the environment: the manager is inside the cluster).
+func NewHTTPClient(caPEM []byte, timeout time.Duration) (*http.Client, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("kube reporter: no certificate in the manager CA (" + v1alpha1.EnvManagerCA + ")")
+	}
+	return &http.Client{
+		Timeout: timeout,
+		Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+			TLSHandshakeTimeout: 5 * time.Second,
+			MaxIdleConnsPerHost: 1,
+			IdleConnTimeout:     5 * time.Minute,
 		},
-	}))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.CoreV1().Events("")})
-	host, _ := os.Hostname()
-	return b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: Component, Host: host}), b.Shutdown
+	}, nil
 }
 
-// ClientFromEnv builds a clientset the standard way: KUBECONFIG when set, else the in-cluster
-// configuration, with bounded client-side QPS/burst and a per-request timeout.
-func ClientFromEnv() (kubernetes.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	if kc := os.Getenv("KUBECONFIG"); kc != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kc)
-	} else {
-		cfg, err = rest.InClusterConfig()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
-	}
-	return NewClient(cfg)
-}
-
-// NewClient is a clientset for cfg with the reporter's limits (QPS 1, burst 5, 10 s timeout).
-func NewClient(cfg *rest.Config) (kubernetes.Interface, error) {
-	cfg = rest.CopyConfig(cfg)
-	cfg.QPS, cfg.Burst, cfg.Timeout = DefaultQPS, DefaultBurst, DefaultRequestTimeout
-	cfg.UserAgent = "kong-watcher-agent"
-	return kubernetes.NewForConfig(cfg)
-}
-
-type pendingEvent struct{ eventType, reason, msg string }
-
-const maxPending = 50
-
+// event queues an Event for the next report. It never blocks (the discovery callback calls it
+// with its lock held); past the bound the oldest Events go.
 func (r *Reporter) event(eventType, reason, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	r.mu.Lock()
-	if r.ref.UID == "" && !r.noUID {
-		if len(r.pending) < maxPending {
-			r.pending = append(r.pending, pendingEvent{eventType, reason, msg})
-		}
-		r.mu.Unlock()
-		return
+	if len(msg) > v1alpha1.MaxEventMessage {
+		msg = truncateUTF8(msg, v1alpha1.MaxEventMessage-3) + "..."
 	}
-	ref := *r.ref
-	r.mu.Unlock()
-	r.rec.Event(&ref, eventType, reason, msg)
-}
-
-// setUID records the pod's UID (uid == "": the pod cannot be read; Events go without it) and
-// sends the Events that waited for it.
-func (r *Reporter) setUID(uid types.UID) {
 	r.mu.Lock()
-	if uid == "" {
-		r.noUID = true
-	} else {
-		r.ref.UID = uid
+	if len(r.pending) == v1alpha1.MaxReportEvents {
+		r.pending = r.pending[1:]
+		r.dropped++
 	}
-	pending := r.pending
-	r.pending = nil
-	ref := *r.ref
+	r.pending = append(r.pending, v1alpha1.ReportEvent{Type: eventType, Reason: reason, Message: msg})
 	r.mu.Unlock()
-	for _, e := range pending {
-		r.rec.Event(&ref, e.eventType, e.reason, e.msg)
+	select {
+	case r.kick <- struct{}{}:
+	default:
 	}
 }
 
-// Run reports until ctx is done. It returns nil then, or an error only for a bad setup.
-func (r *Reporter) Run(ctx context.Context) error {
-	defer r.stop()
-	backoff := r.newBackoff()
-	// The pod's UID (for the Events) and its threshold annotations: one GET, retried like the
-	// patches; Events recorded meanwhile carry namespace/name only, which is enough to list them.
-	for !r.getPod(ctx) && !r.gone {
-		if !sleep(ctx, backoff.Step()) {
-			return nil
-		}
+func truncateUTF8(s string, n int) string {
+	for n > 0 && n < len(s) && s[n]&0xC0 == 0x80 {
+		n--
 	}
+	return s[:min(n, len(s))]
+}
+
+// Run reports until ctx is done.
+func (r *Reporter) Run(ctx context.Context) {
 	tick := time.NewTicker(r.o.Interval)
 	defer tick.Stop()
 	r.lastTraffic = time.Now()
-	backoff = r.newBackoff()
+	backoff := r.newBackoff()
 	var retry <-chan time.Time
-	r.Tick(ctx)
-	for {
+	// The first report goes out at once: it learns the pod's threshold annotations and
+	// carries the Events of the start.
+	first := make(chan time.Time, 1)
+	first <- time.Now()
+	for !r.gone {
+		kick := r.kick
+		if retry != nil {
+			kick = nil // a retry is pending: it will carry the Events
+		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return
+		case <-first:
 		case <-tick.C:
-			if retry != nil {
-				// A retry is pending: evaluate the alerts, leave the patch to the retry.
+			if r.o.Stats != nil {
 				r.evaluate(r.o.Stats(), time.Now())
-				continue
+			}
+			if retry != nil {
+				continue // the retry sends the latest state
 			}
 		case <-retry:
+		case <-kick:
+			// Batch the Events of one moment (discovery finds several gateways at once).
+			if !sleep(ctx, time.Second) {
+				return
+			}
 		}
 		retry = nil
-		if ok := r.Tick(ctx); ok {
+		if r.send(ctx) {
 			backoff = r.newBackoff()
 		} else if !r.gone {
 			retry = time.After(backoff.Step())
 		}
 	}
-}
-
-// RunEventsOnly is Run for an agent that has no stats to report (see AgentDisabled): it reads
-// the pod once, retried, so that the Events recorded so far go out with its UID, and then
-// waits for ctx. No annotation is written.
-func (r *Reporter) RunEventsOnly(ctx context.Context) {
-	defer r.stop()
-	backoff := r.newBackoff()
-	for !r.getPod(ctx) && !r.gone {
-		if !sleep(ctx, backoff.Step()) {
-			return
-		}
-	}
-	<-ctx.Done()
 }
 
 func (r *Reporter) newBackoff() *wait.Backoff {
@@ -353,38 +305,134 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// Tick does one round: the alerts and the TrafficStats Event, then the annotation patch if
-// anything changed. It returns false when the patch failed and should be retried.
+// Tick evaluates the alerts on the current stats and sends a report; false when it failed and
+// should be retried.
 func (r *Reporter) Tick(ctx context.Context) bool {
-	s := r.o.Stats()
-	now := time.Now()
-	r.evaluate(s, now)
-	return r.patch(ctx, s)
+	if r.o.Stats != nil {
+		r.evaluate(r.o.Stats(), time.Now())
+	}
+	return r.send(ctx)
 }
 
-// getPod reads the pod once: its UID and its threshold annotations.
-func (r *Reporter) getPod(ctx context.Context) bool {
+// send POSTs one report: the stats when they changed (and every other interval regardless, so
+// the manager can tell a live pod from a silent one by the stats' age), and the pending Events.
+// It returns false when it failed and should be retried.
+func (r *Reporter) send(ctx context.Context) bool {
+	rep := v1alpha1.Report{APIVersion: v1alpha1.StatsAPIVersion, Kind: v1alpha1.ReportKind,
+		Pod: v1alpha1.PodRef{Namespace: r.o.Namespace, Name: r.o.PodName}}
+	var key []byte
+	if r.o.Stats != nil {
+		s := r.o.Stats()
+		key = statsKey(s)
+		if r.sent == nil || !bytes.Equal(key, r.sent) || time.Since(r.sentAt) >= 2*r.o.Interval-r.o.Interval/10 {
+			rep.Stats = &s
+		}
+	}
+	r.mu.Lock()
+	rep.Events = append([]v1alpha1.ReportEvent(nil), r.pending...)
+	dropped := r.dropped
+	r.dropped = 0
+	r.mu.Unlock()
+	if dropped > 0 {
+		r.log.Info("Events dropped while the manager was unreachable (the newest are kept)",
+			"dropped", dropped, "kept", v1alpha1.MaxReportEvents)
+	}
+	if rep.Stats == nil && len(rep.Events) == 0 && r.sent != nil {
+		return true
+	}
+	status, body, err := r.post(ctx, rep)
+	switch {
+	case err != nil:
+		if ctx.Err() != nil {
+			return true
+		}
+		r.failed(err.Error(), "network")
+		return false
+	case status == http.StatusOK:
+		r.ok()
+		r.ack(rep.Events)
+		if rep.Stats != nil || r.sent == nil {
+			r.sent, r.sentAt = key, time.Now()
+		}
+		var resp v1alpha1.ReportResponse
+		if json.Unmarshal(body, &resp) == nil {
+			r.adoptAnnotations(resp.Annotations)
+		}
+		return true
+	case status == http.StatusGone:
+		r.gone = true
+		r.log.Info("the manager says this pod no longer exists (410): no more reports", "pod", r.o.Namespace+"/"+r.o.PodName)
+		return true
+	case status == http.StatusBadRequest || status == http.StatusRequestEntityTooLarge:
+		// Not something a retry fixes: log it and drop the Events it carried, so one bad
+		// Event cannot block every later report.
+		r.ack(rep.Events)
+		r.failed(fmt.Sprintf("%d %s", status, firstLine(body)), strconv.Itoa(status))
+		return false
+	default:
+		r.failed(fmt.Sprintf("%d %s", status, firstLine(body)), strconv.Itoa(status))
+		return false
+	}
+}
+
+// ack drops the delivered Events from the queue. Events queued meanwhile stay; so do the
+// delivered ones' places if the queue overflowed meanwhile (they were dropped already).
+func (r *Reporter) ack(sent []v1alpha1.ReportEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for n < len(sent) && n < len(r.pending) && r.pending[0] == sent[n] {
+		r.pending = r.pending[1:]
+		n++
+	}
+}
+
+func (r *Reporter) post(ctx context.Context, rep v1alpha1.Report) (int, []byte, error) {
+	token, err := os.ReadFile(r.o.TokenFile)
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading the report token: %w", err)
+	}
+	payload, err := json.Marshal(rep)
+	if err != nil {
+		return 0, nil, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, r.o.RequestTimeout)
 	defer cancel()
-	pod, err := r.o.Client.CoreV1().Pods(r.o.Namespace).Get(cctx, r.o.PodName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		r.gone = true
-		r.log.Info("the agent's pod does not exist (404): no annotation updates", "pod", r.o.Namespace+"/"+r.o.PodName)
-		r.setUID("")
-		return false
-	}
+	req, err := http.NewRequestWithContext(cctx, http.MethodPost, r.o.URL, bytes.NewReader(payload))
 	if err != nil {
-		r.failed(err, "reading the agent's pod")
-		return false
+		return 0, nil, err
 	}
-	r.ok()
-	r.adoptPod(pod)
-	return true
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	req.Header.Set("User-Agent", "kong-watcher-agent")
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return resp.StatusCode, body, nil
 }
 
-func (r *Reporter) adoptPod(pod *corev1.Pod) {
-	r.setUID(pod.UID)
-	t, errs := r.o.Thresholds.withAnnotations(pod.Annotations)
+func firstLine(b []byte) string {
+	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	if len(s) > 300 {
+		s = s[:300] + "..."
+	}
+	return s
+}
+
+// statsKey is what decides whether the stats changed: s without the always-moving fields.
+func statsKey(s v1alpha1.Stats) []byte {
+	s.Updated = time.Time{}
+	s.Window.PeriodSeconds = 0
+	b, _ := json.Marshal(s)
+	return b
+}
+
+// adoptAnnotations applies the pod's threshold annotations the manager returned.
+func (r *Reporter) adoptAnnotations(ann map[string]string) {
+	t, errs := r.o.Thresholds.withAnnotations(ann)
 	if len(errs) > 0 {
 		if msg := errors.Join(errs...).Error(); msg != r.badThreshold {
 			r.log.Info("ignoring an invalid alert threshold annotation", "error", msg)
@@ -469,105 +517,25 @@ func period(sec float64) string {
 	return (time.Duration(math.Round(sec)) * time.Second).String()
 }
 
-// desired returns the annotations to write, and the snapshot that decides whether they changed.
-func (r *Reporter) desired(s v1alpha1.Stats) (map[string]string, snapshot) {
-	ann := report.Annotations(s, r.o.MaxStatsJSON)
-	s.Updated = time.Time{}
-	s.Window.PeriodSeconds = 0
-	key := report.Annotations(s, r.o.MaxStatsJSON)
-	return ann, snapshot(key)
-}
-
-// PatchFor is the JSON merge patch that moves the pod's kong-watcher.io/* agent annotations
-// from prev (what the last patch wrote) to next: changed keys set, vanished keys nulled, no
-// other key, label or field mentioned. It returns nil when nothing changed.
-func PatchFor(prev, next map[string]string) []byte {
-	ann := map[string]any{}
-	for k, v := range next {
-		if old, ok := prev[k]; !ok || old != v {
-			ann[k] = v
-		}
-	}
-	for k := range prev {
-		if _, ok := next[k]; !ok {
-			ann[k] = nil
-		}
-	}
-	if len(ann) == 0 {
-		return nil
-	}
-	b, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
-	return b
-}
-
-// patch writes the annotations if they changed since the last successful patch.
-func (r *Reporter) patch(ctx context.Context, s v1alpha1.Stats) bool {
-	if r.gone {
-		return true
-	}
-	ann, key := r.desired(s)
-	if r.patched != nil && maps.Equal(r.patched, key) {
-		return true
-	}
-	body := PatchFor(r.written, ann)
-	if body == nil {
-		r.patched = key
-		return true
-	}
-	for attempt := 0; ; attempt++ {
-		cctx, cancel := context.WithTimeout(ctx, r.o.RequestTimeout)
-		pod, err := r.o.Client.CoreV1().Pods(r.o.Namespace).Patch(cctx, r.o.PodName, types.MergePatchType, body, metav1.PatchOptions{FieldManager: Component})
-		cancel()
-		switch {
-		case err == nil:
-			r.ok()
-			r.patched, r.written = key, ann
-			r.adoptPod(pod)
-			return true
-		case apierrors.IsNotFound(err):
-			r.gone = true
-			r.log.Info("the agent's pod is gone (404): no more annotation updates", "pod", r.o.Namespace+"/"+r.o.PodName)
-			return true
-		case apierrors.IsConflict(err) && attempt < 3:
-			continue // a merge patch carries no resourceVersion; a conflict is transient
-		}
-		if ctx.Err() != nil {
-			return true
-		}
-		r.failed(err, "patching the agent's pod annotations")
-		return false
-	}
-}
-
 // failed logs the first failure of an episode, and a changed kind of error, not every retry.
-func (r *Reporter) failed(err error, what string) {
+func (r *Reporter) failed(msg, kind string) {
 	r.failures++
-	kind := errKind(err)
 	if !r.failing {
 		r.failing, r.failingSince, r.lastErr = true, time.Now(), kind
-		r.log.Error(err, "cannot report to the API server; the agent keeps counting and retries with backoff (logged again when it is back)", "action", what)
+		r.log.Error(errors.New(msg), "cannot report to the kong-watcher manager; the agent keeps counting and "+
+			"retries with backoff (logged again when it is back)", "url", r.o.URL)
 		return
 	}
 	if kind != r.lastErr {
 		r.lastErr = kind
-		r.log.Info("still cannot report to the API server, now for another reason", "action", what, "error", err.Error())
+		r.log.Info("still cannot report to the kong-watcher manager, now for another reason", "error", msg)
 	}
 }
 
 func (r *Reporter) ok() {
 	if r.failing {
-		r.log.Info("API server reachable again; reporting resumed", "failedFor", time.Since(r.failingSince).Round(time.Second).String(), "failedAttempts", r.failures)
+		r.log.Info("kong-watcher manager reachable again; reporting resumed",
+			"failedFor", time.Since(r.failingSince).Round(time.Second).String(), "failedAttempts", r.failures)
 	}
 	r.failing, r.failures, r.lastErr = false, 0, ""
-}
-
-func errKind(err error) string {
-	if s := apierrors.ReasonForError(err); s != metav1.StatusReasonUnknown {
-		return string(s)
-	}
-	var ue interface{ Temporary() bool }
-	if errors.As(err, &ue) {
-		return "network"
-	}
-	return "other"
 }

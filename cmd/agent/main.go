@@ -18,7 +18,6 @@ import (
 
 	"github.com/go-logr/logr"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/klog/v2"
 
 	"github.com/kong-watcher/kong-watcher/agent/app"
 	"github.com/kong-watcher/kong-watcher/agent/kube"
@@ -113,31 +112,19 @@ func runAgent(ctx context.Context, env func(string) (string, bool), stderr io.Wr
 	}
 	defer agent.Close()
 
-	// The Kubernetes reporter: only in a pod (POD_NAME and POD_NAMESPACE from the downward API);
-	// standalone the agent reports to logs and HTTP only. It never blocks the data path: it
-	// runs in its own goroutine and only reads agent.Stats(). It is built before the HTTP
-	// server so that a metrics port found taken becomes an Event on the pod.
-	var rep *kube.Reporter
-	if cfg.PodName != "" && cfg.PodNamespace != "" {
-		// client-go logs through klog: into the agent's log, a repeated error once per 10 min.
-		klog.SetLogger(kube.ClientLogger(log.WithName("client-go"), 0))
-		if r, err := newReporter(cfg, agent.Stats, log); err != nil {
-			log.Error(err, "cannot report to Kubernetes (annotations, Events); continuing with logs and HTTP only")
-		} else {
-			rep = r
-			agent.Notify = rep
-			log.Info("reporting to Kubernetes: pod annotations and Events", "pod", cfg.PodNamespace+"/"+cfg.PodName,
-				"trafficStatsEvery", cfg.TrafficStatsEventInterval.String(), "highErrorRate", cfg.HighErrorRateThreshold,
-				"highLatencyP99Ms", cfg.HighLatencyP99Ms, "alertMinRequests", cfg.AlertMinRequests)
-		}
-	} else {
-		log.Info("POD_NAME/POD_NAMESPACE not set: running standalone (no pod annotations or Events)")
+	// The Kubernetes reporter: only in a pod the webhook injected (the manager's URL and CA, the
+	// pod's name and a projected token); standalone the agent reports to logs and HTTP only. It
+	// never blocks the data path: it runs in its own goroutine and only reads agent.Stats(). It
+	// is built before the HTTP server so that a metrics port found taken becomes an Event.
+	rep := newReporter(cfg, agent.Stats, log)
+	if rep != nil {
+		agent.Notify = rep
 	}
 
 	srv := agent.StartHTTP(ctx, portNotifier(rep))
 	goSafe(log, "the stats log", func() { statsLoop(ctx, cfg.StatsInterval, agent, log) })
 	if rep != nil {
-		goSafe(log, "the Kubernetes reporter", func() { _ = rep.Run(ctx) })
+		goSafe(log, "the Kubernetes reporter", func() { rep.Run(ctx) })
 	}
 
 	// Run returns before ctx ends only after a fault it logged (and /readyz reports): the
@@ -206,16 +193,10 @@ func disabled(ctx context.Context, cfg app.Config, log logr.Logger, cause error)
 	}
 	m.SetInfo(version.Version, "")
 	m.SetProbesAttached(0)
-	var rep *kube.Reporter
-	if cfg.PodName != "" && cfg.PodNamespace != "" {
-		klog.SetLogger(kube.ClientLogger(log.WithName("client-go"), 0))
-		if r, err := newReporter(cfg, stats, log); err != nil {
-			log.Error(err, "cannot report to Kubernetes")
-		} else {
-			rep = r
-			rep.AgentDisabled(cause)
-			goSafe(log, "the Kubernetes reporter", func() { rep.RunEventsOnly(ctx) })
-		}
+	rep := newReporter(cfg, nil, log)
+	if rep != nil {
+		rep.AgentDisabled(cause)
+		goSafe(log, "the Kubernetes reporter", func() { rep.Run(ctx) })
 	}
 	srv := app.StartHTTP(ctx, app.HTTPOptions{Addr: cfg.MetricsAddr, Stats: stats, Ready: ready, Registry: reg,
 		Notify: portNotifier(rep), Log: log.WithName("http")})
@@ -227,13 +208,18 @@ func disabled(ctx context.Context, cfg app.Config, log logr.Logger, cause error)
 	return 0
 }
 
-func newReporter(cfg app.Config, stats func() v1alpha1.Stats, log logr.Logger) (*kube.Reporter, error) {
-	c, err := kube.ClientFromEnv()
-	if err != nil {
-		return nil, err
+// newReporter is the reporter to the manager, or nil when the agent runs standalone or the
+// reporter cannot be built (said in the log: the agent goes on with logs and HTTP). stats nil:
+// an agent that sends Events only.
+func newReporter(cfg app.Config, stats func() v1alpha1.Stats, log logr.Logger) *kube.Reporter {
+	if cfg.PodName == "" || cfg.PodNamespace == "" || cfg.ManagerURL == "" {
+		log.Info("POD_NAME, POD_NAMESPACE or " + v1alpha1.EnvManagerURL + " not set: running standalone (no pod annotations or Events)")
+		return nil
 	}
-	return kube.New(kube.Options{
-		Client:               c,
+	rep, err := kube.New(kube.Options{
+		URL:                  cfg.ManagerURL,
+		CA:                   cfg.ManagerCA,
+		TokenFile:            cfg.TokenFile,
 		Namespace:            cfg.PodNamespace,
 		PodName:              cfg.PodName,
 		Stats:                stats,
@@ -243,6 +229,14 @@ func newReporter(cfg app.Config, stats func() v1alpha1.Stats, log logr.Logger) (
 			MinRequests: cfg.AlertMinRequests},
 		Log: log.WithName("kube"),
 	})
+	if err != nil {
+		log.Error(err, "cannot report to Kubernetes (annotations, Events); continuing with logs and HTTP only")
+		return nil
+	}
+	log.Info("reporting to the kong-watcher manager: pod annotations and Events", "pod", cfg.PodNamespace+"/"+cfg.PodName,
+		"manager", cfg.ManagerURL, "trafficStatsEvery", cfg.TrafficStatsEventInterval.String(),
+		"highErrorRate", cfg.HighErrorRateThreshold, "highLatencyP99Ms", cfg.HighLatencyP99Ms, "alertMinRequests", cfg.AlertMinRequests)
+	return rep
 }
 
 // statsLoop logs the stats every interval and starts a new window.

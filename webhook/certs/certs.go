@@ -194,10 +194,18 @@ func (s *syncer) write(sec *corev1.Secret) error {
 		return nil // the rotator has not filled the Secret yet
 	}
 	changed := false
-	for _, f := range []struct {
+	// ca.crt goes too: the webhook hands it to every agent it injects, to verify the manager.
+	files := []struct {
 		name string
 		data []byte
-	}{{s.o.KeyName, key}, {s.o.CertName, crt}} {
+	}{{s.o.KeyName, key}, {s.o.CertName, crt}}
+	if ca := sec.Data[CAFileName]; len(ca) > 0 {
+		files = append(files, struct {
+			name string
+			data []byte
+		}{CAFileName, ca})
+	}
+	for _, f := range files {
 		path := filepath.Join(s.o.CertDir, f.name)
 		if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, f.data) {
 			continue
@@ -212,6 +220,9 @@ func (s *syncer) write(sec *corev1.Secret) error {
 	}
 	return nil
 }
+
+// CAFileName is the CA bundle's name in the Secret and in the cert dir (as cert-manager names it too).
+const CAFileName = "ca.crt"
 
 func writeAtomic(path string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")

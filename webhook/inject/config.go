@@ -45,6 +45,22 @@ type Config struct {
 	HighErrorRateThreshold string
 	HighLatencyP99Ms       string
 	AlertMinRequests       string
+	// Report is where the agent sends its stats and Events; a zero URL injects no reporting
+	// (the agent then serves /metrics, /stats and logs only).
+	Report ReportConfig
+}
+
+// ReportConfig is how the agent reaches the manager.
+type ReportConfig struct {
+	// URL of the manager's report endpoint (KONG_WATCHER_MANAGER_URL).
+	URL string
+	// Audience of the projected token (v1alpha1.ReportAudience by default).
+	Audience string
+	// TokenExpirationSeconds is the projected token's lifetime; the kubelet rotates it at 80%.
+	TokenExpirationSeconds int64
+	// CA returns the PEM bundle the agent trusts for the manager (KONG_WATCHER_MANAGER_CA); nil
+	// or empty: reporting is not injected (the webhook has no CA to hand out yet).
+	CA func() []byte
 }
 
 // Bounds of the stats interval, shared by Config.Validate and the per-pod annotation.

@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
+
+	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
 // testConfig is DefaultConfig with a fixed version, so golden files do not depend on the build.
@@ -26,8 +28,13 @@ func testConfig() Config {
 	c.Image = "kong-watcher/agent:v1.2.3"
 	c.AgentVersion = "v1.2.3"
 	c.ExcludedNamespaces = []string{"kube-system", "kong-watcher-system"}
+	c.Report = ReportConfig{URL: "https://kong-watcher-webhook-service.kong-watcher-system.svc:443" + kwv1.ReportPath,
+		Audience: kwv1.ReportAudience, TokenExpirationSeconds: 3600, CA: func() []byte { return []byte(testCA) }}
 	return c
 }
+
+// testCA stands in for the manager's CA bundle (the webhook copies it as it is).
+const testCA = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n"
 
 // podJSON reads testdata/pods/<name>.yaml as the JSON the API server would send.
 func podJSON(t testing.TB, name string) []byte {

@@ -26,6 +26,12 @@ const metricsPath = "/metrics"
 func Inject(pod *corev1.Pod, cfg Config) (warnings []string) {
 	s, warnings := podSettings(pod, cfg)
 	agent := agentContainer(cfg, s, pod.Spec.HostNetwork)
+	if ca := caBundle(cfg.Report); ca != "" {
+		addReporting(pod, &agent, cfg.Report, ca)
+	} else if cfg.Report.URL != "" {
+		warnings = append(warnings, "the kong-watcher manager's CA is not available yet: this pod's agent reports "+
+			"to /metrics, /stats and logs only, not to its annotations and Events")
+	}
 	switch {
 	case pod.Spec.Resources != nil:
 		// Pod-level resources: the pod's QoS and budget are set for the pod as a whole, and
@@ -73,10 +79,6 @@ func Inject(pod *corev1.Pod, cfg Config) (warnings []string) {
 		warnings = append(warnings, fmt.Sprintf("hostNetwork pod: the kong-watcher agent serves /metrics and /stats on "+
 			"the node's loopback only (%s), not on the node's address; its stats still reach the pod's annotations",
 			metricsAddr(cfg.MetricsPort, true)))
-	}
-	if pod.Spec.AutomountServiceAccountToken != nil && !*pod.Spec.AutomountServiceAccountToken {
-		warnings = append(warnings, "automountServiceAccountToken is false: the kong-watcher agent "+
-			"cannot write its pod annotations and Events, only /metrics and logs")
 	}
 	return warnings
 }
@@ -132,6 +134,39 @@ func agentContainer(cfg Config, s settings, hostNetwork bool) corev1.Container {
 		}}
 	}
 	return c
+}
+
+// caBundle is the manager CA to inject, "" when reporting is off or the CA is unknown.
+func caBundle(r ReportConfig) string {
+	if r.URL == "" || r.CA == nil {
+		return ""
+	}
+	return string(r.CA())
+}
+
+// addReporting gives the agent what it needs to report to the manager: its URL and CA, and a
+// projected service-account token with the manager's own audience, bound to this pod, rotated
+// by the kubelet, mounted in the agent container only. It is not the API server's token:
+// presented to the API server it is refused, and the pod's automountServiceAccountToken
+// setting (which governs that one) is left as the user set it.
+func addReporting(pod *corev1.Pod, agent *corev1.Container, r ReportConfig, ca string) {
+	exp := r.TokenExpirationSeconds
+	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{
+		Name: kwv1.TokenVolumeName,
+		VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience: r.Audience, ExpirationSeconds: &exp, Path: kwv1.TokenFileName,
+			}}},
+		}},
+	})
+	agent.VolumeMounts = append(agent.VolumeMounts, corev1.VolumeMount{
+		Name: kwv1.TokenVolumeName, MountPath: kwv1.TokenMountPath, ReadOnly: true,
+	})
+	agent.Env = append(agent.Env,
+		corev1.EnvVar{Name: kwv1.EnvManagerURL, Value: r.URL},
+		corev1.EnvVar{Name: kwv1.EnvManagerCA, Value: ca},
+		corev1.EnvVar{Name: kwv1.EnvTokenFile, Value: kwv1.TokenMountPath + "/" + kwv1.TokenFileName},
+	)
 }
 
 // metricsAddr is the agent's METRICS_ADDR. In a hostNetwork pod the pod's network is the

@@ -291,9 +291,10 @@ func (w *Webhook) mutate(ctx context.Context, pod *corev1.Pod, namespace string,
 		return d, skipWarnings(d), nil, nil
 	}
 	hadInit := len(pod.Spec.InitContainers) > 0
+	volumesBefore := len(pod.Spec.Volumes)
 	before := maps.Clone(pod.Annotations)
 	warnings = Inject(pod, w.cfg)
-	patch, err = buildPatch(pod, hadInit, before)
+	patch, err = buildPatch(pod, hadInit, volumesBefore, before)
 	if err != nil {
 		return d, nil, nil, err
 	}
@@ -322,13 +323,14 @@ type patchOp struct {
 }
 
 // buildPatch writes the JSON patch for what Inject did to pod: the agent container appended,
-// shareProcessNamespace set, annotations added. It is built from the mutation itself, not by
+// shareProcessNamespace set, the report token's volume and the annotations added. It is built from the mutation itself, not by
 // diffing two encodings of the pod: fields this build's k8s.io/api does not know (a newer API
 // server) are never touched, and the cost does not grow with the size of the pod.
-// hadInit says whether the request's pod had init containers and before holds its annotations
+// hadInit says whether the request's pod had init containers, volumesBefore how many volumes
+// it had, and before holds its annotations
 // (an "add" on a member that exists replaces it, so an empty list or map in the request is
 // replaced whole, which is what it means).
-func buildPatch(pod *corev1.Pod, hadInit bool, before map[string]string) ([]byte, error) {
+func buildPatch(pod *corev1.Pod, hadInit bool, volumesBefore int, before map[string]string) ([]byte, error) {
 	ops := make([]patchOp, 0, 8)
 	switch {
 	case isNative(pod) && hadInit:
@@ -341,6 +343,13 @@ func buildPatch(pod *corev1.Pod, hadInit bool, before map[string]string) ([]byte
 		ops = append(ops, patchOp{"add", "/spec/containers", pod.Spec.Containers})
 	}
 	ops = append(ops, patchOp{"add", "/spec/shareProcessNamespace", true})
+	switch n := len(pod.Spec.Volumes); {
+	case n == volumesBefore:
+	case volumesBefore > 0:
+		ops = append(ops, patchOp{"add", "/spec/volumes/-", pod.Spec.Volumes[n-1]})
+	default:
+		ops = append(ops, patchOp{"add", "/spec/volumes", pod.Spec.Volumes})
+	}
 	if len(before) == 0 {
 		ops = append(ops, patchOp{"add", "/metadata/annotations", pod.Annotations})
 	} else {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -21,6 +22,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/internal/version"
 	"github.com/kong-watcher/kong-watcher/webhook/certs"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
@@ -97,6 +99,7 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 		}
 	}
 
+	o.Agent.Report.CA = newFileCache(filepath.Join(o.WebhookCertPath, certs.CAFileName)).read
 	hook := inject.NewWebhook(o.Agent, mgr.GetEventRecorder(EventSource), log.WithName("inject"))
 	if o.VerifyInjectedPods {
 		// A client of its own: protobuf (pods are big, and this runs inside an admission's
@@ -116,6 +119,11 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 		return fmt.Errorf("adding health check: %w", err)
 	}
 	webhookServer.Register(inject.Path, hook)
+	reports, err := newReportHandler(cfg, o, mgr.GetEventRecorder(kwv1.AgentContainerName), log.WithName("reports"))
+	if err != nil {
+		return err
+	}
+	webhookServer.Register(kwv1.ReportPath, reports)
 	if err := mgr.AddReadyzCheck("webhook", func(req *http.Request) error {
 		select {
 		case <-certsReady:

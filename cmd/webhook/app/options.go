@@ -4,12 +4,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
 )
 
@@ -57,6 +60,15 @@ type Options struct {
 	ExtraDNSNames []string
 
 	Agent inject.Config
+	// ManagerURL is the report endpoint injected into agents (KONG_WATCHER_MANAGER_URL); empty:
+	// https://<ServiceName>.<Namespace>.svc:443 + v1alpha1.ReportPath.
+	ManagerURL string
+	// ReportAudience is the audience of the agents' projected tokens.
+	ReportAudience string
+	// ReportTokenTTL is the projected token's lifetime (the kubelet rotates it at 80%).
+	ReportTokenTTL time.Duration
+	// ReportMaxInFlight bounds the reports one replica handles at once.
+	ReportMaxInFlight int
 	// VerifyInjectedPods: dry-run every injected pod against the API server and leave it
 	// unchanged when it would be refused (inject.DryRunCreate).
 	VerifyInjectedPods bool
@@ -87,6 +99,10 @@ func NewOptions() *Options {
 		WebhookConfigName:   DefaultWebhookConfigName,
 		Agent:               agent,
 		VerifyInjectedPods:  true,
+		LeaderElect:         true,
+		ReportAudience:      v1alpha1.ReportAudience,
+		ReportTokenTTL:      time.Hour,
+		ReportMaxInFlight:   32,
 		AgentCPURequest:     "100m",
 		AgentMemoryRequest:  "128Mi",
 		AgentCPULimit:       "200m",
@@ -120,8 +136,17 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 			"request metrics, so it is plain HTTP by default.")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "The address the probe endpoint binds to.")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect,
-		"Enable leader election. Nothing in the webhook needs a single leader (every replica rotates certificates "+
-			"and serves), so it is off by default.")
+		"Elect one replica to combine the pods' stats into their Deployments' (StatefulSets', DaemonSets') "+
+			"annotations. Every replica serves admission and reports either way. Off: every replica combines and writes.")
+	fs.StringVar(&o.ManagerURL, "manager-url", o.ManagerURL,
+		"The report endpoint injected into agents (default https://<webhook-service-name>.<namespace>.svc:443"+
+			v1alpha1.ReportPath+").")
+	fs.StringVar(&o.ReportAudience, "report-token-audience", o.ReportAudience,
+		"The audience of the projected service-account token agents report with; tokens for any other audience are refused.")
+	fs.DurationVar(&o.ReportTokenTTL, "report-token-ttl", o.ReportTokenTTL,
+		"The lifetime of the agents' projected report token (10m..24h); the kubelet rotates it at 80%.")
+	fs.IntVar(&o.ReportMaxInFlight, "report-max-in-flight", o.ReportMaxInFlight,
+		"Reports one replica handles at once; more are answered 429 and retried by the agent.")
 	fs.BoolVar(&o.VerifyInjectedPods, "verify-injected-pods", o.VerifyInjectedPods,
 		"Dry-run every injected pod against the API server first and create it without the agent when it would be "+
 			"refused (Pod Security, quotas, policy engines). Needs the create-pods right the ValidatingAdmissionPolicy "+
@@ -227,6 +252,24 @@ func (o *Options) Complete() error {
 			errs = append(errs, errors.New("cert rotation needs the namespace, --webhook-service-name, --webhook-secret-name and --webhook-config-name"))
 		}
 	}
+	if o.ManagerURL == "" {
+		o.ManagerURL = fmt.Sprintf("https://%s.%s.svc:443%s", o.ServiceName, o.Namespace, v1alpha1.ReportPath)
+	}
+	if u, err := url.Parse(o.ManagerURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		errs = append(errs, fmt.Errorf("--manager-url=%q: want an https:// URL", o.ManagerURL))
+	}
+	if o.ReportAudience == "" {
+		errs = append(errs, errors.New("--report-token-audience must not be empty"))
+	}
+	if o.ReportTokenTTL < 10*time.Minute || o.ReportTokenTTL > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("--report-token-ttl=%s must be between 10m and 24h", o.ReportTokenTTL))
+	}
+	if o.ReportMaxInFlight < 1 {
+		errs = append(errs, fmt.Errorf("--report-max-in-flight=%d must be at least 1", o.ReportMaxInFlight))
+	}
+	o.Agent.Report.URL = o.ManagerURL
+	o.Agent.Report.Audience = o.ReportAudience
+	o.Agent.Report.TokenExpirationSeconds = int64(o.ReportTokenTTL / time.Second)
 	if err := o.Agent.Validate(); err != nil {
 		errs = append(errs, err)
 	}

@@ -52,7 +52,7 @@ func TestOptionsDefaults(t *testing.T) {
 	if strings.Join(o.Agent.ExcludedNamespaces, ",") != "kube-system,kw-ns" {
 		t.Errorf("excluded namespaces = %v, want kube-system plus the webhook's own", o.Agent.ExcludedNamespaces)
 	}
-	if o.DisableCertRotation || o.LeaderElect || o.MetricsAddr != "0" || o.WebhookPort != 9443 ||
+	if o.DisableCertRotation || !o.LeaderElect || o.MetricsAddr != "0" || o.WebhookPort != 9443 ||
 		o.ServiceName != DefaultServiceName || o.SecretName != DefaultSecretName || o.WebhookConfigName != DefaultWebhookConfigName {
 		t.Errorf("unexpected defaults: %+v", o)
 	}

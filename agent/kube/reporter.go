@@ -149,6 +149,7 @@ type Reporter struct {
 
 	mu         sync.Mutex
 	pending    []v1alpha1.ReportEvent // oldest first, at most v1alpha1.MaxReportEvents
+	removed    uint64                 // Events gone from the front of pending (delivered or dropped) since the start
 	dropped    int                    // Events dropped since the last log line about it
 	thresholds Thresholds
 
@@ -223,13 +224,16 @@ func NewHTTPClient(caPEM []byte, timeout time.Duration) (*http.Client, error) {
 // event queues an Event for the next report. It never blocks (the discovery callback calls it
 // with its lock held); past the bound the oldest Events go.
 func (r *Reporter) event(eventType, reason, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
+	// JSON turns each invalid byte into a 3-byte U+FFFD: the message would pass the manager's
+	// bound and be refused, with the other Events of its report.
+	msg := strings.ToValidUTF8(fmt.Sprintf(format, args...), "\uFFFD")
 	if len(msg) > v1alpha1.MaxEventMessage {
 		msg = truncateUTF8(msg, v1alpha1.MaxEventMessage-3) + "..."
 	}
 	r.mu.Lock()
 	if len(r.pending) == v1alpha1.MaxReportEvents {
 		r.pending = r.pending[1:]
+		r.removed++
 		r.dropped++
 	}
 	r.pending = append(r.pending, v1alpha1.ReportEvent{Type: eventType, Reason: reason, Message: msg})
@@ -260,8 +264,8 @@ func (r *Reporter) Run(ctx context.Context) {
 	first <- time.Now()
 	for !r.gone {
 		kick := r.kick
-		if retry != nil {
-			kick = nil // a retry is pending: it will carry the Events
+		if retry != nil || len(first) > 0 {
+			kick = nil // a retry or the first report is pending: it will carry the Events
 		}
 		select {
 		case <-ctx.Done():
@@ -320,7 +324,9 @@ func (r *Reporter) Tick(ctx context.Context) bool {
 func (r *Reporter) send(ctx context.Context) bool {
 	rep := v1alpha1.Report{APIVersion: v1alpha1.StatsAPIVersion, Kind: v1alpha1.ReportKind,
 		Pod: v1alpha1.PodRef{Namespace: r.o.Namespace, Name: r.o.PodName}}
-	var key []byte
+	// Non-nil: r.sent also says a report went, after which an events-only agent with nothing
+	// to say sends nothing.
+	key := []byte{}
 	if r.o.Stats != nil {
 		s := r.o.Stats()
 		key = statsKey(s)
@@ -330,6 +336,7 @@ func (r *Reporter) send(ctx context.Context) bool {
 	}
 	r.mu.Lock()
 	rep.Events = append([]v1alpha1.ReportEvent(nil), r.pending...)
+	from := r.removed
 	dropped := r.dropped
 	r.dropped = 0
 	r.mu.Unlock()
@@ -350,7 +357,7 @@ func (r *Reporter) send(ctx context.Context) bool {
 		return false
 	case status == http.StatusOK:
 		r.ok()
-		r.ack(rep.Events)
+		r.ack(from, len(rep.Events))
 		if rep.Stats != nil || r.sent == nil {
 			r.sent, r.sentAt = key, time.Now()
 		}
@@ -366,7 +373,7 @@ func (r *Reporter) send(ctx context.Context) bool {
 	case status == http.StatusBadRequest || status == http.StatusRequestEntityTooLarge:
 		// Not something a retry fixes: log it and drop the Events it carried, so one bad
 		// Event cannot block every later report.
-		r.ack(rep.Events)
+		r.ack(from, len(rep.Events))
 		r.failed(fmt.Sprintf("%d %s", status, firstLine(body)), strconv.Itoa(status))
 		return false
 	default:
@@ -375,15 +382,16 @@ func (r *Reporter) send(ctx context.Context) bool {
 	}
 }
 
-// ack drops the delivered Events from the queue. Events queued meanwhile stay; so do the
-// delivered ones' places if the queue overflowed meanwhile (they were dropped already).
-func (r *Reporter) ack(sent []v1alpha1.ReportEvent) {
+// ack drops from the queue the n Events sent from position from (counted in removed) on:
+// those still there, since the queue may have overflowed meanwhile and dropped the oldest of
+// them already. Events queued meanwhile stay.
+func (r *Reporter) ack(from uint64, n int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := 0
-	for n < len(sent) && n < len(r.pending) && r.pending[0] == sent[n] {
-		r.pending = r.pending[1:]
-		n++
+	if end := from + uint64(n); end > r.removed {
+		k := min(int(end-r.removed), len(r.pending))
+		r.pending = r.pending[k:]
+		r.removed += uint64(k)
 	}
 }
 

@@ -3,23 +3,30 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"encoding/pem"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/kong-watcher/kong-watcher/agent/app"
+	"github.com/kong-watcher/kong-watcher/agent/discovery"
 	"github.com/kong-watcher/kong-watcher/agent/kube"
 	"github.com/kong-watcher/kong-watcher/agent/report"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/webhook/ingest"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -98,8 +105,48 @@ func TestRunAgentRejectsAnInvalidMetricsAddr(t *testing.T) {
 	}
 }
 
-// The port found taken becomes a Warning Event on the agent's pod, through the Kubernetes
-// reporter that records the agent's other Events.
+// fakeManager is the manager's report endpoint over TLS: it records the Events of the reports
+// it accepts, after checking each report with the manager's own decoder.
+type fakeManager struct {
+	t      *testing.T
+	srv    *httptest.Server
+	mu     sync.Mutex
+	events []v1alpha1.ReportEvent
+}
+
+func newManager(t *testing.T) *fakeManager {
+	m := &fakeManager{t: t}
+	m.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, err := io.ReadAll(req.Body)
+		if err != nil {
+			return
+		}
+		if req.URL.Path != v1alpha1.ReportPath || req.Header.Get("Authorization") != "Bearer the-token" {
+			t.Errorf("report to %s with Authorization %q", req.URL.Path, req.Header.Get("Authorization"))
+		}
+		rep, err := ingest.DecodeReport(body)
+		if err != nil {
+			t.Errorf("the agent sent a report the manager refuses: %v", err)
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		m.mu.Lock()
+		m.events = append(m.events, rep.Events...)
+		m.mu.Unlock()
+		_ = json.NewEncoder(w).Encode(v1alpha1.ReportResponse{})
+	}))
+	t.Cleanup(m.srv.Close)
+	return m
+}
+
+func (m *fakeManager) received() []v1alpha1.ReportEvent {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.events)
+}
+
+// The port found taken becomes a Warning Event on the agent's pod, through the reporter to the
+// manager that carries the agent's other Events; once, not at every bind attempt.
 func TestPortTakenIsAWarningEvent(t *testing.T) {
 	holder, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -107,10 +154,17 @@ func TestPortTakenIsAWarningEvent(t *testing.T) {
 	}
 	defer holder.Close()
 	addr := holder.Addr().String()
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kong", Name: "kong-1", UID: "uid-1"}}
-	rec := record.NewFakeRecorder(10)
-	rep, err := kube.New(kube.Options{Client: fake.NewClientset(pod), Namespace: "kong", PodName: "kong-1",
-		Stats: func() v1alpha1.Stats { return v1alpha1.Stats{} }, Recorder: rec, Log: logr.Discard()})
+	m := newManager(t)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("the-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := kube.New(kube.Options{URL: m.srv.URL + v1alpha1.ReportPath,
+		CA:        pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.srv.Certificate().Raw}),
+		TokenFile: tokenFile, Namespace: "kong", PodName: "kong-1",
+		Stats: func() v1alpha1.Stats {
+			return v1alpha1.Stats{APIVersion: v1alpha1.StatsAPIVersion, Kind: v1alpha1.StatsKind}
+		}, Log: logr.Discard()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,22 +173,55 @@ func TestPortTakenIsAWarningEvent(t *testing.T) {
 	defer wg.Wait()
 	defer cancel()
 	wg.Add(1)
-	go func() { defer wg.Done(); _ = rep.Run(ctx) }()
-	app.StartHTTP(ctx, app.HTTPOptions{Addr: addr, Registry: report.NewRegistry(), Notify: portNotifier(rep),
-		MaxBindRetry: 100 * time.Millisecond, Log: logr.Discard()})
-	select {
-	case e := <-rec.Events:
-		if !strings.HasPrefix(e, "Warning MetricsPortUnavailable cannot listen on "+addr) || !strings.Contains(e, "address already in use") {
-			t.Errorf("Event %q", e)
+	go func() { defer wg.Done(); rep.Run(ctx) }()
+	reg := report.NewRegistry()
+	app.StartHTTP(ctx, app.HTTPOptions{Addr: addr, Registry: reg, Notify: portNotifier(rep),
+		MaxBindRetry: 20 * time.Millisecond, Log: logr.Discard()})
+
+	poll := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no Event while the port is taken")
 	}
-	time.Sleep(500 * time.Millisecond) // several more attempts: still one Event
-	if n := len(rec.Events); n != 0 {
-		t.Errorf("%d more Events, want one per 10 minutes", n)
+	poll("several bind attempts", func() bool { return bindFailures(t, reg) >= 4 })
+	// Events are delivered in order: once this one is, any earlier one is too.
+	rep.ProbesAttached(discovery.Gateway{Master: discovery.Process{PID: 1}}, "sentinel")
+	poll("the Events delivered", func() bool {
+		return slices.ContainsFunc(m.received(), func(e v1alpha1.ReportEvent) bool { return e.Reason == v1alpha1.ReasonProbesAttached })
+	})
+	var port []v1alpha1.ReportEvent
+	for _, e := range m.received() {
+		if e.Reason == v1alpha1.ReasonMetricsPortUnavailable {
+			port = append(port, e)
+		}
+	}
+	if len(port) != 1 {
+		t.Fatalf("%d MetricsPortUnavailable Events after several attempts, want one: %+v", len(port), port)
+	}
+	if e := port[0]; e.Type != corev1.EventTypeWarning || !strings.HasPrefix(e.Message, "cannot listen on "+addr) ||
+		!strings.Contains(e.Message, "address already in use") {
+		t.Errorf("Event %+v", e)
 	}
 	if portNotifier(nil) != nil {
 		t.Error("portNotifier(nil) is not a nil interface: StartHTTP would call a nil reporter")
 	}
+}
+
+func bindFailures(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "kong_watcher_http_bind_failures_total" && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
 }

@@ -224,7 +224,7 @@ func NewHTTPClient(caPEM []byte, timeout time.Duration) (*http.Client, error) {
 // event queues an Event for the next report. It never blocks (the discovery callback calls it
 // with its lock held); past the bound the oldest Events go.
 func (r *Reporter) event(eventType, reason, format string, args ...any) {
-	// JSON turns each invalid byte into a 3-byte U+FFFD: the message would pass the manager's
+	// JSON turns each invalid byte into a 3-byte U+FFFD: the message could exceed the manager's
 	// bound and be refused, with the other Events of its report.
 	msg := strings.ToValidUTF8(fmt.Sprintf(format, args...), "\uFFFD")
 	if len(msg) > v1alpha1.MaxEventMessage {

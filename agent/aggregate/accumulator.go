@@ -149,6 +149,12 @@ func (a *accumulator) summary(end time.Time, hosts, paths *Ranker) v1alpha1.Summ
 	if period > 0 {
 		s.RequestsPerSecond = float64(a.requests) / period
 	}
+	if a.requests > 0 {
+		s.Histograms = &v1alpha1.Histograms{Bits: v1alpha1.MaxHistogramBits,
+			Latency:  a.latency.export(v1alpha1.MaxHistogramBits),
+			Upstream: a.upstream.export(v1alpha1.MaxHistogramBits),
+			Kong:     a.kong.export(v1alpha1.MaxHistogramBits)}
+	}
 	for i, n := range a.methods {
 		if n > 0 {
 			s.Methods[Methods[i]] = n

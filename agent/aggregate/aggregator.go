@@ -192,6 +192,7 @@ func cloneSummary(s v1alpha1.Summary) v1alpha1.Summary {
 	s.LuaPhasesMs = maps.Clone(s.LuaPhasesMs)
 	s.Hosts = slices.Clone(s.Hosts)
 	s.Paths = slices.Clone(s.Paths)
+	s.Histograms = cloneHistograms(s.Histograms)
 	if s.LastRequestTime != nil {
 		t := *s.LastRequestTime
 		s.LastRequestTime = &t

@@ -44,7 +44,7 @@ const (
 )
 
 func newHistogram(subBits uint, withSums bool) histogram {
-	n := 1<<subBits + (histMaxBits-subBits)<<(subBits-1)
+	n := numBuckets(subBits)
 	h := histogram{subBits: subBits, counts: make([]uint64, n), minUs: math.MaxUint64}
 	if withSums {
 		h.sumsUs = make([]uint64, n)
@@ -52,22 +52,28 @@ func newHistogram(subBits uint, withSums bool) histogram {
 	return h
 }
 
-func (h *histogram) index(units uint64) int {
-	sub := uint64(1) << h.subBits
+// numBuckets is the number of buckets of the scheme with subBits (see histogram).
+func numBuckets(subBits uint) int {
+	return int(1<<subBits + (histMaxBits-subBits)<<(subBits-1))
+}
+
+// bucketIndex returns the bucket of a value of units (100 µs) in the scheme with subBits.
+func bucketIndex(subBits uint, units uint64) int {
+	sub := uint64(1) << subBits
 	if units < sub {
 		return int(units)
 	}
 	if units > maxRecordableUnit {
 		units = maxRecordableUnit
 	}
-	e := uint(bits.Len64(units)) - h.subBits
+	e := uint(bits.Len64(units)) - subBits
 	half := sub >> 1
 	return int(sub + uint64(e-1)*half + (units>>e - half))
 }
 
-// bounds returns the bucket's lower bound and width in units.
-func (h *histogram) bounds(i int) (lower, width uint64) {
-	sub := 1 << h.subBits
+// bucketBounds returns bucket i's lower bound and width in units, in the scheme with subBits.
+func bucketBounds(subBits uint, i int) (lower, width uint64) {
+	sub := 1 << subBits
 	if i < sub {
 		return uint64(i), 1
 	}
@@ -76,6 +82,10 @@ func (h *histogram) bounds(i int) (lower, width uint64) {
 	e := uint(k/half + 1)
 	return uint64(k%half+half) << e, 1 << e
 }
+
+func (h *histogram) index(units uint64) int { return bucketIndex(h.subBits, units) }
+
+func (h *histogram) bounds(i int) (lower, width uint64) { return bucketBounds(h.subBits, i) }
 
 func (h *histogram) record(d time.Duration) {
 	us := uint64(0)

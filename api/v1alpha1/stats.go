@@ -58,6 +58,53 @@ type Summary struct {
 	// DroppedEvents counts events the kernel side could not hand over (ring buffer full) or
 	// the agent could not decode.
 	DroppedEvents uint64 `json:"droppedEvents"`
+	// Histograms are LatencyMs, UpstreamLatencyMs and KongLatencyMs as mergeable distributions,
+	// so that the stats of several pods combine into exact counts and recomputed percentiles.
+	// Absent: the summary has no requests, or its histograms did not fit the annotation's bound.
+	Histograms *Histograms `json:"histograms,omitempty"`
+}
+
+// Histograms hold a summary's latency distributions in one bucket scheme.
+//
+// The scheme: a value v µs counts in units of 100 µs, u = min(floor(v/100), 2^32-1). With
+// b = Bits (1 to MaxHistogramBits), a unit u < 2^b has a bucket of its own, index u; above,
+// every power of two is split into 2^(b-1) equal buckets: with e = bitlen(u) - b,
+//
+//	index = 2^b + (e-1)*2^(b-1) + (u>>e - 2^(b-1))   covering units [(u>>e)<<e, ((u>>e)+1)<<e)
+//
+// so there are 2^b + (32-b)*2^(b-1) buckets (464 at b = 5) and a bucket above 2^b units is
+// never wider than 1/2^(b-1) of its lower bound. At b = 5: 100 µs wide below 3.2 ms, at most
+// 6.25% of its lower bound above. A percentile computed from a histogram is the midpoint of
+// the bucket holding the nearest-rank value, clamped to [MinUs, MaxUs] (the largest value is
+// MaxUs exactly): within half a bucket of the exact value, so at b = 5 within 0.05 ms below
+// 3.2 ms and within 3.125% above. A scheme with fewer bits nests in one with more (each bucket
+// lies inside one bucket of the coarser scheme), so histograms of different Bits merge at the
+// smaller.
+type Histograms struct {
+	Bits int `json:"bits"`
+	// Absent: no values (no proxied requests, for Upstream).
+	Latency  *Histogram `json:"latency,omitempty"`
+	Upstream *Histogram `json:"upstream,omitempty"`
+	Kong     *Histogram `json:"kong,omitempty"`
+}
+
+// MaxHistogramBits is the finest scheme a Stats document carries (16 buckets per octave).
+const MaxHistogramBits = 5
+
+// Histogram is one sparse distribution: the counts of the buckets that hold values, in spans
+// of consecutive buckets, each [first index, count, count, ...], by ascending index and not
+// overlapping; a span's first and last counts are > 0 (a 0 inside a span is an empty bucket,
+// cheaper to write than a new span), and the counts add up to the Latency's Count. SumUs,
+// MinUs and MaxUs are the sum, smallest and largest of the values in µs.
+//
+//	{"spans":[[3,5,0,2],[40,1]],"sumUs":28700,"minUs":310,"maxUs":4020}
+//
+// holds 5 values in bucket 3, 2 in bucket 5 and 1 in bucket 40.
+type Histogram struct {
+	Spans [][]uint64 `json:"spans"`
+	SumUs uint64     `json:"sumUs"`
+	MinUs uint64     `json:"minUs"`
+	MaxUs uint64     `json:"maxUs"`
 }
 
 // Latency summarises a latency distribution in milliseconds.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kong-watcher/kong-watcher/agent/aggregate"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -96,6 +97,10 @@ func percent(part, whole uint64) string {
 	return strconv.FormatFloat(100*float64(part)/float64(whole), 'f', 1, 64) + "%"
 }
 
+// FormatMs renders milliseconds as the annotations do (0.4ms, 20.1ms, 1.25s), for Events
+// that quote them.
+func FormatMs(msVal float64) string { return duration(msVal) }
+
 // duration renders milliseconds short, with a unit: 0.4ms, 20.1ms, 1.25s.
 func duration(msVal float64) string {
 	if msVal >= 1000 {
@@ -144,11 +149,21 @@ func topRows(rows []v1alpha1.Row, total uint64, sep string) string {
 }
 
 // StatsJSON marshals s in at most limit bytes (limit <= 0: DefaultMaxStatsJSON). When the whole
-// document is too big, the host and path lists of both summaries are cut to the largest
-// common length that fits, the cut rows folding into the "other" row (its p99 becomes the
-// largest p99 of the rows folded in: an upper bound). If even empty lists do not fit, only
-// the header and the scalar counts are kept; failing that, "{}". The result is always valid
-// JSON.
+// document is too big, what goes first is the host and path rows, then histogram resolution:
+//
+//  1. The host and path lists of both summaries are cut to the largest common length that
+//     fits, the cut rows folding into the "other" row (its p99 becomes the largest p99 of the
+//     rows folded in: an upper bound).
+//  2. Only if the histograms do not fit even with no rows are both summaries' histograms
+//     coarsened, one bit at a time (half the buckets per octave: 8, 4, 2, 1), each time with
+//     as many rows as then fit; a coarser scheme only widens the stated percentile error.
+//  3. If even one bucket per octave does not fit, the histograms are dropped (a merge then
+//     counts the pod's requests but takes its percentiles as upper bounds, see
+//     aggregate.Merge), and the rows are cut again.
+//  4. If even empty lists do not fit, only the header and the scalar counts are kept; failing
+//     that, "{}".
+//
+// The result is always valid JSON.
 func StatsJSON(s v1alpha1.Stats, limit int) string {
 	if limit <= 0 {
 		limit = DefaultMaxStatsJSON
@@ -156,27 +171,19 @@ func StatsJSON(s v1alpha1.Stats, limit int) string {
 	if b, err := json.Marshal(s); err == nil && len(b) <= limit {
 		return string(b)
 	}
-	longest := 0
-	for _, l := range [][]v1alpha1.Row{s.Total.Hosts, s.Total.Paths, s.Window.Hosts, s.Window.Paths} {
-		longest = max(longest, len(l))
-	}
-	// Largest k in [0, longest) whose document fits; fits(k) is monotonic in k.
-	fits := func(k int) ([]byte, bool) {
-		b, err := json.Marshal(trimStats(s, k))
-		return b, err == nil && len(b) <= limit
-	}
-	lo, hi := -1, longest // fits(lo) known true (or lo == -1), fits(hi) known false
-	var best []byte
-	for hi-lo > 1 {
-		mid := (lo + hi) / 2
-		if b, ok := fits(mid); ok {
-			lo, best = mid, b
-		} else {
-			hi = mid
+	bits := 0
+	for _, h := range []*v1alpha1.Histograms{s.Total.Histograms, s.Window.Histograms} {
+		if h != nil {
+			bits = max(bits, h.Bits)
 		}
 	}
-	if best != nil {
-		return string(best)
+	for ; bits >= 0; bits-- {
+		c := s
+		c.Total.Histograms = aggregate.CoarsenHistograms(s.Total.Histograms, bits)
+		c.Window.Histograms = aggregate.CoarsenHistograms(s.Window.Histograms, bits)
+		if b := fitRows(c, limit); b != nil {
+			return string(b)
+		}
 	}
 	bare := v1alpha1.Stats{APIVersion: s.APIVersion, Kind: s.Kind, Since: s.Since, Updated: s.Updated, DataPath: s.DataPath,
 		Total: scalars(s.Total), Window: scalars(s.Window)}
@@ -186,33 +193,45 @@ func StatsJSON(s v1alpha1.Stats, limit int) string {
 	return "{}"
 }
 
+// fitRows returns s with the most rows that fit in limit bytes, nil if none fits even
+// without named rows.
+func fitRows(s v1alpha1.Stats, limit int) []byte {
+	longest := 0
+	for _, l := range [][]v1alpha1.Row{s.Total.Hosts, s.Total.Paths, s.Window.Hosts, s.Window.Paths} {
+		longest = max(longest, len(l))
+	}
+	// Largest k in [0, longest] whose document fits; fits(k) is monotonic in k.
+	fits := func(k int) ([]byte, bool) {
+		b, err := json.Marshal(trimStats(s, k))
+		return b, err == nil && len(b) <= limit
+	}
+	best, ok := fits(0)
+	if !ok {
+		return nil
+	}
+	lo, hi := 0, longest+1 // fits(lo) known true, fits(hi) known false
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		if b, ok := fits(mid); ok {
+			lo, best = mid, b
+		} else {
+			hi = mid
+		}
+	}
+	return best
+}
+
 func trimStats(s v1alpha1.Stats, k int) v1alpha1.Stats {
 	s.Total.Hosts, s.Total.Paths = foldRows(s.Total.Hosts, k), foldRows(s.Total.Paths, k)
 	s.Window.Hosts, s.Window.Paths = foldRows(s.Window.Hosts, k), foldRows(s.Window.Paths, k)
 	return s
 }
 
-// foldRows keeps the first k named rows and folds the rest into a final "other" row. It
-// does not modify rows.
-func foldRows(rows []v1alpha1.Row, k int) []v1alpha1.Row {
-	out := make([]v1alpha1.Row, 0, k+1)
-	other := v1alpha1.Row{Name: v1alpha1.OtherRow}
-	for _, r := range rows {
-		if r.Name != v1alpha1.OtherRow && len(out) < k {
-			out = append(out, r)
-			continue
-		}
-		other.Requests += r.Requests
-		other.Errors += r.Errors
-		other.P99Ms = math.Max(other.P99Ms, r.P99Ms)
-	}
-	if other.Requests > 0 {
-		out = append(out, other)
-	}
-	return out
-}
+// foldRows keeps the first k named rows and folds the rest into a final "other" row (see
+// aggregate.FoldRows, which the merge of several pods' rows uses too).
+func foldRows(rows []v1alpha1.Row, k int) []v1alpha1.Row { return aggregate.FoldRows(rows, k) }
 
 func scalars(s v1alpha1.Summary) v1alpha1.Summary {
-	s.Methods, s.StatusCodes, s.LuaPhasesMs, s.Hosts, s.Paths = nil, nil, nil, nil, nil
+	s.Methods, s.StatusCodes, s.LuaPhasesMs, s.Hosts, s.Paths, s.Histograms = nil, nil, nil, nil, nil, nil
 	return s
 }

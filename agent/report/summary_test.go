@@ -3,10 +3,14 @@ package report
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/kong-watcher/kong-watcher/agent/aggregate"
+	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -127,5 +131,63 @@ func TestStatsLine(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("%s = %v (%T), want %v", k, got[k], got[k], v)
 		}
+	}
+}
+
+// histogramStats is an agent's snapshot with wide latency distributions (many buckets) and
+// rows (100 hosts, 100 paths).
+func histogramStats(t *testing.T) v1alpha1.Stats {
+	t.Helper()
+	r := rand.New(rand.NewPCG(5, 6))
+	clock := since
+	a := aggregate.New(aggregate.Options{Now: func() time.Time { return clock }})
+	for i := 0; i < 40000; i++ {
+		lat := time.Duration(math.Exp(r.NormFloat64()*2.5+9)) * time.Microsecond
+		a.Observe(&model.Request{Method: "GET", Host: fmt.Sprintf("host-%d.example.com", r.IntN(150)), URI: fmt.Sprintf("/api/things%d", r.IntN(150)),
+			Status: 200, Latency: lat, HasUpstream: true, Upstream: lat / 2, End: clock})
+		if i == 20000 {
+			clock = clock.Add(30 * time.Second)
+			a.Rotate()
+		}
+	}
+	clock = clock.Add(30 * time.Second)
+	a.Rotate()
+	return a.Snapshot()
+}
+
+// The annotation keeps the histograms: rows go first, then resolution, then the histograms;
+// whatever is cut, the result parses as a valid document and its counts are the snapshot's.
+func TestStatsJSONKeepsHistograms(t *testing.T) {
+	s := histogramStats(t)
+	full, _ := json.Marshal(s)
+	noRows := trimStats(s, 0)
+	bare, _ := json.Marshal(noRows)
+	for _, c := range []struct {
+		limit    int
+		wantBits int  // of the total's histograms; 0: none
+		allRows  bool // every row kept
+	}{
+		{len(full), v1alpha1.MaxHistogramBits, true},
+		{0, v1alpha1.MaxHistogramBits, false}, // the default 16 KiB
+		{len(bare), v1alpha1.MaxHistogramBits, false},
+		{len(bare) - 1, v1alpha1.MaxHistogramBits - 1, false},
+		{2000, 0, false},
+	} {
+		out := StatsJSON(s, c.limit)
+		got, err := aggregate.ParseStats(out)
+		if err != nil {
+			t.Fatalf("limit %d: %v", c.limit, err)
+		}
+		bits := 0
+		if got.Total.Histograms != nil {
+			bits = got.Total.Histograms.Bits
+		}
+		if bits != c.wantBits || (len(got.Total.Hosts) == len(s.Total.Hosts)) != c.allRows {
+			t.Errorf("limit %d: histograms of %d bits and %d of %d host rows, want %d bits", c.limit, bits, len(got.Total.Hosts), len(s.Total.Hosts), c.wantBits)
+		}
+		if got.Total.Requests != s.Total.Requests || got.Window.LatencyMs != s.Window.LatencyMs {
+			t.Errorf("limit %d: counts changed", c.limit)
+		}
+		t.Logf("limit %d: %d bytes, bits %d, %d host rows", c.limit, len(out), bits, len(got.Total.Hosts))
 	}
 }

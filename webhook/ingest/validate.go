@@ -6,19 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/kong-watcher/kong-watcher/agent/aggregate"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
-
-// maxMapEntries bounds the methods, status codes and classes of a summary (nginx answers with
-// codes 100-999 at most).
-const maxMapEntries = 1000
 
 // DecodeReport parses and checks a Report body. Every error says what is wrong, for the agent's
 // log (and the manager's).
@@ -69,90 +65,7 @@ func ValidateReport(r *v1alpha1.Report) error {
 	if r.Stats == nil {
 		return nil
 	}
-	s := r.Stats
-	if s.APIVersion != v1alpha1.StatsAPIVersion || s.Kind != v1alpha1.StatsKind {
-		return fmt.Errorf("stats: want apiVersion %s and kind %s", v1alpha1.StatsAPIVersion, v1alpha1.StatsKind)
-	}
-	if len(s.DataPath) > 64 {
-		return errors.New("stats.dataPath longer than 64 bytes")
-	}
-	if err := validateSummary(&s.Total); err != nil {
-		return fmt.Errorf("stats.total.%w", err)
-	}
-	if err := validateSummary(&s.Window); err != nil {
-		return fmt.Errorf("stats.window.%w", err)
-	}
-	return nil
-}
-
-func validateSummary(s *v1alpha1.Summary) error {
-	if err := number("periodSeconds", s.PeriodSeconds); err != nil {
-		return err
-	}
-	if err := number("requestsPerSecond", s.RequestsPerSecond); err != nil {
-		return err
-	}
-	for name, l := range map[string]v1alpha1.Latency{"latencyMs": s.LatencyMs, "upstreamLatencyMs": s.UpstreamLatencyMs, "kongLatencyMs": s.KongLatencyMs} {
-		if err := latency(name, l); err != nil {
-			return err
-		}
-	}
-	if len(s.LuaPhasesMs) > 16 {
-		return errors.New("luaPhasesMs: more than 16 phases")
-	}
-	for k, l := range s.LuaPhasesMs {
-		if err := name("luaPhasesMs", k); err != nil {
-			return err
-		}
-		if err := latency("luaPhasesMs."+k, l); err != nil {
-			return err
-		}
-	}
-	for field, m := range map[string]map[string]uint64{"methods": s.Methods, "statusCodes": s.StatusCodes, "statusClasses": s.StatusClasses} {
-		if len(m) > maxMapEntries {
-			return fmt.Errorf("%s: more than %d entries", field, maxMapEntries)
-		}
-		for k := range m {
-			if err := name(field, k); err != nil {
-				return err
-			}
-		}
-	}
-	for field, rows := range map[string][]v1alpha1.Row{"hosts": s.Hosts, "paths": s.Paths} {
-		if len(rows) > v1alpha1.MaxReportedRows {
-			return fmt.Errorf("%s: %d rows, at most %d", field, len(rows), v1alpha1.MaxReportedRows)
-		}
-		for i, r := range rows {
-			if err := name(fmt.Sprintf("%s[%d].name", field, i), r.Name); err != nil {
-				return err
-			}
-			if err := number(fmt.Sprintf("%s[%d].p99Ms", field, i), r.P99Ms); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func name(field, v string) error {
-	if len(v) > v1alpha1.MaxReportedNames || !utf8.ValidString(v) {
-		return fmt.Errorf("%s: want valid UTF-8 of at most %d bytes", field, v1alpha1.MaxReportedNames)
-	}
-	return nil
-}
-
-func number(field string, v float64) error {
-	if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
-		return fmt.Errorf("%s: %v is not a finite non-negative number", field, v)
-	}
-	return nil
-}
-
-func latency(field string, l v1alpha1.Latency) error {
-	for _, v := range []float64{l.Avg, l.P50, l.P95, l.P99, l.Max} {
-		if err := number(field, v); err != nil {
-			return err
-		}
-	}
-	return nil
+	// The same checks the rollup applies to the annotation written from it: bounded, consistent
+	// counts and well-formed histograms, so a report can never make a merge overflow or blow up.
+	return aggregate.Validate(r.Stats)
 }

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes test binaries (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet, etcd) from Go modules into a cache directory outside the clone,
-# and skips every binary that is already there. Prints the directory on stdout (last line),
-# which is what envtest's KUBEBUILDER_ASSETS expects.
+# kube-scheduler, kubelet, kube-proxy, etcd) from Go modules into a cache directory outside
+# the clone, and skips every binary that is already there. Prints the directory on stdout
+# (last line), which is what envtest's KUBEBUILDER_ASSETS expects.
 #
 #   hack/k8s-binaries.sh            # apiserver, controller-manager, etcd (what envtest needs)
-#   hack/k8s-binaries.sh --cluster  # also kube-scheduler and kubelet (the e2e cluster)
+#   hack/k8s-binaries.sh --cluster  # also kube-scheduler, kubelet and kube-proxy (the e2e cluster)
 #
 # Why a separate tools module: k8s.io/kubernetes is not meant to be imported; it only builds
 # when every k8s.io/<staging> module is replaced by the matching v0.x release. Keeping that in
@@ -20,7 +20,7 @@ TOOLS="$CACHE/k8s-$K8S_VERSION/tools"
 
 want=(kube-apiserver kube-controller-manager etcd)
 if [[ "${1:-}" == "--cluster" ]]; then
-  want+=(kube-scheduler kubelet)
+  want+=(kube-scheduler kubelet kube-proxy)
 fi
 
 missing=()

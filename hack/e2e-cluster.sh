@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # A real single-node Kubernetes cluster on this machine, for `make e2e`:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (v1.37 built from
-# Go modules by hack/k8s-binaries.sh), containerd + runc + the bridge CNI plugin from Debian.
-# No kube-proxy, no cluster DNS, no registry: the images are built by hack/e2e-images.sh and
-# imported into containerd.
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy (v1.37
+# built from Go modules by hack/k8s-binaries.sh), CoreDNS as the cluster DNS (built from its Go
+# module by hack/coredns.sh), containerd + runc + the bridge CNI plugin from Debian. No
+# registry: the images are built by hack/e2e-images.sh and imported into containerd.
+#
+# Addresses: pods 10.244.0.0/24 on the bridge kwbr0, whose 10.244.0.1 is the node's IP, the API
+# server's (6443) and the cluster DNS server's (CoreDNS, 10.244.0.1:53, zone cluster.local; the
+# kubelet's clusterDNS, so pods with the default dnsPolicy resolve <svc>.<ns>.svc.cluster.local
+# and nothing outside the cluster: there is no upstream). Services 10.96.0.0/16, ClusterIPs
+# served by kube-proxy (iptables mode), the `kubernetes` Service at 10.96.0.1:443.
 #
 #   hack/e2e-cluster.sh up       # start (or reuse a running one: images rebuilt), print the env file
 #   hack/e2e-cluster.sh down     # stop every process it started, remove all it added
@@ -16,20 +22,36 @@
 # CONTAINERD_ADDRESS, KW_E2E_NODE_NAME, KW_E2E_NODE_IP) that tests source.
 #
 # What it adds to the host, and `down` removes (recorded in $KW_E2E_DIR/host/ as it is added):
-#   - the bridge kwbr0 (10.244.0.1/24): pod IPs, the API server's and kubelet's address;
-#   - the nat chain KW-E2E, jumped to from PREROUTING for packets from kwbr0 only: it DNATs
-#     the `kubernetes` Service IP (10.96.0.1:443) to the API server, standing in for kube-proxy;
+#   - the bridge kwbr0 (10.244.0.1/24): pod IPs, the API server's, kubelet's and CoreDNS's
+#     address; IPv4 forwarding on kwbr0 only (net.ipv4.conf.kwbr0.forwarding, gone with the
+#     bridge; the host's ip_forward stays off), so that a Service's DNAT from a pod to a pod
+#     is routed back out of the bridge;
+#   - the filter chain KW-E2E-FORWARD, jumped to from FORWARD for packets from kwbr0 to any
+#     other interface: it rejects them, so no pod traffic leaves through the host;
 #   - the cgroup kong-watcher-e2e (every process started here and the containerd shims live
 #     in it, so `down` finds them all) and the kubelet's kubepods cgroups;
-#   - the iptables chains the kubelet creates (KUBE-*), when they were not there before.
-# Host sysctls stay unchanged: containerd and the kubelet (which would set vm.overcommit_memory,
-# kernel.panic, kernel.panic_on_oops, ... and, through the bridge plugin, ip_forward) run in a
-# private mount namespace with stand-in files bind-mounted over those sysctls, and with private
-# tmpfs on /run, /var/lib/cni, /var/log/pods and /var/log/containers.
+#   - the iptables chains the kubelet and kube-proxy create (KUBE-*: KUBE-SERVICES,
+#     KUBE-NODEPORTS, KUBE-POSTROUTING, KUBE-MARK-MASQ, KUBE-FORWARD, KUBE-SVC-*, KUBE-SEP-*, ...
+#     in the nat, filter and mangle tables, IPv4 and IPv6) and the rules jumping to them from the
+#     built-in chains, when they were not there before.
+# Host sysctls stay unchanged: containerd, the kubelet and kube-proxy (which would set
+# vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ..., through the bridge plugin
+# ip_forward, and the conntrack table size and TCP timeouts) run in a private mount namespace
+# with stand-in files bind-mounted over those sysctls, and with private tmpfs on /run,
+# /var/lib/cni, /var/log/pods and /var/log/containers; kube-proxy is also configured to leave
+# them alone (conntrack maxPerCore 0, timeouts 0, NodePorts on the bridge's address only, so
+# no route_localnet).
+#
+# Service traffic from a pod to a pod: the pod sends to the ClusterIP through its gateway (the
+# bridge's address); kube-proxy's DNAT in PREROUTING turns it into a packet for another pod,
+# which the host routes from kwbr0 back to kwbr0 (hence forwarding on kwbr0). The pod behind
+# the Service answers the client pod directly, on the bridge; the kernel's bridge netfilter
+# (bridge-nf-call-iptables, built into this kernel and on) runs those bridged replies through
+# conntrack, which undoes the DNAT, as on any node with a bridge CNI.
 #
 # Workarounds this machine needs: cgroups are v1 (kubelet failCgroupV1:
 # false); the VM lacks CAP_SYS_RESOURCE (containerd restrict_oom_score_adj); no systemd (every
-# daemon is started by hand and stopped by PID).
+# daemon is started by hand and stopped by PID); no upstream DNS (CoreDNS forwards nothing).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -40,12 +62,27 @@ NODE_IP="10.244.0.1"
 POD_CIDR="10.244.0.0/24"
 SERVICE_CIDR="10.96.0.0/16"
 KUBERNETES_SVC_IP="10.96.0.1"
+# The cluster DNS server (CoreDNS, a host process) listens on the node's bridge address.
+DNS_IP="$NODE_IP"
+CLUSTER_DOMAIN="cluster.local"
+# Loopback ports of kube-proxy (healthz, metrics) and of CoreDNS's ready plugin.
+PROXY_HEALTHZ_PORT=10256
+PROXY_METRICS_PORT=10249
+COREDNS_READY_PORT=8181
 ETCD_PORT=23790
 APISERVER_PORT=6443
 CGROUP_NAME="kong-watcher-e2e"
+# The nat chain of earlier versions of this script (a hand-written DNAT of the `kubernetes`
+# Service, before kube-proxy ran here): no longer made, still removed when found.
 NAT_CHAIN="KW-E2E"
+# The filter chain that keeps pod traffic on the bridge (see above).
+FWD_CHAIN="KW-E2E-FORWARD"
 STAND_IN_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
-  kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward)
+  kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward
+  net/ipv4/conf/all/route_localnet net/netfilter/nf_conntrack_max
+  net/netfilter/nf_conntrack_tcp_timeout_established net/netfilter/nf_conntrack_tcp_timeout_close_wait
+  net/netfilter/nf_conntrack_tcp_be_liberal net/netfilter/nf_conntrack_udp_timeout
+  net/netfilter/nf_conntrack_udp_timeout_stream)
 # /var/lib/kubelet: the kubelet's device-plugin socket path is fixed, whatever its --root-dir.
 PRIVATE_TMPFS=(/run /var/lib/kubelet /var/lib/cni /var/log/pods /var/log/containers)
 
@@ -147,11 +184,16 @@ preflight() {
     die "another kubelet's pods run here (the kubepods cgroup is not empty); one kubelet per machine"
   fi
   local p
-  for p in $ETCD_PORT $APISERVER_PORT 10250 10248 10257 10259; do
+  for p in $ETCD_PORT $APISERVER_PORT 10250 10248 10257 10259 $PROXY_HEALTHZ_PORT \
+      $PROXY_METRICS_PORT $COREDNS_READY_PORT; do
     if ss -Hltn "sport = :$p" | grep -q .; then
       die "port $p is already in use: $(ss -Hltnp "sport = :$p" | head -1)"
     fi
   done
+  # CoreDNS binds $DNS_IP:53 only; a wildcard listener on port 53 would take it.
+  if ss -Hlun "sport = :53" | awk '{print $4}' | grep -Eq '^(0\.0\.0\.0|\*|\[::\]):53$'; then
+    die "port 53 is taken on every address: $(ss -Hlunp "sport = :53" | head -1)"
+  fi
 }
 
 # --- certificates, tokens, kubeconfigs -------------------------------------------------------
@@ -183,19 +225,26 @@ keyUsage=critical,digitalSignature,keyEncipherment"
 
   # Static tokens: one identity per component. The kubelet is a proper node identity so the
   # Node authorizer and NodeRestriction apply to it as in a real cluster.
-  local t_admin t_cm t_sched t_kubelet
+  # kube-proxy is system:kube-proxy, which the API server's bootstrap policy binds to the
+  # ClusterRole system:node-proxier; CoreDNS is system:coredns, bound by coredns_rbac below.
+  local t_admin t_cm t_sched t_kubelet t_proxy t_dns
   t_admin="$(openssl rand -hex 16)"; t_cm="$(openssl rand -hex 16)"
   t_sched="$(openssl rand -hex 16)"; t_kubelet="$(openssl rand -hex 16)"
+  t_proxy="$(openssl rand -hex 16)"; t_dns="$(openssl rand -hex 16)"
   {
     echo "$t_admin,kong-watcher-e2e-admin,admin,system:masters"
     echo "$t_cm,system:kube-controller-manager,kcm,system:masters"
     echo "$t_sched,system:kube-scheduler,sched,system:masters"
     echo "$t_kubelet,system:node:$NODE_NAME,node,system:nodes"
+    echo "$t_proxy,system:kube-proxy,kube-proxy"
+    echo "$t_dns,system:coredns,coredns"
   } > "$d/tokens.csv"
   kubeconfig admin "$t_admin"
   kubeconfig controller-manager "$t_cm"
   kubeconfig scheduler "$t_sched"
   kubeconfig kubelet "$t_kubelet"
+  kubeconfig kube-proxy "$t_proxy"
+  kubeconfig coredns "$t_dns"
   umask 022
 }
 kubeconfig() {
@@ -226,6 +275,14 @@ host_network() {
     ip addr add "$NODE_IP/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
   fi
+  # Routing from kwbr0 (the per-interface switch: the input interface's decides, and this one
+  # goes with the bridge); nothing routed from it may leave through another interface.
+  echo 1 > "/proc/sys/net/ipv4/conf/$BRIDGE/forwarding"
+  iptables -N "$FWD_CHAIN" 2>/dev/null || true
+  iptables -F "$FWD_CHAIN"
+  iptables -A "$FWD_CHAIN" -j REJECT --reject-with icmp-net-prohibited
+  iptables -C FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -j "$FWD_CHAIN" 2>/dev/null ||
+    iptables -I FORWARD 1 -i "$BRIDGE" ! -o "$BRIDGE" -j "$FWD_CHAIN"
   # Which KUBE-*/CNI-* chains existed before the kubelet ran: down removes only the new ones.
   local tool t
   for tool in iptables ip6tables; do
@@ -233,27 +290,22 @@ host_network() {
       chains "$tool" "$t" | { grep -Ev "$KUBELET_CHAINS" || true; } > "$STATE/host/chains-before.$tool.$t"
     done
   done
-  if ! iptables -t nat -S "$NAT_CHAIN" >/dev/null 2>&1; then
-    iptables -t nat -N "$NAT_CHAIN"
-    touch "$STATE/host/nat"
-  fi
-  iptables -t nat -F "$NAT_CHAIN"
-  iptables -t nat -A "$NAT_CHAIN" -d "$KUBERNETES_SVC_IP/32" -p tcp --dport 443 \
-    -j DNAT --to-destination "$NODE_IP:$APISERVER_PORT"
-  iptables -t nat -C PREROUTING -i "$BRIDGE" -j "$NAT_CHAIN" 2>/dev/null ||
-    iptables -t nat -A PREROUTING -i "$BRIDGE" -j "$NAT_CHAIN"
+  # No rule of our own: kube-proxy serves every ClusterIP, the `kubernetes` Service's too
+  # (its endpoint is the API server's advertise address, $NODE_IP:$APISERVER_PORT).
 }
 
 # The KUBE-*/CNI-* chains of one table.
 chains() {
   "$1" -t "$2" -S 2>/dev/null | awk '$1=="-N"{print $2}' | grep -E '^(KUBE-|CNI-)' || true
 }
-# The chains only a kubelet makes. With no other kubelet on the machine (preflight), any of
-# them found before `up` is a leftover of a run whose state was lost: down removes them too.
-KUBELET_CHAINS='^KUBE-(KUBELET-CANARY|FIREWALL|IPTABLES-HINT)$'
+# The chains only a kubelet or kube-proxy makes. With no other kubelet or kube-proxy on the
+# machine (preflight: their ports are free), any of them found before `up` is a leftover of a
+# run whose state was lost: down removes them too.
+KUBELET_CHAINS='^KUBE-(KUBELET-CANARY|FIREWALL|IPTABLES-HINT|PROXY-CANARY|SERVICES|EXTERNAL-SERVICES|NODEPORTS|POSTROUTING|MARK-MASQ|FORWARD|PROXY-FIREWALL|(SVC|SVL|EXT|FW|SEP)-[A-Z0-9]+)$'
 # remove_new_chains TOOL: deletes the KUBE-*/CNI-* chains that were not there before `up`
-# (the kubelet's canary and firewall chains), and every rule that jumps to them. Without the
-# record (state lost), only the chains that only a kubelet makes.
+# (the kubelet's canary and firewall chains, every chain of kube-proxy), and every rule that
+# jumps to them. Without the record (state lost), only the chains that only a kubelet or
+# kube-proxy makes.
 remove_new_chains() {
   local tool="$1" t c rule
   for t in filter nat mangle; do
@@ -263,7 +315,7 @@ remove_new_chains() {
       if [[ -f "$before" ]]; then
         grep -qxF "$c" "$before" || new+=("$c")
       elif [[ "$c" =~ $KUBELET_CHAINS ]]; then
-        new+=("$c") # no record (state lost): the kubelet's own chains only
+        new+=("$c") # no record (state lost): the kubelet's and kube-proxy's own chains only
       fi
     done
     ((${#new[@]})) || continue
@@ -454,7 +506,11 @@ authorization: {mode: AlwaysAllow}
 podCIDR: $POD_CIDR
 maxPods: 40
 failSwapOn: false
+# The host's resolv.conf only lends its search domains: pods with the default dnsPolicy
+# (ClusterFirst) get CoreDNS as their only nameserver.
 resolvConf: /etc/resolv.conf
+clusterDNS: [$DNS_IP]
+clusterDomain: $CLUSTER_DOMAIN
 serializeImagePulls: false
 # Images are imported, never pulled: keep them, whatever the disk says.
 imageGCHighThresholdPercent: 100
@@ -477,6 +533,100 @@ EOF
     kubectl --kubeconfig "$STATE/admin.kubeconfig" wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
 }
 
+# --- kube-proxy and the cluster DNS ------------------------------------------------------------
+# The ClusterRole CoreDNS's kubernetes plugin needs (as in CoreDNS's own deployment manifest),
+# bound to the user of its token.
+coredns_rbac() {
+  kubectl --kubeconfig "$STATE/admin.kubeconfig" apply -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: system:coredns
+rules:
+- apiGroups: [""]
+  resources: [endpoints, services, pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: system:coredns
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:coredns
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: system:coredns
+EOF
+}
+
+# kube-proxy (iptables mode) as a host process in the private mount namespace, like the
+# kubelet; started once the Node exists (it reads its IPs from it).
+kube_proxy_up() {
+  local bin="$1"
+  cat > "$STATE/kube-proxy-config.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: $STATE/kube-proxy.kubeconfig
+hostnameOverride: $NODE_NAME
+mode: iptables
+# Traffic from outside the pod range to a Service is masqueraded (as in any cluster).
+clusterCIDR: $POD_CIDR
+detectLocalMode: ClusterCIDR
+healthzBindAddress: 127.0.0.1:$PROXY_HEALTHZ_PORT
+metricsBindAddress: 127.0.0.1:$PROXY_METRICS_PORT
+# NodePorts on the bridge's address only: never on the host's other interfaces, and not on
+# loopback (which would set net.ipv4.conf.all.route_localnet).
+nodePortAddresses: [$NODE_IP/32]
+iptables:
+  localhostNodePorts: false
+# 0 = leave the host's conntrack table size and timeouts as they are.
+conntrack:
+  maxPerCore: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+EOF
+  spawn kube-proxy nsenter -t "$(pid_of mountns)" -m -- "$bin/kube-proxy" \
+    --config "$STATE/kube-proxy-config.yaml" --v=1
+  wait_for "kube-proxy healthy" 60 kube-proxy curl -fsS "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
+  # Pods reach the API server through the `kubernetes` Service from their first second.
+  wait_for "kube-proxy serving the kubernetes Service" 60 kube-proxy \
+    sh -c "iptables -t nat -S KUBE-SERVICES | grep -q -- '-d $KUBERNETES_SVC_IP/32 .*--dport 443'"
+}
+
+# CoreDNS as a host process on $DNS_IP:53 (UDP and TCP), serving the cluster's zone from the
+# API server; every other name is refused (no forward: there is no upstream).
+coredns_up() {
+  local coredns="$1"
+  coredns_rbac
+  cat > "$STATE/Corefile" <<EOF
+$CLUSTER_DOMAIN:53 in-addr.arpa:53 ip6.arpa:53 {
+    bind $DNS_IP
+    errors
+    log . {
+        class denial error
+    }
+    ready 127.0.0.1:$COREDNS_READY_PORT
+    kubernetes $CLUSTER_DOMAIN in-addr.arpa ip6.arpa {
+        kubeconfig $STATE/coredns.kubeconfig kw-e2e
+        pods insecure
+        ttl 5
+    }
+    cache 5
+    loadbalance
+}
+EOF
+  spawn coredns "$coredns" -conf "$STATE/Corefile"
+  # ready: the kubernetes plugin has synced its Services and EndpointSlices.
+  wait_for "CoreDNS ready on $DNS_IP:53" 60 coredns curl -fsS "http://127.0.0.1:$COREDNS_READY_PORT/ready"
+}
+
 write_env() {
   cat > "$STATE/env" <<EOF
 KUBECONFIG=$STATE/admin.kubeconfig
@@ -484,13 +634,16 @@ CONTAINERD_ADDRESS=$STATE/containerd/containerd.sock
 KW_E2E_DIR=$STATE
 KW_E2E_NODE_NAME=$NODE_NAME
 KW_E2E_NODE_IP=$NODE_IP
+KW_E2E_DNS_IP=$DNS_IP
+KW_E2E_SERVICE_CIDR=$SERVICE_CIDR
 EOF
 }
 
 status() {
   [[ -f "$STATE/env" ]] || return 1
   local c
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler mountns containerd kubelet; do
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler mountns containerd kubelet \
+      kube-proxy coredns; do
     alive "$c" || { log "$c is not running"; return 1; }
   done
   kubectl --kubeconfig "$STATE/admin.kubeconfig" wait --for=condition=Ready "node/$NODE_NAME" \
@@ -508,12 +661,15 @@ up() {
   # A half-started or crashed cluster (or one whose state directory is gone): clear it first
   # so this run starts clean.
   if [[ -d "$STATE" ]] || ip link show "$BRIDGE" >/dev/null 2>&1 ||
-    iptables -t nat -S "$NAT_CHAIN" >/dev/null 2>&1 || [[ -n "$(cgroup_pids "$CGROUP_NAME")" ]]; then
+    iptables -t nat -S "$NAT_CHAIN" >/dev/null 2>&1 || iptables -S "$FWD_CHAIN" >/dev/null 2>&1 ||
+    [[ -n "$(cgroup_pids "$CGROUP_NAME")" ]]; then
     log "leftovers of an earlier run: cleaning up first"
     down
   fi
   preflight
-  local bin; bin="$("$ROOT/hack/k8s-binaries.sh" --cluster | tail -1)"
+  local bin coredns
+  bin="$("$ROOT/hack/k8s-binaries.sh" --cluster | tail -1)"
+  coredns="$("$ROOT/hack/coredns.sh" | tail -1)"
   mkdir -p "$STATE"/{logs,pids,host}
   mkdir -p "$(track_cgroup)"
   [[ -d "$(track_cgroup)" ]] || die "cannot create cgroup $(track_cgroup)"
@@ -526,6 +682,8 @@ up() {
   mount_namespace
   containerd_up
   kubelet_up "$bin"
+  kube_proxy_up "$bin"
+  coredns_up "$coredns"
   images_up
   write_env
   echo "cluster up (all of the above)	$(since "$start")" >> "$STATE/timings.tsv"
@@ -568,12 +726,15 @@ kill_cgroup() {
 down() {
   local start; start="$(now)"
   # Without $STATE (deleted by hand, say) the PID files and records are gone, but everything
-  # with a fixed name is still found: the tracking cgroup, the bridge, the NAT chain.
+  # with a fixed name is still found: the tracking cgroup, the bridge, our iptables chains.
   [[ -d "$STATE" ]] || log "$STATE does not exist: removing what has a fixed name"
   # The kubelet first, so it does not restart containers while they are being killed; then
   # the containers (in kubepods), then containerd and its shims, then the control plane.
   stop kubelet 10
   kill_cgroup kubepods  # up refused to start beside another kubelet's pods: these are ours
+  # kube-proxy before its chains are removed below (it would write them again).
+  stop kube-proxy 10
+  stop coredns 5
   stop containerd 10
   stop mountns 2
   kill_cgroup "$CGROUP_NAME"     # shims and anything else started from here
@@ -586,7 +747,14 @@ down() {
   cgroup_remove kubepods
   cgroup_remove "$CGROUP_NAME"
 
-  # Host network: our NAT chain and its jump, the kubelet's new chains, the bridge.
+  # Host network: our forward guard and its jump, the NAT chain of earlier versions and its
+  # jump, the new chains of the kubelet and kube-proxy (with every rule jumping to them), the
+  # bridge (its forwarding switch goes with it).
+  while iptables -D FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -j "$FWD_CHAIN" 2>/dev/null; do :; done
+  if iptables -S "$FWD_CHAIN" >/dev/null 2>&1; then
+    iptables -F "$FWD_CHAIN" || true
+    iptables -X "$FWD_CHAIN" || true
+  fi
   while iptables -t nat -D PREROUTING -i "$BRIDGE" -j "$NAT_CHAIN" 2>/dev/null; do :; done
   if iptables -t nat -S "$NAT_CHAIN" >/dev/null 2>&1; then
     iptables -t nat -F "$NAT_CHAIN" || true

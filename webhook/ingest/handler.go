@@ -107,11 +107,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer cancel()
 
 	token, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+	token = strings.TrimSpace(token) // the form Authenticate caches and Forget drops
 	if !ok {
 		h.refuse(w, req, http.StatusUnauthorized, ResultUnauthorized, "no bearer token", "")
 		return
 	}
-	id, err := h.o.Auth.Authenticate(ctx, strings.TrimSpace(token))
+	id, err := h.o.Auth.Authenticate(ctx, token)
 	if err != nil {
 		status := statusOf(err)
 		result := ResultUnauthorized
@@ -155,7 +156,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	pod, err := h.write(ctx, id, rep)
 	switch {
 	case err == nil:
-	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+	case apierrors.IsNotFound(err) || apierrors.IsConflict(err) || isUIDMismatch(err):
 		// Gone, or a new pod with the same name: the token's pod no longer exists.
 		h.o.Auth.Forget(token)
 		h.refuse(w, req, http.StatusGone, ResultPodGone, "pod "+who+" (uid "+string(id.PodUID)+") no longer exists", who)
@@ -193,6 +194,21 @@ func (h *Handler) write(ctx context.Context, id Identity, rep *v1alpha1.Report) 
 	}
 	return pods.Patch(ctx, id.Pod, types.MergePatchType, PodPatch(id.PodUID, *rep.Stats, h.o.MaxStatsJSON),
 		metav1.PatchOptions{FieldManager: FieldManager})
+}
+
+// isUIDMismatch: the API server answers a merge patch whose metadata.uid is not the pod's (a
+// new pod of the same name) with 422, metadata.uid being immutable, not with a conflict.
+func isUIDMismatch(err error) bool {
+	var st apierrors.APIStatus
+	if !apierrors.IsInvalid(err) || !errors.As(err, &st) || st.Status().Details == nil {
+		return false
+	}
+	for _, c := range st.Status().Details.Causes {
+		if c.Field == "metadata.uid" {
+			return true
+		}
+	}
+	return false
 }
 
 // PodPatch is the JSON merge patch that sets a pod's statistics annotations from s: every key of

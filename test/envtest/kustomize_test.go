@@ -237,10 +237,8 @@ func TestKustomizeDefault(t *testing.T) {
 	if !grants(cr.Rules, "events.k8s.io", "events", "create", "") {
 		t.Errorf("ClusterRole does not grant events create: %+v", cr.Rules)
 	}
-	var agent rbacv1.ClusterRole
-	objs.get(t, "ClusterRole", "kong-watcher-agent", &agent)
-	if !grants(agent.Rules, "", "pods", "patch", "some-pod") || !grants(agent.Rules, "", "events", "create", "") {
-		t.Errorf("agent ClusterRole = %+v, want pods get/patch, events create/patch", agent.Rules)
+	if !grants(cr.Rules, "authentication.k8s.io", "tokenreviews", "create", "") || !grants(cr.Rules, "", "pods", "patch", "some-pod") {
+		t.Errorf("ClusterRole does not grant the report endpoint's rights (tokenreviews create, pods patch): %+v", cr.Rules)
 	}
 }
 
@@ -354,15 +352,11 @@ func TestKustomizeSamples(t *testing.T) {
 	if dep.Spec.Template.Labels["kong-watcher.io/inject"] != "true" {
 		t.Errorf("sample pod template labels = %v, want kong-watcher.io/inject=true", dep.Spec.Template.Labels)
 	}
-	var rb rbacv1.RoleBinding
-	objs.get(t, "RoleBinding", "", &rb)
-	if rb.RoleRef.Kind != "ClusterRole" || rb.RoleRef.Name != "kong-watcher-agent" {
-		t.Errorf("RoleBinding roleRef = %+v, want ClusterRole kong-watcher-agent", rb.RoleRef)
-	}
-	sa := dep.Spec.Template.Spec.ServiceAccountName
-	if len(rb.Subjects) != 1 || rb.Subjects[0].Kind != "ServiceAccount" || rb.Subjects[0].Name != sa ||
-		rb.Subjects[0].Namespace != dep.Namespace {
-		t.Errorf("RoleBinding subjects = %+v, want the Deployment's ServiceAccount %s/%s", rb.Subjects, dep.Namespace, sa)
+	// Kong's service account needs nothing: the agent reports through the manager.
+	for _, kind := range []string{"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} {
+		if u := objs.find(kind, ""); u != nil {
+			t.Errorf("samples render %s %s: Kong's service account must need no rights", kind, u.GetName())
+		}
 	}
 	if objs.find("Service", "") == nil {
 		t.Errorf("no Service in samples")
@@ -390,45 +384,95 @@ func TestKustomizeSamples(t *testing.T) {
 	}
 }
 
-// TestKustomizeAgentPolicy: config/default renders the agent's ClusterRole with exactly the
-// rights the agent needs, and the ValidatingAdmissionPolicy + binding that narrow them
-// (TestAgentPolicy exercises them against a real API server).
-func TestKustomizeAgentPolicy(t *testing.T) {
+// TestKustomizeManagerRights: config/default renders the manager's ClusterRole with exactly
+// the rights it needs (the webhook's, plus writing what agents report: pods and workloads
+// patch, ReplicaSets read, TokenReviews), the ValidatingAdmissionPolicy that narrows its
+// patches to the statistics annotations (TestManagerMayOnlyWriteStatistics exercises it against
+// a real API server), and nothing at all for Kong's service account.
+func TestKustomizeManagerRights(t *testing.T) {
 	objs := kustomize(t, "default")
 
-	var agent rbacv1.ClusterRole
-	objs.get(t, "ClusterRole", "kong-watcher-agent", &agent)
+	var cr rbacv1.ClusterRole
+	objs.get(t, "ClusterRole", "kong-watcher-webhook-role", &cr)
 	want := map[string]bool{ // group/resource/verb
-		"/pods/get": true, "/pods/patch": true,
 		"/events/create": true, "/events/patch": true,
 		"events.k8s.io/events/create": true, "events.k8s.io/events/patch": true,
-		"kong-watcher.io/agents/report": true, // the policy's marker, not an API resource
+		"admissionregistration.k8s.io/mutatingwebhookconfigurations/get":    true,
+		"admissionregistration.k8s.io/mutatingwebhookconfigurations/list":   true,
+		"admissionregistration.k8s.io/mutatingwebhookconfigurations/watch":  true,
+		"admissionregistration.k8s.io/mutatingwebhookconfigurations/update": true,
+		"admissionregistration.k8s.io/mutatingwebhookconfigurations/patch":  true,
+		"/pods/create": true, "/pods/get": true, "/pods/list": true, "/pods/watch": true, "/pods/patch": true,
+		"apps/replicasets/get": true, "apps/replicasets/list": true, "apps/replicasets/watch": true,
+		"authentication.k8s.io/tokenreviews/create": true,
+		// The policies' markers, not API resources.
+		"kong-watcher.io/injectors/dry-run-pods":     true,
+		"kong-watcher.io/reporters/write-statistics": true,
+	}
+	for _, w := range []string{"deployments", "statefulsets", "daemonsets"} {
+		for _, v := range []string{"get", "list", "watch", "patch"} {
+			want["apps/"+w+"/"+v] = true
+		}
 	}
 	got := map[string]bool{}
-	for _, r := range agent.Rules {
-		if len(r.ResourceNames) != 0 || len(r.NonResourceURLs) != 0 {
-			t.Errorf("agent rule %+v: resourceNames/nonResourceURLs not expected", r)
+	for _, r := range cr.Rules {
+		if len(r.NonResourceURLs) != 0 {
+			t.Errorf("manager rule %+v: nonResourceURLs not expected", r)
 		}
 		for _, g := range r.APIGroups {
 			for _, res := range r.Resources {
 				for _, v := range r.Verbs {
 					got[g+"/"+res+"/"+v] = true
+					// Only the rotator's writes are limited by name; the rest cannot be.
+					if named := len(r.ResourceNames) != 0; named != (res == "mutatingwebhookconfigurations" && (v == "update" || v == "patch")) {
+						t.Errorf("manager rule %s/%s/%s: resourceNames %v", g, res, v, r.ResourceNames)
+					}
 				}
 			}
 		}
 	}
 	for k := range want {
 		if !got[k] {
-			t.Errorf("agent ClusterRole lacks %s", k)
+			t.Errorf("manager ClusterRole lacks %s", k)
 		}
 	}
 	for k := range got {
 		if !want[k] {
-			t.Errorf("agent ClusterRole grants %s, more than the agent needs", k)
+			t.Errorf("manager ClusterRole grants %s, more than the manager needs", k)
+		}
+	}
+	for _, bad := range []string{"delete", "update", "create"} {
+		if grants(cr.Rules, "apps", "deployments", bad, "") || (bad != "create" && grants(cr.Rules, "", "pods", bad, "")) {
+			t.Errorf("manager ClusterRole may %s pods or deployments", bad)
+		}
+	}
+	var crb rbacv1.ClusterRoleBinding
+	objs.get(t, "ClusterRoleBinding", "kong-watcher-webhook-rolebinding", &crb)
+	if crb.RoleRef.Name != cr.Name || len(crb.Subjects) != 1 || crb.Subjects[0].Kind != "ServiceAccount" ||
+		crb.Subjects[0].Name != "kong-watcher-webhook" || crb.Subjects[0].Namespace != app.DefaultNamespace {
+		t.Errorf("ClusterRoleBinding = %+v, want %s for the manager's service account only", crb, cr.Name)
+	}
+
+	// Kong's service account gets nothing: the only RBAC objects are the manager's, and every
+	// binding names the manager's service account in its own namespace.
+	for _, u := range objs {
+		switch u.GetKind() {
+		case "ClusterRole", "Role":
+			if strings.Contains(u.GetName(), "agent") {
+				t.Errorf("config/default renders %s %s", u.GetKind(), u.GetName())
+			}
+		case "RoleBinding", "ClusterRoleBinding":
+			subjects, _, _ := unstructured.NestedSlice(u.Object, "subjects")
+			for _, s := range subjects {
+				m, _ := s.(map[string]any)
+				if m["kind"] != "ServiceAccount" || m["name"] != "kong-watcher-webhook" || m["namespace"] != app.DefaultNamespace {
+					t.Errorf("%s %s binds %v: only the manager's service account may be bound", u.GetKind(), u.GetName(), m)
+				}
+			}
 		}
 	}
 
-	const name = "kong-watcher-agent-pod-annotations"
+	const name = "kong-watcher-manager-statistics-only"
 	var vap admissionregistrationv1.ValidatingAdmissionPolicy
 	objs.get(t, "ValidatingAdmissionPolicy", name, &vap)
 	var vapb admissionregistrationv1.ValidatingAdmissionPolicyBinding
@@ -441,64 +485,51 @@ func TestKustomizeAgentPolicy(t *testing.T) {
 	if vap.Spec.FailurePolicy == nil || *vap.Spec.FailurePolicy != admissionregistrationv1.Fail {
 		t.Errorf("policy failurePolicy = %v, want Fail", deref(vap.Spec.FailurePolicy))
 	}
-	if vap.Spec.ParamKind != nil {
-		t.Errorf("policy paramKind = %+v, want none", vap.Spec.ParamKind)
+	matched := map[string]bool{}
+	if mc := vap.Spec.MatchConstraints; mc != nil {
+		for _, rr := range mc.ResourceRules {
+			for _, op := range rr.Operations {
+				for _, g := range rr.APIGroups {
+					for _, res := range rr.Resources {
+						matched[string(op)+" "+g+"/"+res] = true
+					}
+				}
+			}
+		}
 	}
-	mc := vap.Spec.MatchConstraints
-	if mc == nil || len(mc.ResourceRules) != 1 {
-		t.Fatalf("policy matchConstraints = %+v, want one rule", mc)
-	}
-	rr := mc.ResourceRules[0]
-	if strings.Join(rr.APIGroups, ",") != "" || strings.Join(rr.APIVersions, ",") != "v1" ||
-		strings.Join(rr.Resources, ",") != "pods" || len(rr.Operations) != 1 || rr.Operations[0] != admissionregistrationv1.Update {
-		t.Errorf("policy rule = %+v, want UPDATE of pods (no subresource) only", rr)
+	for _, w := range []string{"UPDATE /pods", "UPDATE apps/deployments", "UPDATE apps/statefulsets", "UPDATE apps/daemonsets"} {
+		if !matched[w] {
+			t.Errorf("policy does not match %s (matches %v)", w, matched)
+		}
 	}
 	conds := ""
 	for _, c := range vap.Spec.MatchConditions {
 		conds += c.Expression + "\n"
 	}
-	for _, want := range []string{"system:serviceaccount:", "check('report')"} {
-		if !strings.Contains(conds, want) {
-			t.Errorf("policy matchConditions lack %q: %s", want, conds)
+	for _, w := range []string{"resource('reporters').check('write-statistics')", "kong-watcher-wildcard-probe"} {
+		if !strings.Contains(conds, w) {
+			t.Errorf("policy matchConditions lack %q: %s", w, conds)
 		}
 	}
-	// Every token of an agent identity is judged, a token bound to no pod included (it then
-	// may change nothing): the pod-name claim is what the validations check, never a
-	// condition for being judged at all.
-	if strings.Contains(conds, "authentication.kubernetes.io/pod-name") {
-		t.Errorf("policy matchConditions skip tokens without a pod-name claim: %s", conds)
-	}
-	if len(vap.Spec.Validations) == 0 {
-		t.Errorf("policy has no validations")
-	}
-	if vapb.Spec.PolicyName != name {
-		t.Errorf("binding policyName = %q, want %q (namePrefix applied to both)", vapb.Spec.PolicyName, name)
-	}
-	if len(vapb.Spec.ValidationActions) != 1 || vapb.Spec.ValidationActions[0] != admissionregistrationv1.Deny {
-		t.Errorf("binding validationActions = %v, want [Deny]", vapb.Spec.ValidationActions)
-	}
-	if vapb.Spec.ParamRef != nil || vapb.Spec.MatchResources != nil {
-		t.Errorf("binding paramRef %+v matchResources %+v, want neither (the policy scopes itself)", vapb.Spec.ParamRef, vapb.Spec.MatchResources)
-	}
-
-	// The Events policy: the same identity, Events about its own pod only.
-	const evName = "kong-watcher-agent-events"
-	var ev admissionregistrationv1.ValidatingAdmissionPolicy
-	objs.get(t, "ValidatingAdmissionPolicy", evName, &ev)
-	var evb admissionregistrationv1.ValidatingAdmissionPolicyBinding
-	objs.get(t, "ValidatingAdmissionPolicyBinding", evName, &evb)
-	for _, kind := range []string{"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
-		if ns := objs.find(kind, evName).GetNamespace(); ns != "" {
-			t.Errorf("%s %s renders with namespace %q", kind, evName, ns)
+	// The policy's list of statistics annotations is the one the manager writes.
+	var listed []string
+	for _, v := range vap.Spec.Variables {
+		if v.Name == "statistics" {
+			for _, part := range strings.Split(v.Expression, "'")[1:] {
+				if strings.HasPrefix(part, kwv1.Domain+"/") {
+					listed = append(listed, part)
+				}
+			}
 		}
 	}
-	if ev.Spec.FailurePolicy == nil || *ev.Spec.FailurePolicy != admissionregistrationv1.Fail ||
-		ev.Spec.MatchConstraints == nil || len(ev.Spec.MatchConstraints.ResourceRules) != 1 ||
-		strings.Join(ev.Spec.MatchConstraints.ResourceRules[0].Resources, ",") != "events" ||
-		ev.Spec.MatchConstraints.MatchPolicy == nil || *ev.Spec.MatchConstraints.MatchPolicy != admissionregistrationv1.Equivalent {
-		t.Errorf("events policy = %+v, want failurePolicy Fail, core events, matchPolicy Equivalent", ev.Spec)
+	if strings.Join(listed, ",") != strings.Join(kwv1.ReportedAnnotations, ",") {
+		t.Errorf("policy statistics annotations %v, want v1alpha1.ReportedAnnotations %v", listed, kwv1.ReportedAnnotations)
 	}
-	if evb.Spec.PolicyName != evName || len(evb.Spec.ValidationActions) != 1 || evb.Spec.ValidationActions[0] != admissionregistrationv1.Deny {
-		t.Errorf("events binding = %+v, want policyName %s, [Deny]", evb.Spec, evName)
+	if len(vap.Spec.Validations) < 3 {
+		t.Errorf("policy has %d validations, want spec, metadata and annotations checks", len(vap.Spec.Validations))
+	}
+	if vapb.Spec.PolicyName != name || len(vapb.Spec.ValidationActions) != 1 || vapb.Spec.ValidationActions[0] != admissionregistrationv1.Deny ||
+		vapb.Spec.ParamRef != nil || vapb.Spec.MatchResources != nil {
+		t.Errorf("binding = %+v, want policyName %s, [Deny], no paramRef or matchResources", vapb.Spec, name)
 	}
 }

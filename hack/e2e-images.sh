@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the five OCI images of the end-to-end test on a real single-node cluster, with no
+# Builds the six OCI images of the end-to-end test on a real single-node cluster, with no
 # registry and no container engine: buildah (vfs storage kept inside OUTDIR, FROM scratch,
 # COPY only, no RUN) writes each as an oci-archive that `ctr -n k8s.io images import` loads
 # under exactly the name below.
@@ -14,11 +14,13 @@
 #                         behind the gateway, a static Go server on 127.0.0.1:8081 run as
 #                         the gateway pod's second container (its requests are not nginx's)
 #     OUTDIR/pause.tar    localhost/kong-watcher/pause:e2e    test/e2e/pause: the pod sandbox
+#     OUTDIR/netcheck.tar localhost/kong-watcher/netcheck:e2e test/e2e/netcheck: a static Go
+#                         client that checks a pod's cluster DNS and Service routing
 #     OUTDIR/gateway-cert.pem  the gateway's self-signed certificate (CN kong-gateway.e2e)
 #
 # Environment: SKIP_BUILD=1 uses bin/ as it is instead of running `make build`;
 # KEEP_BUILDAH_STORAGE=1 keeps OUTDIR/buildah-root and OUTDIR/ctx (else only the archives remain).
-# Idempotent: every run rebuilds all five archives from scratch. Needs no network. The host
+# Idempotent: every run rebuilds all six archives from scratch. Needs no network. The host
 # must have what the gateway image is made of: Debian's nginx, libnginx-mod-http-lua (and
 # its dependencies lua-resty-core, libluajit2) and openssl, plus buildah, ctr and Go.
 set -euo pipefail
@@ -74,7 +76,7 @@ BROOT=$OUT/buildah-root
 BRUN=$OUT/buildah-run
 POLICY=$OUT/policy.json
 # No archive of an earlier run survives a failed one.
-rm -f "$OUT"/{agent,webhook,gateway,upstream,pause}.tar "$OUT/gateway-cert.pem"
+rm -f "$OUT"/{agent,webhook,gateway,upstream,pause,netcheck}.tar "$OUT/gateway-cert.pem"
 rm -rf "$BROOT" "$BRUN" "$OUT/ctx"
 mkdir -p "$BROOT" "$BRUN" "$OUT/ctx"
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' > "$POLICY"
@@ -135,9 +137,11 @@ go_image() {
   log "$name binary ($(since "$t"))"
   build "$name" "$REPO/test/e2e/$name/Dockerfile" "$ctx"
 }
-# pause: a static Go PID 1 that reaps zombies; upstream: the gateway's service.
+# pause: a static Go PID 1 that reaps zombies; upstream: the gateway's service; netcheck: the
+# network step's client pod.
 go_image pause
 go_image upstream
+go_image netcheck
 
 # --- gateway: Debian's nginx + lua module, assembled from the host's files ----------------
 t=$(now)
@@ -211,5 +215,5 @@ rm -rf "$CHK"
 log "gateway context: $(du -sh "$ROOT" | cut -f1) rootfs, $(echo "$libs" | wc -l) libraries ($(since "$t"))"
 build gateway "$REPO/test/e2e/gateway/Dockerfile" "$GCTX"
 
-log "done in $(since "$T0"): $(cd "$OUT" && ls agent.tar webhook.tar gateway.tar upstream.tar pause.tar | tr '\n' ' ')"
-log "load with: for i in agent webhook gateway upstream pause; do ctr -n k8s.io images import $OUT/\$i.tar; done"
+log "done in $(since "$T0"): $(cd "$OUT" && ls agent.tar webhook.tar gateway.tar upstream.tar pause.tar netcheck.tar | tr '\n' ' ')"
+log "load with: for i in agent webhook gateway upstream pause netcheck; do ctr -n k8s.io images import $OUT/\$i.tar; done"

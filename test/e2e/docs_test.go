@@ -20,12 +20,21 @@ func (s *suite) writeDocs(total time.Duration) error {
 	w("`KW_E2E_WRITE_DOCS=1`) on %s. Re-run it with `make e2e`; `make e2e KEEP=1` leaves the\n", s.start.UTC().Format("2006-01-02 15:04 MST"))
 	w("cluster running with kong-watcher installed again after the story, for exploring with kubectl.\n\n")
 	w("Nothing here is simulated: `hack/e2e-cluster.sh` starts etcd, kube-apiserver,\n")
-	w("kube-controller-manager, kube-scheduler and a kubelet with containerd, runc and a bridge CNI\n")
-	w("on this machine; the images are built from the repository's `Dockerfile.webhook` and\n")
+	w("kube-controller-manager, kube-scheduler, a kubelet with containerd, runc and a bridge CNI,\n")
+	w("kube-proxy and CoreDNS on this machine; the images are built from the repository's `Dockerfile.webhook` and\n")
 	w("`Dockerfile.agent` and the gateway's `test/e2e/gateway` (Debian's nginx + the Lua module with\n")
 	w("a Kong-like configuration) and imported into containerd; the agent attaches its eBPF probes to\n")
 	w("nginx in a real pod. The test (`test/e2e`) uses `kubectl` for what a person would do and\n")
 	w("client-go to wait and check; traffic goes from the test process straight to the pod IPs.\n\n")
+	w("The cluster's parts: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and\n")
+	w("kube-proxy v1.37.2 (built from the `k8s.io/kubernetes` module by `hack/k8s-binaries.sh`) and\n")
+	w("CoreDNS (built from its module by `hack/coredns.sh`) run as host processes; containerd, runc\n")
+	w("and the bridge CNI plugin are Debian's. Pods get addresses in 10.244.0.0/24 on the bridge\n")
+	w("`kwbr0`, whose %s is the node's, the API server's (6443) and the cluster DNS server's:\n", envOr("KW_E2E_NODE_IP", "10.244.0.1"))
+	w("CoreDNS on port 53, zone `cluster.local`, the kubelet's `clusterDNS` (it forwards nothing:\n")
+	w("there is no upstream). Services get ClusterIPs in %s, which kube-proxy serves in\n", envOr("KW_E2E_SERVICE_CIDR", "10.96.0.0/16"))
+	w("iptables mode (the `kubernetes` Service too), so a pod reaches a Service by its DNS name, e.g.\n")
+	w("`https://kong-watcher-webhook-service.kong-watcher-system.svc:443`, as in any cluster (step 9).\n\n")
 
 	w("## The story and its timings\n\n")
 	w("| step | result | time |\n|---|---|---|\n")
@@ -38,6 +47,7 @@ func (s *suite) writeDocs(total time.Duration) error {
 		"6-do-no-harm":                     fmt.Sprintf("in pod A under gateway traffic: a %d req/s flood of the agent's `/stats` for %s while `/healthz` is probed; then the agent process SIGKILLed %d times, %s apart (what an OOM kill or a crash does), its port %d held by another process from the first kill, then freed: the gateway answers every request, the pod stays Ready and its endpoint in Service %s ready, the agent container never restarts (its supervisor restarts the agent in place), a MetricsPortUnavailable Warning is recorded, and the agent serves and counts exactly again", floodRate, floodFor, kills, killEvery, agentPort, serviceName),
 		"7-uninstall":                      "`kubectl delete -k test/e2e/overlay`: namespace, webhook configuration, ClusterRoles, policies gone; the gateway pods keep running and serving; after `kubectl rollout restart` the new pods, still labelled, have no agent",
 		"8-helm-install-upgrade-uninstall": "`helm install kong-watcher charts/kong-watcher -n kong-watcher-system --create-namespace -f test/e2e/helm-values.yaml` (the chart with the local image names and `pullPolicy: Never`): the rolled gateway pods are injected; `helm upgrade … --set agent.logLevel=debug`: the pods rolled next have the agent's `LOG_LEVEL=debug`; `helm uninstall`: every object of the release gone, the gateway pods keep running and serving, after `kubectl rollout restart` the new pods have no agent",
+		"9-cluster-network":                "in a namespace of its own, an nginx pod (the gateway image) behind a ClusterIP Service and a client pod (`test/e2e/netcheck`) with the default dnsPolicy: its `/etc/resolv.conf` names CoreDNS with the `cluster.local` search domains; `kubernetes.default.svc.cluster.local`, `kubernetes.default` and the Service's short and full names resolve to their ClusterIPs; an HTTP GET of `http://kw-e2e-web.kw-e2e-net.svc/healthz` goes through kube-proxy to the nginx pod (whose access log shows the client pod's address); `https://kubernetes.default.svc/version` answers with the service account's CA and token",
 	}
 	for _, r := range s.steps {
 		status := r.Status
@@ -55,7 +65,7 @@ func (s *suite) writeDocs(total time.Duration) error {
 				w("| %s | %s |\n", what, took)
 			}
 		}
-		w("\n`make e2e-down` (stop every process, remove the bridge, iptables chains and cgroups) took about 9 s in these runs.\n\n")
+		w("\n`make e2e-down` (stop every process, remove the bridge, iptables chains and cgroups) took about 14 s in these runs.\n\n")
 	}
 
 	w("## How the counts are checked\n\n")

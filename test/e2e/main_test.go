@@ -132,6 +132,7 @@ func TestStory(t *testing.T) {
 		{"6-do-no-harm", []int{0, 1}, (*suite).stepDoNoHarm},
 		{"7-uninstall", []int{0}, (*suite).stepUninstall},
 		{"8-helm-install-upgrade-uninstall", []int{1, 6}, (*suite).stepHelm},
+		{"9-cluster-network", nil, (*suite).stepNetwork},
 	}
 	passed := make([]bool, len(steps))
 	for i, st := range steps {

@@ -134,9 +134,6 @@ func (s *suite) cleanLeftovers(t *testing.T) {
 	if _, err := s.cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, webhookConfig, metav1.GetOptions{}); err == nil {
 		found = append(found, "mutatingwebhookconfiguration/"+webhookConfig)
 	}
-	if _, err := s.cs.RbacV1().ClusterRoles().Get(ctx, agentClusterRol, metav1.GetOptions{}); err == nil {
-		found = append(found, "clusterrole/"+agentClusterRol)
-	}
 	if len(found) == 0 {
 		return
 	}
@@ -438,7 +435,7 @@ func (s *suite) waitEvent(t *testing.T, p *corev1.Pod, reason, eventType string,
 			}
 			var seen []string
 			for _, e := range evs {
-				seen = append(seen, fmt.Sprintf("%s(%s x%d %s)", e.Reason, e.Source.Component, e.Count, eventTime(e).Format(time.TimeOnly)))
+				seen = append(seen, fmt.Sprintf("%s(%s x%d %s)", e.Reason, eventFrom(e), e.Count, eventTime(e).Format(time.TimeOnly)))
 				// Event timestamps have second precision.
 				if e.Reason == reason && e.Type == eventType && !eventTime(e).Before(since.Truncate(time.Second)) {
 					found = e
@@ -447,11 +444,20 @@ func (s *suite) waitEvent(t *testing.T, p *corev1.Pod, reason, eventType string,
 			}
 			return false, "events: " + strings.Join(seen, ", "), nil
 		})
-	if found.Source.Component != kwv1.AgentContainerName {
-		t.Errorf("Event %s on %s comes from %q, want the agent (%q)", reason, p.Name, found.Source.Component, kwv1.AgentContainerName)
+	if eventFrom(found) != kwv1.AgentContainerName {
+		t.Errorf("Event %s on %s comes from %q, want the agent (%q)", reason, p.Name, eventFrom(found), kwv1.AgentContainerName)
 	}
 	t.Logf("Event %s %s on %s: %s", found.Type, found.Reason, p.Name, found.Message)
 	return found
+}
+
+// eventFrom is who an Event says it is from, as `kubectl describe` shows it: the manager
+// records the agents' Events through events.k8s.io with reportingController kong-watcher-agent.
+func eventFrom(e corev1.Event) string {
+	if e.Source.Component != "" {
+		return e.Source.Component
+	}
+	return e.ReportingController
 }
 
 // shellJoin renders args as a shell command line a person can paste.

@@ -46,7 +46,6 @@ const (
 	webhookSecret   = "kong-watcher-webhook-cert"
 	webhookService  = "kong-watcher-webhook-service"
 	webhookConfig   = "kong-watcher-mutating-webhook-configuration"
-	agentClusterRol = "kong-watcher-agent"
 
 	kongNS          = "kong"
 	otherNS         = "kong-e2e-other"
@@ -127,7 +126,7 @@ func TestStory(t *testing.T) {
 		{"1-install", nil, (*suite).stepInstall},
 		{"2-label-deployment", []int{0}, (*suite).stepLabel},
 		{"3-traffic-stats-events", []int{0, 1}, (*suite).stepTraffic},
-		{"4-agent-identity-confined", []int{0, 1}, (*suite).stepPolicy},
+		{"4-label-only-identity", []int{0, 1}, (*suite).stepIdentity},
 		{"5-reload-and-agent-kill", []int{0, 1}, (*suite).stepResilience},
 		{"6-do-no-harm", []int{0, 1}, (*suite).stepDoNoHarm},
 		{"7-uninstall", []int{0}, (*suite).stepUninstall},

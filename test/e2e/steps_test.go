@@ -17,14 +17,9 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
@@ -665,123 +660,6 @@ func checkProtocols(t *testing.T, pod string, entries []fixture.LogEntry, plan [
 	}
 }
 
-// ---------------------------------------------------------------------------------------
-// Step 4: the agent's identity (the pod's service account, token bound to the pod) cannot
-// patch another pod; it can patch its own pod's kong-watcher.io/* annotations.
-
-func (s *suite) stepPolicy(t *testing.T) {
-	podA, podB := s.pod(t, s.gatewayPods[0]), s.pod(t, s.gatewayPods[1])
-	agent := s.tokenClient(t, kongNS, kongSA, podA)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	patch := func(c kubernetes.Interface, ns, name, body string) error {
-		_, err := c.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, []byte(body), metav1.PatchOptions{})
-		return err
-	}
-	annot := func(k, v string) string {
-		return fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, k, v)
-	}
-	const key = kwv1.Domain + "/e2e-policy-check"
-	denied := func(what string, err error, policyMsg string) {
-		t.Helper()
-		switch {
-		case err == nil:
-			t.Errorf("%s: allowed, want denied", what)
-		case !apierrors.IsForbidden(err) && !apierrors.IsInvalid(err):
-			t.Errorf("%s: %v, want Forbidden", what, err)
-		case policyMsg != "" && !strings.Contains(err.Error(), policyMsg):
-			t.Errorf("%s: denied, but not by the policy (want %q in the message): %v", what, policyMsg, err)
-		default:
-			t.Logf("%s: denied: %v", what, err)
-		}
-	}
-
-	// Own pod, a kong-watcher.io/* annotation: allowed (what the agent does).
-	if err := patch(agent, kongNS, podA.Name, annot(key, "own-pod")); err != nil {
-		t.Errorf("the agent identity of %s patching its own pod's %s: %v, want allowed", podA.Name, key, err)
-	} else {
-		t.Logf("the agent identity of %s patched its own pod's %s annotation: allowed", podA.Name, key)
-	}
-	// Own pod, another annotation: denied by the policy.
-	denied("own pod, annotation example.com/not-ours", patch(agent, kongNS, podA.Name, annot("example.com/not-ours", "x")),
-		"may only change kong-watcher.io/* annotations")
-	// The other gateway pod, same namespace, same service account, RBAC allows it: the policy denies.
-	denied("the other gateway pod "+podB.Name, patch(agent, kongNS, podB.Name, annot(key, "other-pod")),
-		"may only update its own pod")
-	// An Event about the other pod: denied by the agent-events policy.
-	_, err := agent.CoreV1().Events(kongNS).Create(ctx, &corev1.Event{
-		ObjectMeta:     metav1.ObjectMeta{GenerateName: podB.Name + ".", Namespace: kongNS},
-		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: kongNS, Name: podB.Name, UID: podB.UID},
-		Reason:         "E2EPolicyCheck", Message: "must be denied", Type: corev1.EventTypeWarning,
-		Source: corev1.EventSource{Component: kwv1.AgentContainerName},
-	}, metav1.CreateOptions{})
-	denied("an Event about the other gateway pod "+podB.Name, err, "may only record Events about its own pod")
-
-	// A pod in another namespace: denied by RBAC (no RoleBinding there), and still denied by
-	// the policy once a RoleBinding grants the agent role there too (a misconfiguration).
-	s.mustKubectl(t, time.Minute, "create", "namespace", otherNS)
-	t.Cleanup(func() { s.quietKubectl(time.Minute, "delete", "namespace", otherNS, "--wait=false") })
-	other := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "victim", Namespace: otherNS},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "pause", Image: pauseImage, ImagePullPolicy: corev1.PullNever}},
-			TerminationGracePeriodSeconds: new(int64)}}
-	if _, err := s.cs.CoreV1().Pods(otherNS).Create(ctx, other, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating a pod in %s: %v", otherNS, err)
-	}
-	err = patch(agent, otherNS, other.Name, annot(key, "other-namespace"))
-	denied("a pod in namespace "+otherNS+" (no RoleBinding there)", err, "")
-	if err != nil && !strings.Contains(err.Error(), "cannot patch resource") {
-		t.Logf("note: expected an RBAC denial, got: %v", err)
-	}
-	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kong-watcher-agent", Namespace: otherNS},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: agentClusterRol},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: kongSA, Namespace: kongNS}}}
-	if _, err := s.cs.RbacV1().RoleBindings(otherNS).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating the RoleBinding in %s: %v", otherNS, err)
-	}
-	waitFor(t, "a patch of the pod in "+otherNS+" (RBAC now allows it) denied by the policy", waitShort, 500*time.Millisecond,
-		func(ctx context.Context) (bool, string, error) {
-			err := patch(agent, otherNS, other.Name, annot(key, "other-namespace"))
-			if err == nil {
-				return false, "", fmt.Errorf("the patch of %s/%s was ALLOWED", otherNS, other.Name)
-			}
-			return strings.Contains(err.Error(), "may only update its own pod"), err.Error(), nil
-		})
-	p, err := s.cs.CoreV1().Pods(otherNS).Get(ctx, other.Name, metav1.GetOptions{})
-	if err == nil && p.Annotations[key] != "" {
-		t.Errorf("pod %s/%s got the annotation %s=%q", otherNS, other.Name, key, p.Annotations[key])
-	}
-	pb := s.pod(t, podB.Name)
-	if pb.Annotations[key] != "" || pb.Annotations["example.com/not-ours"] != "" {
-		t.Errorf("pod %s was changed: %v", podB.Name, pb.Annotations)
-	}
-	// Clean up the test's own annotation (allowed: a kong-watcher.io/* key of its own pod).
-	if err := patch(agent, kongNS, podA.Name, fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, key)); err != nil {
-		t.Errorf("removing %s from the own pod: %v", key, err)
-	}
-}
-
-// tokenClient is a clientset with a token of ns/sa bound to pod (what the kubelet mounts
-// into the pod, and what the agent uses).
-func (s *suite) tokenClient(t *testing.T, ns, sa string, pod *corev1.Pod) kubernetes.Interface {
-	t.Helper()
-	ctx, cancel := ctx30()
-	defer cancel()
-	exp := int64(600)
-	tr, err := s.cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp,
-			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("TokenRequest for %s/%s bound to pod %s: %v", ns, sa, pod.Name, err)
-	}
-	cfg := rest.AnonymousClientConfig(s.cfg)
-	cfg.BearerToken = tr.Status.Token
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cs
-}
 
 // ---------------------------------------------------------------------------------------
 // Step 5: nginx reload (pod B) and a killed agent (pod A): the gateway keeps serving and the

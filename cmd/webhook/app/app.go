@@ -124,6 +124,13 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 		return err
 	}
 	webhookServer.Register(kwv1.ReportPath, reports)
+	roll, err := newRollup(cfg, o, mgr.GetEventRecorder(RollupEventSource), log.WithName("rollup"))
+	if err != nil {
+		return err
+	}
+	if err := mgr.Add(roll); err != nil {
+		return fmt.Errorf("adding the rollup: %w", err)
+	}
 	if err := mgr.AddReadyzCheck("webhook", func(req *http.Request) error {
 		select {
 		case <-certsReady:

@@ -69,6 +69,9 @@ type Options struct {
 	ReportTokenTTL time.Duration
 	// ReportMaxInFlight bounds the reports one replica handles at once.
 	ReportMaxInFlight int
+	// RollupInterval is how often the workloads' combined stats are recomputed;
+	// RollupTrafficStatsInterval how often a TrafficStats Event is recorded on a workload.
+	RollupInterval, RollupTrafficStatsInterval time.Duration
 	// VerifyInjectedPods: dry-run every injected pod against the API server and leave it
 	// unchanged when it would be refused (inject.DryRunCreate).
 	VerifyInjectedPods bool
@@ -87,29 +90,31 @@ func NewOptions() *Options {
 		agent.Image = img
 	}
 	return &Options{
-		MetricsAddr:         "0",
-		ProbeAddr:           ":8081",
-		WebhookPort:         9443,
-		WebhookCertPath:     DefaultCertDir,
-		WebhookCertName:     "tls.crt",
-		WebhookCertKey:      "tls.key",
-		Namespace:           podNamespace(),
-		ServiceName:         DefaultServiceName,
-		SecretName:          DefaultSecretName,
-		WebhookConfigName:   DefaultWebhookConfigName,
-		Agent:               agent,
-		VerifyInjectedPods:  true,
-		LeaderElect:         true,
-		ReportAudience:      v1alpha1.ReportAudience,
-		ReportTokenTTL:      time.Hour,
-		ReportMaxInFlight:   32,
-		AgentCPURequest:     "100m",
-		AgentMemoryRequest:  "128Mi",
-		AgentCPULimit:       "200m",
-		AgentMemoryLimit:    "256Mi",
-		excludedNamespaces:  strings.Join(agent.ExcludedNamespaces, ","),
-		pullPolicy:          string(agent.PullPolicy),
-		DisableCertRotation: false,
+		MetricsAddr:                "0",
+		ProbeAddr:                  ":8081",
+		WebhookPort:                9443,
+		WebhookCertPath:            DefaultCertDir,
+		WebhookCertName:            "tls.crt",
+		WebhookCertKey:             "tls.key",
+		Namespace:                  podNamespace(),
+		ServiceName:                DefaultServiceName,
+		SecretName:                 DefaultSecretName,
+		WebhookConfigName:          DefaultWebhookConfigName,
+		Agent:                      agent,
+		VerifyInjectedPods:         true,
+		LeaderElect:                true,
+		ReportAudience:             v1alpha1.ReportAudience,
+		ReportTokenTTL:             time.Hour,
+		ReportMaxInFlight:          32,
+		RollupInterval:             30 * time.Second,
+		RollupTrafficStatsInterval: 5 * time.Minute,
+		AgentCPURequest:            "100m",
+		AgentMemoryRequest:         "128Mi",
+		AgentCPULimit:              "200m",
+		AgentMemoryLimit:           "256Mi",
+		excludedNamespaces:         strings.Join(agent.ExcludedNamespaces, ","),
+		pullPolicy:                 string(agent.PullPolicy),
+		DisableCertRotation:        false,
 	}
 }
 
@@ -145,6 +150,10 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		"The audience of the projected service-account token agents report with; tokens for any other audience are refused.")
 	fs.DurationVar(&o.ReportTokenTTL, "report-token-ttl", o.ReportTokenTTL,
 		"The lifetime of the agents' projected report token (10m..24h); the kubelet rotates it at 80%.")
+	fs.DurationVar(&o.RollupInterval, "rollup-interval", o.RollupInterval,
+		"How often the elected replica recomputes each workload's combined stats from its pods' (5s..1h).")
+	fs.DurationVar(&o.RollupTrafficStatsInterval, "rollup-traffic-stats-interval", o.RollupTrafficStatsInterval,
+		"How often a TrafficStats Event is recorded on a workload (0: never).")
 	fs.IntVar(&o.ReportMaxInFlight, "report-max-in-flight", o.ReportMaxInFlight,
 		"Reports one replica handles at once; more are answered 429 and retried by the agent.")
 	fs.BoolVar(&o.VerifyInjectedPods, "verify-injected-pods", o.VerifyInjectedPods,
@@ -266,6 +275,12 @@ func (o *Options) Complete() error {
 	}
 	if o.ReportMaxInFlight < 1 {
 		errs = append(errs, fmt.Errorf("--report-max-in-flight=%d must be at least 1", o.ReportMaxInFlight))
+	}
+	if o.RollupInterval < 5*time.Second || o.RollupInterval > time.Hour {
+		errs = append(errs, fmt.Errorf("--rollup-interval=%s must be between 5s and 1h", o.RollupInterval))
+	}
+	if o.RollupTrafficStatsInterval < 0 {
+		errs = append(errs, fmt.Errorf("--rollup-traffic-stats-interval=%s must not be negative", o.RollupTrafficStatsInterval))
 	}
 	o.Agent.Report.URL = o.ManagerURL
 	o.Agent.Report.Audience = o.ReportAudience

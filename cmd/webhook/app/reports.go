@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -14,8 +15,13 @@ import (
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	"github.com/kong-watcher/kong-watcher/agent/kube"
 	"github.com/kong-watcher/kong-watcher/webhook/ingest"
+	"github.com/kong-watcher/kong-watcher/webhook/rollup"
 )
+
+// RollupEventSource is the reporting controller of the Events on workloads.
+const RollupEventSource = "kong-watcher-manager"
 
 var reportsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Name: "kong_watcher_manager_reports_total",
@@ -43,6 +49,26 @@ func newReportHandler(cfg *rest.Config, o *Options, rec events.EventRecorder, lo
 		Log:         log,
 		Observe:     func(result string) { reportsTotal.WithLabelValues(result).Inc() },
 	}), nil
+}
+
+// newRollup combines the pods' stats into their workloads' (on the elected replica only), with
+// the alert thresholds the webhook gives the agents as the defaults.
+func newRollup(cfg *rest.Config, o *Options, rec events.EventRecorder, log logr.Logger) (*rollup.Rollup, error) {
+	ro := rollup.Options{Interval: o.RollupInterval, TrafficStatsInterval: o.RollupTrafficStatsInterval, Log: log}
+	if o.RollupTrafficStatsInterval == 0 {
+		ro.TrafficStatsInterval = -1 // the flag's 0 is "never"; the option's 0 is "default"
+	}
+	// Validated with the agent's parsers by Complete; empty keeps the agent's defaults.
+	if v := o.Agent.HighErrorRateThreshold; v != "" {
+		ro.ErrorRateThreshold, _ = kube.ParseErrorRate(v)
+	}
+	if v := o.Agent.HighLatencyP99Ms; v != "" {
+		ro.LatencyP99Ms, _ = kube.ParseLatencyMs(v)
+	}
+	if v := o.Agent.AlertMinRequests; v != "" {
+		ro.MinRequests, _ = strconv.ParseUint(v, 10, 64)
+	}
+	return rollup.New(cfg, rec, ro)
 }
 
 // fileCache reads a small file again only when its size or modification time changed: the CA

@@ -4,6 +4,12 @@ import "time"
 
 // Stats is the document served on the agent's /stats endpoint and stored (size-bounded) in the
 // kong-watcher.io/stats pod annotation.
+//
+// On a workload (Deployment, StatefulSet, DaemonSet) the same annotation holds the merge of its
+// current pods' Stats (see agent/aggregate.Merge): Since is the earliest pod's, Updated the
+// latest, DataPath the pods' distinct data paths joined by ",", Total the sum over the pods that
+// exist now, Window the union of their last windows, and RequestsPerSecond the sum of the
+// pods' rates.
 type Stats struct {
 	APIVersion string    `json:"apiVersion"` // "kong-watcher.io/v1alpha1"
 	Kind       string    `json:"kind"`       // "Stats"

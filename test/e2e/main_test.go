@@ -41,11 +41,11 @@ const (
 	overlayDir   = "test/e2e/overlay"
 	manifestsDir = "test/e2e/manifests"
 
-	systemNS        = "kong-watcher-system"
-	webhookDeploy   = "kong-watcher-webhook"
-	webhookSecret   = "kong-watcher-webhook-cert"
-	webhookService  = "kong-watcher-webhook-service"
-	webhookConfig   = "kong-watcher-mutating-webhook-configuration"
+	systemNS       = "kong-watcher-system"
+	webhookDeploy  = "kong-watcher-webhook"
+	webhookSecret  = "kong-watcher-webhook-cert"
+	webhookService = "kong-watcher-webhook-service"
+	webhookConfig  = "kong-watcher-mutating-webhook-configuration"
 
 	kongNS          = "kong"
 	otherNS         = "kong-e2e-other"

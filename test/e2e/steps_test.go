@@ -660,7 +660,6 @@ func checkProtocols(t *testing.T, pod string, entries []fixture.LogEntry, plan [
 	}
 }
 
-
 // ---------------------------------------------------------------------------------------
 // Step 5: nginx reload (pod B) and a killed agent (pod A): the gateway keeps serving and the
 // counting goes on.

@@ -151,7 +151,9 @@ func freePort(t *testing.T) int {
 func kongPod(ns, name string, inject bool) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": "kong"}},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+		// What the ServiceAccount admission plugin sets before webhooks run in a real cluster;
+		// envtest runs without it, and the agent's projected report token needs an account.
+		Spec: corev1.PodSpec{ServiceAccountName: "default", Containers: []corev1.Container{{
 			Name:  "proxy",
 			Image: "kong:3.9",
 			Ports: []corev1.ContainerPort{{Name: "proxy", ContainerPort: 8000}},

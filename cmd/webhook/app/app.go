@@ -119,12 +119,22 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 		return fmt.Errorf("adding health check: %w", err)
 	}
 	webhookServer.Register(inject.Path, hook)
-	reports, err := newReportHandler(cfg, o, mgr.GetEventRecorder(kwv1.AgentContainerName), log.WithName("reports"))
+	agentEvents, stopAgentEvents, err := newCoreRecorder(cfg, kwv1.AgentContainerName)
+	if err != nil {
+		return err
+	}
+	defer stopAgentEvents()
+	reports, err := newReportHandler(cfg, o, agentEvents, log.WithName("reports"))
 	if err != nil {
 		return err
 	}
 	webhookServer.Register(kwv1.ReportPath, reports)
-	roll, err := newRollup(cfg, o, mgr.GetEventRecorder(RollupEventSource), log.WithName("rollup"))
+	workloadEvents, stopWorkloadEvents, err := newCoreRecorder(cfg, RollupEventSource)
+	if err != nil {
+		return err
+	}
+	defer stopWorkloadEvents()
+	roll, err := newRollup(cfg, o, workloadEvents, log.WithName("rollup"))
 	if err != nil {
 		return err
 	}

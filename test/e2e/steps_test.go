@@ -84,7 +84,7 @@ func (s *suite) stepInstall(t *testing.T) {
 			return true, "", nil
 		})
 
-	// The API server calls the webhook (through the Service's endpoints: no kube-proxy here):
+	// The API server calls the webhook through the Service's endpoints (--enable-aggregator-routing):
 	// a dry-run create of a labelled pod comes back with the agent.
 	probe := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: "kw-e2e-dry-run-", Namespace: "default",

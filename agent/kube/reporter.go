@@ -66,6 +66,11 @@ type Options struct {
 	Stats func() v1alpha1.Stats
 	// Interval is how often the stats are sent and the alerts evaluated (STATS_INTERVAL).
 	Interval time.Duration
+	// WindowClosed, when set, paces the reporter instead of its own Interval ticker: the agent
+	// sends on it each time it starts a new stats window. A ticker of its own, however close
+	// in period, drifts against the rotation and now and then samples the same window twice
+	// and skips the next one, whose alert is then never raised.
+	WindowClosed <-chan struct{}
 	// TrafficStatsInterval: how often a TrafficStats Event is recorded (the first one as soon
 	// as a window holds Thresholds.MinRequests requests); 0 turns it off.
 	TrafficStatsInterval time.Duration
@@ -253,8 +258,27 @@ func truncateUTF8(s string, n int) string {
 
 // Run reports until ctx is done.
 func (r *Reporter) Run(ctx context.Context) {
-	tick := time.NewTicker(r.o.Interval)
-	defer tick.Stop()
+	windows := r.o.WindowClosed
+	if windows == nil {
+		c := make(chan struct{})
+		tick := time.NewTicker(r.o.Interval)
+		defer tick.Stop()
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					select {
+					case c <- struct{}{}:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+		}()
+		windows = c
+	}
 	r.lastTraffic = time.Now()
 	backoff := r.newBackoff()
 	var retry <-chan time.Time
@@ -271,7 +295,7 @@ func (r *Reporter) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-first:
-		case <-tick.C:
+		case <-windows:
 			if r.o.Stats != nil {
 				r.evaluate(r.o.Stats(), time.Now())
 			}

@@ -116,13 +116,14 @@ func runAgent(ctx context.Context, env func(string) (string, bool), stderr io.Wr
 	// pod's name and a projected token); standalone the agent reports to logs and HTTP only. It
 	// never blocks the data path: it runs in its own goroutine and only reads agent.Stats(). It
 	// is built before the HTTP server so that a metrics port found taken becomes an Event.
-	rep := newReporter(cfg, agent.Stats, log)
+	windows := make(chan struct{}, 1) // the stats loop tells the reporter of each new window
+	rep := newReporter(cfg, agent.Stats, windows, log)
 	if rep != nil {
 		agent.Notify = rep
 	}
 
 	srv := agent.StartHTTP(ctx, portNotifier(rep))
-	goSafe(log, "the stats log", func() { statsLoop(ctx, cfg.StatsInterval, agent, log) })
+	goSafe(log, "the stats log", func() { statsLoop(ctx, cfg.StatsInterval, agent, windows, log) })
 	if rep != nil {
 		goSafe(log, "the Kubernetes reporter", func() { rep.Run(ctx) })
 	}
@@ -193,7 +194,7 @@ func disabled(ctx context.Context, cfg app.Config, log logr.Logger, cause error)
 	}
 	m.SetInfo(version.Version, "")
 	m.SetProbesAttached(0)
-	rep := newReporter(cfg, nil, log)
+	rep := newReporter(cfg, nil, nil, log)
 	if rep != nil {
 		rep.AgentDisabled(cause)
 		goSafe(log, "the Kubernetes reporter", func() { rep.Run(ctx) })
@@ -211,7 +212,7 @@ func disabled(ctx context.Context, cfg app.Config, log logr.Logger, cause error)
 // newReporter is the reporter to the manager, or nil when the agent runs standalone or the
 // reporter cannot be built (said in the log: the agent goes on with logs and HTTP). stats nil:
 // an agent that sends Events only.
-func newReporter(cfg app.Config, stats func() v1alpha1.Stats, log logr.Logger) *kube.Reporter {
+func newReporter(cfg app.Config, stats func() v1alpha1.Stats, windowClosed <-chan struct{}, log logr.Logger) *kube.Reporter {
 	if cfg.PodName == "" || cfg.PodNamespace == "" || cfg.ManagerURL == "" {
 		log.Info("POD_NAME, POD_NAMESPACE or " + v1alpha1.EnvManagerURL + " not set: running standalone (no pod annotations or Events)")
 		return nil
@@ -224,6 +225,7 @@ func newReporter(cfg app.Config, stats func() v1alpha1.Stats, log logr.Logger) *
 		PodName:              cfg.PodName,
 		Stats:                stats,
 		Interval:             cfg.StatsInterval,
+		WindowClosed:         windowClosed,
 		TrafficStatsInterval: cfg.TrafficStatsEventInterval,
 		Thresholds: kube.Thresholds{ErrorRate: cfg.HighErrorRateThreshold, LatencyP99Ms: cfg.HighLatencyP99Ms,
 			MinRequests: cfg.AlertMinRequests},
@@ -240,7 +242,7 @@ func newReporter(cfg app.Config, stats func() v1alpha1.Stats, log logr.Logger) *
 }
 
 // statsLoop logs the stats every interval and starts a new window.
-func statsLoop(ctx context.Context, every time.Duration, agent *app.Agent, log interface {
+func statsLoop(ctx context.Context, every time.Duration, agent *app.Agent, windowClosed chan<- struct{}, log interface {
 	Info(string, ...any)
 }) {
 	t := time.NewTicker(every)
@@ -253,5 +255,9 @@ func statsLoop(ctx context.Context, every time.Duration, agent *app.Agent, log i
 		}
 		agent.Aggregator.Rotate()
 		log.Info("traffic stats", report.StatsLine(agent.Stats())...)
+		select { // never wait for the reporter: it evaluates the window when it can
+		case windowClosed <- struct{}{}:
+		default:
+		}
 	}
 }

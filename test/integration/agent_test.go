@@ -252,16 +252,20 @@ func (a *agent) stats(t *testing.T) v1alpha1.Stats {
 	return s
 }
 
-// waitRequests polls /stats until the total reaches n (or a timeout), then returns it.
+// waitRequests polls /stats until the total reaches n and the document was computed well
+// after the call (or a timeout), then returns it. The callers' requests have all been freed
+// (logged) before the call, so such a document counts every one of them: /stats is served
+// from a snapshot up to a second old, and one that reached n early (with requests the access
+// log does not have) may still lack the last logged ones.
 func (a *agent) waitRequests(t *testing.T, n uint64, timeout time.Duration) v1alpha1.Stats {
 	t.Helper()
+	// The agent reads its ring buffer at least every 150 ms.
+	fresh := time.Now().Add(300 * time.Millisecond)
 	deadline := time.Now().Add(timeout)
 	for {
 		s := a.stats(t)
-		if s.Total.Requests >= n || time.Now().After(deadline) {
-			// Give late events a moment to show they would overshoot.
-			time.Sleep(300 * time.Millisecond)
-			return a.stats(t)
+		if (s.Total.Requests >= n && s.Updated.After(fresh)) || time.Now().After(deadline) {
+			return s
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -228,6 +228,16 @@ func (a *agent) waitFor(t *testing.T, path string, timeout time.Duration) {
 	t.Fatalf("agent: %s not 200 after %v: %s", path, timeout, last)
 }
 
+// logLayout logs the layout of ngx_http_request_t the agent learnt (docs/kong.md lists them).
+func logLayout(t *testing.T, a *agent) {
+	t.Helper()
+	for _, line := range strings.Split(a.log.String(), "\n") {
+		if strings.Contains(line, "learnt nginx request layout") {
+			t.Logf("agent: %s", strings.TrimSpace(line))
+		}
+	}
+}
+
 func (a *agent) readyz(t *testing.T) int {
 	t.Helper()
 	resp, err := http.Get("http://" + a.addr + "/readyz")
@@ -434,13 +444,26 @@ func driveAndCompare(t *testing.T, gw *fixture.Gateway, a *agent, n int) v1alpha
 // pipelining, HTTP/1.0, HTTPS, HTTP/2 from Go and curl, HEAD, chunked uploads, 4xx/5xx/502,
 // slow upstream, Lua-only routes, large headers, garbage, client aborts) and checks every
 // count and the latency percentiles against nginx's access log; then reloads nginx under
-// the agent and checks again.
+// the agent and checks again, and again after a reload and a worker's SIGKILL in the middle
+// of traffic. It runs on every nginx of fixture.NginxBuilds: Debian's, and the stripped
+// OpenResty lines Kong ships (KW_OPENRESTY).
 func TestAgentAgreesWithAccessLog(t *testing.T) {
-	gw := fixture.StartT(t, fixture.Options{Workers: 2})
+	for _, b := range fixture.NginxBuilds() {
+		t.Run(b.Name, func(t *testing.T) {
+			fixture.RequireBuild(t, b)
+			agreesWithAccessLog(t, b.Options)
+		})
+	}
+}
+
+func agreesWithAccessLog(t *testing.T, opts fixture.Options) {
+	opts.Workers = 2
+	gw := fixture.StartT(t, opts)
 	a := startAgent(t, gw.MasterPID(), nil)
 	a.waitReady(t, 20*time.Second)
 
 	s := driveAndCompare(t, gw, a, 400)
+	logLayout(t, a)
 	if s.DataPath != "nginx-request" {
 		t.Errorf("data path %q, want nginx-request", s.DataPath)
 	}
@@ -459,6 +482,22 @@ func TestAgentAgreesWithAccessLog(t *testing.T) {
 
 	// A reload in the middle of traffic: new workers serve before discovery's next /proc
 	// scan; the kernel adopts them as children of the tracked master, so none is lost.
+	underLoad(t, gw, a, "reload", gw.Reload)
+	if t.Failed() {
+		return
+	}
+	// A worker's death in the middle of traffic: the master forks a replacement, which the
+	// agent must follow as it follows a reload's.
+	underLoad(t, gw, a, "worker SIGKILL", func() error {
+		_, _, err := gw.KillWorker()
+		return err
+	})
+}
+
+// underLoad runs action while DriveMixed sends traffic, then checks the agent against the
+// access log.
+func underLoad(t *testing.T, gw *fixture.Gateway, a *agent, what string, action func() error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	before, err := gw.AccessLog()
@@ -471,18 +510,20 @@ func TestAgentAgreesWithAccessLog(t *testing.T) {
 		done <- sent
 	}()
 	time.Sleep(200 * time.Millisecond)
-	if err := gw.Reload(); err != nil {
-		t.Fatalf("reload under load: %v", err)
+	if err := action(); err != nil {
+		<-done
+		t.Fatalf("%s under load: %v", what, err)
 	}
 	sent := <-done
-	// A request on a keep-alive connection the old workers close at the reload may never
-	// reach nginx: the access log, not what the client sent, is the truth.
+	// A request on a keep-alive connection the old workers close at the reload (or that a
+	// killed worker was serving) may never be logged: the access log, not what the client
+	// sent, is the truth.
 	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 	es, _ := gw.WaitAccessLog(wctx, fixture.Traffic(before)+sent.Total())
 	wcancel()
 	if fixture.Traffic(es) < fixture.Traffic(before)+sent.Total()-5 {
-		t.Fatalf("access log has %d new lines for %d requests sent", fixture.Traffic(es)-fixture.Traffic(before), sent.Total())
+		t.Fatalf("%s: access log has %d new lines for %d requests sent", what, fixture.Traffic(es)-fixture.Traffic(before), sent.Total())
 	}
-	s = a.waitRequests(t, uint64(len(es)), 15*time.Second)
+	s := a.waitRequests(t, uint64(len(es)), 15*time.Second)
 	compare(t, s.Total, es)
 }

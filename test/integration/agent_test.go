@@ -357,6 +357,12 @@ func rows(rs []v1alpha1.Row) map[string]uint64 {
 
 func diffCounts(t *testing.T, what string, got, want map[string]uint64) {
 	t.Helper()
+	diffCountsOf(t, what+" differ from the access log", "agent", "access log", got, want)
+}
+
+// diffCountsOf reports the keys whose counts differ between got (of gotName) and want.
+func diffCountsOf(t *testing.T, what, gotName, wantName string, got, want map[string]uint64) {
+	t.Helper()
 	keys := map[string]bool{}
 	for k := range got {
 		keys[k] = true
@@ -367,12 +373,12 @@ func diffCounts(t *testing.T, what string, got, want map[string]uint64) {
 	var bad []string
 	for k := range keys {
 		if got[k] != want[k] {
-			bad = append(bad, fmt.Sprintf("%q: agent %d, access log %d", k, got[k], want[k]))
+			bad = append(bad, fmt.Sprintf("%q: %s %d, %s %d", k, gotName, got[k], wantName, want[k]))
 		}
 	}
 	sort.Strings(bad)
 	if len(bad) > 0 {
-		t.Errorf("%s differ from the access log:\n  %s", what, strings.Join(bad, "\n  "))
+		t.Errorf("%s:\n  %s", what, strings.Join(bad, "\n  "))
 	}
 }
 

@@ -42,6 +42,7 @@ volatile const __u64 wakeup_bytes = 262144; /* wake the reader only when this mu
 #define F_CALIB_NO_S (1 << 5) /* calibration: start_sec not found */
 #define F_UPSTREAM_BAD (1 << 6)
 #define F_HOST_SERVER_NAME (1 << 7) /* no Host: host is the server's server_name, as in $host */
+#define F_LISTEN_ERR (1 << 8)       /* the accepting listener's address could not be read */
 
 /* counters (per-CPU array indexes) */
 #define C_RING_DROP 0    /* ring buffer full: request event lost */
@@ -81,6 +82,9 @@ volatile const __u64 wakeup_bytes = 262144; /* wake the reader only when this mu
  * server's ngx_http_core_srv_conf_t; $host falls back to its server_name. */
 #define R_TO_SRV_CONF 32
 
+/* ngx_listening_t.sockaddr: after the socket (an int, padded) in every nginx version. */
+#define LS_TO_SOCKADDR 8
+
 struct nginxreq_event {
 	__u32 kind;
 	__u32 tgid; /* in the agent's PID namespace */
@@ -104,7 +108,11 @@ struct nginxreq_event {
 	__u32 host_len;
 	__u32 addr_len;
 	__u32 layout_id;
-	__u32 _pad0;
+	/* The first 4 bytes of the accepting listener's ngx_listening_t.sockaddr: sa_family
+	 * (host order) and, for AF_INET and AF_INET6, the port (network order). An HTTP/2
+	 * stream's connection copies listening from the client's. F_LISTEN_ERR: not read. */
+	__u16 family;
+	__u16 local_port;
 	char method[METHOD_LEN];
 	char host[HOST_LEN];
 	char uri[URI_LEN];
@@ -157,7 +165,7 @@ struct nginxreq_layout {
 	__u32 off_main;     /* r->main, 0 if not verified: Lua timing then skips no subrequest */
 	__u32 off_srv_conf; /* r->srv_conf */
 	__u32 cscf_name;    /* ngx_http_core_srv_conf_t.server_name; 0: not verified, no fallback */
-	__u32 _pad;
+	__u32 conn_listening; /* ngx_connection_t.listening */
 };
 
 struct nginxreq_proc {
@@ -348,15 +356,35 @@ static __always_inline void read_clock(struct nginxreq_event *e, struct nginxreq
 	e->flags |= F_NO_CLOCK;
 }
 
-static __always_inline void read_conn(struct nginxreq_event *e, __u64 c, __u32 sent_off, __u32 addr_off)
+/* The listener's family and port: ls->sockaddr, then its first 4 bytes. */
+static __always_inline void read_listener(struct nginxreq_event *e, __u64 ls)
+{
+	__u64 sa = 0;
+	if (!ls || bpf_probe_read_user(&sa, sizeof(sa), (void *)(ls + LS_TO_SOCKADDR)) || !sa ||
+	    bpf_probe_read_user(&e->family, sizeof(e->family) + sizeof(e->local_port), (void *)sa))
+		e->flags |= F_LISTEN_ERR;
+}
+
+static __always_inline void read_conn(struct nginxreq_event *e, __u64 c, __u32 sent_off, __u32 addr_off,
+				      __u32 listening_off)
 {
 	__u64 addr[2] = {}; /* ngx_str_t: len, data */
+	__u64 v[2] = {};    /* listening, sent */
 	if (!c) {
-		e->flags |= F_READ_ERR;
+		e->flags |= F_READ_ERR | F_LISTEN_ERR;
 		return;
 	}
-	if (bpf_probe_read_user(&e->sent, sizeof(e->sent), (void *)(c + sent_off)))
-		e->flags |= F_READ_ERR;
+	if (listening_off + 8 == sent_off) {
+		/* Adjacent in every nginx checked (64, 72): one read for both. */
+		if (bpf_probe_read_user(v, sizeof(v), (void *)(c + listening_off)))
+			e->flags |= F_READ_ERR;
+		e->sent = v[1];
+	} else {
+		if (bpf_probe_read_user(&e->sent, sizeof(e->sent), (void *)(c + sent_off)))
+			e->flags |= F_READ_ERR;
+		bpf_probe_read_user(v, sizeof(v[0]), (void *)(c + listening_off));
+	}
+	read_listener(e, v[0]);
 	if (bpf_probe_read_user(addr, sizeof(addr), (void *)(c + addr_off)) == 0) {
 		e->addr_len = addr[0];
 		KW_READ_STR(e->addr, ADDR_LEN, addr[1], addr[0]);
@@ -532,7 +560,7 @@ static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 
 	/* connection is the first pointer after the 4-byte signature in every version. */
 	__u64 c = 0;
 	bpf_probe_read_user(&c, sizeof(c), (void *)(r + 8));
-	read_conn(e, c, 72, 120);
+	read_conn(e, c, 72, 120, 64);
 }
 
 static __always_inline void fill_common(struct nginxreq_event *e, struct nginxreq_proc *p, __u32 tgid, __u64 r,
@@ -559,7 +587,7 @@ static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, stru
 
 	__u64 c = 0;
 	bpf_probe_read_user(&c, sizeof(c), (void *)(r + l->off_conn));
-	read_conn(e, c, l->conn_sent, l->conn_addr);
+	read_conn(e, c, l->conn_sent, l->conn_addr, l->conn_listening);
 
 	__u64 us = 0;
 	if (bpf_probe_read_user(&us, sizeof(us), (void *)(r + l->off_ustates)) == 0 && us) {

@@ -62,7 +62,8 @@ type NginxReqNginxreqEvent struct {
 	HostLen       uint32
 	AddrLen       uint32
 	LayoutId      uint32
-	Pad0          uint32
+	Family        uint16
+	LocalPort     uint16
 	Method        [16]int8
 	Host          [64]int8
 	Uri           [160]int8
@@ -70,20 +71,20 @@ type NginxReqNginxreqEvent struct {
 }
 
 type NginxReqNginxreqLayout struct {
-	_          structs.HostLayout
-	Ready      uint32
-	OffStatus  uint32
-	OffServer  uint32
-	OffStart   uint32
-	OffUstates uint32
-	OffConn    uint32
-	ConnSent   uint32
-	ConnAddr   uint32
-	UstateRt   uint32
-	OffMain    uint32
-	OffSrvConf uint32
-	CscfName   uint32
-	Pad        uint32
+	_             structs.HostLayout
+	Ready         uint32
+	OffStatus     uint32
+	OffServer     uint32
+	OffStart      uint32
+	OffUstates    uint32
+	OffConn       uint32
+	ConnSent      uint32
+	ConnAddr      uint32
+	UstateRt      uint32
+	OffMain       uint32
+	OffSrvConf    uint32
+	CscfName      uint32
+	ConnListening uint32
 }
 
 type NginxReqNginxreqLuaAcc struct {

@@ -71,7 +71,30 @@ type Request struct {
 	HasLua    bool
 	// PID is the worker process that served it (as seen from the agent's PID namespace).
 	PID int
+	// The listening socket that accepted the request's connection, as the data path saw it:
+	// ListenerKnown says it did; then UnixListener says it is a unix-domain socket, else
+	// LocalPort is its TCP port.
+	LocalPort     uint16
+	UnixListener  bool
+	ListenerKnown bool
+	// Listener is that listener's name (ListenerProxy, "admin", "status", ListenerUnix, a
+	// port number, ...), given by the agent from the gateway's configuration before the
+	// request reaches the aggregator and the metrics; "" counts as ListenerProxy.
+	Listener string
 }
+
+// Listener names every data path and reporter shares.
+const (
+	// ListenerProxy is the gateway's proxy traffic: the headline numbers count only it.
+	ListenerProxy = "proxy"
+	// ListenerUnix is any unix-domain listener (Kong's worker events): never proxy traffic.
+	ListenerUnix = "unix"
+	// ListenerUnknown is a request whose listener the data path could not read.
+	ListenerUnknown = "unknown"
+)
+
+// IsProxy reports whether r counts in the headline numbers.
+func (r *Request) IsProxy() bool { return r.Listener == "" || r.Listener == ListenerProxy }
 
 // KongLatency is the time Kong itself spent: total minus upstream for proxied requests.
 func (r *Request) KongLatency() time.Duration {

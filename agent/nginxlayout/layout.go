@@ -20,6 +20,9 @@ const (
 	// ngx_connection_t.sent and .addr_text.
 	ConnSentOffset = 72
 	ConnAddrOffset = 120
+	// ngx_connection_t.listening, the listener that accepted the connection (right before
+	// sent since the 1.0s); the BPF program reads its sockaddr (ngx_listening_t + 8).
+	ConnListeningOffset = 64
 	// ngx_http_upstream_state_t.response_time.
 	UpstreamRTOffset = 8
 

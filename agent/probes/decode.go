@@ -27,6 +27,15 @@ const (
 	fUpstreamBad = 1 << 6
 	// fHostServerName: the client sent no Host, so host is the server's server_name ($host).
 	fHostServerName = 1 << 7
+	// fListenErr: the accepting listener's address could not be read.
+	fListenErr = 1 << 8
+)
+
+// Address families of the listener's sockaddr (Linux).
+const (
+	afUnix  = 1
+	afInet  = 2
+	afInet6 = 10
 )
 
 type (
@@ -143,6 +152,15 @@ func (c clock) toRequest(ev *rawEvent, status uint64, out *model.Request) {
 		}
 	}
 	out.PID = int(ev.Tgid)
+	if ev.Flags&fListenErr == 0 {
+		switch ev.Family {
+		case afInet, afInet6:
+			out.ListenerKnown = true
+			out.LocalPort = ev.LocalPort>>8 | ev.LocalPort<<8 // network order
+		case afUnix:
+			out.ListenerKnown, out.UnixListener = true, true
+		}
+	}
 }
 
 // finalStatus applies what ngx_http_free_request does right after our probe: a positive rc

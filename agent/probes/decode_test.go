@@ -112,6 +112,37 @@ func TestToRequest(t *testing.T) {
 	}
 }
 
+// The listener's first 4 sockaddr bytes: the family in host order, the port in network order.
+func TestToRequestListener(t *testing.T) {
+	be := func(port uint16) uint16 { return port>>8 | port<<8 }
+	for _, c := range []struct {
+		name   string
+		family uint16
+		port   uint16 // as the record holds it
+		flags  uint32
+		want   model.Request
+	}{
+		{"ipv4", afInet, be(8000), 0, model.Request{ListenerKnown: true, LocalPort: 8000}},
+		{"ipv6", afInet6, be(8443), 0, model.Request{ListenerKnown: true, LocalPort: 8443}},
+		{"unix", afUnix, 0x6d2f, 0, model.Request{ListenerKnown: true, UnixListener: true}},
+		{"read error", afInet, be(8000), fListenErr, model.Request{}},
+		{"unknown family", 17, be(8000), 0, model.Request{}},
+		{"nothing read", 0, 0, 0, model.Request{}},
+	} {
+		ev := sampleEvent()
+		ev.Family, ev.LocalPort, ev.Flags = c.family, c.port, c.flags
+		var r model.Request
+		clock{}.toRequest(&ev, ev.Status, &r)
+		if r.ListenerKnown != c.want.ListenerKnown || r.UnixListener != c.want.UnixListener || r.LocalPort != c.want.LocalPort {
+			t.Errorf("%s: known %v unix %v port %d, want %v %v %d", c.name, r.ListenerKnown, r.UnixListener, r.LocalPort,
+				c.want.ListenerKnown, c.want.UnixListener, c.want.LocalPort)
+		}
+		if !plausible(&ev, ev.Status, &r) {
+			t.Errorf("%s: a request whose listener is unknown must still count", c.name)
+		}
+	}
+}
+
 func TestFinalStatus(t *testing.T) {
 	for _, c := range []struct {
 		status     uint64

@@ -95,7 +95,7 @@ http {
   uwsgi_temp_path {{.Dir}}/tmp/uwsgi;
   scgi_temp_path {{.Dir}}/tmp/scgi;
   lua_socket_log_errors off;
-  log_format kw '$status	$host	$request_method	$request_uri	$request_time	$upstream_response_time	$bytes_sent	$server_protocol	$remote_addr	$pid';
+  log_format kw '$status	$host	$request_method	$request_uri	$request_time	$upstream_response_time	$bytes_sent	$server_protocol	$remote_addr	$pid	$server_port';
   access_log {{.Dir}}/access.log kw;
   server {
     listen 127.0.0.1:{{.Port}};
@@ -123,6 +123,10 @@ http {
     listen 127.0.0.1:{{.AltPort}};
     server_name .Alt.KW.Test www.alt.kw.test;
     location / { return 204; }
+  }
+  server {
+    listen unix:{{.Dir}}/kw.sock;
+    location / { return 200 "unix\n"; }
   }
   server {
     listen 127.0.0.1:{{.UpPort}};
@@ -296,7 +300,9 @@ type logLine struct {
 	HasUp                          bool
 	Bytes                          uint64
 	PID                            int
-	raw                            string
+	// ServerPort is $server_port: the listener's port, "" for a unix-domain one.
+	ServerPort string
+	raw        string
 }
 
 func parseMs(s string) (int64, bool) {
@@ -342,7 +348,7 @@ func readAccessLog(t testing.TB, path string) []logLine {
 			continue
 		}
 		fs := strings.Split(l, "\t")
-		if len(fs) != 10 {
+		if len(fs) != 11 {
 			t.Fatalf("bad log line %q", l)
 		}
 		var ll logLine
@@ -362,6 +368,7 @@ func readAccessLog(t testing.TB, path string) []logLine {
 		ll.Bytes, _ = strconv.ParseUint(fs[6], 10, 64)
 		ll.Proto, ll.Addr = fs[7], fs[8]
 		ll.PID, _ = strconv.Atoi(fs[9])
+		ll.ServerPort = fs[10]
 		out = append(out, ll)
 	}
 	return out

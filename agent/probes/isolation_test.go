@@ -82,7 +82,7 @@ func TestCapabilities(t *testing.T) {
 	requireOuter(t, "setpriv")
 	n := startNginx(t)
 	env := []string{
-		"KW_NGINX=" + fmt.Sprintf("%d,%d,%d,%s,%d", n.Master, n.Port, n.TLSPort, n.AccessLog, n.AltPort),
+		"KW_NGINX=" + fmt.Sprintf("%d,%d,%d,%s,%d,%s", n.Master, n.Port, n.TLSPort, n.AccessLog, n.AltPort, n.Dir),
 	}
 	setpriv := func(caps string) []string {
 		return []string{"setpriv", "--inh-caps=-all," + caps, "--ambient-caps=-all," + caps, "--bounding-set=-all," + caps}
@@ -123,10 +123,10 @@ func TestCapsInner(t *testing.T) {
 		return
 	}
 	f := strings.Split(os.Getenv("KW_NGINX"), ",")
-	if len(f) != 5 {
+	if len(f) != 6 {
 		t.Fatalf("KW_NGINX=%q", os.Getenv("KW_NGINX"))
 	}
-	n := &testNginx{AccessLog: f[3]}
+	n := &testNginx{AccessLog: f[3], Dir: f[5]}
 	n.Master, _ = strconv.Atoi(f[0])
 	n.Port, _ = strconv.Atoi(f[1])
 	n.TLSPort, _ = strconv.Atoi(f[2])

@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -154,6 +156,15 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 		// No Host: $host is the server_name of the server that answered ("alt.kw.test").
 		rawTo(n.AltPort, fmt.Sprintf("GET /alt?id=rawalt-%d HTTP/1.0\r\n\r\n", i))
 		if i%5 == 0 {
+			// A unix-domain listener (as Kong's worker events): no port.
+			u, err := net.Dial("unix", filepath.Join(n.Dir, "kw.sock"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(u, "GET /unix?id=unix-%d HTTP/1.0\r\nHost: unix.example\r\n\r\n", i)
+			io.Copy(io.Discard, u)
+			u.Close()
+			count++
 			raw("THIS IS NOT HTTP\r\n\r\n")      // 400, $host "kw.test"
 			rawTo(n.AltPort, "NOT/HTTP\r\n\r\n") // 400, $host "alt.kw.test"
 			// 499: the client gives up while nginx waits for the upstream; nginx notices the
@@ -574,6 +585,14 @@ func compare(l logLine, r model.Request) string {
 	}
 	if r.HasUpstream != l.HasUp || r.Upstream.Milliseconds() != l.UpMs {
 		d = append(d, fmt.Sprintf("upstream %v/%v != %v/%d ms", r.HasUpstream, r.Upstream, l.HasUp, l.UpMs))
+	}
+	// The listener: the port $server_port names, or a unix-domain socket when it names none.
+	if port, err := strconv.Atoi(l.ServerPort); err == nil {
+		if !r.ListenerKnown || r.UnixListener || int(r.LocalPort) != port {
+			d = append(d, fmt.Sprintf("listener known %v unix %v port %d != port %d", r.ListenerKnown, r.UnixListener, r.LocalPort, port))
+		}
+	} else if !r.ListenerKnown || !r.UnixListener || r.LocalPort != 0 {
+		d = append(d, fmt.Sprintf("listener known %v unix %v port %d != unix (%q)", r.ListenerKnown, r.UnixListener, r.LocalPort, l.ServerPort))
 	}
 	if r.BytesSent != l.Bytes {
 		d = append(d, fmt.Sprintf("bytes %d != %d", r.BytesSent, l.Bytes))

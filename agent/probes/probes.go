@@ -784,15 +784,16 @@ func (p *Probes) calibrate(cb *rawCalib) ([]*rawCalib, nginxlayout.Layout, int) 
 	b.mainOK = mainOK >= learnNeed
 	b.serverName = b.learner.ServerName()
 	kl := bpf.NginxReqNginxreqLayout{
-		Ready:      1,
-		OffStatus:  uint32(lay.Status()),
-		OffServer:  uint32(lay.Server()),
-		OffStart:   uint32(lay.Start),
-		OffUstates: uint32(lay.UpstreamStates),
-		OffConn:    nginxlayout.ConnOffset,
-		ConnSent:   nginxlayout.ConnSentOffset,
-		ConnAddr:   nginxlayout.ConnAddrOffset,
-		UstateRt:   nginxlayout.UpstreamRTOffset,
+		Ready:         1,
+		OffStatus:     uint32(lay.Status()),
+		OffServer:     uint32(lay.Server()),
+		OffStart:      uint32(lay.Start),
+		OffUstates:    uint32(lay.UpstreamStates),
+		OffConn:       nginxlayout.ConnOffset,
+		ConnSent:      nginxlayout.ConnSentOffset,
+		ConnAddr:      nginxlayout.ConnAddrOffset,
+		ConnListening: nginxlayout.ConnListeningOffset,
+		UstateRt:      nginxlayout.UpstreamRTOffset,
 	}
 	if b.mainOK {
 		kl.OffMain = uint32(lay.Start + nginxlayout.SToMain)

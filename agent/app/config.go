@@ -7,6 +7,7 @@ package app
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -58,9 +59,10 @@ type Config struct {
 
 	// Kubernetes reporter (only when PodName, PodNamespace and ManagerURL are set): where the
 	// manager is, the CA it is verified with, and the projected token the agent proves its pod with.
-	ManagerURL string
-	ManagerCA  []byte
-	TokenFile  string
+	ManagerURL  string
+	ManagerAddr string // dialled when ManagerURL's host does not resolve
+	ManagerCA   []byte
+	TokenFile   string
 	// TrafficStatsEventInterval: how often a TrafficStats Event is recorded (0 = never).
 	TrafficStatsEventInterval time.Duration
 	// HighErrorRateThreshold (fraction), HighLatencyP99Ms and AlertMinRequests: the alert
@@ -146,6 +148,13 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 	c.PodName, _ = get(v1alpha1.EnvPodName)
 	c.PodNamespace, _ = get(v1alpha1.EnvPodNamespace)
 	c.ManagerURL, _ = get(v1alpha1.EnvManagerURL)
+	if v, ok := get(v1alpha1.EnvManagerAddr); ok {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%q: want host:port", v1alpha1.EnvManagerAddr, v))
+		} else {
+			c.ManagerAddr = v
+		}
+	}
 	if v, ok := get(v1alpha1.EnvManagerCA); ok {
 		c.ManagerCA = []byte(v)
 	}

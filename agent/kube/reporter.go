@@ -57,6 +57,11 @@ type Options struct {
 	// TokenFile holds the projected report token; it is read again for every report (the
 	// kubelet rotates it).
 	TokenFile string
+	// FallbackAddr (KONG_WATCHER_MANAGER_ADDR, the manager Service's cluster IP and port) is
+	// dialled when the URL's host name cannot be resolved: a pod whose DNS is not the
+	// cluster's (hostNetwork without ClusterFirstWithHostNet, dnsPolicy Default) still reaches
+	// the manager, verified under the URL's name all the same.
+	FallbackAddr string
 	// HTTPClient overrides the client built from CA (tests).
 	HTTPClient *http.Client
 	Namespace  string
@@ -199,7 +204,7 @@ func New(o Options) (*Reporter, error) {
 	client := o.HTTPClient
 	if client == nil {
 		var err error
-		if client, err = NewHTTPClient(o.CA, o.RequestTimeout); err != nil {
+		if client, err = NewHTTPClient(o.CA, o.FallbackAddr, o.RequestTimeout); err != nil {
 			return nil, err
 		}
 	}
@@ -207,17 +212,30 @@ func New(o Options) (*Reporter, error) {
 }
 
 // NewHTTPClient is a client that trusts only the manager's CA (no system roots, no proxy from
-// the environment: the manager is inside the cluster).
-func NewHTTPClient(caPEM []byte, timeout time.Duration) (*http.Client, error) {
+// the environment: the manager is inside the cluster). fallback, when set, is dialled where the
+// URL's host name does not resolve; TLS still verifies the URL's name.
+func NewHTTPClient(caPEM []byte, fallback string, timeout time.Duration) (*http.Client, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, errors.New("kube reporter: no certificate in the manager CA (" + v1alpha1.EnvManagerCA + ")")
+	}
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	dial := d.DialContext
+	if fallback != "" {
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			var dnsErr *net.DNSError
+			if err != nil && errors.As(err, &dnsErr) {
+				return d.DialContext(ctx, network, fallback)
+			}
+			return c, err
+		}
 	}
 	return &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{
 			Proxy:               nil,
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:         dial,
 			TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 			TLSHandshakeTimeout: 5 * time.Second,
 			MaxIdleConnsPerHost: 1,

@@ -24,6 +24,9 @@ const (
 	// EnvManagerCA is the PEM bundle the agent trusts for the manager's serving certificate (the
 	// CA the webhook's certificate rotation manages, as injected with the sidecar).
 	EnvManagerCA = "KONG_WATCHER_MANAGER_CA"
+	// EnvManagerAddr is the manager Service's cluster IP and port, dialled when the URL's name
+	// does not resolve in the pod (its DNS is not the cluster's: hostNetwork, dnsPolicy Default).
+	EnvManagerAddr = "KONG_WATCHER_MANAGER_ADDR"
 	// EnvTokenFile is the path of the projected token (re-read before every report: the kubelet
 	// rotates it).
 	EnvTokenFile = "KONG_WATCHER_TOKEN_FILE"

@@ -219,6 +219,7 @@ func newReporter(cfg app.Config, stats func() v1alpha1.Stats, windowClosed <-cha
 	}
 	rep, err := kube.New(kube.Options{
 		URL:                  cfg.ManagerURL,
+		FallbackAddr:         cfg.ManagerAddr,
 		CA:                   cfg.ManagerCA,
 		TokenFile:            cfg.TokenFile,
 		Namespace:            cfg.PodNamespace,

@@ -54,6 +54,9 @@ type Config struct {
 type ReportConfig struct {
 	// URL of the manager's report endpoint (KONG_WATCHER_MANAGER_URL).
 	URL string
+	// FallbackAddr is the manager Service's cluster IP:port (KONG_WATCHER_MANAGER_ADDR), for
+	// agents whose pod cannot resolve the URL's name; "" injects none.
+	FallbackAddr string
 	// Audience of the projected token (v1alpha1.ReportAudience by default).
 	Audience string
 	// TokenExpirationSeconds is the projected token's lifetime; the kubelet rotates it at 80%.

@@ -167,6 +167,9 @@ func addReporting(pod *corev1.Pod, agent *corev1.Container, r ReportConfig, ca s
 		corev1.EnvVar{Name: kwv1.EnvManagerCA, Value: ca},
 		corev1.EnvVar{Name: kwv1.EnvTokenFile, Value: kwv1.TokenMountPath + "/" + kwv1.TokenFileName},
 	)
+	if r.FallbackAddr != "" {
+		agent.Env = append(agent.Env, corev1.EnvVar{Name: kwv1.EnvManagerAddr, Value: r.FallbackAddr})
+	}
 }
 
 // metricsAddr is the agent's METRICS_ADDR. In a hostNetwork pod the pod's network is the

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -130,6 +131,23 @@ func podNamespace() string {
 		}
 	}
 	return DefaultNamespace
+}
+
+// serviceAddr is the cluster IP and port of the webhook's own Service, from the variables the
+// kubelet sets for every Service of the namespace that existed when this pod started
+// (enableServiceLinks, on by default); "" when they are absent. Agents dial it when the
+// Service's name does not resolve in their pod. No API call and no right is needed for it.
+func serviceAddr(service string) string {
+	prefix := strings.ToUpper(strings.ReplaceAll(service, "-", "_")) + "_SERVICE_"
+	host := os.Getenv(prefix + "HOST")
+	port := os.Getenv(prefix + "PORT_HTTPS")
+	if port == "" {
+		port = os.Getenv(prefix + "PORT")
+	}
+	if host == "" || port == "" {
+		return ""
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // BindFlags registers every flag on fs.
@@ -263,6 +281,7 @@ func (o *Options) Complete() error {
 	}
 	if o.ManagerURL == "" {
 		o.ManagerURL = fmt.Sprintf("https://%s.%s.svc:443%s", o.ServiceName, o.Namespace, v1alpha1.ReportPath)
+		o.Agent.Report.FallbackAddr = serviceAddr(o.ServiceName)
 	}
 	if u, err := url.Parse(o.ManagerURL); err != nil || u.Scheme != "https" || u.Host == "" {
 		errs = append(errs, fmt.Errorf("--manager-url=%q: want an https:// URL", o.ManagerURL))

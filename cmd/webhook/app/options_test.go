@@ -105,3 +105,25 @@ func TestOptionsInvalid(t *testing.T) {
 		}
 	}
 }
+
+func TestFallbackAddrFromServiceLinks(t *testing.T) {
+	t.Setenv("KONG_WATCHER_WEBHOOK_SERVICE_SERVICE_HOST", "10.96.3.4")
+	t.Setenv("KONG_WATCHER_WEBHOOK_SERVICE_SERVICE_PORT", "443")
+	t.Setenv("KONG_WATCHER_WEBHOOK_SERVICE_SERVICE_PORT_HTTPS", "443")
+	o := NewOptions()
+	if err := o.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	if o.Agent.Report.FallbackAddr != "10.96.3.4:443" {
+		t.Errorf("fallback address %q, want 10.96.3.4:443", o.Agent.Report.FallbackAddr)
+	}
+	// A URL of the operator's own choosing: the Service's address may not be the manager's.
+	o = NewOptions()
+	o.ManagerURL = "https://manager.example.com/report/v1alpha1"
+	if err := o.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	if o.Agent.Report.FallbackAddr != "" {
+		t.Errorf("fallback address %q with an explicit --manager-url, want none", o.Agent.Report.FallbackAddr)
+	}
+}

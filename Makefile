@@ -37,6 +37,12 @@ helm: ## Build (or reuse) the helm CLI the chart tests use; prints its path.
 helm-test: ## Lint charts/kong-watcher and compare its render with config/default (test/helm).
 	KW_HELM="$$(hack/helm.sh | tail -1)" KW_REQUIRE_INTEGRATION=1 $(GO) test -count=1 -v ./test/helm
 
+.PHONY: kong
+kong: ## Build (or reuse) real Kong 3.8.1 and OpenResty 1.25.3.2/1.27.1.2 for test/integration (docs/kong.md).
+	hack/kong.sh
+	hack/openresty.sh 1.25.3.2
+	hack/openresty.sh 1.27.1.2
+
 .PHONY: k8s-binaries
 k8s-binaries: ## Build (or reuse) kube-apiserver, kube-controller-manager and etcd for envtest.
 	hack/k8s-binaries.sh
@@ -45,7 +51,10 @@ k8s-binaries: ## Build (or reuse) kube-apiserver, kube-controller-manager and et
 
 .PHONY: test
 test: deps ## Run every test this machine can run: unit, envtest, root-only integration.
-	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" KW_HELM="$$(hack/helm.sh | tail -1)" KW_REQUIRE_INTEGRATION=1 \
+	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" KW_HELM="$$(hack/helm.sh | tail -1)" \
+	KW_KONG="$$(hack/kong.sh | tail -1)" \
+	KW_OPENRESTY="$$(hack/openresty.sh 1.25.3.2 | tail -1):$$(hack/openresty.sh 1.27.1.2 | tail -1)" \
+	KW_REQUIRE_INTEGRATION=1 \
 		$(GO) test -count=1 -timeout 30m ./...
 
 .PHONY: test-unit
@@ -81,11 +90,3 @@ bench: build ## Gateway throughput and CPU with vs without the agent (docs/bench
 .PHONY: bench-webhook
 bench-webhook: ## AdmissionReviews/s and p50/p99 of the real TLS endpoint (docs/benchmarks.md).
 	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" hack/bench-webhook.sh
-
-.PHONY: bench-manager
-bench-manager: ## 1,000 agents' reports every 30 s on 2 manager replicas: CPU, RSS, API-server writes, p99 (prints only).
-	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" hack/bench-manager.sh
-
-.PHONY: bench-manager-docs
-bench-manager-docs: ## make bench-manager, and rewrite its section of docs/benchmarks.md when it passed.
-	KW_BENCH_WRITE_DOCS=1 KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" hack/bench-manager.sh

@@ -90,3 +90,11 @@ bench: build ## Gateway throughput and CPU with vs without the agent (docs/bench
 .PHONY: bench-webhook
 bench-webhook: ## AdmissionReviews/s and p50/p99 of the real TLS endpoint (docs/benchmarks.md).
 	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" hack/bench-webhook.sh
+
+.PHONY: bench-manager
+bench-manager: ## 1,000 agents' reports every 30 s on 2 manager replicas: CPU, RSS, API-server writes, p99 (prints only).
+	KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" hack/bench-manager.sh
+
+.PHONY: bench-manager-docs
+bench-manager-docs: ## make bench-manager, and rewrite its section of docs/benchmarks.md when it passed.
+	KW_BENCH_WRITE_DOCS=1 KUBEBUILDER_ASSETS="$$(hack/k8s-binaries.sh | tail -1)" hack/bench-manager.sh

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -63,12 +64,10 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 			SecureServing: o.SecureMetrics,
 			TLSOpts:       tlsOpts,
 		},
-		HealthProbeBindAddress:  o.ProbeAddr,
-		LeaderElection:          o.LeaderElect,
-		LeaderElectionID:        LeaderElectionID,
-		LeaderElectionNamespace: o.Namespace,
-		// Nothing waits on the lease when we stop; release it so a new leader needs no wait.
-		LeaderElectionReleaseOnCancel: true,
+		HealthProbeBindAddress: o.ProbeAddr,
+		// Admission and reports run on every replica; only the rollup is elected, and it holds
+		// its own Lease (elected) so that losing it never stops the rest.
+		LeaderElection: false,
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
@@ -134,9 +133,15 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 		return err
 	}
 	defer stopWorkloadEvents()
-	roll, err := newRollup(cfg, o, workloadEvents, log.WithName("rollup"))
-	if err != nil {
-		return err
+	newRoll := func() (manager.Runnable, error) { return newRollup(cfg, o, workloadEvents, log.WithName("rollup")) }
+	var roll manager.Runnable = &elected{cfg: cfg, namespace: o.Namespace, name: LeaderElectionID, newRun: newRoll,
+		log: log.WithName("election")}
+	if !o.LeaderElect {
+		// Every replica combines and writes (the writes are idempotent merge patches).
+		if roll, err = newRoll(); err != nil {
+			return err
+		}
+		roll = always{roll}
 	}
 	if err := mgr.Add(roll); err != nil {
 		return fmt.Errorf("adding the rollup: %w", err)
@@ -167,6 +172,11 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 	}
 	return nil
 }
+
+// always runs a runnable on every replica, whatever it says about leader election.
+type always struct{ manager.Runnable }
+
+func (always) NeedLeaderElection() bool { return false }
 
 // gatedServer runs the webhook server once ready is closed.
 type gatedServer struct {

@@ -159,8 +159,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 			"request metrics, so it is plain HTTP by default.")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "The address the probe endpoint binds to.")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect,
-		"Elect one replica to combine the pods' stats into their Deployments' (StatefulSets', DaemonSets') "+
-			"annotations. Every replica serves admission and reports either way. Off: every replica combines and writes.")
+		"Elect one replica (a Lease) to combine the pods' stats into their Deployments', StatefulSets' and "+
+			"DaemonSets' annotations. Every replica serves admission and reports either way, and losing the Lease "+
+			"only stops the combining. Off: every replica combines and writes.")
 	fs.StringVar(&o.ManagerURL, "manager-url", o.ManagerURL,
 		"The report endpoint injected into agents (default https://<webhook-service-name>.<namespace>.svc:443"+
 			v1alpha1.ReportPath+").")

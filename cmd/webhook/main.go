@@ -7,6 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/debug"
+	"strconv"
+
+	"github.com/go-logr/logr"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -28,6 +32,7 @@ func main() {
 	}
 
 	log := zap.New(zap.UseFlagOptions(&zapOpts))
+	setMemoryLimit(log)
 	ctrl.SetLogger(log)
 	setupLog := log.WithName("setup")
 
@@ -44,4 +49,19 @@ func main() {
 		setupLog.Error(err, "webhook stopped")
 		os.Exit(1)
 	}
+}
+
+// setMemoryLimit sets the Go runtime's soft memory limit to 90% of the container's (MEMORY_LIMIT,
+// from the downward API), so the garbage collector works harder before the kernel would kill
+// the process; an explicit GOMEMLIMIT wins.
+func setMemoryLimit(log logr.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit, err := strconv.ParseInt(os.Getenv("MEMORY_LIMIT"), 10, 64)
+	if err != nil || limit <= 0 {
+		return
+	}
+	debug.SetMemoryLimit(limit / 10 * 9)
+	log.V(1).Info("soft memory limit", "bytes", limit/10*9)
 }

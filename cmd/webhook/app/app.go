@@ -26,6 +26,7 @@ import (
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/internal/version"
 	"github.com/kong-watcher/kong-watcher/webhook/certs"
+	"github.com/kong-watcher/kong-watcher/webhook/ingest"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
 )
 
@@ -118,7 +119,7 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 		return fmt.Errorf("adding health check: %w", err)
 	}
 	webhookServer.Register(inject.Path, hook)
-	agentEvents, stopAgentEvents, err := newCoreRecorder(cfg, kwv1.AgentContainerName)
+	agentEvents, stopAgentEvents, err := ingest.NewEventRecorder(cfg, kwv1.AgentContainerName)
 	if err != nil {
 		return err
 	}
@@ -128,7 +129,7 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 		return err
 	}
 	webhookServer.Register(kwv1.ReportPath, reports)
-	workloadEvents, stopWorkloadEvents, err := newCoreRecorder(cfg, RollupEventSource)
+	workloadEvents, stopWorkloadEvents, err := ingest.NewEventRecorder(cfg, RollupEventSource)
 	if err != nil {
 		return err
 	}

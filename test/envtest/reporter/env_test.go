@@ -28,10 +28,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	authnclient "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -298,7 +296,7 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // manager is the real report endpoint (ingest.Handler with the real Authenticator and an
-// events.k8s.io recorder, all with the manager's identity) behind TLS, as the webhook server
+// manager's Event recorder, all with the manager's identity) behind TLS, as the webhook server
 // serves it at v1alpha1.ReportPath.
 type manager struct {
 	srv      *httptest.Server
@@ -307,7 +305,7 @@ type manager struct {
 	CA       []byte
 	Statuses *statusLog
 	Reviews  *countingReviews
-	events   events.EventBroadcaster
+	stopEvents func()
 	logs     *logBuf
 }
 
@@ -317,14 +315,15 @@ func startManager(t *testing.T, c *testCluster, addr string, mod func(*ingest.Op
 	t.Helper()
 	cs := kubernetes.NewForConfigOrDie(rest.CopyConfig(c.manager))
 	m := &manager{Statuses: &statusLog{}, Reviews: &countingReviews{TokenReviewInterface: cs.AuthenticationV1().TokenReviews()}, logs: &logBuf{}}
-	m.events = events.NewBroadcaster(&events.EventSinkImpl{Interface: cs.EventsV1()})
-	if err := m.events.StartRecordingToSinkWithContext(context.Background()); err != nil {
+	rec, stop, err := ingest.NewEventRecorder(c.manager, v1alpha1.AgentContainerName)
+	if err != nil {
 		t.Fatal(err)
 	}
+	m.stopEvents = stop
 	o := ingest.Options{
 		Auth:     ingest.NewAuthenticator(m.Reviews, ingest.DefaultAuthOptions(v1alpha1.ReportAudience)),
 		Client:   cs,
-		Recorder: m.events.NewRecorder(scheme.Scheme, v1alpha1.AgentContainerName),
+		Recorder: rec,
 		Log:      funcr.New(m.logs.add, funcr.Options{}),
 	}
 	if mod != nil {
@@ -338,7 +337,6 @@ func startManager(t *testing.T, c *testCluster, addr string, mod func(*ingest.Op
 		m.Statuses.add(sw.code)
 	}))
 	var ln net.Listener
-	var err error
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		if ln, err = net.Listen("tcp", addr); err == nil || time.Now().After(deadline) {
 			break
@@ -364,7 +362,7 @@ func (m *manager) stop() {
 	if m.srv != nil {
 		m.srv.Close()
 		m.srv = nil
-		m.events.Shutdown()
+		m.stopEvents()
 	}
 }
 
@@ -436,25 +434,21 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-// agentEvents counts, by reason, the events.k8s.io Events about pod recorded as the agent's
-// (reporting controller kong-watcher-agent), a series counting as its count.
+// agentEvents counts, by reason, the Events about pod recorded as the agent's (source
+// component kong-watcher-agent), a repeated one counting as its count.
 func agentEvents(t *testing.T, c *testCluster, pod *corev1.Pod) map[string]int {
 	t.Helper()
-	evs, err := c.admin.EventsV1().Events(pod.Namespace).List(t.Context(), metav1.ListOptions{})
+	evs, err := c.admin.CoreV1().Events(pod.Namespace).List(t.Context(), metav1.ListOptions{})
 	if err != nil {
 		t.Logf("listing Events: %v", err)
 		return nil
 	}
 	out := map[string]int{}
 	for _, e := range evs.Items {
-		if e.Regarding.UID != pod.UID || e.ReportingController != v1alpha1.AgentContainerName {
+		if e.InvolvedObject.UID != pod.UID || e.Source.Component != v1alpha1.AgentContainerName {
 			continue
 		}
-		n := 1
-		if e.Series != nil && e.Series.Count > 1 {
-			n = int(e.Series.Count)
-		}
-		out[e.Reason] += n
+		out[e.Reason] += int(max(e.Count, 1))
 	}
 	return out
 }

@@ -19,9 +19,8 @@ import (
 )
 
 // refusedNote marks the Events of reports that must be refused: none may ever be recorded.
-// They are HighErrorRate Events, a reason no accepted report here carries: the events.k8s.io
-// recorder folds an Event of the same reason about the same pod into the first one's series,
-// keeping the first note, so a refused Event of an accepted reason could hide in a series.
+// They are HighErrorRate Events, a reason no accepted report here carries, so that a refused
+// Event can never hide among accepted ones of its reason.
 const refusedNote = "must-not-be-recorded"
 
 // TestReportEndpointRefusesBadInput sends the real report endpoint (the real Handler and

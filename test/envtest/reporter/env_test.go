@@ -299,14 +299,14 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // manager's Event recorder, all with the manager's identity) behind TLS, as the webhook server
 // serves it at v1alpha1.ReportPath.
 type manager struct {
-	srv      *httptest.Server
-	addr     string
-	URL      string
-	CA       []byte
-	Statuses *statusLog
-	Reviews  *countingReviews
+	srv        *httptest.Server
+	addr       string
+	URL        string
+	CA         []byte
+	Statuses   *statusLog
+	Reviews    *countingReviews
 	stopEvents func()
-	logs     *logBuf
+	logs       *logBuf
 }
 
 // startManager serves a new Handler on addr ("127.0.0.1:0" for any port; a stopped manager's

@@ -2,6 +2,10 @@
 // method, status, host and path, and latency percentiles, for the time since the agent
 // started (Total) and for the last stats interval (Window).
 //
+// The summaries count the proxy's requests (model.Request.IsProxy) only; every other
+// listener (the Admin API, the Status API, Kong's worker events, ...) has counts and latency
+// percentiles of its own in the summaries' Listeners, without host and path rows.
+//
 // Memory is bounded whatever the traffic: at most MaxHosts hosts and MaxPaths paths have a
 // row of their own at any time, the rest count in an "other" row. Which keys have a row is
 // decided by recent weight (see Ranker), not by order of arrival, so a burst of junk Host
@@ -74,6 +78,10 @@ type Aggregator struct {
 	last     v1alpha1.Summary
 	hasLast  bool
 	keyBuf   []byte
+	// The other listeners' requests, and the scratch tally Snapshot sums their periods in
+	// (allocated with the first of them).
+	listeners listenerTallies
+	lscratch  *tally
 }
 
 var _ model.Sink = (*Aggregator)(nil)
@@ -99,6 +107,8 @@ func New(o Options) *Aggregator {
 		hosts:   NewRanker(o.MaxHosts),
 		paths:   NewRanker(o.MaxPaths),
 		keyBuf:  make([]byte, 0, 512),
+
+		listeners: newListenerTallies(),
 	}
 }
 
@@ -110,6 +120,11 @@ func (a *Aggregator) Observe(r *model.Request) {
 		end = a.now()
 	}
 	a.mu.Lock()
+	if !r.IsProxy() {
+		a.listeners.get(r.Listener).observe(r, end)
+		a.mu.Unlock()
+		return
+	}
 	// Build both row keys in one reused buffer: host, then "METHOD /normalised/path".
 	buf := pathnorm.MarkCut(AppendHost(a.keyBuf[:0], r.Host), r.HostTruncated)
 	hostLen := len(buf)
@@ -154,9 +169,11 @@ func (a *Aggregator) Rotate() {
 	defer a.mu.Unlock()
 	now := a.now()
 	a.last = a.current.summary(now, a.hosts, a.paths)
+	a.last.Listeners = a.listeners.summaries(a.last, false, nil)
 	a.hasLast = true
 	a.total.merge(a.current)
 	a.current.reset(now)
+	a.listeners.rotate()
 	a.hosts.NextEpoch()
 	a.paths.NextEpoch()
 }
@@ -177,10 +194,16 @@ func (a *Aggregator) Snapshot() v1alpha1.Stats {
 		DataPath:   a.dataPath,
 		Total:      a.scratch.summary(now, a.hosts, a.paths),
 	}
+	if len(a.listeners.names) > 0 && a.lscratch == nil {
+		t := newTally()
+		a.lscratch = &t
+	}
+	s.Total.Listeners = a.listeners.summaries(s.Total, true, a.lscratch)
 	if a.hasLast {
 		s.Window = cloneSummary(a.last) // callers may edit what they get
 	} else {
 		s.Window = a.current.summary(now, a.hosts, a.paths)
+		s.Window.Listeners = a.listeners.summaries(s.Window, false, nil)
 	}
 	return s
 }
@@ -193,6 +216,7 @@ func cloneSummary(s v1alpha1.Summary) v1alpha1.Summary {
 	s.Hosts = slices.Clone(s.Hosts)
 	s.Paths = slices.Clone(s.Paths)
 	s.Histograms = cloneHistograms(s.Histograms)
+	s.Listeners = cloneListeners(s.Listeners)
 	if s.LastRequestTime != nil {
 		t := *s.LastRequestTime
 		s.LastRequestTime = &t

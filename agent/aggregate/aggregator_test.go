@@ -128,6 +128,75 @@ func TestSnapshotIsACopy(t *testing.T) {
 	}
 }
 
+// The headline counts the proxy's requests only; every listener has its own summary, the
+// proxy's equal to the headline; listeners beyond the bound fold into other.
+func TestListeners(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	a := New(Options{Now: clk.Now})
+	obs := func(listener string, status int, latency time.Duration) {
+		r := req("GET", "api.example.com", "/users/1", status, latency)
+		r.Listener, r.End = listener, clk.Now()
+		a.Observe(r)
+	}
+	obs("", 200, 10*time.Millisecond)
+	obs(model.ListenerProxy, 503, 20*time.Millisecond)
+	obs("admin", 200, 5*time.Millisecond)
+	obs("status", 200, time.Millisecond)
+	obs("status", 404, time.Millisecond)
+	obs(model.ListenerUnix, 101, 4*time.Second)
+	obs(model.ListenerUnknown, 200, time.Millisecond)
+	clk.Add(10 * time.Second)
+	a.Rotate()
+	obs("admin", 500, 7*time.Millisecond)
+	clk.Add(10 * time.Second)
+	s := a.Snapshot()
+
+	if s.Total.Requests != 2 || s.Total.Errors != 1 || s.Total.LatencyMs.Max != 20 || len(s.Total.Paths) != 1 || s.Total.Paths[0].Requests != 2 {
+		t.Errorf("headline %d requests, %d errors, max %v, paths %+v: want the proxy's 2, 1, 20 ms", s.Total.Requests, s.Total.Errors, s.Total.LatencyMs.Max, s.Total.Paths)
+	}
+	want := map[string]string{
+		model.ListenerProxy:   "2 1 0 map[200:1 503:1] 20",
+		"admin":               "2 1 0 map[200:1 500:1] 7",
+		"status":              "2 0 1 map[200:1 404:1] 1",
+		model.ListenerUnix:    "1 0 0 map[101:1] 4000",
+		model.ListenerUnknown: "1 0 0 map[200:1] 1",
+	}
+	got := map[string]string{}
+	for name, l := range s.Total.Listeners {
+		got[name] = fmt.Sprint(l.Requests, l.Errors, l.ClientErrors, l.StatusCodes, l.LatencyMs.Max)
+		if l.Histograms == nil || l.RequestsPerSecond != float64(l.Requests)/20 {
+			t.Errorf("listener %s: histograms %v, rate %v", name, l.Histograms, l.RequestsPerSecond)
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("total listeners %v, want %v", got, want)
+	}
+	if p := s.Total.Listeners[model.ListenerProxy]; p.LatencyMs != s.Total.LatencyMs || p.StatusClasses["5xx"] != 1 {
+		t.Errorf("the proxy listener %+v is not the headline %+v", p.LatencyMs, s.Total.LatencyMs)
+	}
+	// The window closed before the last admin request.
+	if w := s.Window.Listeners; len(w) != 5 || w["admin"].Requests != 1 || w["unix"].Requests != 1 || w[model.ListenerProxy].Requests != 2 || s.Window.Requests != 2 {
+		t.Errorf("window listeners %+v", w)
+	}
+	// Editing a snapshot's listeners changes nothing.
+	s.Window.Listeners["admin"].StatusCodes["200"] = 99
+	if s2 := a.Snapshot(); s2.Window.Listeners["admin"].StatusCodes["200"] != 1 {
+		t.Error("editing a snapshot's listener changed the aggregator")
+	}
+
+	// Listener names come from configuration, but a port per request must not grow it.
+	for p := range 100 {
+		obs(fmt.Sprint(9000+p), 200, time.Millisecond)
+	}
+	s = a.Snapshot()
+	if n := len(s.Total.Listeners); n != v1alpha1.MaxListeners || s.Total.Listeners[OtherListener].Requests != 100-(v1alpha1.MaxListeners-2-4) {
+		t.Errorf("%d listeners, other %d", n, s.Total.Listeners[OtherListener].Requests)
+	}
+	if err := Validate(&s); err != nil {
+		t.Error(err)
+	}
+}
+
 // nearestRank is the reference percentile: the ceil(q*n)-th smallest value.
 func nearestRank(sorted []float64, q float64) float64 {
 	i := int(math.Ceil(q*float64(len(sorted)))) - 1
@@ -320,6 +389,11 @@ func TestObserveDoesNotAllocate(t *testing.T) {
 	a.Observe(r)
 	if n := testing.AllocsPerRun(1000, func() { a.Observe(r) }); n != 0 {
 		t.Errorf("Observe allocates %v times per request", n)
+	}
+	r.Listener = "admin"
+	a.Observe(r)
+	if n := testing.AllocsPerRun(1000, func() { a.Observe(r) }); n != 0 {
+		t.Errorf("Observe allocates %v times per admin request", n)
 	}
 }
 

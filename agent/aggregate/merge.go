@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -37,6 +38,12 @@ type MergeOptions struct {
 //     for "other", of everything folded in), an upper bound.
 //   - Since is the earliest, Updated the latest, LastRequestTime the latest; DataPath is the
 //     pods' distinct data paths, sorted and joined by ",".
+//   - Listeners of the same name merge as summaries do; a summary without Listeners (from an
+//     agent that did not attribute requests, or cut to fit the annotation) counts as its
+//     proxy's only. The proxy's part is always the summary itself, which counts the proxy
+//     only (report.StatsJSON leaves out the proxy listener's copy of the histograms). Beyond
+//     v1alpha1.MaxListeners, the listeners with the fewest requests fold into "other". When
+//     no summary has Listeners, neither has the merge.
 //   - Total.PeriodSeconds is Updated - Since. Window is the union of the pods' last windows: a
 //     window is taken to end at its document's Updated, and PeriodSeconds spans from the
 //     earliest start to the latest end; a window of zero length (the caller's way of leaving a
@@ -79,8 +86,50 @@ func Merge(docs []v1alpha1.Stats, o MergeOptions) v1alpha1.Stats {
 	out.DataPath = strings.Join(paths, ",")
 	out.Total = mergeSummaries(totals, o.MaxRows)
 	out.Total.PeriodSeconds = max(out.Updated.Sub(out.Since).Seconds(), 0)
+	out.Total.Listeners = mergeListeners(totals, out.Total)
 	out.Window = mergeSummaries(windows, o.MaxRows)
 	out.Window.PeriodSeconds = wEnd.Sub(wStart).Seconds()
+	out.Window.Listeners = mergeListeners(windows, out.Window)
+	return out
+}
+
+// mergeListeners merges the Listeners of sums by name (see Merge); merged is the merge of
+// sums, the proxy's.
+func mergeListeners(sums []*v1alpha1.Summary, merged v1alpha1.Summary) map[string]v1alpha1.ListenerSummary {
+	parts := map[string][]*v1alpha1.Summary{}
+	requests := map[string]uint64{}
+	attributed := false
+	for _, s := range sums {
+		attributed = attributed || s.Listeners != nil
+		for name, l := range s.Listeners {
+			if name == model.ListenerProxy {
+				continue
+			}
+			p := summaryOf(l)
+			parts[name] = append(parts[name], &p)
+			requests[name] = satAdd(requests[name], l.Requests)
+		}
+	}
+	if !attributed {
+		return nil
+	}
+	// The busiest keep their names, beside the proxy and other.
+	var names []string
+	for name := range parts {
+		if name != OtherListener {
+			names = append(names, name)
+		}
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Or(cmp.Compare(requests[b], requests[a]), cmp.Compare(a, b)) })
+	for _, name := range names[min(len(names), v1alpha1.MaxListeners-2):] {
+		parts[OtherListener] = append(parts[OtherListener], parts[name]...)
+		delete(parts, name)
+	}
+	out := make(map[string]v1alpha1.ListenerSummary, len(parts)+1)
+	out[model.ListenerProxy] = listenerOf(merged)
+	for name, ps := range parts {
+		out[name] = listenerOf(mergeSummaries(ps, 0))
+	}
 	return out
 }
 

@@ -1,8 +1,10 @@
 package aggregate
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -21,8 +23,8 @@ func halfBucketMs(v float64) float64 {
 	return float64(width) * histUnitUs / 2 / 1000
 }
 
-// randomRequests returns n requests with a mix of hosts, paths, methods, statuses and a
-// heavy-tailed latency, ending between start and start+period.
+// randomRequests returns n requests with a mix of listeners, hosts, paths, methods, statuses
+// and a heavy-tailed latency, ending between start and start+period.
 func randomRequests(r *rand.Rand, n int, start time.Time, period time.Duration) []*model.Request {
 	out := make([]*model.Request, n)
 	for i := range out {
@@ -35,6 +37,7 @@ func randomRequests(r *rand.Rand, n int, start time.Time, period time.Duration) 
 			Latency:   lat,
 			BytesSent: uint64(r.IntN(5000)),
 			End:       start.Add(time.Duration(r.Int64N(int64(period)))),
+			Listener:  []string{"", "", model.ListenerProxy, "admin", model.ListenerUnix}[r.IntN(5)],
 		}
 		if r.IntN(3) > 0 {
 			q.HasUpstream, q.Upstream = true, lat*time.Duration(1+r.IntN(9))/10
@@ -45,16 +48,19 @@ func randomRequests(r *rand.Rand, n int, start time.Time, period time.Duration) 
 }
 
 // feed plays two windows of requests into the aggregators: every request goes to all and to
-// one of pods. It returns the exact latencies of the total and of the last window, in ms.
-func feed(t *testing.T, r *rand.Rand, clk *fakeClock, all *Aggregator, pods []*Aggregator) (total, window []float64) {
+// one of pods. It returns the exact latencies of the total and of the last window, in ms, by
+// listener.
+func feed(t *testing.T, r *rand.Rand, clk *fakeClock, all *Aggregator, pods []*Aggregator) (total, window map[string][]float64) {
 	t.Helper()
+	total = map[string][]float64{}
 	for w := 0; w < 2; w++ {
-		window = window[:0]
+		window = map[string][]float64{}
 		for _, q := range randomRequests(r, 3000, clk.Now(), 30*time.Second) {
 			all.Observe(q)
 			pods[r.IntN(len(pods))].Observe(q)
 			ms := float64(q.Latency/time.Microsecond) / 1000
-			total, window = append(total, ms), append(window, ms)
+			l := cmp.Or(q.Listener, model.ListenerProxy)
+			total[l], window[l] = append(total[l], ms), append(window[l], ms)
 		}
 		all.AddDropped(2)
 		pods[0].AddDropped(2)
@@ -64,8 +70,11 @@ func feed(t *testing.T, r *rand.Rand, clk *fakeClock, all *Aggregator, pods []*A
 			p.Rotate()
 		}
 	}
-	slices.Sort(total)
-	slices.Sort(window)
+	for _, m := range []map[string][]float64{total, window} {
+		for _, ms := range m {
+			slices.Sort(ms)
+		}
+	}
 	return total, window
 }
 
@@ -89,9 +98,26 @@ func TestMergeEqualsOneAggregator(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		got, want v1alpha1.Summary
-		exact     []float64
+		exact     map[string][]float64
 	}{{"total", got.Total, want.Total, exactTotal}, {"window", got.Window, want.Window, exactWindow}} {
 		t.Run(c.name, func(t *testing.T) {
+			// The headline is the proxy's; every listener merges as the headline does.
+			if len(c.got.Listeners) != 3 || len(c.want.Listeners) != 3 {
+				t.Fatalf("listeners %v, want %v", slices.Sorted(maps.Keys(c.got.Listeners)), slices.Sorted(maps.Keys(c.want.Listeners)))
+			}
+			for name, l := range c.got.Listeners {
+				g, w, exact := summaryOf(l), summaryOf(c.want.Listeners[name]), c.exact[name]
+				if g.Requests != uint64(len(exact)) || fmt.Sprint(g.StatusCodes, g.Methods, g.Errors, g.BytesSent, g.UpstreamLatencyMs.Count) !=
+					fmt.Sprint(w.StatusCodes, w.Methods, w.Errors, w.BytesSent, w.UpstreamLatencyMs.Count) {
+					t.Errorf("listener %s: %d requests, codes %v; want %d, %v", name, g.Requests, g.StatusCodes, len(exact), w.StatusCodes)
+				}
+				if p99 := nearestRank(exact, 0.99); math.Abs(g.LatencyMs.P99-p99) > halfBucketMs(p99)+1e-9 || g.Histograms == nil {
+					t.Errorf("listener %s: p99 %v, exact %v", name, g.LatencyMs.P99, p99)
+				}
+			}
+			if p := summaryOf(c.got.Listeners[model.ListenerProxy]); p.Requests != c.got.Requests || p.LatencyMs != c.got.LatencyMs {
+				t.Errorf("listener proxy %d requests %+v, the headline %d %+v", p.Requests, p.LatencyMs, c.got.Requests, c.got.LatencyMs)
+			}
 			g, w := c.got, c.want
 			for _, f := range []struct {
 				name      string
@@ -116,7 +142,7 @@ func TestMergeEqualsOneAggregator(t *testing.T) {
 				p   float64
 				got float64
 			}{{0.50, g.LatencyMs.P50}, {0.95, g.LatencyMs.P95}, {0.99, g.LatencyMs.P99}} {
-				exact := nearestRank(c.exact, q.p)
+				exact := nearestRank(c.exact[model.ListenerProxy], q.p)
 				if math.Abs(q.got-exact) > halfBucketMs(exact)+1e-9 {
 					t.Errorf("p%v = %v, exact %v: more than half a bucket (%v) off", q.p*100, q.got, exact, halfBucketMs(exact))
 				}
@@ -276,4 +302,44 @@ func TestHistogramExportAndCoarsen(t *testing.T) {
 	if c := CoarsenHistograms(&v1alpha1.Histograms{Bits: 3, Latency: x}, 0); c != nil {
 		t.Error("bits 0 keeps histograms")
 	}
+}
+
+// A summary without listeners (an older agent's, or cut to fit the annotation) counts as its
+// proxy's; listeners beyond the bound fold into other, the busiest keeping their names; no
+// listeners anywhere, none in the merge.
+func TestMergeListeners(t *testing.T) {
+	l := func(requests uint64) v1alpha1.ListenerSummary {
+		return v1alpha1.ListenerSummary{Requests: requests, Responses: requests, StatusCodes: map[string]uint64{"200": requests}}
+	}
+	doc := func(requests uint64, ls map[string]v1alpha1.ListenerSummary) v1alpha1.Stats {
+		return v1alpha1.Stats{Total: v1alpha1.Summary{Requests: requests, Responses: requests, Listeners: ls}}
+	}
+	many := map[string]v1alpha1.ListenerSummary{model.ListenerProxy: l(5), OtherListener: l(1)}
+	for i := range v1alpha1.MaxListeners {
+		many[fmt.Sprint(9000+i)] = l(uint64(100 + i))
+	}
+	m := Merge([]v1alpha1.Stats{
+		doc(5, many),
+		doc(7, nil),
+		doc(3, map[string]v1alpha1.ListenerSummary{model.ListenerProxy: l(3), "admin": l(4)}),
+	}, MergeOptions{})
+	got := m.Total.Listeners
+	if len(got) != v1alpha1.MaxListeners || got[model.ListenerProxy].Requests != 15 || got["9015"].Requests != 115 ||
+		got["9002"].Requests != 102 || got[OtherListener].Requests != 1+4+100+101 {
+		t.Errorf("merged listeners %v", listenerCounts(got))
+	}
+	if err := Validate(&m); err != nil {
+		t.Error(err)
+	}
+	if m := Merge([]v1alpha1.Stats{doc(7, nil), doc(3, nil)}, MergeOptions{}); m.Total.Listeners != nil || m.Window.Listeners != nil {
+		t.Errorf("listeners from documents without any: %v", listenerCounts(m.Total.Listeners))
+	}
+}
+
+func listenerCounts(ls map[string]v1alpha1.ListenerSummary) map[string]uint64 {
+	out := map[string]uint64{}
+	for name, l := range ls {
+		out[name] = l.Requests
+	}
+	return out
 }

@@ -40,7 +40,8 @@ func ParseStats(s string) (v1alpha1.Stats, error) {
 // Validate checks what Merge relies on: the header; counts within MaxCount and consistent
 // (responses, errors, latency counts, and the method, status and row counts added up, at most
 // the requests); finite non-negative numbers; bounded rows and maps
-// (v1alpha1.MaxReportedRows entries, names of 1 to v1alpha1.MaxReportedNames bytes); and
+// (v1alpha1.MaxReportedRows entries, names of 1 to v1alpha1.MaxReportedNames bytes); at most
+// v1alpha1.MaxListeners listeners, each checked as a summary is; and
 // well-formed histograms: a known scheme, spans ascending, not overlapping, inside the scheme
 // and neither starting nor ending with an empty bucket, counts adding up to their Latency's
 // Count, MinUs and MaxUs in the first and last bucket.
@@ -98,6 +99,18 @@ func validateSummary(s *v1alpha1.Summary) error {
 	for _, l := range s.LuaPhasesMs {
 		if err := validateLatency(&l, s.Requests); err != nil {
 			return err
+		}
+	}
+	if len(s.Listeners) > v1alpha1.MaxListeners {
+		return fmt.Errorf("%d listeners, more than %d", len(s.Listeners), v1alpha1.MaxListeners)
+	}
+	for name, l := range s.Listeners {
+		ls := summaryOf(l)
+		if err := checkName(name); err != nil {
+			return fmt.Errorf("listener: %w", err)
+		}
+		if err := validateSummary(&ls); err != nil {
+			return fmt.Errorf("listener %q: %w", name, err)
 		}
 	}
 	for _, rows := range [...][]v1alpha1.Row{s.Hosts, s.Paths} {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -19,6 +20,11 @@ func sampleDoc(t testing.TB) string {
 	for i := 0; i < 40; i++ {
 		q := req([]string{"GET", "POST"}[i%2], "api.example.com", fmt.Sprintf("/users/%d", i), []int{200, 503}[i%7/6], time.Duration(i*i)*time.Millisecond)
 		q.HasUpstream, q.Upstream = i%3 == 0, time.Duration(i)*time.Millisecond
+		a.Observe(q)
+	}
+	for i, l := range []string{"admin", "status", "status", model.ListenerUnix} {
+		q := req("GET", "localhost", "/status", 200+i%2*101, time.Duration(i+1)*time.Second)
+		q.Listener = l
 		a.Observe(q)
 	}
 	clk.Add(30 * time.Second)
@@ -94,6 +100,27 @@ func TestParseStatsRefusesForgeries(t *testing.T) {
 		"lua count":      edit(t, func(s *v1alpha1.Stats) { s.Total.LuaPhasesMs = map[string]v1alpha1.Latency{"access": {Count: 1 << 40}} }),
 		"latency count":  edit(t, func(s *v1alpha1.Stats) { s.Total.UpstreamLatencyMs.Count = s.Total.Requests + 1 }),
 		"span as object": strings.Replace(sampleDoc(t), `"spans":[[`, `"spans":[{"a":1},[`, 1),
+		"too many listeners": edit(t, func(s *v1alpha1.Stats) {
+			for i := range v1alpha1.MaxListeners {
+				s.Total.Listeners[fmt.Sprint(9000+i)] = v1alpha1.ListenerSummary{}
+			}
+		}),
+		"listener name": edit(t, func(s *v1alpha1.Stats) { s.Window.Listeners[""] = v1alpha1.ListenerSummary{} }),
+		"listener errors": edit(t, func(s *v1alpha1.Stats) {
+			l := s.Total.Listeners["status"]
+			l.Errors = l.Requests + 1
+			s.Total.Listeners["status"] = l
+		}),
+		"listener histogram": edit(t, func(s *v1alpha1.Stats) {
+			l := s.Window.Listeners["unix"]
+			l.LatencyMs.Count++
+			s.Window.Listeners["unix"] = l
+		}),
+		"listener count": edit(t, func(s *v1alpha1.Stats) {
+			l := s.Total.Listeners["admin"]
+			l.Requests = MaxCount + 1
+			s.Total.Listeners["admin"] = l
+		}),
 	} {
 		if _, err := ParseStats(doc); err == nil {
 			t.Errorf("%s: accepted", name)

@@ -12,7 +12,6 @@
 package listeners
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -105,11 +104,14 @@ func (s Set) String() string {
 	byName := s.Ports()
 	names := make([]string, 0, len(byName))
 	for n := range byName {
-		names = append(names, n)
+		if n != Proxy {
+			names = append(names, n)
+		}
 	}
-	slices.SortFunc(names, func(a, b string) int {
-		return cmp.Or(-cmp.Compare(boolInt(a == Proxy), boolInt(b == Proxy)), cmp.Compare(a, b))
-	})
+	slices.Sort(names)
+	if _, ok := byName[Proxy]; ok {
+		names = append([]string{Proxy}, names...)
+	}
 	var b strings.Builder
 	for i, n := range names {
 		if i > 0 {
@@ -125,13 +127,6 @@ func (s Set) String() string {
 		}
 	}
 	return b.String()
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // Bounds of an override.

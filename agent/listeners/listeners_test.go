@@ -206,9 +206,9 @@ func TestParseOverride(t *testing.T) {
 		"proxy=8000;other=9":     "agent's own",
 		"proxy=8000;unknown=9":   "agent's own",
 		"proxy=8000;a23456789012345678901234567890123=1": "characters",
-		"proxy=" + strings.Repeat("1,", 600) + "1":      "bytes",
-		"proxy=" + ports(1, 65):                         "more than 64 ports",
-		"proxy=8000=8001":                               "port",
+		"proxy=" + strings.Repeat("1,", 600) + "1":       "bytes",
+		"proxy=" + ports(1, 65):                          "more than 64 ports",
+		"proxy=8000=8001":                                "port",
 	} {
 		if s, err := ParseOverride(in); err == nil || !strings.Contains(err.Error(), why) {
 			t.Errorf("ParseOverride(%q) = %q, %v; want an error saying %q", in, s, err, why)

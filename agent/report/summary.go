@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kong-watcher/kong-watcher/agent/aggregate"
+	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -149,18 +150,24 @@ func topRows(rows []v1alpha1.Row, total uint64, sep string) string {
 }
 
 // StatsJSON marshals s in at most limit bytes (limit <= 0: DefaultMaxStatsJSON). When the whole
-// document is too big, what goes first is the host and path rows, then histogram resolution:
+// document is too big, what goes first is the host and path rows, then the listeners, then
+// histogram resolution:
 //
-//  1. The host and path lists of both summaries are cut to the largest common length that
-//     fits, the cut rows folding into the "other" row (its p99 becomes the largest p99 of the
-//     rows folded in: an upper bound).
-//  2. Only if the histograms do not fit even with no rows are both summaries' histograms
-//     coarsened, one bit at a time (half the buckets per octave: 8, 4, 2, 1), each time with
-//     as many rows as then fit; a coarser scheme only widens the stated percentile error.
-//  3. If even one bucket per octave does not fit, the histograms are dropped (a merge then
+//  1. The proxy listener's histograms, which are the summary's own (aggregate.Merge takes the
+//     proxy's from the summary), are left out, and the host and path lists of both summaries
+//     are cut to the largest common length that fits, the cut rows folding into the "other"
+//     row (its p99 becomes the largest p99 of the rows folded in: an upper bound).
+//  2. If the listeners do not fit even with no rows, they lose their histograms (a merge then
+//     takes their percentiles as upper bounds), with as many rows as then fit.
+//  3. If they still do not fit, they are left out (a merge counts the pod's requests as its
+//     proxy's only), and only if the histograms do not fit even with no rows are both
+//     summaries' histograms coarsened, one bit at a time (half the buckets per octave: 8, 4,
+//     2, 1), each time with as many rows as then fit; a coarser scheme only widens the stated
+//     percentile error.
+//  4. If even one bucket per octave does not fit, the histograms are dropped (a merge then
 //     counts the pod's requests but takes its percentiles as upper bounds, see
 //     aggregate.Merge), and the rows are cut again.
-//  4. If even empty lists do not fit, only the header and the scalar counts are kept; failing
+//  5. If even empty lists do not fit, only the header and the scalar counts are kept; failing
 //     that, "{}".
 //
 // The result is always valid JSON.
@@ -171,6 +178,18 @@ func StatsJSON(s v1alpha1.Stats, limit int) string {
 	if b, err := json.Marshal(s); err == nil && len(b) <= limit {
 		return string(b)
 	}
+	c := s
+	c.Total.Listeners = compactListeners(s.Total.Listeners, true)
+	c.Window.Listeners = compactListeners(s.Window.Listeners, true)
+	if b := fitRows(c, limit); b != nil {
+		return string(b)
+	}
+	c.Total.Listeners = compactListeners(s.Total.Listeners, false)
+	c.Window.Listeners = compactListeners(s.Window.Listeners, false)
+	if b := fitRows(c, limit); b != nil {
+		return string(b)
+	}
+	s.Total.Listeners, s.Window.Listeners = nil, nil
 	bits := 0
 	for _, h := range []*v1alpha1.Histograms{s.Total.Histograms, s.Window.Histograms} {
 		if h != nil {
@@ -191,6 +210,22 @@ func StatsJSON(s v1alpha1.Stats, limit int) string {
 		return string(b)
 	}
 	return "{}"
+}
+
+// compactListeners returns a copy of ls without the proxy's histograms, and without any
+// listener's if onlyProxy is false.
+func compactListeners(ls map[string]v1alpha1.ListenerSummary, onlyProxy bool) map[string]v1alpha1.ListenerSummary {
+	if ls == nil {
+		return nil
+	}
+	out := make(map[string]v1alpha1.ListenerSummary, len(ls))
+	for name, l := range ls {
+		if name == model.ListenerProxy || !onlyProxy {
+			l.Histograms = nil
+		}
+		out[name] = l
+	}
+	return out
 }
 
 // fitRows returns s with the most rows that fit in limit bytes, nil if none fits even
@@ -232,6 +267,6 @@ func trimStats(s v1alpha1.Stats, k int) v1alpha1.Stats {
 func foldRows(rows []v1alpha1.Row, k int) []v1alpha1.Row { return aggregate.FoldRows(rows, k) }
 
 func scalars(s v1alpha1.Summary) v1alpha1.Summary {
-	s.Methods, s.StatusCodes, s.LuaPhasesMs, s.Hosts, s.Paths, s.Histograms = nil, nil, nil, nil, nil, nil
+	s.Methods, s.StatusCodes, s.LuaPhasesMs, s.Hosts, s.Paths, s.Histograms, s.Listeners = nil, nil, nil, nil, nil, nil, nil
 	return s
 }

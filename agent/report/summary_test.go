@@ -134,8 +134,8 @@ func TestStatsLine(t *testing.T) {
 	}
 }
 
-// histogramStats is an agent's snapshot with wide latency distributions (many buckets) and
-// rows (100 hosts, 100 paths).
+// histogramStats is an agent's snapshot with wide latency distributions (many buckets), rows
+// (100 hosts, 100 paths) and listeners (the proxy, admin and status).
 func histogramStats(t *testing.T) v1alpha1.Stats {
 	t.Helper()
 	r := rand.New(rand.NewPCG(5, 6))
@@ -144,7 +144,7 @@ func histogramStats(t *testing.T) v1alpha1.Stats {
 	for i := 0; i < 40000; i++ {
 		lat := time.Duration(math.Exp(r.NormFloat64()*2.5+9)) * time.Microsecond
 		a.Observe(&model.Request{Method: "GET", Host: fmt.Sprintf("host-%d.example.com", r.IntN(150)), URI: fmt.Sprintf("/api/things%d", r.IntN(150)),
-			Status: 200, Latency: lat, HasUpstream: true, Upstream: lat / 2, End: clock})
+			Status: 200, Latency: lat, HasUpstream: true, Upstream: lat / 2, End: clock, Listener: []string{"", "", "", "", "admin", "status"}[i%6]})
 		if i == 20000 {
 			clock = clock.Add(30 * time.Second)
 			a.Rotate()
@@ -155,23 +155,41 @@ func histogramStats(t *testing.T) v1alpha1.Stats {
 	return a.Snapshot()
 }
 
-// The annotation keeps the histograms: rows go first, then resolution, then the histograms;
-// whatever is cut, the result parses as a valid document and its counts are the snapshot's.
+// The annotation keeps the histograms: rows go first, then the listeners (their histograms,
+// then themselves), then resolution, then the histograms; whatever is cut, the result parses
+// as a valid document and its counts are the snapshot's.
 func TestStatsJSONKeepsHistograms(t *testing.T) {
 	s := histogramStats(t)
 	full, _ := json.Marshal(s)
-	noRows := trimStats(s, 0)
-	bare, _ := json.Marshal(noRows)
+	size := func(s v1alpha1.Stats, proxyOnly, listeners bool) int {
+		s.Total.Listeners, s.Window.Listeners = compactListeners(s.Total.Listeners, proxyOnly), compactListeners(s.Window.Listeners, proxyOnly)
+		if !listeners {
+			s.Total.Listeners, s.Window.Listeners = nil, nil
+		}
+		b, _ := json.Marshal(trimStats(s, 0))
+		return len(b)
+	}
+	bare, bareCompact, bareAlone := size(s, true, true), size(s, false, true), size(s, false, false)
+	const (
+		whole = iota // every listener with its histograms
+		compact      // listeners without histograms
+		none         // no listeners
+	)
 	for _, c := range []struct {
-		limit    int
-		wantBits int  // of the total's histograms; 0: none
-		allRows  bool // every row kept
+		limit     int
+		wantBits  int  // of the total's histograms; 0: none
+		allRows   bool // every row kept
+		listeners int
 	}{
-		{len(full), v1alpha1.MaxHistogramBits, true},
-		{0, v1alpha1.MaxHistogramBits, false}, // the default 16 KiB
-		{len(bare), v1alpha1.MaxHistogramBits, false},
-		{len(bare) - 1, v1alpha1.MaxHistogramBits - 1, false},
-		{2000, 0, false},
+		{len(full), v1alpha1.MaxHistogramBits, true, whole},
+		{0, v1alpha1.MaxHistogramBits, false, compact}, // the default 16 KiB
+		{bare, v1alpha1.MaxHistogramBits, false, whole},
+		{bare - 1, v1alpha1.MaxHistogramBits, false, compact},
+		{bareCompact, v1alpha1.MaxHistogramBits, false, compact},
+		{bareCompact - 1, v1alpha1.MaxHistogramBits, false, none},
+		{bareAlone, v1alpha1.MaxHistogramBits, false, none},
+		{bareAlone - 1, v1alpha1.MaxHistogramBits - 1, false, none},
+		{2000, 0, false, none},
 	} {
 		out := StatsJSON(s, c.limit)
 		got, err := aggregate.ParseStats(out)
@@ -185,9 +203,28 @@ func TestStatsJSONKeepsHistograms(t *testing.T) {
 		if bits != c.wantBits || (len(got.Total.Hosts) == len(s.Total.Hosts)) != c.allRows {
 			t.Errorf("limit %d: histograms of %d bits and %d of %d host rows, want %d bits", c.limit, bits, len(got.Total.Hosts), len(s.Total.Hosts), c.wantBits)
 		}
+		listeners := none
+		if admin, ok := got.Total.Listeners["admin"]; ok {
+			listeners = compact
+			if admin.Histograms != nil {
+				listeners = whole
+			}
+			if admin.Requests != s.Total.Listeners["admin"].Requests || len(got.Window.Listeners) != 3 {
+				t.Errorf("limit %d: listeners changed", c.limit)
+			}
+		}
+		if listeners != c.listeners {
+			t.Errorf("limit %d: listeners %d, want %d (0 whole, 1 without histograms, 2 none)", c.limit, listeners, c.listeners)
+		}
 		if got.Total.Requests != s.Total.Requests || got.Window.LatencyMs != s.Window.LatencyMs {
 			t.Errorf("limit %d: counts changed", c.limit)
 		}
-		t.Logf("limit %d: %d bytes, bits %d, %d host rows", c.limit, len(out), bits, len(got.Total.Hosts))
+		// The proxy's histograms are the summary's own: never lost to a merge while the
+		// summary has them.
+		m := aggregate.Merge([]v1alpha1.Stats{got}, aggregate.MergeOptions{})
+		if p := m.Total.Listeners[model.ListenerProxy]; c.listeners != none && (p.Requests != s.Total.Requests || (p.Histograms == nil) != (bits == 0)) {
+			t.Errorf("limit %d: the merged proxy listener has %d requests, histograms %v", c.limit, p.Requests, p.Histograms != nil)
+		}
+		t.Logf("limit %d: %d bytes, bits %d, %d host rows, listeners %d", c.limit, len(out), bits, len(got.Total.Hosts), listeners)
 	}
 }

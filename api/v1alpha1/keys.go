@@ -17,6 +17,10 @@ const (
 	AnnotationProcessName   = Domain + "/process-name"
 	AnnotationStatsInterval = Domain + "/stats-interval"
 	AnnotationNativeSidecar = Domain + "/native-sidecar"
+	// AnnotationListeners names the gateway's listeners by port, in EnvListeners' syntax
+	// ("proxy=8000,8443;admin=8001,8444;status=8100"), for a gateway whose own
+	// configuration does not tell them.
+	AnnotationListeners = Domain + "/listeners"
 )
 
 // Written by the webhook: the agent version injected.
@@ -73,6 +77,8 @@ const (
 	EnvHighErrorRateThreshold = "HIGH_ERROR_RATE_THRESHOLD"
 	EnvHighLatencyP99Ms       = "HIGH_LATENCY_P99_MS"
 	EnvAlertMinRequests       = "ALERT_MIN_REQUESTS"
+	// EnvListeners overrides the listener names the agent learns from Kong's environment.
+	EnvListeners = "KONG_WATCHER_LISTENERS"
 )
 
 // Agent defaults.

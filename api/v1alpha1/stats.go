@@ -5,6 +5,11 @@ import "time"
 // Stats is the document served on the agent's /stats endpoint and stored (size-bounded) in the
 // kong-watcher.io/stats pod annotation.
 //
+// Every request is attributed to the gateway listener that accepted its connection (see
+// Summary.Listeners). The summaries themselves count the proxy listeners' requests only: the
+// Admin API, the Status API (where the kubelet's probes go) and Kong's worker events are not
+// the gateway's traffic, and have their own entries in Listeners.
+//
 // On a workload (Deployment, StatefulSet, DaemonSet) the same annotation holds the merge of its
 // current pods' Stats (see agent/aggregate.Merge): Since is the earliest pod's, Updated the
 // latest, DataPath the pods' distinct data paths joined by ",", Total the sum over the pods that
@@ -28,7 +33,7 @@ const (
 	StatsKind       = "Stats"
 )
 
-// Summary is one period's statistics.
+// Summary is one period's statistics of the proxy's requests.
 type Summary struct {
 	// Period is the length of time this summary covers, in seconds.
 	PeriodSeconds float64 `json:"periodSeconds"`
@@ -68,7 +73,45 @@ type Summary struct {
 	// so that the stats of several pods combine into exact counts and recomputed percentiles.
 	// Absent: the summary has no requests, or its histograms did not fit the annotation's bound.
 	Histograms *Histograms `json:"histograms,omitempty"`
+	// Listeners holds the period's requests of every listener by name: "proxy" (the
+	// requests this summary counts), "admin", "status" (Kong's Admin and Status APIs, named
+	// from Kong's configuration or KONG_WATCHER_LISTENERS), "unix" (unix-domain listeners
+	// such as Kong's worker events), a port number for a TCP listener no name covers,
+	// "unknown" for requests whose listener could not be read, and "other" for listeners
+	// beyond the agent's bound. Every listener that has had requests since the agent started
+	// is listed, and "proxy" always. Absent: the document comes from an agent that did not
+	// attribute requests, or the listeners did not fit the annotation's bound.
+	Listeners map[string]ListenerSummary `json:"listeners,omitempty"`
 }
+
+// ListenerSummary is one listener's share of a period: a Summary without the host, path and
+// Lua rows, to keep the document small. The fields mean what the Summary's do.
+//
+//	"listeners": {
+//	  "proxy":  {"requests": 1200, "responses": 1200, "errors": 3, ..., "histograms": {...}},
+//	  "status": {"requests": 30, "responses": 30, "errors": 0, "statusClasses": {"2xx": 30}, ...},
+//	  "unix":   {"requests": 4, "statusClasses": {"1xx": 4}, "latencyMs": {"p99": 4012, ...}, ...}
+//	}
+type ListenerSummary struct {
+	Requests          uint64            `json:"requests"`
+	Responses         uint64            `json:"responses"`
+	Errors            uint64            `json:"errors"`
+	ClientErrors      uint64            `json:"clientErrors"`
+	RequestsPerSecond float64           `json:"requestsPerSecond"`
+	LatencyMs         Latency           `json:"latencyMs"`
+	UpstreamLatencyMs Latency           `json:"upstreamLatencyMs"`
+	KongLatencyMs     Latency           `json:"kongLatencyMs"`
+	Methods           map[string]uint64 `json:"methods"`
+	StatusCodes       map[string]uint64 `json:"statusCodes"`
+	StatusClasses     map[string]uint64 `json:"statusClasses"`
+	BytesSent         uint64            `json:"bytesSent"`
+	LastRequestTime   *time.Time        `json:"lastRequestTime,omitempty"`
+	Histograms        *Histograms       `json:"histograms,omitempty"`
+}
+
+// MaxListeners bounds Summary.Listeners (an agent's and a merge's); the rest fold into
+// "other".
+const MaxListeners = 16
 
 // Histograms hold a summary's latency distributions in one bucket scheme.
 //

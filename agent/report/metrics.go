@@ -25,11 +25,19 @@ type MetricsOptions struct {
 	// counts its value's requests since the value last got its place. With no more distinct
 	// values than the bound, every value keeps its place and series from its first request.
 	MaxHosts, MaxPaths int
-	// MaxSeries bounds the distinct {method,host,path,code} series (default 2000); beyond
-	// it new combinations are counted under host="other", path="other" (at most
-	// 8 methods x 501 codes more).
+	// MaxSeries bounds the distinct {method,host,path,code,listener} series (default 2000);
+	// beyond it new combinations are counted under host="other", path="other" (at most
+	// 8 methods x 501 codes x the listener labels more).
 	MaxSeries int
 }
+
+// Listener labels: the gateway's listeners are few and come from its configuration, so the
+// first seen keep their label; at most maxPortLabels of them may be port numbers (listeners
+// no name covers), and at most maxListenerLabels labels there are, the rest are "other".
+const (
+	maxListenerLabels = 12
+	maxPortLabels     = 4
+)
 
 const defaultMaxSeries = 2000
 
@@ -51,10 +59,10 @@ var codeLabels = func() (l [600]string) {
 type Metrics struct {
 	requests         *prometheus.CounterVec
 	duration         *prometheus.HistogramVec
-	upstream         prometheus.Histogram
-	kong             prometheus.Histogram
+	upstream         *prometheus.HistogramVec
+	kong             *prometheus.HistogramVec
 	luaPhase         *prometheus.HistogramVec
-	bytes            prometheus.Counter
+	bytes            *prometheus.CounterVec
 	probesAttached   prometheus.Gauge
 	eventsDropped    prometheus.Counter
 	processesTracked prometheus.Gauge
@@ -63,15 +71,26 @@ type Metrics struct {
 	wireGivenUp      prometheus.Counter
 	info             *prometheus.GaugeVec
 
-	// Cached children, so Observe does no label hashing or allocation in the steady state.
-	durationByMethod [len(aggregate.Methods)]prometheus.Observer
-	luaByPhase       [model.NumLuaPhases]prometheus.Observer
-
 	mu     sync.Mutex
 	opts   MetricsOptions
 	rank   [2]*aggregate.Ranker // by dimension (hostDim, pathDim): who has a label value
 	series seriesSet
 	buf    []byte
+	// The listener labels, in the order they were first seen, with their cached children.
+	listeners     []*listenerChildren
+	listenerIndex map[string]uint8
+	portLabels    int
+}
+
+// listenerChildren are one listener label's children of the per-request histograms and
+// counters, cached so that Observe does no label hashing or allocation in the steady state.
+type listenerChildren struct {
+	name     string
+	duration [len(aggregate.Methods)]prometheus.Observer
+	upstream prometheus.Observer
+	kong     prometheus.Observer
+	lua      [model.NumLuaPhases]prometheus.Observer
+	bytes    prometheus.Counter
 }
 
 // The label dimensions that have Rankers.
@@ -104,18 +123,18 @@ func NewMetrics(o MetricsOptions) *Metrics {
 	}
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kong_watcher", Name: "requests_total",
-			Help: `HTTP requests Kong served, by method, host, normalised path and status code ("000": no valid response). Only the busiest hosts and paths (by recent traffic, up to the agent's bounds) have a value of their own, the others are labelled "other"; a value that loses its place loses its series.`},
-			[]string{"method", "host", "path", "code"}),
+			Help: `HTTP requests Kong served, by method, host, normalised path, status code ("000": no valid response) and listener ("proxy" for Kong's traffic; "admin", "status", "unix", a port number...). Only the busiest hosts and paths (by recent traffic, up to the agent's bounds) have a value of their own, the others are labelled "other"; a value that loses its place loses its series.`},
+			[]string{"method", "host", "path", "code", "listener"}),
 		duration: prometheus.NewHistogramVec(hist("request_duration_seconds",
-			"Total request time as nginx measures it ($request_time), by method."), []string{"method"}),
-		upstream: prometheus.NewHistogram(hist("upstream_duration_seconds",
-			"Upstream response time for proxied requests ($upstream_response_time, summed over tries).")),
-		kong: prometheus.NewHistogram(hist("kong_duration_seconds",
-			"Time Kong itself spent: total minus upstream for proxied requests, total otherwise.")),
+			"Total request time as nginx measures it ($request_time), by method and listener."), []string{"method", "listener"}),
+		upstream: prometheus.NewHistogramVec(hist("upstream_duration_seconds",
+			"Upstream response time for proxied requests ($upstream_response_time, summed over tries), by listener."), []string{"listener"}),
+		kong: prometheus.NewHistogramVec(hist("kong_duration_seconds",
+			"Time Kong itself spent: total minus upstream for proxied requests, total otherwise; by listener."), []string{"listener"}),
 		luaPhase: prometheus.NewHistogramVec(hist("lua_phase_duration_seconds",
-			"Time spent in Kong's Lua handlers, by nginx phase (rewrite, access, content, log)."), []string{"phase"}),
-		bytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kong_watcher", Name: "response_bytes_total",
-			Help: "Bytes sent to clients ($bytes_sent)."}),
+			"Time spent in Kong's Lua handlers, by nginx phase (rewrite, access, content, log) and listener."), []string{"phase", "listener"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kong_watcher", Name: "response_bytes_total",
+			Help: "Bytes sent to clients ($bytes_sent), by listener."}, []string{"listener"}),
 		probesAttached: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kong_watcher", Name: "probes_attached",
 			Help: "eBPF probes currently attached."}),
 		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kong_watcher", Name: "events_dropped_total",
@@ -134,14 +153,46 @@ func NewMetrics(o MetricsOptions) *Metrics {
 		rank:   [2]*aggregate.Ranker{aggregate.NewRanker(o.MaxHosts), aggregate.NewRanker(o.MaxPaths)},
 		series: newSeriesSet(o.MaxHosts, o.MaxPaths),
 		buf:    make([]byte, 0, 512),
+
+		listenerIndex: map[string]uint8{},
 	}
-	for i, name := range aggregate.Methods {
-		m.durationByMethod[i] = m.duration.WithLabelValues(name)
-	}
-	for i, name := range model.LuaPhaseNames {
-		m.luaByPhase[i] = m.luaPhase.WithLabelValues(name)
-	}
+	m.listener(model.ListenerProxy) // the proxy's series exist from the start
 	return m
+}
+
+// listener returns the index of listener name's label (see maxListenerLabels), creating its
+// children on first sight; m.mu must be held (or m not shared yet).
+func (m *Metrics) listener(name string) uint8 {
+	if name == "" {
+		name = model.ListenerProxy
+	}
+	if i, ok := m.listenerIndex[name]; ok {
+		return i
+	}
+	label := name
+	isPort := name[0] >= '0' && name[0] <= '9'
+	if len(m.listeners) >= maxListenerLabels-1 || isPort && m.portLabels >= maxPortLabels {
+		label = v1alpha1.OtherRow
+	}
+	i, ok := m.listenerIndex[label]
+	if !ok {
+		i = uint8(len(m.listeners))
+		c := &listenerChildren{name: label,
+			upstream: m.upstream.WithLabelValues(label), kong: m.kong.WithLabelValues(label), bytes: m.bytes.WithLabelValues(label)}
+		for j, method := range aggregate.Methods {
+			c.duration[j] = m.duration.WithLabelValues(method, label)
+		}
+		for j, phase := range model.LuaPhaseNames {
+			c.lua[j] = m.luaPhase.WithLabelValues(phase, label)
+		}
+		m.listeners = append(m.listeners, c)
+		m.listenerIndex[label] = i
+		if isPort && label == name {
+			m.portLabels++
+		}
+	}
+	m.listenerIndex[name] = i
+	return i
 }
 
 // Register registers every metric on reg.
@@ -164,27 +215,29 @@ func (m *Metrics) Observe(r *model.Request) {
 	}
 
 	m.mu.Lock()
+	listener := m.listener(r.Listener)
+	children := m.listeners[listener]
 	buf := pathnorm.MarkCut(aggregate.AppendHost(m.buf[:0], r.Host), r.HostTruncated)
 	host := m.place(hostDim, buf)
 	buf = pathnorm.AppendCut(buf[:0], r.URI, r.URITruncated)
 	path := m.place(pathDim, buf)
-	counter := m.counter(method, host, path, code)
+	counter := m.counter(method, host, path, code, listener)
 	m.buf = buf
 	m.mu.Unlock()
 
 	counter.Inc()
-	m.durationByMethod[method].Observe(r.Latency.Seconds())
+	children.duration[method].Observe(r.Latency.Seconds())
 	if r.HasUpstream {
-		m.upstream.Observe(r.Upstream.Seconds())
+		children.upstream.Observe(r.Upstream.Seconds())
 	}
-	m.kong.Observe(r.KongLatency().Seconds())
+	children.kong.Observe(r.KongLatency().Seconds())
 	if r.HasLua {
 		for i, d := range r.LuaPhases {
-			m.luaByPhase[i].Observe(d.Seconds())
+			children.lua[i].Observe(d.Seconds())
 		}
 	}
 	if r.BytesSent > 0 {
-		m.bytes.Add(float64(r.BytesSent))
+		children.bytes.Add(float64(r.BytesSent))
 	}
 }
 
@@ -201,7 +254,7 @@ func (m *Metrics) place(dim int, key []byte) int32 {
 			} else {
 				path = old
 			}
-			m.requests.DeleteLabelValues(aggregate.Methods[k.method], host, path, codeLabels[k.code])
+			m.requests.DeleteLabelValues(aggregate.Methods[k.method], host, path, codeLabels[k.code], m.listeners[k.listener].name)
 		})
 	}
 	return int32(slot)
@@ -216,8 +269,8 @@ func (m *Metrics) label(dim int, slot int32) string {
 }
 
 // counter returns the cached requests_total child; m.mu must be held.
-func (m *Metrics) counter(method int, host, path int32, code int) prometheus.Counter {
-	k := seriesKey{host: host, path: path, code: uint16(code), method: uint8(method)}
+func (m *Metrics) counter(method int, host, path int32, code int, listener uint8) prometheus.Counter {
+	k := seriesKey{host: host, path: path, code: uint16(code), method: uint8(method), listener: listener}
 	if i, ok := m.series.index[k]; ok {
 		return m.series.entries[i].c
 	}
@@ -227,17 +280,19 @@ func (m *Metrics) counter(method int, host, path int32, code int) prometheus.Cou
 			return m.series.entries[i].c
 		}
 	}
-	c := m.requests.WithLabelValues(aggregate.Methods[k.method], m.label(hostDim, k.host), m.label(pathDim, k.path), codeLabels[code])
+	c := m.requests.WithLabelValues(aggregate.Methods[k.method], m.label(hostDim, k.host), m.label(pathDim, k.path), codeLabels[code],
+		m.listeners[listener].name)
 	m.series.add(k, c)
 	return c
 }
 
 // seriesKey names a requests_total child by the Ranker slots of its host and path (-1:
-// "other"), so that finding it needs no string.
+// "other") and its listener label's index, so that finding it needs no string.
 type seriesKey struct {
 	host, path int32
 	code       uint16
 	method     uint8
+	listener   uint8
 }
 
 func (k seriesKey) slot(dim int) int32 {

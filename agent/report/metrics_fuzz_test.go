@@ -31,7 +31,7 @@ func FuzzMetricsObserve(f *testing.F) {
 		for _, b := range ops {
 			r := &model.Request{Method: methods[b&7], Host: host, URI: uri, Status: status, Latency: time.Duration(latency),
 				Upstream: time.Duration(upstream), HasUpstream: b&1 == 1, HasLua: b&2 == 2, BytesSent: bytes,
-				HostTruncated: b&4 == 4, URITruncated: b&8 == 8}
+				HostTruncated: b&4 == 4, URITruncated: b&8 == 8, Listener: [...]string{"", "admin", model.ListenerUnix, v1alpha1.OtherRow}[b>>4&3]}
 			for i := range r.LuaPhases {
 				r.LuaPhases[i] = time.Duration(latency >> i)
 			}
@@ -82,6 +82,10 @@ func FuzzMetricsObserve(f *testing.F) {
 						if aggregate.Method(val) != val {
 							t.Fatalf("method=%q", val)
 						}
+					case "listener":
+						if m.listeners[m.listenerIndex[val]].name != val {
+							t.Fatalf("listener=%q", val)
+						}
 					case "code":
 						codes[val] = true
 						if n, err := strconv.Atoi(val); err != nil || val != "000" && !aggregate.ValidStatus(n) {
@@ -96,8 +100,8 @@ func FuzzMetricsObserve(f *testing.F) {
 		if sum > float64(len(ops)) {
 			t.Fatalf("series add up to %v, %d requests", sum, len(ops))
 		}
-		// Beyond maxSeries only {method, other, other, code} series.
-		if n := len(m.series.index); n > maxSeries+len(aggregate.Methods)*len(codes) {
+		// Beyond maxSeries only {method, other, other, code, listener} series.
+		if n := len(m.series.index); n > maxSeries+len(aggregate.Methods)*len(codes)*len(m.listeners) {
 			t.Fatalf("%d series for %d codes", n, len(codes))
 		}
 		if m.rank[hostDim].Len() > maxHosts || m.rank[pathDim].Len() > maxPaths {

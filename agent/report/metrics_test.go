@@ -247,6 +247,45 @@ func labelValues(reg prometheus.Gatherer) map[string]map[string]float64 {
 	return out
 }
 
+// Every request metric has the listener; the labels are bounded: a few port numbers, then
+// "other".
+func TestMetricsListeners(t *testing.T) {
+	m, reg := newTestMetrics(t, MetricsOptions{})
+	obs := func(listener string, n int) {
+		for range n {
+			m.Observe(&model.Request{Method: "GET", Host: "h", URI: "/status", Status: 200, Latency: time.Millisecond,
+				HasUpstream: true, Upstream: time.Millisecond, BytesSent: 10, HasLua: true, Listener: listener})
+		}
+	}
+	obs("", 1)
+	obs(model.ListenerProxy, 1)
+	obs("admin", 2)
+	obs(model.ListenerUnix, 3)
+	for p := range 10 {
+		obs(fmt.Sprint(9000+p), 1)
+	}
+	for _, c := range []struct {
+		name     string
+		listener string
+		want     float64
+	}{
+		{"kong_watcher_requests_total", model.ListenerProxy, 2}, {"kong_watcher_requests_total", "admin", 2},
+		{"kong_watcher_requests_total", model.ListenerUnix, 3}, {"kong_watcher_requests_total", "9003", 1},
+		{"kong_watcher_requests_total", "other", 6}, {"kong_watcher_response_bytes_total", "admin", 20},
+		{"kong_watcher_request_duration_seconds", "admin", 2}, {"kong_watcher_upstream_duration_seconds", model.ListenerUnix, 3},
+		{"kong_watcher_kong_duration_seconds", "other", 6}, {"kong_watcher_lua_phase_duration_seconds", model.ListenerProxy, 2},
+	} {
+		labels := map[string]string{"listener": c.listener, "method": "GET", "phase": "access"}
+		if got, ok := value(reg, c.name, labels); !ok || got != c.want {
+			t.Errorf("%s{listener=%q} = %v (found %v), want %v", c.name, c.listener, got, ok, c.want)
+		}
+	}
+	if _, ok := value(reg, "kong_watcher_requests_total", map[string]string{"listener": "9004"}); ok {
+		t.Error("a fifth port number has a label of its own")
+	}
+	checkSeries(t, m, reg)
+}
+
 // checkSeries fails unless the cached series are exactly those registered and the slot
 // lists hold each series with a named host or path once.
 func checkSeries(t testing.TB, m *Metrics, reg prometheus.Gatherer) {

@@ -55,7 +55,7 @@ func TestServerEndpoints(t *testing.T) {
 		t.Errorf("/stats?pretty not indented: %.80q", body)
 	}
 	code, body, _ = get(t, h, "/metrics")
-	for _, want := range []string{`kong_watcher_requests_total{code="200",host="api.example.com",method="GET",path="/users/{id}"} 1`,
+	for _, want := range []string{`kong_watcher_requests_total{code="200",host="api.example.com",listener="proxy",method="GET",path="/users/{id}"} 1`,
 		"kong_watcher_request_duration_seconds_bucket", "go_goroutines", "process_cpu_seconds_total"} {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Errorf("/metrics (%d) lacks %s", code, want)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kong-watcher/kong-watcher/agent/aggregate"
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
+	"github.com/kong-watcher/kong-watcher/agent/listeners"
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/agent/probes"
 	"github.com/kong-watcher/kong-watcher/agent/report"
@@ -52,6 +53,7 @@ type Agent struct {
 	Registry   *prometheus.Registry
 	metrics    *report.Metrics
 	sink       model.Sink
+	namer      *namer // the sink's first stage
 
 	nginx *probes.Probes // nil when the nginx-request path could not load
 	wire  *wire.Tracer   // nil until needed (auto) or when it could not load
@@ -120,9 +122,14 @@ func newPipeline(cfg Config, log logr.Logger) (*Agent, error) {
 	// Debug lines are capped per second: at Kong's rates one line per request would cost
 	// more than the probes; the overflow is counted in one line per second.
 	reqLog := report.NewRequestLogger(log.WithName("request"), report.RequestLogOptions{MaxPerSecond: 1000})
-	a.sink = fanout{a.Aggregator, a.metrics}
+	sinks := fanout{a.Aggregator, a.metrics}
 	if reqLog.Enabled() {
-		a.sink = fanout{a.Aggregator, a.metrics, reqLog}
+		sinks = append(sinks, reqLog)
+	}
+	a.namer = newNamer(sinks, cfg.ProcRoot, cfg.Listeners)
+	a.sink = a.namer
+	if cfg.Listeners != nil {
+		log.Info("listener names set by "+v1alpha1.EnvListeners, "listeners", cfg.Listeners.String())
 	}
 	return a, nil
 }
@@ -269,8 +276,13 @@ func (a *Agent) onEvent(ev discovery.Event) {
 		if a.Notify != nil {
 			a.Notify.KongDetected(gw)
 		}
+		a.nameListeners(gw)
 		a.gateways[id] = a.attach(gw)
 	case discovery.Changed:
+		if !a.namer.tracks(id) {
+			a.nameListeners(gw)
+		}
+		a.namer.update(gw)
 		if t, ok := a.gateways[id]; ok && t.path != "" {
 			t.gw = gw
 			a.tracerFor(t.path).SetPIDs(id, gw.PIDs())
@@ -283,9 +295,29 @@ func (a *Agent) onEvent(ev discovery.Event) {
 			a.tracerFor(t.path).Untrack(id)
 		}
 		delete(a.gateways, id)
+		a.namer.untrack(id)
 		a.log.Info("gateway gone", "masterPID", gw.Master.PID)
 	}
 	a.updateHealthLocked()
+}
+
+// nameListeners learns the names of gw's listeners (unless KONG_WATCHER_LISTENERS names
+// them), before its probes are attached, so that its first requests are named too.
+func (a *Agent) nameListeners(gw discovery.Gateway) {
+	if a.cfg.Listeners != nil {
+		a.namer.track(gw, *a.cfg.Listeners)
+		return
+	}
+	set, errs := listeners.Learn(a.cfg.ProcRoot, gw.Master.PID, gw.Master.Title)
+	for _, err := range errs {
+		a.log.Info("listener names: "+err.Error(), "masterPID", gw.Master.PID)
+	}
+	names := set.String()
+	if names == "" {
+		names = "every TCP listener is the proxy"
+	}
+	a.log.Info("listener names", "masterPID", gw.Master.PID, "source", set.Source, "listeners", names)
+	a.namer.track(gw, set)
 }
 
 func (a *Agent) tracerFor(path string) tracer {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kong-watcher/kong-watcher/agent/kube"
+	"github.com/kong-watcher/kong-watcher/agent/listeners"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -56,6 +57,9 @@ type Config struct {
 	// (KONG_WATCHER_ONLY_PIDS, comma-separated): for tests and debugging on a machine that
 	// runs other nginx instances. In a pod the PID namespace already isolates Kong.
 	OnlyMasterPIDs []int
+	// Listeners, when set (KONG_WATCHER_LISTENERS), names every gateway's listeners;
+	// otherwise each gateway's are learnt from its master (see agent/listeners).
+	Listeners *listeners.Set
 
 	// Kubernetes reporter (only when PodName, PodNamespace and ManagerURL are set): where the
 	// manager is, the CA it is verified with, and the projected token the agent proves its pod with.
@@ -217,6 +221,13 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 			}
 			c.OnlyMasterPIDs = append(c.OnlyMasterPIDs, n)
 		}
+	}
+	if v, ok := get(v1alpha1.EnvListeners); ok {
+		s, err := listeners.ParseOverride(v)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%q: %v", v1alpha1.EnvListeners, v, err))
+		}
+		c.Listeners = &s
 	}
 	if v, ok := get(EnvTrafficStatsEventInterval); ok {
 		d, err := time.ParseDuration(v)

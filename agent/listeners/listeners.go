@@ -41,8 +41,9 @@ const (
 	SourceNginx        = "nginx"         // not Kong: every TCP listener is the proxy
 )
 
-// Set names one gateway's listeners. The zero value (and Nginx) names every TCP listener
-// the proxy. A Set is immutable once built and safe for concurrent use.
+// Set names one gateway's listeners. The zero value (and Nginx) names every TCP listener,
+// and any the data path could not tell, the proxy. A Set is immutable once built and safe
+// for concurrent use.
 type Set struct {
 	// Source says where the names come from (SourceOverride, ...).
 	Source string
@@ -61,15 +62,16 @@ func newSet(source string, byPort map[uint16]string) Set {
 }
 
 // Name names the listener of a request whose listener the data path saw as port, unix and
-// known (model.Request's LocalPort, UnixListener and ListenerKnown).
+// known (model.Request's LocalPort, UnixListener and ListenerKnown). A listener the data
+// path could not tell is Unknown, except on a gateway whose listeners are all the proxy.
 func (s Set) Name(port uint16, unix, known bool) string {
 	switch {
+	case s.byPort == nil && !unix:
+		return Proxy
 	case !known:
 		return Unknown
 	case unix:
 		return Unix
-	case s.byPort == nil:
-		return Proxy
 	}
 	if n, ok := s.byPort[port]; ok {
 		return n

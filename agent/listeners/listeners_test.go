@@ -79,10 +79,13 @@ func TestFromKong(t *testing.T) {
 
 func TestNameRules(t *testing.T) {
 	kong, _ := FromKong(nil)
-	for _, s := range []Set{Nginx, {}, kong} {
+	override, _ := ParseOverride("proxy=8000")
+	for _, s := range []Set{Nginx, {}, kong, override} {
 		if got := s.Name(8000, true, true); got != Unix {
 			t.Errorf("%s: a unix-domain listener is %q", s.Source, got)
 		}
+	}
+	for _, s := range []Set{kong, override} {
 		if got := s.Name(8000, false, false); got != Unknown {
 			t.Errorf("%s: an unknown listener is %q", s.Source, got)
 		}
@@ -90,6 +93,9 @@ func TestNameRules(t *testing.T) {
 	for _, s := range []Set{Nginx, {}} {
 		if got := s.Name(9000, false, true); got != Proxy {
 			t.Errorf("not Kong: every TCP port is the proxy, 9000 is %q", got)
+		}
+		if got := s.Name(0, false, false); got != Proxy {
+			t.Errorf("not Kong: an unknown listener is the proxy, not %q", got)
 		}
 	}
 	if kong.Name(9000, false, true) != "9000" || kong.Name(9000, false, true) != "9000" {

@@ -7,14 +7,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -23,11 +21,9 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -37,6 +33,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/hack/internal/benchenv"
+	"github.com/kong-watcher/kong-watcher/test/benchkit"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
 )
 
@@ -46,16 +44,15 @@ const (
 	managerSA        = "kong-watcher-webhook"
 	managerService   = "kong-watcher-webhook-service"
 	kongNamespace    = "kong"
-	kongSA           = "kong"
+	kongSA           = benchenv.KongServiceAccount
 )
 
 // tokenTTL is the projected report token's lifetime the webhook injects (--report-token-ttl).
 const tokenTTL = int64(3600)
 
-// repoRoot is the repository this file is in.
-func repoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
+// managerResources are the manager container's requests and limits as config/default ships them.
+type managerResources struct {
+	cpuRequest, cpuLimit, memRequest, memLimit string
 }
 
 // applyConfigDefault creates what `kubectl kustomize config/default` renders, except the
@@ -63,26 +60,18 @@ func repoRoot() string {
 // MutatingWebhookConfiguration (the pods are created already injected; no admission call
 // belongs on the measured path). So the manager's ServiceAccount, its ClusterRole and Roles and
 // their bindings, and the ValidatingAdmissionPolicies are the shipped ones.
-// managerResources are the manager container's requests and limits as config/default ships them.
-type managerResources struct {
-	cpuRequest, cpuLimit, memRequest, memLimit string
-}
-
 func applyConfigDefault(ctx context.Context, c client.Client, policies bool) ([]string, managerResources, error) {
 	var res managerResources
-	raw, err := exec.Command("kubectl", "kustomize", filepath.Join(repoRoot(), "config", "default")).Output()
+	docs, err := benchenv.RenderConfigDefault()
 	if err != nil {
-		return nil, res, fmt.Errorf("kubectl kustomize config/default: %w", err)
+		return nil, res, err
 	}
 	skip := map[string]bool{"Deployment": true, "PodDisruptionBudget": true, "MutatingWebhookConfiguration": true}
 	if !policies {
 		skip["ValidatingAdmissionPolicy"], skip["ValidatingAdmissionPolicyBinding"] = true, true
 	}
 	var applied []string
-	for _, doc := range strings.Split(string(raw), "\n---\n") {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
+	for _, doc := range docs {
 		u := &unstructured.Unstructured{}
 		if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
 			return nil, res, fmt.Errorf("config/default: %w", err)
@@ -209,62 +198,6 @@ func randSuffix(n int, seed uint64) string {
 	return string(b)
 }
 
-// kongTemplate is the pod template of a labelled Kong Deployment (what the Kong Helm chart
-// renders, roughly): Kong's env, ports, probes, volumes, an init container.
-func kongTemplate(name string) corev1.PodTemplateSpec {
-	return corev1.PodTemplateSpec{
-		ObjectMeta: metav1.ObjectMeta{
-			Labels: map[string]string{"app.kubernetes.io/name": "kong", "app.kubernetes.io/instance": name,
-				kwv1.LabelInject: kwv1.LabelInjectValue},
-			Annotations: map[string]string{"kuma.io/gateway": "enabled", "traffic.sidecar.istio.io/includeInboundPorts": ""},
-		},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: kongSA,
-			InitContainers: []corev1.Container{{Name: "clear-stale-pid", Image: "kong:3.9",
-				Command:      []string{"rm", "-vrf", "$KONG_PREFIX/pids"},
-				VolumeMounts: []corev1.VolumeMount{{Name: "kong-prefix-dir", MountPath: "/kong_prefix/"}}}},
-			Containers: []corev1.Container{{
-				Name: "proxy", Image: "kong:3.9", ImagePullPolicy: corev1.PullIfNotPresent,
-				Env: kongEnv(),
-				Ports: []corev1.ContainerPort{{Name: "proxy", ContainerPort: 8000}, {Name: "proxy-tls", ContainerPort: 8443},
-					{Name: "status", ContainerPort: 8100}},
-				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-					Path: "/status/ready", Port: intstr.FromString("status")}}},
-				LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-					Path: "/status", Port: intstr.FromString("status")}}},
-				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
-					corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("512Mi")}},
-				VolumeMounts: []corev1.VolumeMount{{Name: "kong-prefix-dir", MountPath: "/kong_prefix/"},
-					{Name: "kong-tmp", MountPath: "/tmp"}},
-				SecurityContext: &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr.To(true), RunAsNonRoot: ptr.To(true),
-					RunAsUser: ptr.To[int64](1000), AllowPrivilegeEscalation: ptr.To(false),
-					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
-			}},
-			Volumes: []corev1.Volume{
-				{Name: "kong-prefix-dir", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-				{Name: "kong-tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-			},
-		},
-	}
-}
-
-func kongEnv() []corev1.EnvVar {
-	kv := [][2]string{
-		{"KONG_DATABASE", "off"}, {"KONG_PROXY_LISTEN", "0.0.0.0:8000, 0.0.0.0:8443 http2 ssl"},
-		{"KONG_ADMIN_LISTEN", "127.0.0.1:8444 http2 ssl"}, {"KONG_STATUS_LISTEN", "0.0.0.0:8100"},
-		{"KONG_PROXY_ACCESS_LOG", "/dev/stdout"}, {"KONG_PROXY_ERROR_LOG", "/dev/stderr"},
-		{"KONG_ADMIN_ACCESS_LOG", "/dev/stdout"}, {"KONG_ADMIN_ERROR_LOG", "/dev/stderr"},
-		{"KONG_PREFIX", "/kong_prefix/"}, {"KONG_NGINX_WORKER_PROCESSES", "2"},
-		{"KONG_PLUGINS", "bundled"}, {"KONG_ROUTER_FLAVOR", "traditional_compatible"},
-	}
-	out := make([]corev1.EnvVar, 0, len(kv)+1)
-	for _, p := range kv {
-		out = append(out, corev1.EnvVar{Name: p[0], Value: p[1]})
-	}
-	return append(out, corev1.EnvVar{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
-		FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}})
-}
-
 // injectConfig is what the webhook injects with its default flags in this namespace layout.
 func injectConfig(caPEM []byte) inject.Config {
 	cfg := inject.DefaultConfig()
@@ -333,7 +266,7 @@ func createFleet(ctx context.Context, admin *kubernetes.Clientset, caPEM []byte,
 	var jobs []job
 	for d := range nDeploy {
 		name := fmt.Sprintf("kong-gw-%02d", d)
-		tmpl := kongTemplate(name)
+		tmpl := benchenv.KongPodTemplate(name)
 		dep := &appsv1.Deployment{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: kongNamespace, Labels: map[string]string{"app.kubernetes.io/name": "kong"}},
 			Spec: appsv1.DeploymentSpec{
@@ -433,7 +366,7 @@ func createFleet(ctx context.Context, admin *kubernetes.Clientset, caPEM []byte,
 
 // createSanityPod is a pod like the fleet's, owned by nothing, for the checks before the run.
 func createSanityPod(ctx context.Context, admin *kubernetes.Clientset, caPEM []byte) (*corev1.Pod, string, error) {
-	tmpl := kongTemplate("kw-bench-sanity")
+	tmpl := benchenv.KongPodTemplate("kw-bench-sanity")
 	pod := &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
 	pod.Name, pod.Namespace = "kw-bench-sanity", kongNamespace
 	inject.Inject(pod, injectConfig(caPEM))
@@ -509,7 +442,7 @@ func startManager(bin, dir, kubeconfig, certDir string, idx int) (*manager, erro
 	m := &manager{idx: idx, done: make(chan error, 1)}
 	var err error
 	for _, p := range []*int{&m.webhookPort, &m.probePort, &m.metricsPort} {
-		if *p, err = freePort(); err != nil {
+		if *p, err = benchkit.FreePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -588,14 +521,3 @@ func tail(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-var errNoAssets = errors.New("KUBEBUILDER_ASSETS is not set (run `make bench-manager`, or set it to the output of hack/k8s-binaries.sh)")

@@ -7,6 +7,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/test/benchkit"
 )
 
 // markdown is the "## Manager: agent reports" section of docs/benchmarks.md.
@@ -84,11 +85,11 @@ func (r *results) markdown() string {
 	}
 	p("| manager CPU | **%.3f cores** for both: %s; idle before the run %.3f |\n", w.cores(w.mgrTotal()), strings.Join(perRep, " + "),
 		r.idleW.cores(r.idleW.mgrTotal()))
-	p("| manager CPU per report | **%.0f us** (cold round: %.0f us) |\n", us(w.perReport(w.mgrTotal())), us(cw.perReport(cw.mgrTotal())))
+	p("| manager CPU per report | **%.0f us** (cold round: %.0f us) |\n", benchkit.Micros(w.perReport(w.mgrTotal())), benchkit.Micros(cw.perReport(cw.mgrTotal())))
 	var rss, peak []string
 	for i := range r.mgrs {
-		rss = append(rss, fmt.Sprintf("%.1f (%s)", mib(r.steadyRSS[i][0]), role(i)))
-		peak = append(peak, fmt.Sprintf("%.1f", mib(r.peakRSS[i])))
+		rss = append(rss, fmt.Sprintf("%.1f (%s)", benchkit.MiB(r.steadyRSS[i][0]), role(i)))
+		peak = append(peak, fmt.Sprintf("%.1f", benchkit.MiB(r.peakRSS[i])))
 	}
 	p("| manager RSS, steady (largest sample) | **%s MiB** |\n", strings.Join(rss, ", "))
 	p("| manager RSS, peak (VmHWM, cold round included) | %s MiB |\n", strings.Join(peak, ", "))
@@ -96,17 +97,17 @@ func (r *results) markdown() string {
 	if pr := r.probe; pr != nil && pr.err == "" {
 		kib = perConnKiB(pr)
 		p("| + the agents' own keep-alive connections | %.0f KiB each: after the run, %d more connections to replica 0 (%s), one report each, then idle: RSS %.1f -> %.1f MiB, goroutines %.0f -> %.0f; **about %.0f MiB per replica** for %d agents each |\n",
-			kib, pr.conns, role(0), mib(pr.rssBefore), mib(pr.rssAfter), pr.goroutinesBefore, pr.goroutinesAfter, kib*float64(r.agents/nm)/1024, r.agents/nm)
+			kib, pr.conns, role(0), benchkit.MiB(pr.rssBefore), benchkit.MiB(pr.rssAfter), pr.goroutinesBefore, pr.goroutinesAfter, kib*float64(r.agents/nm)/1024, r.agents/nm)
 	}
 	p("| API-server writes | **%.2f/s**: PATCH pods %.2f/s, PATCH deployments %.2f/s, Events %.2f/s (create and patch), the rest leases |\n",
 		w.writes()/w.wall.Seconds(), w.rate(keyPatchPods), w.rate(keyPatchDeploy), eventWrites(w.api)/w.wall.Seconds())
 	p("| TokenReviews | **%.2f/s** measured (every token cached after round 0); cold round %.2f/s; for agents started at different times about **%.1f/s**: a replica reviews a token again when its cache entry expires (10 minutes) and after each rotation (80%% of the 1 h lifetime) |\n",
 		w.rate(keyTokenReview), cw.rate(keyTokenReview), r.modelTokenReviews())
 	p("| report latency | p50 **%.1f ms**, p90 %.1f ms, p99 **%.1f ms**, max %.1f ms (cold round: p50 %.1f, p99 %.1f, max %.1f ms) |\n",
-		ms(r.steady.pct(.5)), ms(r.steady.pct(.9)), ms(r.steady.pct(.99)), ms(r.steady.pct(1)), ms(r.cold.pct(.5)), ms(r.cold.pct(.99)), ms(r.cold.pct(1)))
+		benchkit.Millis(r.steady.pct(.5)), benchkit.Millis(r.steady.pct(.9)), benchkit.Millis(r.steady.pct(.99)), benchkit.Millis(r.steady.pct(1)), benchkit.Millis(r.cold.pct(.5)), benchkit.Millis(r.cold.pct(.99)), benchkit.Millis(r.cold.pct(1)))
 	p("| status codes | steady: %s; cold round: %s |\n", r.steady.statusString(), r.cold.statusString())
 	idleAPI, idleEtcd := r.idleW.cores(r.idleW.apiCPU), r.idleW.cores(r.idleW.etcdCPU)
-	apiNet, etcdNet := us(w.netPerReport(w.apiCPU, idleAPI)), us(w.netPerReport(w.etcdCPU, idleEtcd))
+	apiNet, etcdNet := benchkit.Micros(w.netPerReport(w.apiCPU, idleAPI)), benchkit.Micros(w.netPerReport(w.etcdCPU, idleEtcd))
 	p("| API server / etcd CPU | %.3f / %.3f cores (idle before the run: %.3f / %.3f): **%.0f / %.0f us per report** above idle |\n",
 		w.cores(w.apiCPU), w.cores(w.etcdCPU), idleAPI, idleEtcd, apiNet, etcdNet)
 	if r.deployPods != "" {
@@ -118,11 +119,11 @@ func (r *results) markdown() string {
 	// Memory against the shipped limit.
 	if lim, err := resource.ParseQuantity(r.resources.memLimit); err == nil && r.leader >= 0 && nm > 1 {
 		limMiB := float64(lim.Value()) / (1 << 20)
-		leader := mib(r.steadyRSS[r.leader][0])
+		leader := benchkit.MiB(r.steadyRSS[r.leader][0])
 		var follower float64
 		for i := range r.mgrs {
 			if i != r.leader {
-				follower = max(follower, mib(r.steadyRSS[i][0]))
+				follower = max(follower, benchkit.MiB(r.steadyRSS[i][0]))
 			}
 		}
 		perConnMiB := kib / 1024
@@ -151,16 +152,8 @@ func (r *results) markdown() string {
 	p("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for i, ph := range r.perRound {
 		rw := r.roundW[i]
-		var mc []string
-		for _, c := range rw.mgrCPU {
-			mc = append(mc, fmt.Sprintf("%.3f", rw.cores(c)))
-		}
-		other := ""
-		if ph.non200() > 0 {
-			other = ph.statusString()
-		}
-		p("| %d | %d | %d | %s | %.1f | %.1f | %.1f | %s | %.0f | %.3f | %.3f | %.3f | %.0f | %.0f | %.0f | %.0f |\n", i, ph.reports, ph.ok, other,
-			ms(ph.pct(.5)), ms(ph.pct(.99)), ms(ph.pct(1)), strings.Join(mc, " + "), us(rw.perReport(rw.mgrTotal())), rw.cores(rw.apiCPU),
+		p("| %d | %d | %d | %s | %.1f | %.1f | %.1f | %s | %.0f | %.3f | %.3f | %.3f | %.0f | %.0f | %.0f | %.0f |\n", i, ph.reports, ph.ok, ph.otherStatuses(""),
+			benchkit.Millis(ph.pct(.5)), benchkit.Millis(ph.pct(.99)), benchkit.Millis(ph.pct(1)), strings.Join(rw.mgrCores(), " + "), benchkit.Micros(rw.perReport(rw.mgrTotal())), rw.cores(rw.apiCPU),
 			rw.cores(rw.etcdCPU), rw.cores(rw.genCPU), rw.api[keyPatchPods], rw.api[keyPatchDeploy], rw.api[keyTokenReview], eventWrites(rw.api))
 	}
 	p("\nEvery API-server request in the steady window, from every client (watches count when they end; the\n")
@@ -175,7 +168,7 @@ func (r *results) markdown() string {
 		p("| %s | %.2f | %s |\n", k.String(), w.api[k]/w.wall.Seconds(), strings.Join(cs, ", "))
 	}
 	p("\nMean time in the API server: PATCH pods %.1f ms (steady), TokenReview %.1f ms (cold round).\n\n",
-		ms(w.b.api.meanLatency(w.a.api, keyPatchPods)), ms(cw.b.api.meanLatency(cw.a.api, keyTokenReview)))
+		benchkit.Millis(w.b.api.meanLatency(w.a.api, keyPatchPods)), benchkit.Millis(cw.b.api.meanLatency(cw.a.api, keyTokenReview)))
 
 	p("The manager's per-report steps that need no network, run in the load generator's process on the\n")
 	p("sanity pod's report and token (the CPU of one thread in a loop, so the machine's load inflates it\n")
@@ -190,7 +183,7 @@ func (r *results) markdown() string {
 	}
 	p("\n")
 
-	mgrUs := us(w.perReport(w.mgrTotal()))
+	mgrUs := benchkit.Micros(w.perReport(w.mgrTotal()))
 	apiUs, etcdUs := apiNet, etcdNet
 	p("What dominates:\n\n")
 	p("- The cluster, not the manager: per report the API server spends %.0f us of CPU and etcd %.0f us above\n", apiUs, etcdUs)
@@ -214,7 +207,7 @@ func (r *results) markdown() string {
 		p("- No Deployment was patched: this manager build does not run the rollup.\n")
 	}
 	if tr := cw.rate(keyTokenReview); tr > 0 {
-		p("- The cold round costs %.0f us per report in the managers against %.0f steady: a TokenReview per\n", us(cw.perReport(cw.mgrTotal())), mgrUs)
+		p("- The cold round costs %.0f us per report in the managers against %.0f steady: a TokenReview per\n", benchkit.Micros(cw.perReport(cw.mgrTotal())), mgrUs)
 		p("  agent (%.1f/s) and %d start-up Events. Each replica allows 20 TokenReviews/s with a burst of 100,\n", tr, r.cold.eventsAsked)
 		p("  so a cold fleet larger than about %d agents spread over %v gets some 429s and retries.\n", int(20*float64(nm)*r.c.interval.Seconds()+100*float64(nm)), r.c.interval)
 	}

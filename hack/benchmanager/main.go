@@ -60,6 +60,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/hack/internal/benchenv"
+	"github.com/kong-watcher/kong-watcher/test/benchkit"
 )
 
 type config struct {
@@ -110,8 +112,8 @@ func main() {
 }
 
 func run(c config) (bool, error) {
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		return false, errNoAssets
+	if err := benchenv.RequireAssets("bench-manager"); err != nil {
+		return false, err
 	}
 	if c.managerBin == "" {
 		return false, errors.New("-manager is required (the binary built from ./cmd/webhook)")
@@ -138,14 +140,12 @@ func run(c config) (bool, error) {
 	}
 
 	// The API server.
-	env := &envtest.Environment{ControlPlaneStartTimeout: 90 * time.Second}
-	t0 := time.Now()
-	cfg, err := env.Start()
+	env := &envtest.Environment{}
+	cfg, err := benchenv.StartAPIServer(env)
 	if err != nil {
-		return false, fmt.Errorf("starting envtest: %w", err)
+		return false, err
 	}
 	defer env.Stop() //nolint:errcheck // best effort at exit
-	fmt.Printf("envtest API server up in %v\n", time.Since(t0).Round(time.Millisecond))
 	acfg := rest.CopyConfig(cfg)
 	acfg.QPS = -1
 	admin, err := kubernetes.NewForConfig(acfg)
@@ -172,7 +172,7 @@ func run(c config) (bool, error) {
 		return false, err
 	}
 
-	t0 = time.Now()
+	t0 := time.Now()
 	perDeploy := c.agents / c.deployments
 	fl, err := createFleet(ctx, admin, srv.caPEM, c.deployments, perDeploy, 32)
 	if err != nil {
@@ -276,7 +276,7 @@ func run(c config) (bool, error) {
 		len(sanityBody), countStatistics(got.Annotations), kwv1.AnnotationStats, len(got.Annotations[kwv1.AnnotationStats]))
 	// The sanity pod's token is now cached by both managers; no agent uses it.
 
-	p := procs{managers: mgrs, apiserver: childrenNamed("kube-apiserver"), etcd: childrenNamed("etcd")}
+	p := procs{managers: mgrs, apiserver: benchkit.ChildrenNamed("kube-apiserver"), etcd: benchkit.ChildrenNamed("etcd")}
 	if len(p.apiserver) == 0 || len(p.etcd) == 0 {
 		fmt.Println("WARNING: kube-apiserver or etcd process not found among this process's children: their CPU is not reported")
 	}
@@ -302,7 +302,7 @@ func run(c config) (bool, error) {
 			sleepUntil(ctx, sched.t0.Add(time.Duration(r)*c.interval))
 			snaps[r] = takeSnapshot(ctx, admin, p)
 			if r > 0 {
-				printRoundProgress(r-1, snaps[r-1], snaps[r], mgrs)
+				printRoundProgress(r-1, snaps[r-1], snaps[r])
 			}
 		}
 	}()
@@ -311,7 +311,7 @@ func run(c config) (bool, error) {
 	sleepUntil(ctx, sched.t0.Add(time.Duration(rounds)*c.interval))
 	time.Sleep(500 * time.Millisecond) // the managers' Event broadcasters write asynchronously
 	snaps[rounds] = takeSnapshot(ctx, admin, p)
-	printRoundProgress(rounds-1, snaps[rounds-1], snaps[rounds], mgrs)
+	printRoundProgress(rounds-1, snaps[rounds-1], snaps[rounds])
 
 	res := analyse(c, sched, snaps, idle0, idle1, sampler, mgrs)
 	// What the leader's rollup wrote on a Deployment, if it runs.
@@ -329,7 +329,7 @@ func run(c config) (bool, error) {
 		}
 		// VmHWM can lag VmRSS a little (the kernel folds per-thread RSS counters in lazily): the
 		// peak is the larger of it and every sample.
-		_, hwm, _ := procMem(m.pid)
+		_, hwm, _ := benchkit.ProcMem(m.pid)
 		res.peakRSS = append(res.peakRSS, max(hwm, sampler.peak(m.idx)))
 	}
 
@@ -360,13 +360,13 @@ func run(c config) (bool, error) {
 			res.leader = m.idx
 		}
 	}
-	res.loadEnd = loadavg()
+	res.loadEnd = benchkit.LoadAvg()
 	res.total = time.Since(tStart)
 	res.print()
 	passed := res.steadyNon200 == 0 && len(res.notes) == 0
 	if c.doc != "" {
 		if passed && c.policies {
-			if err := writeDoc(c.doc, res.markdown()); err != nil {
+			if err := benchkit.WriteDocSection(c.doc, docHeading, res.markdown()); err != nil {
 				return false, err
 			}
 			fmt.Printf("wrote the %q section of %s\n", docHeading, c.doc)
@@ -399,16 +399,12 @@ func countStatistics(ann map[string]string) int {
 	return n
 }
 
-func printRoundProgress(r int, a, b snapshot, mgrs []*manager) {
-	wall := b.at.Sub(a.at).Seconds()
-	var cpu []string
-	for i := range mgrs {
-		cpu = append(cpu, fmt.Sprintf("%.3f", (b.mgrCPU[i]-a.mgrCPU[i]).Seconds()/wall))
-	}
-	d := b.api.delta(a.api)
+// printRoundProgress prints round r's window (snapshots a and b) as it ends.
+func printRoundProgress(r int, a, b snapshot) {
+	w := newWindow(fmt.Sprintf("round %d", r), a, b, 0)
 	fmt.Printf("  round %d: managers %s cores, API server %.2f, etcd %.2f, load generator %.2f; PATCH pods %.0f, TokenReviews %.0f, Events %.0f; load %s\n",
-		r, strings.Join(cpu, " + "), (b.apiCPU-a.apiCPU).Seconds()/wall, (b.etcdCPU-a.etcdCPU).Seconds()/wall, (b.genCPU-a.genCPU).Seconds()/wall,
-		d[metricKey{"PATCH", "", "pods", ""}], d[metricKey{"POST", "authentication.k8s.io", "tokenreviews", ""}], eventWrites(d), b.loadavg)
+		r, strings.Join(w.mgrCores(), " + "), w.cores(w.apiCPU), w.cores(w.etcdCPU), w.cores(w.genCPU),
+		w.api[keyPatchPods], w.api[keyTokenReview], eventWrites(w.api), b.loadavg)
 }
 
 func eventWrites(d map[metricKey]float64) float64 {

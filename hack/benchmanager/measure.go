@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/kong-watcher/kong-watcher/test/benchkit"
 )
 
 var sigterm = syscall.SIGTERM
@@ -21,99 +22,6 @@ var sigterm = syscall.SIGTERM
 // procAttr makes a child die with this process (no stray managers after a crash).
 func procAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-}
-
-// clkTck is USER_HZ, the unit of utime and stime in /proc/<pid>/stat (100 on Linux).
-const clkTck = 100
-
-// procCPU is a process's user + system CPU time so far, from /proc/<pid>/stat.
-func procCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	// Fields after the name: state(3) ppid(4) ... utime(14) stime(15): index 11 and 12 here.
-	if len(f) < 13 {
-		return 0, fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	u, _ := strconv.ParseUint(f[11], 10, 64)
-	st, _ := strconv.ParseUint(f[12], 10, 64)
-	return time.Duration(u+st) * time.Second / clkTck, nil
-}
-
-// procMem is VmRSS and VmHWM (the peak RSS) of a process, in bytes, from /proc/<pid>/status.
-func procMem(pid int) (rss, hwm uint64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		line := sc.Text()
-		for key, dst := range map[string]*uint64{"VmRSS:": &rss, "VmHWM:": &hwm} {
-			if rest, ok := strings.CutPrefix(line, key); ok {
-				kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-				*dst = kb << 10
-			}
-		}
-	}
-	return rss, hwm, nil
-}
-
-// childrenNamed returns the pids of this process's children whose command name is name (the
-// API server and etcd envtest started).
-func childrenNamed(name string) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	me := os.Getpid()
-	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		open, closeP := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || closeP < 0 {
-			continue
-		}
-		comm := s[open+1 : closeP]
-		f := strings.Fields(s[closeP+2:])
-		if len(f) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		if ppid == me && comm == name {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-// selfCPU is this process's (the load generator's) CPU time.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// threadCPU is the calling OS thread's CPU time.
-func threadCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(1 /* RUSAGE_THREAD */, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // metricKey identifies an apiserver_request_total series, without its code.
@@ -277,20 +185,20 @@ type procs struct {
 }
 
 func takeSnapshot(ctx context.Context, admin *kubernetes.Clientset, p procs) snapshot {
-	s := snapshot{api: readAPIMetrics(ctx, admin), at: time.Now(), genCPU: selfCPU(), loadavg: loadavg()}
+	s := snapshot{api: readAPIMetrics(ctx, admin), at: time.Now(), genCPU: benchkit.SelfCPU(), loadavg: benchkit.LoadAvg()}
 	for _, m := range p.managers {
-		c, err := procCPU(m.pid)
-		rss, _, _ := procMem(m.pid)
+		c, err := benchkit.ProcCPU(m.pid)
+		rss, _, _ := benchkit.ProcMem(m.pid)
 		s.mgrCPU = append(s.mgrCPU, c)
 		s.mgrRSS = append(s.mgrRSS, rss)
 		s.mgrAlive = append(s.mgrAlive, err == nil)
 	}
 	for _, pid := range p.apiserver {
-		c, _ := procCPU(pid)
+		c, _ := benchkit.ProcCPU(pid)
 		s.apiCPU += c
 	}
 	for _, pid := range p.etcd {
-		c, _ := procCPU(pid)
+		c, _ := benchkit.ProcCPU(pid)
 		s.etcdCPU += c
 	}
 	return s
@@ -313,7 +221,7 @@ func (r *rssSampler) run(ctx context.Context, managers []*manager) {
 	defer t.Stop()
 	for {
 		for i, m := range managers {
-			if rss, _, err := procMem(m.pid); err == nil {
+			if rss, _, err := benchkit.ProcMem(m.pid); err == nil {
 				r.mu.Lock()
 				r.samples[i] = append(r.samples[i], rssSample{time.Now(), rss})
 				r.mu.Unlock()
@@ -405,31 +313,4 @@ func httpGet(url string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
-}
-
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-// niceness of this process (see hack/bench-manager.sh).
-func niceness() int {
-	b, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 17 {
-		return 0
-	}
-	n, _ := strconv.Atoi(f[16])
-	return n
 }

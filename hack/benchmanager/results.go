@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/test/benchkit"
 	"github.com/kong-watcher/kong-watcher/webhook/ingest"
 )
 
@@ -38,13 +38,7 @@ type phase struct {
 	late10ms    int
 }
 
-func (p *phase) pct(q float64) time.Duration {
-	if len(p.lat) == 0 {
-		return 0
-	}
-	i := int(q*float64(len(p.lat))+0.5) - 1
-	return p.lat[max(0, min(i, len(p.lat)-1))]
-}
+func (p *phase) pct(q float64) time.Duration { return benchkit.Percentile(p.lat, q) }
 
 func (p *phase) non200() int {
 	n := 0
@@ -54,6 +48,15 @@ func (p *phase) non200() int {
 		}
 	}
 	return n
+}
+
+// otherStatuses is statusString when some answer was not a 200, else none: the "other"
+// column of the per-round tables.
+func (p *phase) otherStatuses(none string) string {
+	if p.non200() == 0 {
+		return none
+	}
+	return p.statusString()
 }
 
 func (p *phase) statusString() string {
@@ -128,6 +131,15 @@ func newWindow(name string, a, b snapshot, reports int) *window {
 }
 
 func (w *window) cores(d time.Duration) float64 { return d.Seconds() / w.wall.Seconds() }
+
+// mgrCores is each manager's CPU in w, in cores with 3 decimals, for the per-round lines.
+func (w *window) mgrCores() []string {
+	out := make([]string, 0, len(w.mgrCPU))
+	for _, c := range w.mgrCPU {
+		out = append(out, fmt.Sprintf("%.3f", w.cores(c)))
+	}
+	return out
+}
 func (w *window) mgrTotal() time.Duration {
 	var t time.Duration
 	for _, c := range w.mgrCPU {
@@ -227,7 +239,7 @@ type results struct {
 
 func analyse(c config, s *schedule, snaps []snapshot, idle0, idle1 snapshot, sampler *rssSampler, mgrs []*manager) *results {
 	r := &results{c: c, date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), cpus: runtime.NumCPU(), agents: len(s.results[0]),
-		rounds: s.rounds, mgrs: mgrs, leader: -1, loadStart: snaps[0].loadavg, nice: niceness(), managerBin: c.managerBin}
+		rounds: s.rounds, mgrs: mgrs, leader: -1, loadStart: snaps[0].loadavg, nice: benchkit.Niceness(), managerBin: c.managerBin}
 	var steadyRounds []int
 	for i := 1; i < s.rounds; i++ {
 		steadyRounds = append(steadyRounds, i)
@@ -313,11 +325,11 @@ func measureCost(name string, n int, f func()) inprocCost {
 	var ms0, ms1 runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&ms0)
-	c0 := threadCPU()
+	c0 := benchkit.ThreadCPU()
 	for range n {
 		f()
 	}
-	c1 := threadCPU()
+	c1 := benchkit.ThreadCPU()
 	runtime.ReadMemStats(&ms1)
 	return inprocCost{name: name, ns: float64(c1-c0) / float64(n), allocs: int64(ms1.Mallocs-ms0.Mallocs) / int64(n),
 		bytes: int64(ms1.TotalAlloc-ms0.TotalAlloc) / int64(n)}
@@ -330,8 +342,8 @@ func connProbe(ctx context.Context, m *manager, caPEM []byte, url, token string,
 	pr := &probeResult{conns: n}
 	_ = readManagerMetrics(m)
 	pr.heapBefore, pr.goroutinesBefore = m.heapInuse, m.goroutines
-	pr.rssBefore, _, _ = procMem(m.pid)
-	cpu0, _ := procCPU(m.pid)
+	pr.rssBefore, _, _ = benchkit.ProcMem(m.pid)
+	cpu0, _ := benchkit.ProcCPU(m.pid)
 	var trs []*http.Transport
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
@@ -362,10 +374,10 @@ func connProbe(ctx context.Context, m *manager, caPEM []byte, url, token string,
 		}()
 	}
 	wg.Wait()
-	cpu1, _ := procCPU(m.pid)
+	cpu1, _ := benchkit.ProcCPU(m.pid)
 	pr.cpu = cpu1 - cpu0
 	time.Sleep(3 * time.Second)
-	pr.rssAfter, _, _ = procMem(m.pid)
+	pr.rssAfter, _, _ = benchkit.ProcMem(m.pid)
 	_ = readManagerMetrics(m)
 	pr.heapAfter, pr.goroutinesAfter = m.heapInuse, m.goroutines
 	for _, tr := range trs {
@@ -373,10 +385,6 @@ func connProbe(ctx context.Context, m *manager, caPEM []byte, url, token string,
 	}
 	return pr
 }
-
-func mib(b uint64) float64       { return float64(b) / (1 << 20) }
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 func (r *results) maxSteadyRSS() uint64 {
 	var m uint64
@@ -414,22 +422,14 @@ func (r *results) print() {
 		"manager cores", "us/rep", "api", "etcd", "PATCH", "TokRev", "Events")
 	for i, p := range r.perRound {
 		w := r.roundW[i]
-		var mc []string
-		for _, c := range w.mgrCPU {
-			mc = append(mc, fmt.Sprintf("%.3f", w.cores(c)))
-		}
-		other := "-"
-		if p.non200() > 0 {
-			other = p.statusString()
-		}
-		fmt.Printf("  %-8d %7d %6d %-24s %8.2f %8.2f %8.2f  %-16s %8.0f %8.2f %8.2f %7.0f %7.0f %7.0f\n", i, p.reports, p.ok, other,
-			ms(p.pct(.5)), ms(p.pct(.99)), ms(p.pct(1)), strings.Join(mc, "+"), us(w.perReport(w.mgrTotal())), w.cores(w.apiCPU), w.cores(w.etcdCPU),
+		fmt.Printf("  %-8d %7d %6d %-24s %8.2f %8.2f %8.2f  %-16s %8.0f %8.2f %8.2f %7.0f %7.0f %7.0f\n", i, p.reports, p.ok, p.otherStatuses("-"),
+			benchkit.Millis(p.pct(.5)), benchkit.Millis(p.pct(.99)), benchkit.Millis(p.pct(1)), strings.Join(w.mgrCores(), "+"), benchkit.Micros(w.perReport(w.mgrTotal())), w.cores(w.apiCPU), w.cores(w.etcdCPU),
 			w.api[keyPatchPods], w.api[keyTokenReview], eventWrites(w.api))
 	}
 	for _, ph := range []*phase{r.cold, r.steady} {
 		fmt.Printf("\n%s: %d reports, %d answered 200, statuses %s; latency p50 %.2f ms p90 %.2f ms p99 %.2f ms max %.2f ms; %.0f bytes per report; %d Events carried; load generator late >10ms %d (max %.1f ms)\n",
-			ph.name, ph.reports, ph.ok, ph.statusString(), ms(ph.pct(.5)), ms(ph.pct(.9)), ms(ph.pct(.99)), ms(ph.pct(1)),
-			float64(ph.bytesSum)/float64(max(ph.ok, 1)), ph.eventsAsked, ph.late10ms, ms(ph.lateMax))
+			ph.name, ph.reports, ph.ok, ph.statusString(), benchkit.Millis(ph.pct(.5)), benchkit.Millis(ph.pct(.9)), benchkit.Millis(ph.pct(.99)), benchkit.Millis(ph.pct(1)),
+			float64(ph.bytesSum)/float64(max(ph.ok, 1)), ph.eventsAsked, ph.late10ms, benchkit.Millis(ph.lateMax))
 		for st, e := range ph.firstErr {
 			fmt.Printf("  first %d: %s\n", st, e)
 		}
@@ -438,18 +438,18 @@ func (r *results) print() {
 	fmt.Printf("\nsteady window %.1f s, %d reports accepted (%.1f/s):\n", w.wall.Seconds(), w.reports, float64(w.reports)/w.wall.Seconds())
 	for i, c := range w.mgrCPU {
 		fmt.Printf("  manager %d: %.3f cores (idle before the run: %.3f), RSS steady max %.1f MiB mean %.1f MiB, after the cold round %.1f MiB, peak (VmHWM) %.1f MiB; reports_total %v; heap in use %.1f MiB, goroutines %.0f, open fds %.0f\n",
-			i, w.cores(c), r.idleW.cores(r.idleW.mgrCPU[i]), mib(r.steadyRSS[i][0]), mib(r.steadyRSS[i][1]), mib(r.coldRSS[i]), mib(r.peakRSS[i]),
+			i, w.cores(c), r.idleW.cores(r.idleW.mgrCPU[i]), benchkit.MiB(r.steadyRSS[i][0]), benchkit.MiB(r.steadyRSS[i][1]), benchkit.MiB(r.coldRSS[i]), benchkit.MiB(r.peakRSS[i]),
 			r.mgrs[i].reportsTotal, r.mgrs[i].heapInuse/(1<<20), r.mgrs[i].goroutines, r.mgrs[i].openFDs)
 	}
-	fmt.Printf("  managers together: %.3f cores, %.0f us CPU per report (cold round: %.0f us)\n", w.cores(w.mgrTotal()), us(w.perReport(w.mgrTotal())),
-		us(r.coldW.perReport(r.coldW.mgrTotal())))
+	fmt.Printf("  managers together: %.3f cores, %.0f us CPU per report (cold round: %.0f us)\n", w.cores(w.mgrTotal()), benchkit.Micros(w.perReport(w.mgrTotal())),
+		benchkit.Micros(r.coldW.perReport(r.coldW.mgrTotal())))
 	fmt.Printf("  API server %.3f cores (idle %.3f; %.0f us per report above idle), etcd %.3f cores (idle %.3f; %.0f us per report), load generator %.3f cores\n",
-		w.cores(w.apiCPU), r.idleW.cores(r.idleW.apiCPU), us(w.netPerReport(w.apiCPU, r.idleW.cores(r.idleW.apiCPU))),
-		w.cores(w.etcdCPU), r.idleW.cores(r.idleW.etcdCPU), us(w.netPerReport(w.etcdCPU, r.idleW.cores(r.idleW.etcdCPU))), w.cores(w.genCPU))
+		w.cores(w.apiCPU), r.idleW.cores(r.idleW.apiCPU), benchkit.Micros(w.netPerReport(w.apiCPU, r.idleW.cores(r.idleW.apiCPU))),
+		w.cores(w.etcdCPU), r.idleW.cores(r.idleW.etcdCPU), benchkit.Micros(w.netPerReport(w.etcdCPU, r.idleW.cores(r.idleW.etcdCPU))), w.cores(w.genCPU))
 	fmt.Printf("  API server writes %.2f/s: PATCH pods %.2f/s (mean %.1f ms in the API server), PATCH deployments %.2f/s, Events %.2f/s; TokenReviews %.2f/s (cold round %.2f/s, mean %.1f ms); modelled steady TokenReviews %.2f/s\n",
-		w.writes()/w.wall.Seconds(), w.rate(keyPatchPods), ms(w.b.api.meanLatency(w.a.api, keyPatchPods)), w.rate(keyPatchDeploy),
+		w.writes()/w.wall.Seconds(), w.rate(keyPatchPods), benchkit.Millis(w.b.api.meanLatency(w.a.api, keyPatchPods)), w.rate(keyPatchDeploy),
 		eventWrites(w.api)/w.wall.Seconds(), w.rate(keyTokenReview), r.coldW.rate(keyTokenReview),
-		ms(r.coldW.b.api.meanLatency(r.coldW.a.api, keyTokenReview)), r.modelTokenReviews())
+		benchkit.Millis(r.coldW.b.api.meanLatency(r.coldW.a.api, keyTokenReview)), r.modelTokenReviews())
 	fmt.Printf("  every API request in the steady window (per second):\n")
 	for _, k := range sortedKeys(w.api) {
 		codes := w.b.api.codesDelta(w.a.api, k)
@@ -466,7 +466,7 @@ func (r *results) print() {
 	}
 	if pr := r.probe; pr != nil {
 		fmt.Printf("\n%d more keep-alive connections to manager 0 (one report each, then idle): CPU %.0f us per new connection and its report, RSS %.1f -> %.1f MiB (%.1f KiB per connection), heap in use %.1f -> %.1f MiB, goroutines %.0f -> %.0f%s\n",
-			pr.conns, us(pr.cpu/time.Duration(max(pr.conns, 1))), mib(pr.rssBefore), mib(pr.rssAfter), perConnKiB(pr), pr.heapBefore/(1<<20), pr.heapAfter/(1<<20), pr.goroutinesBefore, pr.goroutinesAfter,
+			pr.conns, benchkit.Micros(pr.cpu/time.Duration(max(pr.conns, 1))), benchkit.MiB(pr.rssBefore), benchkit.MiB(pr.rssAfter), perConnKiB(pr), pr.heapBefore/(1<<20), pr.heapAfter/(1<<20), pr.goroutinesBefore, pr.goroutinesAfter,
 			map[bool]string{true: " (error: " + pr.err + ")", false: ""}[pr.err != ""])
 	}
 	if r.deployPods != "" || r.deployRequests != "" {
@@ -495,10 +495,10 @@ func (r *results) printBench() {
 	fmt.Printf("BENCH manager_reports_per_second %.2f\n", float64(w.reports)/w.wall.Seconds())
 	fmt.Printf("BENCH manager_cpu_cores %.4f\n", w.cores(w.mgrTotal()))
 	fmt.Printf("BENCH manager_cpu_cores_max_replica %.4f\n", maxCores(w))
-	fmt.Printf("BENCH manager_cpu_us_per_report %.0f\n", us(w.perReport(w.mgrTotal())))
-	fmt.Printf("BENCH manager_cold_cpu_us_per_report %.0f\n", us(r.coldW.perReport(r.coldW.mgrTotal())))
-	fmt.Printf("BENCH manager_rss_mib %.1f\n", mib(r.maxSteadyRSS()))
-	fmt.Printf("BENCH manager_rss_peak_mib %.1f\n", mib(r.maxPeakRSS()))
+	fmt.Printf("BENCH manager_cpu_us_per_report %.0f\n", benchkit.Micros(w.perReport(w.mgrTotal())))
+	fmt.Printf("BENCH manager_cold_cpu_us_per_report %.0f\n", benchkit.Micros(r.coldW.perReport(r.coldW.mgrTotal())))
+	fmt.Printf("BENCH manager_rss_mib %.1f\n", benchkit.MiB(r.maxSteadyRSS()))
+	fmt.Printf("BENCH manager_rss_peak_mib %.1f\n", benchkit.MiB(r.maxPeakRSS()))
 	if r.probe != nil {
 		fmt.Printf("BENCH manager_rss_kib_per_connection %.1f\n", perConnKiB(r.probe))
 	}
@@ -506,15 +506,15 @@ func (r *results) printBench() {
 	fmt.Printf("BENCH apiserver_pod_patches_per_second %.2f\n", w.rate(keyPatchPods))
 	fmt.Printf("BENCH apiserver_deployment_patches_per_second %.2f\n", w.rate(keyPatchDeploy))
 	fmt.Printf("BENCH apiserver_event_writes_per_second %.2f\n", eventWrites(w.api)/w.wall.Seconds())
-	fmt.Printf("BENCH apiserver_cpu_us_per_report %.0f\n", us(w.netPerReport(w.apiCPU, r.idleW.cores(r.idleW.apiCPU))))
-	fmt.Printf("BENCH etcd_cpu_us_per_report %.0f\n", us(w.netPerReport(w.etcdCPU, r.idleW.cores(r.idleW.etcdCPU))))
+	fmt.Printf("BENCH apiserver_cpu_us_per_report %.0f\n", benchkit.Micros(w.netPerReport(w.apiCPU, r.idleW.cores(r.idleW.apiCPU))))
+	fmt.Printf("BENCH etcd_cpu_us_per_report %.0f\n", benchkit.Micros(w.netPerReport(w.etcdCPU, r.idleW.cores(r.idleW.etcdCPU))))
 	fmt.Printf("BENCH tokenreviews_per_second %.2f\n", w.rate(keyTokenReview))
 	fmt.Printf("BENCH tokenreviews_cold_round_per_second %.2f\n", r.coldW.rate(keyTokenReview))
 	fmt.Printf("BENCH tokenreviews_modelled_steady_per_second %.2f\n", r.modelTokenReviews())
 	fmt.Printf("BENCH report_bytes %.0f\n", float64(r.steady.bytesSum)/float64(max(r.steady.ok, 1)))
-	fmt.Printf("BENCH report_p50_ms %.2f\n", ms(r.steady.pct(.5)))
-	fmt.Printf("BENCH report_p99_ms %.2f\n", ms(r.steady.pct(.99)))
-	fmt.Printf("BENCH report_cold_p99_ms %.2f\n", ms(r.cold.pct(.99)))
+	fmt.Printf("BENCH report_p50_ms %.2f\n", benchkit.Millis(r.steady.pct(.5)))
+	fmt.Printf("BENCH report_p99_ms %.2f\n", benchkit.Millis(r.steady.pct(.99)))
+	fmt.Printf("BENCH report_cold_p99_ms %.2f\n", benchkit.Millis(r.cold.pct(.99)))
 	fmt.Printf("BENCH reports_non_200_steady %d\n", r.steadyNon200)
 	fmt.Printf("BENCH reports_non_200_cold %d\n", r.cold.non200())
 }
@@ -528,42 +528,6 @@ func maxCores(w *window) float64 {
 }
 
 const docHeading = "## Manager: agent reports"
-
-// writeDoc replaces the docHeading section (up to the next "## " heading) of path, or appends
-// it at the end.
-func writeDoc(path, section string) error {
-	old, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	text := string(old)
-	if text == "" {
-		text = "# Benchmarks\n\nMeasured numbers for kong-watcher; each section says how to reproduce it.\n\n"
-	}
-	lines := strings.SplitAfter(text, "\n")
-	start, end := -1, len(lines)
-	for i, l := range lines {
-		if strings.TrimRight(l, "\n") == docHeading {
-			start = i
-			continue
-		}
-		if start >= 0 && i > start && strings.HasPrefix(l, "## ") {
-			end = i
-			break
-		}
-	}
-	var out string
-	if start < 0 {
-		out = strings.TrimRight(text, "\n") + "\n\n" + section
-	} else {
-		tail := strings.Join(lines[end:], "")
-		if tail != "" {
-			section += "\n"
-		}
-		out = strings.Join(lines[:start], "") + section + tail
-	}
-	return os.WriteFile(path, []byte(out), 0o644)
-}
 
 func sortedCodes(m map[string]float64) []string {
 	out := make([]string, 0, len(m))

@@ -30,12 +30,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -43,7 +40,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -52,11 +48,9 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -66,6 +60,8 @@ import (
 
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/cmd/webhook/app"
+	"github.com/kong-watcher/kong-watcher/hack/internal/benchenv"
+	"github.com/kong-watcher/kong-watcher/test/benchkit"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
 )
 
@@ -96,10 +92,10 @@ func main() {
 }
 
 func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conns int, doc string) error {
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		return errors.New("KUBEBUILDER_ASSETS is not set (run `make bench-webhook`, or set it to the output of hack/k8s-binaries.sh)")
+	if err := benchenv.RequireAssets("bench-webhook"); err != nil {
+		return err
 	}
-	port, err := freePort()
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return err
 	}
@@ -112,17 +108,12 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conn
 		LocalServingHost:             "127.0.0.1",
 		LocalServingHostExternalName: "localhost",
 		LocalServingPort:             port,
-	},
-		// The 20 s default is too short for a cold kube-apiserver start on a busy machine.
-		ControlPlaneStartTimeout: 90 * time.Second,
-	}
-	t0 := time.Now()
-	cfg, err := env.Start()
+	}}
+	cfg, err := benchenv.StartAPIServer(env)
 	if err != nil {
-		return fmt.Errorf("starting envtest: %w", err)
+		return err
 	}
 	defer env.Stop() //nolint:errcheck // best effort at exit
-	fmt.Printf("envtest API server up in %v\n", time.Since(t0).Round(time.Millisecond))
 
 	c, err := client.New(cfg, client.Options{Scheme: app.Scheme()})
 	if err != nil {
@@ -140,7 +131,7 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conn
 		return err
 	}
 	defer os.RemoveAll(certDir)
-	probePort, err := freePort()
+	probePort, err := benchkit.FreePort()
 	if err != nil {
 		return err
 	}
@@ -199,16 +190,16 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conn
 	closedLoop(hc, url, body, conns, time.Second)
 	openLoop(hc, url, body, rate, 2*time.Second)
 
-	load0 := loadavg()
+	load0 := benchkit.LoadAvg()
 	fmt.Printf("open loop: %d reviews/s for %v (load average %s) ...\n", rate, dur, load0)
-	cpu0 := cpuTime()
+	cpu0 := benchkit.SelfCPU()
 	ol := openLoop(hc, url, body, rate, dur)
-	ol.cpuPerReview = (cpuTime() - cpu0) / time.Duration(max(ol.ok, 1))
+	ol.cpuPerReview = (benchkit.SelfCPU() - cpu0) / time.Duration(max(ol.ok, 1))
 	fmt.Printf("  sent %d, ok %d, errors %d, achieved %.1f reviews/s, late starts >1ms %d\n",
 		ol.sent, ol.ok, ol.errors, ol.achieved, ol.late)
 	fmt.Printf("  latency from scheduled start: p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n",
-		ms(ol.p(0.50)), ms(ol.p(0.90)), ms(ol.p(0.99)), ms(ol.max()))
-	fmt.Printf("  CPU (webhook + load generator, one process) %.0f us per review\n", us(ol.cpuPerReview))
+		benchkit.Millis(ol.p(0.50)), benchkit.Millis(ol.p(0.90)), benchkit.Millis(ol.p(0.99)), benchkit.Millis(ol.max()))
+	fmt.Printf("  CPU (webhook + load generator, one process) %.0f us per review\n", benchkit.Micros(ol.cpuPerReview))
 
 	fmt.Printf("saturation: %d workers for %v ...\n", satWorkers, satDur)
 	if profilePath != "" {
@@ -221,21 +212,21 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conn
 			return err
 		}
 	}
-	cpu0 = cpuTime()
+	cpu0 = benchkit.SelfCPU()
 	sat := closedLoop(hc, url, body, satWorkers, satDur)
 	if profilePath != "" {
 		pprof.StopCPUProfile()
 	}
-	sat.cpuPerReview = (cpuTime() - cpu0) / time.Duration(max(sat.ok, 1))
+	sat.cpuPerReview = (benchkit.SelfCPU() - cpu0) / time.Duration(max(sat.ok, 1))
 	fmt.Printf("  ok %d, errors %d, %.0f reviews/s, p50 %.3f ms  p99 %.3f ms  max %.3f ms, CPU %.0f us per review\n",
-		sat.ok, sat.errors, sat.achieved, ms(sat.p(0.50)), ms(sat.p(0.99)), ms(sat.max()), us(sat.cpuPerReview))
+		sat.ok, sat.errors, sat.achieved, benchkit.Millis(sat.p(0.50)), benchkit.Millis(sat.p(0.99)), benchkit.Millis(sat.max()), benchkit.Micros(sat.cpuPerReview))
 
 	// The handler alone, in this process, without TLS/HTTP/Events: splits the cost.
 	handlerCPU, handlerAllocs, err := handlerOnly(o.Agent, body, 500)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("handler alone (no TLS, no HTTP server, no Events): CPU %.0f us per review, %d allocations\n", us(handlerCPU), handlerAllocs)
+	fmt.Printf("handler alone (no TLS, no HTTP server, no Events): CPU %.0f us per review, %d allocations\n", benchkit.Micros(handlerCPU), handlerAllocs)
 
 	if ol.errors > 0 || sat.errors > 0 {
 		fmt.Printf("WARNING: %d + %d failed reviews\n", ol.errors, sat.errors)
@@ -243,7 +234,7 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conn
 	res := summary{
 		date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), rate: rate, dur: dur, ol: ol,
 		satWorkers: satWorkers, satDur: satDur, sat: sat, bodyLen: len(body),
-		cpus: runtime.NumCPU(), load: load0, loadAfter: loadavg(), conns: conns,
+		cpus: runtime.NumCPU(), load: load0, loadAfter: benchkit.LoadAvg(), conns: conns,
 		handlerCPU: handlerCPU, handlerAllocs: handlerAllocs,
 	}
 	if doc != "" {
@@ -255,34 +246,23 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conn
 	fmt.Printf("BENCH webhook_open_loop_rate %d\n", rate)
 	fmt.Printf("BENCH webhook_open_loop_achieved_per_sec %.1f\n", ol.achieved)
 	fmt.Printf("BENCH webhook_errors %d\n", ol.errors+sat.errors)
-	fmt.Printf("BENCH webhook_max_ms %.3f\n", ms(ol.max()))
-	fmt.Printf("BENCH webhook_cpu_us_per_review %.0f\n", us(sat.cpuPerReview))
-	fmt.Printf("BENCH webhook_handler_cpu_us_per_review %.0f\n", us(handlerCPU))
+	fmt.Printf("BENCH webhook_max_ms %.3f\n", benchkit.Millis(ol.max()))
+	fmt.Printf("BENCH webhook_cpu_us_per_review %.0f\n", benchkit.Micros(sat.cpuPerReview))
+	fmt.Printf("BENCH webhook_handler_cpu_us_per_review %.0f\n", benchkit.Micros(handlerCPU))
 	fmt.Printf("BENCH webhook_reviews_per_sec %.0f\n", sat.achieved)
-	fmt.Printf("BENCH webhook_p50_ms %.3f\n", ms(ol.p(0.50)))
-	fmt.Printf("BENCH webhook_p99_ms %.3f\n", ms(ol.p(0.99)))
+	fmt.Printf("BENCH webhook_p50_ms %.3f\n", benchkit.Millis(ol.p(0.50)))
+	fmt.Printf("BENCH webhook_p99_ms %.3f\n", benchkit.Millis(ol.p(0.99)))
 	return nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // renderMWC takes the MutatingWebhookConfiguration from `kubectl kustomize config/default`,
 // so the rotator patches the configuration the product ships.
 func renderMWC(out *admissionregistrationv1.MutatingWebhookConfiguration) error {
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	raw, err := exec.Command("kubectl", "kustomize", filepath.Join(root, "config", "default")).Output()
+	docs, err := benchenv.RenderConfigDefault()
 	if err != nil {
-		return fmt.Errorf("kubectl kustomize config/default: %w", err)
+		return err
 	}
-	for _, doc := range strings.Split(string(raw), "\n---\n") {
+	for _, doc := range docs {
 		if strings.Contains(doc, "kind: MutatingWebhookConfiguration") {
 			return yaml.Unmarshal([]byte(doc), out)
 		}
@@ -311,47 +291,15 @@ func waitReady(probe string, done <-chan error) error {
 const uidPlaceholder = "00000000-0000-0000-0000-000000000000"
 
 // reviewBody is an AdmissionReview for a pod of a Kong Deployment as the API server sends
-// it: labelled, owned by its ReplicaSet, with Kong's usual env, ports, probes and volumes.
+// it: the benchmarks' Kong pod (benchenv.KongPodTemplate), owned by its ReplicaSet.
 func reviewBody() ([]byte, error) {
-	yes := true
-	pod := &corev1.Pod{
-		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-		ObjectMeta: metav1.ObjectMeta{
-			GenerateName: "kong-gateway-6f7c9d8b5-", Namespace: "kong",
-			Labels: map[string]string{"app.kubernetes.io/name": "kong", "app.kubernetes.io/instance": "kong",
-				"pod-template-hash": "6f7c9d8b5", kwv1.LabelInject: kwv1.LabelInjectValue},
-			Annotations: map[string]string{"kuma.io/gateway": "enabled", "traffic.sidecar.istio.io/includeInboundPorts": ""},
-			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet",
-				Name: "kong-gateway-6f7c9d8b5", UID: "7b0c2a5e-3f0e-4b8e-9d57-0c6a1c5f2e11", Controller: &yes, BlockOwnerDeletion: &yes}},
-		},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: "kong",
-			InitContainers: []corev1.Container{{Name: "clear-stale-pid", Image: "kong:3.9",
-				Command:      []string{"rm", "-vrf", "$KONG_PREFIX/pids"},
-				VolumeMounts: []corev1.VolumeMount{{Name: "kong-prefix-dir", MountPath: "/kong_prefix/"}}}},
-			Containers: []corev1.Container{{
-				Name: "proxy", Image: "kong:3.9", ImagePullPolicy: corev1.PullIfNotPresent,
-				Env: kongEnv(),
-				Ports: []corev1.ContainerPort{{Name: "proxy", ContainerPort: 8000}, {Name: "proxy-tls", ContainerPort: 8443},
-					{Name: "status", ContainerPort: 8100}},
-				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-					Path: "/status/ready", Port: intstr.FromString("status")}}},
-				LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-					Path: "/status", Port: intstr.FromString("status")}}},
-				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
-					corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("512Mi")}},
-				VolumeMounts: []corev1.VolumeMount{{Name: "kong-prefix-dir", MountPath: "/kong_prefix/"},
-					{Name: "kong-tmp", MountPath: "/tmp"}},
-				SecurityContext: &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr.To(true), RunAsNonRoot: ptr.To(true),
-					RunAsUser: ptr.To[int64](1000), AllowPrivilegeEscalation: ptr.To(false),
-					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
-			}},
-			Volumes: []corev1.Volume{
-				{Name: "kong-prefix-dir", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-				{Name: "kong-tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-			},
-		},
-	}
+	const hash = "6f7c9d8b5"
+	tmpl := benchenv.KongPodTemplate("kong")
+	tmpl.Labels["pod-template-hash"] = hash
+	pod := &corev1.Pod{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}, ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
+	pod.GenerateName, pod.Namespace = "kong-gateway-"+hash+"-", "kong"
+	pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet",
+		Name: "kong-gateway-" + hash, UID: "7b0c2a5e-3f0e-4b8e-9d57-0c6a1c5f2e11", Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}
 	raw, err := json.Marshal(pod)
 	if err != nil {
 		return nil, err
@@ -372,23 +320,6 @@ func reviewBody() ([]byte, error) {
 		},
 	}
 	return json.Marshal(review)
-}
-
-func kongEnv() []corev1.EnvVar {
-	kv := [][2]string{
-		{"KONG_DATABASE", "off"}, {"KONG_PROXY_LISTEN", "0.0.0.0:8000, 0.0.0.0:8443 http2 ssl"},
-		{"KONG_ADMIN_LISTEN", "127.0.0.1:8444 http2 ssl"}, {"KONG_STATUS_LISTEN", "0.0.0.0:8100"},
-		{"KONG_PROXY_ACCESS_LOG", "/dev/stdout"}, {"KONG_PROXY_ERROR_LOG", "/dev/stderr"},
-		{"KONG_ADMIN_ACCESS_LOG", "/dev/stdout"}, {"KONG_ADMIN_ERROR_LOG", "/dev/stderr"},
-		{"KONG_PREFIX", "/kong_prefix/"}, {"KONG_NGINX_WORKER_PROCESSES", "2"},
-		{"KONG_PLUGINS", "bundled"}, {"KONG_ROUTER_FLAVOR", "traditional_compatible"},
-	}
-	out := make([]corev1.EnvVar, 0, len(kv)+1)
-	for _, p := range kv {
-		out = append(out, corev1.EnvVar{Name: p[0], Value: p[1]})
-	}
-	return append(out, corev1.EnvVar{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
-		FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}})
 }
 
 var uidCounter atomic.Uint64
@@ -448,7 +379,7 @@ func handlerOnly(cfg inject.Config, body []byte, n int) (time.Duration, uint64, 
 	var ms0, ms1 runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&ms0)
-	cpu0 := cpuTime()
+	cpu0 := benchkit.SelfCPU()
 	for range n {
 		req := httptest.NewRequest(http.MethodPost, inject.Path, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
@@ -458,21 +389,10 @@ func handlerOnly(cfg inject.Config, body []byte, n int) (time.Duration, uint64, 
 			return 0, 0, fmt.Errorf("handler: HTTP %d: %s", rw.Code, rw.Body.String())
 		}
 	}
-	cpu := (cpuTime() - cpu0) / time.Duration(n)
+	cpu := (benchkit.SelfCPU() - cpu0) / time.Duration(n)
 	runtime.ReadMemStats(&ms1)
 	return cpu, (ms1.Mallocs - ms0.Mallocs) / uint64(n), nil
 }
-
-// cpuTime is this process's user + system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 type result struct {
 	cpuPerReview           time.Duration
@@ -482,23 +402,9 @@ type result struct {
 	firstErr               error
 }
 
-func (r *result) p(q float64) time.Duration {
-	if len(r.lat) == 0 {
-		return 0
-	}
-	i := int(q*float64(len(r.lat))+0.5) - 1
-	i = max(0, min(i, len(r.lat)-1))
-	return r.lat[i]
-}
+func (r *result) p(q float64) time.Duration { return benchkit.Percentile(r.lat, q) }
 
-func (r *result) max() time.Duration {
-	if len(r.lat) == 0 {
-		return 0
-	}
-	return r.lat[len(r.lat)-1]
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func (r *result) max() time.Duration { return benchkit.Percentile(r.lat, 1) }
 
 // openLoop starts one request every 1/rate s on a fixed schedule.
 func openLoop(hc *http.Client, url string, body []byte, rate int, dur time.Duration) *result {
@@ -591,33 +497,6 @@ func closedLoop(hc *http.Client, url string, body []byte, workers int, dur time.
 	return r
 }
 
-// niceness of this process (the shared machine: see hack/bench-webhook.sh).
-func niceness() int {
-	b, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 17 {
-		return 0
-	}
-	n, _ := strconv.Atoi(f[16]) // field 19, nice
-	return n
-}
-
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 type summary struct {
 	date       string
 	rate       int
@@ -647,63 +526,28 @@ func (s summary) markdown() string {
 	fmt.Fprintf(&b, "trusting the rotator's CA, at most %d connections (a request waits for a free one). Every\n", s.conns)
 	fmt.Fprintf(&b, "response is checked (HTTP 200, its uid, allowed, a patch). The load generator runs in the same\n")
 	fmt.Fprintf(&b, "process, so the CPU per review below is an upper bound for the webhook's own cost.\n\n")
-	fmt.Fprintf(&b, "Command: `make bench-webhook` (hack/bench-webhook.sh -> hack/benchwebhook; niceness %d).\n", niceness())
+	fmt.Fprintf(&b, "Command: `make bench-webhook` (hack/bench-webhook.sh -> hack/benchwebhook; niceness %d).\n", benchkit.Niceness())
 	fmt.Fprintf(&b, "Run: %s, %d CPUs, load average %s before the timed runs and %s after (the machine is shared\n", s.date, s.cpus, s.load, s.loadAfter)
 	fmt.Fprintf(&b, "with other work: a load above the CPU count inflates latency; CPU per review is the steadier number).\n\n")
 	fmt.Fprintf(&b, "| run | reviews | errors | achieved/s | p50 ms | p90 ms | p99 ms | max ms | CPU us/review |\n")
 	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|\n")
 	fmt.Fprintf(&b, "| open loop, %d/s for %v (latency from the scheduled start) | %d | %d | %.1f | %.3f | %.3f | %.3f | %.3f | %.0f |\n",
-		s.rate, s.dur, s.ol.sent, s.ol.errors, s.ol.achieved, ms(s.ol.p(.5)), ms(s.ol.p(.9)), ms(s.ol.p(.99)), ms(s.ol.max()), us(s.ol.cpuPerReview))
+		s.rate, s.dur, s.ol.sent, s.ol.errors, s.ol.achieved, benchkit.Millis(s.ol.p(.5)), benchkit.Millis(s.ol.p(.9)), benchkit.Millis(s.ol.p(.99)), benchkit.Millis(s.ol.max()), benchkit.Micros(s.ol.cpuPerReview))
 	fmt.Fprintf(&b, "| saturation, %d closed-loop workers for %v | %d | %d | **%.0f** | %.3f | %.3f | %.3f | %.3f | %.0f |\n\n",
-		s.satWorkers, s.satDur, s.sat.sent, s.sat.errors, s.sat.achieved, ms(s.sat.p(.5)), ms(s.sat.p(.9)), ms(s.sat.p(.99)), ms(s.sat.max()), us(s.sat.cpuPerReview))
+		s.satWorkers, s.satDur, s.sat.sent, s.sat.errors, s.sat.achieved, benchkit.Millis(s.sat.p(.5)), benchkit.Millis(s.sat.p(.9)), benchkit.Millis(s.sat.p(.99)), benchkit.Millis(s.sat.max()), benchkit.Micros(s.sat.cpuPerReview))
 	fmt.Fprintf(&b, "The injection handler alone (`inject.Webhook.ServeHTTP` called in-process, no TLS, no HTTP\n")
-	fmt.Fprintf(&b, "server, no Events; also `go test -bench Handler ./hack/benchwebhook`): %.0f us CPU and %d\n", us(s.handlerCPU), s.handlerAllocs)
+	fmt.Fprintf(&b, "server, no Events; also `go test -bench Handler ./hack/benchwebhook`): %.0f us CPU and %d\n", benchkit.Micros(s.handlerCPU), s.handlerAllocs)
 	fmt.Fprintf(&b, "allocations per review.\n\n")
 	verdict := "meets"
-	if ms(s.ol.p(.99)) > 5 {
+	if benchkit.Millis(s.ol.p(.99)) > 5 {
 		verdict = "MISSES"
 	}
-	fmt.Fprintf(&b, "Target: p99 <= 5 ms at 200 reviews/s: %s (p99 %.3f ms). The API server gives a webhook\n", verdict, ms(s.ol.p(.99)))
+	fmt.Fprintf(&b, "Target: p99 <= 5 ms at 200 reviews/s: %s (p99 %.3f ms). The API server gives a webhook\n", verdict, benchkit.Millis(s.ol.p(.99)))
 	fmt.Fprintf(&b, "`timeoutSeconds: 5` (config/webhook); the webhook fails open, so even a miss delays, never blocks, a pod.\n")
 	return b.String()
 }
 
-// writeDoc replaces the "## Webhook" section (up to the next "## " heading) of path, or
-// appends it; the file is created with a title when missing.
+// writeDoc replaces the "## Webhook" section of path, or appends it.
 func writeDoc(path string, s summary) error {
-	old, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	text := string(old)
-	if text == "" {
-		text = "# Benchmarks\n\nMeasured numbers, each section written by the command it names.\n\n"
-	}
-	section := s.markdown()
-	lines := strings.SplitAfter(text, "\n")
-	start, end := -1, len(lines)
-	for i, l := range lines {
-		if strings.TrimRight(l, "\n") == "## Webhook" {
-			start = i
-			continue
-		}
-		if start >= 0 && i > start && strings.HasPrefix(l, "## ") {
-			end = i
-			break
-		}
-	}
-	var out string
-	if start < 0 {
-		if !strings.HasSuffix(text, "\n\n") {
-			text = strings.TrimRight(text, "\n") + "\n\n"
-		}
-		out = text + section
-	} else {
-		tail := strings.Join(lines[end:], "")
-		if tail != "" {
-			section += "\n"
-		}
-		out = strings.Join(lines[:start], "") + section + tail
-	}
-	return os.WriteFile(path, []byte(out), 0o644)
+	return benchkit.WriteDocSection(path, "## Webhook", s.markdown())
 }

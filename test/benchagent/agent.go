@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/test/benchkit"
 )
 
 // agentRunner starts and stops the agent binary against one gateway.
@@ -48,7 +49,7 @@ func (a *agentRunner) start(ctx context.Context, poke func()) error {
 	if a.running() {
 		return errors.New("agent already running")
 	}
-	port, err := freePort()
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return err
 	}
@@ -125,7 +126,7 @@ func (a *agentRunner) stop() {
 	if a.cmd == nil {
 		return
 	}
-	if _, hwm, err := memStatus(a.cmd.Process.Pid); err == nil && hwm > a.maxHWM {
+	if _, hwm, err := benchkit.ProcMem(a.cmd.Process.Pid); err == nil && hwm > a.maxHWM {
 		a.maxHWM = hwm
 	}
 	a.cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck
@@ -182,15 +183,6 @@ func (a *agentRunner) settledStats(max time.Duration) (v1alpha1.Stats, error) {
 		prev = cur
 	}
 	return prev, nil
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 func tail(path string, n int) string {

@@ -1,45 +1,6 @@
 package main
 
-import (
-	"os"
-	"path/filepath"
-	"strings"
-	"testing"
-)
-
-func TestWriteAgentSection(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "docs", "benchmarks.md")
-
-	// Missing file: created with a title and the section.
-	if err := writeAgentSection(p, "## Agent\n\nv1\n"); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := os.ReadFile(p)
-	if !strings.HasPrefix(string(got), "# Benchmarks\n") || !strings.HasSuffix(string(got), "## Agent\n\nv1\n") {
-		t.Fatalf("created file:\n%s", got)
-	}
-
-	// Another section after ours is kept; ours is replaced in place.
-	os.WriteFile(p, []byte("# B\n\n## Agent\n\nold\n```\n## not a heading\n```\n\n## Webhook\n\nw\n"), 0o644)
-	if err := writeAgentSection(p, "## Agent\n\nnew\n"); err != nil {
-		t.Fatal(err)
-	}
-	got, _ = os.ReadFile(p)
-	if want := "# B\n\n## Agent\n\nnew\n\n## Webhook\n\nw\n"; string(got) != want {
-		t.Fatalf("replace:\n%q\nwant\n%q", got, want)
-	}
-
-	// Only the webhook section: ours goes after it.
-	os.WriteFile(p, []byte("# B\n\n## Webhook\n\nw\n"), 0o644)
-	if err := writeAgentSection(p, "## Agent\n\nx\n"); err != nil {
-		t.Fatal(err)
-	}
-	got, _ = os.ReadFile(p)
-	if want := "# B\n\n## Webhook\n\nw\n\n## Agent\n\nx\n"; string(got) != want {
-		t.Fatalf("append:\n%q\nwant\n%q", got, want)
-	}
-}
+import "testing"
 
 func TestParseWrk(t *testing.T) {
 	out := `Running 5s test @ http://127.0.0.1:1/fast

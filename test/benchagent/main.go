@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kong-watcher/kong-watcher/test/benchkit"
 	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
@@ -243,7 +244,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 	}()
 
 	ag, _ := os.ReadFile("/proc/self/autogroup")
-	b.logf("machine: %s; load average %s; our niceness %d, %s", machineNote(), loadAvg(), niceness(), strings.TrimSpace(string(ag)))
+	b.logf("machine: %s; load average %s; our niceness %d, %s", machineNote(), benchkit.LoadAvg(), benchkit.Niceness(), strings.TrimSpace(string(ag)))
 	b.logf("starting the gateway fixture (2 workers) in %s", b.workDir)
 	g, err := fixture.Start(ctx, fixture.Options{Workers: 2, Dir: filepath.Join(b.workDir, "gateway")})
 	if err != nil {
@@ -355,7 +356,7 @@ func (b *bench) run(ctx context.Context) (err error) {
 	out := b.report(scens)
 	fmt.Print(out.table)
 	if b.cfg.writeDoc {
-		if err := writeAgentSection(c.docPath, out.doc); err != nil {
+		if err := benchkit.WriteDocSection(c.docPath, "## Agent", out.doc); err != nil {
 			return fmt.Errorf("writing %s: %w", c.docPath, err)
 		}
 		b.logf("wrote the \"## Agent\" section of %s", c.docPath)
@@ -575,11 +576,11 @@ func (b *bench) dropRun(ctx context.Context) error {
 	ad := diffCPU(a0, a1)
 	d.agentPct = pct(ad.TickSec, ad.WallSec)
 	var err error
-	if d.rss, d.hwm, err = memStatus(b.agent.pid()); err != nil {
+	if d.rss, d.hwm, err = benchkit.ProcMem(b.agent.pid()); err != nil {
 		b.note("agent memory: %v", err)
 	}
 	b.logf("  sent %d ok %d failed %d (max lag %v); access log %d lines; agent counted %d, dropped %d (lifetime %d); agent cpu %.1f%%; VmRSS %.1f MiB VmHWM %.1f MiB",
-		pr.Sent, pr.OK, pr.Failed, pr.MaxLag.Round(time.Millisecond), d.logLines, d.counted, d.dropped, d.droppedTotal, d.agentPct, mib(d.rss), mib(d.hwm))
+		pr.Sent, pr.OK, pr.Failed, pr.MaxLag.Round(time.Millisecond), d.logLines, d.counted, d.dropped, d.droppedTotal, d.agentPct, benchkit.MiB(d.rss), benchkit.MiB(d.hwm))
 	if pr.Failed > 0 {
 		b.note("%d req/s run: %d of %d requests failed: %v", c.dropRate, pr.Failed, pr.Sent, pr.Errs)
 	}
@@ -588,8 +589,6 @@ func (b *bench) dropRun(ctx context.Context) error {
 	}
 	return nil
 }
-
-func mib(b uint64) float64 { return float64(b) / (1 << 20) }
 
 func median(xs []float64) float64 {
 	if len(xs) == 0 {
@@ -645,41 +644,11 @@ func machineNote() string {
 // load1 returns the 1-minute load average and remembers the highest seen.
 func (b *bench) load1() float64 {
 	var v float64
-	fmt.Sscan(loadAvg(), &v) //nolint:errcheck
+	fmt.Sscan(benchkit.LoadAvg(), &v) //nolint:errcheck
 	if v > b.maxLoad {
 		b.maxLoad = v
 	}
 	return v
-}
-
-// niceness is this process's nice value (field 19 of /proc/self/stat).
-func niceness() int {
-	raw, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(raw)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 {
-		s = s[i+1:]
-	}
-	f := strings.Fields(s)
-	n := 0
-	if len(f) > 16 {
-		fmt.Sscan(f[16], &n) //nolint:errcheck
-	}
-	return n
-}
-
-func loadAvg() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 func copyFile(src, dst string) error {

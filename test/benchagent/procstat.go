@@ -8,35 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kong-watcher/kong-watcher/test/benchkit"
 )
-
-// clockTicks is USER_HZ, the unit of utime/stime in /proc/<pid>/stat: 100 on every Linux
-// architecture Go supports (sysconf(_SC_CLK_TCK) would need cgo).
-const clockTicks = 100
-
-// cpuTicks returns utime+stime of pid (all its threads) in clock ticks.
-func cpuTicks(pid int) (uint64, error) {
-	raw, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0, err
-	}
-	// comm may hold spaces and parentheses: the fields start after the last ')'.
-	i := bytes.LastIndexByte(raw, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
-	}
-	f := strings.Fields(string(raw[i+1:]))
-	// After ')': state(3) ppid(4) ... utime is field 14, stime 15 => indexes 11 and 12 here.
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	u, err1 := strconv.ParseUint(f[11], 10, 64)
-	s, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
-	}
-	return u + s, nil
-}
 
 // onCPUNanos returns the time pid's threads spent on a CPU, in ns, from
 // /proc/<pid>/task/*/schedstat (exact, unlike the tick-sampled utime/stime; but threads
@@ -75,7 +49,7 @@ type cpuSample struct {
 func sampleCPU(pids []int) cpuSample {
 	s := cpuSample{at: time.Now(), ticks: map[int]uint64{}, nanos: map[int]uint64{}}
 	for _, p := range pids {
-		t, err := cpuTicks(p)
+		t, err := benchkit.ProcCPUTicks(p)
 		if err != nil {
 			s.failed = append(s.failed, p)
 			continue
@@ -98,7 +72,7 @@ func diffCPU(a, b cpuSample) cpuDelta {
 	d := cpuDelta{WallSec: b.at.Sub(a.at).Seconds()}
 	for p, t1 := range b.ticks {
 		if t0, ok := a.ticks[p]; ok && t1 >= t0 {
-			d.TickSec += float64(t1-t0) / clockTicks
+			d.TickSec += float64(t1-t0) / benchkit.ClockTicks
 		}
 	}
 	for p, n1 := range b.nanos {
@@ -107,38 +81,6 @@ func diffCPU(a, b cpuSample) cpuDelta {
 		}
 	}
 	return d
-}
-
-// memStatus returns VmRSS and VmHWM of pid in bytes.
-func memStatus(pid int) (rss, hwm uint64, err error) {
-	raw, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(v)
-		if len(f) < 1 {
-			continue
-		}
-		n, err := strconv.ParseUint(f[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		switch k {
-		case "VmRSS":
-			rss = n * 1024
-		case "VmHWM":
-			hwm = n * 1024
-		}
-	}
-	if rss == 0 && hwm == 0 {
-		return 0, 0, fmt.Errorf("/proc/%d/status: no VmRSS/VmHWM", pid)
-	}
-	return rss, hwm, nil
 }
 
 // countLines counts the newline-terminated lines of a file.

@@ -3,12 +3,13 @@ package main
 import (
 	"fmt"
 	"math"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/kong-watcher/kong-watcher/test/benchkit"
 )
 
 // Targets (docs/benchmarks.md).
@@ -203,7 +204,7 @@ func (b *bench) report(scens []scenario) reportOut {
 	if d.hwm > hwm {
 		hwm = d.hwm
 	}
-	rssOK := agentOn && mib(hwm) <= targetRSSMiB
+	rssOK := agentOn && benchkit.MiB(hwm) <= targetRSSMiB
 	dropOK := agentOn && d.done && d.droppedTotal == targetDrops
 	countPct := math.NaN()
 	if d.done && d.logLines > 0 && d.counted >= 0 {
@@ -217,12 +218,12 @@ func (b *bench) report(scens []scenario) reportOut {
 			b.missed++
 		}
 		fmt.Fprintf(&t, "agent memory: VmHWM %.1f MiB (peak over all %d agent starts), VmRSS %.1f MiB after the %d req/s run [target <= %.0f MiB: %s]\n",
-			mib(hwm), b.agent.starts, mib(d.rss), c.dropRate, targetRSSMiB, passMiss(rssOK))
+			benchkit.MiB(hwm), b.agent.starts, benchkit.MiB(d.rss), c.dropRate, targetRSSMiB, passMiss(rssOK))
 		fmt.Fprintf(&t, "accuracy at %d req/s for %v: sent %d, answered %d, access log %d lines, agent counted %d (%s%%), dropped %d during the run, %d over the agent's life [target 0: %s]\n",
 			c.dropRate, c.dropDur, d.pr.Sent, d.pr.OK, d.logLines, d.counted, f(countPct, 2), d.dropped, d.droppedTotal, passMiss(dropOK))
 	}
 	if b.maxLoad > 3 {
-		b.notes = append(b.notes, fmt.Sprintf("the machine was busy with other work (1-minute load average up to %.1f on %d vCPUs, this run at niceness %d): expect more than the usual +-15%% noise", b.maxLoad, runtime.NumCPU(), niceness()))
+		b.notes = append(b.notes, fmt.Sprintf("the machine was busy with other work (1-minute load average up to %.1f on %d vCPUs, this run at niceness %d): expect more than the usual +-15%% noise", b.maxLoad, runtime.NumCPU(), benchkit.Niceness()))
 	}
 	for _, n := range b.notes {
 		fmt.Fprintf(&t, "note: %s\n", n)
@@ -245,7 +246,7 @@ func (b *bench) report(scens []scenario) reportOut {
 	fmt.Fprintf(&bl, "BENCH tls_ratio %s\n", ratio["tls"])
 	fmt.Fprintf(&bl, "BENCH http2_ratio %s\n", ratio["http2"])
 	fmt.Fprintf(&bl, "BENCH extra_cpu_pct_at_%drps %s\n", c.cpuRate, na(cs.ok, f(cs.extra, 2)))
-	fmt.Fprintf(&bl, "BENCH agent_rss_mib %s\n", na(agentOn, f(mib(hwm), 1)))
+	fmt.Fprintf(&bl, "BENCH agent_rss_mib %s\n", na(agentOn, f(benchkit.MiB(hwm), 1)))
 	fmt.Fprintf(&bl, "BENCH dropped_events_at_%drps %s\n", c.dropRate, na(agentOn && d.done, fmt.Sprint(d.droppedTotal)))
 	fmt.Fprintf(&bl, "BENCH extra_cpu_us_per_request %s\n", na(cs.ok, f(cs.usPerReq, 2)))
 	fmt.Fprintf(&bl, "BENCH extra_cpu_schedstat_pct_at_%drps %s\n", c.cpuRate, na(cs.ok, f(cs.schedXtra, 2)))
@@ -266,7 +267,7 @@ func (b *bench) report(scens []scenario) reportOut {
 	fmt.Fprintf(&doc, "source `test/benchagent`); the last run: %s, agent `%s`.\n\n", now.Format("2006-01-02 15:04 UTC"), b.agentVersion)
 	fmt.Fprintf(&doc, "Machine: %s, a VM shared with other builds and tests (1-minute load\n", machineNote())
 	fmt.Fprintf(&doc, "average up to %.1f during this run; the harness runs in its own scheduler autogroup at niceness\n", b.maxLoad)
-	fmt.Fprintf(&doc, "%d so the measured processes get the CPU). Throughput varies by +-15%% from run to run here, so\n", niceness())
+	fmt.Fprintf(&doc, "%d so the measured processes get the CPU). Throughput varies by +-15%% from run to run here, so\n", benchkit.Niceness())
 	fmt.Fprintf(&doc, "each scenario alternates rounds without and with the agent (order flipped every round),\n")
 	fmt.Fprintf(&doc, "compares the medians and quotes ratios, not absolute req/s. Smoke test in under a minute:\n")
 	fmt.Fprintf(&doc, "`BENCH_QUICK=1 make bench` (does not update this page); noise floor: `KW_AGENT=none make bench`.\n\n")
@@ -328,7 +329,7 @@ func (b *bench) report(scens []scenario) reportOut {
 	}
 	if agentOn {
 		fmt.Fprintf(&doc, "| agent memory, VmHWM (peak of all %d agent processes) | **%.1f MiB** (VmRSS %.1f MiB after the %d req/s run) | <= %.0f MiB %s |\n",
-			b.agent.starts, mib(hwm), mib(d.rss), c.dropRate, targetRSSMiB, passMiss(rssOK))
+			b.agent.starts, benchkit.MiB(hwm), benchkit.MiB(d.rss), c.dropRate, targetRSSMiB, passMiss(rssOK))
 		fmt.Fprintf(&doc, "| dropped events, paced %d req/s for %v (agent lifetime) | **%d** | 0 %s |\n", c.dropRate, c.dropDur, d.droppedTotal, passMiss(dropOK))
 		fmt.Fprintf(&doc, "| requests counted by the agent in that run / access log lines | %d / %d (%s%%); %d sent, %d answered | 100%% |\n",
 			d.counted, d.logLines, f(countPct, 2), d.pr.Sent, d.pr.OK)
@@ -411,61 +412,6 @@ func agentVersion(bin string) string {
 		return filepath.Base(bin)
 	}
 	return strings.TrimSpace(string(out))
-}
-
-// writeAgentSection replaces the "## Agent" section of path (up to the next "## "
-// heading) with section, or appends it at the end (after any other section, such as
-// "## Webhook"); it creates the file when missing.
-func writeAgentSection(path, section string) error {
-	data, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	content := string(data)
-	if content == "" {
-		content = "# Benchmarks\n\nMeasured numbers for kong-watcher; each section says how to reproduce it.\n"
-	}
-	section = strings.TrimRight(section, "\n") + "\n"
-	lines := strings.SplitAfter(content, "\n")
-	start, end := -1, len(lines)
-	inFence := false
-	for i, l := range lines {
-		trim := strings.TrimRight(l, "\r\n")
-		if strings.HasPrefix(trim, "```") {
-			inFence = !inFence
-			continue
-		}
-		if inFence {
-			continue
-		}
-		if start < 0 && strings.TrimSpace(trim) == "## Agent" {
-			start = i
-			continue
-		}
-		if start >= 0 && strings.HasPrefix(trim, "## ") {
-			end = i
-			break
-		}
-	}
-	var out string
-	if start < 0 {
-		out = strings.TrimRight(content, "\n") + "\n\n" + section
-	} else {
-		before := strings.Join(lines[:start], "")
-		after := strings.Join(lines[end:], "")
-		if after != "" {
-			section += "\n"
-		}
-		out = before + section + after
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(out), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func (b *bench) foreignSeen() bool {

@@ -2,6 +2,7 @@ package listeners
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -158,16 +159,18 @@ const maxEnviron = 1 << 20
 
 // Learn names the listeners of the gateway whose master is pid (under procRoot) with the
 // process title title: Kong's names when the master is Kong's (see IsKong, FromKong), every
-// TCP listener the proxy otherwise. Reading another user's environment needs
-// CAP_SYS_PTRACE; when it cannot be read, the title alone tells Kong, which then gets Kong's
+// TCP listener the proxy otherwise. The environment is read from the master's memory
+// (KongEnviron), or from /proc/<pid>/environ where that fails (a process that did not write
+// over it); when neither can be read, the title alone tells Kong, which then gets Kong's
 // defaults. errs say what could not be read or parsed, to be logged.
 func Learn(procRoot string, pid int, title string) (Set, []error) {
 	var errs []error
-	env := map[string]string{}
-	b, err := readLimited(filepath.Join(procRoot, strconv.Itoa(pid), "environ"), maxEnviron)
+	env, err := KongEnviron(procRoot, pid)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("the gateway master's environment: %w", err))
-	} else {
+		b, ferr := readLimited(filepath.Join(procRoot, strconv.Itoa(pid), "environ"), maxEnviron)
+		if ferr != nil {
+			errs = append(errs, fmt.Errorf("the gateway master's environment: %w", errors.Join(err, ferr)))
+		}
 		env = ParseEnviron(b)
 	}
 	if !IsKong(env, title) {

@@ -1,13 +1,12 @@
 package probes
 
 import (
-	"bufio"
 	"debug/elf"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
+
+	"github.com/kong-watcher/kong-watcher/agent/discovery"
 )
 
 // binaryInfo is what the agent needs from an nginx executable's ELF file.
@@ -62,51 +61,19 @@ func readBinary(path string, extra ...string) (*binaryInfo, error) {
 	return bi, nil
 }
 
-// mapping is one line of /proc/<pid>/maps.
-type mapping struct {
-	start, offset, inode uint64
-	path                 string
-}
-
-func readMaps(pid int) ([]mapping, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []mapping
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// start-end perms offset dev inode path
-		fs := strings.Fields(sc.Text())
-		if len(fs) < 6 {
-			continue
-		}
-		rng := strings.SplitN(fs[0], "-", 2)
-		start, err1 := strconv.ParseUint(rng[0], 16, 64)
-		off, err2 := strconv.ParseUint(fs[2], 16, 64)
-		ino, err3 := strconv.ParseUint(fs[4], 10, 64)
-		if err1 != nil || err2 != nil || err3 != nil {
-			continue
-		}
-		out = append(out, mapping{start: start, offset: off, inode: ino, path: strings.Join(fs[5:], " ")})
-	}
-	return out, sc.Err()
-}
-
 // loadBase is the difference between run-time and link-time addresses of the executable
 // (identified by inode) in process pid.
 func loadBase(pid int, ino uint64, bi *binaryInfo) (uint64, error) {
 	if !bi.pie {
 		return 0, nil
 	}
-	ms, err := readMaps(pid)
+	ms, err := discovery.ReadMaps("", pid)
 	if err != nil {
 		return 0, err
 	}
 	for _, m := range ms {
-		if m.inode == ino && m.offset == 0 {
-			return m.start - bi.firstLoad, nil
+		if m.Inode == ino && m.Offset == 0 {
+			return m.Start - bi.firstLoad, nil
 		}
 	}
 	return 0, fmt.Errorf("executable (inode %d) not mapped in pid %d", ino, pid)
@@ -115,14 +82,14 @@ func loadBase(pid int, ino uint64, bi *binaryInfo) (uint64, error) {
 // mappedFiles returns the distinct paths (as the process sees them) of mapped files whose
 // name contains substr, in mapping order.
 func mappedFiles(pid int, substr string) ([]string, error) {
-	ms, err := readMaps(pid)
+	ms, err := discovery.ReadMaps("", pid)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	seen := map[string]bool{}
 	for _, m := range ms {
-		p := strings.TrimSuffix(m.path, " (deleted)")
+		p := strings.TrimSuffix(m.Path, " (deleted)")
 		if strings.HasPrefix(p, "/") && strings.Contains(filepath.Base(p), substr) && !seen[p] {
 			seen[p] = true
 			out = append(out, p)

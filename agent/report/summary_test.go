@@ -171,9 +171,9 @@ func TestStatsJSONKeepsHistograms(t *testing.T) {
 	}
 	bare, bareCompact, bareAlone := size(s, true, true), size(s, false, true), size(s, false, false)
 	const (
-		whole = iota // every listener with its histograms
-		compact      // listeners without histograms
-		none         // no listeners
+		whole   = iota // every listener with its histograms
+		compact        // listeners without histograms
+		none           // no listeners
 	)
 	for _, c := range []struct {
 		limit     int

@@ -3,7 +3,9 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
 // The wire-level fallback data path: copies what an nginx worker reads from and writes to its
 // client sockets (libc recv/send/writev/sendfile/close) and TLS sessions (OpenSSL
-// SSL_read/SSL_write/SSL_free) into a ring buffer; agent/wire parses HTTP/1 from it.
+// SSL_read/SSL_write/SSL_free) into a ring buffer; agent/wire parses HTTP/1 from it. Which
+// listening socket each connection came from is told once per connection (libc
+// accept/accept4, OpenSSL SSL_set_fd).
 //
 // One program handles every function's entry and one every return: the function is told
 // apart by the attach cookie, so a library costs two links however many functions it has.
@@ -180,8 +182,11 @@ static __always_inline void new_event(struct wire_event_hdr *h, __u32 tgid, __u6
 	h->cap = 0;
 	h->fn = fn;
 	h->kind = WIRE_KIND_DATA;
-	h->tls = fn == WIRE_FN_SSL_READ || fn == WIRE_FN_SSL_WRITE || fn == WIRE_FN_SSL_FREE;
-	h->dir = (fn == WIRE_FN_RECV || fn == WIRE_FN_SSL_READ) ? WIRE_DIR_IN : WIRE_DIR_OUT;
+	h->tls = fn == WIRE_FN_SSL_READ || fn == WIRE_FN_SSL_WRITE || fn == WIRE_FN_SSL_FREE || fn == WIRE_FN_SSL_SET_FD;
+	h->dir = (fn == WIRE_FN_SEND || fn == WIRE_FN_WRITEV || fn == WIRE_FN_SENDFILE || fn == WIRE_FN_SSL_WRITE ||
+		  fn == WIRE_FN_CLOSE || fn == WIRE_FN_SSL_FREE)
+			 ? WIRE_DIR_OUT
+			 : WIRE_DIR_IN;
 	h->_pad[0] = h->_pad[1] = 0;
 }
 
@@ -199,6 +204,14 @@ int wire_enter(struct pt_regs *ctx)
 		struct wire_event_hdr h;
 		new_event(&h, tgid, conn, fn);
 		h.kind = WIRE_KIND_CLOSE;
+		emit(&h, 0, 0);
+		return 0;
+	}
+	if (fn == WIRE_FN_SSL_SET_FD) { // SSL_set_fd(ssl, fd): nginx's TLS session of fd
+		struct wire_event_hdr h;
+		new_event(&h, tgid, PT_REGS_PARM1(ctx), fn);
+		h.kind = WIRE_KIND_SSL_FD;
+		h.len = (__u32)PT_REGS_PARM2(ctx);
 		emit(&h, 0, 0);
 		return 0;
 	}
@@ -239,6 +252,14 @@ static __always_inline int on_return(struct pt_regs *ctx)
 		ret = (int)ret;
 	if (ret <= 0)
 		return 0;
+	if (c.fn == WIRE_FN_ACCEPT || c.fn == WIRE_FN_ACCEPT4) { // the new fd, from listening fd a0
+		struct wire_event_hdr h;
+		new_event(&h, c.tgid, (__u32)ret, c.fn);
+		h.kind = WIRE_KIND_ACCEPT;
+		h.len = (__u32)c.a0;
+		emit(&h, 0, 0);
+		return 0;
+	}
 	__u64 conn = c.a0;
 	if (c.fn != WIRE_FN_SSL_READ && c.fn != WIRE_FN_SSL_WRITE)
 		conn = (__u32)c.a0; // an int fd

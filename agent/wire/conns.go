@@ -53,6 +53,14 @@ type ParserStats struct {
 	Lost         uint64 // requests read and never reported: their connection was given up or evicted
 }
 
+// Listener is the listening socket a connection came from (model.Request's LocalPort,
+// UnixListener and ListenerKnown).
+type Listener struct {
+	Port  uint16
+	Unix  bool
+	Known bool
+}
+
 const maxPending = 64
 
 type role int
@@ -130,6 +138,11 @@ type conn struct {
 	matched   bool
 	lru       *list.Element
 
+	// listener is the listening socket the connection came from; told: the parser was told
+	// it (Accept) or has resolved it (Parser.Resolve).
+	listener Listener
+	told     bool
+
 	last      time.Time     // the last chunk's
 	mem       int64         // memory() when last settled
 	hold      *list.Element // in Parser.holders while mem > 0
@@ -154,6 +167,9 @@ type Parser struct {
 	OnError func(k ConnKey, reason string)
 	// OnGiveUp is called for every connection given up, with the requests lost with it.
 	OnGiveUp func(k ConnKey, reason string, lost int)
+	// Resolve, when set, finds the listener of a connection the parser was not told the
+	// listener of (one that predates the agent), once per connection, at its first request.
+	Resolve func(k ConnKey) Listener
 
 	maxConns int
 	conns    map[ConnKey]*conn
@@ -326,17 +342,17 @@ func (p *Parser) Close(k ConnKey, ts time.Time) {
 				if r.endsAtClose || r.bodyEnd.After(end) {
 					end = ts
 				}
-				p.produce(c.key, r, r.status, r.bytes, end)
+				p.produce(c, r, r.status, r.bytes, end)
 				continue
 			}
 			p.stats.Unanswered++
-			p.produce(c.key, r, 0, 0, ts)
+			p.produce(c, r, 0, 0, ts)
 		}
 	}
 	p.drop(c)
 }
 
-func (p *Parser) produce(k ConnKey, r pendingReq, status int, bytes int64, end time.Time) {
+func (p *Parser) produce(c *conn, r pendingReq, status int, bytes int64, end time.Time) {
 	p.stats.Requests++
 	if p.emit == nil {
 		return
@@ -345,12 +361,35 @@ func (p *Parser) produce(k ConnKey, r pendingReq, status int, bytes int64, end t
 	if lat < 0 {
 		lat = 0
 	}
+	if !c.told && p.Resolve != nil {
+		c.listener, c.told = p.Resolve(c.key), true
+	}
 	p.emit(&model.Request{
 		Start: r.start, End: end, Method: r.method, Host: r.host, URI: r.uri, Proto: r.proto,
 		HostTruncated: r.hostCut, URITruncated: r.uriCut,
-		Status: status, Latency: lat, BytesSent: uint64(bytes), PID: int(k.TGID),
+		Status: status, Latency: lat, BytesSent: uint64(bytes), PID: int(c.key.TGID),
 		HasUpstream: r.up != nil, Upstream: upTime(r.up),
+		LocalPort: c.listener.Port, UnixListener: c.listener.Unix, ListenerKnown: c.listener.Known,
 	})
+}
+
+// Accept starts connection k, which the gateway accepted from listener l at ts: a socket
+// from its listening socket, or a TLS session on a socket (whose listener it shares). A
+// connection the parser still holds under k (its close was lost) ends first.
+func (p *Parser) Accept(k ConnKey, l Listener, ts time.Time) {
+	if _, ok := p.conns[k]; ok {
+		p.Close(k, ts)
+	}
+	c := p.get(k)
+	c.listener, c.told = l, true
+}
+
+// ListenerOf returns connection k's listener and whether the parser was told it.
+func (p *Parser) ListenerOf(k ConnKey) (Listener, bool) {
+	if c, ok := p.conns[k]; ok && c.told {
+		return c.listener, true
+	}
+	return Listener{}, false
 }
 
 type reqEvents struct{ c *conn }
@@ -507,7 +546,7 @@ func (c *conn) flush() {
 		if r.bodyEnd.After(end) {
 			end = r.bodyEnd
 		}
-		c.p.produce(c.key, r, r.status, r.bytes, end)
+		c.p.produce(c, r, r.status, r.bytes, end)
 	}
 }
 

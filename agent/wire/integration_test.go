@@ -136,7 +136,7 @@ worker_rlimit_nofile %[9]d;
 events { worker_connections %[8]d; }
 http {
   %[10]s
-  log_format kwjson escape=json '{"status":$status,"host":"$host","method":"$request_method","uri":"$request_uri","rt":$request_time,"bytes":$bytes_sent,"pid":$pid,"proto":"$server_protocol","urt":"$upstream_response_time"}';
+  log_format kwjson escape=json '{"status":$status,"host":"$host","method":"$request_method","uri":"$request_uri","rt":$request_time,"bytes":$bytes_sent,"pid":$pid,"proto":"$server_protocol","urt":"$upstream_response_time","port":"$server_port"}';
   access_log %[1]s/access.log kwjson;
   client_body_temp_path %[1]s/body;
   proxy_temp_path %[1]s/proxy;
@@ -250,7 +250,8 @@ type logLine struct {
 	Bytes  uint64  `json:"bytes"`
 	PID    int     `json:"pid"`
 	Proto  string  `json:"proto"`
-	URT    string  `json:"urt"` // $upstream_response_time, "" or "-" without upstream
+	URT    string  `json:"urt"`  // $upstream_response_time, "" or "-" without upstream
+	Port   string  `json:"port"` // $server_port: the listener's
 }
 
 func (f *nginxFixture) accessLog(t *testing.T) []logLine {
@@ -559,6 +560,9 @@ func TestIntegrationNginx(t *testing.T) {
 		if r.PID != l.PID || !workers[r.PID] {
 			problems = append(problems, fmt.Sprintf("%s: pid %d, nginx %d", k, r.PID, l.PID))
 		}
+		if port, _ := strconv.Atoi(l.Port); !r.ListenerKnown || r.UnixListener || int(r.LocalPort) != port {
+			problems = append(problems, fmt.Sprintf("%s: listener known %v unix %v port %d, nginx's port %s", k, r.ListenerKnown, r.UnixListener, r.LocalPort, l.Port))
+		}
 	}
 	for k, ls := range wantBy {
 		for range ls {
@@ -580,6 +584,12 @@ func TestIntegrationNginx(t *testing.T) {
 	st = tr.Status()
 	t.Logf("%d requests in the access log, %d seen; status %+v", len(want), len(got), st.ParserStats)
 	t.Logf("events %d dropped %d", st.Events, st.Dropped)
+	// The listeners are told per connection: /proc is read per worker and listening socket
+	// (4 ports here, 2 workers), never per connection or request.
+	t.Logf("listener lookups in /proc: %d for %d requests", st.ListenerLookups, len(got))
+	if st.ListenerLookups > 8 {
+		t.Errorf("%d listener lookups in /proc for %d requests", st.ListenerLookups, len(got))
+	}
 	// One parse error: the deliberately malformed head; two heads rejected by nginx.
 	if st.ParseErrors != 1 || st.Rejected != 2 || st.Unmatched != 0 || st.Unanswered != 0 {
 		t.Errorf("want exactly the malformed head as parse error and 2 rejected heads: %+v", st.ParserStats)

@@ -17,11 +17,13 @@ const (
 	wireCap = 1024 // WIRE_CAP
 )
 
-// event is one decoded record: a chunk of a connection's stream, or its close (then only
-// chunk.Key and chunk.TS are set).
+// event is one decoded record: a chunk of a connection's stream, or its close, or the fd it
+// relates to (then only chunk.Key and chunk.TS are set): accepted, chunk.Key's socket was
+// accepted from the listening socket fd; sslFD, chunk.Key's TLS session is on socket fd.
 type event struct {
-	close bool
-	chunk Chunk
+	close, accepted, sslFD bool
+	fd                     uint32
+	chunk                  Chunk
 }
 
 // decodeEvent decodes a record the kernel side wrote, adding monoToRT to its CLOCK_MONOTONIC
@@ -45,15 +47,15 @@ func decodeEvent(raw []byte, monoToRT int64) (event, error) {
 	if raw[30] != 0 || raw[31] != 0 {
 		return event{}, fmt.Errorf("header padding %#x %#x, not zero", raw[30], raw[31])
 	}
-	if fn < fnRecv || fn > fnSSLFree {
+	if fn < fnRecv || fn > fnSSLSetFD {
 		return event{}, fmt.Errorf("unknown function %d", fn)
 	}
-	isTLS := fn == fnSSLRead || fn == fnSSLWrite || fn == fnSSLFree
+	isTLS := fn == fnSSLRead || fn == fnSSLWrite || fn == fnSSLFree || fn == fnSSLSetFD
 	if tls > 1 || (tls == 1) != isTLS {
 		return event{}, fmt.Errorf("tls flag %d for function %d", tls, fn)
 	}
 	wantDir := uint8(dirOut)
-	if fn == fnRecv || fn == fnSSLRead {
+	if fn == fnRecv || fn == fnSSLRead || fn == fnAccept || fn == fnAccept4 || fn == fnSSLSetFD {
 		wantDir = dirIn
 	}
 	if dir != wantDir {
@@ -65,15 +67,21 @@ func decodeEvent(raw []byte, monoToRT int64) (event, error) {
 	key := ConnKey{TGID: tgid, TLS: isTLS, ID: conn}
 	when := time.Unix(0, int64(ts)+monoToRT)
 	closing := fn == fnClose || fn == fnSSLFree
+	tells := fn == fnAccept || fn == fnAccept4 || fn == fnSSLSetFD
 	switch kind {
 	case kindClose:
 		if !closing || n != 0 || capd != 0 {
 			return event{}, fmt.Errorf("close record of function %d with %d bytes (%d captured)", fn, n, capd)
 		}
 		return event{close: true, chunk: Chunk{Key: key, TS: when}}, nil
+	case kindAccept, kindSSLFD:
+		if (kind == kindAccept) != (fn == fnAccept || fn == fnAccept4) || kind == kindSSLFD && fn != fnSSLSetFD || capd != 0 || n > 1<<31 {
+			return event{}, fmt.Errorf("record of kind %d of function %d, fd %d (%d captured)", kind, fn, n, capd)
+		}
+		return event{accepted: kind == kindAccept, sslFD: kind == kindSSLFD, fd: n, chunk: Chunk{Key: key, TS: when}}, nil
 	case kindData:
 		switch {
-		case closing:
+		case closing || tells:
 			return event{}, fmt.Errorf("data record of function %d", fn)
 		case n == 0:
 			return event{}, fmt.Errorf("data record of no bytes")

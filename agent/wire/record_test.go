@@ -52,6 +52,16 @@ func dataRecord(fn uint8, conn uint64, data []byte, n uint32) []byte {
 	return h.encode(data, room)
 }
 
+// tellRecord is an accept (fn accept or accept4: conn accepted from listening socket fd) or
+// an SSL_set_fd (conn is the SSL*, fd its socket) record.
+func tellRecord(fn uint8, conn uint64, fd uint32) []byte {
+	h := rawHdr{ts: 3_000_000, conn: conn, tgid: 42, len: fd, fn: fn, kind: kindAccept}
+	if fn == fnSSLSetFD {
+		h.kind, h.tls = kindSSLFD, 1
+	}
+	return h.encode(nil, 0)
+}
+
 func closeRecord(fn uint8, conn uint64) []byte {
 	h := rawHdr{ts: 2_000_000, conn: conn, tgid: 42, fn: fn, kind: kindClose, dir: dirOut}
 	if fn == fnSSLFree {
@@ -95,6 +105,20 @@ func TestDecodeEvent(t *testing.T) {
 			t.Errorf("%s: %+v", c.name, ev)
 		}
 	}
+	for _, c := range []struct {
+		raw    []byte
+		key    ConnKey
+		accept bool
+	}{
+		{tellRecord(fnAccept4, 12, 6), ConnKey{TGID: 42, ID: 12}, true},
+		{tellRecord(fnAccept, 13, 7), ConnKey{TGID: 42, ID: 13}, true},
+		{tellRecord(fnSSLSetFD, 0xbeef, 12), ConnKey{TGID: 42, TLS: true, ID: 0xbeef}, false},
+	} {
+		ev, err := decodeEvent(c.raw, 0)
+		if err != nil || ev.chunk.Key != c.key || ev.accepted != c.accept || ev.sslFD == c.accept || ev.close || ev.fd != binary.LittleEndian.Uint32(c.raw[20:]) {
+			t.Errorf("%x: %+v, %v", c.raw[:hdrSize], ev, err)
+		}
+	}
 }
 
 // Records the kernel side cannot have written are errors, never events.
@@ -119,8 +143,12 @@ func TestDecodeEventRejects(t *testing.T) {
 		{"captured more than WIRE_CAP", "captured of", mod(func(h *rawHdr) { h.cap, h.len = wireCap+1, 5000 })},
 		{"no bytes", "no bytes", mod(func(h *rawHdr) { h.len, h.cap = 0, 0 })},
 		{"function 0", "unknown function", mod(func(h *rawHdr) { h.fn = 0 })},
-		{"function 9", "unknown function", mod(func(h *rawHdr) { h.fn = 9 })},
-		{"kind 2", "unknown record kind", mod(func(h *rawHdr) { h.kind = 2 })},
+		{"function 12", "unknown function", mod(func(h *rawHdr) { h.fn = 12 })},
+		{"kind 4", "unknown record kind", mod(func(h *rawHdr) { h.kind = 4 })},
+		{"accept of recv", "record of kind", mod(func(h *rawHdr) { h.kind, h.len, h.cap = kindAccept, 5, 0 })},
+		{"accept with bytes", "record of kind", mod(func(h *rawHdr) { h.kind, h.fn = kindAccept, fnAccept4 })},
+		{"SSL fd of accept", "record of kind", mod(func(h *rawHdr) { h.kind, h.fn, h.len, h.cap = kindSSLFD, fnAccept4, 5, 0 })},
+		{"data of accept", "data record of function", mod(func(h *rawHdr) { h.fn = fnAccept })},
 		{"recv written", "direction", mod(func(h *rawHdr) { h.dir = dirOut })},
 		{"direction 7", "direction", mod(func(h *rawHdr) { h.fn, h.dir = fnSend, 7 })},
 		{"plain recv marked tls", "tls flag", mod(func(h *rawHdr) { h.tls = 1 })},
@@ -151,6 +179,8 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(dataRecord(fnSSLWrite, 0xfeed, []byte(ok5), uint32(len(ok5))))
 	f.Add(closeRecord(fnClose, 7))
 	f.Add(closeRecord(fnSSLFree, 0xfeed))
+	f.Add(tellRecord(fnAccept4, 7, 6))
+	f.Add(tellRecord(fnSSLSetFD, 0xfeed, 7))
 	f.Add([]byte{})
 	f.Add([]byte("short"))
 	f.Add(bytes.Repeat([]byte{0xff}, hdrSize+wireCap))
@@ -163,13 +193,19 @@ func FuzzDecodeEvent(f *testing.F) {
 			t.Fatalf("a %d-byte record decoded", len(raw))
 		}
 		ch := ev.chunk
-		if len(ch.Data) > wireCap || (!ev.close && (ch.Len < 1 || int64(len(ch.Data)) > ch.Len)) || (ev.close && (ch.Len != 0 || ch.Data != nil)) {
+		header := ev.close || ev.accepted || ev.sslFD
+		if len(ch.Data) > wireCap || (!header && (ch.Len < 1 || int64(len(ch.Data)) > ch.Len)) || (header && (ch.Len != 0 || ch.Data != nil)) {
 			t.Fatalf("malformed event %+v", ev)
 		}
 		// Re-encoded, the event is the record's header and captured bytes (nothing invented).
 		h := rawHdr{ts: uint64(ch.TS.UnixNano()), conn: ch.Key.ID, tgid: ch.Key.TGID, len: uint32(ch.Len), cap: uint16(len(ch.Data)), fn: raw[26], kind: kindData}
-		if ev.close {
+		switch {
+		case ev.close:
 			h.kind = kindClose
+		case ev.accepted:
+			h.kind, h.len = kindAccept, ev.fd
+		case ev.sslFD:
+			h.kind, h.len = kindSSLFD, ev.fd
 		}
 		if ch.Out || ev.close {
 			h.dir = dirOut
@@ -181,9 +217,15 @@ func FuzzDecodeEvent(f *testing.F) {
 			t.Fatalf("re-encoded\n%x\nrecord\n%x", enc, raw[:len(enc)])
 		}
 		p := NewParser(4, func(*model.Request) {})
-		if ev.close {
+		switch {
+		case ev.close:
 			p.Close(ch.Key, ch.TS)
-		} else {
+		case ev.accepted:
+			p.Accept(ch.Key, Listener{Port: uint16(ev.fd), Known: true}, ch.TS)
+		case ev.sslFD:
+			l, _ := p.ListenerOf(ConnKey{TGID: ch.Key.TGID, ID: uint64(ev.fd)})
+			p.Accept(ch.Key, l, ch.TS)
+		default:
 			p.Feed(ch)
 		}
 	})

@@ -34,11 +34,16 @@ const (
 	fnSSLRead  = 6
 	fnSSLWrite = 7
 	fnSSLFree  = 8
+	fnAccept   = 9
+	fnAccept4  = 10
+	fnSSLSetFD = 11
 )
 
 const (
 	kindData   = 0 // enum wire_kind
 	kindClose  = 1
+	kindAccept = 2
+	kindSSLFD  = 3
 	dirIn      = 0 // enum wire_dir
 	dirOut     = 1
 	statEvents = 0 // enum wire_stat
@@ -59,12 +64,16 @@ var libcFns = []probeFn{
 	{"writev", fnWritev, 3, true},
 	{"sendfile", fnSendfile, 4, true},
 	{"close", fnClose, 1, false},
+	// Once per connection: the listening socket it came from.
+	{"accept", fnAccept, 3, true},
+	{"accept4", fnAccept4, 4, true},
 }
 
 var sslFns = []probeFn{
 	{"SSL_read", fnSSLRead, 3, true},
 	{"SSL_write", fnSSLWrite, 3, true},
 	{"SSL_free", fnSSLFree, 1, false},
+	{"SSL_set_fd", fnSSLSetFD, 2, false}, // once per TLS connection: its socket
 }
 
 // Options configures a Tracer.
@@ -106,6 +115,9 @@ type Status struct {
 	Dropped  uint64 // events lost because the ring buffer was full
 	// BadRecords counts ring-buffer records that did not decode as an event: skipped.
 	BadRecords uint64
+	// ListenerLookups counts the scans of a worker's /proc/<pid>/net tables to find which
+	// listener a socket belongs to: about one per worker and listener (see listeners).
+	ListenerLookups uint64
 	ParserStats
 }
 
@@ -137,6 +149,7 @@ type Tracer struct {
 	gws       map[discovery.GatewayID]*gwState
 	pstats    ParserStats
 	bad       uint64 // BadRecords
+	lookups   uint64 // ListenerLookups
 
 	rd        *ringbuf.Reader
 	monoToRT  int64 // add to a CLOCK_MONOTONIC ns to get Unix ns
@@ -543,6 +556,13 @@ func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
 				"givenUp", gaveUp, "lost", lost, "notLogged", held)
 		}
 	}
+	ls := newListeners("/proc")
+	parser.Resolve = func(k ConnKey) Listener {
+		if k.TLS {
+			return Listener{} // a TLS session has no fd of its own to look up
+		}
+		return ls.socket(k.TGID, uint32(k.ID))
+	}
 	var h2Logged uint64
 	parser.OnH2 = func(k ConnKey) {
 		// Log the first ones, then every 1000th: enough to explain the counter.
@@ -576,20 +596,21 @@ func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
 				}
 				break
 			}
-			t.handle(parser, ev)
+			t.handle(parser, ls, ev)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 		case errors.Is(err, ringbuf.ErrClosed):
-			t.publish(parser, bad)
+			t.publish(parser, bad, ls.Lookups)
 			return nil
 		default:
 			return err
 		}
 		if time.Since(lastExpire) > time.Second {
 			parser.Expire(t.now())
+			ls.forget(t.tracks)
 			lastExpire = time.Now()
 		}
 		if time.Since(lastStats) > 100*time.Millisecond || err != nil {
-			t.publish(parser, bad)
+			t.publish(parser, bad, ls.Lookups)
 			lastStats = time.Now()
 		}
 	}
@@ -602,17 +623,44 @@ func (t *Tracer) now() time.Time {
 	return time.Unix(0, ts.Nano()+t.monoToRT)
 }
 
-func (t *Tracer) publish(p *Parser, bad uint64) {
+func (t *Tracer) publish(p *Parser, bad, lookups uint64) {
 	s := p.Stats()
 	t.mu.Lock()
 	t.pstats = s
 	t.bad = bad
+	t.lookups = lookups
 	t.mu.Unlock()
 }
 
-func (t *Tracer) handle(p *Parser, ev event) {
-	if ev.close {
-		p.Close(ev.chunk.Key, ev.chunk.TS)
+// tracks reports whether pid is one of the followed gateways' processes.
+func (t *Tracer) tracks(pid uint32) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, g := range t.gws {
+		for _, p := range g.pids {
+			if uint32(p) == pid {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (t *Tracer) handle(p *Parser, ls *listeners, ev event) {
+	k := ev.chunk.Key
+	switch {
+	case ev.close:
+		p.Close(k, ev.chunk.TS)
+		return
+	case ev.accepted:
+		p.Accept(k, ls.listening(k.TGID, ev.fd), ev.chunk.TS)
+		return
+	case ev.sslFD:
+		l, ok := p.ListenerOf(ConnKey{TGID: k.TGID, ID: uint64(ev.fd)})
+		if !ok {
+			l = ls.socket(k.TGID, ev.fd) // a socket accepted before the agent
+		}
+		p.Accept(k, l, ev.chunk.TS)
 		return
 	}
 	if t.onChunk != nil {
@@ -643,7 +691,7 @@ func (l *logLimiter) allow(now time.Time) (bool, uint64) {
 func (t *Tracer) Status() Status {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s := Status{Mode: t.mode, Gateways: len(t.gws), ParserStats: t.pstats, BadRecords: t.bad}
+	s := Status{Mode: t.mode, Gateways: len(t.gws), ParserStats: t.pstats, BadRecords: t.bad, ListenerLookups: t.lookups}
 	for _, l := range t.libs {
 		s.Probes = append(s.Probes, l.probes...)
 	}

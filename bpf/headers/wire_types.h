@@ -16,10 +16,16 @@ enum wire_fn {
 	WIRE_FN_SSL_READ = 6,
 	WIRE_FN_SSL_WRITE = 7,
 	WIRE_FN_SSL_FREE = 8,
+	WIRE_FN_ACCEPT = 9,
+	WIRE_FN_ACCEPT4 = 10,
+	WIRE_FN_SSL_SET_FD = 11,
 };
 
 enum wire_dir { WIRE_DIR_IN = 0, WIRE_DIR_OUT = 1 };
-enum wire_kind { WIRE_KIND_DATA = 0, WIRE_KIND_CLOSE = 1 };
+// ACCEPT: conn (an fd) was accepted from the listening socket whose fd is in len. SSL_FD:
+// conn (an SSL*) is the TLS session of the socket whose fd is in len. Once per connection,
+// so that user space knows which listener each connection's requests arrived on.
+enum wire_kind { WIRE_KIND_DATA = 0, WIRE_KIND_CLOSE = 1, WIRE_KIND_ACCEPT = 2, WIRE_KIND_SSL_FD = 3 };
 
 enum wire_stat {
 	WIRE_STAT_EVENTS = 0,

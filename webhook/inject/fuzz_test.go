@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	sigsjson "sigs.k8s.io/json"
 
+	"github.com/kong-watcher/kong-watcher/agent/listeners"
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -92,6 +93,8 @@ func FuzzPodSettings(f *testing.F) {
 			kwv1.AnnotationProcessName:   processName,
 			kwv1.AnnotationStatsInterval: interval,
 			kwv1.AnnotationNativeSidecar: native,
+			// A fuzzed string as listener names too: what is accepted is canonical.
+			kwv1.AnnotationListeners: processName,
 		}
 		s, warnings := podSettings(pod, cfg)
 		if _, err := parseLogLevel(s.logLevel); err != nil || s.logLevel != strings.ToLower(s.logLevel) {
@@ -106,8 +109,13 @@ func FuzzPodSettings(f *testing.F) {
 		if s.processName != processName && s.processName != cfg.ProcessName {
 			t.Fatalf("process name %q is neither the annotation nor the default", s.processName)
 		}
-		if len(warnings) > 5 {
-			t.Fatalf("%d warnings for 5 annotations", len(warnings))
+		if s.listeners != "" {
+			if l, err := listeners.ParseOverride(s.listeners); err != nil || l.String() != s.listeners {
+				t.Fatalf("accepted listener names %q: %v", s.listeners, err)
+			}
+		}
+		if len(warnings) > 6 {
+			t.Fatalf("%d warnings for 6 annotations", len(warnings))
 		}
 		for _, w := range warnings {
 			if len(w) > 300 {

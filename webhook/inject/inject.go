@@ -118,6 +118,7 @@ func agentContainer(cfg Config, s settings, hostNetwork bool) corev1.Container {
 		{Name: kwv1.EnvHighErrorRateThreshold, Value: cfg.HighErrorRateThreshold},
 		{Name: kwv1.EnvHighLatencyP99Ms, Value: cfg.HighLatencyP99Ms},
 		{Name: kwv1.EnvAlertMinRequests, Value: cfg.AlertMinRequests},
+		{Name: kwv1.EnvListeners, Value: s.listeners},
 	} {
 		if e.Value != "" {
 			c.Env = append(c.Env, e)

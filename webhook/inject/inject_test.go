@@ -89,6 +89,12 @@ func TestPodSettingsEachOverride(t *testing.T) {
 		{kwv1.AnnotationStatsInterval, "-5s", false},
 		{kwv1.AnnotationNativeSidecar, "FALSE", true},
 		{kwv1.AnnotationNativeSidecar, "no", false},
+		{kwv1.AnnotationListeners, "proxy=8000,8443;admin=8001,8444;status=8100", true},
+		{kwv1.AnnotationListeners, " status=8100; proxy=8443,8000 ", true},
+		{kwv1.AnnotationListeners, "admin=8001", false},
+		{kwv1.AnnotationListeners, "proxy=8000;admin=8000", false},
+		{kwv1.AnnotationListeners, "proxy:8000", false},
+		{kwv1.AnnotationListeners, "", false},
 	} {
 		pod := &corev1.Pod{}
 		pod.Annotations = map[string]string{tc.key: tc.value}
@@ -102,6 +108,35 @@ func TestPodSettingsEachOverride(t *testing.T) {
 		}
 		if !tc.ok && !strings.Contains(warnings[0], tc.key) {
 			t.Errorf("warning %q does not name the annotation %s", warnings[0], tc.key)
+		}
+	}
+}
+
+// kong-watcher.io/listeners reaches the agent as KONG_WATCHER_LISTENERS, in its canonical
+// form; without it (or when it is invalid) the agent gets no such variable and learns the
+// names from the gateway.
+func TestListenersAnnotation(t *testing.T) {
+	cfg := testConfig()
+	for value, want := range map[string]string{
+		" status=8100; proxy=8443,8000;admin=8001 ": "proxy=8000,8443;admin=8001;status=8100",
+		"admin=8001": "",
+		"":           "",
+	} {
+		pod := &corev1.Pod{}
+		pod.Labels = map[string]string{kwv1.LabelInject: "true"}
+		pod.Annotations = map[string]string{kwv1.AnnotationListeners: value}
+		pod.Spec.Containers = []corev1.Container{{Name: "proxy"}}
+		Inject(pod, cfg)
+		env, set := "", false
+		for _, c := range append(pod.Spec.InitContainers, pod.Spec.Containers...) {
+			for _, e := range c.Env {
+				if c.Name == kwv1.AgentContainerName && e.Name == kwv1.EnvListeners {
+					env, set = e.Value, true
+				}
+			}
+		}
+		if env != want || set != (want != "") {
+			t.Errorf("%s=%q: %s=%q (set %v), want %q", kwv1.AnnotationListeners, value, kwv1.EnvListeners, env, set, want)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kong-watcher/kong-watcher/agent/listeners"
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -19,6 +20,9 @@ type settings struct {
 	processName   string
 	statsInterval time.Duration
 	nativeSidecar bool
+	// listeners is KONG_WATCHER_LISTENERS in its canonical form; "": the agent learns the
+	// names from the gateway.
+	listeners string
 }
 
 // podSettings applies the pod's override annotations to cfg. An invalid value is ignored and
@@ -77,6 +81,13 @@ func podSettings(pod *corev1.Pod, cfg Config) (settings, []string) {
 			invalid(kwv1.AnnotationNativeSidecar, v, err, strconv.FormatBool(s.nativeSidecar))
 		} else {
 			s.nativeSidecar = b
+		}
+	}
+	if v, ok := ann[kwv1.AnnotationListeners]; ok {
+		if l, err := listeners.ParseOverride(v); err != nil {
+			invalid(kwv1.AnnotationListeners, v, err, "the names the agent learns from the gateway")
+		} else {
+			s.listeners = l.String()
 		}
 	}
 	return s, warnings

@@ -3,7 +3,7 @@
 # they are missing. Safe to run repeatedly; does nothing when everything is there.
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev bpftool nginx libnginx-mod-http-lua wrk curl openssl iproute2
-  util-linux libcap2-bin procps nghttp2-client)
+  util-linux libcap2-bin procps nghttp2-client bpftrace)
 # --e2e: also what the local cluster of `make e2e` needs (hack/e2e-cluster.sh).
 if [[ "${1:-}" == "--e2e" ]]; then
   pkgs+=(containerd runc containernetworking-plugins iptables buildah)

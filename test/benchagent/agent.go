@@ -26,6 +26,7 @@ type agentRunner struct {
 	dataPath  string // KONG_WATCHER_DATA_PATH, "" = the agent's default
 	logPath   string // the agent's stdout+stderr, appended across starts
 	readyWait time.Duration
+	label     string // which gateway, for the log
 
 	cmd    *exec.Cmd
 	done   chan struct{}
@@ -60,7 +61,7 @@ func (a *agentRunner) start(ctx context.Context, poke func()) error {
 	}
 	defer logf.Close()
 	a.starts++
-	fmt.Fprintf(logf, "\n===== bench: agent start #%d at %s =====\n", a.starts, time.Now().UTC().Format(time.RFC3339Nano))
+	fmt.Fprintf(logf, "\n===== bench: agent start #%d on %s (master %d) at %s =====\n", a.starts, a.label, a.master, time.Now().UTC().Format(time.RFC3339Nano))
 	cmd := exec.Command(a.bin)
 	cmd.Env = append(os.Environ(),
 		"METRICS_ADDR="+a.addr,

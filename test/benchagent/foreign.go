@@ -44,27 +44,38 @@ func ownedProgIDs(pid int) map[int]bool {
 	return ids
 }
 
-// foreignUprobes counts the uprobes attached on this machine by anything but the process
-// ownPID (our agent, 0 = none), from bpftool: `perf list` (perf-event uprobes) and `link
+// foreignUprobes counts the uprobes attached on this machine by anything but the processes
+// ownPIDs (our agent and the floor's bpftrace; 0 = none), from bpftool: `perf list` (perf-event uprobes) and `link
 // list` (uprobe_multi links). A uprobe in nginx or libc costs every process mapping that file
 // even when its BPF program filters the process out, so another test's probes slow our
 // gateway down and skew a "without" round. -1 when bpftool is not usable.
-func foreignUprobes(ownPID int) int {
+func foreignUprobes(ownPIDs ...int) int {
 	if _, err := exec.LookPath("bpftool"); err != nil {
 		return -1
 	}
-	own := ownedProgIDs(ownPID)
+	own := map[int]bool{}
+	ownPID := map[int]bool{}
+	for _, p := range ownPIDs {
+		if p == 0 {
+			continue
+		}
+		ownPID[p] = true
+		for id := range ownedProgIDs(p) {
+			own[id] = true
+		}
+	}
 	n := 0
 	ok := false
 	if out, err := exec.Command("bpftool", "-j", "perf", "list").Output(); err == nil {
 		var entries []struct {
+			PID    int    `json:"pid"`
 			ProgID int    `json:"prog_id"`
 			FDType string `json:"fd_type"`
 		}
 		if json.Unmarshal(out, &entries) == nil {
 			ok = true
 			for _, e := range entries {
-				if strings.Contains(e.FDType, "uprobe") && !own[e.ProgID] {
+				if strings.Contains(e.FDType, "uprobe") && !own[e.ProgID] && !ownPID[e.PID] {
 					n++
 				}
 			}

@@ -53,16 +53,20 @@ var (
 	errNoRPSLine = fmt.Errorf("no throughput line in the output")
 )
 
-// wrk runs `wrk -t<threads> -c<conns> -d<dur>` against url.
-func (t loadTool) wrk(ctx context.Context, url string, threads, conns int, dur time.Duration) (loadResult, error) {
+// wrk runs `wrk -t<threads> -c<conns> -d<dur>` against url, with the given request headers
+// ("Name: value").
+func (t loadTool) wrk(ctx context.Context, url string, threads, conns int, dur time.Duration, headers ...string) (loadResult, error) {
 	secs := int(dur.Round(time.Second) / time.Second)
 	if secs < 1 {
 		secs = 1
 	}
 	ctx, cancel := context.WithTimeout(ctx, dur+30*time.Second)
 	defer cancel()
-	out, err := t.command(ctx, "wrk", "-t"+strconv.Itoa(threads), "-c"+strconv.Itoa(conns),
-		"-d"+strconv.Itoa(secs)+"s", "--timeout", "5s", url).CombinedOutput()
+	args := []string{"-t" + strconv.Itoa(threads), "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(secs) + "s", "--timeout", "5s"}
+	for _, h := range headers {
+		args = append(args, "-H", h)
+	}
+	out, err := t.command(ctx, "wrk", append(args, url)...).CombinedOutput()
 	if err != nil {
 		return loadResult{Raw: string(out)}, fmt.Errorf("wrk: %w: %s", err, out)
 	}
@@ -93,21 +97,64 @@ func parseWrk(out string) (loadResult, error) {
 	return r, nil
 }
 
-// h2load runs `h2load -c<conns> -m<streams> -t<threads> -D <dur>` against an https url
-// (HTTP/2 negotiated with ALPN; h2load does not verify the certificate).
+// h2loadPerConn is how many requests one h2load connection sends: fewer than the
+// fixture's keepalive_requests (1000), after which nginx ends an HTTP/2 connection with a
+// GOAWAY that h2load does not recover from (it opens no new connection, and a run by time
+// then idles once every connection has had its 1000 requests).
+const h2loadPerConn = 900
+
+// h2load runs `h2load -c<conns> -m<streams> -t<threads> -n <conns x h2loadPerConn>` against
+// an https url (HTTP/2 negotiated with ALPN; h2load does not verify the certificate) in
+// back-to-back batches for at least dur, and returns the batches' total requests over their
+// total time (h2load's own "finished in").
 func (t loadTool) h2load(ctx context.Context, url string, threads, conns, streams int, dur time.Duration) (loadResult, error) {
-	secs := int(dur.Round(time.Second) / time.Second)
-	if secs < 1 {
-		secs = 1
+	var total loadResult
+	var secs float64
+	n := conns * h2loadPerConn
+	if dur < 3*time.Second {
+		n = conns * 200 // a warm-up
 	}
-	ctx, cancel := context.WithTimeout(ctx, dur+30*time.Second)
+	for secs < dur.Seconds() {
+		r, took, err := t.h2loadBatch(ctx, url, threads, conns, streams, n)
+		total.Raw += r.Raw
+		if err != nil {
+			return total, err
+		}
+		total.Requests += r.Requests
+		total.Errors += r.Errors
+		secs += took
+		if took <= 0 {
+			break
+		}
+	}
+	if secs > 0 {
+		total.RPS = float64(total.Requests) / secs
+	}
+	return total, nil
+}
+
+var h2FinishedIn = regexp.MustCompile(`finished in ([0-9.]+)(m?s),`)
+
+func (t loadTool) h2loadBatch(ctx context.Context, url string, threads, conns, streams, n int) (loadResult, float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 120*time.Second)
 	defer cancel()
 	out, err := t.command(ctx, "h2load", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns),
-		"-m", strconv.Itoa(streams), "-D", strconv.Itoa(secs), url).CombinedOutput()
+		"-m", strconv.Itoa(streams), "-n", strconv.Itoa(n), url).CombinedOutput()
 	if err != nil {
-		return loadResult{Raw: string(out)}, fmt.Errorf("h2load: %w: %s", err, out)
+		return loadResult{Raw: string(out)}, 0, fmt.Errorf("h2load: %w: %s", err, out)
 	}
-	return parseH2load(string(out))
+	r, err := parseH2load(string(out))
+	if err != nil {
+		return r, 0, err
+	}
+	took := 0.0
+	if m := h2FinishedIn.FindStringSubmatch(r.Raw); m != nil {
+		took, _ = strconv.ParseFloat(m[1], 64)
+		if m[2] == "ms" {
+			took /= 1000
+		}
+	}
+	return r, took, nil
 }
 
 // parseH2load reads h2load's summary.
@@ -152,6 +199,11 @@ type pacedResult struct {
 // behind sends at once until it has caught up, so the total stays rate*dur as long as the
 // gateway keeps up (MaxLag says whether it did).
 func paced(ctx context.Context, url string, rate int, dur time.Duration, conns int) pacedResult {
+	return pacedH(ctx, url, nil, rate, dur, conns)
+}
+
+// pacedH is paced with request headers.
+func pacedH(ctx context.Context, url string, header http.Header, rate int, dur time.Duration, conns int) pacedResult {
 	total := int(float64(rate) * dur.Seconds())
 	res := pacedResult{Due: total}
 	var mu sync.Mutex
@@ -185,7 +237,15 @@ func paced(ctx context.Context, url string, rate int, dur time.Duration, conns i
 					maxLag = lag
 				}
 				sent++
-				resp, err := client.Get(url)
+				req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+				if err != nil {
+					failed++
+					continue
+				}
+				for k, v := range header {
+					req.Header[k] = v
+				}
+				resp, err := client.Do(req)
 				if err != nil {
 					failed++
 					if len(errs) < 3 {
@@ -222,12 +282,19 @@ func paced(ctx context.Context, url string, rate int, dur time.Duration, conns i
 	return res
 }
 
-// poker returns a function that sends one request to url (errors ignored): the trickle
-// that keeps the gateway busy while the agent starts.
-func poker(url string) func() {
+// poker returns a function that sends one request to url with header (errors ignored): the
+// trickle that keeps the gateway busy while the agent starts.
+func poker(url string, header http.Header) func() {
 	client := &http.Client{Timeout: 2 * time.Second}
 	return func() {
-		resp, err := client.Get(url)
+		req, err := http.NewRequest("GET", url, nil)
+		if err != nil {
+			return
+		}
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		resp, err := client.Do(req)
 		if err == nil {
 			io.Copy(io.Discard, resp.Body) //nolint:errcheck
 			resp.Body.Close()

@@ -29,8 +29,9 @@ const (
 // elsewhere and writes over the originals, which /proc/<pid>/environ reads
 // (ngx_init_setproctitle). libc's environ lists the copies: it is found by its symbol, in the
 // executable (which holds libc's variable when it was linked with a copy relocation, as
-// OpenResty's nginx is) or else in libc, and read through /proc/<pid>/mem, which needs the
-// rights reading another user's /proc/<pid>/environ needs (CAP_SYS_PTRACE).
+// OpenResty's nginx is) or else in libc, and read through /proc/<pid>/mem, which needs ptrace
+// access to the process (CAP_SYS_PTRACE for another user's, which the agent has; Yama's
+// ptrace_scope 3 refuses it to anyone, and Learn then falls back to Kong's defaults).
 func KongEnviron(procRoot string, pid int) (map[string]string, error) {
 	dir := filepath.Join(procRoot, strconv.Itoa(pid))
 	addr, err := environAddr(dir, procRoot, pid)

@@ -152,6 +152,9 @@ func (l *RequestLogger) Observe(r *model.Request) {
 	if r.Proto != "" {
 		kv = append(kv, "proto", r.Proto)
 	}
+	if r.Listener != "" {
+		kv = append(kv, "listener", r.Listener)
+	}
 	l.log.Info("request", kv...)
 }
 

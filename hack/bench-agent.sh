@@ -14,7 +14,7 @@
 # request-transformer route after a 25 s warm-up. Ends with `BENCH <figure> <value>` lines.
 # Exit status 1 when the agent's count differs from the access log or it dropped events (the
 # throughput targets are printed, not enforced, unless BENCH_ARGS=-strict).
-# Default run: about 9 minutes (7 without real Kong); BENCH_QUICK=1: about 2.
+# Default run: about 10 minutes (7 without real Kong); BENCH_QUICK=1: about 2.
 #
 # Environment:
 #   KW_BENCH_WRITE_DOCS=1 rewrite the "## Agent" section of docs/benchmarks.md (make bench-docs)

@@ -99,8 +99,12 @@ func (b *bench) kongRuns(ctx context.Context) (err error) {
 			return nil
 		}
 	}
-	b.logf("starting real Kong (%s, 2 workers)", c.kongTop)
-	k, err := fixture.StartKong(ctx, fixture.KongOptions{Top: c.kongTop, Dir: filepath.Join(b.workDir, "kong"), Workers: 2})
+	top, err := privateKongTop(c.kongTop, filepath.Join(b.workDir, "kong-top"))
+	if err != nil {
+		return err
+	}
+	b.logf("starting real Kong (%s, 2 workers; its nginx copied to %s)", c.kongTop, filepath.Join(top, "stripped", "nginx"))
+	k, err := fixture.StartKong(ctx, fixture.KongOptions{Top: top, Dir: filepath.Join(b.workDir, "kong"), Workers: 2})
 	if err != nil {
 		if k != nil && k.Gateway != nil && k.Prefix != "" {
 			return fmt.Errorf("%w\n%s", err, k.ErrorLogTail(2000))
@@ -237,4 +241,35 @@ func configureKong(ctx context.Context, k *fixture.Kong) error {
 		okRun++
 	}
 	return nil
+}
+
+// privateKongTop makes dir a Kong TOP that runs a private copy of the build's stripped nginx
+// and links everything else to the build: uprobes are set on a file, and Kong tests running
+// on this machine at the same time attach theirs to the build's binary, where they would fire
+// in our workers on every side. The build's absolute paths (rpath, Lua package paths) still
+// point into the build, so nothing else needs copying.
+func privateKongTop(top, dir string) (string, error) {
+	ents, err := os.ReadDir(top)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "stripped"), 0o755); err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		if e.Name() == "stripped" {
+			continue
+		}
+		if err := os.Symlink(filepath.Join(top, e.Name()), filepath.Join(dir, e.Name())); err != nil && !os.IsExist(err) {
+			return "", err
+		}
+	}
+	src, err := filepath.EvalSymlinks(filepath.Join(top, "stripped", "nginx"))
+	if err != nil {
+		return "", err
+	}
+	if err := copyFile(src, filepath.Join(dir, "stripped", "nginx")); err != nil {
+		return "", err
+	}
+	return dir, nil
 }

@@ -102,7 +102,7 @@ func run() int {
 	flag.StringVar(&c.scenarios, "scenarios", "kong_like,return200,tls,http2", "fixture scenarios to run (empty: none)")
 	flag.StringVar(&c.kongTop, "kong", "", "TOP of hack/kong.sh's real Kong build: run the round set on real Kong (empty: skipped, with a note)")
 	flag.DurationVar(&c.kongWarmup, "kong-warmup", 25*time.Second, "unmeasured load on real Kong before its rounds (LuaJIT's traces: throughput climbs for ~15 s after start)")
-	flag.IntVar(&c.kongRounds, "kong-rounds", 3, "rounds on real Kong (each runs every side, the order rotating)")
+	flag.IntVar(&c.kongRounds, "kong-rounds", 6, "rounds on real Kong (each runs every side, the order rotating; Kong's throughput is the noisiest)")
 	flag.IntVar(&c.kongConns, "kong-conns", 50, "wrk -c on real Kong")
 	flag.StringVar(&c.docPath, "doc", "docs/benchmarks.md", "the file whose \"## Agent\" section -write-doc rewrites")
 	flag.BoolVar(&c.writeDoc, "write-doc", false, "rewrite the doc section after a run that counted exactly (never in -quick or A/A mode); make bench-docs sets it")
@@ -420,8 +420,15 @@ func (b *bench) newFloor(name string, master int) *floorRunner {
 // the paced CPU runs, the BPF run time at saturation and the drop/accuracy run.
 func (b *bench) fixtureRuns(ctx context.Context) (err error) {
 	c := b.cfg
-	b.logf("starting the gateway fixture (2 workers) in %s", b.workDir)
-	g, err := fixture.Start(ctx, fixture.Options{Workers: 2, Dir: filepath.Join(b.workDir, "gateway")})
+	// A private copy of nginx: uprobes are set on a file (its inode), and other tests on this
+	// machine attach theirs to /usr/sbin/nginx's ngx_http_free_request; on the same file they
+	// would fire in our workers on every side, the "none" one included.
+	nginxBin, err := privateNginx(b.workDir)
+	if err != nil {
+		return err
+	}
+	b.logf("starting the gateway fixture (2 workers, nginx copied to %s) in %s", nginxBin, b.workDir)
+	g, err := fixture.Start(ctx, fixture.Options{Workers: 2, Dir: filepath.Join(b.workDir, "gateway"), Nginx: nginxBin})
 	if err != nil {
 		return err
 	}
@@ -479,9 +486,13 @@ func (b *bench) fixtureRuns(ctx context.Context) (err error) {
 
 	// Prime every path once (Lua code, upstream keep-alive pools, TLS sessions, page cache)
 	// so that the first measured round is not the cold one.
-	b.logf("priming: %v of each scenario's load, not measured", c.warmup)
+	prime := c.warmup
+	if !c.quick {
+		prime = max(prime, 3*time.Second)
+	}
+	b.logf("priming: %v of each scenario's load, not measured", prime)
 	for _, s := range scens {
-		if _, err := s.run(ctx, c.warmup); err != nil {
+		if _, err := s.run(ctx, prime); err != nil {
 			return fmt.Errorf("%s (priming): %w", s.name, err)
 		}
 	}
@@ -583,14 +594,15 @@ func (b *bench) throughputRun(ctx context.Context, t *target, s scenario, round 
 	// Keep the access log small (it grows by ~100 MB per minute at full speed) and count
 	// the measured run's lines.
 	os.Truncate(t.g.AccessLogPath(), 0) //nolint:errcheck
-	rr.foreign = foreignUprobes(t.agent.pid(), t.floor.pid())
 	workers, _ := t.g.WorkerPIDs()
+	rr.foreign = foreignUprobes(workers, t.agent.pid(), t.floor.pid())
 	w0, a0 := sampleCPU(workers), sampleCPU(pidList(t.agent.pid()))
 	res, err := s.run(ctx, b.cfg.dur)
 	w1, a1 := sampleCPU(workers), sampleCPU(pidList(t.agent.pid()))
 	if err != nil {
 		return rr, err
 	}
+	rr.foreign = max(rr.foreign, foreignUprobes(workers, t.agent.pid(), t.floor.pid()))
 	rr.load = res
 	rr.load1 = b.load1()
 	wd, ad := diffCPU(w0, w1), diffCPU(a0, a1)
@@ -885,6 +897,23 @@ func (b *bench) dropRun(ctx context.Context, t *target) error {
 		b.note("%d req/s run: the paced generator fell behind by up to %v", c.dropRate, pr.MaxLag.Round(time.Millisecond))
 	}
 	return nil
+}
+
+// privateNginx copies the nginx the fixture would run into dir/nginx-bin/nginx (named nginx,
+// as the agent looks for that process name).
+func privateNginx(dir string) (string, error) {
+	src, err := execLookPath("nginx")
+	if err != nil {
+		src = "/usr/sbin/nginx"
+	}
+	dst := filepath.Join(dir, "nginx-bin", "nginx")
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return "", err
+	}
+	if err := copyFile(src, dst); err != nil {
+		return "", fmt.Errorf("copying %s: %w", src, err)
+	}
+	return dst, nil
 }
 
 func exeOf(pid int) string {

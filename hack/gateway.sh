@@ -2,17 +2,23 @@
 # Start, stop and inspect the Kong-like gateway fixture from the shell (for `make demo` and
 # the benchmarks). The fixture is test/fixture run by hack/gateway (kong-fixture):
 # Debian nginx + lua-nginx-module on 127.0.0.1, HTTP and HTTPS/HTTP2, upstreams in the
-# kong-fixture process itself.
+# kong-fixture process itself. With KW_GATEWAY_KONG=TOP (hack/kong.sh's build) it is real Kong
+# instead, through test/fixture's Kong harness: DB-less, its routes and plugins, the proxy,
+# Admin API and Status API on 127.0.0.1 (KW_GATEWAY_ADMIN, KW_GATEWAY_STATUS in the env).
 #
 #   hack/gateway.sh start  [DIR]            start; print KW_GATEWAY_* lines (also in DIR/fixture.env)
 #   hack/gateway.sh stop   [DIR]            graceful stop (SIGTERM), SIGKILL after 15 s
 #   hack/gateway.sh status [DIR]            exit 0 and print the env when running, else exit 1
 #   hack/gateway.sh drive  [DIR] [N]        send N (default 200) requests of the mixed workload
+#                                           (on Kong: the Kong harness's mix of routes and plugins)
+#   hack/gateway.sh probe  [DIR] [DURATION] Kong only: kubelet probes on the Status API and an
+#                                           operator's Admin API reads (default: until killed)
 #   hack/gateway.sh load   [DIR] [RATE] [DURATION] [ROUTE]   paced load (default 200/s 10s /fast)
 #   hack/gateway.sh reload [DIR]            nginx reload (new workers)
 #
 # DIR defaults to $KW_GATEWAY_DIR or /tmp/kw-gateway. Start honours KW_GATEWAY_WORKERS (2),
-# KW_GATEWAY_HTTP_PORT and KW_GATEWAY_HTTPS_PORT (0: free ports).
+# KW_GATEWAY_HTTP_PORT and KW_GATEWAY_HTTPS_PORT (0: free ports; the fixture only), and
+# KW_GATEWAY_KONG (above).
 set -euo pipefail
 
 cmd=${1:-}
@@ -40,12 +46,18 @@ start)
   mkdir -p "$dir"
   build
   rm -f "$dir/fixture.env"
+  kong=()
+  wait_s=30
+  if [[ -n ${KW_GATEWAY_KONG:-} ]]; then
+    kong=(-kong "$KW_GATEWAY_KONG")
+    wait_s=120 # kong prepare, then every worker's router and plugins
+  fi
   # setsid: the fixture outlives this shell and is stopped only through `stop`.
   setsid "$bin" serve -dir "$dir" -workers "${KW_GATEWAY_WORKERS:-2}" \
-    -http-port "${KW_GATEWAY_HTTP_PORT:-0}" -https-port "${KW_GATEWAY_HTTPS_PORT:-0}" \
+    -http-port "${KW_GATEWAY_HTTP_PORT:-0}" -https-port "${KW_GATEWAY_HTTPS_PORT:-0}" "${kong[@]}" \
     >"$dir/fixture.out" 2>&1 </dev/null &
   echo $! >"$pidfile"
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 $((wait_s * 10))); do
     if [[ -f $dir/fixture.env ]]; then
       cat "$dir/fixture.env"
       exit 0
@@ -58,7 +70,7 @@ start)
     fi
     sleep 0.1
   done
-  echo "gateway not ready after 30 s; stopping it" >&2
+  echo "gateway not ready after $wait_s s; stopping it" >&2
   "$0" stop "$dir" || true
   exit 1
   ;;
@@ -106,12 +118,17 @@ load)
   [[ -x $bin ]] || build
   "$bin" load -dir "$dir" -rate "${3:-200}" -duration "${4:-10s}" -route "${5:-/fast}"
   ;;
+probe)
+  running || { echo "gateway not running in $dir" >&2; exit 1; }
+  [[ -x $bin ]] || build
+  exec "$bin" probe -dir "$dir" -duration "${3:-0}" # exec: its PID is this one's
+  ;;
 reload)
   running || { echo "gateway not running in $dir" >&2; exit 1; }
   kill -HUP "$(cat "$pidfile")"
   ;;
 *)
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
   ;;
 esac

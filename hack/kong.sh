@@ -10,6 +10,8 @@
 # The build holds absolute paths of TOP (package paths, rpath): it is built where it runs.
 # TOP is under root's home (mode 0700), which Kong's default worker user, nobody, cannot enter:
 # whoever runs this Kong as root sets `nginx_user = root root`, as test/fixture/kong.go does.
+#
+#   hack/kong.sh --check   never builds: prints TOP when the build is complete, else exits 1
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/third-party.sh"
 
@@ -18,6 +20,15 @@ CACHE="${KONG_WATCHER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kong-watcher}"
 TOP="$CACHE/kong-$KONG_VERSION"
 # Written last: a build interrupted half-way is started again from scratch.
 DONE="$TOP/.kong-watcher-built"
+
+if [[ "${1:-}" == --check ]]; then
+  # No lock: DONE is written last, so a build in progress is "not built".
+  [[ -f "$DONE" && -x "$TOP/openresty/nginx/sbin/nginx-stripped" ]] || { echo "Kong $KONG_VERSION is not built ($TOP)" >&2; exit 1; }
+  mkdir -p "$TOP/stripped"
+  ln -sfn "$TOP/openresty/nginx/sbin/nginx-stripped" "$TOP/stripped/nginx"
+  echo "$TOP"
+  exit 0
+fi
 
 mkdir -p "$CACHE"
 exec 9>"$CACHE/kong-$KONG_VERSION.lock"

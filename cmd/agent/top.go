@@ -20,6 +20,7 @@ func top(args []string) int {
 	interval := fs.Duration("i", time.Second, "refresh interval")
 	count := fs.Int("n", 0, "stop after N refreshes (0: until Ctrl-C)")
 	plain := fs.Bool("plain", false, "do not clear the screen between refreshes")
+	title := fs.String("title", "", "what the agent watches, shown in the header (e.g. \"real Kong 3.8.1\")")
 	url := "http://127.0.0.1:9464/stats"
 	var rest []string
 	for _, a := range args {
@@ -46,7 +47,11 @@ func top(args []string) int {
 		if !*plain {
 			fmt.Print("\033[H\033[2J")
 		}
-		fmt.Printf("kong-watcher agent at %s   %s\n\n%s", url, time.Now().Format(time.TimeOnly), out)
+		head := "kong-watcher agent at " + url
+		if *title != "" {
+			head += " on " + *title
+		}
+		fmt.Printf("%s   %s\n\n%s", head, time.Now().Format(time.TimeOnly), out)
 		select {
 		case <-ctx.Done():
 			return 0

@@ -1,12 +1,20 @@
 // Command kong-fixture runs the Kong-like gateway fixture (package test/fixture) outside
 // tests, for the demo and the benchmarks; hack/gateway.sh wraps it.
 //
-//	kong-fixture serve -dir DIR [-workers N] [-http-port P] [-https-port P]
+//	kong-fixture serve -dir DIR [-workers N] [-http-port P] [-https-port P] [-kong TOP]
 //	    start nginx with prefix DIR, write DIR/fixture.env, run until SIGTERM/SIGINT, stop.
+//	    With -kong: real Kong (hack/kong.sh's build TOP, test/fixture's Kong harness: DB-less,
+//	    its routes and plugins, the proxy, Admin API and Status API on 127.0.0.1 with their
+//	    KONG_*_LISTEN in Kong's environment), prefix DIR/kong; the ports are always free ones.
 //	kong-fixture drive -dir DIR [-n 200] [-concurrency 4]
-//	    send the mixed workload to the gateway running in DIR; print a JSON summary.
+//	    send the mixed workload to the gateway running in DIR (Kong's mix on Kong); print a
+//	    JSON summary.
 //	kong-fixture load -dir DIR [-rate 200] [-duration 10s] [-route /fast] [-proto http1]
 //	    paced (open-loop) load; print a JSON summary.
+//	kong-fixture probe -dir DIR [-duration 10s]
+//	    Kong only: the Admin and Status API traffic of a pod: the kubelet's probes on the
+//	    Status API (/status/ready and /status every second, a Prometheus scrape of /metrics
+//	    every 5 s) and an operator's Admin API reads every 2 s (one of them a 404).
 package main
 
 import (
@@ -36,6 +44,8 @@ func main() {
 		err = drive(os.Args[2:])
 	case "load":
 		err = load(os.Args[2:])
+	case "probe":
+		err = probe(os.Args[2:])
 	default:
 		usage()
 	}
@@ -46,7 +56,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: kong-fixture serve|drive|load -dir DIR [flags]")
+	fmt.Fprintln(os.Stderr, "usage: kong-fixture serve|drive|load|probe -dir DIR [flags]")
 	os.Exit(2)
 }
 
@@ -57,6 +67,7 @@ func serve(args []string) error {
 	single := fs.Bool("single-process", false, "master_process off")
 	httpPort := fs.Int("http-port", 0, "HTTP port on 127.0.0.1 (0: free port)")
 	httpsPort := fs.Int("https-port", 0, "HTTPS/HTTP2 port on 127.0.0.1 (0: free port)")
+	kongTop := fs.String("kong", "", "run real Kong: the TOP of hack/kong.sh's build")
 	fs.Parse(args) //nolint:errcheck // ExitOnError
 	if *dir == "" {
 		return fmt.Errorf("serve: -dir is required")
@@ -64,6 +75,9 @@ func serve(args []string) error {
 	// Signals first: a SIGTERM arriving during start must still stop nginx.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	if *kongTop != "" {
+		return serveKong(sigs, *dir, *kongTop, *workers)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	g, err := fixture.Start(ctx, fixture.Options{Dir: *dir, Workers: *workers, SingleProcess: *single,
@@ -71,8 +85,13 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
+	return run(sigs, g.Prefix, append([]string{"KW_GATEWAY_KIND=fixture"}, gatewayEnv(g)...), g.Reload, g.Stop)
+}
+
+// gatewayEnv is the KW_GATEWAY_* lines every gateway has.
+func gatewayEnv(g *fixture.Gateway) []string {
 	ws, _ := g.WorkerPIDs()
-	env := strings.Join([]string{
+	return []string{
 		"KW_GATEWAY_HTTP=" + g.HTTPAddr,
 		"KW_GATEWAY_HTTPS=" + g.HTTPSAddr,
 		"KW_GATEWAY_PREFIX=" + g.Prefix,
@@ -82,20 +101,27 @@ func serve(args []string) error {
 		fmt.Sprintf("KW_GATEWAY_MASTER_PID=%d", g.MasterPID()),
 		"KW_GATEWAY_WORKER_PIDS=" + strings.Trim(strings.Join(strings.Fields(fmt.Sprint(ws)), ","), "[]"),
 		fmt.Sprintf("KW_GATEWAY_FIXTURE_PID=%d", os.Getpid()),
-	}, "\n") + "\n"
+	}
+}
+
+// run writes dir/fixture.env (env, one per line), which says "ready", prints it, and serves
+// until SIGTERM or SIGINT (SIGHUP: reload); then it removes dir's state files and stops.
+func run(sigs <-chan os.Signal, dir string, env []string, reload, stop func() error) error {
+	text := strings.Join(env, "\n") + "\n"
 	// Written last and atomically: its presence means "ready".
-	envPath := filepath.Join(g.Prefix, "fixture.env")
-	if err := os.WriteFile(envPath+".tmp", []byte(env), 0o644); err == nil {
+	envPath := filepath.Join(dir, "fixture.env")
+	err := os.WriteFile(envPath+".tmp", []byte(text), 0o644)
+	if err == nil {
 		err = os.Rename(envPath+".tmp", envPath)
 	}
 	if err != nil {
-		g.Stop()
+		stop() //nolint:errcheck
 		return err
 	}
-	fmt.Print(env)
+	fmt.Print(text)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP { // reload nginx, keep running
-			if err := g.Reload(); err != nil {
+			if err := reload(); err != nil {
 				fmt.Fprintln(os.Stderr, "kong-fixture: reload:", err)
 			}
 			continue
@@ -103,8 +129,9 @@ func serve(args []string) error {
 		break
 	}
 	os.Remove(envPath)
-	os.Remove(filepath.Join(g.Prefix, fixture.StateFile))
-	return g.Stop()
+	os.Remove(filepath.Join(dir, fixture.StateFile))
+	os.Remove(filepath.Join(dir, kongStateFile))
+	return stop()
 }
 
 func drive(args []string) error {
@@ -120,6 +147,11 @@ func drive(args []string) error {
 	defer g.Stop() //nolint:errcheck // releases clients only
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
+	if k, err := attachKong(*dir, g); err != nil {
+		return err
+	} else if k != nil {
+		return driveKong(ctx, k, *n, *conc)
+	}
 	sent, err := g.DriveMixed(ctx, *n, *conc)
 	out := map[string]any{"total": sent.Total(), "byStatus": sent.ByStatus, "byClass": sent.ByClass()}
 	if err != nil {

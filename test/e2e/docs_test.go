@@ -122,6 +122,12 @@ func (s *suite) writeDocs(total time.Duration) error {
 		w("## `kubectl describe pod` of a gateway pod (%s)\n\n```console\n%s```\n\n", keys[0], s.describe[keys[0]])
 	}
 
+	if s.describeDeployment != "" {
+		w("## `kubectl describe deployment` of the gateway\n\n")
+		w("After step 4: the manager's combined stats of both gateway pods on the Deployment itself.\n\n")
+		w("```console\n$ kubectl describe deployment -n %s %s\n%s```\n\n", kongNS, gatewayDeploy, s.describeDeployment)
+	}
+
 	w("## The commands, in order\n\n```sh\n")
 	for _, c := range s.commands[:s.storyCommands] {
 		w("%s\n", c)

@@ -125,7 +125,7 @@ func (s *suite) stepIdentity(t *testing.T) {
 			t.Errorf("kubectl describe deployment %s shows no %s:\n%s", gatewayDeploy, k, out)
 		}
 	}
-	s.describe["deployment"] = out
+	s.describeDeployment = out
 }
 
 // podToken is a TokenRequest of Kong's service account bound to pod, for audience.

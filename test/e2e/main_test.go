@@ -97,9 +97,11 @@ type suite struct {
 	probesAttached map[string]time.Time
 	describe       map[string]string // "after step N" -> kubectl describe pod output
 	describePod    string
-	eventsOut      string
-	notes          []string // facts worth writing down (measured latencies, counts)
-	env            []envLine
+	// describeDeployment: kubectl describe deployment of the gateway after step 4.
+	describeDeployment string
+	eventsOut          string
+	notes              []string // facts worth writing down (measured latencies, counts)
+	env                []envLine
 }
 
 type stepResult struct {

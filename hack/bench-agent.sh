@@ -14,13 +14,13 @@
 # request-transformer route after a 25 s warm-up. Ends with `BENCH <figure> <value>` lines.
 # Exit status 1 when the agent's count differs from the access log or it dropped events (the
 # throughput targets are printed, not enforced, unless BENCH_ARGS=-strict).
-# Default run: about 10 minutes (7 without real Kong); BENCH_QUICK=1: about 2.
+# Default run: about 11 minutes (8 without real Kong); BENCH_QUICK=1: about 2.
 #
 # Environment:
 #   KW_BENCH_WRITE_DOCS=1 rewrite the "## Agent" section of docs/benchmarks.md (make bench-docs)
 #   BENCH_QUICK=1        smoke test: 1 round of 2 s, short CPU/drop runs and Kong warm-up, docs untouched
-#   BENCH_ROUNDS=N       rounds per fixture route (default 3: every side once in every position)
-#   BENCH_DURATION=5s    measured time per side per round (default 5s)
+#   BENCH_ROUNDS=N       rounds per fixture route (default 6: every side twice in every position)
+#   BENCH_DURATION=3s    measured time per side per round (default 3s)
 #   KW_AGENT=path        the agent binary (default bin/kong-watcher-agent; "none" = A/A run)
 #   KW_KONG=TOP          real Kong's build (default: hack/kong.sh's, when it is built; "none" = skip)
 #   BENCH_NICE=-15       the harness runs in its own session whose scheduler autogroup gets this

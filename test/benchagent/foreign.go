@@ -47,11 +47,12 @@ func ownedProgIDs(pid int) map[int]bool {
 // uprobes come from `bpftool perf list` (which names the file); uprobe_multi links from the
 // "path:" of every process's link fds in /proc/*/fdinfo (Debian's bpftool 7.1 does not name
 // it). -1 when neither can be read. ownPIDs' uprobes are told apart by their programs.
-func foreignUprobes(workers []int, ownPIDs ...int) int {
+func foreignUprobes(workers []int, ownPIDs ...int) (int, []string) {
 	mapped := mappedFiles(workers)
 	if len(mapped) == 0 {
-		return -1
+		return -1, nil
 	}
+	var paths []string
 	own := map[int]bool{}
 	ownPID := map[int]bool{}
 	for _, p := range ownPIDs {
@@ -77,6 +78,7 @@ func foreignUprobes(workers []int, ownPIDs ...int) int {
 			for _, e := range entries {
 				if strings.Contains(e.FDType, "uprobe") && !own[e.ProgID] && !ownPID[e.PID] && mapped[canonical(e.Filename)] {
 					n++
+					paths = append(paths, e.Filename)
 				}
 			}
 		}
@@ -86,13 +88,14 @@ func foreignUprobes(workers []int, ownPIDs ...int) int {
 		for _, l := range links {
 			if !own[l.progID] && !ownPID[l.pid] && mapped[canonical(l.path)] {
 				n++
+				paths = append(paths, l.path)
 			}
 		}
 	}
 	if !ok {
-		return -1
+		return -1, nil
 	}
-	return n
+	return n, paths
 }
 
 // mappedFiles is the set of files (canonical paths) the processes map.

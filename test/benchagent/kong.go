@@ -128,7 +128,7 @@ func (b *bench) kongRuns(ctx context.Context) (err error) {
 
 	url := "http://" + k.HTTPAddr + kongBenchPath + "/items/42"
 	hdr := "apikey: " + kongBenchKey
-	t := &target{name: "kong", g: k.Gateway, agent: b.newAgent("kong", k.MasterPID()),
+	t := &target{name: "kong", g: k.Gateway, agent: b.newAgent("kong", k.MasterPID()), dur: c.kongDur,
 		poke: poker(url, http.Header{"Apikey": {kongBenchKey}})}
 	t.floor = b.newFloor("kong", k.MasterPID())
 	defer func() { t.agent.stop(); b.collectAgent(t.agent) }()

@@ -61,6 +61,7 @@ type config struct {
 	kongWarmup           time.Duration
 	kongRounds           int
 	kongConns            int
+	kongDur              time.Duration
 	docPath              string
 	writeDoc             bool
 	luaPhases            string
@@ -76,8 +77,8 @@ func main() { os.Exit(run()) }
 func run() int {
 	var c config
 	flag.StringVar(&c.agentBin, "agent", "bin/kong-watcher-agent", `the agent binary; "none" runs the "agent" rounds without it (an A/A run: shows the noise floor)`)
-	flag.IntVar(&c.rounds, "rounds", 3, "rounds per scenario; each round runs every side, the order rotating from round to round")
-	flag.DurationVar(&c.dur, "duration", 5*time.Second, "measured time of one side of one round")
+	flag.IntVar(&c.rounds, "rounds", 6, "rounds per scenario; each round runs every side, the order rotating from round to round (a multiple of 3 puts every side in every position equally often)")
+	flag.DurationVar(&c.dur, "duration", 3*time.Second, "measured time of one side of one round (many short rounds resist the shared machine's bursts better than a few long ones)")
 	flag.DurationVar(&c.warmup, "warmup", time.Second, "unmeasured load before each measured run (after the agent or bpftrace is ready)")
 	flag.BoolVar(&c.quick, "quick", false, "smoke test: 1 round of 2 s, short CPU and drop runs, a short Kong warm-up (about 2 minutes)")
 	flag.BoolVar(&c.floor, "floor", true, "run the floor side (an empty BPF program on the same uprobe, with bpftrace)")
@@ -104,6 +105,7 @@ func run() int {
 	flag.DurationVar(&c.kongWarmup, "kong-warmup", 25*time.Second, "unmeasured load on real Kong before its rounds (LuaJIT's traces: throughput climbs for ~15 s after start)")
 	flag.IntVar(&c.kongRounds, "kong-rounds", 6, "rounds on real Kong (each runs every side, the order rotating; Kong's throughput is the noisiest)")
 	flag.IntVar(&c.kongConns, "kong-conns", 50, "wrk -c on real Kong")
+	flag.DurationVar(&c.kongDur, "kong-duration", 5*time.Second, "measured time of one side of one round on real Kong")
 	flag.StringVar(&c.docPath, "doc", "docs/benchmarks.md", "the file whose \"## Agent\" section -write-doc rewrites")
 	flag.BoolVar(&c.writeDoc, "write-doc", false, "rewrite the doc section after a run that counted exactly (never in -quick or A/A mode); make bench-docs sets it")
 	flag.StringVar(&c.luaPhases, "lua-phases", "", "KONG_WATCHER_LUA_PHASES for the agent (off|on|sampled; empty = the agent's default)")
@@ -116,7 +118,7 @@ func run() int {
 	if c.quick {
 		c.rounds, c.dur, c.warmup = 1, 2*time.Second, time.Second
 		c.cpuDur, c.dropDur, c.cpuRounds, c.highRounds, c.satDur = 3*time.Second, 3*time.Second, 1, 1, 3*time.Second
-		c.kongWarmup, c.kongRounds = 5*time.Second, 1
+		c.kongWarmup, c.kongRounds, c.kongDur = 5*time.Second, 1, 2*time.Second
 		c.writeDoc = false
 	}
 	if c.agentBin == "none" {
@@ -222,22 +224,24 @@ type target struct {
 	agent *agentRunner
 	floor *floorRunner
 	poke  func()
+	dur   time.Duration // measured time of a side
 }
 
 // roundResult is one measured run of one side.
 type roundResult struct {
-	target   string
-	scenario string
-	round    int
-	side     side
-	load     loadResult
-	logLines int     // access log lines written during the measured run
-	counted  int64   // requests the agent counted during it (-1 = n/a)
-	dropped  int64   // events the agent dropped during it (-1 = n/a)
-	agentCPU float64 // agent CPU, % of one core
-	nginxCPU float64 // workers' CPU, % of one core
-	foreign  int     // uprobes of other owners present (-1 = unknown)
-	load1    float64 // 1-minute load average at the end of the run
+	target       string
+	scenario     string
+	round        int
+	side         side
+	load         loadResult
+	logLines     int     // access log lines written during the measured run
+	counted      int64   // requests the agent counted during it (-1 = n/a)
+	dropped      int64   // events the agent dropped during it (-1 = n/a)
+	agentCPU     float64 // agent CPU, % of one core
+	nginxCPU     float64 // workers' CPU, % of one core
+	foreign      int     // uprobes of other owners on files the workers map (-1 = unknown)
+	foreignPaths []string
+	load1        float64 // 1-minute load average at the end of the run
 }
 
 // pacedCPU is one paced run's CPU readings.
@@ -438,7 +442,7 @@ func (b *bench) fixtureRuns(ctx context.Context) (err error) {
 		}
 	}()
 	workers, _ := g.WorkerPIDs()
-	t := &target{name: "fixture", g: g, agent: b.newAgent("fixture", g.MasterPID()),
+	t := &target{name: "fixture", g: g, agent: b.newAgent("fixture", g.MasterPID()), dur: c.dur,
 		poke: poker("http://"+g.HTTPAddr+c.kongRoute, nil)}
 	t.floor = b.newFloor("fixture", g.MasterPID())
 	b.fx = t
@@ -562,7 +566,7 @@ func (b *bench) roundExtra(t *target, rr roundResult) string {
 		s += fmt.Sprintf("  agent %.1f%% cpu, counted %d of %d logged, dropped %d", rr.agentCPU, rr.counted, rr.logLines, rr.dropped)
 	}
 	if rr.foreign > 0 {
-		s += fmt.Sprintf("  [%d foreign uprobes]", rr.foreign)
+		s += fmt.Sprintf("  [%d foreign uprobes on %s: round left out]", rr.foreign, strings.Join(rr.foreignPaths, ", "))
 	}
 	return s + fmt.Sprintf("  load %.1f", rr.load1)
 }
@@ -595,14 +599,17 @@ func (b *bench) throughputRun(ctx context.Context, t *target, s scenario, round 
 	// the measured run's lines.
 	os.Truncate(t.g.AccessLogPath(), 0) //nolint:errcheck
 	workers, _ := t.g.WorkerPIDs()
-	rr.foreign = foreignUprobes(workers, t.agent.pid(), t.floor.pid())
+	var paths []string
+	rr.foreign, paths = foreignUprobes(workers, t.agent.pid(), t.floor.pid())
 	w0, a0 := sampleCPU(workers), sampleCPU(pidList(t.agent.pid()))
-	res, err := s.run(ctx, b.cfg.dur)
+	res, err := s.run(ctx, t.dur)
 	w1, a1 := sampleCPU(workers), sampleCPU(pidList(t.agent.pid()))
 	if err != nil {
 		return rr, err
 	}
-	rr.foreign = max(rr.foreign, foreignUprobes(workers, t.agent.pid(), t.floor.pid()))
+	n, paths2 := foreignUprobes(workers, t.agent.pid(), t.floor.pid())
+	rr.foreign = max(rr.foreign, n)
+	rr.foreignPaths = uniq(append(paths, paths2...))
 	rr.load = res
 	rr.load1 = b.load1()
 	wd, ad := diffCPU(w0, w1), diffCPU(a0, a1)
@@ -914,6 +921,18 @@ func privateNginx(dir string) (string, error) {
 		return "", fmt.Errorf("copying %s: %w", src, err)
 	}
 	return dst, nil
+}
+
+func uniq(xs []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range xs {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 func exeOf(pid int) string {

@@ -284,8 +284,8 @@ func (b *bench) report() reportOut {
 	var t, doc, bl strings.Builder
 
 	// ---- the console table ----
-	fmt.Fprintf(&t, "\n== kong-watcher agent benchmark (%d round(s) x %v per side, warm-up %v; Kong: %d round(s), warm-up %v; wrk/h2load pinned to CPU %q) ==\n",
-		c.rounds, c.dur, c.warmup, c.kongRounds, c.kongWarmup, c.pin)
+	fmt.Fprintf(&t, "\n== kong-watcher agent benchmark (%d round(s) x %v per side, warm-up %v; Kong: %d round(s) x %v after a %v warm-up; wrk/h2load pinned to CPU %q) ==\n",
+		c.rounds, c.dur, c.warmup, c.kongRounds, c.kongDur, c.kongWarmup, c.pin)
 	fmt.Fprintf(&t, "ratios: median over the rounds of each round's side/none throughput (min-max); floor = an empty BPF program on ngx_http_free_request (bpftrace)\n")
 	fmt.Fprintf(&t, "%-10s %8s %8s %8s %-20s %-20s %9s %-26s %8s %14s\n", "scenario", "none r/s", "floor", "agent", "floor ratio", "agent ratio", "cost/trap", "target", "agent cpu", "counted/logged")
 	for _, s := range sums {
@@ -477,7 +477,7 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 	w("waited for until the kernel lists its uprobe, stopped by its PID after the side): what any design that\n")
 	w("traps once per request pays on this machine, the yardstick. *agent*: `kong-watcher-agent`, started (and\n")
 	w("waited for on `/readyz`) for the side, with %s. Every side gets %v of\n", agentEnvNote(c.luaPhases, c.dataPath), c.warmup)
-	w("unmeasured load before %v measured.\n\n", c.dur)
+	w("unmeasured load before it is measured.\n\n")
 	w("**Target** (the team's): the agent's ratio at least the floor's minus 0.02 on the Kong-like route (the agent\n")
 	w("costing at most ~1.3x the trap), minus 0.03 on TLS and HTTP/2; on real Kong, inside the noise. A miss is\n")
 	w("reported, not a failure: the bench fails only when the agent's count differs from the access log or it\n")
@@ -512,10 +512,10 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 	if c.pin != "" {
 		pinNote = "pinned to CPU " + c.pin
 	}
-	w("%d round(s) per route; wrk/h2load %s, nginx, its Go upstream, the agent and bpftrace not pinned (all share the 2 vCPUs, as in a pod).\n", c.rounds, pinNote)
+	w("%d round(s) of %v per side per route; wrk/h2load %s, nginx, its Go upstream, the agent and bpftrace not pinned (all share the 2 vCPUs, as in a pod).\n", c.rounds, c.dur, pinNote)
 	if b.kong.done {
 		w("Real Kong: Kong %s (`hack/kong.sh`'s build of 3.8.1, DB-less, 2 workers, started by `test/fixture`'s\n", b.kong.version)
-		w("harness), %d round(s) after a %v warm-up (LuaJIT: throughput per 5 s slice of it %s req/s).\n", c.kongRounds, c.kongWarmup, joinF(b.kong.warmup, 0))
+		w("harness), %d round(s) of %v per side after a %v warm-up (LuaJIT: throughput per 5 s slice of it %s req/s).\n", c.kongRounds, c.kongDur, c.kongWarmup, joinF(b.kong.warmup, 0))
 	} else if b.kong.skipped != "" {
 		w("Real Kong: **skipped**: %s.\n", b.kong.skipped)
 	}
@@ -550,7 +550,7 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 		w("| the agent above the floor, kong_like | %s |\n", ab)
 	}
 	if cs.ok {
-		w("| workers + agent minus workers alone, paced %d req/s (top-down) | %.2f%% of a core (%.1f us/request; schedstat: %.2f%%); the workers alone span %.2f%% to %.2f%% over the none runs | \n",
+		w("| workers + agent minus workers alone, paced %d req/s (top-down) | %.2f%% of a core (%.1f us/request; schedstat: %.2f%%); the workers alone span %.2f%% to %.2f%% over the none runs |\n",
 			c.cpuRate, cs.extra, cs.usPerReq, cs.schedXtra, cs.woMin, cs.woMax)
 	}
 	if c.agentBin != "" {

@@ -488,11 +488,11 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 	if b.floorNote != "" {
 		w("No floor side in this run: %s.\n\n", b.floorNote)
 	}
-	w("The fixture and Kong run private copies of their nginx binaries: a uprobe is set on a file, and other\n")
-	w("tests on this machine attach theirs to `/usr/sbin/nginx` and to the Kong build's `ngx_http_free_request`;\n")
-	w("on the same file they would fire in our workers on every side, \"none\" included. A round during which\n")
-	w("another owner's uprobe was on a file the workers map (the Lua module, libc, OpenSSL) is left out of the\n")
-	w("ratios while clean rounds remain")
+	w("The fixture runs private copies of nginx and its Lua and NDK modules, and Kong of its nginx: a uprobe\n")
+	w("is set on a file, and other tests on this machine attach theirs to `/usr/sbin/nginx`, Debian's Lua module\n")
+	w("and the Kong build; on the same file they would fire in our workers on every side, \"none\" included. A\n")
+	w("round during which another owner's uprobe was on a file the workers map (libc, OpenSSL, Kong's Lua\n")
+	w("libraries) is left out of the ratios while clean rounds remain")
 	if b.foreignSeen() {
 		var ex []string
 		for _, s := range sums {

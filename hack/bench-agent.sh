@@ -14,7 +14,8 @@
 # request-transformer route after a 25 s warm-up. Ends with `BENCH <figure> <value>` lines.
 # Exit status 1 when the agent's count differs from the access log or it dropped events (the
 # throughput targets are printed, not enforced, unless BENCH_ARGS=-strict).
-# Default run: about 11 minutes (8 without real Kong); BENCH_QUICK=1: about 2.
+# Default run: about 13 minutes on this 2-vCPU VM (9 without real Kong; BENCH_ROUNDS=3: about 10);
+# BENCH_QUICK=1: about 2.
 #
 # Environment:
 #   KW_BENCH_WRITE_DOCS=1 rewrite the "## Agent" section of docs/benchmarks.md (make bench-docs)

@@ -301,7 +301,7 @@ func (b *bench) report() reportOut {
 			tgt = fmt.Sprintf(">= floor-%.2f = %.3f %s", s.slack, s.floorR.med-s.slack, passMiss(s.ok))
 		}
 		fmt.Fprintf(&t, "%-10s %8s %8s %8s %-20s %-20s %9s %-26s %7s%% %14s%s\n", s.name, f(s.rps[sideNone].med, 0), f(s.rps[sideFloor].med, 0), f(s.rps[sideAgent].med, 0),
-			s.floorR, s.agentR, f(s.costOverTrap, 2)+"x", tgt, f(s.agentCPU, 1), cnt, foreignMark(s.foreign))
+			s.floorR, s.agentR, xOrNA(s.costOverTrap), tgt, f(s.agentCPU, 1), cnt, foreignMark(s.foreign))
 		if s.hasFloor {
 			fmt.Fprintf(&t, "%-10s   per request, us of the %d vCPUs: floor %s, agent %s, agent above the floor %s\n", "", runtime.NumCPU(), s.floorUs.fmt(1), s.agentUs.fmt(1), s.aboveUs.fmt(1))
 		}
@@ -437,6 +437,13 @@ func (b *bench) aboveFloor(sums []scenSummary, bpfNs, agentUs float64) string {
 	return ""
 }
 
+func xOrNA(v float64) string {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return "NA"
+	}
+	return f(v, 2) + "x"
+}
+
 func idle(p float64) float64 {
 	if p < 0 {
 		return math.NaN()
@@ -530,13 +537,14 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 		if c.agentBin != "" && s.logged > 0 {
 			cnt = fmt.Sprintf("%d / %d", s.counted, s.logged)
 		}
-		w("| %s | %s | %s | %s | **%s** | %sx | %s | %s | %s%% | %s |\n", s.name, s.what, f(s.rps[sideNone].med, 0), s.floorR, s.agentR,
-			f(s.costOverTrap, 2), tgt, s.aboveUs.fmt(1), f(s.agentCPU, 1), cnt)
+		w("| %s | %s | %s | %s | **%s** | %s | %s | %s | %s%% | %s |\n", s.name, s.what, f(s.rps[sideNone].med, 0), s.floorR, s.agentR,
+			xOrNA(s.costOverTrap), tgt, s.aboveUs.fmt(1), f(s.agentCPU, 1), cnt)
 	}
 	w("\nRatios are the median over the rounds of each round's own side/none throughput, with the lowest and\n")
 	w("highest in brackets. \"agent cost / trap\" is (1 - agent ratio) / (1 - floor ratio). \"us/request\" turns\n")
 	w("a side's lower throughput into what a request costs more: %d vCPUs x (1/side - 1/none), as every vCPU is\n", runtime.NumCPU())
-	w("busy at saturation. \"agent CPU\" is the agent process's own, %% of one core, during its rounds.\n")
+	w("busy at saturation (roughly: on this shared machine other work takes a varying part of them; NA cost / trap:\n")
+	w("the floor ratio is not below 1). \"agent CPU\" is the agent process's own, %% of one core, during its rounds.\n")
 	w("The HTTP/2 load runs h2load in batches of %d requests per connection: nginx ends an HTTP/2 connection\n", h2loadPerConn)
 	w("after `keepalive_requests` (1000) with a GOAWAY, after which h2load opens no new one.\n\n")
 

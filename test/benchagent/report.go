@@ -128,9 +128,10 @@ func (b *bench) summarise() []scenSummary {
 		}
 		// A round during which another owner's uprobe sat on a file of the gateway's (another
 		// test's agent or bpftrace) is left out of the ratios when clean rounds remain.
+		// So is a round with a side whose load stayed on one worker (see throughputRun).
 		dirty := map[int]bool{}
 		for _, r := range b.rounds {
-			if r.target == k.target && r.scenario == k.name && r.foreign > 0 {
+			if r.target == k.target && r.scenario == k.name && (r.foreign > 0 || r.busiest > maxWorkerShare) {
 				dirty[r.round] = true
 			}
 		}
@@ -306,7 +307,7 @@ func (b *bench) report() reportOut {
 			fmt.Fprintf(&t, "%-10s   per request, us of the %d vCPUs: floor %s, agent %s, agent above the floor %s\n", "", runtime.NumCPU(), s.floorUs.fmt(1), s.agentUs.fmt(1), s.aboveUs.fmt(1))
 		}
 		if s.excluded > 0 {
-			fmt.Fprintf(&t, "%-10s   %d round(s) left out of the ratios: another owner's uprobe was on a file the workers map\n", "", s.excluded)
+			fmt.Fprintf(&t, "%-10s   %d round(s) left out of the ratios: another owner's uprobe on a file the workers map, or a side stuck on one worker\n", "", s.excluded)
 		}
 		if s.errors > 0 {
 			fmt.Fprintf(&t, "%-10s   (%d socket errors / non-2xx responses / failed streams over all rounds)\n", "", s.errors)
@@ -500,7 +501,7 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 	w("and the Kong build; on the same file they would fire in our workers on every side, \"none\" included. A\n")
 	w("round during which another owner's uprobe was on a file the workers map (libc, OpenSSL, Kong's Lua\n")
 	w("libraries) is left out of the ratios while clean rounds remain")
-	if b.foreignSeen() {
+	if b.foreignSeen() || b.unbalancedSeen() {
 		var ex []string
 		for _, s := range sums {
 			if s.excluded > 0 {
@@ -508,7 +509,7 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 			}
 		}
 		if len(ex) > 0 {
-			w(" (this run: %s)", strings.Join(ex, ", "))
+			w(" (rounds left out in this run, for this or the reason below: %s)", strings.Join(ex, ", "))
 		} else {
 			w(" (this run had some, in every round of a route: kept)")
 		}
@@ -635,6 +636,15 @@ func agentVersion(bin string) string {
 		return filepath.Base(bin)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+func (b *bench) unbalancedSeen() bool {
+	for _, r := range b.rounds {
+		if r.busiest > maxWorkerShare {
+			return true
+		}
+	}
+	return false
 }
 
 func (b *bench) foreignSeen() bool {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the six OCI images of the end-to-end test on a real single-node cluster, with no
+# Builds the OCI images of the end-to-end test on a real single-node cluster, with no
 # registry and no container engine: buildah (vfs storage kept inside OUTDIR, FROM scratch,
 # COPY only, no RUN) writes each as an oci-archive that `ctr -n k8s.io images import` loads
 # under exactly the name below.
@@ -17,10 +17,14 @@
 #     OUTDIR/netcheck.tar localhost/kong-watcher/netcheck:e2e test/e2e/netcheck: a static Go
 #                         client that checks a pod's cluster DNS and Service routing
 #     OUTDIR/gateway-cert.pem  the gateway's self-signed certificate (CN kong-gateway.e2e)
+#     OUTDIR/kong.tar     localhost/kong-watcher/kong:e2e     test/e2e/kong: real Kong Gateway
+#                         3.8.1, hack/kong.sh's build (only when `hack/kong.sh --check` finds
+#                         it; never built here), DB-less, its prefix prepared here with the
+#                         settings of test/e2e/manifests-kong/kong.env
 #
 # Environment: SKIP_BUILD=1 uses bin/ as it is instead of running `make build`;
 # KEEP_BUILDAH_STORAGE=1 keeps OUTDIR/buildah-root and OUTDIR/ctx (else only the archives remain).
-# Idempotent: every run rebuilds all six archives from scratch. Needs no network. The host
+# Idempotent: every run rebuilds every archive from scratch. Needs no network. The host
 # must have what the gateway image is made of: Debian's nginx, libnginx-mod-http-lua (and
 # its dependencies lua-resty-core, libluajit2) and openssl, plus buildah, ctr and Go.
 set -euo pipefail
@@ -50,6 +54,8 @@ command -v ctr >/dev/null || missing+=("ctr (apt-get install containerd)")
 command -v openssl >/dev/null || missing+=("openssl (apt-get install openssl)")
 command -v ldd >/dev/null || missing+=("ldd (apt-get install libc-bin)")
 command -v unshare >/dev/null || missing+=("unshare (apt-get install util-linux)")
+command -v curl >/dev/null || missing+=("curl (apt-get install curl)")
+command -v ip >/dev/null || missing+=("ip (apt-get install iproute2)")
 [[ -x $NGINX && -f /etc/nginx/mime.types ]] || missing+=("nginx (apt-get install nginx)")
 for m in "${MODULES[@]}"; do
   [[ -f $m ]] || { missing+=("$m (apt-get install libnginx-mod-http-lua)"); }
@@ -76,7 +82,7 @@ BROOT=$OUT/buildah-root
 BRUN=$OUT/buildah-run
 POLICY=$OUT/policy.json
 # No archive of an earlier run survives a failed one.
-rm -f "$OUT"/{agent,webhook,gateway,upstream,pause,netcheck}.tar "$OUT/gateway-cert.pem"
+rm -f "$OUT"/{agent,webhook,gateway,upstream,pause,netcheck,kong}.tar "$OUT/gateway-cert.pem"
 rm -rf "$BROOT" "$BRUN" "$OUT/ctx"
 mkdir -p "$BROOT" "$BRUN" "$OUT/ctx"
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' > "$POLICY"
@@ -215,5 +221,127 @@ rm -rf "$CHK"
 log "gateway context: $(du -sh "$ROOT" | cut -f1) rootfs, $(echo "$libs" | wc -l) libraries ($(since "$t"))"
 build gateway "$REPO/test/e2e/gateway/Dockerfile" "$GCTX"
 
-log "done in $(since "$T0"): $(cd "$OUT" && ls agent.tar webhook.tar gateway.tar upstream.tar pause.tar netcheck.tar | tr '\n' ' ')"
-log "load with: for i in agent webhook gateway upstream pause netcheck; do ctr -n k8s.io images import $OUT/\$i.tar; done"
+# --- kong: real Kong Gateway 3.8.1 (hack/kong.sh's build), DB-less, prepared here ---------
+# Only when the build is there (hack/kong.sh --check never builds; .ci/run builds it before
+# `make e2e`): without it no kong.tar is written, and test/e2e's step 10-real-kong fails
+# saying so (KW_E2E_KONG=off skips that step instead).
+kong_image() {
+  local top=$1 t kctx kroot prefix=/usr/local/kong lib
+  t=$(now)
+  kctx=$OUT/ctx/kong
+  kroot=$kctx/rootfs
+  mkdir -p "$kroot$top/rocks/share" "$kroot$top/rocks/lib" "$kroot$top/stripped"
+  # The runtime part of the build, at the same absolute path: nginx (stripped; the binary
+  # with symbols stays out), LuaJIT, OpenResty's and Kong's Lua and C modules, run/. Not
+  # src/ (sources, 200 MB), the CLI, luarocks' tree.
+  cp -a "$top/openresty" "$kroot$top/"
+  rm -f "$kroot$top/openresty/nginx/sbin/nginx"
+  cp -a "$top/rocks/share/lua" "$kroot$top/rocks/share/"
+  cp -a "$top/rocks/lib/lua" "$kroot$top/rocks/lib/"
+  cp -a "$top/run" "$kroot$top/"
+  ln -s "$top/openresty/nginx/sbin/nginx-stripped" "$kroot$top/stripped/nginx"
+  mkdir -p "$kroot/usr/local/openresty/nginx/sbin"
+  ln -s "$top/openresty/nginx/sbin/nginx-stripped" "$kroot/usr/local/openresty/nginx/sbin/nginx"
+  # Libraries: what ldd lists for nginx and every shared object of the build (libssl,
+  # libcrypto, libpcre2, libyaml, libexpat, libc, ...), those of the build excepted (they are
+  # in the tree), plus libz.so.1, which Kong opens through LuaJIT's FFI (ffi.load("z")).
+  # And the few programs Kong runs through io.popen and os.execute (a shell, hostname, getconf,
+  # uname: at init, the loggly plugin fails to load without them), as Kong's own image has them.
+  local objs tools=(/bin/sh /bin/hostname /usr/bin/getconf /usr/bin/uname) tool
+  for tool in "${tools[@]}"; do [[ -x $tool ]] || die "$tool missing on this host (Kong's image needs it)"; done
+  objs=$(find "$kroot$top" -name '*.so*' -type f | sed "s|^$kroot||")
+  libs=$( (ldd "$top/openresty/nginx/sbin/nginx-stripped" "${tools[@]}"; for o in $objs; do ldd "$o" 2>/dev/null || true; done) |
+    awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $2 ~ /^\(0x/ { print $1 }' | grep -v "^$top/" | sort -u)
+  lib=$(ldconfig -p | awk '$1 == "libz.so.1" && $NF ~ /^\// { print $NF; exit }')
+  [[ -n $lib ]] || die "libz.so.1 not found (ldconfig -p): apt-get install zlib1g"
+  libs=$(printf '%s\n%s\n' "$libs" "$lib" | sort -u)
+  local saved_root=$ROOT
+  ROOT=$kroot
+  for lib in $libs; do
+    [[ -f $lib ]] || die "ldd lists $lib, which does not exist"
+    put "$lib"
+  done
+  for tool in "${tools[@]}"; do put "$tool"; done
+  for d in lib lib64 lib32 libx32 bin sbin; do
+    if [[ -L /$d && -d $kroot/$(readlink /$d) && ! -e $kroot/$d ]]; then ln -s "$(readlink /$d)" "$kroot/$d"; fi
+  done
+  [[ -e $kroot/lib64/ld-linux-x86-64.so.2 ]] || die "the dynamic loader is not in the Kong image (ldd output changed?)"
+  # lua_ssl_trusted_certificate = system: Kong resolves it to the Debian CA bundle.
+  put /etc/ssl/certs/ca-certificates.crt
+  [[ -f /usr/lib/ssl/openssl.cnf ]] && put /usr/lib/ssl/openssl.cnf
+  ROOT=$saved_root
+  mkdir -p "$kroot"/{etc,tmp,run,dev,proc,sys}
+  chmod 1777 "$kroot/tmp"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n' > "$kroot/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' > "$kroot/etc/group"
+  printf 'passwd: files\ngroup: files\nhosts: files dns\n' > "$kroot/etc/nsswitch.conf"
+  # The kubelet mounts its own over these; Kong's DNS client refuses to start without them.
+  printf '127.0.0.1 localhost\n::1 localhost\n' > "$kroot/etc/hosts"
+  : > "$kroot/etc/resolv.conf"
+
+  # The prefix, rendered now on the host by Kong's CLI (run by resty, a Perl script: the
+  # image has no Perl) with the pod's settings, kong.env, in a private mount namespace
+  # where an empty /usr/local holds only the image's /usr/local/kong: nothing of it touches
+  # the host's /usr/local. The declarative configuration checked here is the one the pod
+  # mounts (the ConfigMap of the same file).
+  local mdir=$REPO/test/e2e/manifests-kong envs=() line
+  while IFS= read -r line || [[ -n $line ]]; do
+    [[ -z $line || $line == \#* ]] && continue
+    envs+=("$line")
+  done < "$mdir/kong.env"
+  mkdir -p "$kroot$prefix/declarative" "$kctx/dbless"
+  cp "$mdir/kong.yml" "$kctx/dbless/kong.yml"
+  local out
+  if ! out=$(env "${envs[@]}" KONG_OPENRESTY_PATH="$top/openresty" PATH="$top/openresty/bin:$PATH" \
+    unshare -m --propagation private -- sh -c '
+      set -e
+      mount -t tmpfs -o size=16m kw-e2e-kong /usr/local
+      mkdir -p /usr/local/kong
+      mount --bind "$1" /usr/local/kong
+      mount --bind "$2" /usr/local/kong/declarative
+      cd "$3/run"
+      "$3/bin/kong" prepare
+      "$3/bin/kong" config parse "$KONG_DECLARATIVE_CONFIG"
+    ' sh "$kroot$prefix" "$kctx/dbless" "$top" 2>&1); then
+    die "kong prepare for the Kong image failed: $out"
+  fi
+  ln -s "$top/run/kong/include" "$kroot$prefix/include"
+  # Check the image's file system before building it: Kong chrooted into it, in private
+  # mount and network namespaces (/dev, /proc and the declarative configuration mounted, the
+  # settings of kong.env only), must come up, say ready on the Status API and answer a route
+  # of the declarative configuration: a missing library, Lua module or setting fails here
+  # rather than in the cluster. (`nginx -t` does not run Kong's init.)
+  if ! out=$(env -i "${envs[@]}" unshare -mn --propagation private -- sh -c '
+      set -e
+      ip link set lo up
+      mount --rbind /dev "$0/dev"; mount -t proc proc "$0/proc"
+      mount --bind "$1" "$0/usr/local/kong/declarative"
+      chroot "$0" /usr/local/openresty/nginx/sbin/nginx -p /usr/local/kong/ -c nginx.conf >"$2" 2>&1 &
+      ok=0
+      for i in $(seq 1 100); do
+        if curl -fsS -m 2 -o /dev/null http://127.0.0.1:8100/status/ready 2>/dev/null; then ok=1; break; fi
+        sleep 0.2
+      done
+      code=$(curl -s -m 5 -o /dev/null -w "%{http_code}" http://127.0.0.1:8000/fast || true)
+      kill -QUIT $! 2>/dev/null || true
+      wait $! || true
+      [ "$ok" = 1 ] || { echo "/status/ready never answered 200"; cat "$2"; exit 1; }
+      [ "$code" = 200 ] || { echo "GET /fast: $code, want 200"; cat "$2"; exit 1; }
+    ' "$kroot" "$kctx/dbless" "$kctx/check.log" 2>&1); then
+    die "Kong in the image's file system did not serve: $out"
+  fi
+  rm -rf "$kroot"/tmp/* "$kroot$prefix"/sockets/* "$kctx/check.log"
+  # What the master makes at start (the LMDB of the declarative configuration, pid, sockets)
+  # is not part of the image.
+  rm -rf "$kroot$prefix"/{dbless.lmdb,pids/nginx.pid,logs/*}
+  log "kong context: $(du -sh "$kroot" | cut -f1) rootfs, $(echo "$libs" | wc -l) libraries, prefix $prefix prepared ($(since "$t"))"
+  build kong "$REPO/test/e2e/kong/Dockerfile" "$kctx"
+}
+if KONG_TOP=$("$REPO/hack/kong.sh" --check 2>/dev/null | tail -1) && [[ -n $KONG_TOP ]]; then
+  kong_image "$KONG_TOP"
+else
+  log "WARNING: Kong 3.8.1 is not built (hack/kong.sh --check): no kong.tar (test/e2e's step 10-real-kong fails without it; build it with hack/kong.sh, as .ci/run does)"
+fi
+
+log "done in $(since "$T0"): $(cd "$OUT" && ls agent.tar webhook.tar gateway.tar upstream.tar pause.tar netcheck.tar kong.tar 2>/dev/null | tr '\n' ' ')"
+log "load with: for i in agent webhook gateway upstream pause netcheck kong; do ctr -n k8s.io images import $OUT/\$i.tar; done"

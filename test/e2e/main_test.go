@@ -134,6 +134,7 @@ func TestStory(t *testing.T) {
 		{"7-uninstall", []int{0}, (*suite).stepUninstall},
 		{"8-helm-install-upgrade-uninstall", []int{1, 6}, (*suite).stepHelm},
 		{"9-cluster-network", nil, (*suite).stepNetwork},
+		{"10-real-kong", []int{0}, (*suite).stepRealKong},
 	}
 	passed := make([]bool, len(steps))
 	for i, st := range steps {

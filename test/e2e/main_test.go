@@ -2,10 +2,12 @@
 
 // Package e2e plays the whole kong-watcher story on a real single-node Kubernetes cluster
 // (hack/e2e-cluster.sh: etcd, kube-apiserver, controller-manager, scheduler, kubelet,
-// containerd, bridge CNI) with real pods: install with `kubectl apply -k`, label a Kong-like
-// Deployment, send traffic, read the stats with `kubectl describe pod`, check the agent's
-// identity is confined, reload nginx, kill the agent, uninstall; then install, upgrade and
-// uninstall the same with the Helm chart.
+// kube-proxy, CoreDNS, containerd, bridge CNI) with real pods: install with `kubectl apply -k`,
+// label a Kong-like Deployment, send traffic, read the stats with `kubectl describe pod` and
+// `kubectl describe deployment`, check that the label was the whole opt-in (Kong's service
+// account holds nothing, the manager writes), reload nginx, kill the agent, uninstall; install,
+// upgrade and uninstall the same with the Helm chart; check the cluster's DNS and Service
+// routing; and label a real Kong 3.8.1 Deployment, whose proxy stats equal its access log.
 //
 // It runs only with the e2e build tag, from `make e2e`, which starts the cluster and exports
 // its env file ($KW_E2E_DIR/env: KUBECONFIG, CONTAINERD_ADDRESS, KW_E2E_NODE_NAME,

@@ -252,7 +252,7 @@ kong_image() {
   objs=$(find "$kroot$top" -name '*.so*' -type f | sed "s|^$kroot||")
   libs=$( (ldd "$top/openresty/nginx/sbin/nginx-stripped" "${tools[@]}"; for o in $objs; do ldd "$o" 2>/dev/null || true; done) |
     awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $2 ~ /^\(0x/ { print $1 }' | grep -v "^$top/" | sort -u)
-  lib=$(ldconfig -p | awk '$1 == "libz.so.1" && $NF ~ /^\// { print $NF; exit }')
+  lib=$(ldconfig -p | awk '$1 == "libz.so.1" && $NF ~ /^\// && !found { print $NF; found = 1 }')  # no early exit: a SIGPIPE to ldconfig fails the pipeline
   [[ -n $lib ]] || die "libz.so.1 not found (ldconfig -p): apt-get install zlib1g"
   libs=$(printf '%s\n%s\n' "$libs" "$lib" | sort -u)
   local saved_root=$ROOT

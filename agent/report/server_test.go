@@ -328,7 +328,8 @@ func TestServerStartRetryingServesOnceThePortFrees(t *testing.T) {
 	}
 	defer holder.Close()
 	addr := holder.Addr().String()
-	s := NewServer(addr, nil, nil, NewRegistry(), logr.Discard())
+	reg := NewRegistry()
+	s := NewServer(addr, nil, nil, reg, logr.Discard())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	unavailable := make(chan error, 10)
@@ -342,7 +343,12 @@ func TestServerStartRetryingServesOnceThePortFrees(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Unavailable not called while the port is taken")
 	}
-	time.Sleep(500 * time.Millisecond) // several more attempts
+	// Several more attempts, however slowly a busy machine schedules them.
+	for deadline := time.Now().Add(20 * time.Second); bindFailures(t, reg) < 3; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v bind attempts in 20s while the port is taken, want them retried", bindFailures(t, reg))
+		}
+	}
 	if len(unavailable) != 0 {
 		t.Errorf("Unavailable called at every attempt (%d more), want once then every 10 minutes", len(unavailable))
 	}
@@ -396,4 +402,24 @@ func TestServerShutdownStopsBindRetries(t *testing.T) {
 	if s.Addr() != "" {
 		t.Errorf("bound %s after Shutdown", s.Addr())
 	}
+}
+
+// bindFailures reads kong_watcher_http_bind_failures_total from reg (the server is not serving
+// /metrics while its port is taken).
+func bindFailures(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "kong_watcher_http_bind_failures_total" {
+			var v float64
+			for _, m := range mf.GetMetric() {
+				v += m.GetCounter().GetValue()
+			}
+			return v
+		}
+	}
+	return 0
 }

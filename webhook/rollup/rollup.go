@@ -67,6 +67,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"github.com/kong-watcher/kong-watcher/agent/aggregate"
+	"github.com/kong-watcher/kong-watcher/agent/kube"
 	"github.com/kong-watcher/kong-watcher/agent/report"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
@@ -78,10 +79,11 @@ const FieldManager = "kong-watcher-manager"
 const (
 	DefaultInterval             = 30 * time.Second
 	DefaultTrafficStatsInterval = 5 * time.Minute
-	DefaultErrorRateThreshold   = 0.05
-	DefaultLatencyP99Ms         = 1000
-	DefaultMinRequests          = 20
-	DefaultRequestTimeout       = 10 * time.Second
+	// The alert defaults are the agent's: a workload alerts where its pods would.
+	DefaultErrorRateThreshold = kube.DefaultErrorRateThreshold
+	DefaultLatencyP99Ms       = kube.DefaultLatencyP99Ms
+	DefaultMinRequests        = kube.DefaultMinRequests
+	DefaultRequestTimeout     = 10 * time.Second
 )
 
 // Options configure a Rollup; zero values take the defaults.

@@ -14,34 +14,14 @@ import (
 // Masked replaces a sensitive value in logs.
 const Masked = "***"
 
-// SensitiveHeaders are masked by DefaultMask (compared case-insensitively).
-var SensitiveHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie",
-	"apikey", "api-key", "x-api-key", "x-auth-token", "x-access-token"}
-
 // Mask says which values the per-request log hides.
 type Mask struct {
 	// Query masks every query-string value (keys stay: "?token=***&page=***").
 	Query bool
-	// Headers lists header names whose values are masked. The HTTP model holds no headers
-	// today; this is ready for when the decoder captures some.
-	Headers []string
 }
 
-// DefaultMask masks query values and SensitiveHeaders.
-func DefaultMask() Mask { return Mask{Query: true, Headers: SensitiveHeaders} }
-
-// Header returns value, or Masked if name is one of m.Headers.
-func (m Mask) Header(name, value string) string {
-	for _, h := range m.Headers {
-		if strings.EqualFold(h, name) {
-			return Masked
-		}
-	}
-	return value
-}
-
-// MaskHeader masks value if name is one of SensitiveHeaders.
-func MaskHeader(name, value string) string { return DefaultMask().Header(name, value) }
+// DefaultMask masks query values: they may carry tokens and keys.
+func DefaultMask() Mask { return Mask{Query: true} }
 
 // maxLoggedURI bounds the uri field of a log line.
 const maxLoggedURI = 512

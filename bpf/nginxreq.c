@@ -14,8 +14,10 @@
  * the strings at the positions that are fixed relative to start_sec, the candidates of the
  * few fields that are not), so user space can both learn the layout and decode the request.
  *
- * Optional Lua phase timing: uprobe + uretprobe on ngx_http_lua_{rewrite,access,content,log}
- * _handler accumulate per-request time keyed by (tgid, r). The log phase runs inside
+ * Optional Lua phase timing: uprobe + uretprobe on the lua module's handler of each phase
+ * (rewrite, access, content, header_filter, body_filter, log, balancer) accumulate per-request
+ * time keyed by (tgid, r); a per-thread call stack keeps each phase's own time when one runs
+ * inside another (the header and body filters inside an access handler that answers itself). The log phase runs inside
  * free_request (ngx_http_log_request), after our entry probe, so when Lua timing is on the
  * entry probe parks the event per thread and a uretprobe on free_request completes and emits it.
  */
@@ -58,6 +60,23 @@ volatile const __u64 wakeup_bytes = 262144; /* wake the reader only when this mu
 #define URI_LEN 160
 #define ADDR_LEN 48
 #define SNAP_LEN 2048
+
+/* Lua phases, the attach cookie of the handler probes; lua_ns is indexed by them. */
+enum nginxreq_lua_phase {
+	LUA_REWRITE,
+	LUA_ACCESS,
+	LUA_CONTENT,
+	LUA_HEADER_FILTER,
+	LUA_BODY_FILTER,
+	LUA_LOG,
+	LUA_BALANCER,
+	LUA_NPHASES,
+};
+/* Nested Lua handlers tracked per thread; deeper ones are counted but not timed. */
+#define LUA_DEPTH 4 /* a power of 2: indexes are masked with it */
+/* A frame older than this at the next entry is a leftover (a worker killed inside a handler
+ * whose thread id was reused, probes detached between entry and return): drop the stack. */
+#define LUA_STALE_NS (30ULL * 1000000000ULL)
 #define N_HOST_CAND 3
 #define N_UP_CAND 2
 #define N_SN_CAND 2 /* cscf->server_name at 48 (no file_name/line in the struct) or 64 */
@@ -100,7 +119,7 @@ struct nginxreq_event {
 	__u64 rc;     /* free_request's rc */
 	__u64 sent;   /* connection->sent: $bytes_sent */
 	__u64 upstream_ms; /* sum of upstream_states[*].response_time */
-	__u64 lua_ns[4];
+	__u32 lua_ns[LUA_NPHASES]; /* ns, saturated at 2^32-1 (4.29 s) */
 	__u32 upstream_tries; /* upstream_states->nelts; 0 = not proxied */
 	__u32 flags;
 	__u32 method_len; /* lengths as in r (may exceed the buffers: truncation) */
@@ -148,6 +167,9 @@ struct nginxreq_calib {
 	__u8 snap[SNAP_LEN];
 };
 
+/* Force BTF for the Lua phases (only ever attach cookies), for bpf2go -type. */
+const enum nginxreq_lua_phase *unused_nginxreq_lua_phase __attribute__((unused));
+
 /* Force BTF for the calibration event (only ever a ring buffer record), for bpf2go -type. */
 const struct nginxreq_calib *unused_nginxreq_calib __attribute__((unused));
 
@@ -182,11 +204,18 @@ struct nginxreq_config {
 	__u32 _pad;
 };
 
-struct nginxreq_lua_call {
-	__u64 start_ns;
-	__u64 r;
+struct nginxreq_lua_frame {
+	__u64 start_ns; /* minus the time of the handlers nested in it so far */
+	__u64 r;        /* 0: not timed (a subrequest) */
 	__u32 phase;
 	__u32 _pad;
+};
+
+/* One thread's Lua handlers in progress, outermost first. */
+struct nginxreq_lua_stack {
+	__u32 depth; /* may exceed LUA_DEPTH: the frames beyond it are only counted */
+	__u32 _pad;
+	struct nginxreq_lua_frame f[LUA_DEPTH];
 };
 
 struct nginxreq_lua_key {
@@ -196,7 +225,7 @@ struct nginxreq_lua_key {
 };
 
 struct nginxreq_lua_acc {
-	__u64 ns[4];
+	__u64 ns[LUA_NPHASES];
 };
 
 struct {
@@ -251,12 +280,13 @@ struct {
 	__type(value, struct nginxreq_event);
 } nginxreq_pending SEC(".maps");
 
-/* Lua handler in progress, per thread (a call stack). */
+/* Lua handlers in progress, per thread. Entries stay (an idle stack has depth 0): a worker
+ * thread runs handlers all the time, so re-creating its entry would cost more. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64); /* pid_tgid */
-	__type(value, struct nginxreq_lua_call);
+	__type(value, struct nginxreq_lua_stack);
 } nginxreq_lua_calls SEC(".maps");
 
 /* Lua time per request; LRU so requests that never reach free_request cannot fill it. */
@@ -674,10 +704,9 @@ int nginxreq_free_request_ret(struct pt_regs *ctx)
 	struct nginxreq_lua_key k = {.r = e->r, .tgid = id >> 32};
 	struct nginxreq_lua_acc *acc = bpf_map_lookup_elem(&nginxreq_lua_time, &k);
 	if (acc) {
-		e->lua_ns[0] = acc->ns[0];
-		e->lua_ns[1] = acc->ns[1];
-		e->lua_ns[2] = acc->ns[2];
-		e->lua_ns[3] = acc->ns[3];
+#pragma unroll
+		for (int i = 0; i < LUA_NPHASES; i++)
+			e->lua_ns[i] = acc->ns[i] > 0xffffffffULL ? 0xffffffffU : (__u32)acc->ns[i];
 		e->flags |= F_HAS_LUA;
 	}
 	if (bpf_ringbuf_output(&nginxreq_events, e, sizeof(*e), wake_flags()))
@@ -690,7 +719,7 @@ int nginxreq_free_request_ret(struct pt_regs *ctx)
 	return 0;
 }
 
-/* Lua phase handlers: the attach cookie is the phase (0 rewrite, 1 access, 2 content, 3 log). */
+/* Lua phase handlers: the attach cookie is the phase (enum nginxreq_lua_phase). */
 SEC("uprobe/ngx_http_lua_handler")
 int nginxreq_lua_enter(struct pt_regs *ctx)
 {
@@ -706,18 +735,33 @@ int nginxreq_lua_enter(struct pt_regs *ctx)
 	__u64 r = KW_PARM1(ctx);
 	if (l->off_main) {
 		/* Only the main request reaches free_request: time spent for a subrequest
-		 * would stay in the LRU under an address a later request may reuse. */
+		 * would stay in the LRU under an address a later request may reuse. It still
+		 * gets a frame, so its return pairs and its time leaves the enclosing handler's. */
 		__u64 main = 0;
 		if (bpf_probe_read_user(&main, sizeof(main), (void *)(r + l->off_main)) || main != r)
-			return 0;
+			r = 0;
 	}
 	__u64 id = bpf_get_current_pid_tgid();
-	struct nginxreq_lua_call call = {
-		.start_ns = bpf_ktime_get_ns(),
-		.r = r,
-		.phase = bpf_get_attach_cookie(ctx) & 3,
-	};
-	bpf_map_update_elem(&nginxreq_lua_calls, &id, &call, BPF_ANY);
+	__u64 now = bpf_ktime_get_ns();
+	struct nginxreq_lua_stack *st = bpf_map_lookup_elem(&nginxreq_lua_calls, &id);
+	if (!st) {
+		struct nginxreq_lua_stack empty = {};
+		bpf_map_update_elem(&nginxreq_lua_calls, &id, &empty, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&nginxreq_lua_calls, &id);
+		if (!st)
+			return 0;
+	}
+	__u32 d = st->depth;
+	__u32 top = d < LUA_DEPTH ? d : LUA_DEPTH;
+	if (top > 0 && now - st->f[(top - 1) & (LUA_DEPTH - 1)].start_ns > LUA_STALE_NS)
+		d = 0;
+	if (d < LUA_DEPTH) {
+		st->f[d].start_ns = now;
+		st->f[d].r = r;
+		st->f[d].phase = bpf_get_attach_cookie(ctx);
+	}
+	if (d < 64) /* bounded: a stack that deep is no longer a stack of handlers */
+		st->depth = d + 1;
 	return 0;
 }
 
@@ -725,16 +769,23 @@ SEC("uretprobe/ngx_http_lua_handler")
 int nginxreq_lua_exit(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct nginxreq_lua_call *call = bpf_map_lookup_elem(&nginxreq_lua_calls, &id);
-	if (!call) {
-		/* Untracked process (its entry was filtered) or a lost entry. */
+	struct nginxreq_lua_stack *st = bpf_map_lookup_elem(&nginxreq_lua_calls, &id);
+	/* No stack or an empty one: an untracked process, or a handler entered before the
+	 * entry probe was attached. */
+	if (!st || st->depth == 0)
 		return 0;
-	}
-	__u64 d = bpf_ktime_get_ns() - call->start_ns;
-	struct nginxreq_lua_key k = {.r = call->r, .tgid = id >> 32};
-	__u32 phase = call->phase & 3;
-	bpf_map_delete_elem(&nginxreq_lua_calls, &id);
-
+	__u32 d = st->depth - 1;
+	st->depth = d;
+	if (d >= LUA_DEPTH)
+		return 0;
+	__u64 dur = bpf_ktime_get_ns() - st->f[d].start_ns;
+	if (d > 0) /* the enclosing handler's own time excludes this (mask: for the verifier) */
+		st->f[(d - 1) & (LUA_DEPTH - 1)].start_ns += dur;
+	__u64 r = st->f[d].r;
+	__u32 phase = st->f[d].phase;
+	if (!r || phase >= LUA_NPHASES)
+		return 0;
+	struct nginxreq_lua_key k = {.r = r, .tgid = id >> 32};
 	struct nginxreq_lua_acc *acc = bpf_map_lookup_elem(&nginxreq_lua_time, &k);
 	if (!acc) {
 		struct nginxreq_lua_acc zero = {};
@@ -744,6 +795,6 @@ int nginxreq_lua_exit(struct pt_regs *ctx)
 			return 0;
 	}
 	/* One worker thread runs a request's handlers: no concurrent writers for this key. */
-	acc->ns[phase] += d;
+	acc->ns[phase] += dur;
 	return 0;
 }

@@ -54,7 +54,7 @@ type NginxReqNginxreqEvent struct {
 	Rc            uint64
 	Sent          uint64
 	UpstreamMs    uint64
-	LuaNs         [4]uint64
+	LuaNs         [7]uint32
 	UpstreamTries uint32
 	Flags         uint32
 	MethodLen     uint32
@@ -68,6 +68,7 @@ type NginxReqNginxreqEvent struct {
 	Host          [64]int8
 	Uri           [160]int8
 	Addr          [48]int8
+	_             [4]byte
 }
 
 type NginxReqNginxreqLayout struct {
@@ -89,15 +90,7 @@ type NginxReqNginxreqLayout struct {
 
 type NginxReqNginxreqLuaAcc struct {
 	_  structs.HostLayout
-	Ns [4]uint64
-}
-
-type NginxReqNginxreqLuaCall struct {
-	_       structs.HostLayout
-	StartNs uint64
-	R       uint64
-	Phase   uint32
-	Pad     uint32
+	Ns [7]uint64
 }
 
 type NginxReqNginxreqLuaKey struct {
@@ -105,6 +98,32 @@ type NginxReqNginxreqLuaKey struct {
 	R    uint64
 	Tgid uint32
 	Pad  uint32
+}
+
+type NginxReqNginxreqLuaPhase uint32
+
+const (
+	NginxReqNginxreqLuaPhaseLUA_REWRITE       NginxReqNginxreqLuaPhase = 0
+	NginxReqNginxreqLuaPhaseLUA_ACCESS        NginxReqNginxreqLuaPhase = 1
+	NginxReqNginxreqLuaPhaseLUA_CONTENT       NginxReqNginxreqLuaPhase = 2
+	NginxReqNginxreqLuaPhaseLUA_HEADER_FILTER NginxReqNginxreqLuaPhase = 3
+	NginxReqNginxreqLuaPhaseLUA_BODY_FILTER   NginxReqNginxreqLuaPhase = 4
+	NginxReqNginxreqLuaPhaseLUA_LOG           NginxReqNginxreqLuaPhase = 5
+	NginxReqNginxreqLuaPhaseLUA_BALANCER      NginxReqNginxreqLuaPhase = 6
+	NginxReqNginxreqLuaPhaseLUA_NPHASES       NginxReqNginxreqLuaPhase = 7
+)
+
+type NginxReqNginxreqLuaStack struct {
+	_     structs.HostLayout
+	Depth uint32
+	Pad   uint32
+	F     [4]struct {
+		_       structs.HostLayout
+		StartNs uint64
+		R       uint64
+		Phase   uint32
+		Pad     uint32
+	}
 }
 
 type NginxReqNginxreqProc struct {
@@ -144,6 +163,7 @@ const (
 	NginxReqVarAgentNsDev              = "agent_ns_dev"
 	NginxReqVarAgentNsIno              = "agent_ns_ino"
 	NginxReqVarUnusedNginxreqCalib     = "unused_nginxreq_calib"
+	NginxReqVarUnusedNginxreqLuaPhase  = "unused_nginxreq_lua_phase"
 	NginxReqVarWakeupBytes             = "wakeup_bytes"
 )
 
@@ -214,11 +234,12 @@ type NginxReqMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type NginxReqVariableSpecs struct {
-	AgentInInitNs       *ebpf.VariableSpec `ebpf:"agent_in_init_ns"`
-	AgentNsDev          *ebpf.VariableSpec `ebpf:"agent_ns_dev"`
-	AgentNsIno          *ebpf.VariableSpec `ebpf:"agent_ns_ino"`
-	UnusedNginxreqCalib *ebpf.VariableSpec `ebpf:"unused_nginxreq_calib"`
-	WakeupBytes         *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	AgentInInitNs          *ebpf.VariableSpec `ebpf:"agent_in_init_ns"`
+	AgentNsDev             *ebpf.VariableSpec `ebpf:"agent_ns_dev"`
+	AgentNsIno             *ebpf.VariableSpec `ebpf:"agent_ns_ino"`
+	UnusedNginxreqCalib    *ebpf.VariableSpec `ebpf:"unused_nginxreq_calib"`
+	UnusedNginxreqLuaPhase *ebpf.VariableSpec `ebpf:"unused_nginxreq_lua_phase"`
+	WakeupBytes            *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // NginxReqObjects contains all objects after they have been loaded into the kernel.
@@ -270,11 +291,12 @@ func (m *NginxReqMaps) Close() error {
 //
 // It can be passed to LoadNginxReqObjects or ebpf.CollectionSpec.LoadAndAssign.
 type NginxReqVariables struct {
-	AgentInInitNs       *ebpf.Variable `ebpf:"agent_in_init_ns"`
-	AgentNsDev          *ebpf.Variable `ebpf:"agent_ns_dev"`
-	AgentNsIno          *ebpf.Variable `ebpf:"agent_ns_ino"`
-	UnusedNginxreqCalib *ebpf.Variable `ebpf:"unused_nginxreq_calib"`
-	WakeupBytes         *ebpf.Variable `ebpf:"wakeup_bytes"`
+	AgentInInitNs          *ebpf.Variable `ebpf:"agent_in_init_ns"`
+	AgentNsDev             *ebpf.Variable `ebpf:"agent_ns_dev"`
+	AgentNsIno             *ebpf.Variable `ebpf:"agent_ns_ino"`
+	UnusedNginxreqCalib    *ebpf.Variable `ebpf:"unused_nginxreq_calib"`
+	UnusedNginxreqLuaPhase *ebpf.Variable `ebpf:"unused_nginxreq_lua_phase"`
+	WakeupBytes            *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // NginxReqPrograms contains all programs after they have been loaded into the kernel.

@@ -6,19 +6,24 @@ package model
 
 import "time"
 
-// LuaPhase indexes Request.LuaPhases.
+// LuaPhase indexes Request.LuaPhases: the nginx phases in which the lua module runs code
+// (Kong runs its plugins in all but content, which serves its Admin and Status APIs).
 type LuaPhase int
 
 const (
 	LuaRewrite LuaPhase = iota
 	LuaAccess
 	LuaContent
+	LuaHeaderFilter
+	LuaBodyFilter
 	LuaLog
+	LuaBalancer
 	NumLuaPhases
 )
 
-// LuaPhaseNames are the names used in Stats JSON and metric labels.
-var LuaPhaseNames = [NumLuaPhases]string{"rewrite", "access", "content", "log"}
+// LuaPhaseNames are the names used in Stats JSON and metric labels (Kong's own names for
+// its plugin phases).
+var LuaPhaseNames = [NumLuaPhases]string{"rewrite", "access", "content", "header_filter", "body_filter", "log", "balancer"}
 
 // The longest Host and URI a data path keeps. Both data paths cut at the same lengths (the
 // request-object path's BPF record has buffers of exactly these sizes) and mark the cut, so a
@@ -65,8 +70,8 @@ type Request struct {
 	BytesSent uint64
 	// ClientAddr is $remote_addr ("" if unknown).
 	ClientAddr string
-	// LuaPhases holds the time spent in each Lua phase handler for this request; valid only
-	// if HasLua (Lua timing may be sampled, see docs/design.md).
+	// LuaPhases holds the time spent in each Lua phase handler for this request (0: the
+	// phase ran no Lua); valid only if HasLua (Lua timing may be sampled, see docs/design.md).
 	LuaPhases [NumLuaPhases]time.Duration
 	HasLua    bool
 	// PID is the worker process that served it (as seen from the agent's PID namespace).

@@ -48,6 +48,20 @@ const (
 	calibSize = int(unsafe.Sizeof(rawCalib{}))
 )
 
+// luaPhaseOf maps the BPF program's phase index (its attach cookie) to the model's.
+var luaPhaseOf = [bpf.NginxReqNginxreqLuaPhaseLUA_NPHASES]model.LuaPhase{
+	bpf.NginxReqNginxreqLuaPhaseLUA_REWRITE:       model.LuaRewrite,
+	bpf.NginxReqNginxreqLuaPhaseLUA_ACCESS:        model.LuaAccess,
+	bpf.NginxReqNginxreqLuaPhaseLUA_CONTENT:       model.LuaContent,
+	bpf.NginxReqNginxreqLuaPhaseLUA_HEADER_FILTER: model.LuaHeaderFilter,
+	bpf.NginxReqNginxreqLuaPhaseLUA_BODY_FILTER:   model.LuaBodyFilter,
+	bpf.NginxReqNginxreqLuaPhaseLUA_LOG:           model.LuaLog,
+	bpf.NginxReqNginxreqLuaPhaseLUA_BALANCER:      model.LuaBalancer,
+}
+
+// The program and the model know the same number of phases (a compile error otherwise).
+var _ = [1]struct{}{}[int(model.NumLuaPhases)-int(bpf.NginxReqNginxreqLuaPhaseLUA_NPHASES)]
+
 var errShortRecord = errors.New("short record")
 
 // record is one ring buffer record, copied out of the ring (which is reused after reading).
@@ -147,8 +161,8 @@ func (c clock) toRequest(ev *rawEvent, status uint64, out *model.Request) {
 	out.ClientAddr = str(ev.Addr[:], ev.AddrLen)
 	if ev.Flags&fHasLua != 0 {
 		out.HasLua = true
-		for i := range out.LuaPhases {
-			out.LuaPhases[i] = time.Duration(ev.LuaNs[i])
+		for i, ns := range ev.LuaNs {
+			out.LuaPhases[luaPhaseOf[i]] = time.Duration(ns)
 		}
 	}
 	out.PID = int(ev.Tgid)

@@ -105,9 +105,11 @@ func TestToRequest(t *testing.T) {
 	// Lua phases.
 	ev = sampleEvent()
 	ev.Flags |= fHasLua
-	ev.LuaNs = [4]uint64{1000, 2000, 3000, 4000}
+	for i := range ev.LuaNs {
+		ev.LuaNs[i] = uint32(i+1) * 1000
+	}
 	clock{}.toRequest(&ev, ev.Status, &r)
-	if !r.HasLua || r.LuaPhases[model.LuaLog] != 4*time.Microsecond {
+	if !r.HasLua || r.LuaPhases[model.LuaLog] != 6*time.Microsecond || r.LuaPhases[model.LuaBalancer] != 7*time.Microsecond {
 		t.Fatalf("lua %+v", r.LuaPhases)
 	}
 }

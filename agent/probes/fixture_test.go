@@ -116,8 +116,21 @@ http {
       rewrite_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
       access_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
       content_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end ngx.say(x) }
+      header_filter_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
+      body_filter_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
       log_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
     }
+    location /balanced { proxy_pass http://lua_balanced; }
+    # ngx.exit in the access handler answers at once: the header filter runs inside it.
+    location /denied {
+      access_by_lua_block { ngx.status = 403 ngx.say("no") ngx.exit(403) }
+      header_filter_by_lua_block { local t = os.clock() while os.clock() - t < 0.003 do end }
+    }
+  }
+  # No peer set by the Lua code: the upstream's round robin picks the server.
+  upstream lua_balanced {
+    server 127.0.0.1:{{.UpPort}};
+    balancer_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
   }
   server {
     listen 127.0.0.1:{{.AltPort}};

@@ -2,6 +2,7 @@ package probes
 
 import (
 	"bufio"
+	"encoding/binary"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -145,6 +146,8 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 		do(h1, "GET", base+"/dead", "", nil)           // 502, upstream refused
 		do(h1, "GET", base+"/lua", "", nil)
 		do(h1, "DELETE", base+"/phases", "", nil)
+		do(h1, "GET", base+"/balanced", "", nil) // balancer_by_lua, ~20 ms upstream
+		do(h1, "GET", base+"/denied", "", nil)   // 403 from the access handler
 		do(h1, "GET", base+"/withsub", "", nil)                            // a Lua subrequest
 		do(h1, "GET", base+"/ok?pad="+strings.Repeat("long", 60), "", nil) // URI longer than 160
 		do(h2, "GET", tlsBase+"/ok", "", nil)
@@ -266,16 +269,32 @@ func TestLuaPhases(t *testing.T) {
 	}
 	sent := traffic(t, n, 10) + warm
 	got := checkAgainstLog(t, n, p, c, sent)
-	phases, other := 0, 0
+	phases, other, balanced, denied := 0, 0, 0, 0
 	for _, r := range got {
 		switch {
 		case strings.HasPrefix(r.URI, "/phases"):
 			phases++
 			for i, d := range r.LuaPhases {
-				// each handler runs a 20000-iteration Lua loop: microseconds, not nanoseconds
-				if !r.HasLua || d < time.Microsecond || d > 50*time.Millisecond {
+				// each handler runs a 20000-iteration Lua loop: microseconds, not
+				// nanoseconds; /phases is not proxied, so no balancer
+				ran := model.LuaPhase(i) != model.LuaBalancer
+				if !r.HasLua || ran && (d < time.Microsecond || d > 50*time.Millisecond) || !ran && d != 0 {
 					t.Errorf("%s: %s phase %v (HasLua %v)", r.URI, model.LuaPhaseNames[i], d, r.HasLua)
 				}
+			}
+		case strings.HasPrefix(r.URI, "/balanced") && r.LocalPort == uint16(n.Port):
+			// (the upstream's side of the same request, on UpPort, runs no balancer)
+			balanced++
+			if d := r.LuaPhases[model.LuaBalancer]; !r.HasLua || d < time.Microsecond || d > 50*time.Millisecond {
+				t.Errorf("%s: balancer phase %v (HasLua %v)", r.URI, d, r.HasLua)
+			}
+		case strings.HasPrefix(r.URI, "/denied"):
+			denied++
+			// The header filter spins 3 ms of CPU inside the access handler, which does
+			// little else: the access handler's own time must not include the filter's.
+			acc, hf := r.LuaPhases[model.LuaAccess], r.LuaPhases[model.LuaHeaderFilter]
+			if !r.HasLua || r.Status != 403 || acc <= 0 || acc > 2*time.Millisecond || hf < 3*time.Millisecond {
+				t.Errorf("%s: status %d access %v header_filter %v (HasLua %v)", r.URI, r.Status, acc, hf, r.HasLua)
 			}
 		case strings.HasPrefix(r.URI, "/ok"):
 			other++
@@ -287,8 +306,16 @@ func TestLuaPhases(t *testing.T) {
 			}
 		}
 	}
-	if phases == 0 || other == 0 {
-		t.Fatalf("no /phases (%d) or /ok (%d) requests", phases, other)
+	if phases == 0 || other == 0 || balanced == 0 || denied == 0 {
+		t.Fatalf("no /phases (%d), /ok (%d), /balanced (%d) or /denied (%d) requests", phases, other, balanced, denied)
+	}
+	// Nothing is left on the per-thread call stacks between requests.
+	var tid uint64
+	var stack []byte
+	for it := p.objs.NginxreqLuaCalls.Iterate(); it.Next(&tid, &stack); {
+		if depth := binary.LittleEndian.Uint32(stack); depth != 0 {
+			t.Errorf("thread %d: Lua call stack depth %d after the traffic", tid&0xffffffff, depth)
+		}
 	}
 	// Every main request's Lua time was consumed by its free_request; subrequests (the
 	// /phases capture of /withsub) were never timed, so nothing is left behind.

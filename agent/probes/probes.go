@@ -297,18 +297,43 @@ func (p *Probes) attach(gw discovery.Gateway, key binKey) (*nginxBin, error) {
 	return b, nil
 }
 
-var luaHandlers = []string{
-	"ngx_http_lua_rewrite_handler", "ngx_http_lua_access_handler",
-	"ngx_http_lua_content_handler", "ngx_http_lua_log_handler",
+// luaHandlers are the lua module's functions that run a phase's Lua code, one probe pair
+// each, the cookie saying the phase. They are the module's exported (non-static) functions,
+// so they are found in stripped builds too: the phase handlers for rewrite, access, content
+// and log, and for the filters and the balancer the functions that run the configured
+// *_by_lua_block (inline) or *_by_lua_file code, called once per filter call (the body
+// filter once per chunk) and once per upstream try. None of them calls another of the list,
+// so no time is counted twice; when one runs inside another (the filters inside an access
+// handler that answers itself), the BPF program's per-thread stack gives each its own time.
+var luaHandlers = []struct {
+	sym   string
+	phase bpf.NginxReqNginxreqLuaPhase
+}{
+	{"ngx_http_lua_rewrite_handler", bpf.NginxReqNginxreqLuaPhaseLUA_REWRITE},
+	{"ngx_http_lua_access_handler", bpf.NginxReqNginxreqLuaPhaseLUA_ACCESS},
+	{"ngx_http_lua_content_handler", bpf.NginxReqNginxreqLuaPhaseLUA_CONTENT},
+	{"ngx_http_lua_header_filter_inline", bpf.NginxReqNginxreqLuaPhaseLUA_HEADER_FILTER},
+	{"ngx_http_lua_header_filter_file", bpf.NginxReqNginxreqLuaPhaseLUA_HEADER_FILTER},
+	{"ngx_http_lua_body_filter_inline", bpf.NginxReqNginxreqLuaPhaseLUA_BODY_FILTER},
+	{"ngx_http_lua_body_filter_file", bpf.NginxReqNginxreqLuaPhaseLUA_BODY_FILTER},
+	{"ngx_http_lua_log_handler", bpf.NginxReqNginxreqLuaPhaseLUA_LOG},
+	{"ngx_http_lua_balancer_handler_inline", bpf.NginxReqNginxreqLuaPhaseLUA_BALANCER},
+	{"ngx_http_lua_balancer_handler_file", bpf.NginxReqNginxreqLuaPhaseLUA_BALANCER},
 }
 
 // attachLua finds the Lua phase handlers: in the executable itself (OpenResty, Kong) or in a
 // dynamically loaded lua module (Debian's libnginx-mod-http-lua), opened through the
-// gateway's root so it is the file the gateway really mapped.
+// gateway's root so it is the file the gateway really mapped. A build lacking some of them
+// (an older module without a balancer_by_lua) has those phases untimed.
 func (p *Probes) attachLua(b *nginxBin, gw discovery.Gateway) error {
+	syms := make([]string, len(luaHandlers))
+	for i, h := range luaHandlers {
+		syms[i] = h.sym
+	}
+	first := syms[0]
 	path := gw.Exe
-	info, err := readBinary(path, luaHandlers...)
-	if err != nil || !info.has[luaHandlers[0]] {
+	info, err := readBinary(path, syms...)
+	if err != nil || !info.has[first] {
 		root := gw.Root
 		if root == "" {
 			root = fmt.Sprintf("/proc/%d/root", gw.Master.PID)
@@ -317,45 +342,61 @@ func (p *Probes) attachLua(b *nginxBin, gw discovery.Gateway) error {
 		info = nil
 		for _, lib := range libs {
 			cand := filepath.Join(root, lib)
-			bi, err := readBinary(cand, luaHandlers...)
+			bi, err := readBinary(cand, syms...)
 			if err != nil {
 				if isPerm(err) {
 					return permError("read "+cand, err, capSysPtrace)
 				}
 				continue
 			}
-			if bi.has[luaHandlers[0]] {
+			if bi.has[first] {
 				path, info = cand, bi
 				break
 			}
 		}
 		if info == nil {
-			return fmt.Errorf("no Lua module: neither %s nor a mapped *lua* library (%v) exports %s", gw.Exe, libs, luaHandlers[0])
+			return fmt.Errorf("no Lua module: neither %s nor a mapped *lua* library (%v) exports %s", gw.Exe, libs, first)
 		}
 	}
-	var syms []string
+	var found []string
 	var cookies []uint64
-	for i, s := range luaHandlers {
-		if info.has[s] {
-			syms = append(syms, s)
-			cookies = append(cookies, uint64(i))
+	for _, h := range luaHandlers {
+		if info.has[h.sym] {
+			found = append(found, h.sym)
+			cookies = append(cookies, uint64(h.phase))
 		}
-	}
-	if len(syms) == 0 {
-		return fmt.Errorf("%s exports no Lua phase handler", path)
 	}
 	ex, err := link.OpenExecutable(path)
 	if err != nil {
 		return permError("open "+path, err, capSysPtrace)
 	}
-	if err := p.attachSyms(&b.luaLinks, ex, syms, p.objs.NginxreqLuaExit, true, cookies); err != nil {
+	if err := p.attachSyms(&b.luaLinks, ex, found, p.objs.NginxreqLuaExit, true, cookies); err != nil {
 		return err
 	}
-	if err := p.attachSyms(&b.luaLinks, ex, syms, p.objs.NginxreqLuaEnter, false, cookies); err != nil {
+	if err := p.attachSyms(&b.luaLinks, ex, found, p.objs.NginxreqLuaEnter, false, cookies); err != nil {
 		return err
 	}
 	b.lua = path
 	return nil
+}
+
+// clearLuaStacks empties the per-thread Lua call stacks once the probes are detached: a
+// handler that was running then had its entry recorded and its return never seen, and its
+// frame must not pair with a later return when timing is switched on again.
+func (p *Probes) clearLuaStacks() {
+	var keys []uint64
+	var prev any // nil: the first key
+	for len(keys) < 1<<16 { // the map holds at most 4096
+		var k uint64
+		if err := p.objs.NginxreqLuaCalls.NextKey(prev, &k); err != nil {
+			break // ErrKeyNotExist: the end
+		}
+		keys = append(keys, k)
+		prev = k
+	}
+	for _, k := range keys {
+		_ = p.objs.NginxreqLuaCalls.Delete(k) // gone already is as good
+	}
 }
 
 func closeLinks(ls *[]link.Link) {
@@ -416,6 +457,7 @@ func (p *Probes) SetLuaPhases(on bool) error {
 		b.lua = ""
 	}
 	p.drainPendingLocked()
+	p.clearLuaStacks()
 	return err
 }
 

@@ -60,6 +60,7 @@ func TestMetricsObserve(t *testing.T) {
 		{"kong_watcher_upstream_duration_seconds", nil, 2},
 		{"kong_watcher_kong_duration_seconds", nil, 3},
 		{"kong_watcher_lua_phase_duration_seconds", map[string]string{"phase": "access"}, 2},
+		{"kong_watcher_lua_phase_duration_seconds", map[string]string{"phase": "balancer"}, 0}, // ran no Lua
 	} {
 		if got, ok := value(reg, c.name, c.labels); !ok || got != c.want {
 			t.Errorf("%s%v = %v (found %v), want %v", c.name, c.labels, got, ok, c.want)
@@ -67,7 +68,7 @@ func TestMetricsObserve(t *testing.T) {
 	}
 	for name, wantCount := range map[string]int{"kong_watcher_requests_total": 2, "kong_watcher_request_duration_seconds": 8,
 		"kong_watcher_upstream_duration_seconds": 1, "kong_watcher_kong_duration_seconds": 1,
-		"kong_watcher_lua_phase_duration_seconds": 4, "kong_watcher_info": 1} {
+		"kong_watcher_lua_phase_duration_seconds": 7, "kong_watcher_info": 1} {
 		if n := seriesCount(reg, name); n != wantCount {
 			t.Errorf("%s: %d series, want %d", name, n, wantCount)
 		}
@@ -253,8 +254,10 @@ func TestMetricsListeners(t *testing.T) {
 	m, reg := newTestMetrics(t, MetricsOptions{})
 	obs := func(listener string, n int) {
 		for range n {
-			m.Observe(&model.Request{Method: "GET", Host: "h", URI: "/status", Status: 200, Latency: time.Millisecond,
-				HasUpstream: true, Upstream: time.Millisecond, BytesSent: 10, HasLua: true, Listener: listener})
+			r := &model.Request{Method: "GET", Host: "h", URI: "/status", Status: 200, Latency: time.Millisecond,
+				HasUpstream: true, Upstream: time.Millisecond, BytesSent: 10, HasLua: true, Listener: listener}
+			r.LuaPhases[model.LuaAccess] = 100 * time.Microsecond
+			m.Observe(r)
 		}
 	}
 	obs("", 1)

@@ -163,7 +163,12 @@ func (a *simAgent) traffic(interval time.Duration, now time.Time) {
 		}
 		if a.rng.IntN(30) == 0 { // Lua phase timing, sampled (2 s of every minute)
 			r.HasLua = true
-			r.LuaPhases = [model.NumLuaPhases]time.Duration{40 * time.Microsecond, kong / 2, 0, 80 * time.Microsecond}
+			r.LuaPhases[model.LuaRewrite] = 40 * time.Microsecond
+			r.LuaPhases[model.LuaAccess] = kong / 2
+			r.LuaPhases[model.LuaHeaderFilter] = 15 * time.Microsecond
+			r.LuaPhases[model.LuaBodyFilter] = 10 * time.Microsecond
+			r.LuaPhases[model.LuaLog] = 80 * time.Microsecond
+			r.LuaPhases[model.LuaBalancer] = 20 * time.Microsecond
 		}
 		r.End = now.Add(-interval + time.Duration(k+1)*interval/time.Duration(n+1))
 		r.Start = r.End.Add(-r.Latency)

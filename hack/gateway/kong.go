@@ -26,18 +26,6 @@ type kongState struct {
 	Top, Version          string
 }
 
-// attachState is test/fixture's state file (fixture.StateFile, read by fixture.Attach) with
-// the same fields: the Kong harness does not write one, so serveKong does, and drive, load and
-// probe attach to Kong as to the fixture.
-type attachState struct {
-	HTTPAddr, HTTPSAddr string
-	Prefix, LogDir      string
-	CAFile              string
-	MasterPID           int
-	Workers             int
-	SingleProcess       bool
-}
-
 // serveKong runs real Kong through test/fixture's harness (StartKong: DB-less, its routes and
 // plugins, the proxy on HTTP and HTTPS/HTTP2, the Admin and Status APIs, every listener on
 // 127.0.0.1 and named by KONG_*_LISTEN in Kong's environment) with prefix dir/kong.
@@ -69,8 +57,8 @@ func serveKong(sigs <-chan os.Signal, dir, top string, workers int) error {
 			st.Version = info.Version
 		}
 	}
-	err = writeJSON(filepath.Join(dir, fixture.StateFile), attachState{HTTPAddr: k.HTTPAddr, HTTPSAddr: k.HTTPSAddr,
-		Prefix: k.Prefix, LogDir: k.LogDir, CAFile: k.CAFile, MasterPID: k.MasterPID(), Workers: k.Workers})
+	// Kong's prefix is dir/kong: the state goes where drive, load and probe look for it.
+	err = k.WriteState(dir)
 	if err == nil {
 		err = writeJSON(filepath.Join(dir, kongStateFile), st)
 	}

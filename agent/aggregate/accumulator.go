@@ -93,8 +93,7 @@ func (t *tally) reset() {
 
 // summary renders t as a Summary of a period of the given length, without rows.
 func (t *tally) summary(period float64) v1alpha1.Summary {
-	s := v1alpha1.Summary{
-		PeriodSeconds:     period,
+	s := v1alpha1.Summary{PeriodSeconds: period, ListenerSummary: v1alpha1.ListenerSummary{
 		Requests:          t.requests,
 		Responses:         t.responses,
 		Errors:            t.errors,
@@ -106,7 +105,7 @@ func (t *tally) summary(period float64) v1alpha1.Summary {
 		StatusCodes:       map[string]uint64{},
 		StatusClasses:     map[string]uint64{},
 		BytesSent:         t.bytes,
-	}
+	}}
 	if period > 0 {
 		s.RequestsPerSecond = float64(t.requests) / period
 	}

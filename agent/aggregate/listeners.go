@@ -72,44 +72,12 @@ func (l *listenerTallies) summaries(proxy v1alpha1.Summary, total bool, scratch 
 }
 
 // listenerOf is s's share of the listeners: s without its rows.
-func listenerOf(s v1alpha1.Summary) v1alpha1.ListenerSummary {
-	return v1alpha1.ListenerSummary{
-		Requests:          s.Requests,
-		Responses:         s.Responses,
-		Errors:            s.Errors,
-		ClientErrors:      s.ClientErrors,
-		RequestsPerSecond: s.RequestsPerSecond,
-		LatencyMs:         s.LatencyMs,
-		UpstreamLatencyMs: s.UpstreamLatencyMs,
-		KongLatencyMs:     s.KongLatencyMs,
-		Methods:           s.Methods,
-		StatusCodes:       s.StatusCodes,
-		StatusClasses:     s.StatusClasses,
-		BytesSent:         s.BytesSent,
-		LastRequestTime:   s.LastRequestTime,
-		Histograms:        s.Histograms,
-	}
-}
+func listenerOf(s v1alpha1.Summary) v1alpha1.ListenerSummary { return s.ListenerSummary }
 
 // summaryOf is l as a Summary without rows, for the code Summaries and listeners share
 // (validation, merging).
 func summaryOf(l v1alpha1.ListenerSummary) v1alpha1.Summary {
-	return v1alpha1.Summary{
-		Requests:          l.Requests,
-		Responses:         l.Responses,
-		Errors:            l.Errors,
-		ClientErrors:      l.ClientErrors,
-		RequestsPerSecond: l.RequestsPerSecond,
-		LatencyMs:         l.LatencyMs,
-		UpstreamLatencyMs: l.UpstreamLatencyMs,
-		KongLatencyMs:     l.KongLatencyMs,
-		Methods:           l.Methods,
-		StatusCodes:       l.StatusCodes,
-		StatusClasses:     l.StatusClasses,
-		BytesSent:         l.BytesSent,
-		LastRequestTime:   l.LastRequestTime,
-		Histograms:        l.Histograms,
-	}
+	return v1alpha1.Summary{ListenerSummary: l}
 }
 
 func cloneListeners(m map[string]v1alpha1.ListenerSummary) map[string]v1alpha1.ListenerSummary {

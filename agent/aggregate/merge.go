@@ -142,7 +142,7 @@ func seconds(s float64) time.Duration {
 }
 
 func mergeSummaries(sums []*v1alpha1.Summary, maxRows int) v1alpha1.Summary {
-	out := v1alpha1.Summary{Methods: map[string]uint64{}, StatusCodes: map[string]uint64{}, StatusClasses: map[string]uint64{}}
+	out := v1alpha1.Summary{ListenerSummary: v1alpha1.ListenerSummary{Methods: map[string]uint64{}, StatusCodes: map[string]uint64{}, StatusClasses: map[string]uint64{}}}
 	hosts := make([][]v1alpha1.Row, 0, len(sums))
 	paths := make([][]v1alpha1.Row, 0, len(sums))
 	lua := map[string][]part{}

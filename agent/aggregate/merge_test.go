@@ -232,7 +232,7 @@ func TestMergeRanksRows(t *testing.T) {
 		for _, r := range rows {
 			n += r.Requests
 		}
-		return v1alpha1.Stats{Total: v1alpha1.Summary{Requests: n, Hosts: rows}}
+		return v1alpha1.Stats{Total: v1alpha1.Summary{ListenerSummary: v1alpha1.ListenerSummary{Requests: n}, Hosts: rows}}
 	}
 	m := Merge([]v1alpha1.Stats{
 		doc(v1alpha1.Row{Name: "a", Requests: 10, P99Ms: 1}, v1alpha1.Row{Name: "c", Requests: 6, Errors: 1, P99Ms: 9}, v1alpha1.Row{Name: "other", Requests: 1, P99Ms: 50}),
@@ -249,8 +249,8 @@ func TestMergeRanksRows(t *testing.T) {
 func TestMergeWindows(t *testing.T) {
 	at := func(updated time.Time, period, rps float64, requests uint64) v1alpha1.Stats {
 		return v1alpha1.Stats{Since: updated.Add(-time.Hour), Updated: updated, DataPath: "wire",
-			Total:  v1alpha1.Summary{Requests: 10 * requests, RequestsPerSecond: rps / 10, PeriodSeconds: 3600},
-			Window: v1alpha1.Summary{Requests: requests, RequestsPerSecond: rps, PeriodSeconds: period}}
+			Total:  v1alpha1.Summary{ListenerSummary: v1alpha1.ListenerSummary{Requests: 10 * requests, RequestsPerSecond: rps / 10}, PeriodSeconds: 3600},
+			Window: v1alpha1.Summary{ListenerSummary: v1alpha1.ListenerSummary{Requests: requests, RequestsPerSecond: rps}, PeriodSeconds: period}}
 	}
 	stale := at(t0.Add(-10*time.Minute), 30, 5, 150)
 	stale.Window = v1alpha1.Summary{}
@@ -312,7 +312,7 @@ func TestMergeListeners(t *testing.T) {
 		return v1alpha1.ListenerSummary{Requests: requests, Responses: requests, StatusCodes: map[string]uint64{"200": requests}}
 	}
 	doc := func(requests uint64, ls map[string]v1alpha1.ListenerSummary) v1alpha1.Stats {
-		return v1alpha1.Stats{Total: v1alpha1.Summary{Requests: requests, Responses: requests, Listeners: ls}}
+		return v1alpha1.Stats{Total: v1alpha1.Summary{ListenerSummary: v1alpha1.ListenerSummary{Requests: requests, Responses: requests}, Listeners: ls}}
 	}
 	many := map[string]v1alpha1.ListenerSummary{model.ListenerProxy: l(5), OtherListener: l(1)}
 	for i := range v1alpha1.MaxListeners {

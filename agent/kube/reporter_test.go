@@ -60,9 +60,9 @@ func (b *statsBox) set(f func(*v1alpha1.Stats)) {
 
 func stats(total, errs uint64, p99 float64) v1alpha1.Stats {
 	now := time.Now()
-	sum := v1alpha1.Summary{PeriodSeconds: 30, Requests: total, Responses: total, Errors: errs,
+	sum := v1alpha1.Summary{PeriodSeconds: 30, ListenerSummary: v1alpha1.ListenerSummary{Requests: total, Responses: total, Errors: errs,
 		RequestsPerSecond: float64(total) / 30, LatencyMs: v1alpha1.Latency{Count: total, P50: p99 / 2, P99: p99, Max: p99},
-		Methods: map[string]uint64{"GET": total}, StatusClasses: map[string]uint64{"2xx": total - errs, "5xx": errs}}
+		Methods: map[string]uint64{"GET": total}, StatusClasses: map[string]uint64{"2xx": total - errs, "5xx": errs}}}
 	return v1alpha1.Stats{APIVersion: v1alpha1.StatsAPIVersion, Kind: v1alpha1.StatsKind, Since: now.Add(-time.Hour), Updated: now,
 		Total: sum, Window: sum}
 }

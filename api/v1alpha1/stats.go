@@ -33,10 +33,42 @@ const (
 	StatsKind       = "Stats"
 )
 
-// Summary is one period's statistics of the proxy's requests.
+// Summary is one period's statistics of the proxy's requests: the counts and latencies every
+// listener has (ListenerSummary, whose fields appear at the top level of the JSON), plus the
+// period's length, the host, path and Lua rows and the dropped events.
 type Summary struct {
 	// Period is the length of time this summary covers, in seconds.
 	PeriodSeconds float64 `json:"periodSeconds"`
+	ListenerSummary
+	// Hosts and Paths: top-N by count, the rest folded into a row named "other".
+	Hosts []Row `json:"hosts"`
+	Paths []Row `json:"paths"`
+	// LuaPhasesMs: time spent in each phase's Lua handlers, by phase: rewrite, access,
+	// content, header_filter, body_filter, log and balancer.
+	LuaPhasesMs map[string]Latency `json:"luaPhasesMs,omitempty"`
+	// DroppedEvents counts events the kernel side could not hand over (ring buffer full) or
+	// the agent could not decode.
+	DroppedEvents uint64 `json:"droppedEvents"`
+	// Listeners holds the period's requests of every listener by name: "proxy" (the
+	// requests this summary counts), "admin", "status" (Kong's Admin and Status APIs, named
+	// from Kong's configuration or KONG_WATCHER_LISTENERS), "unix" (unix-domain listeners
+	// such as Kong's worker events), a port number for a TCP listener no name covers,
+	// "unknown" for requests whose listener could not be read, and "other" for listeners
+	// beyond the agent's bound. Every listener that has had requests since the agent started
+	// is listed, and "proxy" always. Absent: the document comes from an agent that did not
+	// attribute requests, or the listeners did not fit the annotation's bound.
+	Listeners map[string]ListenerSummary `json:"listeners,omitempty"`
+}
+
+// ListenerSummary is one listener's share of a period, and the part of a Summary every
+// listener has: a Summary without the host, path and Lua rows, to keep the document small.
+//
+//	"listeners": {
+//	  "proxy":  {"requests": 1200, "responses": 1200, "errors": 3, ..., "histograms": {...}},
+//	  "status": {"requests": 30, "responses": 30, "errors": 0, "statusClasses": {"2xx": 30}, ...},
+//	  "unix":   {"requests": 4, "statusClasses": {"1xx": 4}, "latencyMs": {"p99": 4012, ...}, ...}
+//	}
+type ListenerSummary struct {
 	// Requests counts requests seen; Responses those that got a valid HTTP status.
 	Requests  uint64 `json:"requests"`
 	Responses uint64 `json:"responses"`
@@ -58,55 +90,13 @@ type Summary struct {
 	StatusCodes map[string]uint64 `json:"statusCodes"`
 	// StatusClasses: "1xx".."5xx", and "none" for requests with no valid response.
 	StatusClasses map[string]uint64 `json:"statusClasses"`
-	// Hosts and Paths: top-N by count, the rest folded into a row named "other".
-	Hosts []Row `json:"hosts"`
-	Paths []Row `json:"paths"`
-	// LuaPhasesMs: time spent in the Lua rewrite/access/content/log handlers, per phase.
-	LuaPhasesMs map[string]Latency `json:"luaPhasesMs,omitempty"`
 	// BytesSent: sum of $bytes_sent.
 	BytesSent       uint64     `json:"bytesSent"`
 	LastRequestTime *time.Time `json:"lastRequestTime,omitempty"`
-	// DroppedEvents counts events the kernel side could not hand over (ring buffer full) or
-	// the agent could not decode.
-	DroppedEvents uint64 `json:"droppedEvents"`
 	// Histograms are LatencyMs, UpstreamLatencyMs and KongLatencyMs as mergeable distributions,
 	// so that the stats of several pods combine into exact counts and recomputed percentiles.
-	// Absent: the summary has no requests, or its histograms did not fit the annotation's bound.
+	// Absent: the period has no requests, or its histograms did not fit the annotation's bound.
 	Histograms *Histograms `json:"histograms,omitempty"`
-	// Listeners holds the period's requests of every listener by name: "proxy" (the
-	// requests this summary counts), "admin", "status" (Kong's Admin and Status APIs, named
-	// from Kong's configuration or KONG_WATCHER_LISTENERS), "unix" (unix-domain listeners
-	// such as Kong's worker events), a port number for a TCP listener no name covers,
-	// "unknown" for requests whose listener could not be read, and "other" for listeners
-	// beyond the agent's bound. Every listener that has had requests since the agent started
-	// is listed, and "proxy" always. Absent: the document comes from an agent that did not
-	// attribute requests, or the listeners did not fit the annotation's bound.
-	Listeners map[string]ListenerSummary `json:"listeners,omitempty"`
-}
-
-// ListenerSummary is one listener's share of a period: a Summary without the host, path and
-// Lua rows, to keep the document small. The fields mean what the Summary's do.
-//
-//	"listeners": {
-//	  "proxy":  {"requests": 1200, "responses": 1200, "errors": 3, ..., "histograms": {...}},
-//	  "status": {"requests": 30, "responses": 30, "errors": 0, "statusClasses": {"2xx": 30}, ...},
-//	  "unix":   {"requests": 4, "statusClasses": {"1xx": 4}, "latencyMs": {"p99": 4012, ...}, ...}
-//	}
-type ListenerSummary struct {
-	Requests          uint64            `json:"requests"`
-	Responses         uint64            `json:"responses"`
-	Errors            uint64            `json:"errors"`
-	ClientErrors      uint64            `json:"clientErrors"`
-	RequestsPerSecond float64           `json:"requestsPerSecond"`
-	LatencyMs         Latency           `json:"latencyMs"`
-	UpstreamLatencyMs Latency           `json:"upstreamLatencyMs"`
-	KongLatencyMs     Latency           `json:"kongLatencyMs"`
-	Methods           map[string]uint64 `json:"methods"`
-	StatusCodes       map[string]uint64 `json:"statusCodes"`
-	StatusClasses     map[string]uint64 `json:"statusClasses"`
-	BytesSent         uint64            `json:"bytesSent"`
-	LastRequestTime   *time.Time        `json:"lastRequestTime,omitempty"`
-	Histograms        *Histograms       `json:"histograms,omitempty"`
 }
 
 // MaxListeners bounds Summary.Listeners (an agent's and a merge's); the rest fold into

@@ -143,7 +143,7 @@ func TestManagerMayOnlyWriteStatistics(t *testing.T) {
 	)
 	stats := kwv1.Stats{APIVersion: kwv1.StatsAPIVersion, Kind: kwv1.StatsKind, DataPath: "nginx-request",
 		Since: time.Now().Add(-time.Hour).UTC().Truncate(time.Second), Updated: time.Now().UTC().Truncate(time.Second),
-		Total: kwv1.Summary{Requests: 1234, Errors: 5, StatusClasses: map[string]uint64{"2xx": 1229, "5xx": 5}}}
+		Total: kwv1.Summary{ListenerSummary: kwv1.ListenerSummary{Requests: 1234, Errors: 5, StatusClasses: map[string]uint64{"2xx": 1229, "5xx": 5}}}}
 	statsJSON, _ := json.Marshal(stats)
 	setStats := func(requests string) string {
 		b, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{

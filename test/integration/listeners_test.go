@@ -250,8 +250,8 @@ func compareListener(t *testing.T, l v1alpha1.ListenerSummary, es []fixture.LogE
 		return
 	}
 	tr := fromAccessLog(es)
-	s := v1alpha1.Summary{Requests: l.Requests, Responses: l.Responses, Errors: l.Errors, ClientErrors: l.ClientErrors,
-		LatencyMs: l.LatencyMs, UpstreamLatencyMs: l.UpstreamLatencyMs, Methods: l.Methods, StatusCodes: l.StatusCodes,
+	s := v1alpha1.Summary{ListenerSummary: v1alpha1.ListenerSummary{Requests: l.Requests, Responses: l.Responses, Errors: l.Errors, ClientErrors: l.ClientErrors,
+		LatencyMs: l.LatencyMs, UpstreamLatencyMs: l.UpstreamLatencyMs, Methods: l.Methods, StatusCodes: l.StatusCodes},
 		Hosts: countRows(tr.hosts), Paths: countRows(tr.paths)}
 	compare(t, s, es)
 	if l.Histograms == nil || l.Histograms.Latency == nil {

@@ -70,7 +70,7 @@ func TestReportEndpointRefusesBadInput(t *testing.T) {
 	report := func(pod string, requests uint64, note string, mod func(*v1alpha1.Report)) []byte {
 		s := v1alpha1.Stats{APIVersion: v1alpha1.StatsAPIVersion, Kind: v1alpha1.StatsKind, DataPath: "nginx-request",
 			Since: time.Now().Add(-time.Hour).UTC().Truncate(time.Second), Updated: time.Now().UTC(),
-			Total: v1alpha1.Summary{Requests: requests, Responses: requests, StatusClasses: map[string]uint64{"2xx": requests}}}
+			Total: v1alpha1.Summary{ListenerSummary: v1alpha1.ListenerSummary{Requests: requests, Responses: requests, StatusClasses: map[string]uint64{"2xx": requests}}}}
 		ev := v1alpha1.ReportEvent{Type: corev1.EventTypeNormal, Reason: v1alpha1.ReasonTrafficStats, Message: note}
 		if note == refusedNote {
 			ev = v1alpha1.ReportEvent{Type: corev1.EventTypeWarning, Reason: v1alpha1.ReasonHighErrorRate, Message: note}

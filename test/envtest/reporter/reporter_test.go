@@ -69,18 +69,18 @@ func (b *syntheticStats) set(requests, errors uint64, p99 float64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	last := time.Now().UTC().Truncate(time.Second)
-	w := v1alpha1.Summary{PeriodSeconds: 30, Requests: requests, Responses: requests, Errors: errors,
+	w := v1alpha1.Summary{PeriodSeconds: 30, ListenerSummary: v1alpha1.ListenerSummary{Requests: requests, Responses: requests, Errors: errors,
 		ClientErrors:      requests / 50,
 		RequestsPerSecond: float64(requests) / 30,
 		LatencyMs:         v1alpha1.Latency{Count: requests, Avg: p99 / 4, P50: p99 / 5, P95: p99 / 2, P99: p99, Max: p99 * 1.5},
 		Methods:           map[string]uint64{"GET": requests * 8 / 10, "POST": requests - requests*8/10},
 		StatusClasses:     map[string]uint64{"2xx": requests - errors - requests/50, "4xx": requests / 50, "5xx": errors},
+		LastRequestTime:   &last},
 		Hosts: []v1alpha1.Row{{Name: "api.example.com", Requests: requests * 3 / 4, Errors: errors, P99Ms: p99},
 			{Name: "www.example.com", Requests: requests - requests*3/4, P99Ms: p99 / 2}},
 		Paths: []v1alpha1.Row{{Name: "GET /users/{id}", Requests: requests * 6 / 10, P99Ms: p99},
 			{Name: "POST /orders", Requests: requests - requests*8/10, Errors: errors, P99Ms: p99},
-			{Name: "GET /health", Requests: requests * 2 / 10, P99Ms: 1}},
-		LastRequestTime: &last}
+			{Name: "GET /health", Requests: requests * 2 / 10, P99Ms: 1}}}
 	t := b.s.Total
 	t.Requests += w.Requests
 	t.Responses += w.Responses

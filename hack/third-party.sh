@@ -1,7 +1,7 @@
-# Sourced by hack/kong.sh and hack/openresty.sh: finds the folder of Kong's and OpenResty's
-# source tarballs and build scripts (third_party/kong/, third_party/openresty/), which the
-# repository does not carry. KONG_WATCHER_THIRD_PARTY names it; unset, the first of these that
-# exists is used:
+# Sourced by hack/lib/cache.sh (for hack/kong.sh and hack/openresty.sh): finds the folder of
+# Kong's and OpenResty's source tarballs and build scripts (third_party/kong/,
+# third_party/openresty/), which the repository does not carry. KONG_WATCHER_THIRD_PARTY
+# names it; unset, the first of these that exists is used:
 #   1. ../shared/third_party beside this clone;
 #   2. the same beside the repository this one was cloned from (`git clone /path/repo ci`,
 #      whose origin is a local path) or whose worktree it is (`git worktree add`): a fresh

@@ -165,7 +165,8 @@ func (b *bench) kongRuns(ctx context.Context) (err error) {
 		return err
 	}
 	b.kong.done = true
-	return nil
+	t.agent.stop()
+	return b.kongLuaRuns(ctx, t, url, http.Header{"Apikey": {kongBenchKey}})
 }
 
 // configureKong replaces Kong's declarative configuration with kongConfig (POST /config on the

@@ -62,6 +62,7 @@ type config struct {
 	kongRounds           int
 	kongConns            int
 	kongDur              time.Duration
+	kongLuaRate          int
 	docPath              string
 	writeDoc             bool
 	luaPhases            string
@@ -106,6 +107,7 @@ func run() int {
 	flag.IntVar(&c.kongRounds, "kong-rounds", 6, "rounds on real Kong (each runs every side, the order rotating; Kong's throughput is the noisiest)")
 	flag.IntVar(&c.kongConns, "kong-conns", 50, "wrk -c on real Kong")
 	flag.DurationVar(&c.kongDur, "kong-duration", 5*time.Second, "measured time of one side of one round on real Kong")
+	flag.IntVar(&c.kongLuaRate, "kong-lua-rate", 1000, "paced req/s on real Kong of the Lua phase timing cost runs (agent with Lua timing off vs on, -cpu-rounds rounds of -cpu-duration; 0 = skip)")
 	flag.StringVar(&c.docPath, "doc", "docs/benchmarks.md", "the file whose \"## Agent\" section -write-doc rewrites")
 	flag.BoolVar(&c.writeDoc, "write-doc", false, "rewrite the doc section after a run that counted exactly (never in -quick or A/A mode); make bench-docs sets it")
 	flag.StringVar(&c.luaPhases, "lua-phases", "", "KONG_WATCHER_LUA_PHASES for the agent (off|on|sampled; empty = the agent's default)")
@@ -284,6 +286,7 @@ type bench struct {
 	idleAgentPct float64 // the agent's CPU with no traffic, % of a core (-1 = not measured)
 	sat          satResult
 	kong         kongResult
+	kongLua      kongLuaResult
 	notes        []string
 	broken       []string // counting or drop failures: the run fails
 	missed       int

@@ -321,6 +321,14 @@ func (b *bench) report() reportOut {
 	} else if len(b.kong.warmup) > 0 {
 		fmt.Fprintf(&t, "kong %s warm-up, req/s per 5 s slice: %s\n", b.kong.version, joinF(b.kong.warmup, 0))
 	}
+	if b.kongLua.done {
+		kl := b.kongLua.summary()
+		fmt.Fprintf(&t, "kong Lua phase timing at %d req/s: workers %.1f us/request with it off, %.1f on (+%.1f); BPF %.0f -> %.0f ns/request (+%.0f, %.1f more probe hits)\n",
+			b.kongLua.rate, kl.offUs, kl.onUs, kl.extraUs, kl.offBpf, kl.onBpf, kl.luaBpf, kl.delta)
+		for _, row := range b.kongLua.phaseRows() {
+			fmt.Fprintf(&t, "  phase %s\n", row)
+		}
+	}
 	cpuOK := cs.ok && cs.extra <= targetExtraCPUPct
 	cpuNoisy := cs.ok && len(b.cpu) > 2 && cs.woMax-cs.woMin > 2*targetExtraCPUPct
 	cpuVerdict := passMiss(cpuOK)
@@ -417,6 +425,12 @@ func (b *bench) report() reportOut {
 	fmt.Fprintf(&bl, "BENCH agent_rss_mib %s\n", na(agentOn, f(benchkit.MiB(hwm), 1)))
 	fmt.Fprintf(&bl, "BENCH dropped_events_at_%drps %s\n", c.dropRate, na(agentOn && d.done, fmt.Sprint(d.droppedTotal)))
 	fmt.Fprintf(&bl, "BENCH agent_counted_pct_at_%drps %s\n", c.dropRate, na(agentOn && d.done, f(countPct, 2)))
+	kl := b.kongLua.summary()
+	fmt.Fprintf(&bl, "BENCH kong_lua_off_worker_us_per_request %s\n", na(b.kongLua.done, f(kl.offUs, 2)))
+	fmt.Fprintf(&bl, "BENCH kong_lua_on_worker_us_per_request %s\n", na(b.kongLua.done, f(kl.onUs, 2)))
+	fmt.Fprintf(&bl, "BENCH kong_lua_extra_worker_us_per_request %s\n", na(b.kongLua.done, f(kl.extraUs, 2)))
+	fmt.Fprintf(&bl, "BENCH kong_lua_bpf_ns_per_request %s\n", na(b.kongLua.done, f(kl.luaBpf, 0)))
+	fmt.Fprintf(&bl, "BENCH kong_lua_probe_hits_per_request %s\n", na(b.kongLua.done, f(kl.delta, 2)))
 	fmt.Fprintf(&bl, "BENCH counting_failures %d\n", len(b.broken))
 	fmt.Fprintf(&bl, "BENCH targets_missed %d\n", b.missed)
 
@@ -570,6 +584,18 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 		}
 		if len(b.broken) == 0 {
 			w("| counting in every agent round and run | exact, no event dropped |\n")
+		}
+	}
+	if b.kongLua.done {
+		kl := b.kongLua.summary()
+		w("\nLua phase timing on real Kong (`-kong-lua-rate`): the bench route paced at %d req/s, the agent with\n", b.kongLua.rate)
+		w("`KONG_WATCHER_LUA_PHASES=off` and `=on` alternating, %d round(s) of %v per side; medians:\n\n", c.cpuRounds, c.cpuDur)
+		w("| figure | off | on | on - off |\n|---|---:|---:|---:|\n")
+		w("| Kong's workers' CPU per request (schedstat) | %s us | %s us | **%s us** |\n", f(kl.offUs, 1), f(kl.onUs, 1), f(kl.extraUs, 1))
+		w("| the agent's BPF run time per request | %s ns | %s ns | %s ns |\n", f(kl.offBpf, 0), f(kl.onBpf, 0), f(kl.luaBpf, 0))
+		w("| BPF program runs per request | %s | %s | %s |\n", f(kl.offRuns, 2), f(kl.onRuns, 2), f(kl.delta, 2))
+		if rows := b.kongLua.phaseRows(); len(rows) > 0 {
+			w("\nKong's own time per phase in those requests, as the agent reports it (`/stats` `luaPhasesMs`): %s.\n", strings.Join(rows, "; "))
 		}
 	}
 	w("\nThe agent's CPU is its threads' on-CPU time (`/proc/<pid>/task/*/schedstat`, ns) over the requests\n")

@@ -4,28 +4,20 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"math"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -53,17 +45,52 @@ func havePrereqs(t *testing.T, tools ...string) {
 	fixture.Require(t, err == nil, "kernel BTF")
 }
 
-// nginxFixture is a real nginx in a temporary prefix: a plain server (200, 404, a
-// proxy_pass to a second server block), the upstream block, and a TLS listener without
-// http2, two workers, a JSON access log.
+// wireServers are the servers of the wire tests' nginx (test/fixture's gateway, its
+// Servers replaced): a plain listener (HTTPPort), TLS with HTTP/2 (HTTPSPort) and without
+// (ExtraPorts[0]), answering 200 and 404, a proxy_pass and a Lua cosocket call-out (as a
+// Kong plugin calls out) to a second server (ExtraPorts[1]), and static files sent with
+// sendfile. %s adds directives to the main server.
+const wireServers = `
+  server {
+    listen 127.0.0.1:{{.HTTPPort}};
+    listen 127.0.0.1:{{index .ExtraPorts 0}} ssl;
+    listen 127.0.0.1:{{.HTTPSPort}} ssl http2;
+    # nginx's defaults, which the fixture raises: a request line beyond 8k is refused (414).
+    large_client_header_buffers 4 8k;
+    keepalive_requests 10000;
+    %s
+    location / { return 200 "ok\n"; }
+    location /missing/ { return 404; }
+    location /proxy/ { proxy_pass http://127.0.0.1:{{index .ExtraPorts 1}}; }
+    location /static/ { alias {{.Prefix}}/static/; sendfile on; }
+    location /lua/ { content_by_lua_block {
+      local sock = ngx.socket.tcp()
+      assert(sock:connect("127.0.0.1", {{index .ExtraPorts 1}}))
+      assert(sock:send("GET /from-lua HTTP/1.0\r\nHost: lua-up\r\n\r\n"))
+      local body = assert(sock:receive("*a"))
+      sock:close()
+      ngx.status = 201
+      ngx.say("lua ok ", #body)
+    } }
+  }
+  server {
+    listen 127.0.0.1:{{index .ExtraPorts 1}};
+    location / { return 200 "upstream\n"; }
+  }
+`
+
+// nginxFixture is test/fixture's gateway running wireServers.
 type nginxFixture struct {
-	dir                string
-	plain, up, tlsPort int
-	h2Port             int
-	lua                bool
-	master             int
-	workers            []int
-	cmd                *exec.Cmd
+	*fixture.Gateway
+	plain, tlsPort, h2Port int
+	workers                []int
+}
+
+// nginxOptions changes the fixture's limits.
+type nginxOptions struct {
+	workerConnections int    // per worker (default 1024)
+	rlimitNofile      int    // worker_rlimit_nofile (default: nginx's own)
+	server            string // more directives for the main server
 }
 
 func startNginx(t *testing.T) *nginxFixture {
@@ -71,225 +98,53 @@ func startNginx(t *testing.T) *nginxFixture {
 	return startNginxWith(t, nginxOptions{})
 }
 
-// nginxOptions changes the fixture's limits.
-type nginxOptions struct {
-	workerConnections int    // per worker (default 1024)
-	rlimitNofile      int    // worker_rlimit_nofile (default twice workerConnections)
-	http              string // more http-level directives
-}
-
 func startNginxWith(t *testing.T, o nginxOptions) *nginxFixture {
 	t.Helper()
-	if o.workerConnections == 0 {
-		o.workerConnections = 1024
-	}
-	if o.rlimitNofile == 0 {
-		o.rlimitNofile = 2 * o.workerConnections
-	}
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o755); err != nil { // workers run as nobody
+	g := fixture.StartT(t, fixture.Options{Servers: fmt.Sprintf(wireServers, o.server), ExtraPorts: 2,
+		WorkerConnections: o.workerConnections, WorkerRlimitNofile: o.rlimitNofile})
+	if err := os.MkdirAll(filepath.Join(g.Prefix, "static"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	f := &nginxFixture{dir: dir}
-	// nginx inherits its listening sockets, bound here, rather than binding ports picked
-	// earlier: a port picked by binding and closing a probe socket is free only at that
-	// moment, so two picks can return the same port and another process can take one before
-	// nginx binds it.
-	var listeners []*os.File
-	defer func() {
-		for _, l := range listeners {
-			l.Close() // nginx has its own copies once started
-		}
-	}()
-	for _, port := range []*int{&f.plain, &f.up, &f.tlsPort, &f.h2Port} {
-		l, p, err := fixture.LoopbackSocket(0, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		listeners = append(listeners, l)
-		*port = p
-	}
-	writeCert(t, dir)
-	// Kong is OpenResty: load Debian's lua module when present, for a content_by_lua
-	// location whose cosocket calls the upstream block (like a plugin calling out).
-	luaLoad, luaLoc := "", ""
-	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_http_lua_module.so"); err == nil {
-		luaLoad = "load_module /usr/lib/nginx/modules/ndk_http_module.so;\nload_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"
-		luaLoc = fmt.Sprintf(`location /lua/ { content_by_lua_block {
-      local sock = ngx.socket.tcp()
-      assert(sock:connect("127.0.0.1", %d))
-      assert(sock:send("GET /from-lua HTTP/1.0\r\nHost: lua-up\r\n\r\n"))
-      local body = assert(sock:receive("*a"))
-      sock:close()
-      ngx.status = 201
-      ngx.say("lua ok ", #body)
-    } }`, f.up)
-	}
-	conf := fmt.Sprintf(`
-%[6]s
-worker_processes 2;
-daemon off;
-master_process on;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log warn;
-worker_rlimit_nofile %[9]d;
-events { worker_connections %[8]d; }
-http {
-  %[10]s
-  log_format kwjson escape=json '{"status":$status,"host":"$host","method":"$request_method","uri":"$request_uri","rt":$request_time,"bytes":$bytes_sent,"pid":$pid,"proto":"$server_protocol","urt":"$upstream_response_time","port":"$server_port"}';
-  access_log %[1]s/access.log kwjson;
-  client_body_temp_path %[1]s/body;
-  proxy_temp_path %[1]s/proxy;
-  fastcgi_temp_path %[1]s/fcgi;
-  uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  keepalive_requests 10000;
-  server {
-    listen 127.0.0.1:%[2]d;
-    listen 127.0.0.1:%[4]d ssl;
-    listen 127.0.0.1:%[5]d ssl http2;
-    ssl_certificate %[1]s/cert.pem;
-    ssl_certificate_key %[1]s/key.pem;
-    location / { return 200 "ok\n"; }
-    location /missing/ { return 404; }
-    location /proxy/ { proxy_pass http://127.0.0.1:%[3]d; }
-    location /static/ { alias %[1]s/static/; sendfile on; }
-    %[7]s
-  }
-  server {
-    listen 127.0.0.1:%[3]d;
-    location / { return 200 "upstream\n"; }
-  }
-}
-`, dir, f.plain, f.up, f.tlsPort, f.h2Port, luaLoad, luaLoc, o.workerConnections, o.rlimitNofile, o.http)
-	os.Mkdir(filepath.Join(dir, "static"), 0o755)
-	if err := os.WriteFile(filepath.Join(dir, "static", "big.bin"), bytes.Repeat([]byte("s"), 300000), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(g.Prefix, "static", "big.bin"), bytes.Repeat([]byte("s"), 300000), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
+	ws, err := g.WorkerPIDs()
+	if err != nil {
 		t.Fatal(err)
 	}
-	f.lua = luaLoad != ""
-	f.cmd = exec.Command("nginx", "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
-	f.cmd.Stderr = os.Stderr
-	fixture.InheritListeners(f.cmd, listeners)
-	if err := f.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	f.master = f.cmd.Process.Pid
-	t.Cleanup(func() {
-		_ = f.cmd.Process.Signal(os.Interrupt) // SIGINT: fast shutdown, master stops its workers
-		done := make(chan struct{})
-		go func() { f.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			f.cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Logf("nginx error.log:\n%s", b)
-		}
-	})
-	// The inherited sockets accept before nginx runs, so connecting proves nothing; the
-	// master forks its workers once the configuration is loaded and the sockets are set up.
-	// The bound is for a loaded machine, where the start (TLS, Lua) waits for a CPU.
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		f.workers = childrenOf(f.master)
-		if len(f.workers) == 2 {
-			return f
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("nginx did not start: workers %v", f.workers)
-	return nil
+	return &nginxFixture{Gateway: g, plain: port(t, g.HTTPAddr), h2Port: port(t, g.HTTPSAddr), tlsPort: g.ExtraPorts[0], workers: ws}
 }
 
-func childrenOf(ppid int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(fields) > 1 && fields[1] == strconv.Itoa(ppid) {
-			out = append(out, pid)
-		}
+func port(t *testing.T, addr string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	n, err2 := strconv.Atoi(p)
+	if err != nil || err2 != nil {
+		t.Fatalf("address %q: %v %v", addr, err, err2)
 	}
-	sort.Ints(out)
-	return out
+	return n
 }
 
-func (f *nginxFixture) gateway() discovery.Gateway {
-	gw := discovery.Gateway{
-		Master: discovery.Process{PID: f.master, Comm: "nginx"},
-		Exe:    fmt.Sprintf("/proc/%d/exe", f.master),
-		Root:   fmt.Sprintf("/proc/%d/root", f.master),
-	}
-	for _, w := range f.workers {
-		gw.Workers = append(gw.Workers, discovery.Process{PID: w, PPID: f.master, Comm: "nginx"})
+func (f *nginxFixture) gateway(t *testing.T) discovery.Gateway {
+	t.Helper()
+	gw, err := f.Discovery()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return gw
 }
 
-type logLine struct {
-	Status int     `json:"status"`
-	Host   string  `json:"host"`
-	Method string  `json:"method"`
-	URI    string  `json:"uri"`
-	RT     float64 `json:"rt"`
-	Bytes  uint64  `json:"bytes"`
-	PID    int     `json:"pid"`
-	Proto  string  `json:"proto"`
-	URT    string  `json:"urt"`  // $upstream_response_time, "" or "-" without upstream
-	Port   string  `json:"port"` // $server_port: the listener's
+func (f *nginxFixture) accessLog(t *testing.T) []fixture.LogEntry {
+	t.Helper()
+	es, err := f.AccessLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return es
 }
 
-func (f *nginxFixture) accessLog(t *testing.T) []logLine {
-	b, err := os.ReadFile(filepath.Join(f.dir, "access.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []logLine
-	for _, ln := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
-		if len(ln) == 0 {
-			continue
-		}
-		var l logLine
-		if err := json.Unmarshal(ln, &l); err != nil {
-			t.Fatalf("access log line %q: %v", ln, err)
-		}
-		out = append(out, l)
-	}
-	return out
-}
-
-func writeCert(t *testing.T, dir string) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"},
-		DNSNames: []string{"localhost"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	os.WriteFile(filepath.Join(dir, "cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	os.WriteFile(filepath.Join(dir, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-}
+// ms is d in milliseconds.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 type collector struct {
 	mu  sync.Mutex
@@ -342,7 +197,7 @@ func TestIntegrationNginx(t *testing.T) {
 			t.Logf("chunk %+v out=%v ts=%s len=%d %q", c.Key, c.Out, c.TS.Format("15:04:05.000000"), c.Len, c.Data[:min(len(c.Data), 80)])
 		}
 	}
-	if err := tr.Track(ng.gateway()); err != nil {
+	if err := tr.Track(ng.gateway(t)); err != nil {
 		t.Fatal(err)
 	}
 	st := tr.Status()
@@ -398,11 +253,8 @@ func TestIntegrationNginx(t *testing.T) {
 	do("GET", base+"/static/big.bin", "", nil)
 	do("GET", base+"/r/after-sendfile", "", nil)
 	do("GET", base+"/missing/thing", "", nil)
-	nLua := 0
-	if ng.lua {
-		do("GET", base+"/lua/x", "", nil)
-		nLua = 2 // and the upstream block's /from-lua
-	}
+	do("GET", base+"/lua/x", "", nil)
+	const nLua = 2 // and the upstream block's /from-lua
 	do("HEAD", base+"/r/head", "", nil)
 	do("POST", base+"/r/chunked", "", &chunkedBody{left: 20000})
 	do("GET", base+"/proxy/p1", "proxied.example", nil)
@@ -439,7 +291,7 @@ func TestIntegrationNginx(t *testing.T) {
 
 	// curl: a libc-based client, whose own recv/send must not be captured (PID filter);
 	// a large body makes curl send Expect: 100-continue.
-	big := filepath.Join(ng.dir, "big.txt")
+	big := filepath.Join(ng.Prefix, "big.txt")
 	os.WriteFile(big, bytes.Repeat([]byte("z"), 200000), 0o644)
 	for _, args := range [][]string{
 		{"-s", "-o", "/dev/null", base + "/r/curl"},
@@ -478,12 +330,12 @@ func TestIntegrationNginx(t *testing.T) {
 
 	// The access log is the reference, less the h2 attempt (nginx without http2 on the
 	// listener answers the preface with a 400 that has no request line).
-	var want []logLine
+	var want []fixture.LogEntry
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		want = want[:0]
 		for _, l := range ng.accessLog(t) {
-			if l.Method != "PRI" && !(l.Method == "" && l.Status == 400) && l.Proto != "HTTP/2.0" {
+			if l.Method != "PRI" && !(l.Method == "" && l.Status == 400) && l.Protocol != "HTTP/2.0" {
 				want = append(want, l)
 			}
 		}
@@ -495,10 +347,10 @@ func TestIntegrationNginx(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // anything extra would show up now
 	got := col.snapshot()
 	key := func(m, h, u string, s int) string { return fmt.Sprintf("%s %s %s %d", m, h, u, s) }
-	wantBy := map[string][]logLine{}
+	wantBy := map[string][]fixture.LogEntry{}
 	cut := func(s string, n int) string { s, _ = model.Cut(s, n); return s }
 	for _, l := range want {
-		k := key(l.Method, cut(l.Host, model.MaxHostLen), cut(l.URI, model.MaxURILen), l.Status)
+		k := key(l.Method, cut(l.Host, model.MaxHostLen), cut(l.RequestURI, model.MaxURILen), l.Status)
 		wantBy[k] = append(wantBy[k], l)
 	}
 	workers := map[int]bool{}
@@ -517,21 +369,21 @@ func TestIntegrationNginx(t *testing.T) {
 		}
 		l := ls[0]
 		wantBy[k] = ls[1:]
-		if r.HostTruncated != (len(l.Host) > model.MaxHostLen) || r.URITruncated != (len(l.URI) > model.MaxURILen) {
+		if r.HostTruncated != (len(l.Host) > model.MaxHostLen) || r.URITruncated != (len(l.RequestURI) > model.MaxURILen) {
 			problems = append(problems, fmt.Sprintf("%s: truncation flags host %v uri %v, nginx's host %d and uri %d bytes",
-				k, r.HostTruncated, r.URITruncated, len(l.Host), len(l.URI)))
+				k, r.HostTruncated, r.URITruncated, len(l.Host), len(l.RequestURI)))
 		}
 		// nginx's $request_time has millisecond precision from a clock cached once per event
 		// loop turn, so it misses time spent inside one handler (a worker preempted on this
 		// shared 2-core VM): ours may be larger. Bounds that must hold: not below nginx's (less
 		// its rounding), not above what the client itself measured around the exchange.
 		ours := float64(r.Latency.Microseconds()) / 1000
-		if d := math.Abs(ours - l.RT*1000); d > 5 {
-			t.Logf("%s: latency %v, nginx %.3fs (client saw %v)", k, r.Latency, l.RT, clientDur[r.Host+r.URI])
+		if d := math.Abs(ours - ms(l.RequestTime)); d > 5 {
+			t.Logf("%s: latency %v, nginx %v (client saw %v)", k, r.Latency, l.RequestTime, clientDur[r.Host+r.URI])
 			latencyOff++
 		}
-		if ours < l.RT*1000-2 && r.Method != "POST" { // a discarded body may be logged a loop turn later
-			problems = append(problems, fmt.Sprintf("%s: latency %v below nginx's %.3fs", k, r.Latency, l.RT))
+		if ours < ms(l.RequestTime)-2 && r.Method != "POST" { // a discarded body may be logged a loop turn later
+			problems = append(problems, fmt.Sprintf("%s: latency %v below nginx's %v", k, r.Latency, l.RequestTime))
 		}
 		// Only for keep-alive requests without a body: nginx answers a POST before it has read
 		// (and discarded) the body and logs it after, and logs a Connection: close exchange
@@ -539,29 +391,29 @@ func TestIntegrationNginx(t *testing.T) {
 		if cd, ok := clientDur[r.Host+r.URI]; ok && r.Latency > cd+time.Millisecond {
 			problems = append(problems, fmt.Sprintf("%s: latency %v above the client's %v", k, r.Latency, cd))
 		}
-		diffs = append(diffs, math.Abs(ours-l.RT*1000))
-		if urt, err := strconv.ParseFloat(l.URT, 64); err == nil {
+		diffs = append(diffs, math.Abs(ours-ms(l.RequestTime)))
+		if len(l.UpstreamTimes) == 1 && l.UpstreamTimes[0] >= 0 { // one upstream, its time known
 			switch {
 			case !r.HasUpstream:
-				problems = append(problems, k+": no upstream time, nginx "+l.URT)
-			case math.Abs(float64(r.Upstream.Microseconds())/1000-urt*1000) > 5:
-				t.Logf("%s: upstream %v, nginx %ss: more than 5ms off", k, r.Upstream, l.URT)
+				problems = append(problems, fmt.Sprintf("%s: no upstream time, nginx %v", k, l.UpstreamTime))
+			case math.Abs(ms(r.Upstream)-ms(l.UpstreamTime)) > 5:
+				t.Logf("%s: upstream %v, nginx %v: more than 5ms off", k, r.Upstream, l.UpstreamTime)
 				latencyOff++
 			default:
-				t.Logf("%s: upstream %v, nginx %ss", k, r.Upstream, l.URT)
+				t.Logf("%s: upstream %v, nginx %v", k, r.Upstream, l.UpstreamTime)
 			}
 		} else if r.HasUpstream && !strings.HasPrefix(r.URI, "/lua/") {
 			// (a cosocket call-out is indistinguishable from an upstream on the wire)
 			problems = append(problems, fmt.Sprintf("%s: upstream %v, nginx had none", k, r.Upstream))
 		}
-		if r.BytesSent != l.Bytes {
-			problems = append(problems, fmt.Sprintf("%s: bytes %d, nginx %d", k, r.BytesSent, l.Bytes))
+		if r.BytesSent != l.BytesSent {
+			problems = append(problems, fmt.Sprintf("%s: bytes %d, nginx %d", k, r.BytesSent, l.BytesSent))
 		}
 		if r.PID != l.PID || !workers[r.PID] {
 			problems = append(problems, fmt.Sprintf("%s: pid %d, nginx %d", k, r.PID, l.PID))
 		}
-		if port, _ := strconv.Atoi(l.Port); !r.ListenerKnown || r.UnixListener || int(r.LocalPort) != port {
-			problems = append(problems, fmt.Sprintf("%s: listener known %v unix %v port %d, nginx's port %s", k, r.ListenerKnown, r.UnixListener, r.LocalPort, l.Port))
+		if !r.ListenerKnown || r.UnixListener || int(r.LocalPort) != l.ServerPort {
+			problems = append(problems, fmt.Sprintf("%s: listener known %v unix %v port %d, nginx's port %d", k, r.ListenerKnown, r.UnixListener, r.LocalPort, l.ServerPort))
 		}
 	}
 	for k, ls := range wantBy {
@@ -575,7 +427,7 @@ func TestIntegrationNginx(t *testing.T) {
 	}
 	t.Logf("%d of %d latencies more than 5ms off nginx's $request_time", latencyOff, len(got))
 	if len(problems) > 0 {
-		b, _ := os.ReadFile(filepath.Join(ng.dir, "access.log"))
+		b, _ := os.ReadFile(ng.AccessLogPath())
 		t.Logf("access log:\n%s", b)
 	}
 	for _, p := range problems {
@@ -609,7 +461,7 @@ func TestIntegrationNginx(t *testing.T) {
 	seenMu.Unlock()
 
 	// Untrack detaches: no more events.
-	tr.Untrack(ng.gateway().ID())
+	tr.Untrack(ng.gateway(t).ID())
 	before := tr.Status().Events
 	do("GET", base+"/r/after-untrack", "", nil)
 	time.Sleep(100 * time.Millisecond)
@@ -675,7 +527,7 @@ func TestWrkOverhead(t *testing.T) {
 		var ratios []float64
 		for round := 0; round < 3; round++ {
 			without := wrk(tc.url)
-			if err := tr.Track(ng.gateway()); err != nil {
+			if err := tr.Track(ng.gateway(t)); err != nil {
 				t.Fatal(err)
 			}
 			mu.Lock()
@@ -684,7 +536,7 @@ func TestWrkOverhead(t *testing.T) {
 			before := tr.Status()
 			with := wrk(tc.url)
 			time.Sleep(300 * time.Millisecond)
-			tr.Untrack(ng.gateway().ID())
+			tr.Untrack(ng.gateway(t).ID())
 			mu.Lock()
 			n := seen
 			mu.Unlock()
@@ -747,28 +599,41 @@ func waitFor(t *testing.T, col *collector, uris []string) []*model.Request {
 	}
 }
 
+// newTracer returns a tracer (default options), closed when the test ends.
+func newTracer(t *testing.T) *Tracer {
+	t.Helper()
+	tr, err := New(Options{Log: testr.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+// runTracer runs tr until the test ends and returns what it reports.
+func runTracer(t *testing.T, tr *Tracer) *collector {
+	col := &collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx, col) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return col
+}
+
 // TestIntegrationPerfEventFallback attaches through perf-event uprobes, the path taken where
 // uprobe_multi is missing (kernels < 6.6).
 func TestIntegrationPerfEventFallback(t *testing.T) {
 	havePrereqs(t, "nginx")
 	ng := startNginx(t)
-	tr, err := New(Options{Log: testr.New(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := newTracer(t)
 	tr.mode = "perf_event" // as if uprobe_multi had failed
-	if err := tr.Track(ng.gateway()); err != nil {
+	if err := tr.Track(ng.gateway(t)); err != nil {
 		t.Fatal(err)
 	}
 	if m := tr.Status().Mode; m != "perf_event" {
 		t.Fatalf("mode %q", m)
 	}
-	col := &collector{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx, col) }()
-	defer func() { cancel(); <-done }()
+	col := runTracer(t, tr)
 	for _, r := range waitFor(t, col, getOK(t, fmt.Sprintf("http://127.0.0.1:%d", ng.plain), "perf", 5)) {
 		if r.Status != 200 || r.Method != "GET" {
 			t.Errorf("%+v", r)
@@ -780,46 +645,21 @@ func TestIntegrationPerfEventFallback(t *testing.T) {
 func TestIntegrationReload(t *testing.T) {
 	havePrereqs(t, "nginx")
 	ng := startNginx(t)
-	tr, err := New(Options{Log: testr.New(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	gw := ng.gateway()
+	tr := newTracer(t)
+	gw := ng.gateway(t)
 	if err := tr.Track(gw); err != nil {
 		t.Fatal(err)
 	}
-	col := &collector{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx, col) }()
-	defer func() { cancel(); <-done }()
+	col := runTracer(t, tr)
 	base := fmt.Sprintf("http://127.0.0.1:%d", ng.plain)
 	waitFor(t, col, getOK(t, base, "before", 3))
 
-	old := map[int]bool{}
-	for _, w := range ng.workers {
-		old[w] = true
-	}
-	if err := ng.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := ng.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	var fresh []int
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		fresh = fresh[:0]
-		for _, p := range childrenOf(ng.master) {
-			if !old[p] {
-				fresh = append(fresh, p)
-			}
-		}
-		if len(fresh) == 2 && len(childrenOf(ng.master)) == 2 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if len(fresh) != 2 {
-		t.Fatalf("new workers: %v", fresh)
+	fresh, err := ng.WorkerPIDs()
+	if err != nil || len(fresh) != 2 || slices.Contains(fresh, ng.workers[0]) || slices.Contains(fresh, ng.workers[1]) {
+		t.Fatalf("workers %v after the reload, %v before (%v)", fresh, ng.workers, err)
 	}
 	// Before SetPIDs the new workers are not captured...
 	getOK(t, base, "unfiltered", 2)

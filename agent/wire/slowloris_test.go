@@ -59,13 +59,13 @@ func TestIntegrationSlowloris(t *testing.T) {
 	// nginx waits for the heads as long as the test lasts (client_header_timeout), and has
 	// room for them all in either worker.
 	ng := startNginxWith(t, nginxOptions{workerConnections: nSlow + 1000, rlimitNofile: int(want.Cur),
-		http: "client_header_timeout 10m;"})
+		server: "client_header_timeout 10m;"})
 	tr, err := New(Options{Log: testr.New(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	if err := tr.Track(ng.gateway()); err != nil {
+	if err := tr.Track(ng.gateway(t)); err != nil {
 		t.Fatal(err)
 	}
 	col := &collector{}
@@ -193,8 +193,8 @@ func TestIntegrationSlowloris(t *testing.T) {
 			}
 		}
 		for _, l := range ng.accessLog(t) {
-			if strings.HasPrefix(l.URI, "/real/") {
-				logged = append(logged, key(l.Method, l.URI, l.Status, l.Bytes))
+			if strings.HasPrefix(l.RequestURI, "/real/") {
+				logged = append(logged, key(l.Method, l.RequestURI, l.Status, l.BytesSent))
 			}
 		}
 		if len(logged) == 240 && len(got) >= len(logged) || time.Now().After(deadline) {

@@ -7,32 +7,29 @@ package app
 
 import (
 	"fmt"
-	"net"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/kong-watcher/kong-watcher/agent/kube"
 	"github.com/kong-watcher/kong-watcher/agent/listeners"
-	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/api/agentenv"
 )
 
 // Data path names (Config.DataPath and Stats.dataPath).
 const (
-	DataPathAuto  = "auto"          // nginx's request object, falling back to the wire per gateway
-	DataPathNginx = "nginx-request" // only nginx's request object
-	DataPathWire  = "wire"          // only libc/OpenSSL reads and writes
+	DataPathAuto  = agentenv.DataPathAuto
+	DataPathNginx = agentenv.DataPathNginx
+	DataPathWire  = agentenv.DataPathWire
 )
 
 // Lua phase timing modes (Config.LuaPhases).
 const (
-	LuaOff     = "off"
-	LuaOn      = "on"
-	LuaSampled = "sampled"
+	LuaOff     = agentenv.LuaOff
+	LuaOn      = agentenv.LuaOn
+	LuaSampled = agentenv.LuaSampled
 )
 
-// Config is everything the agent needs, parsed from the environment (the names the webhook injects, api/v1alpha1).
+// Config is everything the agent needs, read from the environment (api/agentenv).
 type Config struct {
 	LogLevel      string
 	JSONLog       bool
@@ -46,7 +43,7 @@ type Config struct {
 	// DataPath: auto, nginx-request or wire.
 	DataPath string
 	// LuaPhases: "off", "on" (every request: 2 extra probe hits per Lua handler call and one
-	// per request) or "sampled" (on for LuaSampleFor every LuaSampleEvery; the default).
+	// per request) or "sampled" (on for LuaSampleFor every LuaSampleEvery).
 	LuaPhases                    string
 	LuaSampleEvery, LuaSampleFor time.Duration
 	// MaxHosts / MaxPaths bound the per-host and per-path rows; the rest fold into "other".
@@ -77,190 +74,61 @@ type Config struct {
 	AlertMinRequests       uint64
 }
 
-// Environment variables of the Kubernetes reporter.
-const (
-	EnvTrafficStatsEventInterval = "TRAFFIC_STATS_EVENT_INTERVAL"
-	EnvHighErrorRateThreshold    = v1alpha1.EnvHighErrorRateThreshold
-	EnvHighLatencyP99Ms          = v1alpha1.EnvHighLatencyP99Ms
-	EnvAlertMinRequests          = v1alpha1.EnvAlertMinRequests
-)
-
 // FromEnv reads the agent's configuration from environment variables (lookup is os.LookupEnv
-// in production, a map in tests). Invalid values are errors: the agent refuses to start with
-// a configuration it would silently misread.
+// in production, a map in tests), each with its api/agentenv setting. Invalid values are
+// errors: the agent refuses to start with a configuration it would silently misread.
 func FromEnv(lookup func(string) (string, bool)) (Config, error) {
-	c := Config{
-		LogLevel:       "info",
-		JSONLog:        false,
-		ProcessName:    v1alpha1.DefaultProcessName,
-		StatsInterval:  30 * time.Second,
-		MetricsAddr:    v1alpha1.DefaultMetricsAddr,
-		ProcRoot:       "/proc",
-		DataPath:       DataPathAuto,
-		LuaPhases:      LuaSampled,
-		LuaSampleEvery: time.Minute,
-		LuaSampleFor:   2 * time.Second,
-		MaxHosts:       100,
-		MaxPaths:       200,
-		ScanInterval:   time.Second,
-
-		TrafficStatsEventInterval: kube.DefaultTrafficStatsInterval,
-		HighErrorRateThreshold:    kube.DefaultErrorRateThreshold,
-		HighLatencyP99Ms:          kube.DefaultLatencyP99Ms,
-		AlertMinRequests:          kube.DefaultMinRequests,
-	}
-	get := func(k string) (string, bool) {
-		v, ok := lookup(k)
-		v = strings.TrimSpace(v)
-		return v, ok && v != ""
-	}
+	c := Config{ScanInterval: time.Second}
 	var errs []string
-	if v, ok := get(v1alpha1.EnvLogLevel); ok {
-		switch strings.ToLower(v) {
-		case "debug", "info", "warn", "error":
-			c.LogLevel = strings.ToLower(v)
-		default:
-			errs = append(errs, fmt.Sprintf("%s=%q: want debug, info, warn or error", v1alpha1.EnvLogLevel, v))
+	for _, read := range []func(func(string) (string, bool)) error{
+		field(&agentenv.LogLevel, &c.LogLevel),
+		field(&agentenv.JSONLog, &c.JSONLog),
+		field(&agentenv.ProcessName, &c.ProcessName),
+		field(&agentenv.StatsInterval, &c.StatsInterval),
+		field(&agentenv.MetricsAddr, &c.MetricsAddr),
+		field(&agentenv.PodName, &c.PodName),
+		field(&agentenv.PodNamespace, &c.PodNamespace),
+		field(&agentenv.DataPath, &c.DataPath),
+		field(&agentenv.LuaPhases, &c.LuaPhases),
+		field(&agentenv.LuaSampleEvery, &c.LuaSampleEvery),
+		field(&agentenv.LuaSampleFor, &c.LuaSampleFor),
+		field(&agentenv.MaxHosts, &c.MaxHosts),
+		field(&agentenv.MaxPaths, &c.MaxPaths),
+		field(&agentenv.Listeners, &c.Listeners),
+		field(&agentenv.TrafficStatsEventInterval, &c.TrafficStatsEventInterval),
+		field(&agentenv.HighErrorRateThreshold, &c.HighErrorRateThreshold),
+		field(&agentenv.HighLatencyP99Ms, &c.HighLatencyP99Ms),
+		field(&agentenv.AlertMinRequests, &c.AlertMinRequests),
+		field(&agentenv.ManagerURL, &c.ManagerURL),
+		field(&agentenv.ManagerCA, &c.ManagerCA),
+		field(&agentenv.ManagerAddr, &c.ManagerAddr),
+		field(&agentenv.TokenFile, &c.TokenFile),
+		field(&agentenv.ProcRoot, &c.ProcRoot),
+		field(&agentenv.OnlyPIDs, &c.OnlyMasterPIDs),
+	} {
+		if err := read(lookup); err != nil {
+			errs = append(errs, err.Error())
 		}
 	}
-	if v, ok := get(v1alpha1.EnvJSONLog); ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s=%q: want true or false", v1alpha1.EnvJSONLog, v))
-		}
-		c.JSONLog = b
-	}
-	if v, ok := get(v1alpha1.EnvProcessName); ok {
-		if len(v) > 15 || strings.ContainsAny(v, "/\n") {
-			errs = append(errs, fmt.Sprintf("%s=%q: want a kernel process name (at most 15 bytes, no '/')", v1alpha1.EnvProcessName, v))
-		}
-		c.ProcessName = v
-	}
-	if v, ok := get(v1alpha1.EnvStatsInterval); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < time.Second || d > time.Hour {
-			errs = append(errs, fmt.Sprintf("%s=%q: want a Go duration between 1s and 1h", v1alpha1.EnvStatsInterval, v))
-		}
-		c.StatsInterval = d
-	}
-	if v, ok := get(v1alpha1.EnvMetricsAddr); ok {
-		if err := CheckListenAddr(v); err != nil {
-			errs = append(errs, fmt.Sprintf("%s=%v", v1alpha1.EnvMetricsAddr, err))
-		}
-		c.MetricsAddr = v
-	}
-	c.PodName, _ = get(v1alpha1.EnvPodName)
-	c.PodNamespace, _ = get(v1alpha1.EnvPodNamespace)
-	c.ManagerURL, _ = get(v1alpha1.EnvManagerURL)
-	if v, ok := get(v1alpha1.EnvManagerAddr); ok {
-		if _, _, err := net.SplitHostPort(v); err != nil {
-			errs = append(errs, fmt.Sprintf("%s=%q: want host:port", v1alpha1.EnvManagerAddr, v))
-		} else {
-			c.ManagerAddr = v
-		}
-	}
-	if v, ok := get(v1alpha1.EnvManagerCA); ok {
-		c.ManagerCA = []byte(v)
-	}
-	c.TokenFile, _ = get(v1alpha1.EnvTokenFile)
 	if c.ManagerURL != "" && (len(c.ManagerCA) == 0 || c.TokenFile == "") {
-		errs = append(errs, fmt.Sprintf("%s needs %s and %s", v1alpha1.EnvManagerURL, v1alpha1.EnvManagerCA, v1alpha1.EnvTokenFile))
-	}
-	if v, ok := get("KONG_WATCHER_PROC_ROOT"); ok {
-		c.ProcRoot = v
-	}
-	if v, ok := get("KONG_WATCHER_DATA_PATH"); ok {
-		switch v {
-		case DataPathAuto, DataPathNginx, DataPathWire:
-			c.DataPath = v
-		default:
-			errs = append(errs, fmt.Sprintf("KONG_WATCHER_DATA_PATH=%q: want auto, nginx-request or wire", v))
-		}
-	}
-	if v, ok := get("KONG_WATCHER_LUA_PHASES"); ok {
-		switch v {
-		case LuaOff, LuaOn, LuaSampled:
-			c.LuaPhases = v
-		default:
-			errs = append(errs, fmt.Sprintf("KONG_WATCHER_LUA_PHASES=%q: want off, on or sampled", v))
-		}
-	}
-	for _, p := range []struct {
-		env string
-		dst *time.Duration
-	}{{"KONG_WATCHER_LUA_SAMPLE_EVERY", &c.LuaSampleEvery}, {"KONG_WATCHER_LUA_SAMPLE_FOR", &c.LuaSampleFor}} {
-		if v, ok := get(p.env); ok {
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 100*time.Millisecond {
-				errs = append(errs, fmt.Sprintf("%s=%q: want a Go duration of at least 100ms", p.env, v))
-			}
-			*p.dst = d
-		}
+		errs = append(errs, fmt.Sprintf("%s needs %s and %s", agentenv.ManagerURL.Env, agentenv.ManagerCA.Env, agentenv.TokenFile.Env))
 	}
 	if c.LuaSampleFor >= c.LuaSampleEvery {
-		errs = append(errs, "KONG_WATCHER_LUA_SAMPLE_FOR must be shorter than KONG_WATCHER_LUA_SAMPLE_EVERY")
-	}
-	for _, p := range []struct {
-		env string
-		dst *int
-	}{{"KONG_WATCHER_MAX_HOSTS", &c.MaxHosts}, {"KONG_WATCHER_MAX_PATHS", &c.MaxPaths}} {
-		if v, ok := get(p.env); ok {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || n > 10000 {
-				errs = append(errs, fmt.Sprintf("%s=%q: want an integer between 1 and 10000", p.env, v))
-			}
-			*p.dst = n
-		}
-	}
-	if v, ok := get("KONG_WATCHER_ONLY_PIDS"); ok {
-		for _, f := range strings.Split(v, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 1 {
-				errs = append(errs, fmt.Sprintf("KONG_WATCHER_ONLY_PIDS=%q: want comma-separated PIDs", v))
-				break
-			}
-			c.OnlyMasterPIDs = append(c.OnlyMasterPIDs, n)
-		}
-	}
-	if v, ok := get(v1alpha1.EnvListeners); ok {
-		s, err := listeners.ParseOverride(v)
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s=%q: %v", v1alpha1.EnvListeners, v, err))
-		}
-		c.Listeners = &s
-	}
-	if v, ok := get(EnvTrafficStatsEventInterval); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil || (d != 0 && d < time.Second) {
-			errs = append(errs, fmt.Sprintf("%s=%q: want a Go duration of at least 1s, or 0 (off)", EnvTrafficStatsEventInterval, v))
-		}
-		c.TrafficStatsEventInterval = d
-	}
-	if v, ok := get(EnvHighErrorRateThreshold); ok {
-		f, err := kube.ParseErrorRate(v)
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s=%v", EnvHighErrorRateThreshold, err))
-		}
-		c.HighErrorRateThreshold = f
-	}
-	if v, ok := get(EnvHighLatencyP99Ms); ok {
-		f, err := kube.ParseLatencyMs(v)
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s=%v", EnvHighLatencyP99Ms, err))
-		}
-		c.HighLatencyP99Ms = f
-	}
-	if v, ok := get(EnvAlertMinRequests); ok {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil || n < 1 {
-			errs = append(errs, fmt.Sprintf("%s=%q: want a positive integer", EnvAlertMinRequests, v))
-		}
-		c.AlertMinRequests = n
+		errs = append(errs, fmt.Sprintf("%s must be shorter than %s", agentenv.LuaSampleFor.Env, agentenv.LuaSampleEvery.Env))
 	}
 	if len(errs) > 0 {
 		return c, fmt.Errorf("invalid agent configuration: %s", strings.Join(errs, "; "))
 	}
 	return c, nil
+}
+
+// field reads setting s into *dst.
+func field[T any](s *agentenv.Setting[T], dst *T) func(func(string) (string, bool)) error {
+	return func(lookup func(string) (string, bool)) error {
+		v, err := s.Get(lookup)
+		*dst = v
+		return err
+	}
 }
 
 // OSEnv is FromEnv's lookup in production.

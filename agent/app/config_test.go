@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kong-watcher/kong-watcher/api/agentenv"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -72,5 +74,45 @@ func TestFromEnvReporter(t *testing.T) {
 		if _, err := FromEnv(env(map[string]string{kv[0]: kv[1]})); err == nil || !strings.Contains(err.Error(), kv[0]) {
 			t.Errorf("%s=%s: err = %v", kv[0], kv[1], err)
 		}
+	}
+}
+
+func TestFromEnvMetricsAddr(t *testing.T) {
+	_, err := FromEnv(env(map[string]string{"METRICS_ADDR": "9464"}))
+	if err == nil || !strings.Contains(err.Error(), `METRICS_ADDR="9464"`) {
+		t.Errorf("FromEnv(METRICS_ADDR=9464) = %v", err)
+	}
+	c, err := FromEnv(env(map[string]string{"METRICS_ADDR": "127.0.0.1:9464"}))
+	if err != nil || c.MetricsAddr != "127.0.0.1:9464" {
+		t.Errorf("FromEnv(METRICS_ADDR=127.0.0.1:9464) = %q, %v", c.MetricsAddr, err)
+	}
+}
+
+// FromEnv reads every setting of the contract but the supervisor's (read before, by Main):
+// a value the setting refuses stops the agent, naming the variable.
+func TestFromEnvReadsEverySetting(t *testing.T) {
+	for _, s := range agentenv.All {
+		name := s.Info().Env
+		const bad = "/\x00 not a value: 1,,2"
+		if name == agentenv.Supervise.Env || s.Check(bad) == nil {
+			continue
+		}
+		if _, err := FromEnv(env(map[string]string{name: bad})); err == nil || !strings.Contains(err.Error(), name+"=") {
+			t.Errorf("%s=%q: FromEnv error %v, want one naming %s", name, bad, err, name)
+		}
+	}
+	c, err := FromEnv(env(map[string]string{"KONG_WATCHER_PROC_ROOT": "/host/proc", "KONG_WATCHER_MANAGER_URL": "https://m/report",
+		"KONG_WATCHER_MANAGER_CA": "ca", "KONG_WATCHER_TOKEN_FILE": "/t", "KONG_WATCHER_MANAGER_ADDR": "10.0.0.1:443"}))
+	if err != nil || c.ProcRoot != "/host/proc" || c.ManagerURL != "https://m/report" || string(c.ManagerCA) != "ca" ||
+		c.TokenFile != "/t" || c.ManagerAddr != "10.0.0.1:443" {
+		t.Errorf("FromEnv = %+v, %v", c, err)
+	}
+	if _, err := FromEnv(env(map[string]string{"KONG_WATCHER_MANAGER_URL": "https://m/report"})); err == nil ||
+		!strings.Contains(err.Error(), "KONG_WATCHER_MANAGER_URL needs") {
+		t.Errorf("a manager URL without CA and token: %v", err)
+	}
+	if _, err := FromEnv(env(map[string]string{"KONG_WATCHER_LUA_SAMPLE_FOR": "1m"})); err == nil ||
+		!strings.Contains(err.Error(), "KONG_WATCHER_LUA_SAMPLE_FOR must be shorter") {
+		t.Errorf("a Lua sample as long as its period: %v", err)
 	}
 }

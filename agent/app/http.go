@@ -2,10 +2,6 @@ package app
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -24,7 +20,7 @@ type PortNotifier interface {
 
 // HTTPOptions configures StartHTTP.
 type HTTPOptions struct {
-	// Addr is METRICS_ADDR (Config.MetricsAddr, checked by CheckListenAddr).
+	// Addr is METRICS_ADDR (Config.MetricsAddr).
 	Addr string
 	// Stats, Ready and Registry are what the endpoints serve (see report.NewServer).
 	Stats    func() v1alpha1.Stats
@@ -58,33 +54,4 @@ func StartHTTP(ctx context.Context, o HTTPOptions) *report.Server {
 func (a *Agent) StartHTTP(ctx context.Context, notify PortNotifier) *report.Server {
 	return StartHTTP(ctx, HTTPOptions{Addr: a.cfg.MetricsAddr, Stats: a.Stats, Ready: a.Ready, Registry: a.Registry,
 		Notify: notify, Log: a.log.WithName("http")})
-}
-
-// CheckListenAddr checks a METRICS_ADDR value: "[host]:port" where host is empty (every
-// address of the pod: what Prometheus scrapes), an IP address ("127.0.0.1" keeps /stats off
-// the node's network for a hostNetwork pod) or "localhost", and port is 1-65535. A host name
-// is refused: it would be resolved once, at bind time, to one of its addresses.
-func CheckListenAddr(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q: want [host]:port, such as :%d or 127.0.0.1:%d: %v", addr,
-			v1alpha1.DefaultMetricsPort, v1alpha1.DefaultMetricsPort, errDetail(err))
-	}
-	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-		return fmt.Errorf("%q: port %q: want a number between 1 and 65535", addr, port)
-	}
-	if host != "" && host != "localhost" {
-		if _, err := netip.ParseAddr(host); err != nil {
-			return fmt.Errorf("%q: host %q: want an IP address, localhost, or nothing (every address)", addr, host)
-		}
-	}
-	return nil
-}
-
-// errDetail is a net.AddrError's reason without the address it repeats.
-func errDetail(err error) string {
-	if ae, ok := err.(*net.AddrError); ok {
-		return ae.Err
-	}
-	return err.Error()
 }

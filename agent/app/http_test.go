@@ -24,32 +24,6 @@ import (
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
-func TestCheckListenAddr(t *testing.T) {
-	for _, ok := range []string{":9464", "0.0.0.0:9464", "127.0.0.1:9464", "[::1]:9464", "[::]:1", "localhost:65535", "[fe80::1%eth0]:9464"} {
-		if err := CheckListenAddr(ok); err != nil {
-			t.Errorf("CheckListenAddr(%q) = %v", ok, err)
-		}
-	}
-	for bad, why := range map[string]string{
-		"9464": "want [host]:port", "": "want [host]:port", "127.0.0.1": "want [host]:port",
-		"::1:9464": "want [host]:port", ":0": "port", ":65536": "port", ":http": "port", ":-1": "port",
-		"example.com:9464": "host", "127.0.0.1.2:9464": "host", "http://127.0.0.1:9464": "want [host]:port",
-	} {
-		err := CheckListenAddr(bad)
-		if err == nil || !strings.Contains(err.Error(), why) || !strings.Contains(err.Error(), fmt.Sprintf("%q", bad)) {
-			t.Errorf("CheckListenAddr(%q) = %v, want an error quoting it and saying %q", bad, err, why)
-		}
-	}
-	_, err := FromEnv(env(map[string]string{"METRICS_ADDR": "9464"}))
-	if err == nil || !strings.Contains(err.Error(), `METRICS_ADDR="9464"`) {
-		t.Errorf("FromEnv(METRICS_ADDR=9464) = %v", err)
-	}
-	c, err := FromEnv(env(map[string]string{"METRICS_ADDR": "127.0.0.1:9464"}))
-	if err != nil || c.MetricsAddr != "127.0.0.1:9464" {
-		t.Errorf("FromEnv(METRICS_ADDR=127.0.0.1:9464) = %q, %v", c.MetricsAddr, err)
-	}
-}
-
 // testPipeline is the agent's pipeline (aggregator, metrics, request log) without the BPF
 // data paths: tests feed its sink as a data path would.
 func testPipeline(t *testing.T) *Agent {

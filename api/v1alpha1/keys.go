@@ -60,7 +60,8 @@ const (
 // AgentContainerName is the name of the injected sidecar container.
 const AgentContainerName = "kong-watcher-agent"
 
-// Agent environment variables (the seed's names, kept).
+// The agent's environment variables. What each means, its default and the values it takes
+// are in api/agentenv, which the agent and the webhook both read them with.
 const (
 	EnvLogLevel      = "LOG_LEVEL"
 	EnvJSONLog       = "ENABLE_JSON_LOG"
@@ -73,19 +74,30 @@ const (
 	// place when it dies, so its container (a native sidecar: the pod is NotReady while one
 	// restarts) never exits. The webhook sets it.
 	EnvSupervise = "KONG_WATCHER_SUPERVISE"
-	// Alert thresholds (the agent's defaults: 5%, 1000 ms, 20 requests).
-	EnvHighErrorRateThreshold = "HIGH_ERROR_RATE_THRESHOLD"
-	EnvHighLatencyP99Ms       = "HIGH_LATENCY_P99_MS"
-	EnvAlertMinRequests       = "ALERT_MIN_REQUESTS"
+	// Alert thresholds, and how often the TrafficStats Event is recorded.
+	EnvHighErrorRateThreshold    = "HIGH_ERROR_RATE_THRESHOLD"
+	EnvHighLatencyP99Ms          = "HIGH_LATENCY_P99_MS"
+	EnvAlertMinRequests          = "ALERT_MIN_REQUESTS"
+	EnvTrafficStatsEventInterval = "TRAFFIC_STATS_EVENT_INTERVAL"
 	// EnvListeners overrides the listener names the agent learns from Kong's environment.
 	EnvListeners = "KONG_WATCHER_LISTENERS"
+	// The data path, Lua phase timing and the bounds of the host and path rows.
+	EnvDataPath       = "KONG_WATCHER_DATA_PATH"
+	EnvLuaPhases      = "KONG_WATCHER_LUA_PHASES"
+	EnvLuaSampleEvery = "KONG_WATCHER_LUA_SAMPLE_EVERY"
+	EnvLuaSampleFor   = "KONG_WATCHER_LUA_SAMPLE_FOR"
+	EnvMaxHosts       = "KONG_WATCHER_MAX_HOSTS"
+	EnvMaxPaths       = "KONG_WATCHER_MAX_PATHS"
+	// For tests and debugging: where the processes are visible, and which gateways to follow.
+	EnvProcRoot = "KONG_WATCHER_PROC_ROOT"
+	EnvOnlyPIDs = "KONG_WATCHER_ONLY_PIDS"
 )
 
-// Agent defaults.
+// Agent defaults the webhook needs too (the others are in api/agentenv), and the name of
+// the agent's metrics port.
 const (
 	DefaultProcessName   = "nginx"
 	DefaultStatsInterval = "30s"
-	DefaultMetricsAddr   = ":9464"
 	DefaultMetricsPort   = 9464
 	MetricsPortName      = "kw-metrics"
 )

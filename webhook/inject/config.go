@@ -10,14 +10,14 @@ package inject
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
-	"github.com/kong-watcher/kong-watcher/agent/kube"
+	"github.com/kong-watcher/kong-watcher/api/agentenv"
+	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/internal/version"
 )
 
@@ -40,8 +40,8 @@ type Config struct {
 	// ExcludedNamespaces never get the agent (kube-system, the webhook's own namespace).
 	ExcludedNamespaces []string
 	// Alert thresholds passed to the agent as HIGH_ERROR_RATE_THRESHOLD, HIGH_LATENCY_P99_MS
-	// and ALERT_MIN_REQUESTS, checked with the agent's own parsers; empty leaves the agent's
-	// default (5%, 1000 ms, 20). Per pod, the threshold annotations still win.
+	// and ALERT_MIN_REQUESTS; empty injects none, leaving the agent's default. Per pod, the
+	// threshold annotations still win.
 	HighErrorRateThreshold string
 	HighLatencyP99Ms       string
 	AlertMinRequests       string
@@ -66,16 +66,6 @@ type ReportConfig struct {
 	CA func() []byte
 }
 
-// Bounds of the stats interval, shared by Config.Validate and the per-pod annotation.
-const (
-	MinStatsInterval = time.Second
-	MaxStatsInterval = time.Hour
-)
-
-// maxCommLen is TASK_COMM_LEN (16) minus the terminating NUL: the kernel truncates a process
-// name to 15 bytes, so a longer KONG_PROCESS_NAME could never match.
-const maxCommLen = 15
-
 // DefaultConfig returns the settings used when the webhook is started without flags.
 func DefaultConfig() Config {
 	return Config{
@@ -91,12 +81,13 @@ func DefaultConfig() Config {
 				corev1.ResourceMemory: resource.MustParse("256Mi"),
 			},
 		},
-		LogLevel:           "info",
+		LogLevel:    agentenv.LogLevel.Default,
+		ProcessName: agentenv.ProcessName.Default,
+		// JSON logs, unlike the agent's default: in a cluster a log collector reads them.
 		JSONLog:            true,
-		ProcessName:        "nginx",
-		StatsInterval:      30 * time.Second,
+		StatsInterval:      agentenv.StatsInterval.DefaultValue(),
 		NativeSidecar:      true,
-		MetricsPort:        9464,
+		MetricsPort:        kwv1.DefaultMetricsPort,
 		AgentVersion:       version.Version,
 		ExcludedNamespaces: []string{"kube-system"},
 	}
@@ -129,8 +120,9 @@ func (c Config) Validate() error {
 	if err := validateStatsInterval(c.StatsInterval); err != nil {
 		errs = append(errs, err)
 	}
-	if c.MetricsPort < 1 || c.MetricsPort > 65535 {
-		errs = append(errs, fmt.Errorf("metrics port %d must be in 1..65535", c.MetricsPort))
+	// The agent reads the port as part of METRICS_ADDR, as rendered for any pod.
+	if err := agentenv.MetricsAddr.Check(metricsAddr(c.MetricsPort, false)); err != nil {
+		errs = append(errs, fmt.Errorf("metrics port %d: %w", c.MetricsPort, err))
 	}
 	if c.AgentVersion == "" {
 		errs = append(errs, errors.New("agent version must not be empty (it is written to the "+
@@ -138,19 +130,20 @@ func (c Config) Validate() error {
 	} else if len(c.AgentVersion) > 63 || strings.ContainsAny(c.AgentVersion, " \t\r\n") {
 		errs = append(errs, fmt.Errorf("agent version %q must be at most 63 characters without whitespace", c.AgentVersion))
 	}
-	if v := c.HighErrorRateThreshold; v != "" {
-		if _, err := kube.ParseErrorRate(v); err != nil {
-			errs = append(errs, fmt.Errorf("high error rate threshold: %w", err))
+	for _, o := range []struct {
+		what string
+		v    string
+		s    agentenv.Var
+	}{
+		{"high error rate threshold", c.HighErrorRateThreshold, &agentenv.HighErrorRateThreshold},
+		{"high latency p99 ms", c.HighLatencyP99Ms, &agentenv.HighLatencyP99Ms},
+		{"alert min requests", c.AlertMinRequests, &agentenv.AlertMinRequests},
+	} {
+		if o.v == "" {
+			continue
 		}
-	}
-	if v := c.HighLatencyP99Ms; v != "" {
-		if _, err := kube.ParseLatencyMs(v); err != nil {
-			errs = append(errs, fmt.Errorf("high latency p99 ms: %w", err))
-		}
-	}
-	if v := c.AlertMinRequests; v != "" {
-		if n, err := strconv.ParseUint(v, 10, 64); err != nil || n < 1 {
-			errs = append(errs, fmt.Errorf("alert min requests %q must be a positive integer", v))
+		if err := o.s.Check(o.v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", o.what, err))
 		}
 	}
 	for _, ns := range c.ExcludedNamespaces {
@@ -185,40 +178,31 @@ func validateResources(r corev1.ResourceRequirements) error {
 	return errors.Join(errs...)
 }
 
-// parseLogLevel accepts the agent's four levels, case-insensitively, and returns the
-// canonical lower-case spelling the agent reads from LOG_LEVEL.
+// The checks below are the agent's own (api/agentenv), worded for the webhook's flags and the
+// pod's annotations rather than the agent's variables.
+
+// parseLogLevel returns the spelling of s the agent reads from LOG_LEVEL.
 func parseLogLevel(s string) (string, error) {
-	l := strings.ToLower(strings.TrimSpace(s))
-	switch l {
-	case "debug", "info", "warn", "error":
-		return l, nil
+	l, err := agentenv.LogLevel.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("log level %w", err)
 	}
-	return "", fmt.Errorf("log level %q must be one of debug, info, warn, error", truncate(s, 32))
+	return l, nil
 }
 
-// validateProcessName checks that name can be a Linux process name (comm): the agent compares
-// it with /proc/<pid>/comm, which holds at most 15 bytes and never a '/'.
+// validateProcessName checks that name can be the process name (comm) of Kong's workers.
 func validateProcessName(name string) error {
-	if name == "" {
-		return errors.New("process name must not be empty")
-	}
-	if len(name) > maxCommLen {
-		return fmt.Errorf("process name %q is longer than %d bytes, the kernel's limit for a process name", truncate(name, 32), maxCommLen)
-	}
-	if strings.TrimSpace(name) != name {
-		return fmt.Errorf("process name %q must not start or end with whitespace", truncate(name, 32))
-	}
-	for i := 0; i < len(name); i++ {
-		if b := name[i]; b < 0x20 || b > 0x7e || b == '/' {
-			return fmt.Errorf("process name %q must be printable ASCII without '/'", truncate(name, 32))
-		}
+	if err := agentenv.ProcessName.Check(name); err != nil {
+		return fmt.Errorf("process name %w", err)
 	}
 	return nil
 }
 
+// validateStatsInterval checks d as the agent reads it from STATS_INTERVAL, where the webhook
+// writes d.String().
 func validateStatsInterval(d time.Duration) error {
-	if d < MinStatsInterval || d > MaxStatsInterval {
-		return fmt.Errorf("stats interval %s must be between %s and %s", d, MinStatsInterval, MaxStatsInterval)
+	if err := agentenv.StatsInterval.Check(d.String()); err != nil {
+		return fmt.Errorf("stats interval %w", err)
 	}
 	return nil
 }

@@ -77,9 +77,13 @@ func TestPodSettingsEachOverride(t *testing.T) {
 		{kwv1.AnnotationProcessName, "fifteen-chars-x", true},
 		{kwv1.AnnotationProcessName, "sixteen-chars-xx", false},
 		{kwv1.AnnotationProcessName, "", false},
-		{kwv1.AnnotationProcessName, " nginx", false},
-		{kwv1.AnnotationProcessName, "ngi\tnx", false},
-		{kwv1.AnnotationProcessName, "nginé", false},
+		// The agent's rule (api/agentenv): what /proc/<pid>/comm can hold, white space
+		// around it ignored.
+		{kwv1.AnnotationProcessName, " nginx", true},
+		{kwv1.AnnotationProcessName, "ngi\tnx", true},
+		{kwv1.AnnotationProcessName, "nginé", true},
+		{kwv1.AnnotationProcessName, "ngi\nnx", false},
+		{kwv1.AnnotationProcessName, "ngi\x00nx", false},
 		{kwv1.AnnotationProcessName, "sbin/nginx", false},
 		{kwv1.AnnotationStatsInterval, "1s", true},
 		{kwv1.AnnotationStatsInterval, "1h", true},

@@ -18,6 +18,9 @@ type build struct {
 	upNelts, upSize uint64
 	// manyHeaders: headers_in outgrew its first part (> 20 headers): last != &part
 	manyHeaders bool
+	// luaRemoved: Lua removed a request header and a response header (the lua module's
+	// removal splits a part and sets nalloc to the new last part's count)
+	luaRemoved bool
 	// badLine: a 400 on the request line: headers_in never initialised
 	badLine bool
 	method  uint64
@@ -67,9 +70,17 @@ func (bl build) sample() Sample {
 		if bl.manyHeaders {
 			nelts = 20
 		}
-		putList(b, bl.U+24, 20, bl.elt, nelts, !bl.manyHeaders)
+		if bl.luaRemoved {
+			putList(b, bl.U+24, 2, bl.elt, nelts, false)
+		} else {
+			putList(b, bl.U+24, 20, bl.elt, nelts, !bl.manyHeaders)
+		}
 	}
-	putList(b, bl.H, 20, bl.elt, 3, true)
+	if bl.luaRemoved {
+		putList(b, bl.H, 0, bl.elt, 3, false)
+	} else {
+		putList(b, bl.H, 20, bl.elt, 3, true)
+	}
 	putList(b, bl.H+listSize, 4, bl.elt, 0, true)
 	put(b, bl.H+HOToStatus, bl.status)
 	put(b, bl.H+HOToServer, 9)
@@ -98,6 +109,7 @@ var builds = []build{
 	{name: "kong-3.10", U: 72, H: 520, D: 368, elt: 56, method: 0x4000, version: 1001, status: 201, upNelts: 1, upSize: 112},
 	{name: "debian-proxied", U: 80, H: 536, D: 424, elt: 48, method: 2, version: 1001, status: 200, upNelts: 1, upSize: 72},
 	{name: "more-than-20-headers", U: 80, H: 536, D: 424, elt: 48, method: 2, version: 1001, status: 200, manyHeaders: true},
+	{name: "lua-removed-headers", U: 80, H: 520, D: 360, elt: 56, method: 2, version: 1001, status: 200, upNelts: 1, upSize: 112, luaRemoved: true},
 	{name: "400-bad-request-line", U: 80, H: 536, D: 424, elt: 48, method: 1, version: 1000, status: 400, badLine: true},
 	{name: "status-0", U: 80, H: 536, D: 424, elt: 48, method: 2, version: 9, status: 0},
 }

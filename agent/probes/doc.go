@@ -81,9 +81,14 @@
 //   - free_request calls that were no client request (no request line, no status, nothing
 //     sent: TLS certificate evaluation, failed HTTP/2 stream setup) are not reported; they
 //     are counted in Status.Ignored. nginx does not log them either.
-//   - Lua phases (Options.LuaPhases): uprobe + uretprobe on ngx_http_lua_{rewrite,access,
-//     content,log}_handler (in the executable for OpenResty/Kong, else in a mapped *lua*
-//     module), paired per thread and summed per request keyed by (tgid, r). The log phase
+//   - Lua phases (Options.LuaPhases): uprobe + uretprobe on the lua module's function that
+//     runs each phase's code (luaHandlers: ngx_http_lua_{rewrite,access,content,log}_handler,
+//     and ngx_http_lua_{header_filter,body_filter,balancer_handler}_{inline,file}, exported,
+//     so found in stripped builds; in the executable for OpenResty/Kong, else in a mapped
+//     *lua* module), the phase in the attach cookie, paired on a per-thread stack (4 deep)
+//     that takes a nested call's time out of its caller's (the header filter runs inside an
+//     access handler that answers with ngx.say/ngx.exit), and summed per request keyed by
+//     (tgid, r). A phase is counted in the requests where it ran Lua. The log phase
 //     runs inside free_request, after the entry probe, so in this mode the event is parked
 //     per thread and a uretprobe on free_request completes it. The time is the handlers'
 //     own: rewrite/access re-entries after a yield are summed, but content-phase code resumed

@@ -121,6 +121,16 @@ http {
       log_by_lua_block { local x = 0 for i = 1, 20000 do x = x + i end }
     }
     location /balanced { proxy_pass http://lua_balanced; }
+    # Lua removes a request header and a response header from the middle of their lists, as
+    # Kong's key-auth (hide_credentials) and response-transformer do on every request.
+    location /cleared {
+      rewrite_by_lua_block { ngx.req.clear_header("X-Secret") }
+      content_by_lua_block {
+        ngx.header["X-A"] = "1" ngx.header["X-Remove"] = "1" ngx.header["X-Z"] = "1"
+        ngx.header["X-Remove"] = nil
+        ngx.say(ngx.var.http_x_secret or "cleared")
+      }
+    }
     # ngx.exit in the access handler answers at once: the header filter runs inside it.
     location /denied {
       access_by_lua_block { ngx.status = 403 ngx.say("no") ngx.exit(403) }

@@ -336,6 +336,39 @@ func TestLuaPhases(t *testing.T) {
 	}
 }
 
+// TestLearnsWhileLuaRemovesHeaders: every request the agent learns from has had a request
+// header and a response header removed by Lua, which rewrites the lists' bookkeeping (the
+// lua module's removal sets nalloc to the last part's count). The layout is learnt anyway,
+// and the requests are counted exactly.
+func TestLearnsWhileLuaRemovesHeaders(t *testing.T) {
+	requireIntegration(t)
+	n := startNginx(t)
+	p, c := startProbes(t, n, Options{})
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}}
+	defer client.CloseIdleConnections()
+	sent := 0
+	for deadline := time.Now().Add(15 * time.Second); p.Status().Mode != "ready" || sent < 50; sent++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no layout learnt after %d requests: %+v", sent, p.Status())
+		}
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/cleared?id=c%d", n.Port, sent), nil)
+		for _, h := range []string{"X-A", "X-Secret", "X-Z"} {
+			req.Header.Set(h, "v")
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "cleared\n" || resp.Header.Get("X-Remove") != "" || resp.Header.Get("X-Z") != "1" {
+			t.Fatalf("the fixture did not remove the headers: %q %v", body, resp.Header)
+		}
+		time.Sleep(10 * time.Millisecond) // the reader polls; give it time to see calibration
+	}
+	checkAgainstLog(t, n, p, c, sent+traffic(t, n, 5))
+}
+
 // TestCutHostAndURI: a Host and a URI longer than the record's buffers (a 100-byte Host, a
 // 300-byte URI) arrive cut and flagged, whether decoded from calibration events or on the
 // fast path, and make marked rows that never merge with a real, shorter host or path.

@@ -61,6 +61,7 @@ func (b *bench) kongLuaRuns(ctx context.Context, t *target, url string, header h
 				return err
 			}
 			pacedH(ctx, url, header, c.kongLuaRate, c.warmup, conns)
+			b.checkDataPath("kong-lua "+mode, b.snap(a, time.Second))
 			os.Truncate(t.g.AccessLogPath(), 0) //nolint:errcheck
 			acct := b.startBPFAccounting(a.pid())
 			workers, _ := t.g.WorkerPIDs()

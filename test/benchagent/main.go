@@ -644,6 +644,7 @@ func (b *bench) throughputRun(ctx context.Context, t *target, s scenario, round 
 		rr.attempts = attempt
 		if withAgent {
 			after := b.snap(t.agent, 3*time.Second)
+			b.checkDataPath(fmt.Sprintf("%s round %d", s.name, round+1), after)
 			rr.counted, rr.dropped = -1, -1
 			if before.ok && after.ok {
 				rr.counted = int64(after.requests) - int64(before.requests)
@@ -662,6 +663,7 @@ func (b *bench) throughputRun(ctx context.Context, t *target, s scenario, round 
 type statsSnap struct {
 	ok                bool
 	requests, dropped uint64
+	dataPath          string
 }
 
 func (b *bench) snap(a *agentRunner, settle time.Duration) statsSnap {
@@ -670,7 +672,15 @@ func (b *bench) snap(a *agentRunner, settle time.Duration) statsSnap {
 		b.logf("  agent /stats: %v", err)
 		return statsSnap{}
 	}
-	return statsSnap{ok: true, requests: st.Total.Requests, dropped: st.Total.DroppedEvents}
+	return statsSnap{ok: true, requests: st.Total.Requests, dropped: st.Total.DroppedEvents, dataPath: st.DataPath}
+}
+
+// checkDataPath fails the run when the agent, left to choose, did not read nginx's request
+// object: its cost and exactness would be the fallback's, measured under the wrong name.
+func (b *bench) checkDataPath(what string, s statsSnap) {
+	if s.ok && b.cfg.dataPath == "" && s.dataPath != "nginx-request" {
+		b.fail("%s: the agent reads through the %q data path, not nginx's request object (see its log)", what, s.dataPath)
+	}
 }
 
 func pidList(pid int) []int {

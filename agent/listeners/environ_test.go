@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -37,10 +38,22 @@ func TestKongEnviron(t *testing.T) {
 			}
 			cmd := exec.Command(bin, args...)
 			cmd.Env = []string{"PATH=/usr/bin:/bin", "KONG_PROXY_LISTEN=0.0.0.0:8000 reuseport, [::]:8443 ssl", "HOME=/", "KONG_ADMIN_LISTEN=off"}
+			// Its own process group: the worker dies with the master instead of being left
+			// to PID 1 when the test kills the master.
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 			if err := cmd.Start(); err != nil {
 				t.Skipf("%s: %v", bin, err)
 			}
-			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			defer func() {
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) //nolint:errcheck
+				cmd.Wait()                                      //nolint:errcheck
+				for deadline := time.Now().Add(5 * time.Second); syscall.Kill(-cmd.Process.Pid, 0) == nil; time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Errorf("%s: a process of its group outlived SIGKILL", bin)
+						return
+					}
+				}
+			}()
 			pid := cmd.Process.Pid
 			want := map[string]string{"KONG_PROXY_LISTEN": "0.0.0.0:8000 reuseport, [::]:8443 ssl", "KONG_ADMIN_LISTEN": "off"}
 			var env map[string]string

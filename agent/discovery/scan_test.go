@@ -130,12 +130,3 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-// BenchmarkScanHostProc measures one scan of this machine's /proc (what Watch costs per
-// interval).
-func BenchmarkScanHostProc(b *testing.B) {
-	for b.Loop() {
-		if _, err := (Scanner{}).Scan(); err != nil && !errors.Is(err, os.ErrPermission) {
-			b.Fatal(err)
-		}
-	}
-}

@@ -41,13 +41,24 @@ type Notifier interface {
 	ProbeAttachFailed(gw discovery.Gateway, err error)
 }
 
+// Options are what an Agent is given besides its Config.
+type Options struct {
+	// Notify hears gateway detection and probe attachment; nil: nobody does.
+	Notify Notifier
+	// WindowClosed, when set, is told (without waiting) each time a stats window closes:
+	// the Kubernetes reporter judges each window once, paced by it.
+	WindowClosed chan<- struct{}
+}
+
 // Agent is one running agent: its pipeline and what it currently follows.
 type Agent struct {
-	cfg Config
-	log logr.Logger
+	cfg  Config
+	log  logr.Logger
+	opts Options
 
-	// Notify, when set before Run, hears gateway detection and probe attachment.
-	Notify Notifier
+	// disabled is why no data path could load: the agent then counts nothing, says why
+	// (the log, Ready, a ProbeAttachFailed Event) and serves its endpoints all the same.
+	disabled error
 
 	Aggregator *aggregate.Aggregator
 	Registry   *prometheus.Registry
@@ -81,42 +92,82 @@ type tracked struct {
 	err   error
 }
 
-// New builds the pipeline and loads the BPF programs; it attaches nothing yet.
-func New(cfg Config, log logr.Logger) (*Agent, error) {
-	a, err := newPipeline(cfg, log)
-	if err != nil {
-		return nil, err
-	}
+// dataPaths are the data paths' BPF programs, loaded but attached to nothing yet.
+type dataPaths struct {
+	nginx       *probes.Probes // nil when the nginx-request path could not load
+	wire        *wire.Tracer   // nil until needed (auto) or when it could not load
+	nginxFailed bool
+}
+
+// loadDataPaths loads the BPF programs cfg.DataPath asks for. An error (a panic in loading
+// too) means no data path can work: the agent is then disabled.
+func loadDataPaths(cfg Config, log logr.Logger) (dp dataPaths, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			log.Error(fmt.Errorf("%v", v), "loading the data path panicked (a bug; please report it)", "stack", string(debug.Stack()))
+			dp.close()
+			dp, err = dataPaths{}, fmt.Errorf("loading the data path failed: %v", v)
+		}
+	}()
 	if cfg.DataPath != DataPathWire {
 		p, err := probes.New(probes.Options{LuaPhases: cfg.LuaPhases == LuaOn, Log: log.WithName("nginx-request")})
 		if err != nil {
 			if cfg.DataPath == DataPathNginx {
-				return nil, fmt.Errorf("nginx-request data path: %w", err)
+				return dp, fmt.Errorf("nginx-request data path: %w", err)
 			}
 			log.Error(err, "the nginx-request data path cannot load; falling back to the wire data path (HTTP/1 only, costlier)")
-			a.nginxFailed = true
+			dp.nginxFailed = true
 		} else {
-			a.nginx = p
+			dp.nginx = p
 		}
 	}
-	if cfg.DataPath == DataPathWire || a.nginx == nil {
-		if err := a.loadWire(); err != nil {
-			a.Close()
-			return nil, err
+	if cfg.DataPath == DataPathWire || dp.nginx == nil {
+		w, err := newWire(log)
+		if err != nil {
+			dp.close()
+			return dataPaths{}, err
 		}
+		dp.wire = w
 	}
-	return a, nil
+	return dp, nil
+}
+
+func newWire(log logr.Logger) (*wire.Tracer, error) {
+	w, err := wire.New(wire.Options{Log: log.WithName("wire"), TLS: true})
+	if err != nil {
+		return nil, fmt.Errorf("wire data path: %w", err)
+	}
+	return w, nil
+}
+
+func (dp dataPaths) close() {
+	if dp.nginx != nil {
+		dp.nginx.Close()
+	}
+	if dp.wire != nil {
+		dp.wire.Close()
+	}
+}
+
+// newAgent is the agent following gateways on dp, or, when disabled is set, the agent that
+// counts nothing and says why.
+func newAgent(cfg Config, log logr.Logger, dp dataPaths, disabled error, o Options) *Agent {
+	a := newPipeline(cfg, log, o)
+	a.nginx, a.wire, a.nginxFailed = dp.nginx, dp.wire, dp.nginxFailed
+	a.disabled = disabled
+	return a
 }
 
 // newPipeline builds what follows the data paths: the aggregator, the metrics and the
 // request logger behind one sink.
-func newPipeline(cfg Config, log logr.Logger) (*Agent, error) {
-	a := &Agent{cfg: cfg, log: log, gateways: map[discovery.GatewayID]*tracked{}}
+func newPipeline(cfg Config, log logr.Logger, o Options) *Agent {
+	a := &Agent{cfg: cfg, log: log, opts: o, gateways: map[discovery.GatewayID]*tracked{}}
 	a.Aggregator = aggregate.New(aggregate.Options{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
 	a.Registry = report.NewRegistry()
 	a.metrics = report.NewMetrics(report.MetricsOptions{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
 	if err := a.metrics.Register(a.Registry); err != nil {
-		return nil, fmt.Errorf("registering metrics: %w", err)
+		// A bug (two metrics of one name): the agent counts on and serves the others.
+		log.Error(err, "registering metrics")
 	}
 	a.metrics.SetInfo(version.Version, "")
 	// Debug lines are capped per second: at Kong's rates one line per request would cost
@@ -131,7 +182,7 @@ func newPipeline(cfg Config, log logr.Logger) (*Agent, error) {
 	if cfg.Listeners != nil {
 		log.Info("listener names set by "+v1alpha1.EnvListeners, "listeners", cfg.Listeners.String())
 	}
-	return a, nil
+	return a
 }
 
 func (a *Agent) loadWire() error {
@@ -141,10 +192,10 @@ func (a *Agent) loadWire() error {
 	if a.wireErr != nil {
 		return a.wireErr
 	}
-	w, err := wire.New(wire.Options{Log: a.log.WithName("wire"), TLS: true})
+	w, err := newWire(a.log)
 	if err != nil {
-		a.wireErr = fmt.Errorf("wire data path: %w", err)
-		return a.wireErr
+		a.wireErr = err
+		return err
 	}
 	a.wire = w
 	if a.runCtx != nil {
@@ -154,17 +205,13 @@ func (a *Agent) loadWire() error {
 }
 
 // Close detaches every probe and frees the BPF objects.
-func (a *Agent) Close() {
-	if a.nginx != nil {
-		a.nginx.Close()
-	}
-	if a.wire != nil {
-		a.wire.Close()
-	}
-}
+func (a *Agent) Close() { dataPaths{nginx: a.nginx, wire: a.wire}.close() }
 
 // Ready reports whether probes are attached to at least one gateway, and if not, why.
 func (a *Agent) Ready() (bool, string) {
+	if a.disabled != nil {
+		return false, "the agent cannot start: " + a.disabled.Error()
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.fault != nil {
@@ -218,12 +265,22 @@ func (a *Agent) dataPathLocked() string {
 }
 
 // Stats is the current Stats document (its dataPath is kept current by updateHealthLocked,
-// which runs after every gateway change).
-func (a *Agent) Stats() v1alpha1.Stats { return a.Aggregator.Snapshot() }
+// which runs after every gateway change); a disabled agent's has nothing in it.
+func (a *Agent) Stats() v1alpha1.Stats {
+	if a.disabled != nil {
+		return v1alpha1.Stats{APIVersion: v1alpha1.StatsAPIVersion, Kind: v1alpha1.StatsKind}
+	}
+	return a.Aggregator.Snapshot()
+}
 
-// Run follows gateways and feeds the pipeline until ctx is done. It returns an error only
-// when following them failed (a recovered panic); the caller should stay up all the same.
+// Run follows gateways, feeds the pipeline and closes a stats window every StatsInterval
+// until ctx is done. It returns an error only when following them failed (a recovered
+// panic); the caller should stay up all the same. A disabled agent's Run returns at once.
 func (a *Agent) Run(ctx context.Context) (err error) {
+	if a.disabled != nil {
+		return nil
+	}
+	goSafe(a.log, "the stats log", func() { a.statsLoop(ctx) })
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer func() {
@@ -273,8 +330,8 @@ func (a *Agent) onEvent(ev discovery.Event) {
 	switch ev.Kind {
 	case discovery.Added:
 		a.log.Info("gateway detected", "masterPID", gw.Master.PID, "workers", len(gw.Workers), "exe", gw.Exe)
-		if a.Notify != nil {
-			a.Notify.KongDetected(gw)
+		if a.opts.Notify != nil {
+			a.opts.Notify.KongDetected(gw)
 		}
 		a.nameListeners(gw)
 		a.gateways[id] = a.attach(gw)
@@ -330,11 +387,11 @@ func (a *Agent) tracerFor(path string) tracer {
 // attach follows gw on the best data path available and tells the Notifier; called with a.mu held.
 func (a *Agent) attach(gw discovery.Gateway) *tracked {
 	t := a.attachPath(gw)
-	if a.Notify != nil {
+	if n := a.opts.Notify; n != nil {
 		if t.path != "" {
-			a.Notify.ProbesAttached(gw, t.path)
+			n.ProbesAttached(gw, t.path)
 		} else {
-			a.Notify.ProbeAttachFailed(gw, t.err)
+			n.ProbeAttachFailed(gw, t.err)
 		}
 	}
 	return t
@@ -400,6 +457,26 @@ func (a *Agent) sampleLua(ctx context.Context) {
 		}
 		if err := a.nginx.SetLuaPhases(false); err != nil {
 			a.log.Error(err, "cannot switch Lua phase timing off")
+		}
+	}
+}
+
+// statsLoop closes a stats window every StatsInterval: it logs the window's stats line and
+// tells WindowClosed, without waiting for the reporter (it judges the window when it can).
+func (a *Agent) statsLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.StatsInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.Aggregator.Rotate()
+		a.log.Info("traffic stats", report.StatsLine(a.Stats())...)
+		select {
+		case a.opts.WindowClosed <- struct{}{}:
+		default:
 		}
 	}
 }

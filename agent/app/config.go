@@ -1,8 +1,8 @@
 // Package app wires the agent's one-way pipeline together: discovery finds the gateways,
 // a data path (nginx's request object, or the wire as a fallback) turns kernel events into
 // model.Requests, and the aggregator, the Prometheus metrics and the per-request logger
-// consume them; the reporters (HTTP endpoints, periodic log line) read the aggregator.
-// cmd/agent only parses the environment into a Config and calls Run.
+// consume them; the reporters (HTTP endpoints, periodic log line, the Kubernetes reporter)
+// read the aggregator. Main is the whole process: cmd/agent only picks its subcommand.
 package app
 
 import (

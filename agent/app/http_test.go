@@ -32,11 +32,7 @@ func testPipeline(t *testing.T) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := newPipeline(cfg, logr.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
+	return newPipeline(cfg, logr.Discard(), Options{})
 }
 
 // feed hands n requests to the pipeline's sink, spread over a few hosts, paths and statuses.

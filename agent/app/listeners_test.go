@@ -57,10 +57,7 @@ func gateway(master int, title string, workers ...int) discovery.Gateway {
 // a plain nginx's all the proxy; a worker forked since the last scan by its parent's.
 func TestNamer(t *testing.T) {
 	root := fakeProcs(t)
-	a, err := newPipeline(Config{ProcRoot: root}, logr.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newPipeline(Config{ProcRoot: root}, logr.Discard(), Options{})
 	rec := &recorder{}
 	a.namer.next = rec
 	kong := gateway(10, "nginx: master process nginx -p /usr/local/kong/", 11, 12)
@@ -114,10 +111,7 @@ func TestNamerOverride(t *testing.T) {
 	if err != nil || cfg.Listeners == nil || cfg.Listeners.String() != "proxy=8001;mgmt=8000" {
 		t.Fatalf("FromEnv: %v, %v", cfg.Listeners, err)
 	}
-	a, err := newPipeline(cfg, logr.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newPipeline(cfg, logr.Discard(), Options{})
 	rec := &recorder{}
 	a.namer.next = rec
 	a.nameListeners(gateway(10, "nginx: master process nginx -p /usr/local/kong/", 11))

@@ -1,10 +1,11 @@
-package main
+package app
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -21,7 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/kong-watcher/kong-watcher/agent/app"
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
 	"github.com/kong-watcher/kong-watcher/agent/kube"
 	"github.com/kong-watcher/kong-watcher/agent/report"
@@ -29,14 +29,10 @@ import (
 	"github.com/kong-watcher/kong-watcher/webhook/ingest"
 )
 
-func env(m map[string]string) func(string) (string, bool) {
-	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
-}
-
 // The whole start path, in process, with its metrics port held by another listener: the agent
-// stays up (runAgent does not return) and serves as soon as the port frees. Whether its BPF
+// stays up (Serve does not return) and serves as soon as the port frees. Whether its BPF
 // programs load here (root) or not (it then runs disabled), it must behave the same.
-func TestRunAgentStaysUpWhileItsPortIsTaken(t *testing.T) {
+func TestServeStaysUpWhileItsPortIsTaken(t *testing.T) {
 	holder, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +44,7 @@ func TestRunAgentStaysUpWhileItsPortIsTaken(t *testing.T) {
 	var stderr bytes.Buffer
 	exit := make(chan int, 1)
 	go func() {
-		exit <- runAgent(ctx, env(map[string]string{
+		exit <- Serve(ctx, env(map[string]string{
 			"METRICS_ADDR": addr, "STATS_INTERVAL": "1h", "LOG_LEVEL": "error",
 			// Follow nothing on this machine (other nginx instances run here).
 			"KONG_PROCESS_NAME": "kw-none", "KONG_WATCHER_ONLY_PIDS": "2147483647",
@@ -93,11 +89,11 @@ func TestRunAgentStaysUpWhileItsPortIsTaken(t *testing.T) {
 	}
 }
 
-func TestRunAgentRejectsAnInvalidMetricsAddr(t *testing.T) {
+func TestServeRejectsAnInvalidMetricsAddr(t *testing.T) {
 	var stderr bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if code := runAgent(ctx, env(map[string]string{"METRICS_ADDR": "9464"}), &stderr); code != 2 {
+	if code := Serve(ctx, env(map[string]string{"METRICS_ADDR": "9464"}), &stderr); code != 2 {
 		t.Errorf("exit status %d, want 2", code)
 	}
 	if msg := stderr.String(); !strings.Contains(msg, `METRICS_ADDR="9464"`) || !strings.Contains(msg, "[host]:port") {
@@ -175,7 +171,7 @@ func TestPortTakenIsAWarningEvent(t *testing.T) {
 	wg.Add(1)
 	go func() { defer wg.Done(); rep.Run(ctx) }()
 	reg := report.NewRegistry()
-	app.StartHTTP(ctx, app.HTTPOptions{Addr: addr, Registry: reg, Notify: portNotifier(rep),
+	StartHTTP(ctx, HTTPOptions{Addr: addr, Registry: reg, Notify: portNotifier(rep),
 		MaxBindRetry: 20 * time.Millisecond, Log: logr.Discard()})
 
 	poll := func(what string, cond func() bool) {
@@ -224,4 +220,76 @@ func bindFailures(t *testing.T, reg *prometheus.Registry) float64 {
 		}
 	}
 	return 0
+}
+
+// An agent whose data path cannot load counts nothing but says why, on the same endpoints as
+// any other: /readyz with the reason, /metrics with nothing attached, an empty /stats.
+func TestDisabledAgent(t *testing.T) {
+	cfg, err := FromEnv(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MetricsAddr = "127.0.0.1:0" // any free port
+	a := newAgent(cfg, logr.Discard(), dataPaths{}, errors.New("no CAP_BPF"), Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a disabled agent's Run did not return")
+	}
+	if ok, why := a.Ready(); ok || why != "the agent cannot start: no CAP_BPF" {
+		t.Errorf("Ready() = %v, %q", ok, why)
+	}
+	if s := a.Stats(); s.APIVersion != v1alpha1.StatsAPIVersion || s.Kind != v1alpha1.StatsKind || !s.Since.IsZero() || s.Total.Requests != 0 {
+		t.Errorf("Stats() = %+v", s)
+	}
+	base := waitServing(t, a.StartHTTP(ctx, nil), 10*time.Second)
+	c := &http.Client{Timeout: 5 * time.Second}
+	if code, body, err := httpGet(c, base+"/readyz"); err != nil || code != 503 || !strings.Contains(body, "no CAP_BPF") {
+		t.Errorf("/readyz = %d %q %v", code, body, err)
+	}
+	if _, body, err := httpGet(c, base+"/metrics"); err != nil || !strings.Contains(body, "kong_watcher_probes_attached 0") ||
+		!strings.Contains(body, `data_path=""`) {
+		t.Errorf("/metrics lacks what an alert on a blind agent looks for (%v):\n%.600s", err, body)
+	}
+	if notifier(nil) != nil {
+		t.Error("notifier(nil) is not a nil interface: the agent would call a nil reporter")
+	}
+}
+
+// Every StatsInterval the window closes and the reporter is told, never waited for.
+func TestStatsLoopClosesWindows(t *testing.T) {
+	cfg, err := FromEnv(env(map[string]string{"STATS_INTERVAL": "1s"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	windows := make(chan struct{}, 1)
+	a := newPipeline(cfg, logr.Discard(), Options{WindowClosed: windows})
+	feed(a, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.statsLoop(ctx)
+	select {
+	case <-windows:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no window closed in 10 s at a 1 s interval")
+	}
+	if s := a.Stats(); s.Window.Requests != 10 || s.Total.Requests != 10 {
+		t.Errorf("after the first window: window %d, total %d requests, want 10 and 10", s.Window.Requests, s.Total.Requests)
+	}
+	// Nobody reads windows now: the loop goes on all the same.
+	feed(a, 5)
+	deadline := time.Now().Add(10 * time.Second)
+	for a.Stats().Total.Requests != 15 || a.Stats().Window.Requests != 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the loop stopped closing windows: %+v", a.Stats().Window)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -29,6 +29,8 @@ const (
 	fHostServerName = 1 << 7
 	// fListenErr: the accepting listener's address could not be read.
 	fListenErr = 1 << 8
+	// fMethodBit: the method was not read; it is the name of MethodBit's method.
+	fMethodBit = 1 << 9
 )
 
 // Address families of the listener's sockaddr (Linux).
@@ -141,7 +143,11 @@ func (c clock) toRequest(ev *rawEvent, status uint64, out *model.Request) {
 	if out.Latency < 0 {
 		out.Latency = 0
 	}
-	out.Method = str(ev.Method[:], ev.MethodLen)
+	if ev.Flags&fMethodBit != 0 {
+		out.Method = nginxlayout.MethodForBit(ev.MethodBit)
+	} else {
+		out.Method = str(ev.Method[:], ev.MethodLen)
+	}
 	out.Host = str(ev.Host[:], ev.HostLen)
 	out.URI = str(ev.Uri[:], ev.UriLen)
 	// The record carries the real lengths: longer than the buffer means the value was cut
@@ -277,6 +283,10 @@ func plausible(ev *rawEvent, status uint64, r *model.Request) bool {
 		return ev.HttpVersion == 9 || ev.MethodBit == 1 // HTTP/0.9 or a bad request line
 	}
 	if want := nginxlayout.MethodForBit(ev.MethodBit); want != "" && want != r.Method {
+		return false
+	}
+	// Unread, the name is the bit's: its length at method_name is what checks the layout.
+	if ev.Flags&fMethodBit != 0 && int(ev.MethodLen) != len(r.Method) {
 		return false
 	}
 	if status > 999 || r.Proto == "" {

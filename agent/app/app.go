@@ -464,7 +464,19 @@ func (a *Agent) sampleLua(ctx context.Context) {
 // statsLoop closes a stats window every StatsInterval: it logs the window's stats line and
 // tells WindowClosed, without waiting for the reporter (it judges the window when it can).
 func (a *Agent) statsLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.StatsInterval)
+	every(ctx, a.cfg.StatsInterval, func() {
+		a.Aggregator.Rotate()
+		a.log.Info("traffic stats", report.StatsLine(a.Stats())...)
+		select {
+		case a.opts.WindowClosed <- struct{}{}:
+		default:
+		}
+	})
+}
+
+// every calls fn every d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
@@ -472,12 +484,7 @@ func (a *Agent) statsLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		a.Aggregator.Rotate()
-		a.log.Info("traffic stats", report.StatsLine(a.Stats())...)
-		select {
-		case a.opts.WindowClosed <- struct{}{}:
-		default:
-		}
+		fn()
 	}
 }
 
@@ -485,16 +492,7 @@ func (a *Agent) statsLoop(ctx context.Context) {
 // if the nginx-request path gives up (its layout could not be learnt on this binary).
 func (a *Agent) healthLoop(ctx context.Context) {
 	defer a.recoverIn("the health loop")
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		a.checkHealth()
-	}
+	every(ctx, time.Second, a.checkHealth)
 }
 
 func (a *Agent) checkHealth() {

@@ -24,6 +24,17 @@ import (
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
+// holdPort listens on a free loopback port, standing for whatever holds the agent's
+// METRICS_ADDR (Kong, another container, another hostNetwork pod).
+func holdPort(t *testing.T) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 // testPipeline is the agent's pipeline (aggregator, metrics, request log) without the BPF
 // data paths: tests feed its sink as a data path would.
 func testPipeline(t *testing.T) *Agent {
@@ -115,10 +126,7 @@ func (p *portEvents) get() ([]string, []error) {
 // The metrics port is held by another listener (Kong, another container, another hostNetwork
 // pod): the agent keeps counting, reports it once, and serves once the port frees.
 func TestStartHTTPPortTakenKeepsCountingAndServesOnceFreed(t *testing.T) {
-	holder, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	holder := holdPort(t)
 	defer holder.Close()
 	addr := holder.Addr().String()
 	a := testPipeline(t)

@@ -7,7 +7,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -33,10 +32,7 @@ import (
 // stays up (Serve does not return) and serves as soon as the port frees. Whether its BPF
 // programs load here (root) or not (it then runs disabled), it must behave the same.
 func TestServeStaysUpWhileItsPortIsTaken(t *testing.T) {
-	holder, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	holder := holdPort(t)
 	defer holder.Close()
 	addr := holder.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -144,10 +140,7 @@ func (m *fakeManager) received() []v1alpha1.ReportEvent {
 // The port found taken becomes a Warning Event on the agent's pod, through the reporter to the
 // manager that carries the agent's other Events; once, not at every bind attempt.
 func TestPortTakenIsAWarningEvent(t *testing.T) {
-	holder, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	holder := holdPort(t)
 	defer holder.Close()
 	addr := holder.Addr().String()
 	m := newManager(t)

@@ -160,6 +160,7 @@ func newAccumulator(start time.Time, maxHosts, maxPaths int) *accumulator {
 	}
 	for i := range a.lua {
 		a.lua[i] = newHistogram(summarySubBits, true)
+		a.lua[i].unitUs = luaUnitUs
 	}
 	return a
 }

@@ -27,6 +27,7 @@ import (
 // Either way the result is clamped to the exact [min, max] seen.
 type histogram struct {
 	subBits uint
+	unitUs  uint64 // bucket unit in µs: histUnitUs, or luaUnitUs for Lua phase times
 	counts  []uint64
 	sumsUs  []uint64 // per-bucket sums in µs; nil for midpoint reporting
 	n       uint64
@@ -37,6 +38,9 @@ type histogram struct {
 
 const (
 	histUnitUs        = 100 // bucket unit: 100 µs
+	// Lua phase times are tens of µs (Kong's rewrite, filters, balancer): 1 µs buckets keep
+	// their percentiles exact to the µs below 128 µs. They are never merged across agents.
+	luaUnitUs = 1
 	histMaxBits       = 32  // 2^32 units = 5 days (WebSockets live long)
 	summarySubBits    = 7   // 1728 buckets, with sums: 27 KiB
 	rowSubBits        = 6   // 896 buckets, no sums: 7 KiB
@@ -45,7 +49,7 @@ const (
 
 func newHistogram(subBits uint, withSums bool) histogram {
 	n := numBuckets(subBits)
-	h := histogram{subBits: subBits, counts: make([]uint64, n), minUs: math.MaxUint64}
+	h := histogram{subBits: subBits, unitUs: histUnitUs, counts: make([]uint64, n), minUs: math.MaxUint64}
 	if withSums {
 		h.sumsUs = make([]uint64, n)
 	}
@@ -92,7 +96,7 @@ func (h *histogram) record(d time.Duration) {
 	if d > 0 {
 		us = uint64(d / time.Microsecond)
 	}
-	i := h.index(us / histUnitUs)
+	i := h.index(us / h.unitUs)
 	h.counts[i]++
 	if h.sumsUs != nil {
 		h.sumsUs[i] += us
@@ -151,7 +155,7 @@ func (h *histogram) quantileMs(q float64) float64 {
 			us = float64(h.sumsUs[i]) / float64(c)
 		} else {
 			lower, width := h.bounds(i)
-			us = (float64(lower) + float64(width)/2) * histUnitUs
+			us = (float64(lower) + float64(width)/2) * float64(h.unitUs)
 		}
 		us = min(max(us, float64(h.minUs)), float64(h.maxUs))
 		return us / 1000

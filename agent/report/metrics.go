@@ -45,6 +45,10 @@ const defaultMaxSeries = 2000
 // a few ms, upstreams up to the 60 s default timeout.
 var latencyBuckets = []float64{.001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
+// luaBuckets: a Lua phase of Kong's takes from a few µs (body filter, balancer) to a few ms
+// (access with plugins that call out); request latency's buckets would put them all in one.
+var luaBuckets = []float64{.000005, .00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, 1}
+
 // codeLabels[s] is the code label of status s; "000" for no valid response.
 var codeLabels = func() (l [600]string) {
 	l[0] = "000"
@@ -112,9 +116,12 @@ func NewMetrics(o MetricsOptions) *Metrics {
 	if o.MaxSeries <= 0 {
 		o.MaxSeries = defaultMaxSeries
 	}
-	hist := func(name, help string) prometheus.HistogramOpts {
+	hist := func(name, help string, buckets ...float64) prometheus.HistogramOpts {
+		if buckets == nil {
+			buckets = latencyBuckets
+		}
 		return prometheus.HistogramOpts{
-			Namespace: "kong_watcher", Name: name, Help: help, Buckets: latencyBuckets,
+			Namespace: "kong_watcher", Name: name, Help: help, Buckets: buckets,
 			// Native histograms too, for servers that negotiate them: finer, same cost.
 			NativeHistogramBucketFactor:     1.1,
 			NativeHistogramMaxBucketNumber:  160,
@@ -132,7 +139,8 @@ func NewMetrics(o MetricsOptions) *Metrics {
 		kong: prometheus.NewHistogramVec(hist("kong_duration_seconds",
 			"Time Kong itself spent: total minus upstream for proxied requests, total otherwise; by listener."), []string{"listener"}),
 		luaPhase: prometheus.NewHistogramVec(hist("lua_phase_duration_seconds",
-			"Time spent in Kong's Lua handlers, by nginx phase (rewrite, access, content, header_filter, body_filter, log, balancer) and listener."), []string{"phase", "listener"}),
+			"Time spent in Kong's Lua handlers, by nginx phase (rewrite, access, content, header_filter, body_filter, log, balancer) and listener; each phase in the requests where it ran Lua.",
+			luaBuckets...), []string{"phase", "listener"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kong_watcher", Name: "response_bytes_total",
 			Help: "Bytes sent to clients ($bytes_sent), by listener."}, []string{"listener"}),
 		probesAttached: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kong_watcher", Name: "probes_attached",

@@ -37,13 +37,13 @@ type histogram struct {
 }
 
 const (
-	histUnitUs        = 100 // bucket unit: 100 µs
+	histUnitUs = 100 // bucket unit: 100 µs
 	// Lua phase times are tens of µs (Kong's rewrite, filters, balancer): 1 µs buckets keep
 	// their percentiles exact to the µs below 128 µs. They are never merged across agents.
-	luaUnitUs = 1
-	histMaxBits       = 32  // 2^32 units = 5 days (WebSockets live long)
-	summarySubBits    = 7   // 1728 buckets, with sums: 27 KiB
-	rowSubBits        = 6   // 896 buckets, no sums: 7 KiB
+	luaUnitUs         = 1
+	histMaxBits       = 32 // 2^32 units = 5 days (WebSockets live long)
+	summarySubBits    = 7  // 1728 buckets, with sums: 27 KiB
+	rowSubBits        = 6  // 896 buckets, no sums: 7 KiB
 	maxRecordableUnit = 1<<histMaxBits - 1
 )
 

@@ -2,9 +2,9 @@ package probes
 
 import (
 	"bufio"
-	"encoding/binary"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -146,8 +146,8 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 		do(h1, "GET", base+"/dead", "", nil)           // 502, upstream refused
 		do(h1, "GET", base+"/lua", "", nil)
 		do(h1, "DELETE", base+"/phases", "", nil)
-		do(h1, "GET", base+"/balanced", "", nil) // balancer_by_lua, ~20 ms upstream
-		do(h1, "GET", base+"/denied", "", nil)   // 403 from the access handler
+		do(h1, "GET", base+"/balanced", "", nil)                           // balancer_by_lua, ~20 ms upstream
+		do(h1, "GET", base+"/denied", "", nil)                             // 403 from the access handler
 		do(h1, "GET", base+"/withsub", "", nil)                            // a Lua subrequest
 		do(h1, "GET", base+"/ok?pad="+strings.Repeat("long", 60), "", nil) // URI longer than 160
 		do(h2, "GET", tlsBase+"/ok", "", nil)

@@ -385,7 +385,7 @@ func (p *Probes) attachLua(b *nginxBin, gw discovery.Gateway) error {
 // frame must not pair with a later return when timing is switched on again.
 func (p *Probes) clearLuaStacks() {
 	var keys []uint64
-	var prev any // nil: the first key
+	var prev any            // nil: the first key
 	for len(keys) < 1<<16 { // the map holds at most 4096
 		var k uint64
 		if err := p.objs.NginxreqLuaCalls.NextKey(prev, &k); err != nil {

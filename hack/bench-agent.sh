@@ -11,7 +11,9 @@
 # 20,000 req/s, its BPF run time per request at saturation, its memory, and exact counting
 # with no dropped event at a paced 5,000 req/s; then the same three sides on real Kong 3.8.1
 # (hack/kong.sh's build, when it is built: `make kong`) on a key-auth + rate-limiting +
-# request-transformer route after a 25 s warm-up. Ends with `BENCH <figure> <value>` lines.
+# request-transformer route after a 25 s warm-up, and on that route what Lua phase timing costs
+# (the agent with KONG_WATCHER_LUA_PHASES=off and =on alternating at a paced 1,000 req/s).
+# Ends with `BENCH <figure> <value>` lines.
 # Exit status 1 when the agent's count differs from the access log or it dropped events (the
 # throughput targets are printed, not enforced, unless BENCH_ARGS=-strict).
 # Default run: about 13 minutes on this 2-vCPU VM (9 without real Kong; BENCH_ROUNDS=3: about 10);

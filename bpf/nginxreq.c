@@ -32,29 +32,37 @@ volatile const __u64 agent_ns_ino = 0;      /* st_ino of the agent's /proc/self/
 volatile const __u32 agent_in_init_ns = 0;  /* 1: fall back to global tgids (agent on the host) */
 volatile const __u64 wakeup_bytes = 262144; /* wake the reader only when this much is queued */
 
-#define EV_REQUEST 1
-#define EV_CALIB 2
+/* The record kinds (the first field of every ring buffer record). The enums of this file
+ * are the ABI with user space: bpf2go generates them for Go (-type). */
+enum nginxreq_kind {
+	EV_REQUEST = 1,
+	EV_CALIB = 2,
+};
 
 /* event flags */
-#define F_URI_TRUNC (1 << 0)
-#define F_HOST_TRUNC (1 << 1)
-#define F_NO_CLOCK (1 << 2)   /* no ngx_cached_time: now_* not set, use ktime */
-#define F_READ_ERR (1 << 3)   /* a read of r failed: fields may be zero */
-#define F_HAS_LUA (1 << 4)
-#define F_CALIB_NO_S (1 << 5) /* calibration: start_sec not found */
-#define F_UPSTREAM_BAD (1 << 6)
-#define F_HOST_SERVER_NAME (1 << 7) /* no Host: host is the server's server_name, as in $host */
-#define F_LISTEN_ERR (1 << 8)       /* the accepting listener's address could not be read */
-#define F_METHOD_BIT (1 << 9)       /* method not read: it is the name of method_bit's method */
+enum nginxreq_flag {
+	F_URI_TRUNC = 1 << 0,
+	F_HOST_TRUNC = 1 << 1,
+	F_NO_CLOCK = 1 << 2,   /* no ngx_cached_time: now_* not set, use ktime */
+	F_READ_ERR = 1 << 3,   /* a read of r failed: fields may be zero */
+	F_HAS_LUA = 1 << 4,
+	F_CALIB_NO_S = 1 << 5, /* calibration: start_sec not found */
+	F_UPSTREAM_BAD = 1 << 6,
+	F_HOST_SERVER_NAME = 1 << 7, /* no Host: host is the server's server_name, as in $host */
+	F_LISTEN_ERR = 1 << 8,       /* the accepting listener's address could not be read */
+	F_METHOD_BIT = 1 << 9,       /* method not read: it is the name of method_bit's method */
+};
 
 /* counters (per-CPU array indexes) */
-#define C_RING_DROP 0    /* ring buffer full: request event lost */
-#define C_CALIB_DROP 1   /* ring buffer full: calibration event lost */
-#define C_NS_ERR 2       /* bpf_get_ns_current_pid_tgid failed */
-#define C_PENDING_LOST 3 /* Lua mode: parked event not completed (map full) */
-#define C_EVENTS 4       /* events submitted */
-#define C_ADOPTED 5      /* untracked process accepted because its parent is a tracked master */
-#define C_MAX 8
+enum nginxreq_counter {
+	C_RING_DROP = 0,    /* ring buffer full: request event lost */
+	C_CALIB_DROP = 1,   /* ring buffer full: calibration event lost */
+	C_NS_ERR = 2,       /* bpf_get_ns_current_pid_tgid failed */
+	C_PENDING_LOST = 3, /* Lua mode: parked event not completed (map full) */
+	C_EVENTS = 4,       /* events submitted */
+	C_ADOPTED = 5,      /* untracked process accepted because its parent is a tracked master */
+	C_MAX = 8,
+};
 
 #define METHOD_LEN 16
 #define HOST_LEN 64
@@ -168,8 +176,12 @@ struct nginxreq_calib {
 	__u8 snap[SNAP_LEN];
 };
 
-/* Force BTF for the Lua phases (only ever attach cookies), for bpf2go -type. */
+/* Force BTF for the enums user space needs (only ever values, never a variable's type),
+ * for bpf2go -type. */
 const enum nginxreq_lua_phase *unused_nginxreq_lua_phase __attribute__((unused));
+const enum nginxreq_kind *unused_nginxreq_kind __attribute__((unused));
+const enum nginxreq_flag *unused_nginxreq_flag __attribute__((unused));
+const enum nginxreq_counter *unused_nginxreq_counter __attribute__((unused));
 
 /* Force BTF for the calibration event (only ever a ring buffer record), for bpf2go -type. */
 const struct nginxreq_calib *unused_nginxreq_calib __attribute__((unused));

@@ -38,6 +38,18 @@ type NginxReqNginxreqConfig struct {
 	Pad    uint32
 }
 
+type NginxReqNginxreqCounter uint32
+
+const (
+	NginxReqNginxreqCounterC_RING_DROP    NginxReqNginxreqCounter = 0
+	NginxReqNginxreqCounterC_CALIB_DROP   NginxReqNginxreqCounter = 1
+	NginxReqNginxreqCounterC_NS_ERR       NginxReqNginxreqCounter = 2
+	NginxReqNginxreqCounterC_PENDING_LOST NginxReqNginxreqCounter = 3
+	NginxReqNginxreqCounterC_EVENTS       NginxReqNginxreqCounter = 4
+	NginxReqNginxreqCounterC_ADOPTED      NginxReqNginxreqCounter = 5
+	NginxReqNginxreqCounterC_MAX          NginxReqNginxreqCounter = 8
+)
+
 type NginxReqNginxreqEvent struct {
 	_             structs.HostLayout
 	Kind          uint32
@@ -70,6 +82,28 @@ type NginxReqNginxreqEvent struct {
 	Addr          [48]int8
 	_             [4]byte
 }
+
+type NginxReqNginxreqFlag uint32
+
+const (
+	NginxReqNginxreqFlagF_URI_TRUNC        NginxReqNginxreqFlag = 1
+	NginxReqNginxreqFlagF_HOST_TRUNC       NginxReqNginxreqFlag = 2
+	NginxReqNginxreqFlagF_NO_CLOCK         NginxReqNginxreqFlag = 4
+	NginxReqNginxreqFlagF_READ_ERR         NginxReqNginxreqFlag = 8
+	NginxReqNginxreqFlagF_HAS_LUA          NginxReqNginxreqFlag = 16
+	NginxReqNginxreqFlagF_CALIB_NO_S       NginxReqNginxreqFlag = 32
+	NginxReqNginxreqFlagF_UPSTREAM_BAD     NginxReqNginxreqFlag = 64
+	NginxReqNginxreqFlagF_HOST_SERVER_NAME NginxReqNginxreqFlag = 128
+	NginxReqNginxreqFlagF_LISTEN_ERR       NginxReqNginxreqFlag = 256
+	NginxReqNginxreqFlagF_METHOD_BIT       NginxReqNginxreqFlag = 512
+)
+
+type NginxReqNginxreqKind uint32
+
+const (
+	NginxReqNginxreqKindEV_REQUEST NginxReqNginxreqKind = 1
+	NginxReqNginxreqKindEV_CALIB   NginxReqNginxreqKind = 2
+)
 
 type NginxReqNginxreqLayout struct {
 	_             structs.HostLayout
@@ -163,6 +197,9 @@ const (
 	NginxReqVarAgentNsDev              = "agent_ns_dev"
 	NginxReqVarAgentNsIno              = "agent_ns_ino"
 	NginxReqVarUnusedNginxreqCalib     = "unused_nginxreq_calib"
+	NginxReqVarUnusedNginxreqCounter   = "unused_nginxreq_counter"
+	NginxReqVarUnusedNginxreqFlag      = "unused_nginxreq_flag"
+	NginxReqVarUnusedNginxreqKind      = "unused_nginxreq_kind"
 	NginxReqVarUnusedNginxreqLuaPhase  = "unused_nginxreq_lua_phase"
 	NginxReqVarWakeupBytes             = "wakeup_bytes"
 )
@@ -238,6 +275,9 @@ type NginxReqVariableSpecs struct {
 	AgentNsDev             *ebpf.VariableSpec `ebpf:"agent_ns_dev"`
 	AgentNsIno             *ebpf.VariableSpec `ebpf:"agent_ns_ino"`
 	UnusedNginxreqCalib    *ebpf.VariableSpec `ebpf:"unused_nginxreq_calib"`
+	UnusedNginxreqCounter  *ebpf.VariableSpec `ebpf:"unused_nginxreq_counter"`
+	UnusedNginxreqFlag     *ebpf.VariableSpec `ebpf:"unused_nginxreq_flag"`
+	UnusedNginxreqKind     *ebpf.VariableSpec `ebpf:"unused_nginxreq_kind"`
 	UnusedNginxreqLuaPhase *ebpf.VariableSpec `ebpf:"unused_nginxreq_lua_phase"`
 	WakeupBytes            *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
@@ -295,6 +335,9 @@ type NginxReqVariables struct {
 	AgentNsDev             *ebpf.Variable `ebpf:"agent_ns_dev"`
 	AgentNsIno             *ebpf.Variable `ebpf:"agent_ns_ino"`
 	UnusedNginxreqCalib    *ebpf.Variable `ebpf:"unused_nginxreq_calib"`
+	UnusedNginxreqCounter  *ebpf.Variable `ebpf:"unused_nginxreq_counter"`
+	UnusedNginxreqFlag     *ebpf.Variable `ebpf:"unused_nginxreq_flag"`
+	UnusedNginxreqKind     *ebpf.Variable `ebpf:"unused_nginxreq_kind"`
 	UnusedNginxreqLuaPhase *ebpf.Variable `ebpf:"unused_nginxreq_lua_phase"`
 	WakeupBytes            *ebpf.Variable `ebpf:"wakeup_bytes"`
 }

@@ -11,33 +11,34 @@ import (
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/agent/nginxlayout"
 	"github.com/kong-watcher/kong-watcher/bpf"
+	"golang.org/x/sys/unix"
 )
 
-// Event kinds and flags; they mirror bpf/nginxreq.c.
+// Event kinds and flags: bpf/nginxreq.c's enums, as bpf2go generates them.
 const (
-	evRequest = 1
-	evCalib   = 2
+	evRequest = uint32(bpf.NginxReqNginxreqKindEV_REQUEST)
+	evCalib   = uint32(bpf.NginxReqNginxreqKindEV_CALIB)
 
-	fURITrunc    = 1 << 0
-	fHostTrunc   = 1 << 1
-	fNoClock     = 1 << 2
-	fReadErr     = 1 << 3
-	fHasLua      = 1 << 4
-	fCalibNoS    = 1 << 5
-	fUpstreamBad = 1 << 6
+	fURITrunc    = uint32(bpf.NginxReqNginxreqFlagF_URI_TRUNC)
+	fHostTrunc   = uint32(bpf.NginxReqNginxreqFlagF_HOST_TRUNC)
+	fNoClock     = uint32(bpf.NginxReqNginxreqFlagF_NO_CLOCK)
+	fReadErr     = uint32(bpf.NginxReqNginxreqFlagF_READ_ERR)
+	fHasLua      = uint32(bpf.NginxReqNginxreqFlagF_HAS_LUA)
+	fCalibNoS    = uint32(bpf.NginxReqNginxreqFlagF_CALIB_NO_S)
+	fUpstreamBad = uint32(bpf.NginxReqNginxreqFlagF_UPSTREAM_BAD)
 	// fHostServerName: the client sent no Host, so host is the server's server_name ($host).
-	fHostServerName = 1 << 7
+	fHostServerName = uint32(bpf.NginxReqNginxreqFlagF_HOST_SERVER_NAME)
 	// fListenErr: the accepting listener's address could not be read.
-	fListenErr = 1 << 8
+	fListenErr = uint32(bpf.NginxReqNginxreqFlagF_LISTEN_ERR)
 	// fMethodBit: the method was not read; it is the name of MethodBit's method.
-	fMethodBit = 1 << 9
+	fMethodBit = uint32(bpf.NginxReqNginxreqFlagF_METHOD_BIT)
 )
 
-// Address families of the listener's sockaddr (Linux).
+// Address families of the listener's sockaddr.
 const (
-	afUnix  = 1
-	afInet  = 2
-	afInet6 = 10
+	afUnix  = unix.AF_UNIX
+	afInet  = unix.AF_INET
+	afInet6 = unix.AF_INET6
 )
 
 type (

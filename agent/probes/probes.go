@@ -911,8 +911,9 @@ func (p *Probes) Status() Status {
 	s.Mode = mode
 	sort.Strings(layouts)
 	s.Layout = strings.Join(layouts, "; ")
-	s.Dropped = p.counter(0) + p.counter(1) + p.counter(3)
-	s.AdoptedPIDs = p.counter(5) // C_ADOPTED
+	s.Dropped = p.counter(bpf.NginxReqNginxreqCounterC_RING_DROP) + p.counter(bpf.NginxReqNginxreqCounterC_CALIB_DROP) +
+		p.counter(bpf.NginxReqNginxreqCounterC_PENDING_LOST)
+	s.AdoptedPIDs = p.counter(bpf.NginxReqNginxreqCounterC_ADOPTED)
 	s.Decoded = p.decoded.Load()
 	s.DecodeErrors = p.decodeErrs.Load()
 	s.Calibration = p.calibs.Load()
@@ -920,7 +921,8 @@ func (p *Probes) Status() Status {
 	return s
 }
 
-func (p *Probes) counter(idx uint32) uint64 {
+func (p *Probes) counter(c bpf.NginxReqNginxreqCounter) uint64 {
+	idx := uint32(c)
 	if p.objs.NginxreqCounters == nil {
 		return 0
 	}

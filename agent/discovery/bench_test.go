@@ -1,8 +1,10 @@
 package discovery
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"syscall"
 	"testing"
 	"time"
@@ -21,14 +23,24 @@ func cpuTime(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func benchScans(b *testing.B, s Scanner) {
+// benchScans measures scans as Watch makes them, one after the other with the same
+// cache, or (cold) as Scan makes them, each from nothing.
+func benchScans(b *testing.B, s Scanner, cold bool) {
+	c := newProcCache(s)
+	defer c.close()
+	scan := c.scan
+	if cold {
+		scan = s.Scan
+	} else if _, err := scan(); err != nil && !errors.Is(err, os.ErrPermission) {
+		b.Fatal(err) // the first scan fills the cache
+	}
 	b.ReportAllocs()
 	start := cpuTime(b)
 	n := 0
 	for b.Loop() {
 		// Only an unreadable root fails: a gateway whose executable cannot be
 		// identified is still a scanned gateway.
-		if gs, err := s.Scan(); err != nil && gs == nil {
+		if gs, err := scan(); err != nil && gs == nil {
 			b.Fatal(err)
 		}
 		n++
@@ -40,7 +52,22 @@ func benchScans(b *testing.B, s Scanner) {
 
 // BenchmarkScanHostProc measures a scan of this machine's /proc (what Watch costs per
 // interval).
-func BenchmarkScanHostProc(b *testing.B) { benchScans(b, Scanner{}) }
+func BenchmarkScanHostProc(b *testing.B) {
+	b.Run("watch", func(b *testing.B) { benchScans(b, Scanner{}, false) })
+	b.Run("cold", func(b *testing.B) { benchScans(b, Scanner{}, true) })
+	// 500 more processes the scan does not watch, as on a busy node.
+	b.Run("+500/watch", func(b *testing.B) { spawnSleepers(b, 500); benchScans(b, Scanner{}, false) })
+}
+
+func spawnSleepers(b *testing.B, n int) {
+	for range n {
+		cmd := exec.Command("sleep", "600")
+		if err := cmd.Start(); err != nil {
+			b.Skip(err)
+		}
+		b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+}
 
 // BenchmarkScanSynthetic scans a fake /proc of n processes of which only one gateway
 // (a master and four workers) is nginx: the cost must come from what is not watched.
@@ -60,7 +87,7 @@ func BenchmarkScanSynthetic(b *testing.B) {
 				procs = append(procs, fakeProc{pid: pid, ppid: 1, comm: "java", start: uint64(pid), cmdline: title("java -jar app.jar")})
 			}
 			writeFakeProc(b, root, procs)
-			benchScans(b, Scanner{ProcRoot: root})
+			benchScans(b, Scanner{ProcRoot: root}, false)
 		})
 	}
 }

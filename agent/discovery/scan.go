@@ -1,14 +1,11 @@
 package discovery
 
 import (
-	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
-	"sort"
-	"strconv"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -95,26 +92,16 @@ func (s Scanner) name() string {
 // gateway's executable could not be identified: those gateways are still returned, with
 // Gateway.Err set, and the error joins their errors.
 func (s Scanner) Scan() ([]Gateway, error) {
-	root := s.root()
-	names, err := readDirNames(root)
-	if err != nil {
-		return nil, fmt.Errorf("discovery: reading %s: %w", root, err)
-	}
-	want := s.name()
-	procs := map[int]*proc{}
-	buf := make([]byte, 4096)
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid <= 0 {
-			continue
-		}
-		p, ok := readProc(filepath.Join(root, name), pid, want, buf)
-		if ok {
-			procs[pid] = p
-		}
-	}
+	c := newProcCache(s)
+	defer c.close()
+	return c.scan()
+}
 
-	hasChildren := map[int]bool{}
+// gateways groups the processes of the last listing into gateways (see Scan).
+func (c *procCache) gateways() ([]Gateway, error) {
+	procs := c.procs
+	hasChildren := c.hasChildren
+	clear(hasChildren)
 	for _, p := range procs {
 		hasChildren[p.PPID] = true
 	}
@@ -147,11 +134,11 @@ func (s Scanner) Scan() ([]Gateway, error) {
 	var errs []error
 	out := make([]Gateway, 0, len(byMaster))
 	for pid, g := range byMaster {
-		sort.Slice(g.Workers, func(i, j int) bool { return g.Workers[i].PID < g.Workers[j].PID })
-		dir := filepath.Join(root, strconv.Itoa(pid))
-		g.Exe = filepath.Join(dir, "exe")
-		g.Root = filepath.Join(dir, "root")
-		fi, err := os.Stat(g.Exe)
+		slices.SortFunc(g.Workers, func(a, b Process) int { return cmp.Compare(a.PID, b.PID) })
+		paths := c.entries[pid].paths(c.root, pid)
+		g.Exe, g.Root = paths.exe, paths.root
+		var st syscall.Stat_t
+		err := stat(paths.exe, &st)
 		switch {
 		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH):
 			continue // the master exited since we read it
@@ -161,76 +148,30 @@ func (s Scanner) Scan() ([]Gateway, error) {
 		case err != nil:
 			g.Err = fmt.Errorf("discovery: gateway master %d: %w", pid, err)
 		default:
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-				g.ExeDev, g.ExeIno = uint64(st.Dev), st.Ino
-			}
+			g.ExeDev, g.ExeIno = uint64(st.Dev), st.Ino
 		}
-		if fi, err := os.Stat(filepath.Join(dir, "ns", "pid")); err == nil {
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-				g.PIDNSDev, g.PIDNSIno = uint64(st.Dev), st.Ino
-			}
+		if stat(paths.pidNS, &st) == nil {
+			g.PIDNSDev, g.PIDNSIno = uint64(st.Dev), st.Ino
 		}
 		if g.Err != nil {
 			errs = append(errs, g.Err)
 		}
 		out = append(out, *g)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Master.PID < out[j].Master.PID })
+	slices.SortFunc(out, func(a, b Gateway) int { return cmp.Compare(a.Master.PID, b.Master.PID) })
 	return out, errors.Join(errs...)
 }
 
-// readProc reads one /proc/<pid> directory. ok is false when the process is not ours, is
-// a zombie, or vanished (or became unreadable) while being read.
-//
-// Every process's comm is read on every scan, so that read avoids os.ReadFile's extra
-// fstat and allocation: open, one read into buf, close.
-func readProc(dir string, pid int, want string, buf []byte) (*proc, bool) {
-	n, err := readSmall(filepath.Join(dir, "comm"), buf)
-	if err != nil {
-		return nil, false
+// stat is os.Stat without its FileInfo allocation; the error is the one os.Stat returns.
+func stat(path string, st *syscall.Stat_t) error {
+	for {
+		err := syscall.Stat(path, st)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return &fs.PathError{Op: "stat", Path: path, Err: err}
+		}
+		return nil
 	}
-	// The kernel appends one newline; the name itself may end in whitespace.
-	comm := bytes.TrimSuffix(buf[:n], []byte{'\n'})
-	if string(comm) != want {
-		return nil, false
-	}
-	raw, err := os.ReadFile(filepath.Join(dir, "stat"))
-	if err != nil {
-		return nil, false
-	}
-	st, err := ParseStat(raw)
-	if err != nil || st.PID != pid || st.State == 'Z' || st.State == 'X' {
-		return nil, false
-	}
-	cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
-	if err != nil {
-		return nil, false
-	}
-	title := strings.TrimSpace(string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
-	r, down := classify(title)
-	return &proc{
-		Process: Process{PID: pid, PPID: st.PPID, Comm: string(comm), StartTime: st.StartTime,
-			Title: title, ShuttingDown: down},
-		role: r,
-	}, true
-}
-
-// readDirNames lists a directory without sorting (os.ReadDir sorts and stats).
-func readDirNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Readdirnames(-1)
-}
-
-// readSmall reads a small file with a single read into buf.
-func readSmall(path string, buf []byte) (int, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	return f.Read(buf)
 }

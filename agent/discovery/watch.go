@@ -5,8 +5,9 @@ import (
 	"time"
 )
 
-// DefaultInterval is how often Watch rescans /proc when given no interval. A scan reads
-// one small comm file per process, so once a second is cheap.
+// DefaultInterval is how often Watch rescans /proc when given no interval. A scan rereads
+// one small comm file per process through a descriptor kept open, so once a second is
+// cheap.
 const DefaultInterval = time.Second
 
 // EventKind says what happened to a gateway.
@@ -48,6 +49,10 @@ type Event struct {
 // A scan that cannot read ProcRoot at all is skipped (nothing is reported Removed).
 // Watch returns when ctx is done.
 //
+// Between scans Watch keeps files under a procfs ProcRoot open: one per process, three
+// per process named s.Name, at most a quarter of RLIMIT_NOFILE (and 8192) in all. They are
+// closed as their processes exit, and all of them when Watch returns.
+//
 // While a gateway has no workers yet (its master was caught before forking them, or it is
 // restarting them), Watch rescans every FastInterval instead: requests served by a worker
 // the kernel filter does not know yet are not seen, so that window must stay short.
@@ -55,9 +60,11 @@ func Watch(ctx context.Context, s Scanner, interval time.Duration, fn func(Event
 	if interval <= 0 {
 		interval = DefaultInterval
 	}
+	c := newProcCache(s)
+	defer c.close()
 	known := map[GatewayID]Gateway{}
 	for {
-		if gws, err := s.Scan(); err == nil || gws != nil {
+		if gws, err := c.scan(); err == nil || gws != nil {
 			known = diff(known, gws, fn)
 		}
 		next := interval

@@ -214,7 +214,7 @@ struct nginxreq_proc {
 struct nginxreq_config {
 	__u64 now_sec; /* user space's wall clock, for the start_sec scan */
 	__u32 lua;     /* 1: park events for the free_request return probe */
-	__u32 _pad;
+	__u32 addr;    /* 1: read the client's address (only the per-request log shows it) */
 };
 
 struct nginxreq_lua_frame {
@@ -409,7 +409,7 @@ static __always_inline void read_listener(struct nginxreq_event *e, __u64 ls)
 }
 
 static __always_inline void read_conn(struct nginxreq_event *e, __u64 c, __u32 sent_off, __u32 addr_off,
-				      __u32 listening_off)
+				      __u32 listening_off, int want_addr)
 {
 	__u64 addr[2] = {}; /* ngx_str_t: len, data */
 	__u64 v[2] = {};    /* listening, sent */
@@ -428,7 +428,7 @@ static __always_inline void read_conn(struct nginxreq_event *e, __u64 c, __u32 s
 		bpf_probe_read_user(v, sizeof(v[0]), (void *)(c + listening_off));
 	}
 	read_listener(e, v[0]);
-	if (bpf_probe_read_user(addr, sizeof(addr), (void *)(c + addr_off)) == 0) {
+	if (want_addr && bpf_probe_read_user(addr, sizeof(addr), (void *)(c + addr_off)) == 0) {
 		e->addr_len = addr[0];
 		KW_READ_STR(e->addr, ADDR_LEN, addr[1], addr[0]);
 	}
@@ -582,7 +582,7 @@ static long s_scan_cb(__u32 i, struct s_scan_ctx *c)
 }
 
 /* Fill a calibration event (reserved in the ring buffer, header already filled). */
-static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 now_sec)
+static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 now_sec, int want_addr)
 {
 	struct nginxreq_event *e = &cb->ev;
 
@@ -645,7 +645,7 @@ static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 
 	/* connection is the first pointer after the 4-byte signature in every version. */
 	__u64 c = 0;
 	bpf_probe_read_user(&c, sizeof(c), (void *)(r + 8));
-	read_conn(e, c, 72, 120, 64);
+	read_conn(e, c, 72, 120, 64, want_addr);
 }
 
 static __always_inline void fill_common(struct nginxreq_event *e, struct nginxreq_proc *p, __u32 tgid, __u64 r,
@@ -663,7 +663,8 @@ static __always_inline void fill_common(struct nginxreq_event *e, struct nginxre
 #define CU_SPAN 128
 
 /* The fast path: the layout is known. */
-static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, struct nginxreq_layout *l)
+static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, struct nginxreq_layout *l,
+					 const struct nginxreq_config *cfg)
 {
 	e->kind = EV_REQUEST;
 	read_from_start(e, r, l->off_start, 1);
@@ -684,7 +685,7 @@ static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, stru
 		bpf_probe_read_user(&c, sizeof(c), (void *)(r + l->off_conn));
 		bpf_probe_read_user(&us, sizeof(us), (void *)(r + l->off_ustates));
 	}
-	read_conn(e, c, l->conn_sent, l->conn_addr, l->conn_listening);
+	read_conn(e, c, l->conn_sent, l->conn_addr, l->conn_listening, cfg->addr);
 
 	if (us) {
 		__u64 hdr[5] = {}, sum = 0;
@@ -725,7 +726,7 @@ int nginxreq_free_request(struct pt_regs *ctx)
 		}
 		__builtin_memset(cb, 0, sizeof(*cb) - SNAP_LEN);
 		fill_common(&cb->ev, p, tgid, r, rc);
-		calibrate(cb, r, cfg->now_sec);
+		calibrate(cb, r, cfg->now_sec, cfg->addr);
 		bpf_ringbuf_submit(cb, wake_flags());
 		count(C_EVENTS);
 		return 0;
@@ -741,7 +742,7 @@ int nginxreq_free_request(struct pt_regs *ctx)
 			e = bpf_map_lookup_elem(&nginxreq_pending, &id);
 		if (e) {
 			fill_common(e, p, tgid, r, rc);
-			fill_request(e, r, l);
+			fill_request(e, r, l, cfg);
 			return 0;
 		}
 		count(C_PENDING_LOST); /* emit without Lua timing instead */
@@ -754,7 +755,7 @@ int nginxreq_free_request(struct pt_regs *ctx)
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	fill_common(e, p, tgid, r, rc);
-	fill_request(e, r, l);
+	fill_request(e, r, l, cfg);
 	bpf_ringbuf_submit(e, wake_flags());
 	count(C_EVENTS);
 	return 0;

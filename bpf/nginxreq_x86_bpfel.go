@@ -35,7 +35,7 @@ type NginxReqNginxreqConfig struct {
 	_      structs.HostLayout
 	NowSec uint64
 	Lua    uint32
-	Pad    uint32
+	Addr   uint32
 }
 
 type NginxReqNginxreqCounter uint32

@@ -110,7 +110,10 @@ func loadDataPaths(cfg Config, log logr.Logger) (dp dataPaths, err error) {
 		}
 	}()
 	if cfg.DataPath != DataPathWire {
-		p, err := probes.New(probes.Options{LuaPhases: cfg.LuaPhases == LuaOn, Log: log.WithName("nginx-request")})
+		// The client address costs two reads per request and only the per-request log
+		// (debug level) shows it.
+		p, err := probes.New(probes.Options{LuaPhases: cfg.LuaPhases == LuaOn, Log: log.WithName("nginx-request"),
+			ClientAddr: log.WithName("request").V(1).Enabled()})
 		if err != nil {
 			if cfg.DataPath == DataPathNginx {
 				return dp, fmt.Errorf("nginx-request data path: %w", err)

@@ -57,7 +57,15 @@ func (c *collector) waitFor(t testing.TB, n int, d time.Duration) []model.Reques
 }
 
 // startProbes loads, tracks the nginx and runs the reader until the test ends.
+// startProbes starts probes with the client address on, so every field of the access log can
+// be compared (startProbesAs: exactly opts).
 func startProbes(t *testing.T, n *testNginx, opts Options) (*Probes, *collector) {
+	t.Helper()
+	opts.ClientAddr = true
+	return startProbesAs(t, n, opts)
+}
+
+func startProbesAs(t *testing.T, n *testNginx, opts Options) (*Probes, *collector) {
 	t.Helper()
 	opts.Log = testr.New(t)
 	p, err := New(opts)
@@ -211,6 +219,15 @@ func TestAgainstAccessLog(t *testing.T) {
 			t.Fatalf("Lua timing without LuaPhases: %+v", r)
 		}
 	}
+}
+
+// TestWithoutClientAddr: the default (no per-request log) reads no client address, and every
+// other field still equals the access log.
+func TestWithoutClientAddr(t *testing.T) {
+	requireIntegration(t)
+	n := startNginx(t)
+	p, c := startProbesAs(t, n, Options{})
+	checkAgainstLog(t, n, p, c, traffic(t, n, 5))
 }
 
 // TestNoCachedTimeFallback: without ngx_cached_time the latency comes from the kernel's
@@ -430,7 +447,7 @@ func TestCutHostAndURI(t *testing.T) {
 	for _, l := range lines {
 		found := false
 		for i, r := range got {
-			if !used[i] && compare(l, r) == "" {
+			if !used[i] && compare(l, r, true) == "" {
 				used[i], found = true, true
 				break
 			}
@@ -545,14 +562,14 @@ func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent i
 		// (the same nginx serves both); pair each log line with the record that fits it.
 		best := 0
 		for i := range rs {
-			if compare(l, rs[i]) == "" {
+			if compare(l, rs[i], p.opts.ClientAddr) == "" {
 				best = i
 				break
 			}
 		}
 		r := rs[best]
 		byKey[k] = append(rs[:best:best], rs[best+1:]...)
-		if diff := compare(l, r); diff != "" {
+		if diff := compare(l, r, p.opts.ClientAddr); diff != "" {
 			mismatches++
 			if mismatches < 30 {
 				t.Errorf("log %q\n  agent %+v\n  %s", l.raw, r, diff)
@@ -607,7 +624,8 @@ func abs(x int64) int64 {
 }
 
 // compare returns "" when the agent's record matches the access log line.
-func compare(l logLine, r model.Request) string {
+// compare lists how r differs from l; withAddr: the probes read client addresses.
+func compare(l logLine, r model.Request, withAddr bool) string {
 	var d []string
 	if r.Status != l.Status {
 		d = append(d, fmt.Sprintf("status %d != %d", r.Status, l.Status))
@@ -660,8 +678,11 @@ func compare(l logLine, r model.Request) string {
 	if r.Proto != l.Proto && !(r.Proto == "" && l.Proto == "-") {
 		d = append(d, fmt.Sprintf("proto %q != %q", r.Proto, l.Proto))
 	}
-	if r.ClientAddr != l.Addr {
-		d = append(d, fmt.Sprintf("addr %q != %q", r.ClientAddr, l.Addr))
+	if want := l.Addr; r.ClientAddr != want && !(r.ClientAddr == "" && !withAddr) {
+		d = append(d, fmt.Sprintf("addr %q != %q", r.ClientAddr, want))
+	}
+	if r.ClientAddr != "" && !withAddr {
+		d = append(d, fmt.Sprintf("addr %q read though ClientAddr is off", r.ClientAddr))
 	}
 	if pidInLog != nil && !pidInLog(l.PID, r.PID) || pidInLog == nil && r.PID != l.PID {
 		d = append(d, fmt.Sprintf("pid %d != %d", r.PID, l.PID))

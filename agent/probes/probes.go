@@ -28,9 +28,12 @@ import (
 
 // Options configures Probes.
 type Options struct {
-	// LuaPhases times the Lua phase handlers (rewrite, access, content, log) per request.
-	// Costs 2 probe hits per Lua phase per request plus one uretprobe on free_request.
+	// LuaPhases times the Lua phase handlers (luaHandlers) per request. Costs 2 probe hits
+	// per Lua handler call plus one uretprobe on free_request.
 	LuaPhases bool
+	// ClientAddr reads each request's client address ($remote_addr; two reads more per
+	// request). Only the per-request log shows it: off, Request.ClientAddr is "".
+	ClientAddr bool
 	// RingBufferBytes is the event ring size (rounded up to a power of two pages); default 4 MiB.
 	RingBufferBytes int
 	Log             logr.Logger
@@ -204,11 +207,7 @@ func New(opts Options) (*Probes, error) {
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err == nil {
 		p.clk.bootToWall = time.Duration(opts.Now().UnixNano() - ts.Nano())
 	}
-	cfg := bpf.NginxReqNginxreqConfig{NowSec: uint64(opts.Now().Unix())}
-	if opts.LuaPhases {
-		cfg.Lua = 1
-	}
-	if err := p.objs.NginxreqCfg.Put(uint32(0), &cfg); err != nil {
+	if err := p.objs.NginxreqCfg.Put(uint32(0), p.config(opts.Now())); err != nil {
 		p.objs.Close()
 		return nil, fmt.Errorf("write BPF config: %w", err)
 	}
@@ -726,6 +725,9 @@ func (p *Probes) config(now time.Time) *bpf.NginxReqNginxreqConfig {
 	cfg := &bpf.NginxReqNginxreqConfig{NowSec: uint64(now.Unix())}
 	if p.lua {
 		cfg.Lua = 1
+	}
+	if p.opts.ClientAddr {
+		cfg.Addr = 1
 	}
 	return cfg
 }

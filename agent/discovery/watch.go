@@ -54,8 +54,10 @@ type Event struct {
 // closed as their processes exit, and all of them when Watch returns.
 //
 // While a gateway has no workers yet (its master was caught before forking them, or it is
-// restarting them), Watch rescans every FastInterval instead: requests served by a worker
-// the kernel filter does not know yet are not seen, so that window must stay short.
+// restarting them), Watch rescans every FastInterval instead, for at most FastFor: requests
+// served by a worker the kernel filter does not know yet are not seen, so that window must
+// stay short; but a gateway that never has workers (master_process off, a master whose
+// workers are gone) must not keep the agent scanning ten times a second for good.
 func Watch(ctx context.Context, s Scanner, interval time.Duration, fn func(Event)) {
 	if interval <= 0 {
 		interval = DefaultInterval
@@ -63,14 +65,30 @@ func Watch(ctx context.Context, s Scanner, interval time.Duration, fn func(Event
 	c := newProcCache(s)
 	defer c.close()
 	known := map[GatewayID]Gateway{}
+	noWorkers := map[GatewayID]time.Time{} // since when each gateway has had no workers
 	for {
 		if gws, err := c.scan(); err == nil || gws != nil {
 			known = diff(known, gws, fn)
 		}
 		next := interval
-		for _, g := range known {
-			if len(g.Workers) == 0 && FastInterval < next {
+		now := time.Now()
+		for id, g := range known {
+			if len(g.Workers) > 0 {
+				delete(noWorkers, id)
+				continue
+			}
+			since, ok := noWorkers[id]
+			if !ok {
+				since = now
+				noWorkers[id] = now
+			}
+			if now.Sub(since) < FastFor && FastInterval < next {
 				next = FastInterval
+			}
+		}
+		for id := range noWorkers {
+			if _, ok := known[id]; !ok {
+				delete(noWorkers, id)
 			}
 		}
 		select {
@@ -81,8 +99,12 @@ func Watch(ctx context.Context, s Scanner, interval time.Duration, fn func(Event
 	}
 }
 
-// FastInterval is Watch's rescan interval while a gateway has no workers.
-const FastInterval = 100 * time.Millisecond
+// FastInterval is Watch's rescan interval while a gateway has no workers, for at most
+// FastFor from when it was first seen without them.
+const (
+	FastInterval = 100 * time.Millisecond
+	FastFor      = 10 * time.Second
+)
 
 // diff reports the differences between the previous and the current scan and returns the
 // new state.

@@ -170,7 +170,7 @@ func newAccumulator(start time.Time, maxHosts, maxPaths int) *accumulator {
 func (a *accumulator) observe(r *model.Request, end time.Time, hostSlot, pathSlot int) {
 	isErr := a.tally.observe(r, end)
 	if r.HasLua {
-		// Only the phases that ran Lua: a phase's numbers are those of the requests it
+		// Only the phases whose handler ran: a phase's numbers are those of the requests it
 		// served (balancer: the proxied ones; header and body filters: those answered),
 		// not diluted by zeros from requests that never reached it.
 		for i := range a.lua {

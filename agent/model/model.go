@@ -71,7 +71,7 @@ type Request struct {
 	// ClientAddr is $remote_addr ("" if unknown).
 	ClientAddr string
 	// LuaPhases holds the time spent in each Lua phase handler for this request (0: the
-	// phase ran no Lua); valid only if HasLua (Lua timing may be sampled, see docs/design.md).
+	// phase's handler did not run); valid only if HasLua (Lua timing may be sampled, see docs/design.md).
 	LuaPhases [NumLuaPhases]time.Duration
 	HasLua    bool
 	// PID is the worker process that served it (as seen from the agent's PID namespace).

@@ -139,7 +139,7 @@ func NewMetrics(o MetricsOptions) *Metrics {
 		kong: prometheus.NewHistogramVec(hist("kong_duration_seconds",
 			"Time Kong itself spent: total minus upstream for proxied requests, total otherwise; by listener."), []string{"listener"}),
 		luaPhase: prometheus.NewHistogramVec(hist("lua_phase_duration_seconds",
-			"Time spent in Kong's Lua handlers, by nginx phase (rewrite, access, content, header_filter, body_filter, log, balancer) and listener; each phase in the requests where it ran Lua.",
+			"Time spent in Kong's Lua handlers, by nginx phase (rewrite, access, content, header_filter, body_filter, log, balancer) and listener; each phase in the requests where its handler ran.",
 			luaBuckets...), []string{"phase", "listener"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kong_watcher", Name: "response_bytes_total",
 			Help: "Bytes sent to clients ($bytes_sent), by listener."}, []string{"listener"}),
@@ -241,7 +241,7 @@ func (m *Metrics) Observe(r *model.Request) {
 	children.kong.Observe(r.KongLatency().Seconds())
 	if r.HasLua {
 		for i, d := range r.LuaPhases {
-			if d > 0 { // the phases that ran Lua, as in the stats
+			if d > 0 { // the phases whose handler ran, as in the stats
 				children.lua[i].Observe(d.Seconds())
 			}
 		}

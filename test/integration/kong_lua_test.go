@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -128,4 +129,87 @@ func mergeLogs(a, b fixture.KongLogs) fixture.KongLogs {
 		}
 	}
 	return out
+}
+
+// TestLuaPhasesOnEveryBuild: the Lua phase probes find the lua module's handlers in every
+// nginx of fixture.NginxBuilds (Debian's dynamic module, the stripped OpenResty lines Kong
+// ships) and time exactly the phases the fixture's configuration runs Lua in, in exactly the
+// requests that ran them, as the access log tells (fixtureLuaPhases); never rewrite,
+// body_filter or balancer, which it does not configure. The headline stays exact.
+func TestLuaPhasesOnEveryBuild(t *testing.T) {
+	for _, b := range fixture.NginxBuilds() {
+		t.Run(b.Name, func(t *testing.T) {
+			fixture.RequireBuild(t, b)
+			opts := b.Options
+			opts.Workers = 2
+			gw := fixture.StartT(t, opts)
+			a := startAgent(t, gw.MasterPID(), nil, "KONG_WATCHER_LUA_PHASES=on")
+			a.waitReady(t, 20*time.Second)
+			// Batch 1 teaches the layout (calibration events carry no Lua timing).
+			before := driveAndCompare(t, gw, a, 200).Total
+			es1, err := gw.AccessLog()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := driveAndCompare(t, gw, a, 200)
+			if s.DataPath != "nginx-request" {
+				t.Fatalf("data path %q, want nginx-request", s.DataPath)
+			}
+			es, err := gw.AccessLog()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, aborted := fixtureLuaPhases(es[len(es1):])
+			for _, name := range []string{"rewrite", "access", "content", "header_filter", "body_filter", "log", "balancer"} {
+				l := s.Total.LuaPhasesMs[name]
+				got := int(l.Count - before.LuaPhasesMs[name].Count)
+				t.Logf("%-13s batch 2: agent %d, access log %d; p50 %.3f ms, p99 %.3f ms", name, got, want[name], l.P50, l.P99)
+				lo := want[name]
+				if name == "header_filter" {
+					lo -= aborted // a client gone before the answer gets no header
+				}
+				if got < lo || got > want[name] {
+					t.Errorf("%s ran Lua in %d requests of batch 2, the access log says %d..%d", name, got, lo, want[name])
+				}
+			}
+		})
+	}
+}
+
+// fixtureLuaPhases counts, from the access log, the requests in which each Lua phase's
+// handler must have run in test/fixture's nginx.conf.tmpl. The lua module installs its
+// access phase handler for every location once one has access_by_lua: it runs (and
+// declines at once where there is none) for every request that reaches the access phase,
+// that is all but /fast, which `return` answers in the rewrite phase. The header filter
+// runs Lua only where header_filter_by_lua is (its "kong" template: every location but /fast
+// and /static/); /lua/* and the catch-all location answer from content_by_lua. A 400 is
+// nginx refusing the request before any location. aborted counts the 499s in the "kong"
+// locations.
+func fixtureLuaPhases(es []fixture.LogEntry) (n map[string]int, aborted int) {
+	proxied := regexp.MustCompile(`^/(users|api|private|echo|status|cart|orders)(/|$)`)
+	n = map[string]int{}
+	for _, e := range es {
+		if e.Status == 400 || e.Method == "" {
+			continue
+		}
+		path, _, _ := strings.Cut(e.RequestURI, "?")
+		switch {
+		case path == "/fast":
+			continue
+		case strings.HasPrefix(path, "/static/"):
+			n["access"]++
+			continue
+		case path == "/lua/hello" || path == "/lua/error":
+			n["content"]++
+		case proxied.MatchString(path) || strings.HasPrefix(path, "/slow") || strings.HasPrefix(path, "/dead"):
+		default:
+			n["content"]++ // the catch-all: Kong's 404
+		}
+		n["access"]++
+		n["header_filter"]++
+		if e.Status == 499 {
+			aborted++
+		}
+	}
+	return n, aborted
 }

@@ -111,15 +111,6 @@ func (c Config) Validate() error {
 	if err := validateResources(c.Resources); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := parseLogLevel(c.LogLevel); err != nil {
-		errs = append(errs, err)
-	}
-	if err := validateProcessName(c.ProcessName); err != nil {
-		errs = append(errs, err)
-	}
-	if err := validateStatsInterval(c.StatsInterval); err != nil {
-		errs = append(errs, err)
-	}
 	// The agent reads the port as part of METRICS_ADDR, as rendered for any pod.
 	if err := agentenv.MetricsAddr.Check(metricsAddr(c.MetricsPort, false)); err != nil {
 		errs = append(errs, fmt.Errorf("metrics port %d: %w", c.MetricsPort, err))
@@ -130,20 +121,26 @@ func (c Config) Validate() error {
 	} else if len(c.AgentVersion) > 63 || strings.ContainsAny(c.AgentVersion, " \t\r\n") {
 		errs = append(errs, fmt.Errorf("agent version %q must be at most 63 characters without whitespace", c.AgentVersion))
 	}
+	// The agent's own rules (api/agentenv), for the values as rendered into its environment.
+	// An empty alert setting is not rendered at all: the agent's default applies.
 	for _, o := range []struct {
-		what string
-		v    string
-		s    agentenv.Var
+		what     string
+		v        string
+		s        agentenv.Var
+		optional bool
 	}{
-		{"high error rate threshold", c.HighErrorRateThreshold, &agentenv.HighErrorRateThreshold},
-		{"high latency p99 ms", c.HighLatencyP99Ms, &agentenv.HighLatencyP99Ms},
-		{"alert min requests", c.AlertMinRequests, &agentenv.AlertMinRequests},
+		{"log level", c.LogLevel, &agentenv.LogLevel, false},
+		{"process name", c.ProcessName, &agentenv.ProcessName, false},
+		{"stats interval", c.StatsInterval.String(), &agentenv.StatsInterval, false},
+		{"high error rate threshold", c.HighErrorRateThreshold, &agentenv.HighErrorRateThreshold, true},
+		{"high latency p99 ms", c.HighLatencyP99Ms, &agentenv.HighLatencyP99Ms, true},
+		{"alert min requests", c.AlertMinRequests, &agentenv.AlertMinRequests, true},
 	} {
-		if o.v == "" {
+		if o.v == "" && o.optional {
 			continue
 		}
 		if err := o.s.Check(o.v); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", o.what, err))
+			errs = append(errs, fmt.Errorf("%s %w", o.what, err))
 		}
 	}
 	for _, ns := range c.ExcludedNamespaces {
@@ -176,35 +173,6 @@ func validateResources(r corev1.ResourceRequirements) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// The checks below are the agent's own (api/agentenv), worded for the webhook's flags and the
-// pod's annotations rather than the agent's variables.
-
-// parseLogLevel returns the spelling of s the agent reads from LOG_LEVEL.
-func parseLogLevel(s string) (string, error) {
-	l, err := agentenv.LogLevel.Parse(s)
-	if err != nil {
-		return "", fmt.Errorf("log level %w", err)
-	}
-	return l, nil
-}
-
-// validateProcessName checks that name can be the process name (comm) of Kong's workers.
-func validateProcessName(name string) error {
-	if err := agentenv.ProcessName.Check(name); err != nil {
-		return fmt.Errorf("process name %w", err)
-	}
-	return nil
-}
-
-// validateStatsInterval checks d as the agent reads it from STATS_INTERVAL, where the webhook
-// writes d.String().
-func validateStatsInterval(d time.Duration) error {
-	if err := agentenv.StatsInterval.Check(d.String()); err != nil {
-		return fmt.Errorf("stats interval %w", err)
-	}
-	return nil
 }
 
 // excluded reports whether namespace is one the agent must never be injected into.

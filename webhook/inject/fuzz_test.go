@@ -13,6 +13,7 @@ import (
 	sigsjson "sigs.k8s.io/json"
 
 	"github.com/kong-watcher/kong-watcher/agent/listeners"
+	"github.com/kong-watcher/kong-watcher/api/agentenv"
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -97,16 +98,17 @@ func FuzzPodSettings(f *testing.F) {
 			kwv1.AnnotationListeners: processName,
 		}
 		s, warnings := podSettings(pod, cfg)
-		if _, err := parseLogLevel(s.logLevel); err != nil || s.logLevel != strings.ToLower(s.logLevel) {
+		if l, err := agentenv.LogLevel.Parse(s.logLevel); err != nil || l != s.logLevel {
 			t.Fatalf("accepted log level %q", s.logLevel)
 		}
-		if err := validateProcessName(s.processName); err != nil {
+		if err := agentenv.ProcessName.Check(s.processName); err != nil {
 			t.Fatalf("accepted process name: %v", err)
 		}
-		if err := validateStatsInterval(s.statsInterval); err != nil {
+		if err := agentenv.StatsInterval.Check(s.statsInterval.String()); err != nil {
 			t.Fatalf("accepted interval: %v", err)
 		}
-		if s.processName != processName && s.processName != cfg.ProcessName {
+		// The agent reads its settings without surrounding white space, and so does the webhook.
+		if s.processName != strings.TrimSpace(processName) && s.processName != cfg.ProcessName {
 			t.Fatalf("process name %q is neither the annotation nor the default", s.processName)
 		}
 		if s.listeners != "" {

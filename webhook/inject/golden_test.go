@@ -44,10 +44,10 @@ var goldenCases = []goldenCase{
 	{name: "invalid-overrides", pod: "invalid-overrides", namespace: "kong", reason: ReasonInject,
 		event: kwv1.ReasonInjected, native: true, warnings: []string{
 			`annotation kong-watcher.io/log-level ignored: log level "verbose": want debug, info, warn or error; using info`,
-			`annotation kong-watcher.io/json-log ignored: "yes please" is not a boolean (true or false); using true`,
+			`annotation kong-watcher.io/json-log ignored: JSON log "yes please": want true or false; using true`,
 			`annotation kong-watcher.io/process-name ignored: process name "/usr/local/openresty/nginx/sbin/...": want a kernel process name (at most 15 bytes, no '/')`,
 			`annotation kong-watcher.io/stats-interval ignored: stats interval "500ms": want a Go duration between 1s and 1h; using 30s`,
-			`annotation kong-watcher.io/native-sidecar ignored: "maybe" is not a boolean (true or false); using true`,
+			`annotation kong-watcher.io/native-sidecar ignored: native sidecar "maybe": want true or false; using true`,
 		}},
 	{name: "already-injected", pod: "already-injected", namespace: "kong", reason: ReasonAlreadyInjected},
 	{name: "share-process-namespace-false", pod: "share-process-namespace-false", namespace: "kong",
@@ -332,6 +332,7 @@ func checkInjected(t *testing.T, before, after *corev1.Pod, cfg Config, native b
 			t.Errorf("%s empty", name)
 		}
 	}
+	checkAgentEnv(t, agent.Env)
 
 	sc := agent.SecurityContext
 	if sc == nil || sc.Capabilities == nil {

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kong-watcher/kong-watcher/api/agentenv"
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -166,5 +167,27 @@ func flushEvents(t testing.TB, w *Webhook) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("events not flushed within 5s")
+	}
+}
+
+// checkAgentEnv fails unless every variable of the agent's environment is a setting of the
+// agent's contract (api/agentenv) and, when the webhook renders its value, the agent would
+// accept that value.
+func checkAgentEnv(t *testing.T, env []corev1.EnvVar) {
+	t.Helper()
+	settings := map[string]agentenv.Var{}
+	for _, v := range agentenv.All {
+		settings[v.Info().Env] = v
+	}
+	for _, e := range env {
+		s, ok := settings[e.Name]
+		switch {
+		case !ok:
+			t.Errorf("%s is not one of the agent's settings", e.Name)
+		case e.ValueFrom == nil:
+			if err := s.Check(e.Value); err != nil {
+				t.Errorf("the agent would refuse %s: %v", e.Name, err)
+			}
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kong-watcher/kong-watcher/api/agentenv"
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -90,18 +91,18 @@ func agentContainer(cfg Config, s settings, hostNetwork bool) corev1.Container {
 		Image:           cfg.Image,
 		ImagePullPolicy: cfg.PullPolicy,
 		Env: []corev1.EnvVar{
-			{Name: kwv1.EnvPodName, ValueFrom: &corev1.EnvVarSource{
+			{Name: agentenv.PodName.Env, ValueFrom: &corev1.EnvVarSource{
 				FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.name"}}},
-			{Name: kwv1.EnvPodNamespace, ValueFrom: &corev1.EnvVarSource{
+			{Name: agentenv.PodNamespace.Env, ValueFrom: &corev1.EnvVarSource{
 				FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"}}},
-			{Name: kwv1.EnvLogLevel, Value: s.logLevel},
-			{Name: kwv1.EnvJSONLog, Value: strconv.FormatBool(s.jsonLog)},
-			{Name: kwv1.EnvProcessName, Value: s.processName},
-			{Name: kwv1.EnvStatsInterval, Value: s.statsInterval.String()},
-			{Name: kwv1.EnvMetricsAddr, Value: metricsAddr(cfg.MetricsPort, hostNetwork)},
+			{Name: agentenv.LogLevel.Env, Value: s.logLevel},
+			{Name: agentenv.JSONLog.Env, Value: strconv.FormatBool(s.jsonLog)},
+			{Name: agentenv.ProcessName.Env, Value: s.processName},
+			{Name: agentenv.StatsInterval.Env, Value: s.statsInterval.String()},
+			{Name: agentenv.MetricsAddr.Env, Value: metricsAddr(cfg.MetricsPort, hostNetwork)},
 			// A dying agent is restarted inside its container, which never exits: a native
 			// sidecar that restarts makes the whole pod NotReady.
-			{Name: kwv1.EnvSupervise, Value: "true"},
+			{Name: agentenv.Supervise.Env, Value: "true"},
 		},
 		Resources: *cfg.Resources.DeepCopy(),
 		// No probes at all. A sidecar's readiness counts toward the pod's Ready condition, so
@@ -115,10 +116,10 @@ func agentContainer(cfg Config, s settings, hostNetwork bool) corev1.Container {
 		SecurityContext:          agentSecurityContext(cfg.Privileged),
 	}
 	for _, e := range []corev1.EnvVar{
-		{Name: kwv1.EnvHighErrorRateThreshold, Value: cfg.HighErrorRateThreshold},
-		{Name: kwv1.EnvHighLatencyP99Ms, Value: cfg.HighLatencyP99Ms},
-		{Name: kwv1.EnvAlertMinRequests, Value: cfg.AlertMinRequests},
-		{Name: kwv1.EnvListeners, Value: s.listeners},
+		{Name: agentenv.HighErrorRateThreshold.Env, Value: cfg.HighErrorRateThreshold},
+		{Name: agentenv.HighLatencyP99Ms.Env, Value: cfg.HighLatencyP99Ms},
+		{Name: agentenv.AlertMinRequests.Env, Value: cfg.AlertMinRequests},
+		{Name: agentenv.Listeners.Env, Value: s.listeners},
 	} {
 		if e.Value != "" {
 			c.Env = append(c.Env, e)
@@ -164,12 +165,12 @@ func addReporting(pod *corev1.Pod, agent *corev1.Container, r ReportConfig, ca s
 		Name: kwv1.TokenVolumeName, MountPath: kwv1.TokenMountPath, ReadOnly: true,
 	})
 	agent.Env = append(agent.Env,
-		corev1.EnvVar{Name: kwv1.EnvManagerURL, Value: r.URL},
-		corev1.EnvVar{Name: kwv1.EnvManagerCA, Value: ca},
-		corev1.EnvVar{Name: kwv1.EnvTokenFile, Value: kwv1.TokenMountPath + "/" + kwv1.TokenFileName},
+		corev1.EnvVar{Name: agentenv.ManagerURL.Env, Value: r.URL},
+		corev1.EnvVar{Name: agentenv.ManagerCA.Env, Value: ca},
+		corev1.EnvVar{Name: agentenv.TokenFile.Env, Value: kwv1.TokenMountPath + "/" + kwv1.TokenFileName},
 	)
 	if r.FallbackAddr != "" {
-		agent.Env = append(agent.Env, corev1.EnvVar{Name: kwv1.EnvManagerAddr, Value: r.FallbackAddr})
+		agent.Env = append(agent.Env, corev1.EnvVar{Name: agentenv.ManagerAddr.Env, Value: r.FallbackAddr})
 	}
 }
 

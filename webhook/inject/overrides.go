@@ -1,14 +1,14 @@
 package inject
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/kong-watcher/kong-watcher/agent/listeners"
+	"github.com/kong-watcher/kong-watcher/api/agentenv"
 	kwv1 "github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -25,10 +25,11 @@ type settings struct {
 	listeners string
 }
 
-// podSettings applies the pod's override annotations to cfg. An invalid value is ignored and
-// reported as a warning, never as an error: a typo in an annotation must not cost the user
-// the pod. The image is deliberately not overridable: the agent runs with BPF
-// rights, so which binary gets them is the cluster operator's choice, not the pod author's.
+// podSettings applies the pod's override annotations to cfg. Each value is read with the
+// agent's own rule for its setting (api/agentenv). An invalid value is ignored and reported
+// as a warning, never as an error: a typo in an annotation must not cost the user the pod.
+// The image is deliberately not overridable: the agent runs with BPF rights, so which binary
+// gets them is the cluster operator's choice, not the pod author's.
 func podSettings(pod *corev1.Pod, cfg Config) (settings, []string) {
 	s := settings{
 		logLevel:      cfg.LogLevel,
@@ -38,85 +39,60 @@ func podSettings(pod *corev1.Pod, cfg Config) (settings, []string) {
 		nativeSidecar: cfg.NativeSidecar,
 	}
 	// Config.Validate already accepted cfg, but keep the env canonical if the caller skipped it.
-	if l, err := parseLogLevel(cfg.LogLevel); err == nil {
+	if l, err := agentenv.LogLevel.Parse(cfg.LogLevel); err == nil {
 		s.logLevel = l
 	}
-	var warnings []string
-	// err quotes the (truncated) value already.
-	invalid := func(key, _ string, err error, kept string) {
-		warnings = append(warnings, fmt.Sprintf("annotation %s ignored: %v; using %s", key, err, kept))
-	}
-	ann := pod.Annotations
-
-	if v, ok := ann[kwv1.AnnotationLogLevel]; ok {
-		if l, err := parseLogLevel(v); err != nil {
-			invalid(kwv1.AnnotationLogLevel, v, err, s.logLevel)
-		} else {
-			s.logLevel = l
-		}
-	}
-	if v, ok := ann[kwv1.AnnotationJSONLog]; ok {
-		if b, err := parseBool(v); err != nil {
-			invalid(kwv1.AnnotationJSONLog, v, err, strconv.FormatBool(s.jsonLog))
-		} else {
-			s.jsonLog = b
-		}
-	}
-	if v, ok := ann[kwv1.AnnotationProcessName]; ok {
-		if err := validateProcessName(v); err != nil {
-			invalid(kwv1.AnnotationProcessName, v, err, strconv.Quote(s.processName))
-		} else {
-			s.processName = v
-		}
-	}
-	if v, ok := ann[kwv1.AnnotationStatsInterval]; ok {
-		if d, err := parseStatsInterval(v); err != nil {
-			invalid(kwv1.AnnotationStatsInterval, v, err, s.statsInterval.String())
-		} else {
-			s.statsInterval = d
-		}
-	}
-	if v, ok := ann[kwv1.AnnotationNativeSidecar]; ok {
-		if b, err := parseBool(v); err != nil {
-			invalid(kwv1.AnnotationNativeSidecar, v, err, strconv.FormatBool(s.nativeSidecar))
-		} else {
-			s.nativeSidecar = b
-		}
-	}
-	if v, ok := ann[kwv1.AnnotationListeners]; ok {
-		if l, err := listeners.ParseOverride(v); err != nil {
-			invalid(kwv1.AnnotationListeners, v, err, "the names the agent learns from the gateway")
-		} else {
-			s.listeners = l.String()
-		}
-	}
-	return s, warnings
+	o := overrides{ann: pod.Annotations}
+	override(&o, kwv1.AnnotationLogLevel, "log level", agentenv.LogLevel.Parse, &s.logLevel, same)
+	override(&o, kwv1.AnnotationJSONLog, "JSON log", agentenv.JSONLog.Parse, &s.jsonLog, strconv.FormatBool)
+	override(&o, kwv1.AnnotationProcessName, "process name", agentenv.ProcessName.Parse, &s.processName, strconv.Quote)
+	override(&o, kwv1.AnnotationStatsInterval, "stats interval", agentenv.StatsInterval.Parse, &s.statsInterval,
+		time.Duration.String)
+	override(&o, kwv1.AnnotationNativeSidecar, "native sidecar", parseBool, &s.nativeSidecar, strconv.FormatBool)
+	override(&o, kwv1.AnnotationListeners, "listener names", parseListeners, &s.listeners,
+		func(string) string { return "the names the agent learns from the gateway" })
+	return s, o.warnings
 }
 
-func parseBool(v string) (bool, error) {
-	b, err := strconv.ParseBool(strings.TrimSpace(v))
+// overrides are a pod's annotations and the warnings about those ignored.
+type overrides struct {
+	ann      map[string]string
+	warnings []string
+}
+
+// override sets *v from the annotation key when parse accepts it; otherwise *v stays and a
+// warning names the annotation, what is wrong (parse's error quotes the value, cut short
+// because the API server caps admission warnings) and what is used instead (show).
+func override[T any](o *overrides, key, what string, parse func(string) (T, error), v *T, show func(T) string) {
+	raw, ok := o.ann[key]
+	if !ok {
+		return
+	}
+	t, err := parse(raw)
 	if err != nil {
-		return false, fmt.Errorf("%q is not a boolean (true or false)", truncate(v, 32))
+		o.warnings = append(o.warnings, fmt.Sprintf("annotation %s ignored: %s %v; using %s", key, what, err, show(*v)))
+		return
 	}
-	return b, nil
+	*v = t
 }
 
-func parseStatsInterval(v string) (time.Duration, error) {
-	d, err := time.ParseDuration(strings.TrimSpace(v))
+func same(s string) string { return s }
+
+// parseBool is the agent's rule for a true/false setting, used for the webhook's own boolean
+// annotation too, so that every kong-watcher.io/* boolean reads alike.
+var parseBool = agentenv.JSONLog.Parse
+
+// parseListeners reads listener names as the agent does and returns their canonical form.
+// The contract's error quotes the whole value around the listener parser's, which quotes the
+// group at fault already: the warning keeps the inner one, so that a long value does not
+// appear twice in a warning the API server caps.
+func parseListeners(v string) (string, error) {
+	l, err := agentenv.Listeners.Parse(v)
 	if err != nil {
-		return 0, fmt.Errorf("%q is not a Go duration such as 30s or 1m", truncate(v, 32))
+		if inner := errors.Unwrap(err); inner != nil {
+			return "", inner
+		}
+		return "", err
 	}
-	if err := validateStatsInterval(d); err != nil {
-		return 0, err
-	}
-	return d, nil
-}
-
-// truncate keeps warnings short (the API server caps admission warnings) when they quote a
-// user's value.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
+	return l.String(), nil
 }

@@ -459,3 +459,11 @@ func ownerString(o *metav1.OwnerReference) string {
 	}
 	return o.Kind + "/" + o.Name
 }
+
+// truncate keeps warnings and Events short when they quote a user's value or an error.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/kong-watcher/kong-watcher/api/agentenv"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
 )
@@ -109,14 +110,22 @@ func NewOptions() *Options {
 		ReportMaxInFlight:          32,
 		RollupInterval:             30 * time.Second,
 		RollupTrafficStatsInterval: 5 * time.Minute,
-		AgentCPURequest:            "100m",
-		AgentMemoryRequest:         "128Mi",
-		AgentCPULimit:              "200m",
-		AgentMemoryLimit:           "256Mi",
+		AgentCPURequest:            quantity(agent.Resources.Requests, corev1.ResourceCPU),
+		AgentMemoryRequest:         quantity(agent.Resources.Requests, corev1.ResourceMemory),
+		AgentCPULimit:              quantity(agent.Resources.Limits, corev1.ResourceCPU),
+		AgentMemoryLimit:           quantity(agent.Resources.Limits, corev1.ResourceMemory),
 		excludedNamespaces:         strings.Join(agent.ExcludedNamespaces, ","),
 		pullPolicy:                 string(agent.PullPolicy),
 		DisableCertRotation:        false,
 	}
+}
+
+// quantity is l's name as a flag value, "" when l has none.
+func quantity(l corev1.ResourceList, name corev1.ResourceName) string {
+	if q, ok := l[name]; ok {
+		return q.String()
+	}
+	return ""
 }
 
 // podNamespace: POD_NAMESPACE (downward API), else the service account's namespace file
@@ -208,29 +217,45 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.AgentCPULimit, "agent-cpu-limit", o.AgentCPULimit, "The agent container's CPU limit.")
 	fs.StringVar(&o.AgentMemoryLimit, "agent-memory-limit", o.AgentMemoryLimit, "The agent container's memory limit.")
 	fs.StringVar(&o.Agent.LogLevel, "agent-log-level", o.Agent.LogLevel,
-		"The agent's LOG_LEVEL (debug|info|warn|error); per pod: annotation kong-watcher.io/log-level.")
+		agentFlag(&agentenv.LogLevel, v1alpha1.AnnotationLogLevel, "", false))
 	fs.BoolVar(&o.Agent.JSONLog, "agent-json-log", o.Agent.JSONLog,
-		"The agent's ENABLE_JSON_LOG; per pod: annotation kong-watcher.io/json-log.")
+		agentFlag(&agentenv.JSONLog, v1alpha1.AnnotationJSONLog, "", false))
 	fs.StringVar(&o.Agent.ProcessName, "agent-process-name", o.Agent.ProcessName,
-		"The agent's KONG_PROCESS_NAME (the process to trace); per pod: annotation kong-watcher.io/process-name.")
+		agentFlag(&agentenv.ProcessName, v1alpha1.AnnotationProcessName, "the process to trace", false))
 	fs.DurationVar(&o.Agent.StatsInterval, "agent-stats-interval", o.Agent.StatsInterval,
-		"The agent's STATS_INTERVAL; per pod: annotation kong-watcher.io/stats-interval.")
+		agentFlag(&agentenv.StatsInterval, v1alpha1.AnnotationStatsInterval, "", false))
 	fs.BoolVar(&o.Agent.NativeSidecar, "agent-native-sidecar", o.Agent.NativeSidecar,
 		"Inject the agent as a native sidecar (init container with restartPolicy Always, Kubernetes >= 1.29); "+
-			"false: a plain container. Per pod: annotation kong-watcher.io/native-sidecar.")
+			"false: a plain container. Per pod: annotation "+v1alpha1.AnnotationNativeSidecar+".")
 	fs.BoolVar(&o.Agent.Privileged, "agent-privileged", o.Agent.Privileged,
 		"Escape hatch: run the agent privileged (kernels without uprobe_multi, < 6.6). Default: capabilities BPF, PERFMON, SYS_PTRACE only.")
 	fs.StringVar(&o.Agent.HighErrorRateThreshold, "agent-high-error-rate-threshold", o.Agent.HighErrorRateThreshold,
-		"The agent's HIGH_ERROR_RATE_THRESHOLD for its HighErrorRate Event (\"5%\" or \"0.05\"; empty: the agent's 5%); "+
-			"per pod: annotation kong-watcher.io/high-error-rate-threshold.")
+		agentFlag(&agentenv.HighErrorRateThreshold, v1alpha1.AnnotationHighErrorRateThreshold,
+			"for its HighErrorRate Event, a percentage or a fraction", true))
 	fs.StringVar(&o.Agent.HighLatencyP99Ms, "agent-high-latency-p99-ms", o.Agent.HighLatencyP99Ms,
-		"The agent's HIGH_LATENCY_P99_MS for its HighLatency Event (empty: the agent's 1000); per pod: annotation "+
-			"kong-watcher.io/high-latency-p99-ms.")
+		agentFlag(&agentenv.HighLatencyP99Ms, v1alpha1.AnnotationHighLatencyP99Ms, "for its HighLatency Event", true))
 	fs.StringVar(&o.Agent.AlertMinRequests, "agent-alert-min-requests", o.Agent.AlertMinRequests,
-		"The agent's ALERT_MIN_REQUESTS: a window with fewer requests never alerts (empty: the agent's 20).")
+		agentFlag(&agentenv.AlertMinRequests, "", "a window with fewer requests never alerts", true))
 	fs.StringVar(&o.excludedNamespaces, "excluded-namespaces", o.excludedNamespaces,
 		"Comma-separated namespaces never injected (the webhook's own namespace is always added). The "+
 			"MutatingWebhookConfiguration's namespaceSelector should exclude them too.")
+}
+
+// agentFlag is the help of a flag that sets one of the agent's settings: its variable, what
+// it is for, the pod annotation that overrides it and, for a flag empty by default (the
+// variable is then not rendered at all), the agent's own default.
+func agentFlag[T any](s *agentenv.Setting[T], annotation, what string, optional bool) string {
+	h := "The agent's " + s.Env
+	if what != "" {
+		h += " (" + what + ")"
+	}
+	if optional {
+		h += "; empty: the agent's default, " + s.Default
+	}
+	if annotation != "" {
+		h += "; per pod: annotation " + annotation
+	}
+	return h + "."
 }
 
 // Complete parses the raw flag values into Agent and validates everything.

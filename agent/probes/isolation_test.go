@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+
+	"github.com/kong-watcher/kong-watcher/agent/kernel"
 )
 
 // These tests re-run this test binary in a restricted environment (a child PID namespace,
@@ -106,12 +108,12 @@ func TestCapsInner(t *testing.T) {
 	if !strings.HasPrefix(mode, "caps") {
 		t.Skip("only run by TestCapabilities")
 	}
-	eff, err := effectiveCaps()
+	eff, err := kernel.EffectiveCaps()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("CapEff=%#x", eff)
-	if eff&(1<<capSysAdmin) != 0 || eff&(1<<capBPF) == 0 {
+	if eff&(1<<kernel.CapSysAdmin) != 0 || eff&(1<<kernel.CapBPF) == 0 {
 		t.Fatalf("capabilities not reduced: %#x", eff)
 	}
 	if mode == "caps-noperfmon" {
@@ -132,7 +134,7 @@ func TestCapsInner(t *testing.T) {
 	n.TLSPort, _ = strconv.Atoi(f[2])
 	n.AltPort, _ = strconv.Atoi(f[4])
 	p, c := startProbes(t, n, Options{})
-	if st := p.Status(); st.AttachMethod != "uprobe_multi" {
+	if st := p.Status(); st.AttachMethod != kernel.ModeMulti {
 		t.Fatalf("attach method %q", st.AttachMethod)
 	}
 	sent := traffic(t, n, 5)

@@ -26,6 +26,8 @@ import (
 	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/bpf"
+
+	"github.com/kong-watcher/kong-watcher/agent/kernel"
 )
 
 type collector struct {
@@ -698,11 +700,9 @@ func TestMain(m *testing.M) {
 // uprobes, which need CAP_SYS_ADMIN), with Lua timing so cookies are exercised too.
 func TestPerfEventFallback(t *testing.T) {
 	requireIntegration(t)
-	testForcePerf = true
-	defer func() { testForcePerf = false }()
 	n := startNginx(t)
-	p, c := startProbes(t, n, Options{LuaPhases: true})
-	if st := p.Status(); st.AttachMethod != "perf" {
+	p, c := startProbes(t, n, Options{LuaPhases: true, ForcePerfEvent: true})
+	if st := p.Status(); st.AttachMethod != kernel.ModePerf {
 		t.Fatalf("attach method %q", st.AttachMethod)
 	}
 	got := checkAgainstLog(t, n, p, c, traffic(t, n, 5))

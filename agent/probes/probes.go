@@ -13,14 +13,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
 
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
+	"github.com/kong-watcher/kong-watcher/agent/kernel"
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/agent/nginxlayout"
 	"github.com/kong-watcher/kong-watcher/bpf"
@@ -39,6 +37,9 @@ type Options struct {
 	Log             logr.Logger
 	// Now is the wall clock (tests); default time.Now.
 	Now func() time.Time
+	// ForcePerfEvent attaches with perf-event uprobes, as on kernels without uprobe_multi
+	// (tests and diagnosis).
+	ForcePerfEvent bool
 }
 
 // Status is a snapshot of the probes' health, for /readyz, metrics and Events.
@@ -61,7 +62,7 @@ type Status struct {
 	DecodeErrors uint64 // events that could not be turned into a plausible request
 	Calibration  uint64 // calibration events seen
 	Ignored      uint64 // free_request calls that were no client request (see ignorable)
-	AttachMethod string // "uprobe_multi" or "perf"
+	AttachMethod string // kernel.ModeMulti ("uprobe_multi") or kernel.ModePerf ("perf")
 	LuaPhases    bool
 	Err          string
 }
@@ -84,10 +85,6 @@ type binKey struct{ dev, ino uint64 }
 // testNoCachedTime makes the agent behave as if nginx did not export ngx_cached_time, so
 // tests can exercise the kernel-clock fallback.
 var testNoCachedTime = false
-
-// testForcePerf makes the agent attach with perf-event uprobes as on kernels without
-// uprobe_multi, so tests exercise that path too.
-var testForcePerf = false
 
 // testCalibHook sees every calibration event (tests record real snapshots with it).
 var testCalibHook func(*rawCalib)
@@ -123,10 +120,11 @@ type gateway struct {
 
 // Probes is the loaded BPF collection and everything attached from it.
 type Probes struct {
-	opts  Options
-	objs  bpf.NginxReqObjects
-	multi bool
-	clk   clock
+	opts Options
+	objs bpf.NginxReqObjects
+	mode string // kernel.ModeMulti or kernel.ModePerf
+	ring *kernel.Ring
+	clk  clock
 
 	mu       sync.Mutex
 	bins     map[binKey]*nginxBin
@@ -160,54 +158,31 @@ func New(opts Options) (*Probes, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load BPF spec: %w", err)
 	}
-	spec.Maps["nginxreq_events"].MaxEntries = uint32(size)
-
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
-		return nil, fmt.Errorf("stat own PID namespace: %w", err)
+	ns, err := kernel.OwnPIDNamespace()
+	if err != nil {
+		return nil, err
 	}
-	// The kernel compares against the nsfs superblock's dev_t in its internal encoding.
-	kdev := uint64(unix.Major(st.Dev))<<20 | uint64(unix.Minor(st.Dev))
-	const procPidInitIno = 0xEFFFFFFC
-	inInit := uint32(0)
-	if st.Ino == procPidInitIno {
-		inInit = 1
-	}
-	for name, v := range map[string]any{
-		"agent_ns_dev": kdev, "agent_ns_ino": st.Ino, "agent_in_init_ns": inInit,
-		"wakeup_bytes": uint64(size / 4),
-	} {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return nil, fmt.Errorf("set %s: %w", name, err)
-		}
-	}
+	consts := ns.NamespaceConsts("agent_ns_dev", "agent_ns_ino", "agent_in_init_ns")
+	consts["wakeup_bytes"] = uint64(size / 4)
 
 	p := &Probes{opts: opts, bins: map[binKey]*nginxBin{}, byID: map[uint32]*nginxBin{},
 		gws: map[discovery.GatewayID]*gateway{}, pidOwner: map[int]discovery.GatewayID{}, lua: opts.LuaPhases}
 	p.calPool.New = func() any { return new(rawCalib) }
-
-	// uprobe_multi links need CAP_BPF+CAP_PERFMON only; perf-event uprobes need CAP_SYS_ADMIN.
-	// A program is loaded for one or the other, so decide before loading.
-	if err := features.HaveBPFLinkUprobeMulti(); err == nil && !testForcePerf {
-		p.multi = true
-		for _, ps := range spec.Programs {
-			ps.AttachType = ebpf.AttachTraceUprobeMulti
-		}
-	} else if isPerm(err) {
-		return nil, permError("probe for uprobe_multi support", err, capBPF, capPerfmon)
+	p.mode, err = kernel.LoadAndAssign(spec, &p.objs, kernel.Load{Name: "nginxreq", Ring: "nginxreq_events",
+		RingBytes: size, Consts: consts, ForcePerfEvent: opts.ForcePerfEvent})
+	if err != nil {
+		return nil, err
 	}
-	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("BPF verifier rejected nginxreq: %+v", ve)
-		}
-		return nil, permError("load BPF programs", err, capBPF, capPerfmon)
+	if p.ring, err = kernel.OpenRing(p.objs.NginxreqEvents); err != nil {
+		p.objs.Close()
+		return nil, err
 	}
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err == nil {
 		p.clk.bootToWall = time.Duration(opts.Now().UnixNano() - ts.Nano())
 	}
 	if err := p.objs.NginxreqCfg.Put(uint32(0), p.config(opts.Now())); err != nil {
+		p.ring.Close()
 		p.objs.Close()
 		return nil, fmt.Errorf("write BPF config: %w", err)
 	}
@@ -244,14 +219,10 @@ func (p *Probes) Track(gw discovery.Gateway) error {
 func (p *Probes) attach(gw discovery.Gateway, key binKey) (*nginxBin, error) {
 	info, err := readBinary(gw.Exe)
 	if err != nil {
-		return nil, permError("read "+gw.Exe, err, capSysPtrace)
+		return nil, kernel.PermError("read "+gw.Exe, err, kernel.CapSysPtrace)
 	}
 	if !info.has["ngx_http_free_request"] {
 		return nil, fmt.Errorf("%s does not export ngx_http_free_request: not an nginx/OpenResty binary kong-watcher can probe", gw.Exe)
-	}
-	ex, err := link.OpenExecutable(gw.Exe)
-	if err != nil {
-		return nil, permError("open "+gw.Exe, err, capSysPtrace)
 	}
 	b := &nginxBin{key: key, exe: gw.Exe, info: info, gw: gw, learner: nginxlayout.NewLearner(learnNeed, learnMax)}
 	if n := len(p.freeIDs); n > 0 {
@@ -275,11 +246,11 @@ func (p *Probes) attach(gw discovery.Gateway, key binKey) (*nginxBin, error) {
 	// With Lua timing on, the return probe must be in place before the entry probe parks
 	// events for it.
 	if p.lua {
-		if err := p.attachSyms(&b.luaLinks, ex, []string{"ngx_http_free_request"}, p.objs.NginxreqFreeRequestRet, true, nil); err != nil {
+		if err := p.attachTable(&b.luaLinks, gw.Exe, p.freeRequestRet()); err != nil {
 			return fail(err)
 		}
 	}
-	if err := p.attachSyms(&b.links, ex, []string{"ngx_http_free_request"}, p.objs.NginxreqFreeRequest, false, nil); err != nil {
+	if err := p.attachTable(&b.links, gw.Exe, []kernel.Probe{{Sym: "ngx_http_free_request", Prog: p.objs.NginxreqFreeRequest}}); err != nil {
 		return fail(err)
 	}
 	if p.lua {
@@ -291,7 +262,7 @@ func (p *Probes) attach(gw discovery.Gateway, key binKey) (*nginxBin, error) {
 	}
 	p.bins[key] = b
 	p.byID[b.id] = b
-	p.log().Info("attached nginx probes", "exe", gw.Exe, "method", p.attachMethod(), "lua", b.lua,
+	p.log().Info("attached nginx probes", "exe", gw.Exe, "method", p.mode, "lua", b.lua,
 		"ngx_cached_time", info.cachedTime != 0)
 	return b, nil
 }
@@ -343,8 +314,8 @@ func (p *Probes) attachLua(b *nginxBin, gw discovery.Gateway) error {
 			cand := filepath.Join(root, lib)
 			bi, err := readBinary(cand, syms...)
 			if err != nil {
-				if isPerm(err) {
-					return permError("read "+cand, err, capSysPtrace)
+				if kernel.IsPerm(err) {
+					return kernel.PermError("read "+cand, err, kernel.CapSysPtrace)
 				}
 				continue
 			}
@@ -357,22 +328,15 @@ func (p *Probes) attachLua(b *nginxBin, gw discovery.Gateway) error {
 			return fmt.Errorf("no Lua module: neither %s nor a mapped *lua* library (%v) exports %s", gw.Exe, libs, first)
 		}
 	}
-	var found []string
-	var cookies []uint64
+	// The return probes first: an entry probe's frame needs its return to be popped.
+	var exits, enters []kernel.Probe
 	for _, h := range luaHandlers {
 		if info.has[h.sym] {
-			found = append(found, h.sym)
-			cookies = append(cookies, uint64(h.phase))
+			exits = append(exits, kernel.Probe{Sym: h.sym, Prog: p.objs.NginxreqLuaExit, Ret: true, Cookie: uint64(h.phase)})
+			enters = append(enters, kernel.Probe{Sym: h.sym, Prog: p.objs.NginxreqLuaEnter, Cookie: uint64(h.phase)})
 		}
 	}
-	ex, err := link.OpenExecutable(path)
-	if err != nil {
-		return permError("open "+path, err, capSysPtrace)
-	}
-	if err := p.attachSyms(&b.luaLinks, ex, found, p.objs.NginxreqLuaExit, true, cookies); err != nil {
-		return err
-	}
-	if err := p.attachSyms(&b.luaLinks, ex, found, p.objs.NginxreqLuaEnter, false, cookies); err != nil {
+	if err := p.attachTable(&b.luaLinks, path, append(exits, enters...)); err != nil {
 		return err
 	}
 	b.lua = path
@@ -421,11 +385,7 @@ func (p *Probes) SetLuaPhases(on bool) error {
 			if b.failed != nil || len(b.links) == 0 {
 				continue
 			}
-			ex, err := link.OpenExecutable(b.exe)
-			if err == nil {
-				err = p.attachSyms(&b.luaLinks, ex, []string{"ngx_http_free_request"}, p.objs.NginxreqFreeRequestRet, true, nil)
-			}
-			if err != nil {
+			if err := p.attachTable(&b.luaLinks, b.exe, p.freeRequestRet()); err != nil {
 				closeLinks(&b.luaLinks)
 				errs = append(errs, err)
 				continue
@@ -476,48 +436,23 @@ func (p *Probes) drainPendingLocked() {
 	}
 }
 
-func (p *Probes) attachMethod() string {
-	if p.multi {
-		return "uprobe_multi"
-	}
-	return "perf"
+// freeRequestRet is the return probe on free_request that completes the events parked for
+// the log phase's Lua time.
+func (p *Probes) freeRequestRet() []kernel.Probe {
+	return []kernel.Probe{{Sym: "ngx_http_free_request", Prog: p.objs.NginxreqFreeRequestRet, Ret: true}}
 }
 
-func (p *Probes) attachSyms(dst *[]link.Link, ex *link.Executable, syms []string, prog *ebpf.Program, ret bool, cookies []uint64) error {
-	what := fmt.Sprintf("attach %s to %s", prog, strings.Join(syms, ","))
-	if p.multi {
-		opts := &link.UprobeMultiOptions{Cookies: cookies}
-		var l link.Link
-		var err error
-		if ret {
-			l, err = ex.UretprobeMulti(syms, prog, opts)
-		} else {
-			l, err = ex.UprobeMulti(syms, prog, opts)
-		}
-		if err != nil {
-			return permError(what+" (uprobe_multi)", err, capBPF, capPerfmon)
-		}
-		*dst = append(*dst, l)
-		return nil
+// attachTable attaches a table of probes to the file at path and adds the links to dst.
+func (p *Probes) attachTable(dst *[]link.Link, path string, table []kernel.Probe) error {
+	ex, err := kernel.Open(path)
+	if err != nil {
+		return err
 	}
-	for i, s := range syms {
-		opts := &link.UprobeOptions{}
-		if cookies != nil {
-			opts.Cookie = cookies[i]
-		}
-		var l link.Link
-		var err error
-		if ret {
-			l, err = ex.Uretprobe(s, prog, opts)
-		} else {
-			l, err = ex.Uprobe(s, prog, opts)
-		}
-		if err != nil {
-			// perf_event_open uprobes need CAP_SYS_ADMIN on this kernel generation.
-			return permError(what+" (perf event)", err, capSysAdmin, capPerfmon, capBPF)
-		}
-		*dst = append(*dst, l)
+	links, err := kernel.Attach(ex, p.mode, table)
+	if err != nil {
+		return err
 	}
+	*dst = append(*dst, links...)
 	return nil
 }
 
@@ -673,21 +608,12 @@ func parentPID(pid int) (int, error) {
 
 // Run reads events until ctx is done, delivering each request to sink.
 func (p *Probes) Run(ctx context.Context, sink model.Sink) error {
-	rd, err := ringbuf.NewReader(p.objs.NginxreqEvents)
-	if err != nil {
-		return fmt.Errorf("open ring buffer: %w", err)
-	}
-	defer rd.Close()
 	var (
-		rec     ringbuf.Record
 		r       record
 		req     model.Request
 		lastNow time.Time
 	)
-	for {
-		if ctx.Err() != nil {
-			return nil
-		}
+	tick := func() {
 		now := p.opts.Now()
 		if now.Sub(lastNow) >= time.Second {
 			// The BPF calibration scan looks for start_sec near this.
@@ -703,22 +629,8 @@ func (p *Probes) Run(ctx context.Context, sink model.Sink) error {
 		for i := range left {
 			p.deliver(&left[i], &req, sink)
 		}
-		// Wake-ups are batched in the kernel: poll with a deadline so no event waits long.
-		rd.SetDeadline(now.Add(pollInterval))
-		for {
-			err := rd.ReadInto(&rec)
-			if err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					break
-				}
-				if errors.Is(err, ringbuf.ErrClosed) {
-					return nil
-				}
-				return fmt.Errorf("read ring buffer: %w", err)
-			}
-			p.handle(rec.RawSample, &r, &req, sink)
-		}
 	}
+	return p.ring.Read(ctx, pollInterval, tick, func(raw []byte) { p.handle(raw, &r, &req, sink) })
 }
 
 func (p *Probes) config(now time.Time) *bpf.NginxReqNginxreqConfig {
@@ -881,7 +793,7 @@ func (p *Probes) verify(id uint32, ok bool) {
 func (p *Probes) Status() Status {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := Status{AttachedBinaries: 0, TrackedPIDs: len(p.pidOwner), AttachMethod: p.attachMethod(),
+	s := Status{AttachedBinaries: 0, TrackedPIDs: len(p.pidOwner), AttachMethod: p.mode,
 		LuaPhases: p.lua, Err: p.lastErr}
 	mode := "ready"
 	var layouts []string
@@ -924,19 +836,7 @@ func (p *Probes) Status() Status {
 }
 
 func (p *Probes) counter(c bpf.NginxReqNginxreqCounter) uint64 {
-	idx := uint32(c)
-	if p.objs.NginxreqCounters == nil {
-		return 0
-	}
-	var per []uint64
-	if err := p.objs.NginxreqCounters.Lookup(idx, &per); err != nil {
-		return 0
-	}
-	var n uint64
-	for _, v := range per {
-		n += v
-	}
-	return n
+	return kernel.PerCPUSum(p.objs.NginxreqCounters, uint32(c))
 }
 
 // Close detaches everything and unloads the collection. Cancel Run's context first.
@@ -948,5 +848,6 @@ func (p *Probes) Close() error {
 		closeLinks(&b.luaLinks)
 	}
 	p.bins = map[binKey]*nginxBin{}
+	p.ring.Close()
 	return p.objs.Close()
 }

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
+	"github.com/kong-watcher/kong-watcher/agent/kernel"
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
@@ -625,12 +626,15 @@ func runTracer(t *testing.T, tr *Tracer) *collector {
 func TestIntegrationPerfEventFallback(t *testing.T) {
 	havePrereqs(t, "nginx")
 	ng := startNginx(t)
-	tr := newTracer(t)
-	tr.mode = "perf_event" // as if uprobe_multi had failed
+	tr, err := New(Options{Log: testr.New(t), ForcePerfEvent: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
 	if err := tr.Track(ng.gateway(t)); err != nil {
 		t.Fatal(err)
 	}
-	if m := tr.Status().Mode; m != "perf_event" {
+	if m := tr.Status().Mode; m != kernel.ModePerf {
 		t.Fatalf("mode %q", m)
 	}
 	col := runTracer(t, tr)

@@ -77,7 +77,7 @@ func TestIntegrationSlowloris(t *testing.T) {
 	// Paced so the ring buffer's reader keeps up however loaded the machine is: what nginx
 	// read so far is mostly consumed before more is sent.
 	drain := func() {
-		for deadline := time.Now().Add(10 * time.Second); tr.rd.AvailableBytes() > 1<<20 && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(10 * time.Second); tr.ring.AvailableBytes() > 1<<20 && time.Now().Before(deadline); {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}

@@ -8,18 +8,19 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
 
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
 	"github.com/kong-watcher/kong-watcher/agent/insn"
+	"github.com/kong-watcher/kong-watcher/agent/kernel"
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/bpf"
 )
@@ -89,6 +90,9 @@ type Options struct {
 	MaxBufferedBytes int64
 	// TLS also probes OpenSSL's SSL_read/SSL_write when libssl is mapped.
 	TLS bool
+	// ForcePerfEvent attaches with perf-event uprobes, as on kernels without uprobe_multi
+	// (tests and diagnosis).
+	ForcePerfEvent bool
 }
 
 // Probe describes one attached function.
@@ -107,7 +111,7 @@ type Probe struct {
 
 // Status is the tracer's health.
 type Status struct {
-	Mode     string // "uprobe_multi" or "perf_event" ("" before the first attach)
+	Mode     string // kernel.ModeMulti or kernel.ModePerf ("" before the first attach)
 	Probes   []Probe
 	Gateways int
 	PIDs     int
@@ -140,18 +144,17 @@ type Tracer struct {
 	log  logr.Logger
 	opts Options
 
-	mu        sync.Mutex
-	spec      *ebpf.CollectionSpec
-	objs      bpf.WireObjects
-	perfProgs [3]*ebpf.Program // loaded on the perf-event fallback
-	mode      string
-	libs      map[fileID]*attachedLib
-	gws       map[discovery.GatewayID]*gwState
-	pstats    ParserStats
-	bad       uint64 // BadRecords
-	lookups   uint64 // ListenerLookups
+	mu      sync.Mutex
+	objs    bpf.WireObjects
+	kmode   string // the attach mode decided at load
+	mode    string // kmode once something is attached, "" before
+	libs    map[fileID]*attachedLib
+	gws     map[discovery.GatewayID]*gwState
+	pstats  ParserStats
+	bad     uint64 // BadRecords
+	lookups uint64 // ListenerLookups
 
-	rd        *ringbuf.Reader
+	ring      *kernel.Ring
 	monoToRT  int64 // add to a CLOCK_MONOTONIC ns to get Unix ns
 	onChunk   func(Chunk)
 	closeOnce sync.Once
@@ -177,32 +180,19 @@ func New(o Options) (*Tracer, error) {
 	if err != nil {
 		return nil, err
 	}
-	spec.Maps["wire_events"].MaxEntries = uint32(o.RingBufferBytes)
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
-		return nil, fmt.Errorf("own PID namespace: %w", err)
-	}
-	if err := spec.Variables["pidns_dev"].Set(uint64(st.Dev)); err != nil {
-		return nil, err
-	}
-	if err := spec.Variables["pidns_ino"].Set(st.Ino); err != nil {
-		return nil, err
-	}
-	if err := spec.Variables["wakeup_bytes"].Set(uint64(o.RingBufferBytes / 16)); err != nil {
-		return nil, err
-	}
-	// uprobe_multi first: it only needs CAP_BPF+CAP_PERFMON (perf-event uprobes need
-	// CAP_SYS_ADMIN), and one link covers all of a library's functions.
-	multiSpec := spec.Copy()
-	for _, p := range multiSpec.Programs {
-		p.AttachType = ebpf.AttachTraceUprobeMulti
-	}
-	t := &Tracer{log: o.Log, opts: o, spec: spec, libs: map[fileID]*attachedLib{}, gws: map[discovery.GatewayID]*gwState{}}
-	if err := multiSpec.LoadAndAssign(&t.objs, nil); err != nil {
-		return nil, fmt.Errorf("loading wire programs: %w%s", err, capHint(err, "CAP_BPF and CAP_PERFMON"))
-	}
-	t.rd, err = ringbuf.NewReader(t.objs.WireEvents)
+	ns, err := kernel.OwnPIDNamespace()
 	if err != nil {
+		return nil, err
+	}
+	consts := ns.NamespaceConsts("pidns_dev", "pidns_ino", "")
+	consts["wakeup_bytes"] = uint64(o.RingBufferBytes / 16)
+	t := &Tracer{log: o.Log, opts: o, libs: map[fileID]*attachedLib{}, gws: map[discovery.GatewayID]*gwState{}}
+	t.kmode, err = kernel.LoadAndAssign(spec, &t.objs, kernel.Load{Name: "wire", Ring: "wire_events",
+		RingBytes: o.RingBufferBytes, Consts: consts, ForcePerfEvent: o.ForcePerfEvent})
+	if err != nil {
+		return nil, fmt.Errorf("loading wire programs: %w", err)
+	}
+	if t.ring, err = kernel.OpenRing(t.objs.WireEvents); err != nil {
 		t.objs.Close()
 		return nil, err
 	}
@@ -210,13 +200,6 @@ func New(o Options) (*Tracer, error) {
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	t.monoToRT = time.Now().UnixNano() - ts.Nano()
 	return t, nil
-}
-
-func capHint(err error, caps string) string {
-	if errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission) {
-		return " (missing " + caps + "?)"
-	}
-	return ""
 }
 
 // libraryPaths returns the paths of libc and libssl mapped by pid, from /proc/<pid>/maps.
@@ -322,12 +305,12 @@ func (t *Tracer) attachLib(path string, fns []probeFn) (fileID, error) {
 		}
 	}
 	al := &attachedLib{path: path, refs: 1}
-	var groups [3]probeGroup // entries, uretprobes, return sites
-	groups[0].prog, groups[1].prog, groups[1].ret, groups[2].prog = progEnter, progExit, true, progRetSite
+	// Entries, then uretprobes, then return sites: each a program of its own, so one
+	// uprobe_multi link each.
+	var tables [3][]kernel.Probe
 	add := func(g int, f probeFn, site insn.Site, ret bool) {
-		groups[g].syms = append(groups[g].syms, f.sym)
-		groups[g].offs = append(groups[g].offs, site.Offset)
-		groups[g].cookies = append(groups[g].cookies, f.fn)
+		prog := [...]*ebpf.Program{t.objs.WireEnter, t.objs.WireExit, t.objs.WireRetSite}[g]
+		tables[g] = append(tables[g], kernel.Probe{Sym: f.sym, Prog: prog, Ret: g == 1, Offset: site.Offset, Cookie: f.fn})
 		al.probes = append(al.probes, Probe{Library: path, Symbol: f.sym, Offset: site.Offset, Emulated: site.Emulated, Return: ret, ReturnSite: g == 2})
 	}
 	for _, f := range fns {
@@ -373,111 +356,22 @@ func (t *Tracer) attachLib(path string, fns []probeFn) (fileID, error) {
 			add(1, f, insn.Site{}, true)
 		}
 	}
-	if len(groups[0].syms) == 0 {
+	if len(tables[0]) == 0 {
 		return fileID{}, fmt.Errorf("%s: none of the probed functions found", path)
 	}
-	ex, err := link.OpenExecutable(path)
+	ex, err := kernel.Open(path)
 	if err != nil {
 		return fileID{}, err
 	}
-	links, mode, err := t.attach(ex, groups[:])
+	links, err := kernel.Attach(ex, t.kmode, slices.Concat(tables[:]...))
 	if err != nil {
 		return fileID{}, fmt.Errorf("attaching to %s: %w", path, err)
 	}
-	t.mode = mode
+	t.mode = t.kmode
 	al.links = links
 	t.libs[fid] = al
-	t.log.Info("wire: probes attached", "library", path, "mode", mode, "probes", len(al.probes))
+	t.log.Info("wire: probes attached", "library", path, "mode", t.mode, "probes", len(al.probes))
 	return fid, nil
-}
-
-const (
-	progEnter = iota
-	progExit
-	progRetSite
-)
-
-// probeGroup is a set of functions attached to one program with one link (uprobe_multi).
-type probeGroup struct {
-	prog    int
-	ret     bool // uretprobe
-	syms    []string
-	offs    []uint64
-	cookies []uint64
-}
-
-func closeAll(links []link.Link) {
-	for _, l := range links {
-		l.Close()
-	}
-}
-
-func (t *Tracer) attach(ex *link.Executable, groups []probeGroup) ([]link.Link, string, error) {
-	if t.mode != "perf_event" {
-		progs := [...]*ebpf.Program{t.objs.WireEnter, t.objs.WireExit, t.objs.WireRetSite}
-		var links []link.Link
-		var err error
-		for _, g := range groups {
-			if len(g.syms) == 0 {
-				continue
-			}
-			opts := &link.UprobeMultiOptions{Offsets: g.offs, Cookies: g.cookies}
-			var l link.Link
-			if g.ret {
-				l, err = ex.UretprobeMulti(g.syms, progs[g.prog], opts)
-			} else {
-				l, err = ex.UprobeMulti(g.syms, progs[g.prog], opts)
-			}
-			if err != nil {
-				closeAll(links)
-				break
-			}
-			links = append(links, l)
-		}
-		if err == nil {
-			return links, "uprobe_multi", nil
-		}
-		if t.mode == "uprobe_multi" { // it worked before: this is not a kernel limitation
-			return nil, "", fmt.Errorf("uprobe_multi: %w%s", err, capHint(err, "CAP_BPF and CAP_PERFMON"))
-		}
-		t.log.Info("wire: uprobe_multi unavailable, falling back to perf-event uprobes", "error", err.Error())
-	}
-	if t.perfProgs[0] == nil {
-		// The multi programs carry the uprobe_multi attach type; perf-event uprobes need
-		// plain kprobe-type programs sharing the same maps.
-		var progs struct {
-			Enter   *ebpf.Program `ebpf:"wire_enter"`
-			Exit    *ebpf.Program `ebpf:"wire_exit"`
-			RetSite *ebpf.Program `ebpf:"wire_ret_site"`
-		}
-		err := t.spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-			"wire_events": t.objs.WireEvents, "wire_pids": t.objs.WirePids, "wire_calls": t.objs.WireCalls,
-			"wire_stats": t.objs.WireStats,
-		}})
-		if err != nil {
-			return nil, "", err
-		}
-		t.perfProgs = [3]*ebpf.Program{progs.Enter, progs.Exit, progs.RetSite}
-	}
-	var links []link.Link
-	for _, g := range groups {
-		for i, s := range g.syms {
-			opts := &link.UprobeOptions{Offset: g.offs[i], Cookie: g.cookies[i]}
-			var l link.Link
-			var err error
-			if g.ret {
-				l, err = ex.Uretprobe(s, t.perfProgs[g.prog], opts)
-			} else {
-				l, err = ex.Uprobe(s, t.perfProgs[g.prog], opts)
-			}
-			if err != nil {
-				closeAll(links)
-				return nil, "", fmt.Errorf("perf-event uprobe: %w%s", err, capHint(err, "CAP_SYS_ADMIN (perf-event uprobes need it; uprobe_multi needs only CAP_BPF+CAP_PERFMON but failed)"))
-			}
-			links = append(links, l)
-		}
-	}
-	return links, "perf_event", nil
 }
 
 func (t *Tracer) unrefLib(fid fileID) {
@@ -488,9 +382,7 @@ func (t *Tracer) unrefLib(fid fileID) {
 	if l.refs--; l.refs > 0 {
 		return
 	}
-	for _, k := range l.links {
-		k.Close()
-	}
+	kernel.Close(l.links)
 	delete(t.libs, fid)
 }
 
@@ -574,47 +466,35 @@ func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
 	parser.OnError = func(k ConnKey, reason string) {
 		t.log.V(1).Info("wire: parse error, connection resynchronises at its next message", "pid", k.TGID, "tls", k.TLS, "conn", k.ID, "reason", reason)
 	}
-	go func() {
-		<-ctx.Done()
-		t.rd.Close() // unblocks ReadInto
-	}()
-	var rec ringbuf.Record
 	var bad uint64
 	badLog := logLimiter{every: 10 * time.Second}
-	lastStats, lastExpire := time.Now(), time.Now()
-	for {
-		// Events are submitted without wake-ups below a fill threshold: poll.
-		t.rd.SetDeadline(time.Now().Add(20 * time.Millisecond))
-		err := t.rd.ReadInto(&rec)
-		switch {
-		case err == nil:
-			ev, derr := decodeEvent(rec.RawSample, t.monoToRT)
-			if derr != nil {
-				bad++
-				if ok, held := badLog.allow(time.Now()); ok {
-					t.log.Info("wire: ring-buffer record skipped", "reason", derr.Error(), "badRecords", bad, "notLogged", held)
-				}
-				break
-			}
-			t.handle(parser, ls, ev)
-		case errors.Is(err, os.ErrDeadlineExceeded):
-		case errors.Is(err, ringbuf.ErrClosed):
-			t.publish(parser, bad, ls.Lookups)
-			return nil
-		default:
-			return err
-		}
+	lastExpire := time.Now()
+	tick := func() {
 		if time.Since(lastExpire) > time.Second {
 			parser.Expire(t.now())
 			ls.forget(t.tracks)
 			lastExpire = time.Now()
 		}
-		if time.Since(lastStats) > 100*time.Millisecond || err != nil {
-			t.publish(parser, bad, ls.Lookups)
-			lastStats = time.Now()
-		}
+		t.publish(parser, bad, ls.Lookups)
 	}
+	err := t.ring.Read(ctx, pollInterval, tick, func(raw []byte) {
+		ev, derr := decodeEvent(raw, t.monoToRT)
+		if derr != nil {
+			bad++
+			if ok, held := badLog.allow(time.Now()); ok {
+				t.log.Info("wire: ring-buffer record skipped", "reason", derr.Error(), "badRecords", bad, "notLogged", held)
+			}
+			return
+		}
+		t.handle(parser, ls, ev)
+	})
+	t.publish(parser, bad, ls.Lookups)
+	return err
 }
+
+// pollInterval bounds how long an event waits in the ring (its programs batch wake-ups),
+// and how stale Status's parser counters are.
+const pollInterval = 20 * time.Millisecond
 
 // now is the time on the chunks' clock (CLOCK_MONOTONIC, shifted like their stamps).
 func (t *Tracer) now() time.Time {
@@ -698,15 +578,8 @@ func (t *Tracer) Status() Status {
 	for _, g := range t.gws {
 		s.PIDs += len(g.pids)
 	}
-	var vals []uint64
-	for i, dst := range []*uint64{&s.Events, &s.Dropped} {
-		k := uint32([]int{statEvents, statDrops}[i])
-		if err := t.objs.WireStats.Lookup(&k, &vals); err == nil {
-			for _, v := range vals {
-				*dst += v
-			}
-		}
-	}
+	s.Events = kernel.PerCPUSum(t.objs.WireStats, statEvents)
+	s.Dropped = kernel.PerCPUSum(t.objs.WireStats, statDrops)
 	return s
 }
 
@@ -716,18 +589,11 @@ func (t *Tracer) Close() error {
 		t.mu.Lock()
 		defer t.mu.Unlock()
 		for fid, l := range t.libs {
-			for _, k := range l.links {
-				k.Close()
-			}
+			kernel.Close(l.links)
 			delete(t.libs, fid)
 		}
 		t.gws = map[discovery.GatewayID]*gwState{}
-		t.rd.Close()
-		for _, p := range t.perfProgs {
-			if p != nil {
-				p.Close()
-			}
-		}
+		t.ring.Close()
 		t.objs.Close()
 	})
 	return nil

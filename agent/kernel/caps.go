@@ -1,4 +1,4 @@
-package probes
+package kernel
 
 import (
 	"bufio"
@@ -13,21 +13,21 @@ import (
 
 // Capability numbers (linux/capability.h).
 const (
-	capSysPtrace = 19
-	capSysAdmin  = 21
-	capPerfmon   = 38
-	capBPF       = 39
+	CapSysPtrace = 19
+	CapSysAdmin  = 21
+	CapPerfmon   = 38
+	CapBPF       = 39
 )
 
 var capNames = map[int]string{
-	capSysPtrace: "CAP_SYS_PTRACE",
-	capSysAdmin:  "CAP_SYS_ADMIN",
-	capPerfmon:   "CAP_PERFMON",
-	capBPF:       "CAP_BPF",
+	CapSysPtrace: "CAP_SYS_PTRACE",
+	CapSysAdmin:  "CAP_SYS_ADMIN",
+	CapPerfmon:   "CAP_PERFMON",
+	CapBPF:       "CAP_BPF",
 }
 
-// effectiveCaps reads CapEff of the agent itself.
-func effectiveCaps() (uint64, error) {
+// EffectiveCaps reads CapEff of the agent itself.
+func EffectiveCaps() (uint64, error) {
 	f, err := os.Open("/proc/self/status")
 	if err != nil {
 		return 0, err
@@ -42,17 +42,19 @@ func effectiveCaps() (uint64, error) {
 	return 0, errors.New("no CapEff in /proc/self/status")
 }
 
-func isPerm(err error) bool {
+// IsPerm reports whether err is the kernel refusing an operation for lack of privilege.
+func IsPerm(err error) bool {
 	return errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) || errors.Is(err, os.ErrPermission)
 }
 
-// permError explains a permission error by the capabilities that op needs and the agent
-// lacks, so a misconfigured securityContext is obvious from the log line.
-func permError(op string, err error, need ...int) error {
-	if !isPerm(err) {
+// PermError explains a permission error by the capabilities that op needs and the agent
+// lacks, so a misconfigured securityContext is obvious from the log line. Other errors are
+// only prefixed with op.
+func PermError(op string, err error, need ...int) error {
+	if !IsPerm(err) {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	eff, cerr := effectiveCaps()
+	eff, cerr := EffectiveCaps()
 	if cerr != nil {
 		return fmt.Errorf("%s: %w (effective capabilities unknown: %v)", op, err, cerr)
 	}

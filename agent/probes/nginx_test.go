@@ -236,10 +236,8 @@ func TestWithoutClientAddr(t *testing.T) {
 // clock; it must stay within a few ms of nginx's own $request_time.
 func TestNoCachedTimeFallback(t *testing.T) {
 	requireIntegration(t)
-	testNoCachedTime = true
-	defer func() { testNoCachedTime = false }()
 	n := startNginx(t)
-	p, c := startProbes(t, n, Options{})
+	p, c := startProbes(t, n, Options{NoCachedTime: true})
 	// nginx's cached clock is itself stale by the length of the current event loop
 	// iteration, which on this shared 2-core VM reaches tens of ms: compare loosely here,
 	// and tightly (below) for the typical request.

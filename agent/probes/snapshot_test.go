@@ -19,16 +19,15 @@ func TestRecordRealSnapshots(t *testing.T) {
 	requireOuter(t)
 	var mu sync.Mutex
 	var samples []nginxlayout.Sample
-	testCalibHook = func(cb *rawCalib) {
+	record := func(cb *rawCalib) {
 		s := calibSample(cb, time.Now().Unix())
 		s.Snap = append([]byte(nil), s.Snap...)
 		mu.Lock()
 		samples = append(samples, s)
 		mu.Unlock()
 	}
-	defer func() { testCalibHook = nil }()
 	n := startNginx(t)
-	p, c := startProbes(t, n, Options{})
+	p, c := startProbes(t, n, Options{onCalibration: record})
 	sent := traffic(t, n, 1)
 	checkAgainstLog(t, n, p, c, sent)
 	mu.Lock()

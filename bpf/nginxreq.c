@@ -310,6 +310,27 @@ struct {
 	__type(value, struct nginxreq_lua_acc);
 } nginxreq_lua_time SEC(".maps");
 
+/* A worker's listening sockets (ngx_listening_t) live as long as the worker: its kernel tgid
+ * and the structure's address name one listener for good. */
+struct nginxreq_listener_key {
+	__u64 ls;
+	__u64 start;  /* the process's start time: a later process reusing the PID is another */
+	__u32 tgid;   /* kernel tgid */
+	__u32 _pad;
+};
+
+struct nginxreq_listener {
+	__u16 family;
+	__u16 port; /* network order, as in the sockaddr */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct nginxreq_listener_key);
+	__type(value, struct nginxreq_listener);
+} nginxreq_listeners SEC(".maps");
+
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&nginxreq_counters, &idx);
@@ -400,12 +421,27 @@ static __always_inline void read_clock(struct nginxreq_event *e, struct nginxreq
 }
 
 /* The listener's family and port: ls->sockaddr, then its first 4 bytes. */
+/* read_listener reads the listener's family and port: from the cache when this worker has
+ * served that listener before (two dependent reads fewer per request). */
 static __always_inline void read_listener(struct nginxreq_event *e, __u64 ls)
 {
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct nginxreq_listener_key k = {.ls = ls, .tgid = bpf_get_current_pid_tgid() >> 32,
+					  .start = task->group_leader->start_time};
+	struct nginxreq_listener *cached = bpf_map_lookup_elem(&nginxreq_listeners, &k);
+	if (cached) {
+		e->family = cached->family;
+		e->local_port = cached->port;
+		return;
+	}
 	__u64 sa = 0;
 	if (!ls || bpf_probe_read_user(&sa, sizeof(sa), (void *)(ls + LS_TO_SOCKADDR)) || !sa ||
-	    bpf_probe_read_user(&e->family, sizeof(e->family) + sizeof(e->local_port), (void *)sa))
+	    bpf_probe_read_user(&e->family, sizeof(e->family) + sizeof(e->local_port), (void *)sa)) {
 		e->flags |= F_LISTEN_ERR;
+		return;
+	}
+	struct nginxreq_listener v = {.family = e->family, .port = e->local_port};
+	bpf_map_update_elem(&nginxreq_listeners, &k, &v, BPF_ANY);
 }
 
 static __always_inline void read_conn(struct nginxreq_event *e, __u64 c, __u32 sent_off, __u32 addr_off,

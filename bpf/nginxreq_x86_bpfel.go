@@ -122,6 +122,20 @@ type NginxReqNginxreqLayout struct {
 	ConnListening uint32
 }
 
+type NginxReqNginxreqListener struct {
+	_      structs.HostLayout
+	Family uint16
+	Port   uint16
+}
+
+type NginxReqNginxreqListenerKey struct {
+	_     structs.HostLayout
+	Ls    uint64
+	Start uint64
+	Tgid  uint32
+	Pad   uint32
+}
+
 type NginxReqNginxreqLuaAcc struct {
 	_  structs.HostLayout
 	Ns [7]uint64
@@ -184,6 +198,7 @@ const (
 	NginxReqMapNginxreqCounters        = "nginxreq_counters"
 	NginxReqMapNginxreqEvents          = "nginxreq_events"
 	NginxReqMapNginxreqLayouts         = "nginxreq_layouts"
+	NginxReqMapNginxreqListeners       = "nginxreq_listeners"
 	NginxReqMapNginxreqLuaCalls        = "nginxreq_lua_calls"
 	NginxReqMapNginxreqLuaTime         = "nginxreq_lua_time"
 	NginxReqMapNginxreqPending         = "nginxreq_pending"
@@ -256,15 +271,16 @@ type NginxReqProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type NginxReqMapSpecs struct {
-	NginxreqCfg      *ebpf.MapSpec `ebpf:"nginxreq_cfg"`
-	NginxreqCounters *ebpf.MapSpec `ebpf:"nginxreq_counters"`
-	NginxreqEvents   *ebpf.MapSpec `ebpf:"nginxreq_events"`
-	NginxreqLayouts  *ebpf.MapSpec `ebpf:"nginxreq_layouts"`
-	NginxreqLuaCalls *ebpf.MapSpec `ebpf:"nginxreq_lua_calls"`
-	NginxreqLuaTime  *ebpf.MapSpec `ebpf:"nginxreq_lua_time"`
-	NginxreqPending  *ebpf.MapSpec `ebpf:"nginxreq_pending"`
-	NginxreqProcs    *ebpf.MapSpec `ebpf:"nginxreq_procs"`
-	NginxreqZero     *ebpf.MapSpec `ebpf:"nginxreq_zero"`
+	NginxreqCfg       *ebpf.MapSpec `ebpf:"nginxreq_cfg"`
+	NginxreqCounters  *ebpf.MapSpec `ebpf:"nginxreq_counters"`
+	NginxreqEvents    *ebpf.MapSpec `ebpf:"nginxreq_events"`
+	NginxreqLayouts   *ebpf.MapSpec `ebpf:"nginxreq_layouts"`
+	NginxreqListeners *ebpf.MapSpec `ebpf:"nginxreq_listeners"`
+	NginxreqLuaCalls  *ebpf.MapSpec `ebpf:"nginxreq_lua_calls"`
+	NginxreqLuaTime   *ebpf.MapSpec `ebpf:"nginxreq_lua_time"`
+	NginxreqPending   *ebpf.MapSpec `ebpf:"nginxreq_pending"`
+	NginxreqProcs     *ebpf.MapSpec `ebpf:"nginxreq_procs"`
+	NginxreqZero      *ebpf.MapSpec `ebpf:"nginxreq_zero"`
 }
 
 // NginxReqVariableSpecs contains global variables before they are loaded into the kernel.
@@ -302,15 +318,16 @@ func (o *NginxReqObjects) Close() error {
 //
 // It can be passed to LoadNginxReqObjects or ebpf.CollectionSpec.LoadAndAssign.
 type NginxReqMaps struct {
-	NginxreqCfg      *ebpf.Map `ebpf:"nginxreq_cfg"`
-	NginxreqCounters *ebpf.Map `ebpf:"nginxreq_counters"`
-	NginxreqEvents   *ebpf.Map `ebpf:"nginxreq_events"`
-	NginxreqLayouts  *ebpf.Map `ebpf:"nginxreq_layouts"`
-	NginxreqLuaCalls *ebpf.Map `ebpf:"nginxreq_lua_calls"`
-	NginxreqLuaTime  *ebpf.Map `ebpf:"nginxreq_lua_time"`
-	NginxreqPending  *ebpf.Map `ebpf:"nginxreq_pending"`
-	NginxreqProcs    *ebpf.Map `ebpf:"nginxreq_procs"`
-	NginxreqZero     *ebpf.Map `ebpf:"nginxreq_zero"`
+	NginxreqCfg       *ebpf.Map `ebpf:"nginxreq_cfg"`
+	NginxreqCounters  *ebpf.Map `ebpf:"nginxreq_counters"`
+	NginxreqEvents    *ebpf.Map `ebpf:"nginxreq_events"`
+	NginxreqLayouts   *ebpf.Map `ebpf:"nginxreq_layouts"`
+	NginxreqListeners *ebpf.Map `ebpf:"nginxreq_listeners"`
+	NginxreqLuaCalls  *ebpf.Map `ebpf:"nginxreq_lua_calls"`
+	NginxreqLuaTime   *ebpf.Map `ebpf:"nginxreq_lua_time"`
+	NginxreqPending   *ebpf.Map `ebpf:"nginxreq_pending"`
+	NginxreqProcs     *ebpf.Map `ebpf:"nginxreq_procs"`
+	NginxreqZero      *ebpf.Map `ebpf:"nginxreq_zero"`
 }
 
 func (m *NginxReqMaps) Close() error {
@@ -319,6 +336,7 @@ func (m *NginxReqMaps) Close() error {
 		m.NginxreqCounters,
 		m.NginxreqEvents,
 		m.NginxreqLayouts,
+		m.NginxreqListeners,
 		m.NginxreqLuaCalls,
 		m.NginxreqLuaTime,
 		m.NginxreqPending,

@@ -26,7 +26,7 @@ type Config struct {
 	Image         string
 	PullPolicy    corev1.PullPolicy
 	Resources     corev1.ResourceRequirements
-	LogLevel      string // debug|info|warn|error
+	LogLevel      string // as agentenv.LogLevel reads it
 	JSONLog       bool
 	ProcessName   string
 	StatsInterval time.Duration

@@ -33,6 +33,21 @@ type tracer interface {
 	Close() error
 }
 
+// nginxPath is the nginx-request data path (agent/probes) as the agent uses it.
+type nginxPath interface {
+	tracer
+	Status() probes.Status
+	SetLuaPhases(on bool) error
+	// Failed lists the gateways whose binary the path could not read, with the reason.
+	Failed() map[discovery.GatewayID]error
+}
+
+// wirePath is the wire data path (agent/wire) as the agent uses it.
+type wirePath interface {
+	tracer
+	Status() wire.Status
+}
+
 // Notifier hears what the agent finds and attaches (the Kubernetes reporter turns it into
 // Events). Its methods are called with the agent's lock held: they must not block.
 type Notifier interface {
@@ -66,14 +81,15 @@ type Agent struct {
 	sink       model.Sink
 	namer      *namer // the sink's first stage
 
-	nginx *probes.Probes // nil when the nginx-request path could not load
-	wire  *wire.Tracer   // nil until needed (auto) or when it could not load
+	nginx nginxPath // nil when the nginx-request path could not load
+	wire  wirePath  // nil until needed (auto) or when it could not load
 
 	mu       sync.Mutex
 	gateways map[discovery.GatewayID]*tracked
-	// nginxFailed is set once the nginx-request path says it cannot work (layout not learnt):
-	// from then on gateways are followed on the wire.
-	nginxFailed bool
+	// nginxFailed holds the executables the nginx-request path could not read (no request
+	// layout learnt), with the reason: their gateways are followed on the wire, and so is
+	// any gateway running one of them later. Other executables keep the request path.
+	nginxFailed map[exeKey]error
 	wireErr     error
 	runCtx      context.Context
 	// fault is a panic recovered in one of the agent's goroutines: what it did is no longer
@@ -85,6 +101,11 @@ type Agent struct {
 	lastDataPath                             string
 }
 
+// exeKey identifies a gateway's executable file (discovery.Gateway's ExeDev, ExeIno).
+type exeKey struct{ dev, ino uint64 }
+
+func exeOf(gw discovery.Gateway) exeKey { return exeKey{gw.ExeDev, gw.ExeIno} }
+
 type tracked struct {
 	gw    discovery.Gateway
 	since time.Time // when it was first attached
@@ -94,9 +115,8 @@ type tracked struct {
 
 // dataPaths are the data paths' BPF programs, loaded but attached to nothing yet.
 type dataPaths struct {
-	nginx       *probes.Probes // nil when the nginx-request path could not load
-	wire        *wire.Tracer   // nil until needed (auto) or when it could not load
-	nginxFailed bool
+	nginx *probes.Probes // nil when the nginx-request path could not load
+	wire  *wire.Tracer   // nil until needed (auto) or when it could not load
 }
 
 // loadDataPaths loads the BPF programs cfg.DataPath asks for. An error (a panic in loading
@@ -119,7 +139,6 @@ func loadDataPaths(cfg Config, log logr.Logger) (dp dataPaths, err error) {
 				return dp, fmt.Errorf("nginx-request data path: %w", err)
 			}
 			log.Error(err, "the nginx-request data path cannot load; falling back to the wire data path (HTTP/1 only, costlier)")
-			dp.nginxFailed = true
 		} else {
 			dp.nginx = p
 		}
@@ -156,7 +175,13 @@ func (dp dataPaths) close() {
 // counts nothing and says why.
 func newAgent(cfg Config, log logr.Logger, dp dataPaths, disabled error, o Options) *Agent {
 	a := newPipeline(cfg, log, o)
-	a.nginx, a.wire, a.nginxFailed = dp.nginx, dp.wire, dp.nginxFailed
+	// Assigned only when set: a nil pointer in an interface would not compare equal to nil.
+	if dp.nginx != nil {
+		a.nginx = dp.nginx
+	}
+	if dp.wire != nil {
+		a.wire = dp.wire
+	}
 	a.disabled = disabled
 	return a
 }
@@ -164,7 +189,7 @@ func newAgent(cfg Config, log logr.Logger, dp dataPaths, disabled error, o Optio
 // newPipeline builds what follows the data paths: the aggregator, the metrics and the
 // request logger behind one sink.
 func newPipeline(cfg Config, log logr.Logger, o Options) *Agent {
-	a := &Agent{cfg: cfg, log: log, opts: o, gateways: map[discovery.GatewayID]*tracked{}}
+	a := &Agent{cfg: cfg, log: log, opts: o, gateways: map[discovery.GatewayID]*tracked{}, nginxFailed: map[exeKey]error{}}
 	a.Aggregator = aggregate.New(aggregate.Options{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
 	a.Registry = report.NewRegistry()
 	a.metrics = report.NewMetrics(report.MetricsOptions{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
@@ -208,7 +233,14 @@ func (a *Agent) loadWire() error {
 }
 
 // Close detaches every probe and frees the BPF objects.
-func (a *Agent) Close() { dataPaths{nginx: a.nginx, wire: a.wire}.close() }
+func (a *Agent) Close() {
+	if a.nginx != nil {
+		a.nginx.Close()
+	}
+	if a.wire != nil {
+		a.wire.Close()
+	}
+}
 
 // Ready reports whether probes are attached to at least one gateway, and if not, why.
 func (a *Agent) Ready() (bool, string) {
@@ -402,7 +434,7 @@ func (a *Agent) attach(gw discovery.Gateway) *tracked {
 
 func (a *Agent) attachPath(gw discovery.Gateway) *tracked {
 	t := &tracked{gw: gw, since: time.Now()}
-	if a.nginx != nil && !a.nginxFailed {
+	if a.nginx != nil && a.nginxFailed[exeOf(gw)] == nil {
 		err := a.nginx.Track(gw)
 		if err == nil {
 			t.path = DataPathNginx
@@ -491,8 +523,8 @@ func every(ctx context.Context, d time.Duration, fn func()) {
 	}
 }
 
-// healthLoop publishes the data paths' health to Prometheus and moves gateways to the wire
-// if the nginx-request path gives up (its layout could not be learnt on this binary).
+// healthLoop publishes the data paths' health to Prometheus and moves a gateway to the wire
+// when the nginx-request path gives up on its executable (no request layout learnt there).
 func (a *Agent) healthLoop(ctx context.Context) {
 	defer a.recoverIn("the health loop")
 	every(ctx, time.Second, a.checkHealth)
@@ -501,16 +533,17 @@ func (a *Agent) healthLoop(ctx context.Context) {
 func (a *Agent) checkHealth() {
 	a.mu.Lock()
 	defer a.mu.Unlock() // deferred: a panic must not leave the lock held
-	if a.nginx != nil && !a.nginxFailed && a.cfg.DataPath == DataPathAuto {
-		if st := a.nginx.Status(); st.Mode == "failed" {
-			a.nginxFailed = true
-			a.log.Error(errors.New(st.Err), "the nginx-request data path cannot read this gateway's requests; moving every gateway to the wire data path")
-			for id, t := range a.gateways {
-				if t.path == DataPathNginx {
-					a.nginx.Untrack(id)
-					a.gateways[id] = a.attach(t.gw)
-				}
+	if a.nginx != nil && a.cfg.DataPath == DataPathAuto {
+		for id, err := range a.nginx.Failed() {
+			t, ok := a.gateways[id]
+			if !ok || t.path != DataPathNginx {
+				continue
 			}
+			a.nginxFailed[exeOf(t.gw)] = err
+			a.log.Error(err, "the nginx-request data path cannot read this gateway's requests; moving it to the wire data path (with every gateway of its executable; other executables keep the nginx-request path)",
+				"masterPID", t.gw.Master.PID, "exe", t.gw.Exe)
+			a.nginx.Untrack(id)
+			a.gateways[id] = a.attach(t.gw)
 		}
 	}
 	a.updateHealthLocked()

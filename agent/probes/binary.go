@@ -138,3 +138,21 @@ func (p *Probes) detachLocked(b *nginxBin) {
 	delete(p.byID, b.id)
 	p.freeIDs = append(p.freeIDs, b.id)
 }
+
+// Failed lists the tracked gateways whose binary the probes gave up on (no request layout
+// learnt) with the reason: their requests are not counted until they are followed another
+// way. Other gateways are not affected.
+func (p *Probes) Failed() map[discovery.GatewayID]error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out map[discovery.GatewayID]error
+	for id, g := range p.gws {
+		if g.bin.failed != nil {
+			if out == nil {
+				out = map[discovery.GatewayID]error{}
+			}
+			out[id] = fmt.Errorf("%s: %w", g.bin.exe, g.bin.failed)
+		}
+	}
+	return out
+}

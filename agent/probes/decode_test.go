@@ -7,6 +7,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/kong-watcher/kong-watcher/agent/discovery"
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/agent/nginxlayout"
 	"github.com/kong-watcher/kong-watcher/bpf"
@@ -265,10 +266,15 @@ func FuzzDecode(f *testing.F) {
 // TestLearningFailureIsReported: a binary whose snapshots never reveal a layout ends in mode
 // "failed" with an error, instead of silently counting nothing.
 func TestLearningFailureIsReported(t *testing.T) {
-	p := &Probes{opts: Options{Now: time.Now}, bins: map[binKey]*nginxBin{}, byID: map[uint32]*nginxBin{}}
+	p := &Probes{opts: Options{Now: time.Now}, bins: map[binKey]*nginxBin{}, byID: map[uint32]*nginxBin{},
+		gws: map[discovery.GatewayID]*gateway{}}
 	p.calPool.New = func() any { return new(rawCalib) }
 	b := &nginxBin{key: binKey{1, 2}, exe: "/proc/1/exe", id: 0, learner: nginxlayout.NewLearner(learnNeed, learnMax)}
+	other := &nginxBin{key: binKey{1, 3}, exe: "/proc/9/exe", id: 1, learner: nginxlayout.NewLearner(learnNeed, learnMax)}
 	p.bins[b.key], p.byID[0] = b, b
+	p.bins[other.key], p.byID[1] = other, other
+	failing, healthy := discovery.GatewayID{PID: 1}, discovery.GatewayID{PID: 9}
+	p.gws[failing], p.gws[healthy] = &gateway{bin: b}, &gateway{bin: other}
 	for i := 0; i < learnMax; i++ {
 		cb := new(rawCalib)
 		cb.Ev.Kind = evCalib
@@ -286,6 +292,10 @@ func TestLearningFailureIsReported(t *testing.T) {
 	}
 	if st.DecodeErrors != learnMax {
 		t.Fatalf("%d decode errors, want %d (every calibration event accounted for)", st.DecodeErrors, learnMax)
+	}
+	// Only the gateway of the failed binary is listed: the agent moves just that one.
+	if f := p.Failed(); len(f) != 1 || f[failing] == nil || !strings.Contains(f[failing].Error(), "/proc/1/exe") {
+		t.Fatalf("Failed() = %v, want only %v", f, failing)
 	}
 	t.Log(st.Err)
 }

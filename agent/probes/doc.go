@@ -54,8 +54,8 @@
 // plausible values. Calibration events are decoded too, so no request is lost while
 // learning. After the switch the first 64 fast-path events are checked again; if most are
 // implausible the binary goes back to calibration. If no layout is found within 200 requests
-// the binary is detached and Status reports Mode "failed" with the reason (the agent then
-// falls back to the wire data path).
+// the binary is detached, Status reports Mode "failed" with the reason, and Failed lists the
+// gateways that run it (the agent follows those, and only those, on the wire data path).
 //
 // # Decisions
 //

@@ -102,6 +102,13 @@ struct wire_event_small {
 // The header's layout reaches user space through bpf2go's generated Go type: keep it in BTF
 // now that no map's value refers to it.
 const struct wire_event_hdr *unused_wire_event_hdr __attribute__((unused));
+const struct wire_event *unused_wire_event __attribute__((unused));
+/* The enums user space needs (values only: no variable has their types), into BTF for
+ * bpf2go -type. */
+const enum wire_fn *unused_wire_fn __attribute__((unused));
+const enum wire_kind *unused_wire_kind __attribute__((unused));
+const enum wire_dir *unused_wire_dir __attribute__((unused));
+const enum wire_stat *unused_wire_stat __attribute__((unused));
 
 static __always_inline void submitted(long ok)
 {

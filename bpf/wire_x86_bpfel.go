@@ -24,6 +24,19 @@ type WireWireCall struct {
 	Pad  [3]uint8
 }
 
+type WireWireDir uint32
+
+const (
+	WireWireDirWIRE_DIR_IN  WireWireDir = 0
+	WireWireDirWIRE_DIR_OUT WireWireDir = 1
+)
+
+type WireWireEvent struct {
+	_    structs.HostLayout
+	Hdr  WireWireEventHdr
+	Data [1024]uint8
+}
+
 type WireWireEventHdr struct {
 	_    structs.HostLayout
 	Ts   uint64
@@ -38,6 +51,39 @@ type WireWireEventHdr struct {
 	Pad  [2]uint8
 }
 
+type WireWireFn uint32
+
+const (
+	WireWireFnWIRE_FN_RECV       WireWireFn = 1
+	WireWireFnWIRE_FN_SEND       WireWireFn = 2
+	WireWireFnWIRE_FN_WRITEV     WireWireFn = 3
+	WireWireFnWIRE_FN_SENDFILE   WireWireFn = 4
+	WireWireFnWIRE_FN_CLOSE      WireWireFn = 5
+	WireWireFnWIRE_FN_SSL_READ   WireWireFn = 6
+	WireWireFnWIRE_FN_SSL_WRITE  WireWireFn = 7
+	WireWireFnWIRE_FN_SSL_FREE   WireWireFn = 8
+	WireWireFnWIRE_FN_ACCEPT     WireWireFn = 9
+	WireWireFnWIRE_FN_ACCEPT4    WireWireFn = 10
+	WireWireFnWIRE_FN_SSL_SET_FD WireWireFn = 11
+)
+
+type WireWireKind uint32
+
+const (
+	WireWireKindWIRE_KIND_DATA   WireWireKind = 0
+	WireWireKindWIRE_KIND_CLOSE  WireWireKind = 1
+	WireWireKindWIRE_KIND_ACCEPT WireWireKind = 2
+	WireWireKindWIRE_KIND_SSL_FD WireWireKind = 3
+)
+
+type WireWireStat uint32
+
+const (
+	WireWireStatWIRE_STAT_EVENTS WireWireStat = 0
+	WireWireStatWIRE_STAT_DROPS  WireWireStat = 1
+	WireWireStatWIRE_STAT_MAX    WireWireStat = 2
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -51,7 +97,12 @@ const (
 	WireProgWireRetSite       = "wire_ret_site"
 	WireVarPidnsDev           = "pidns_dev"
 	WireVarPidnsIno           = "pidns_ino"
+	WireVarUnusedWireDir      = "unused_wire_dir"
+	WireVarUnusedWireEvent    = "unused_wire_event"
 	WireVarUnusedWireEventHdr = "unused_wire_event_hdr"
+	WireVarUnusedWireFn       = "unused_wire_fn"
+	WireVarUnusedWireKind     = "unused_wire_kind"
+	WireVarUnusedWireStat     = "unused_wire_stat"
 	WireVarWakeupBytes        = "wakeup_bytes"
 )
 
@@ -118,7 +169,12 @@ type WireMapSpecs struct {
 type WireVariableSpecs struct {
 	PidnsDev           *ebpf.VariableSpec `ebpf:"pidns_dev"`
 	PidnsIno           *ebpf.VariableSpec `ebpf:"pidns_ino"`
+	UnusedWireDir      *ebpf.VariableSpec `ebpf:"unused_wire_dir"`
+	UnusedWireEvent    *ebpf.VariableSpec `ebpf:"unused_wire_event"`
 	UnusedWireEventHdr *ebpf.VariableSpec `ebpf:"unused_wire_event_hdr"`
+	UnusedWireFn       *ebpf.VariableSpec `ebpf:"unused_wire_fn"`
+	UnusedWireKind     *ebpf.VariableSpec `ebpf:"unused_wire_kind"`
+	UnusedWireStat     *ebpf.VariableSpec `ebpf:"unused_wire_stat"`
 	WakeupBytes        *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -163,7 +219,12 @@ func (m *WireMaps) Close() error {
 type WireVariables struct {
 	PidnsDev           *ebpf.Variable `ebpf:"pidns_dev"`
 	PidnsIno           *ebpf.Variable `ebpf:"pidns_ino"`
+	UnusedWireDir      *ebpf.Variable `ebpf:"unused_wire_dir"`
+	UnusedWireEvent    *ebpf.Variable `ebpf:"unused_wire_event"`
 	UnusedWireEventHdr *ebpf.Variable `ebpf:"unused_wire_event_hdr"`
+	UnusedWireFn       *ebpf.Variable `ebpf:"unused_wire_fn"`
+	UnusedWireKind     *ebpf.Variable `ebpf:"unused_wire_kind"`
+	UnusedWireStat     *ebpf.Variable `ebpf:"unused_wire_stat"`
 	WakeupBytes        *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

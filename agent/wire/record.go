@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"encoding/binary"
 	"fmt"
 	"time"
 	"unsafe"
@@ -14,7 +13,7 @@ import (
 // how many of the bytes after the header are the stream's.
 const (
 	hdrSize = int(unsafe.Sizeof(bpf.WireWireEventHdr{}))
-	wireCap = 1024 // WIRE_CAP
+	wireCap = len(bpf.WireWireEvent{}.Data) // WIRE_CAP
 )
 
 // event is one decoded record: a chunk of a connection's stream, or its close, or the fd it
@@ -37,15 +36,12 @@ func decodeEvent(raw []byte, monoToRT int64) (event, error) {
 	if len(raw) > hdrSize+wireCap {
 		return event{}, fmt.Errorf("record of %d bytes, longer than the largest event (%d)", len(raw), hdrSize+wireCap)
 	}
-	le := binary.LittleEndian
-	ts := le.Uint64(raw[0:])
-	conn := le.Uint64(raw[8:])
-	tgid := le.Uint32(raw[16:])
-	n := le.Uint32(raw[20:])
-	capd := int(le.Uint16(raw[24:]))
-	fn, kind, dir, tls := raw[26], raw[27], raw[28], raw[29]
-	if raw[30] != 0 || raw[31] != 0 {
-		return event{}, fmt.Errorf("header padding %#x %#x, not zero", raw[30], raw[31])
+	var h bpf.WireWireEventHdr
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&h)), hdrSize), raw)
+	ts, conn, tgid, n, capd := h.Ts, h.Conn, h.Tgid, h.Len, int(h.Cap)
+	fn, kind, dir, tls := h.Fn, h.Kind, h.Dir, h.Tls
+	if h.Pad != [2]uint8{} {
+		return event{}, fmt.Errorf("header padding %#x %#x, not zero", h.Pad[0], h.Pad[1])
 	}
 	if fn < fnRecv || fn > fnSSLSetFD {
 		return event{}, fmt.Errorf("unknown function %d", fn)

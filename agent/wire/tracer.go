@@ -25,36 +25,35 @@ import (
 	"github.com/kong-watcher/kong-watcher/bpf"
 )
 
-// Function ids: the attach cookies, mirroring enum wire_fn in bpf/headers/wire_types.h.
+// Function ids (the attach cookies), record kinds, directions and counter indexes:
+// bpf/headers/wire_types.h's enums as bpf2go generates them. A record carries them as bytes.
 const (
-	fnRecv     = 1
-	fnSend     = 2
-	fnWritev   = 3
-	fnSendfile = 4
-	fnClose    = 5
-	fnSSLRead  = 6
-	fnSSLWrite = 7
-	fnSSLFree  = 8
-	fnAccept   = 9
-	fnAccept4  = 10
-	fnSSLSetFD = 11
-)
+	fnRecv     = uint8(bpf.WireWireFnWIRE_FN_RECV)
+	fnSend     = uint8(bpf.WireWireFnWIRE_FN_SEND)
+	fnWritev   = uint8(bpf.WireWireFnWIRE_FN_WRITEV)
+	fnSendfile = uint8(bpf.WireWireFnWIRE_FN_SENDFILE)
+	fnClose    = uint8(bpf.WireWireFnWIRE_FN_CLOSE)
+	fnSSLRead  = uint8(bpf.WireWireFnWIRE_FN_SSL_READ)
+	fnSSLWrite = uint8(bpf.WireWireFnWIRE_FN_SSL_WRITE)
+	fnSSLFree  = uint8(bpf.WireWireFnWIRE_FN_SSL_FREE)
+	fnAccept   = uint8(bpf.WireWireFnWIRE_FN_ACCEPT)
+	fnAccept4  = uint8(bpf.WireWireFnWIRE_FN_ACCEPT4)
+	fnSSLSetFD = uint8(bpf.WireWireFnWIRE_FN_SSL_SET_FD)
 
-const (
-	kindData   = 0 // enum wire_kind
-	kindClose  = 1
-	kindAccept = 2
-	kindSSLFD  = 3
-	dirIn      = 0 // enum wire_dir
-	dirOut     = 1
-	statEvents = 0 // enum wire_stat
-	statDrops  = 1
+	kindData   = uint8(bpf.WireWireKindWIRE_KIND_DATA)
+	kindClose  = uint8(bpf.WireWireKindWIRE_KIND_CLOSE)
+	kindAccept = uint8(bpf.WireWireKindWIRE_KIND_ACCEPT)
+	kindSSLFD  = uint8(bpf.WireWireKindWIRE_KIND_SSL_FD)
+	dirIn      = uint8(bpf.WireWireDirWIRE_DIR_IN)
+	dirOut     = uint8(bpf.WireWireDirWIRE_DIR_OUT)
+	statEvents = uint32(bpf.WireWireStatWIRE_STAT_EVENTS)
+	statDrops  = uint32(bpf.WireWireStatWIRE_STAT_DROPS)
 )
 
 // probeFn is one library function the tracer probes.
 type probeFn struct {
 	sym   string
-	fn    uint64
+	fn    uint8
 	nargs int
 	ret   bool // also a return probe (for the byte count)
 }
@@ -310,7 +309,7 @@ func (t *Tracer) attachLib(path string, fns []probeFn) (fileID, error) {
 	var tables [3][]kernel.Probe
 	add := func(g int, f probeFn, site insn.Site, ret bool) {
 		prog := [...]*ebpf.Program{t.objs.WireEnter, t.objs.WireExit, t.objs.WireRetSite}[g]
-		tables[g] = append(tables[g], kernel.Probe{Sym: f.sym, Prog: prog, Ret: g == 1, Offset: site.Offset, Cookie: f.fn})
+		tables[g] = append(tables[g], kernel.Probe{Sym: f.sym, Prog: prog, Ret: g == 1, Offset: site.Offset, Cookie: uint64(f.fn)})
 		al.probes = append(al.probes, Probe{Library: path, Symbol: f.sym, Offset: site.Offset, Emulated: site.Emulated, Return: ret, ReturnSite: g == 2})
 	}
 	for _, f := range fns {

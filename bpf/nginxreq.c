@@ -88,7 +88,7 @@ enum nginxreq_lua_phase {
 #define LUA_STALE_NS (30ULL * 1000000000ULL)
 #define N_HOST_CAND 3
 #define N_UP_CAND 2
-#define N_SN_CAND 2 /* cscf->server_name at 48 (no file_name/line in the struct) or 64 */
+#define N_SN_CAND 2 /* cscf->server_name: without or with file_name/line before it */
 #define CSCF_HEAD 96
 #define MAX_UP_TRIES 4
 #define MAX_LAYOUTS 16
@@ -98,20 +98,25 @@ enum nginxreq_lua_phase {
 #define S_SCAN_LO 512
 #define S_SCAN_HI 1600
 
-/* Offsets relative to start_sec that are the same in every nginx version checked. */
-#define S_TO_MSEC 8
-#define S_TO_METHOD 16
-#define S_TO_HTTPVER 24
-#define S_TO_UNPARSED_URI 96
-#define S_TO_METHOD_NAME 112
-
-/* r->srv_conf: after signature (4 + pad), connection, ctx, main_conf in every nginx version.
- * ngx_http_core_module is the first HTTP module (ctx_index 0), so srv_conf[0] is the
- * server's ngx_http_core_srv_conf_t; $host falls back to its server_name. */
-#define R_TO_SRV_CONF 32
-
-/* ngx_listening_t.sockaddr: after the socket (an int, padded) in every nginx version. */
-#define LS_TO_SOCKADDR 8
+/* nginx's offsets that are the same in every version checked, and the candidates of those
+ * that are not: agent/nginxlayout holds them (and says why each is what it is); the loader
+ * sets these from it, so no offset is written twice. Zero until set. */
+volatile const __u32 ngx_s_to_msec = 0;         /* relative to start_sec */
+volatile const __u32 ngx_s_to_method = 0;
+volatile const __u32 ngx_s_to_httpver = 0;
+volatile const __u32 ngx_s_to_unparsed_uri = 0;
+volatile const __u32 ngx_s_to_method_name = 0;
+volatile const __u32 ngx_r_to_conn = 0;         /* relative to r */
+volatile const __u32 ngx_r_to_srv_conf = 0;
+volatile const __u32 ngx_conn_sent = 0;         /* relative to ngx_connection_t */
+volatile const __u32 ngx_conn_addr = 0;
+volatile const __u32 ngx_conn_listening = 0;
+volatile const __u32 ngx_ls_to_sockaddr = 0;    /* relative to ngx_listening_t */
+volatile const __u32 ngx_ustate_rt = 0;         /* relative to ngx_http_upstream_state_t */
+volatile const __u32 ngx_server_to_ho = 0;      /* headers_out - headers_in.server */
+volatile const __u32 ngx_start_dist[N_HOST_CAND] = {};     /* start_sec - headers_out */
+volatile const __u32 ngx_upstream_cand[N_UP_CAND] = {};    /* upstream_states in r */
+volatile const __u32 ngx_server_name_cand[N_SN_CAND] = {}; /* server_name in the cscf */
 
 struct nginxreq_event {
 	__u32 kind;
@@ -159,14 +164,14 @@ struct nginxreq_calib {
 	struct nginxreq_event ev;
 	__u32 s_off;    /* start_sec offset found by the scan (0: none) */
 	__u32 snap_len; /* bytes of r in snap (0 if unreadable) */
-	struct nginxreq_upcand up[N_UP_CAND]; /* U = 72, 80 */
-	__u32 host_len[N_HOST_CAND]; /* headers_in.server at S - D - 40, D = 424, 360, 368 */
+	struct nginxreq_upcand up[N_UP_CAND]; /* at ngx_upstream_cand */
+	__u32 host_len[N_HOST_CAND]; /* headers_in.server at S - D - ngx_server_to_ho, D in ngx_start_dist */
 	__u32 _pad1;
 	char host[N_HOST_CAND][HOST_LEN];
 	/* The server's ngx_http_core_srv_conf_t (cscf), so user space can verify the struct and
 	 * find server_name in it: srv_conf = r->srv_conf, cscf = srv_conf[0], cscf_ctx_srv =
 	 * cscf->ctx->srv_conf (== srv_conf for a real cscf), the first 96 bytes of cscf and the
-	 * strings at the server_name candidates (cscf + 48, cscf + 64). */
+	 * strings at the server_name candidates (ngx_server_name_cand). */
 	__u64 srv_conf;
 	__u64 cscf;
 	__u64 cscf_ctx_srv;
@@ -435,7 +440,7 @@ static __always_inline void read_listener(struct nginxreq_event *e, __u64 ls)
 		return;
 	}
 	__u64 sa = 0;
-	if (!ls || bpf_probe_read_user(&sa, sizeof(sa), (void *)(ls + LS_TO_SOCKADDR)) || !sa ||
+	if (!ls || bpf_probe_read_user(&sa, sizeof(sa), (void *)(ls + ngx_ls_to_sockaddr)) || !sa ||
 	    bpf_probe_read_user(&e->family, sizeof(e->family) + sizeof(e->local_port), (void *)sa)) {
 		e->flags |= F_LISTEN_ERR;
 		return;
@@ -481,23 +486,25 @@ static __always_inline void read_from_start(struct nginxreq_event *e, __u64 r, _
 		e->flags |= F_READ_ERR;
 		return;
 	}
+	/* The indexes are the loader's constants; the masks keep them inside v for the verifier. */
+	__u32 iu = (ngx_s_to_unparsed_uri / 8) & 14, im = (ngx_s_to_method_name / 8) & 14;
 	e->start_sec = v[0];
-	e->start_msec = v[1];
-	e->method_bit = v[2];
-	e->http_version = v[3];
-	e->uri_len = v[S_TO_UNPARSED_URI / 8];
-	if (v[S_TO_UNPARSED_URI / 8] > URI_LEN)
+	e->start_msec = v[(ngx_s_to_msec / 8) & 15];
+	e->method_bit = v[(ngx_s_to_method / 8) & 15];
+	e->http_version = v[(ngx_s_to_httpver / 8) & 15];
+	e->uri_len = v[iu];
+	if (v[iu] > URI_LEN)
 		e->flags |= F_URI_TRUNC;
-	KW_READ_STR(e->uri, URI_LEN, v[S_TO_UNPARSED_URI / 8 + 1], v[S_TO_UNPARSED_URI / 8]);
-	e->method_len = v[S_TO_METHOD_NAME / 8];
+	KW_READ_STR(e->uri, URI_LEN, v[iu + 1], v[iu]);
+	e->method_len = v[im];
 	/* nginx names a method it knows by its bit only when the name is that method's
 	 * (case-sensitive parsing): user space writes the name, one read fewer per request. */
-	__u64 mb = v[2];
+	__u64 mb = e->method_bit;
 	if (by_bit && mb >= 2 && mb <= 0x10000 && (mb & (mb - 1)) == 0) {
 		e->flags |= F_METHOD_BIT;
 		return;
 	}
-	KW_READ_STR(e->method, METHOD_LEN, v[S_TO_METHOD_NAME / 8 + 1], v[S_TO_METHOD_NAME / 8]);
+	KW_READ_STR(e->method, METHOD_LEN, v[im + 1], v[im]);
 }
 
 /* host_from copies the ngx_str_t (len, data) into dst; it returns len (0: none). */
@@ -604,7 +611,8 @@ static long s_scan_cb(__u32 i, struct s_scan_ctx *c)
 	if (off > S_SCAN_HI)
 		return 1;
 	__u64 *v = (__u64 *)(c->snap + off);
-	__u64 sec = v[0], msec = v[1], method = v[2], ver = v[3];
+	__u64 sec = v[0], msec = v[(ngx_s_to_msec / 8) & 3], method = v[(ngx_s_to_method / 8) & 3],
+	      ver = v[(ngx_s_to_httpver / 8) & 3];
 	if (sec + 86400 < c->now || sec > c->now + 86400)
 		return 0;
 	if (msec >= 1000)
@@ -640,15 +648,15 @@ static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 
 	} else {
 		__u32 s = sc.found;
 		read_from_start(e, r, s, 0);
-		/* headers_in.server = headers_out - 40, headers_out = start_sec - D */
-		cb->host_len[0] = read_host(cb->host[0], r, s - 424 - 40, &e->flags);
-		cb->host_len[1] = read_host(cb->host[1], r, s - 360 - 40, &e->flags);
-		cb->host_len[2] = read_host(cb->host[2], r, s - 368 - 40, &e->flags);
+		/* headers_in.server = headers_out - ngx_server_to_ho, headers_out = start_sec - D */
+#pragma unroll
+		for (int k = 0; k < N_HOST_CAND; k++)
+			cb->host_len[k] = read_host(cb->host[k], r, s - ngx_start_dist[k] - ngx_server_to_ho, &e->flags);
 	}
 
 	/* The server's core srv conf, for the server_name fallback of $host. */
 	__u64 srv = 0, cscf = 0;
-	if (bpf_probe_read_user(&srv, sizeof(srv), (void *)(r + R_TO_SRV_CONF)) == 0 && srv &&
+	if (bpf_probe_read_user(&srv, sizeof(srv), (void *)(r + ngx_r_to_srv_conf)) == 0 && srv &&
 	    bpf_probe_read_user(&cscf, sizeof(cscf), (void *)srv) == 0 && cscf) {
 		cb->srv_conf = srv;
 		cb->cscf = cscf;
@@ -657,20 +665,21 @@ static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 
 			if (ctx)
 				bpf_probe_read_user(&cb->cscf_ctx_srv, sizeof(cb->cscf_ctx_srv), (void *)(ctx + 8));
 			__u32 fl = 0;
-			cb->sn_len[0] = read_host(cb->sn[0], cscf, 48, &fl);
-			cb->sn_len[1] = read_host(cb->sn[1], cscf, 64, &fl);
+#pragma unroll
+			for (int k = 0; k < N_SN_CAND; k++)
+				cb->sn_len[k] = read_host(cb->sn[k], cscf, ngx_server_name_cand[k], &fl);
 		}
 	}
 
-	/* upstream_states candidates: U = 72 without the cache module, 80 with it. */
+	/* upstream_states candidates (without the cache module, with it). */
 #pragma unroll
 	for (int k = 0; k < N_UP_CAND; k++) {
 		__u64 ptr = 0, hdr[5] = {};
-		if (bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(r + 72 + 8 * k)) || !ptr)
+		if (bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(r + ngx_upstream_cand[k])) || !ptr)
 			continue;
 		cb->up[k].ptr = ptr;
 		__u64 sum = 0;
-		if (read_upstream(ptr, 8, hdr, &sum) == 0) {
+		if (read_upstream(ptr, ngx_ustate_rt, hdr, &sum) == 0) {
 			cb->up[k].nelts = hdr[1];
 			cb->up[k].size = hdr[2];
 			cb->up[k].pool = hdr[4];
@@ -678,10 +687,9 @@ static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 
 		}
 	}
 
-	/* connection is the first pointer after the 4-byte signature in every version. */
 	__u64 c = 0;
-	bpf_probe_read_user(&c, sizeof(c), (void *)(r + 8));
-	read_conn(e, c, 72, 120, 64, want_addr);
+	bpf_probe_read_user(&c, sizeof(c), (void *)(r + ngx_r_to_conn));
+	read_conn(e, c, ngx_conn_sent, ngx_conn_addr, ngx_conn_listening, want_addr);
 }
 
 static __always_inline void fill_common(struct nginxreq_event *e, struct nginxreq_proc *p, __u32 tgid, __u64 r,

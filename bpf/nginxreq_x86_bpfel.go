@@ -211,6 +211,22 @@ const (
 	NginxReqVarAgentInInitNs           = "agent_in_init_ns"
 	NginxReqVarAgentNsDev              = "agent_ns_dev"
 	NginxReqVarAgentNsIno              = "agent_ns_ino"
+	NginxReqVarNgxConnAddr             = "ngx_conn_addr"
+	NginxReqVarNgxConnListening        = "ngx_conn_listening"
+	NginxReqVarNgxConnSent             = "ngx_conn_sent"
+	NginxReqVarNgxLsToSockaddr         = "ngx_ls_to_sockaddr"
+	NginxReqVarNgxR_toConn             = "ngx_r_to_conn"
+	NginxReqVarNgxR_toSrvConf          = "ngx_r_to_srv_conf"
+	NginxReqVarNgxS_toHttpver          = "ngx_s_to_httpver"
+	NginxReqVarNgxS_toMethod           = "ngx_s_to_method"
+	NginxReqVarNgxS_toMethodName       = "ngx_s_to_method_name"
+	NginxReqVarNgxS_toMsec             = "ngx_s_to_msec"
+	NginxReqVarNgxS_toUnparsedUri      = "ngx_s_to_unparsed_uri"
+	NginxReqVarNgxServerNameCand       = "ngx_server_name_cand"
+	NginxReqVarNgxServerToHo           = "ngx_server_to_ho"
+	NginxReqVarNgxStartDist            = "ngx_start_dist"
+	NginxReqVarNgxUpstreamCand         = "ngx_upstream_cand"
+	NginxReqVarNgxUstateRt             = "ngx_ustate_rt"
 	NginxReqVarUnusedNginxreqCalib     = "unused_nginxreq_calib"
 	NginxReqVarUnusedNginxreqCounter   = "unused_nginxreq_counter"
 	NginxReqVarUnusedNginxreqFlag      = "unused_nginxreq_flag"
@@ -290,6 +306,22 @@ type NginxReqVariableSpecs struct {
 	AgentInInitNs          *ebpf.VariableSpec `ebpf:"agent_in_init_ns"`
 	AgentNsDev             *ebpf.VariableSpec `ebpf:"agent_ns_dev"`
 	AgentNsIno             *ebpf.VariableSpec `ebpf:"agent_ns_ino"`
+	NgxConnAddr            *ebpf.VariableSpec `ebpf:"ngx_conn_addr"`
+	NgxConnListening       *ebpf.VariableSpec `ebpf:"ngx_conn_listening"`
+	NgxConnSent            *ebpf.VariableSpec `ebpf:"ngx_conn_sent"`
+	NgxLsToSockaddr        *ebpf.VariableSpec `ebpf:"ngx_ls_to_sockaddr"`
+	NgxR_toConn            *ebpf.VariableSpec `ebpf:"ngx_r_to_conn"`
+	NgxR_toSrvConf         *ebpf.VariableSpec `ebpf:"ngx_r_to_srv_conf"`
+	NgxS_toHttpver         *ebpf.VariableSpec `ebpf:"ngx_s_to_httpver"`
+	NgxS_toMethod          *ebpf.VariableSpec `ebpf:"ngx_s_to_method"`
+	NgxS_toMethodName      *ebpf.VariableSpec `ebpf:"ngx_s_to_method_name"`
+	NgxS_toMsec            *ebpf.VariableSpec `ebpf:"ngx_s_to_msec"`
+	NgxS_toUnparsedUri     *ebpf.VariableSpec `ebpf:"ngx_s_to_unparsed_uri"`
+	NgxServerNameCand      *ebpf.VariableSpec `ebpf:"ngx_server_name_cand"`
+	NgxServerToHo          *ebpf.VariableSpec `ebpf:"ngx_server_to_ho"`
+	NgxStartDist           *ebpf.VariableSpec `ebpf:"ngx_start_dist"`
+	NgxUpstreamCand        *ebpf.VariableSpec `ebpf:"ngx_upstream_cand"`
+	NgxUstateRt            *ebpf.VariableSpec `ebpf:"ngx_ustate_rt"`
 	UnusedNginxreqCalib    *ebpf.VariableSpec `ebpf:"unused_nginxreq_calib"`
 	UnusedNginxreqCounter  *ebpf.VariableSpec `ebpf:"unused_nginxreq_counter"`
 	UnusedNginxreqFlag     *ebpf.VariableSpec `ebpf:"unused_nginxreq_flag"`
@@ -352,6 +384,22 @@ type NginxReqVariables struct {
 	AgentInInitNs          *ebpf.Variable `ebpf:"agent_in_init_ns"`
 	AgentNsDev             *ebpf.Variable `ebpf:"agent_ns_dev"`
 	AgentNsIno             *ebpf.Variable `ebpf:"agent_ns_ino"`
+	NgxConnAddr            *ebpf.Variable `ebpf:"ngx_conn_addr"`
+	NgxConnListening       *ebpf.Variable `ebpf:"ngx_conn_listening"`
+	NgxConnSent            *ebpf.Variable `ebpf:"ngx_conn_sent"`
+	NgxLsToSockaddr        *ebpf.Variable `ebpf:"ngx_ls_to_sockaddr"`
+	NgxR_toConn            *ebpf.Variable `ebpf:"ngx_r_to_conn"`
+	NgxR_toSrvConf         *ebpf.Variable `ebpf:"ngx_r_to_srv_conf"`
+	NgxS_toHttpver         *ebpf.Variable `ebpf:"ngx_s_to_httpver"`
+	NgxS_toMethod          *ebpf.Variable `ebpf:"ngx_s_to_method"`
+	NgxS_toMethodName      *ebpf.Variable `ebpf:"ngx_s_to_method_name"`
+	NgxS_toMsec            *ebpf.Variable `ebpf:"ngx_s_to_msec"`
+	NgxS_toUnparsedUri     *ebpf.Variable `ebpf:"ngx_s_to_unparsed_uri"`
+	NgxServerNameCand      *ebpf.Variable `ebpf:"ngx_server_name_cand"`
+	NgxServerToHo          *ebpf.Variable `ebpf:"ngx_server_to_ho"`
+	NgxStartDist           *ebpf.Variable `ebpf:"ngx_start_dist"`
+	NgxUpstreamCand        *ebpf.Variable `ebpf:"ngx_upstream_cand"`
+	NgxUstateRt            *ebpf.Variable `ebpf:"ngx_ustate_rt"`
 	UnusedNginxreqCalib    *ebpf.Variable `ebpf:"unused_nginxreq_calib"`
 	UnusedNginxreqCounter  *ebpf.Variable `ebpf:"unused_nginxreq_counter"`
 	UnusedNginxreqFlag     *ebpf.Variable `ebpf:"unused_nginxreq_flag"`

@@ -25,6 +25,8 @@ const (
 	ConnListeningOffset = 64
 	// ngx_http_upstream_state_t.response_time.
 	UpstreamRTOffset = 8
+	// ngx_listening_t.sockaddr: after the socket (an int, padded) in every version.
+	ListeningSockaddrOffset = 8
 
 	// Relative to headers_out.
 	HOToStatus = 112 // headers_out.status

@@ -321,3 +321,25 @@ func TestIgnorable(t *testing.T) {
 		t.Fatal("a request with a request line ignored")
 	}
 }
+
+// TestNginxOffsetsFitTheProgram: the BPF program reads start_sec's neighbours out of a
+// 128-byte copy and masks the indexes for the verifier; the offsets nginxlayout gives must
+// be where the masks leave them, and each candidate list as long as the record's arrays.
+func TestNginxOffsetsFitTheProgram(t *testing.T) {
+	for name, off := range map[string]int{"msec": nginxlayout.SToMsec, "method": nginxlayout.SToMethod, "http_version": nginxlayout.SToHTTPVersion} {
+		if off%8 != 0 || off/8 != (off/8)&3 {
+			t.Errorf("start_sec + %d (%s): not a u64 index below 4", off, name)
+		}
+	}
+	for name, off := range map[string]int{"unparsed_uri": nginxlayout.SToUnparsedURI, "method_name": nginxlayout.SToMethodName} {
+		if off%8 != 0 || off/8 != (off/8)&14 {
+			t.Errorf("start_sec + %d (%s): not an even u64 index below 16", off, name)
+		}
+	}
+	var cb rawCalib
+	if len(cb.Up) != len(nginxlayout.UpstreamCandidates) || len(cb.HostLen) != len(nginxlayout.StartDistances) ||
+		len(cb.SnLen) != len(nginxlayout.ServerNameCandidates) {
+		t.Errorf("candidate arrays: record %d/%d/%d, nginxlayout %d/%d/%d", len(cb.Up), len(cb.HostLen), len(cb.SnLen),
+			len(nginxlayout.UpstreamCandidates), len(nginxlayout.StartDistances), len(nginxlayout.ServerNameCandidates))
+	}
+}

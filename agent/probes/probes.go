@@ -3,6 +3,7 @@ package probes
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"sort"
 	"strings"
@@ -159,6 +160,7 @@ func New(opts Options) (*Probes, error) {
 	}
 	consts := ns.NamespaceConsts("agent_ns_dev", "agent_ns_ino", "agent_in_init_ns")
 	consts["wakeup_bytes"] = uint64(size / 4)
+	maps.Copy(consts, nginxOffsets())
 
 	p := &Probes{opts: opts, bins: map[binKey]*nginxBin{}, byID: map[uint32]*nginxBin{},
 		gws: map[discovery.GatewayID]*gateway{}, pidOwner: map[int]discovery.GatewayID{}, lua: opts.LuaPhases}
@@ -285,4 +287,34 @@ func (p *Probes) Close() error {
 	p.bins = map[binKey]*nginxBin{}
 	p.ring.Close()
 	return p.objs.Close()
+}
+
+// nginxOffsets are the BPF program's nginx offsets, from agent/nginxlayout (their one
+// source): the fixed ones and the candidates calibration captures at.
+func nginxOffsets() map[string]any {
+	u32s := func(xs []int) []uint32 {
+		out := make([]uint32, len(xs))
+		for i, x := range xs {
+			out[i] = uint32(x)
+		}
+		return out
+	}
+	return map[string]any{
+		"ngx_s_to_msec":         uint32(nginxlayout.SToMsec),
+		"ngx_s_to_method":       uint32(nginxlayout.SToMethod),
+		"ngx_s_to_httpver":      uint32(nginxlayout.SToHTTPVersion),
+		"ngx_s_to_unparsed_uri": uint32(nginxlayout.SToUnparsedURI),
+		"ngx_s_to_method_name":  uint32(nginxlayout.SToMethodName),
+		"ngx_r_to_conn":         uint32(nginxlayout.ConnOffset),
+		"ngx_r_to_srv_conf":     uint32(nginxlayout.SrvConfOffset),
+		"ngx_conn_sent":         uint32(nginxlayout.ConnSentOffset),
+		"ngx_conn_addr":         uint32(nginxlayout.ConnAddrOffset),
+		"ngx_conn_listening":    uint32(nginxlayout.ConnListeningOffset),
+		"ngx_ls_to_sockaddr":    uint32(nginxlayout.ListeningSockaddrOffset),
+		"ngx_ustate_rt":         uint32(nginxlayout.UpstreamRTOffset),
+		"ngx_server_to_ho":      uint32(-nginxlayout.HOToServer),
+		"ngx_start_dist":        u32s(nginxlayout.StartDistances[:]),
+		"ngx_upstream_cand":     u32s(nginxlayout.UpstreamCandidates[:]),
+		"ngx_server_name_cand":  u32s(nginxlayout.ServerNameCandidates[:]),
+	}
 }

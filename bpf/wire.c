@@ -115,6 +115,25 @@ static __always_inline void submitted(long ok)
 	count(ok ? WIRE_STAT_EVENTS : WIRE_STAT_DROPS);
 }
 
+// EMIT_CAPTURED reserves a record of type T (its data big enough for n), fills it with the
+// header h and n bytes read from user address p (none when unreadable: cap 0), submits it and
+// returns from the caller. A macro because the record types differ only in their size.
+#define EMIT_CAPTURED(T, h, p, n)                                                        \
+	do {                                                                              \
+		struct T *e = bpf_ringbuf_reserve(&wire_events, sizeof(*e), 0);           \
+		if (!e) {                                                                 \
+			submitted(0);                                                     \
+			return;                                                           \
+		}                                                                         \
+		e->hdr = *(h);                                                            \
+		e->hdr.cap = (n);                                                         \
+		if (bpf_probe_read_user(e->data, (n), (void *)(p)))                       \
+			e->hdr.cap = 0;                                                   \
+		bpf_ringbuf_submit(e, wake_flags());                                      \
+		submitted(1);                                                             \
+		return;                                                                   \
+	} while (0)
+
 // emit sends one event: the header h with up to WIRE_CAP bytes read from user address p (n of
 // them; h->len is what the event stands for). An unreadable buffer is sent uncaptured (cap 0).
 static __always_inline void emit(const struct wire_event_hdr *h, __u64 p, __u64 n)
@@ -131,33 +150,11 @@ static __always_inline void emit(const struct wire_event_hdr *h, __u64 p, __u64 
 		submitted(1);
 		return;
 	}
-	if (n <= WIRE_SMALL) {
-		struct wire_event_small *e = bpf_ringbuf_reserve(&wire_events, sizeof(*e), 0);
-		if (!e) {
-			submitted(0);
-			return;
-		}
-		e->hdr = *h;
-		e->hdr.cap = n;
-		if (bpf_probe_read_user(e->data, n, (void *)p))
-			e->hdr.cap = 0;
-		bpf_ringbuf_submit(e, wake_flags());
-		submitted(1);
-		return;
-	}
+	if (n <= WIRE_SMALL)
+		EMIT_CAPTURED(wire_event_small, h, p, n);
 	if (n > WIRE_CAP)
 		n = WIRE_CAP;
-	struct wire_event *e = bpf_ringbuf_reserve(&wire_events, sizeof(*e), 0);
-	if (!e) {
-		submitted(0);
-		return;
-	}
-	e->hdr = *h;
-	e->hdr.cap = n;
-	if (bpf_probe_read_user(e->data, n, (void *)p))
-		e->hdr.cap = 0;
-	bpf_ringbuf_submit(e, wake_flags());
-	submitted(1);
+	EMIT_CAPTURED(wire_event, h, p, n);
 }
 
 // emit_buf sends the len bytes at user address p as up to WIRE_MAX_PARTS events of at most

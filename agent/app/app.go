@@ -3,10 +3,7 @@ package app
 import (
 	"context"
 	"errors"
-	"fmt"
-	"runtime/debug"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,36 +14,10 @@ import (
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
 	"github.com/kong-watcher/kong-watcher/agent/listeners"
 	"github.com/kong-watcher/kong-watcher/agent/model"
-	"github.com/kong-watcher/kong-watcher/agent/probes"
 	"github.com/kong-watcher/kong-watcher/agent/report"
-	"github.com/kong-watcher/kong-watcher/agent/wire"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/internal/version"
 )
-
-// tracer is what both data paths offer: follow gateways, turn kernel events into Requests.
-type tracer interface {
-	Track(gw discovery.Gateway) error
-	Untrack(id discovery.GatewayID)
-	SetPIDs(id discovery.GatewayID, pids []int)
-	Run(ctx context.Context, sink model.Sink) error
-	Close() error
-}
-
-// nginxPath is the nginx-request data path (agent/probes) as the agent uses it.
-type nginxPath interface {
-	tracer
-	Status() probes.Status
-	SetLuaPhases(on bool) error
-	// Failed lists the gateways whose binary the path could not read, with the reason.
-	Failed() map[discovery.GatewayID]error
-}
-
-// wirePath is the wire data path (agent/wire) as the agent uses it.
-type wirePath interface {
-	tracer
-	Status() wire.Status
-}
 
 // Notifier hears what the agent finds and attaches (the Kubernetes reporter turns it into
 // Events). Its methods are called with the agent's lock held: they must not block.
@@ -101,74 +72,11 @@ type Agent struct {
 	lastDataPath                             string
 }
 
-// exeKey identifies a gateway's executable file (discovery.Gateway's ExeDev, ExeIno).
-type exeKey struct{ dev, ino uint64 }
-
-func exeOf(gw discovery.Gateway) exeKey { return exeKey{gw.ExeDev, gw.ExeIno} }
-
 type tracked struct {
 	gw    discovery.Gateway
 	since time.Time // when it was first attached
 	path  string    // DataPathNginx or DataPathWire; "" when attaching failed
 	err   error
-}
-
-// dataPaths are the data paths' BPF programs, loaded but attached to nothing yet.
-type dataPaths struct {
-	nginx *probes.Probes // nil when the nginx-request path could not load
-	wire  *wire.Tracer   // nil until needed (auto) or when it could not load
-}
-
-// loadDataPaths loads the BPF programs cfg.DataPath asks for. An error (a panic in loading
-// too) means no data path can work: the agent is then disabled.
-func loadDataPaths(cfg Config, log logr.Logger) (dp dataPaths, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			log.Error(fmt.Errorf("%v", v), "loading the data path panicked (a bug; please report it)", "stack", string(debug.Stack()))
-			dp.close()
-			dp, err = dataPaths{}, fmt.Errorf("loading the data path failed: %v", v)
-		}
-	}()
-	if cfg.DataPath != DataPathWire {
-		// The client address costs two reads per request and only the per-request log
-		// (debug level) shows it.
-		p, err := probes.New(probes.Options{LuaPhases: cfg.LuaPhases == LuaOn, Log: log.WithName("nginx-request"),
-			ClientAddr: log.WithName("request").V(1).Enabled()})
-		if err != nil {
-			if cfg.DataPath == DataPathNginx {
-				return dp, fmt.Errorf("nginx-request data path: %w", err)
-			}
-			log.Error(err, "the nginx-request data path cannot load; falling back to the wire data path (HTTP/1 only, costlier)")
-		} else {
-			dp.nginx = p
-		}
-	}
-	if cfg.DataPath == DataPathWire || dp.nginx == nil {
-		w, err := newWire(log)
-		if err != nil {
-			dp.close()
-			return dataPaths{}, err
-		}
-		dp.wire = w
-	}
-	return dp, nil
-}
-
-func newWire(log logr.Logger) (*wire.Tracer, error) {
-	w, err := wire.New(wire.Options{Log: log.WithName("wire"), TLS: true})
-	if err != nil {
-		return nil, fmt.Errorf("wire data path: %w", err)
-	}
-	return w, nil
-}
-
-func (dp dataPaths) close() {
-	if dp.nginx != nil {
-		dp.nginx.Close()
-	}
-	if dp.wire != nil {
-		dp.wire.Close()
-	}
 }
 
 // newAgent is the agent following gateways on dp, or, when disabled is set, the agent that
@@ -213,25 +121,6 @@ func newPipeline(cfg Config, log logr.Logger, o Options) *Agent {
 	return a
 }
 
-func (a *Agent) loadWire() error {
-	if a.wire != nil {
-		return nil
-	}
-	if a.wireErr != nil {
-		return a.wireErr
-	}
-	w, err := newWire(a.log)
-	if err != nil {
-		a.wireErr = err
-		return err
-	}
-	a.wire = w
-	if a.runCtx != nil {
-		go a.runTracer(a.runCtx, DataPathWire, w)
-	}
-	return nil
-}
-
 // Close detaches every probe and frees the BPF objects.
 func (a *Agent) Close() {
 	if a.nginx != nil {
@@ -240,63 +129,6 @@ func (a *Agent) Close() {
 	if a.wire != nil {
 		a.wire.Close()
 	}
-}
-
-// Ready reports whether probes are attached to at least one gateway, and if not, why.
-func (a *Agent) Ready() (bool, string) {
-	if a.disabled != nil {
-		return false, "the agent cannot start: " + a.disabled.Error()
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.fault != nil {
-		return false, a.fault.Error()
-	}
-	if len(a.gateways) == 0 {
-		return false, fmt.Sprintf("no %q process found yet", a.cfg.ProcessName)
-	}
-	var last error
-	for _, t := range a.gateways {
-		if t.path != "" && !waitingForWorkers(t) {
-			return true, "probes attached (" + t.path + ")"
-		}
-		if t.path != "" {
-			last = errors.New("the gateway's master has not started its workers yet")
-		} else {
-			last = t.err
-		}
-	}
-	return false, fmt.Sprintf("probes not attached to a serving gateway: %v", last)
-}
-
-// waitingForWorkers: an nginx master that has not forked its workers yet serves nothing;
-// ready would be a lie until the workers are in the kernel filter. A master caught before it
-// set its title looks like a single-process nginx, so that one must stay alone a while too.
-func waitingForWorkers(t *tracked) bool {
-	if len(t.gw.Workers) > 0 {
-		return false
-	}
-	return strings.Contains(t.gw.Master.Title, "master process") || time.Since(t.since) < 2*time.Second
-}
-
-// dataPathLocked says which data path serves the gateways ("nginx-request", "wire", or
-// both); updateHealthLocked hands it to the aggregator and the info metric.
-func (a *Agent) dataPathLocked() string {
-	seen := map[string]bool{}
-	for _, t := range a.gateways {
-		if t.path != "" {
-			seen[t.path] = true
-		}
-	}
-	switch {
-	case seen[DataPathNginx] && seen[DataPathWire]:
-		return DataPathNginx + "+" + DataPathWire
-	case seen[DataPathNginx]:
-		return DataPathNginx
-	case seen[DataPathWire]:
-		return DataPathWire
-	}
-	return ""
 }
 
 // Stats is the current Stats document (its dataPath is kept current by updateHealthLocked,
@@ -412,58 +244,6 @@ func (a *Agent) nameListeners(gw discovery.Gateway) {
 	a.namer.track(gw, set)
 }
 
-func (a *Agent) tracerFor(path string) tracer {
-	if path == DataPathNginx {
-		return a.nginx
-	}
-	return a.wire
-}
-
-// attach follows gw on the best data path available and tells the Notifier; called with a.mu held.
-func (a *Agent) attach(gw discovery.Gateway) *tracked {
-	t := a.attachPath(gw)
-	if n := a.opts.Notify; n != nil {
-		if t.path != "" {
-			n.ProbesAttached(gw, t.path)
-		} else {
-			n.ProbeAttachFailed(gw, t.err)
-		}
-	}
-	return t
-}
-
-func (a *Agent) attachPath(gw discovery.Gateway) *tracked {
-	t := &tracked{gw: gw, since: time.Now()}
-	if a.nginx != nil && a.nginxFailed[exeOf(gw)] == nil {
-		err := a.nginx.Track(gw)
-		if err == nil {
-			t.path = DataPathNginx
-			a.log.Info("probes attached", "dataPath", DataPathNginx, "masterPID", gw.Master.PID, "pids", gw.PIDs())
-			return t
-		}
-		t.err = err
-		if a.cfg.DataPath == DataPathNginx {
-			a.log.Error(err, "cannot attach the nginx-request probes", "masterPID", gw.Master.PID)
-			return t
-		}
-		a.log.Error(err, "cannot attach the nginx-request probes; falling back to the wire data path for this gateway", "masterPID", gw.Master.PID)
-	}
-	if err := a.loadWire(); err != nil {
-		t.err = errors.Join(t.err, err)
-		a.log.Error(err, "no data path can follow this gateway: its requests are NOT counted", "masterPID", gw.Master.PID)
-		return t
-	}
-	if err := a.wire.Track(gw); err != nil {
-		t.err = errors.Join(t.err, err)
-		a.log.Error(err, "cannot attach the wire probes: this gateway's requests are NOT counted", "masterPID", gw.Master.PID)
-		return t
-	}
-	t.path = DataPathWire
-	t.err = nil
-	a.log.Info("probes attached", "dataPath", DataPathWire, "masterPID", gw.Master.PID, "pids", gw.PIDs())
-	return t
-}
-
 // sampleLua switches the Lua phase probes on for LuaSampleFor every LuaSampleEvery. Timing
 // every Lua handler call costs 2 probe hits per call plus one per request (docs/design.md);
 // a duty-cycled sample gives the per-phase distribution at a few percent of that cost, and
@@ -520,100 +300,6 @@ func every(ctx context.Context, d time.Duration, fn func()) {
 		case <-t.C:
 		}
 		fn()
-	}
-}
-
-// healthLoop publishes the data paths' health to Prometheus and moves a gateway to the wire
-// when the nginx-request path gives up on its executable (no request layout learnt there).
-func (a *Agent) healthLoop(ctx context.Context) {
-	defer a.recoverIn("the health loop")
-	every(ctx, time.Second, a.checkHealth)
-}
-
-func (a *Agent) checkHealth() {
-	a.mu.Lock()
-	defer a.mu.Unlock() // deferred: a panic must not leave the lock held
-	if a.nginx != nil && a.cfg.DataPath == DataPathAuto {
-		for id, err := range a.nginx.Failed() {
-			t, ok := a.gateways[id]
-			if !ok || t.path != DataPathNginx {
-				continue
-			}
-			a.nginxFailed[exeOf(t.gw)] = err
-			a.log.Error(err, "the nginx-request data path cannot read this gateway's requests; moving it to the wire data path (with every gateway of its executable; other executables keep the nginx-request path)",
-				"masterPID", t.gw.Master.PID, "exe", t.gw.Exe)
-			a.nginx.Untrack(id)
-			a.gateways[id] = a.attach(t.gw)
-		}
-	}
-	a.updateHealthLocked()
-}
-
-// recoverIn, deferred at the top of the agent's goroutines, turns a panic into a logged
-// fault: a monitoring bug must not take the process down, since a sidecar that exits makes
-// Kong's pod NotReady while it restarts.
-func (a *Agent) recoverIn(what string) {
-	if v := recover(); v != nil {
-		a.panicked(what, v)
-	}
-}
-
-func (a *Agent) panicked(what string, v any) error {
-	err := fmt.Errorf("%s failed (a bug; please report it): %v", what, v)
-	a.log.Error(err, "the agent stays up, but this part of it stopped", "stack", string(debug.Stack()))
-	a.mu.Lock()
-	if a.fault == nil {
-		a.fault = err
-	}
-	a.mu.Unlock()
-	return err
-}
-
-func (a *Agent) updateHealthLocked() {
-	var dropped, decodeErrs uint64
-	attached := 0
-	pids := 0
-	for _, t := range a.gateways {
-		if t.path != "" {
-			attached++
-			pids += len(t.gw.PIDs())
-		}
-	}
-	probesAttached := 0
-	if a.nginx != nil {
-		st := a.nginx.Status()
-		dropped += st.Dropped
-		decodeErrs += st.DecodeErrors
-		probesAttached += st.AttachedBinaries
-	}
-	if a.wire != nil {
-		st := a.wire.Status()
-		// Requests the wire parser read but had to give up with their connection are lost
-		// like events the ring buffer could not hold.
-		dropped += st.Dropped + st.Lost
-		decodeErrs += st.ParseErrors + st.BadRecords
-		probesAttached += len(st.Probes)
-		a.metrics.SetWireBuffered(st.Buffered)
-		if givenUp := st.OverBudget + st.HeadTimeouts; givenUp > a.seenGivenUp {
-			a.metrics.AddWireGivenUp(givenUp - a.seenGivenUp)
-			a.seenGivenUp = givenUp
-		}
-	}
-	if dropped > a.seenDropped {
-		a.Aggregator.AddDropped(dropped - a.seenDropped)
-		a.metrics.AddEventsDropped(dropped - a.seenDropped)
-		a.seenDropped = dropped
-	}
-	if decodeErrs > a.seenDecodeErrs {
-		a.metrics.AddDecodeErrors(decodeErrs - a.seenDecodeErrs)
-		a.seenDecodeErrs = decodeErrs
-	}
-	a.metrics.SetProbesAttached(probesAttached)
-	a.metrics.SetProcessesTracked(pids)
-	if dp := a.dataPathLocked(); dp != a.lastDataPath {
-		a.metrics.SetInfo(version.Version, dp)
-		a.Aggregator.SetDataPath(dp)
-		a.lastDataPath = dp
 	}
 }
 

@@ -24,8 +24,9 @@ import (
 	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
-// TestIntegrationNginx: the wire path against real nginx (plain HTTP/1.1, TLS, HTTP/2 off,
-// the fixture's JSON access log as the truth).
+// TestIntegrationNginx: the wire path against real nginx over HTTP/1.x, plain and TLS
+// (keep-alive, sendfile, long URIs, Lua, pipelining, ...), compared with the fixture's
+// access log.
 func TestIntegrationNginx(t *testing.T) {
 	havePrereqs(t, "nginx", "curl")
 	ng := startNginx(t)

@@ -31,14 +31,41 @@ type Setting[T any] struct {
 	// would be; "" stands for T's zero value (the setting is off or absent).
 	Default string
 	// Doc says in one line what the setting means: the README's table shows it.
-	Doc   string
-	parse func(v string) (T, error)
+	Doc string
+	// Label names the setting in a sentence ("log level"): the webhook's errors and warnings
+	// say "<Label> <Parse's error>".
+	Label  string
+	parse  func(v string) (T, error)
+	render func(T) string
+	// allowed, for a setting that is one of a list of values, replaces parse.
+	allowed *choice
 }
 
 // Parse reads v, ignoring white space around it. The error quotes v (cut to 32 bytes) and
 // says what is wanted, but does not name the variable: the caller says where v comes from
 // (Get names Env; the webhook names its flag or the pod's annotation).
-func (s *Setting[T]) Parse(v string) (T, error) { return s.parse(strings.TrimSpace(v)) }
+func (s *Setting[T]) Parse(v string) (T, error) {
+	v = strings.TrimSpace(v)
+	if s.allowed != nil {
+		// Only a Setting[string] is given allowed values (tested).
+		t, err := s.allowed.parse(v)
+		return any(t).(T), err
+	}
+	return s.parse(v)
+}
+
+// Render writes t as a value of Env, the inverse of Parse: Parse(Render(t)) == t for every t
+// Parse returns. A zero t of a setting without a default renders as "" (unset).
+func (s *Setting[T]) Render(t T) string { return s.render(t) }
+
+// Allowed is the values a setting that is one of a list accepts, in their canonical
+// spelling, and whether it accepts them in any case; nil for any other setting.
+func (s *Setting[T]) Allowed() (values []string, anyCase bool) {
+	if s.allowed == nil {
+		return nil, false
+	}
+	return s.allowed.values, s.allowed.fold
+}
 
 // Get reads the setting with lookup (os.LookupEnv in the agent): Default when the variable is
 // unset or blank. The error names the variable and its value: `LOG_LEVEL="loud": want ...`.
@@ -74,11 +101,13 @@ func (s *Setting[T]) Check(v string) error {
 	return err
 }
 
-// Info is Env, Default and Doc.
-func (s *Setting[T]) Info() Info { return Info{Env: s.Env, Default: s.Default, Doc: s.Doc} }
+// Info is Env, Default, Doc and Label.
+func (s *Setting[T]) Info() Info {
+	return Info{Env: s.Env, Default: s.Default, Doc: s.Doc, Label: s.Label}
+}
 
 // Info describes a setting whatever its type.
-type Info struct{ Env, Default, Doc string }
+type Info struct{ Env, Default, Doc, Label string }
 
 // Var is any Setting.
 type Var interface {
@@ -104,88 +133,113 @@ const (
 var (
 	LogLevel = Setting[string]{Env: v1alpha1.EnvLogLevel, Default: "info",
 		Doc:   "`debug`, `info`, `warn` or `error` (any case); `debug` logs one line per request (query strings masked)",
-		parse: oneOf(true, "debug", "info", "warn", "error")}
+		Label: "log level", render: same,
+		allowed: oneOf(true, "debug", "info", "warn", "error")}
 	JSONLog = Setting[bool]{Env: v1alpha1.EnvJSONLog, Default: "false",
 		Doc:   "`true`: JSON log lines (the webhook injects `true`)",
+		Label: "JSON log", render: strconv.FormatBool,
 		parse: boolean}
 	ProcessName = Setting[string]{Env: v1alpha1.EnvProcessName, Default: v1alpha1.DefaultProcessName,
 		Doc:   "the kernel's process name of Kong's workers (`ps -o comm`, at most 15 bytes)",
+		Label: "process name", render: same,
 		parse: processName}
 	StatsInterval = Setting[time.Duration]{Env: v1alpha1.EnvStatsInterval, Default: v1alpha1.DefaultStatsInterval,
 		Doc:   "how often the stats are logged and reported and a new window starts (1s to 1h)",
+		Label: "stats interval", render: shortDuration,
 		parse: duration(time.Second, time.Hour, false)}
 	MetricsAddr = Setting[string]{Env: v1alpha1.EnvMetricsAddr, Default: ":" + strconv.Itoa(v1alpha1.DefaultMetricsPort),
 		Doc: "`[host]:port` of `/metrics`, `/stats` (a snapshot at most 1 s old), `/healthz`, `/readyz`; host is empty " +
 			"(every address), an IP address or `localhost`: `127.0.0.1` keeps them off the node with hostNetwork",
+		Label: "metrics address", render: same,
 		parse: listenAddr}
 	PodName = Setting[string]{Env: v1alpha1.EnvPodName,
 		Doc:   "the agent's pod (the webhook sets it from the downward API); unset: standalone, reports to logs and HTTP only",
+		Label: "pod name", render: same,
 		parse: text}
 	PodNamespace = Setting[string]{Env: v1alpha1.EnvPodNamespace,
 		Doc:   "the agent's pod's namespace (the webhook sets it from the downward API)",
+		Label: "pod namespace", render: same,
 		parse: text}
 	DataPath = Setting[string]{Env: v1alpha1.EnvDataPath, Default: DataPathAuto,
 		Doc: "`nginx-request` (uprobes on nginx's request object), `wire` (libc/OpenSSL reads and writes, HTTP/1 only) " +
 			"or `auto` (the first, falling back to the second per gateway)",
-		parse: oneOf(false, DataPathNginx, DataPathWire, DataPathAuto)}
+		Label: "data path", render: same,
+		allowed: oneOf(false, DataPathNginx, DataPathWire, DataPathAuto)}
 	LuaPhases = Setting[string]{Env: v1alpha1.EnvLuaPhases, Default: LuaSampled,
 		Doc: "Lua phase timing: `off`, `on` (every request) or `sampled` (for `" + v1alpha1.EnvLuaSampleFor +
 			"` of every `" + v1alpha1.EnvLuaSampleEvery + "`)",
-		parse: oneOf(false, LuaOff, LuaOn, LuaSampled)}
+		Label: "Lua phases", render: same,
+		allowed: oneOf(false, LuaOff, LuaOn, LuaSampled)}
 	LuaSampleEvery = Setting[time.Duration]{Env: v1alpha1.EnvLuaSampleEvery, Default: "1m",
 		Doc:   "how often a Lua timing sample starts (at least 100ms)",
+		Label: "Lua sample period", render: shortDuration,
 		parse: duration(100*time.Millisecond, 0, false)}
 	LuaSampleFor = Setting[time.Duration]{Env: v1alpha1.EnvLuaSampleFor, Default: "2s",
 		Doc:   "how long a Lua timing sample lasts (at least 100ms, less than `" + v1alpha1.EnvLuaSampleEvery + "`)",
+		Label: "Lua sample length", render: shortDuration,
 		parse: duration(100*time.Millisecond, 0, false)}
 	MaxHosts = Setting[int]{Env: v1alpha1.EnvMaxHosts, Default: "100",
 		Doc:   "hosts with a row of their own at a time (1 to 10000); the rest fold into `other`",
+		Label: "max hosts", render: strconv.Itoa,
 		parse: intBetween(1, 10000)}
 	MaxPaths = Setting[int]{Env: v1alpha1.EnvMaxPaths, Default: "200",
 		Doc:   "paths (`METHOD /normalised/path`) with a row of their own at a time (1 to 10000); the rest fold into `other`",
+		Label: "max paths", render: strconv.Itoa,
 		parse: intBetween(1, 10000)}
 	Listeners = Setting[*listeners.Set]{Env: v1alpha1.EnvListeners,
 		Doc: "the listeners' names by port, `proxy=8000,8443;admin=8001,8444;status=8100` (a `proxy` group required; " +
 			"the webhook renders the pod annotation `" + v1alpha1.AnnotationListeners + "`); unset: learnt from Kong's own settings",
+		Label: "listener names", render: formatListeners,
 		parse: listenerNames}
 	TrafficStatsEventInterval = Setting[time.Duration]{Env: v1alpha1.EnvTrafficStatsEventInterval,
 		Default: shortDuration(kube.DefaultTrafficStatsInterval),
 		Doc:     "how often a TrafficStats Event is recorded (at least 1s; `0`: never)",
-		parse:   duration(time.Second, 0, true)}
+		Label:   "TrafficStats Event interval", render: shortDuration,
+		parse: duration(time.Second, 0, true)}
 	HighErrorRateThreshold = Setting[float64]{Env: v1alpha1.EnvHighErrorRateThreshold,
 		Default: strconv.FormatFloat(kube.DefaultErrorRateThreshold*100, 'f', -1, 64) + "%",
 		Doc: "the share of a window's requests that failed (5xx or no response) above which HighErrorRate is raised: " +
 			"a percentage (`2.5%`) or a fraction (`0.025`); the pod annotation `" + v1alpha1.AnnotationHighErrorRateThreshold + "` wins",
+		Label: "high error rate threshold", render: formatFloat,
 		parse: kube.ParseErrorRate}
 	HighLatencyP99Ms = Setting[float64]{Env: v1alpha1.EnvHighLatencyP99Ms,
 		Default: strconv.FormatFloat(kube.DefaultLatencyP99Ms, 'f', -1, 64),
 		Doc: "the window's p99 latency in milliseconds above which HighLatency is raised (`250`, or a Go duration: `250ms`); " +
 			"the pod annotation `" + v1alpha1.AnnotationHighLatencyP99Ms + "` wins",
+		Label: "high latency p99 ms", render: formatFloat,
 		parse: kube.ParseLatencyMs}
 	AlertMinRequests = Setting[uint64]{Env: v1alpha1.EnvAlertMinRequests, Default: strconv.Itoa(kube.DefaultMinRequests),
 		Doc:   "a window with fewer requests raises no alert (its ratio and p99 are noise)",
+		Label: "alert min requests", render: formatUint,
 		parse: positive}
 	ManagerURL = Setting[string]{Env: v1alpha1.EnvManagerURL,
 		Doc: "the manager's report endpoint (the webhook sets it; it needs `" + v1alpha1.EnvManagerCA + "` and `" +
 			v1alpha1.EnvTokenFile + "`); unset: no pod annotations or Events",
+		Label: "manager URL", render: same,
 		parse: text}
 	ManagerCA = Setting[[]byte]{Env: v1alpha1.EnvManagerCA,
 		Doc:   "the PEM bundle the manager's certificate must chain to (the webhook sets it)",
+		Label: "manager CA", render: func(b []byte) string { return string(b) },
 		parse: func(v string) ([]byte, error) { return []byte(v), nil }}
 	ManagerAddr = Setting[string]{Env: v1alpha1.EnvManagerAddr,
 		Doc:   "`host:port` dialled when the manager URL's host name does not resolve (the webhook sets it)",
+		Label: "manager address", render: same,
 		parse: hostPort}
 	TokenFile = Setting[string]{Env: v1alpha1.EnvTokenFile,
 		Doc:   "the projected token the agent proves its pod with (the webhook mounts it)",
+		Label: "token file", render: same,
 		parse: text}
 	Supervise = Setting[bool]{Env: v1alpha1.EnvSupervise, Default: "false",
 		Doc:   "`true`: a supervisor restarts a dying agent in place, so its container never exits (the webhook sets it); any other value: no supervisor",
+		Label: "supervise", render: strconv.FormatBool,
 		parse: func(v string) (bool, error) { return v == "true", nil }}
 	ProcRoot = Setting[string]{Env: v1alpha1.EnvProcRoot, Default: "/proc",
 		Doc:   "where the gateway's processes are visible (tests)",
+		Label: "proc root", render: same,
 		parse: text}
 	OnlyPIDs = Setting[[]int]{Env: v1alpha1.EnvOnlyPIDs,
 		Doc:   "comma-separated master PIDs: follow only these gateways (tests and debugging on a machine running other nginx)",
+		Label: "only PIDs", render: formatPIDs,
 		parse: pids}
 )
 
@@ -208,17 +262,42 @@ func quote(v string) string {
 
 func text(v string) (string, error) { return v, nil }
 
-// oneOf accepts one of values; fold: in any case, returned in values' spelling.
-func oneOf(fold bool, values ...string) func(string) (string, error) {
-	want := strings.Join(values[:len(values)-1], ", ") + " or " + values[len(values)-1]
-	return func(v string) (string, error) {
-		for _, w := range values {
-			if v == w || (fold && strings.EqualFold(v, w)) {
-				return w, nil
-			}
+// choice is one of values; fold: in any case, read in values' spelling.
+type choice struct {
+	values []string
+	fold   bool
+}
+
+func oneOf(fold bool, values ...string) *choice { return &choice{values: values, fold: fold} }
+
+func (c *choice) parse(v string) (string, error) {
+	for _, w := range c.values {
+		if v == w || (c.fold && strings.EqualFold(v, w)) {
+			return w, nil
 		}
-		return "", fmt.Errorf("%s: want %s", quote(v), want)
 	}
+	return "", fmt.Errorf("%s: want %s or %s", quote(v), strings.Join(c.values[:len(c.values)-1], ", "), c.values[len(c.values)-1])
+}
+
+func same(v string) string { return v }
+
+func formatFloat(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+
+func formatUint(n uint64) string { return strconv.FormatUint(n, 10) }
+
+func formatListeners(s *listeners.Set) string {
+	if s == nil {
+		return ""
+	}
+	return s.String()
+}
+
+func formatPIDs(pids []int) string {
+	s := make([]string, len(pids))
+	for i, p := range pids {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ",")
 }
 
 func boolean(v string) (bool, error) {

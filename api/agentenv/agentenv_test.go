@@ -1,42 +1,32 @@
 package agentenv
 
 import (
+	"encoding/json"
+	"fmt"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kong-watcher/kong-watcher/agent/listeners"
 )
 
-// What each setting accepts and refuses; every setting has its row.
-var values = map[string]struct{ accept, reject []string }{
-	"LOG_LEVEL":         {[]string{"debug", "info", "warn", "error", "DEBUG", " Warn "}, []string{"loud", "trace", "", "warning"}},
-	"ENABLE_JSON_LOG":   {[]string{"true", "false", "1", "0", "TRUE", "F"}, []string{"yes", "on", "", "yesplease"}},
-	"KONG_PROCESS_NAME": {[]string{"nginx", "openresty", "fifteen-chars-x", " nginx ", "ngi\tnx", "nginé"}, []string{"", "sixteen-chars-xx", "a/very/long/name/indeed", "sbin/nginx", "ngi\nnx", "ngi\x00nx"}},
-	"STATS_INTERVAL":    {[]string{"1s", "30s", "1h", "59m59s"}, []string{"0s", "999ms", "61m", "1h0m1s", "30", "-5s", ""}},
-	"METRICS_ADDR": {[]string{":9464", "0.0.0.0:9464", "127.0.0.1:9464", "[::1]:9464", "[::]:1", "localhost:65535", "[fe80::1%eth0]:9464"},
-		[]string{"9464", "", "127.0.0.1", "::1:9464", ":0", ":65536", ":http", ":-1", "example.com:9464", "127.0.0.1.2:9464", "http://127.0.0.1:9464"}},
-	"POD_NAME":                      {[]string{"kong-1", ""}, nil},
-	"POD_NAMESPACE":                 {[]string{"kong", ""}, nil},
-	"KONG_WATCHER_DATA_PATH":        {[]string{"auto", "nginx-request", "wire"}, []string{"magic", "Wire", "nginx", ""}},
-	"KONG_WATCHER_LUA_PHASES":       {[]string{"off", "on", "sampled"}, []string{"ON", "sample", "true", ""}},
-	"KONG_WATCHER_LUA_SAMPLE_EVERY": {[]string{"100ms", "1m", "1h"}, []string{"99ms", "0", "1", "soon", ""}},
-	"KONG_WATCHER_LUA_SAMPLE_FOR":   {[]string{"100ms", "2s"}, []string{"10ms", "-1s", ""}},
-	"KONG_WATCHER_MAX_HOSTS":        {[]string{"1", "100", "10000"}, []string{"0", "-1", "10001", "1e3", "x", ""}},
-	"KONG_WATCHER_MAX_PATHS":        {[]string{"1", "200", "10000"}, []string{"0", "10001", "2.5", ""}},
-	"KONG_WATCHER_LISTENERS": {[]string{"proxy=8000,8443;admin=8001,8444;status=8100", " status=8100; proxy=8443,8000 "},
-		[]string{"admin=8001", "proxy=8000;admin=8000", "proxy:8000", ""}},
-	"TRAFFIC_STATS_EVENT_INTERVAL": {[]string{"0", "0s", "1s", "5m", "24h"}, []string{"5", "500ms", "-1m", "never", ""}},
-	"HIGH_ERROR_RATE_THRESHOLD":    {[]string{"5%", "0.05", "0", "100%", "2.5%"}, []string{"150%", "1.5", "-1%", "five", ""}},
-	"HIGH_LATENCY_P99_MS":          {[]string{"1000", "0.5", "250ms", "1s"}, []string{"0", "-1", "-5", "fast", ""}},
-	"ALERT_MIN_REQUESTS":           {[]string{"1", "20", "18446744073709551615"}, []string{"0", "-1", "1.5", "18446744073709551616", ""}},
-	"KONG_WATCHER_MANAGER_URL":     {[]string{"https://kong-watcher.kong-watcher-system.svc/report/v1alpha1"}, nil},
-	"KONG_WATCHER_MANAGER_CA":      {[]string{"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n"}, nil},
-	"KONG_WATCHER_MANAGER_ADDR":    {[]string{"10.96.0.10:443", "[fd00::1]:443", "manager:443"}, []string{"10.96.0.10", "", "a:b:c"}},
-	"KONG_WATCHER_TOKEN_FILE":      {[]string{"/var/run/secrets/kong-watcher.io/report/token"}, nil},
-	"KONG_WATCHER_SUPERVISE":       {[]string{"true", "false", "yes", ""}, nil},
-	"KONG_WATCHER_PROC_ROOT":       {[]string{"/proc", "/host/proc"}, nil},
-	"KONG_WATCHER_ONLY_PIDS":       {[]string{"1", "12, 34", "2147483647"}, []string{"x", "0", "1,,2", "-3", ""}},
-}
+// Cases are what each setting accepts and refuses (testdata/values.json, by env name): every
+// setting has its row. test/helm checks the chart's values.schema.json against them too.
+type Cases struct{ Accept, Reject []string }
+
+var values = func() map[string]Cases {
+	b, err := os.ReadFile("testdata/values.json")
+	if err != nil {
+		panic(err)
+	}
+	var m map[string]Cases
+	if err := json.Unmarshal(b, &m); err != nil {
+		panic(err)
+	}
+	return m
+}()
 
 func TestEverySettingAcceptsAndRejects(t *testing.T) {
 	seen := map[string]bool{}
@@ -51,12 +41,12 @@ func TestEverySettingAcceptsAndRejects(t *testing.T) {
 			t.Errorf("%s: no accept/reject cases", info.Env)
 			continue
 		}
-		for _, v := range vs.accept {
+		for _, v := range vs.Accept {
 			if err := s.Check(v); err != nil {
 				t.Errorf("%s=%q refused: %v", info.Env, v, err)
 			}
 		}
-		for _, v := range vs.reject {
+		for _, v := range vs.Reject {
 			err := s.Check(v)
 			if err == nil {
 				t.Errorf("%s=%q accepted", info.Env, v)
@@ -79,6 +69,92 @@ func TestEverySettingAcceptsAndRejects(t *testing.T) {
 		if !seen[env] {
 			t.Errorf("cases for %s, which is not in All", env)
 		}
+	}
+}
+
+// renderBack reads v, renders what it read and reads that again: the same value, or an error.
+// ok is false when s does not accept v.
+func renderBack(s Var, v string) (ok bool, err error) {
+	switch s := s.(type) {
+	case *Setting[string]:
+		return renderBackT(s, v)
+	case *Setting[bool]:
+		return renderBackT(s, v)
+	case *Setting[time.Duration]:
+		return renderBackT(s, v)
+	case *Setting[int]:
+		return renderBackT(s, v)
+	case *Setting[uint64]:
+		return renderBackT(s, v)
+	case *Setting[float64]:
+		return renderBackT(s, v)
+	case *Setting[[]byte]:
+		return renderBackT(s, v)
+	case *Setting[[]int]:
+		return renderBackT(s, v)
+	case *Setting[*listeners.Set]:
+		return renderBackT(s, v)
+	}
+	return false, fmt.Errorf("%s: a setting of type %T: renderBack does not know it", s.Info().Env, s)
+}
+
+func renderBackT[T any](s *Setting[T], v string) (bool, error) {
+	t, err := s.Parse(v)
+	if err != nil {
+		return false, nil
+	}
+	r := s.Render(t)
+	back, err := s.Parse(r)
+	if err != nil || !reflect.DeepEqual(back, t) {
+		return true, fmt.Errorf("%s=%q reads as %#v, renders as %q, which reads as %#v, %v", s.Env, v, t, r, back, err)
+	}
+	return true, nil
+}
+
+// Render is Parse's inverse for every value a setting accepts, its default included; every
+// setting has a label, and only string settings a list of allowed values, each of which it
+// accepts as itself.
+func TestEverySettingRendersBack(t *testing.T) {
+	for _, s := range All {
+		info := s.Info()
+		if info.Label == "" {
+			t.Errorf("%s has no Label", info.Env)
+		}
+		for _, v := range append(values[info.Env].Accept, info.Default) {
+			if ok, err := renderBack(s, v); err != nil || (!ok && v != "") {
+				t.Errorf("%s=%q: accepted %v, %v", info.Env, v, ok, err)
+			}
+		}
+		if str, ok := s.(*Setting[string]); ok {
+			allowed, _ := str.Allowed()
+			for _, a := range allowed {
+				if got, err := str.Parse(a); err != nil || got != a {
+					t.Errorf("%s: the allowed value %q reads as %q, %v", info.Env, a, got, err)
+				}
+			}
+		}
+	}
+	for _, c := range []struct {
+		got, want string
+	}{
+		{JSONLog.Render(true), "true"},
+		{StatsInterval.Render(90 * time.Second), "1m30s"},
+		{StatsInterval.Render(time.Hour), "1h"},
+		{HighErrorRateThreshold.Render(0.05), "0.05"},
+		{HighLatencyP99Ms.Render(250), "250"},
+		{AlertMinRequests.Render(20), "20"},
+		{OnlyPIDs.Render([]int{12, 34}), "12,34"},
+		{Listeners.Render(nil), ""},
+	} {
+		if c.got != c.want {
+			t.Errorf("rendered %q, want %q", c.got, c.want)
+		}
+	}
+	if v, fold := LogLevel.Allowed(); !reflect.DeepEqual(v, []string{"debug", "info", "warn", "error"}) || !fold {
+		t.Errorf("LogLevel.Allowed() = %q, %v", v, fold)
+	}
+	if v, _ := StatsInterval.Allowed(); v != nil {
+		t.Errorf("StatsInterval.Allowed() = %q", v)
 	}
 }
 
@@ -173,7 +249,8 @@ func quotedStart(v string) string {
 }
 
 // FuzzParse feeds any value to any setting: never a panic; a refusal quotes the value; a
-// string setting returns its canonical spelling, which reads back as itself.
+// string setting returns its canonical spelling, which reads back as itself; what is read
+// renders to a value that reads back as it.
 func FuzzParse(f *testing.F) {
 	for i, s := range All {
 		f.Add(uint8(i), s.Info().Default)
@@ -193,6 +270,9 @@ func FuzzParse(f *testing.F) {
 			if again, err := s.Parse(got); err != nil || again != got {
 				t.Fatalf("%s=%q reads as %q, which reads as %q, %v", env, v, got, again, err)
 			}
+		}
+		if _, err := renderBack(s, v); err != nil {
+			t.Fatal(err)
 		}
 	})
 }

@@ -124,23 +124,22 @@ func (c Config) Validate() error {
 	// The agent's own rules (api/agentenv), for the values as rendered into its environment.
 	// An empty alert setting is not rendered at all: the agent's default applies.
 	for _, o := range []struct {
-		what     string
 		v        string
 		s        agentenv.Var
 		optional bool
 	}{
-		{"log level", c.LogLevel, &agentenv.LogLevel, false},
-		{"process name", c.ProcessName, &agentenv.ProcessName, false},
-		{"stats interval", c.StatsInterval.String(), &agentenv.StatsInterval, false},
-		{"high error rate threshold", c.HighErrorRateThreshold, &agentenv.HighErrorRateThreshold, true},
-		{"high latency p99 ms", c.HighLatencyP99Ms, &agentenv.HighLatencyP99Ms, true},
-		{"alert min requests", c.AlertMinRequests, &agentenv.AlertMinRequests, true},
+		{c.LogLevel, &agentenv.LogLevel, false},
+		{c.ProcessName, &agentenv.ProcessName, false},
+		{agentenv.StatsInterval.Render(c.StatsInterval), &agentenv.StatsInterval, false},
+		{c.HighErrorRateThreshold, &agentenv.HighErrorRateThreshold, true},
+		{c.HighLatencyP99Ms, &agentenv.HighLatencyP99Ms, true},
+		{c.AlertMinRequests, &agentenv.AlertMinRequests, true},
 	} {
 		if o.v == "" && o.optional {
 			continue
 		}
 		if err := o.s.Check(o.v); err != nil {
-			errs = append(errs, fmt.Errorf("%s %w", o.what, err))
+			errs = append(errs, fmt.Errorf("%s %w", o.s.Info().Label, err))
 		}
 	}
 	for _, ns := range c.ExcludedNamespaces {

@@ -104,7 +104,7 @@ func FuzzPodSettings(f *testing.F) {
 		if err := agentenv.ProcessName.Check(s.processName); err != nil {
 			t.Fatalf("accepted process name: %v", err)
 		}
-		if err := agentenv.StatsInterval.Check(s.statsInterval.String()); err != nil {
+		if err := agentenv.StatsInterval.Check(agentenv.StatsInterval.Render(s.statsInterval)); err != nil {
 			t.Fatalf("accepted interval: %v", err)
 		}
 		// The agent reads its settings without surrounding white space, and so does the webhook.

@@ -96,9 +96,9 @@ func agentContainer(cfg Config, s settings, hostNetwork bool) corev1.Container {
 			{Name: agentenv.PodNamespace.Env, ValueFrom: &corev1.EnvVarSource{
 				FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"}}},
 			{Name: agentenv.LogLevel.Env, Value: s.logLevel},
-			{Name: agentenv.JSONLog.Env, Value: strconv.FormatBool(s.jsonLog)},
+			{Name: agentenv.JSONLog.Env, Value: agentenv.JSONLog.Render(s.jsonLog)},
 			{Name: agentenv.ProcessName.Env, Value: s.processName},
-			{Name: agentenv.StatsInterval.Env, Value: s.statsInterval.String()},
+			{Name: agentenv.StatsInterval.Env, Value: agentenv.StatsInterval.Render(s.statsInterval)},
 			{Name: agentenv.MetricsAddr.Env, Value: metricsAddr(cfg.MetricsPort, hostNetwork)},
 			// A dying agent is restarted inside its container, which never exits: a native
 			// sidecar that restarts makes the whole pod NotReady.

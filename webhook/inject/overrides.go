@@ -43,13 +43,15 @@ func podSettings(pod *corev1.Pod, cfg Config) (settings, []string) {
 		s.logLevel = l
 	}
 	o := overrides{ann: pod.Annotations}
-	override(&o, kwv1.AnnotationLogLevel, "log level", agentenv.LogLevel.Parse, &s.logLevel, same)
-	override(&o, kwv1.AnnotationJSONLog, "JSON log", agentenv.JSONLog.Parse, &s.jsonLog, strconv.FormatBool)
-	override(&o, kwv1.AnnotationProcessName, "process name", agentenv.ProcessName.Parse, &s.processName, strconv.Quote)
-	override(&o, kwv1.AnnotationStatsInterval, "stats interval", agentenv.StatsInterval.Parse, &s.statsInterval,
-		time.Duration.String)
-	override(&o, kwv1.AnnotationNativeSidecar, "native sidecar", parseBool, &s.nativeSidecar, strconv.FormatBool)
-	override(&o, kwv1.AnnotationListeners, "listener names", parseListeners, &s.listeners,
+	overrideSetting(&o, kwv1.AnnotationLogLevel, &agentenv.LogLevel, &s.logLevel)
+	overrideSetting(&o, kwv1.AnnotationJSONLog, &agentenv.JSONLog, &s.jsonLog)
+	// A process name is free text (spaces, any byte but '/'): quoted to be read apart from
+	// the sentence around it.
+	override(&o, kwv1.AnnotationProcessName, agentenv.ProcessName.Label, agentenv.ProcessName.Parse, &s.processName,
+		strconv.Quote)
+	overrideSetting(&o, kwv1.AnnotationStatsInterval, &agentenv.StatsInterval, &s.statsInterval)
+	override(&o, kwv1.AnnotationNativeSidecar, "native sidecar", parseBool, &s.nativeSidecar, agentenv.JSONLog.Render)
+	override(&o, kwv1.AnnotationListeners, agentenv.Listeners.Label, parseListeners, &s.listeners,
 		func(string) string { return "the names the agent learns from the gateway" })
 	return s, o.warnings
 }
@@ -76,7 +78,10 @@ func override[T any](o *overrides, key, what string, parse func(string) (T, erro
 	*v = t
 }
 
-func same(s string) string { return s }
+// overrideSetting is override with the setting's own label, rule and rendering.
+func overrideSetting[T any](o *overrides, key string, s *agentenv.Setting[T], v *T) {
+	override(o, key, s.Label, s.Parse, v, s.Render)
+}
 
 // parseBool is the agent's rule for a true/false setting, used for the webhook's own boolean
 // annotation too, so that every kong-watcher.io/* boolean reads alike.

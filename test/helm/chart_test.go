@@ -2,8 +2,8 @@
 // (`helm template` and `kubectl kustomize`) and compares every object field by field, with
 // the default values against config/default and with each optional part switched on against
 // the kustomize overlay that adds it. It also lints the chart, checks that values.schema.json
-// refuses a typo'd key and a wrong type, and that every webhook flag the chart can pass is
-// one cmd/webhook accepts.
+// refuses a typo'd key and a wrong type and accepts an agent setting's value as api/agentenv
+// does, and that every webhook flag the chart can pass is one cmd/webhook accepts.
 //
 // It needs the helm CLI: KW_HELM=<path> (the Makefile sets it from hack/helm.sh). Without it
 // the tests skip, or fail under KW_REQUIRE_INTEGRATION=1.

@@ -2,10 +2,8 @@ package probes
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,6 +12,7 @@ import (
 	"github.com/go-logr/logr/testr"
 
 	"github.com/kong-watcher/kong-watcher/agent/kernel"
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
 // These tests re-run this test binary in a restricted environment (a child PID namespace,
@@ -21,6 +20,9 @@ import (
 // that the inner one passed.
 
 const innerEnv = "KW_PROBES_INNER"
+
+// gatewayEnv is the prefix of the outer run's gateway, which the inner run attaches to.
+const gatewayEnv = "KW_PROBES_GATEWAY"
 
 func runInner(t *testing.T, wrapper []string, test string, env ...string) string {
 	t.Helper()
@@ -83,9 +85,7 @@ func checkInnerPIDNS(t *testing.T, n *testNginx) {
 func TestCapabilities(t *testing.T) {
 	requireOuter(t, "setpriv")
 	n := startNginx(t)
-	env := []string{
-		"KW_NGINX=" + fmt.Sprintf("%d,%d,%d,%s,%d,%s", n.Master, n.Port, n.TLSPort, n.AccessLog, n.AltPort, n.Dir),
-	}
+	env := []string{gatewayEnv + "=" + n.g.Prefix}
 	setpriv := func(caps string) []string {
 		return []string{"setpriv", "--inh-caps=-all," + caps, "--ambient-caps=-all," + caps, "--bounding-set=-all," + caps}
 	}
@@ -124,15 +124,11 @@ func TestCapsInner(t *testing.T) {
 		t.Logf("New: %v", err)
 		return
 	}
-	f := strings.Split(os.Getenv("KW_NGINX"), ",")
-	if len(f) != 6 {
-		t.Fatalf("KW_NGINX=%q", os.Getenv("KW_NGINX"))
+	g, err := fixture.Attach(os.Getenv(gatewayEnv))
+	if err != nil {
+		t.Fatal(err)
 	}
-	n := &testNginx{AccessLog: f[3], Dir: f[5]}
-	n.Master, _ = strconv.Atoi(f[0])
-	n.Port, _ = strconv.Atoi(f[1])
-	n.TLSPort, _ = strconv.Atoi(f[2])
-	n.AltPort, _ = strconv.Atoi(f[4])
+	n := newTestNginx(t, g)
 	p, c := startProbes(t, n, Options{})
 	if st := p.Status(); st.AttachMethod != kernel.ModeMulti {
 		t.Fatalf("attach method %q", st.AttachMethod)

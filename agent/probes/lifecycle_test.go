@@ -25,6 +25,7 @@ import (
 
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/bpf"
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
 
 func get(t *testing.T, c *http.Client, url string) {
@@ -69,7 +70,7 @@ func TestTrackSetPIDsUntrack(t *testing.T) {
 		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?id=%d", n.Port, i))
 	}
 	time.Sleep(400 * time.Millisecond) // an extra record from the agent would arrive by then
-	lines := waitAccessLog(t, n.AccessLog, 60)
+	lines := waitAccessLog(t, n, 60)
 	byOther := 0
 	for _, l := range lines {
 		if l.PID == other {
@@ -183,7 +184,7 @@ func adoptNewWorkers(t *testing.T, n *testNginx, mode string) {
 		} else {
 			// A worker logs (and calls free_request) just after the client has its
 			// response: let it finish, or the request is neither logged nor seen.
-			for deadline := time.Now().Add(3 * time.Second); len(readAccessLog(t, n.AccessLog)) < sent; {
+			for deadline := time.Now().Add(3 * time.Second); len(readAccessLog(t, n)) < sent; {
 				if time.Now().After(deadline) {
 					t.Fatal("access log behind")
 				}
@@ -242,8 +243,8 @@ func adoptNewWorkers(t *testing.T, n *testNginx, mode string) {
 	}
 	var missing []string
 	for _, l := range lines {
-		if k := reqKey(l.URI, l.Method, l.Status); seen[k] != 1 {
-			missing = append(missing, l.raw)
+		if k := reqKey(l.RequestURI, l.Method, l.Status); seen[k] != 1 {
+			missing = append(missing, fmt.Sprintf("%+v", l))
 		}
 	}
 	t.Logf("%s: sent %d, %d log lines, %d agent records (%d from the last new workers %v); status %+v",
@@ -623,7 +624,7 @@ func TestSetLuaPhases(t *testing.T) {
 	<-done
 	send("off2", 20)
 	time.Sleep(400 * time.Millisecond) // an extra record from the agent would arrive by then
-	lines := waitAccessLog(t, n.AccessLog, answered+during)
+	lines := waitAccessLog(t, n, answered+during)
 	got := c.waitFor(t, len(lines), 3*time.Second)
 	if len(got) != len(lines) {
 		t.Fatalf("agent saw %d requests, access log has %d (status %+v)", len(got), len(lines), p.Status())
@@ -728,17 +729,14 @@ func TestTwoBinaries(t *testing.T) {
 	requireOuter(t)
 	a := startNginx(t)
 	cp := filepath.Join(t.TempDir(), "nginx-copy")
-	os.Chmod(filepath.Dir(cp), 0o755)
-	data, err := os.ReadFile(nginxExe)
+	data, err := os.ReadFile(a.Gateway(t).Exe)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(cp, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	nginxBinary = cp
-	b := startNginx(t)
-	nginxBinary = nginxExe
+	b := startNginxWith(t, fixture.Options{Nginx: cp})
 	p, c := startProbes(t, a, Options{})
 	if err := p.Track(b.Gateway(t)); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package probes
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +24,7 @@ import (
 	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/bpf"
+	"github.com/kong-watcher/kong-watcher/test/fixture"
 
 	"github.com/kong-watcher/kong-watcher/agent/kernel"
 )
@@ -99,7 +98,7 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 	base := fmt.Sprintf("http://127.0.0.1:%d", n.Port)
 	h1 := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}}
 	h2 := &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: true, DisableCompression: true,
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: "kw.test"}}}
+		TLSClientConfig: n.g.TLSConfig()}}
 	defer h1.CloseIdleConnections()
 	defer h2.CloseIdleConnections()
 	count := 0
@@ -170,7 +169,7 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 		rawTo(n.AltPort, fmt.Sprintf("GET /alt?id=rawalt-%d HTTP/1.0\r\n\r\n", i))
 		if i%5 == 0 {
 			// A unix-domain listener (as Kong's worker events): no port.
-			u, err := net.Dial("unix", filepath.Join(n.Dir, "kw.sock"))
+			u, err := net.Dial("unix", filepath.Join(n.g.Prefix, "kw.sock"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -244,10 +243,10 @@ func TestNoCachedTimeFallback(t *testing.T) {
 	latencyTolerance = 100 * time.Millisecond
 	defer func() { latencyTolerance = 0 }()
 	got := checkAgainstLog(t, n, p, c, traffic(t, n, 5))
-	lines := readAccessLog(t, n.AccessLog)
+	lines := readAccessLog(t, n)
 	byURI := map[string]int64{}
 	for _, l := range lines {
-		byURI[l.URI] = l.ReqMs
+		byURI[l.RequestURI] = l.RequestTime.Milliseconds()
 	}
 	within, total := 0, 0
 	for _, r := range got {
@@ -453,7 +452,7 @@ func TestCutHostAndURI(t *testing.T) {
 			}
 		}
 		if !found {
-			t.Errorf("no agent record matches log line %q", l.raw)
+			t.Errorf("no agent record matches log line %+v", l)
 		}
 	}
 	cutURI, cutHost := 0, 0
@@ -505,13 +504,13 @@ func TestCutHostAndURI(t *testing.T) {
 // settle waits until the access log stops growing (checked every pause, for at most 10s) and
 // the agent has caught up with it: upstream requests of aborted clients finish late. It
 // returns the log and the agent's records.
-func settle(t *testing.T, n *testNginx, c *collector, pause time.Duration) ([]logLine, []model.Request) {
+func settle(t *testing.T, n *testNginx, c *collector, pause time.Duration) ([]fixture.LogEntry, []model.Request) {
 	t.Helper()
-	var lines []logLine
+	var lines []fixture.LogEntry
 	var got []model.Request
 	for prev, deadline := -1, time.Now().Add(10*time.Second); ; {
 		time.Sleep(pause)
-		lines = readAccessLog(t, n.AccessLog)
+		lines = readAccessLog(t, n)
 		got = c.waitFor(t, len(lines), 3*time.Second)
 		if len(lines) == prev || time.Now().After(deadline) {
 			return lines, got
@@ -551,10 +550,10 @@ func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent i
 	mismatches := 0
 	seen := map[string]int{}
 	for _, l := range lines {
-		k := reqKey(l.URI, l.Method, l.Status)
+		k := reqKey(l.RequestURI, l.Method, l.Status)
 		rs := byKey[k]
 		if len(rs) == 0 {
-			t.Errorf("no agent record for log line %q", l.raw)
+			t.Errorf("no agent record for log line %+v", l)
 			mismatches++
 			continue
 		}
@@ -572,10 +571,10 @@ func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent i
 		if diff := compare(l, r, p.opts.ClientAddr); diff != "" {
 			mismatches++
 			if mismatches < 30 {
-				t.Errorf("log %q\n  agent %+v\n  %s", l.raw, r, diff)
+				t.Errorf("log %+v\n  agent %+v\n  %s", l, r, diff)
 			}
 		}
-		seen[fmt.Sprintf("%s %d", l.Proto, l.Status)]++
+		seen[fmt.Sprintf("%s %d", l.Protocol, l.Status)]++
 	}
 	for k, rs := range byKey {
 		for _, r := range rs {
@@ -596,13 +595,13 @@ func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent i
 	// Requests without Host, answered by each server: $host is its server_name.
 	noHost := map[string]int{}
 	for _, l := range lines {
-		if strings.Contains(l.URI, "id=raw10-") || strings.Contains(l.URI, "id=rawalt-") || l.Status == 400 {
+		if strings.Contains(l.RequestURI, "id=raw10-") || strings.Contains(l.RequestURI, "id=rawalt-") || l.Status == 400 {
 			noHost[fmt.Sprintf("%s %d", l.Host, l.Status)]++
 		}
 	}
 	t.Logf("requests without Host by $host and status: %v", noHost)
 	for _, want := range []string{"kw.test 200", "kw.test 400", "alt.kw.test 204", "alt.kw.test 400"} {
-		if noHost[want] == 0 && n.AltPort != 0 {
+		if noHost[want] == 0 {
 			t.Errorf("traffic produced no request without Host for %q", want)
 		}
 	}
@@ -623,9 +622,9 @@ func abs(x int64) int64 {
 	return x
 }
 
-// compare returns "" when the agent's record matches the access log line.
-// compare lists how r differs from l; withAddr: the probes read client addresses.
-func compare(l logLine, r model.Request, withAddr bool) string {
+// compare lists how r differs from the access log's l ("" when it matches); withAddr: the
+// probes read client addresses.
+func compare(l fixture.LogEntry, r model.Request, withAddr bool) string {
 	var d []string
 	if r.Status != l.Status {
 		d = append(d, fmt.Sprintf("status %d != %d", r.Status, l.Status))
@@ -639,46 +638,39 @@ func compare(l logLine, r model.Request, withAddr bool) string {
 	} else if r.Host != l.Host || r.HostTruncated {
 		d = append(d, fmt.Sprintf("host %q (cut %v) != %q", r.Host, r.HostTruncated, l.Host))
 	}
-	method := r.Method
-	if method == "" {
-		method = "-"
-	}
-	if method != l.Method {
+	if r.Method != l.Method {
 		d = append(d, fmt.Sprintf("method %q != %q", r.Method, l.Method))
 	}
-	uri := r.URI
-	if uri == "" {
-		uri = "-"
-	}
-	if len(l.URI) > model.MaxURILen {
-		if !strings.HasPrefix(l.URI, uri) || len(uri) != model.MaxURILen || !r.URITruncated {
-			d = append(d, fmt.Sprintf("uri %q (cut %v) is not the marked %d-byte prefix of %q", uri, r.URITruncated, model.MaxURILen, l.URI))
+	if len(l.RequestURI) > model.MaxURILen {
+		if !strings.HasPrefix(l.RequestURI, r.URI) || len(r.URI) != model.MaxURILen || !r.URITruncated {
+			d = append(d, fmt.Sprintf("uri %q (cut %v) is not the marked %d-byte prefix of %q", r.URI, r.URITruncated, model.MaxURILen, l.RequestURI))
 		}
-	} else if uri != l.URI || r.URITruncated {
-		d = append(d, fmt.Sprintf("uri %q (cut %v) != %q", uri, r.URITruncated, l.URI))
+	} else if r.URI != l.RequestURI || r.URITruncated {
+		d = append(d, fmt.Sprintf("uri %q (cut %v) != %q", r.URI, r.URITruncated, l.RequestURI))
 	}
-	if ms := r.Latency.Milliseconds(); latencyTolerance == 0 && ms != l.ReqMs ||
-		latencyTolerance > 0 && time.Duration(abs(ms-l.ReqMs))*time.Millisecond > latencyTolerance {
-		d = append(d, fmt.Sprintf("latency %d ms != %d ms", ms, l.ReqMs))
+	reqMs := l.RequestTime.Milliseconds()
+	if ms := r.Latency.Milliseconds(); latencyTolerance == 0 && ms != reqMs ||
+		latencyTolerance > 0 && time.Duration(abs(ms-reqMs))*time.Millisecond > latencyTolerance {
+		d = append(d, fmt.Sprintf("latency %d ms != %d ms", ms, reqMs))
 	}
-	if r.HasUpstream != l.HasUp || r.Upstream.Milliseconds() != l.UpMs {
-		d = append(d, fmt.Sprintf("upstream %v/%v != %v/%d ms", r.HasUpstream, r.Upstream, l.HasUp, l.UpMs))
+	if r.HasUpstream != l.HasUpstream || r.Upstream.Milliseconds() != l.UpstreamTime.Milliseconds() {
+		d = append(d, fmt.Sprintf("upstream %v/%v != %v/%v", r.HasUpstream, r.Upstream, l.HasUpstream, l.UpstreamTime))
 	}
 	// The listener: the port $server_port names, or a unix-domain socket when it names none.
-	if port, err := strconv.Atoi(l.ServerPort); err == nil {
-		if !r.ListenerKnown || r.UnixListener || int(r.LocalPort) != port {
-			d = append(d, fmt.Sprintf("listener known %v unix %v port %d != port %d", r.ListenerKnown, r.UnixListener, r.LocalPort, port))
+	if l.ServerPort != 0 {
+		if !r.ListenerKnown || r.UnixListener || int(r.LocalPort) != l.ServerPort {
+			d = append(d, fmt.Sprintf("listener known %v unix %v port %d != port %d", r.ListenerKnown, r.UnixListener, r.LocalPort, l.ServerPort))
 		}
 	} else if !r.ListenerKnown || !r.UnixListener || r.LocalPort != 0 {
-		d = append(d, fmt.Sprintf("listener known %v unix %v port %d != unix (%q)", r.ListenerKnown, r.UnixListener, r.LocalPort, l.ServerPort))
+		d = append(d, fmt.Sprintf("listener known %v unix %v port %d != unix", r.ListenerKnown, r.UnixListener, r.LocalPort))
 	}
-	if r.BytesSent != l.Bytes {
-		d = append(d, fmt.Sprintf("bytes %d != %d", r.BytesSent, l.Bytes))
+	if r.BytesSent != l.BytesSent {
+		d = append(d, fmt.Sprintf("bytes %d != %d", r.BytesSent, l.BytesSent))
 	}
-	if r.Proto != l.Proto && !(r.Proto == "" && l.Proto == "-") {
-		d = append(d, fmt.Sprintf("proto %q != %q", r.Proto, l.Proto))
+	if r.Proto != l.Protocol {
+		d = append(d, fmt.Sprintf("proto %q != %q", r.Proto, l.Protocol))
 	}
-	if want := l.Addr; r.ClientAddr != want && !(r.ClientAddr == "" && !withAddr) {
+	if want := l.RemoteAddr; r.ClientAddr != want && !(r.ClientAddr == "" && !withAddr) {
 		d = append(d, fmt.Sprintf("addr %q != %q", r.ClientAddr, want))
 	}
 	if r.ClientAddr != "" && !withAddr {

@@ -54,7 +54,7 @@ type procEntry struct {
 	gatewayPaths   *gatewayPaths
 }
 
-type gatewayPaths struct{ exe, root, pidNS string }
+type gatewayPaths struct{ exe, root string }
 
 // maxHeld bounds the descriptors a cache keeps open, whatever the process count: each
 // pins a few hundred bytes of kernel memory. A quarter of RLIMIT_NOFILE is the other
@@ -234,8 +234,7 @@ func (c *procCache) closeFD(fd *int) {
 func (e *procEntry) paths(root string, pid int) *gatewayPaths {
 	if e.gatewayPaths == nil {
 		dir := filepath.Join(root, strconv.Itoa(pid))
-		e.gatewayPaths = &gatewayPaths{exe: filepath.Join(dir, "exe"), root: filepath.Join(dir, "root"),
-			pidNS: filepath.Join(dir, "ns", "pid")}
+		e.gatewayPaths = &gatewayPaths{exe: filepath.Join(dir, "exe"), root: filepath.Join(dir, "root")}
 	}
 	return e.gatewayPaths
 }

@@ -150,9 +150,6 @@ func (c *procCache) gateways() ([]Gateway, error) {
 		default:
 			g.ExeDev, g.ExeIno = uint64(st.Dev), st.Ino
 		}
-		if stat(paths.pidNS, &st) == nil {
-			g.PIDNSDev, g.PIDNSIno = uint64(st.Dev), st.Ino
-		}
 		if g.Err != nil {
 			errs = append(errs, g.Err)
 		}

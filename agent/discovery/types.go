@@ -34,14 +34,9 @@ type Gateway struct {
 	// ExeDev and ExeIno identify the executable file; gateways sharing a binary share uprobes.
 	ExeDev uint64
 	ExeIno uint64
-	// PIDNSDev and PIDNSIno identify the master's PID namespace (stat of
-	// /proc/<master>/ns/pid): the dev/ino pair bpf_get_ns_current_pid_tgid takes to
-	// filter by namespaced PID in the kernel. Zero when unreadable (added).
-	PIDNSDev uint64
-	PIDNSIno uint64
 	// Err is set when the gateway was found but its executable could not be identified
 	// (ExeDev/ExeIno are then zero), typically EACCES on another user's /proc/<pid>/exe
-	// without CAP_SYS_PTRACE (added: Scan reports such gateways instead of dropping them).
+	// without CAP_SYS_PTRACE (Scan reports such gateways instead of dropping them).
 	Err error
 }
 

@@ -3,15 +3,12 @@ package probes
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -21,11 +18,8 @@ import (
 
 	"github.com/kong-watcher/kong-watcher/agent/aggregate"
 	"github.com/kong-watcher/kong-watcher/agent/model"
-	"github.com/kong-watcher/kong-watcher/agent/nginxlayout"
 	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
-	"github.com/kong-watcher/kong-watcher/bpf"
-	"github.com/kong-watcher/kong-watcher/test/fixture"
 
 	"github.com/kong-watcher/kong-watcher/agent/kernel"
 )
@@ -267,136 +261,6 @@ func TestNoCachedTimeFallback(t *testing.T) {
 	}
 }
 
-func TestLuaPhases(t *testing.T) {
-	requireIntegration(t)
-	n := startNginx(t)
-	p, c := startProbes(t, n, Options{LuaPhases: true})
-	if st := p.Status(); !st.LuaPhases || st.Err != "" {
-		t.Fatalf("status %+v", st)
-	}
-	// Calibration events carry no Lua timing: warm up until the layout is learnt.
-	warm := 0
-	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; warm++ {
-		if time.Now().After(deadline) {
-			t.Fatalf("no layout learnt: %+v", p.Status())
-		}
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/warmup", n.Port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		time.Sleep(20 * time.Millisecond)
-	}
-	sent := traffic(t, n, 10) + warm
-	got := checkAgainstLog(t, n, p, c, sent)
-	phases, other, balanced, denied := 0, 0, 0, 0
-	var deniedAcc, deniedHF []time.Duration
-	for _, r := range got {
-		switch {
-		case strings.HasPrefix(r.URI, "/phases"):
-			phases++
-			for i, d := range r.LuaPhases {
-				// each handler runs a 20000-iteration Lua loop: microseconds, not
-				// nanoseconds; /phases is not proxied, so no balancer
-				ran := model.LuaPhase(i) != model.LuaBalancer
-				if !r.HasLua || ran && (d < time.Microsecond || d > time.Second) || !ran && d != 0 {
-					t.Errorf("%s: %s phase %v (HasLua %v)", r.URI, model.LuaPhaseNames[i], d, r.HasLua)
-				}
-			}
-		case strings.HasPrefix(r.URI, "/balanced") && r.LocalPort == uint16(n.Port):
-			// (the upstream's side of the same request, on UpPort, runs no balancer)
-			balanced++
-			if d := r.LuaPhases[model.LuaBalancer]; !r.HasLua || d < time.Microsecond || d > time.Second {
-				t.Errorf("%s: balancer phase %v (HasLua %v)", r.URI, d, r.HasLua)
-			}
-		case strings.HasPrefix(r.URI, "/denied"):
-			denied++
-			// The header filter spins 3 ms of CPU inside the access handler, which does
-			// little else: the access handler's own time must not include the filter's
-			// (checked on the medians below: a preempted worker stretches single requests).
-			acc, hf := r.LuaPhases[model.LuaAccess], r.LuaPhases[model.LuaHeaderFilter]
-			deniedAcc, deniedHF = append(deniedAcc, acc), append(deniedHF, hf)
-			if !r.HasLua || r.Status != 403 || acc <= 0 || hf < 3*time.Millisecond {
-				t.Errorf("%s: status %d access %v header_filter %v (HasLua %v)", r.URI, r.Status, acc, hf, r.HasLua)
-			}
-		case strings.HasPrefix(r.URI, "/ok"):
-			other++
-			// The lua module registers its rewrite/access/log handlers for every request once
-			// any location uses them (they decline fast); only the content handler is per
-			// location, and /ok has none.
-			if !r.HasLua || r.LuaPhases[model.LuaContent] != 0 {
-				t.Errorf("%s: Lua time %v (HasLua %v)", r.URI, r.LuaPhases, r.HasLua)
-			}
-		}
-	}
-	if phases == 0 || other == 0 || balanced == 0 || denied == 0 {
-		t.Fatalf("no /phases (%d), /ok (%d), /balanced (%d) or /denied (%d) requests", phases, other, balanced, denied)
-	}
-	// Without the nesting, the access handler's time would include the filter's 3 ms: more
-	// than the filter's own, not less than half of it.
-	if a, h := medianDuration(deniedAcc), medianDuration(deniedHF); a >= h/2 {
-		t.Errorf("/denied: median access %v, median header_filter %v: the filter's time is in the access handler's", a, h)
-	}
-	// Nothing is left on the per-thread call stacks between requests.
-	var tid uint64
-	var stack []byte
-	for it := p.objs.NginxreqLuaCalls.Iterate(); it.Next(&tid, &stack); {
-		if depth := binary.LittleEndian.Uint32(stack); depth != 0 {
-			t.Errorf("thread %d: Lua call stack depth %d after the traffic", tid&0xffffffff, depth)
-		}
-	}
-	// Every main request's Lua time was consumed by its free_request; subrequests (the
-	// /phases capture of /withsub) were never timed, so nothing is left behind.
-	var k bpf.NginxReqNginxreqLuaKey
-	var v bpf.NginxReqNginxreqLuaAcc
-	left := 0
-	for it := p.objs.NginxreqLuaTime.Iterate(); it.Next(&k, &v); {
-		left++
-	}
-	if left != 0 {
-		t.Fatalf("%d Lua time entries left behind (subrequests timed?)", left)
-	}
-	for _, r := range got {
-		if strings.HasPrefix(r.URI, "/phases") {
-			t.Logf("example Lua timing: %v", r.LuaPhases)
-			break
-		}
-	}
-}
-
-// TestLearnsWhileLuaRemovesHeaders: every request the agent learns from has had a request
-// header and a response header removed by Lua, which rewrites the lists' bookkeeping (the
-// lua module's removal sets nalloc to the last part's count). The layout is learnt anyway,
-// and the requests are counted exactly.
-func TestLearnsWhileLuaRemovesHeaders(t *testing.T) {
-	requireIntegration(t)
-	n := startNginx(t)
-	p, c := startProbes(t, n, Options{})
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}}
-	defer client.CloseIdleConnections()
-	sent := 0
-	for deadline := time.Now().Add(15 * time.Second); p.Status().Mode != "ready" || sent < 50; sent++ {
-		if time.Now().After(deadline) {
-			t.Fatalf("no layout learnt after %d requests: %+v", sent, p.Status())
-		}
-		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/cleared?id=c%d", n.Port, sent), nil)
-		for _, h := range []string{"X-A", "X-Secret", "X-Z"} {
-			req.Header.Set(h, "v")
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(body) != "cleared\n" || resp.Header.Get("X-Remove") != "" || resp.Header.Get("X-Z") != "1" {
-			t.Fatalf("the fixture did not remove the headers: %q %v", body, resp.Header)
-		}
-		time.Sleep(10 * time.Millisecond) // the reader polls; give it time to see calibration
-	}
-	checkAgainstLog(t, n, p, c, sent+traffic(t, n, 5))
-}
-
 // TestCutHostAndURI: a Host and a URI longer than the record's buffers (a 100-byte Host, a
 // 300-byte URI) arrive cut and flagged, whether decoded from calibration events or on the
 // fast path, and make marked rows that never merge with a real, shorter host or path.
@@ -513,187 +377,6 @@ func TestCutHostAndURI(t *testing.T) {
 	}
 }
 
-// settle waits until the access log stops growing (checked every pause, for at most 10s) and
-// the agent has caught up with it: upstream requests of aborted clients finish late. It
-// returns the log and the agent's records.
-func settle(t *testing.T, n *testNginx, c *collector, pause time.Duration) ([]fixture.LogEntry, []model.Request) {
-	t.Helper()
-	var lines []fixture.LogEntry
-	var got []model.Request
-	for prev, deadline := -1, time.Now().Add(10*time.Second); ; {
-		time.Sleep(pause)
-		lines = readAccessLog(t, n)
-		got = c.waitFor(t, len(lines), 3*time.Second)
-		if len(lines) == prev || time.Now().After(deadline) {
-			return lines, got
-		}
-		prev = len(lines)
-	}
-}
-
-// checkAgainstLog compares the agent's records with nginx's access log line by line.
-func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent int) []model.Request {
-	t.Helper()
-	lines, got := settle(t, n, c, 400*time.Millisecond)
-	st := p.Status()
-	t.Logf("sent %d requests, %d log lines, %d agent records; status %+v", sent, len(lines), len(got), st)
-
-	if st.Mode != "ready" {
-		t.Errorf("mode %q, want ready (%s)", st.Mode, st.Err)
-	}
-	if !strings.Contains(st.Layout, nginxlayout.Debian1221.String()) {
-		t.Errorf("learnt layout %q, want Debian 1.22.1's known %v", st.Layout, nginxlayout.Debian1221)
-	}
-	if want := fmt.Sprintf("srv_conf=%d server_name=%d", nginxlayout.SrvConfOffset, nginxlayout.Debian1221ServerName); !strings.Contains(st.Layout, want) {
-		t.Errorf("learnt layout %q, want %s", st.Layout, want)
-	}
-	if st.Dropped != 0 || st.DecodeErrors != 0 {
-		t.Errorf("dropped %d, decode errors %d", st.Dropped, st.DecodeErrors)
-	}
-	if len(got) != len(lines) {
-		t.Errorf("agent saw %d requests, access log has %d", len(got), len(lines))
-	}
-
-	byKey := map[string][]model.Request{}
-	for _, r := range got {
-		k := reqKey(r.URI, r.Method, r.Status)
-		byKey[k] = append(byKey[k], r)
-	}
-	mismatches := 0
-	seen := map[string]int{}
-	for _, l := range lines {
-		k := reqKey(l.RequestURI, l.Method, l.Status)
-		rs := byKey[k]
-		if len(rs) == 0 {
-			t.Errorf("no agent record for log line %+v", l)
-			mismatches++
-			continue
-		}
-		// Proxied requests appear twice with one id: the client's and the upstream server's
-		// (the same nginx serves both); pair each log line with the record that fits it.
-		best := 0
-		for i := range rs {
-			if compare(l, rs[i], p.opts.ClientAddr) == "" {
-				best = i
-				break
-			}
-		}
-		r := rs[best]
-		byKey[k] = append(rs[:best:best], rs[best+1:]...)
-		if diff := compare(l, r, p.opts.ClientAddr); diff != "" {
-			mismatches++
-			if mismatches < 30 {
-				t.Errorf("log %+v\n  agent %+v\n  %s", l, r, diff)
-			}
-		}
-		seen[fmt.Sprintf("%s %d", l.Protocol, l.Status)]++
-	}
-	for k, rs := range byKey {
-		for _, r := range rs {
-			t.Errorf("agent record %q without log line: %+v", k, r)
-		}
-	}
-	var kinds []string
-	for k, v := range seen {
-		kinds = append(kinds, fmt.Sprintf("%s=%d", k, v))
-	}
-	sort.Strings(kinds)
-	t.Logf("compared %d lines, %d mismatches; %s", len(lines), mismatches, strings.Join(kinds, " "))
-	for _, want := range []string{"HTTP/1.1 200", "HTTP/1.1 404", "HTTP/1.1 502", "HTTP/1.1 499", "HTTP/2.0 200", "HTTP/1.0 200"} {
-		if seen[want] == 0 {
-			t.Errorf("traffic produced no %q", want)
-		}
-	}
-	// Requests without Host, answered by each server: $host is its server_name.
-	noHost := map[string]int{}
-	for _, l := range lines {
-		if strings.Contains(l.RequestURI, "id=raw10-") || strings.Contains(l.RequestURI, "id=rawalt-") || l.Status == 400 {
-			noHost[fmt.Sprintf("%s %d", l.Host, l.Status)]++
-		}
-	}
-	t.Logf("requests without Host by $host and status: %v", noHost)
-	for _, want := range []string{"kw.test 200", "kw.test 400", "alt.kw.test 204", "alt.kw.test 400"} {
-		if noHost[want] == 0 {
-			t.Errorf("traffic produced no request without Host for %q", want)
-		}
-	}
-	return got
-}
-
-// pidInLog, when set, relates the PID nginx logs ($pid, in its own namespace) to the one the
-// agent reports (in the agent's namespace).
-var pidInLog func(logPID, agentPID int) bool
-
-// latencyTolerance is 0 (exact ms) unless a test uses the kernel-clock fallback.
-var latencyTolerance time.Duration
-
-func abs(x int64) int64 {
-	if x < 0 {
-		return -x
-	}
-	return x
-}
-
-// compare lists how r differs from the access log's l ("" when it matches); withAddr: the
-// probes read client addresses.
-func compare(l fixture.LogEntry, r model.Request, withAddr bool) string {
-	var d []string
-	if r.Status != l.Status {
-		d = append(d, fmt.Sprintf("status %d != %d", r.Status, l.Status))
-	}
-	// Without Host, $host is the server's server_name: the agent must report it too. A host
-	// longer than the record's buffer arrives cut, and says so.
-	if len(l.Host) > model.MaxHostLen {
-		if !strings.HasPrefix(l.Host, r.Host) || len(r.Host) != model.MaxHostLen || !r.HostTruncated {
-			d = append(d, fmt.Sprintf("host %q (cut %v) is not the marked %d-byte prefix of %q", r.Host, r.HostTruncated, model.MaxHostLen, l.Host))
-		}
-	} else if r.Host != l.Host || r.HostTruncated {
-		d = append(d, fmt.Sprintf("host %q (cut %v) != %q", r.Host, r.HostTruncated, l.Host))
-	}
-	if r.Method != l.Method {
-		d = append(d, fmt.Sprintf("method %q != %q", r.Method, l.Method))
-	}
-	if len(l.RequestURI) > model.MaxURILen {
-		if !strings.HasPrefix(l.RequestURI, r.URI) || len(r.URI) != model.MaxURILen || !r.URITruncated {
-			d = append(d, fmt.Sprintf("uri %q (cut %v) is not the marked %d-byte prefix of %q", r.URI, r.URITruncated, model.MaxURILen, l.RequestURI))
-		}
-	} else if r.URI != l.RequestURI || r.URITruncated {
-		d = append(d, fmt.Sprintf("uri %q (cut %v) != %q", r.URI, r.URITruncated, l.RequestURI))
-	}
-	reqMs := l.RequestTime.Milliseconds()
-	if ms := r.Latency.Milliseconds(); latencyTolerance == 0 && ms != reqMs ||
-		latencyTolerance > 0 && time.Duration(abs(ms-reqMs))*time.Millisecond > latencyTolerance {
-		d = append(d, fmt.Sprintf("latency %d ms != %d ms", ms, reqMs))
-	}
-	if r.HasUpstream != l.HasUpstream || r.Upstream.Milliseconds() != l.UpstreamTime.Milliseconds() {
-		d = append(d, fmt.Sprintf("upstream %v/%v != %v/%v", r.HasUpstream, r.Upstream, l.HasUpstream, l.UpstreamTime))
-	}
-	// The listener: the port $server_port names, or a unix-domain socket when it names none.
-	if l.ServerPort != 0 {
-		if !r.ListenerKnown || r.UnixListener || int(r.LocalPort) != l.ServerPort {
-			d = append(d, fmt.Sprintf("listener known %v unix %v port %d != port %d", r.ListenerKnown, r.UnixListener, r.LocalPort, l.ServerPort))
-		}
-	} else if !r.ListenerKnown || !r.UnixListener || r.LocalPort != 0 {
-		d = append(d, fmt.Sprintf("listener known %v unix %v port %d != unix", r.ListenerKnown, r.UnixListener, r.LocalPort))
-	}
-	if r.BytesSent != l.BytesSent {
-		d = append(d, fmt.Sprintf("bytes %d != %d", r.BytesSent, l.BytesSent))
-	}
-	if r.Proto != l.Protocol {
-		d = append(d, fmt.Sprintf("proto %q != %q", r.Proto, l.Protocol))
-	}
-	if want := l.RemoteAddr; r.ClientAddr != want && !(r.ClientAddr == "" && !withAddr) {
-		d = append(d, fmt.Sprintf("addr %q != %q", r.ClientAddr, want))
-	}
-	if r.ClientAddr != "" && !withAddr {
-		d = append(d, fmt.Sprintf("addr %q read though ClientAddr is off", r.ClientAddr))
-	}
-	if pidInLog != nil && !pidInLog(l.PID, r.PID) || pidInLog == nil && r.PID != l.PID {
-		d = append(d, fmt.Sprintf("pid %d != %d", r.PID, l.PID))
-	}
-	return strings.Join(d, "; ")
-}
-
 func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
@@ -717,13 +400,4 @@ func TestPerfEventFallback(t *testing.T) {
 	if lua == 0 {
 		t.Fatal("no Lua timing through perf-event uprobes")
 	}
-}
-
-func medianDuration(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

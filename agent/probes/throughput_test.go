@@ -1,0 +1,196 @@
+// What the probes cost and what they do under pressure: throughput, drops.
+
+package probes
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/testr"
+	"github.com/kong-watcher/kong-watcher/agent/model"
+	"golang.org/x/sys/unix"
+)
+
+// TestThroughput measures what the probes cost nginx: wrk against `return 200`, alternating
+// no probes / probes / probes + Lua phase probes. Set KW_BENCH=1 to run it.
+func TestThroughput(t *testing.T) {
+	if os.Getenv("KW_BENCH") != "1" {
+		t.Skip("set KW_BENCH=1")
+	}
+	requireIntegration(t, "wrk")
+	n := startNginx(t)
+	url := fmt.Sprintf("http://127.0.0.1:%d/ok", n.Port)
+	re := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reN := regexp.MustCompile(`([0-9]+) requests in`)
+	workers := n.Workers()
+	// nginx workers' CPU time (user+sys, clock ticks): the uprobe traps are charged to them,
+	// and CPU per request is far less sensitive than req/s to the other tenants of this VM.
+	cpu := func() (ticks uint64) {
+		for _, w := range workers {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", w.PID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := string(b)
+			fs := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+			u, _ := strconv.ParseUint(fs[11], 10, 64)
+			k, _ := strconv.ParseUint(fs[12], 10, 64)
+			ticks += u + k
+		}
+		return ticks
+	}
+	var lastCPU []float64
+	wrk := func() float64 {
+		c0 := cpu()
+		out, err := exec.Command("wrk", "-t1", "-c20", "-d5s", url).CombinedOutput()
+		if err != nil {
+			t.Fatalf("wrk: %v\n%s", err, out)
+		}
+		m, mn := re.FindSubmatch(out), reN.FindSubmatch(out)
+		if m == nil || mn == nil {
+			t.Fatalf("wrk output: %s", out)
+		}
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		reqs, _ := strconv.ParseFloat(string(mn[1]), 64)
+		lastCPU = append(lastCPU, float64(cpu()-c0)*1e4/reqs) // ticks are 10 ms: us per request
+		return v
+	}
+	run := func(opts *Options) (float64, Status) {
+		if opts == nil {
+			return wrk(), Status{}
+		}
+		if opts.RingBufferBytes == -1 {
+			// An empty BPF program on the same function: the bare cost of the uprobe.
+			prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.Kprobe, AttachType: ebpf.AttachTraceUprobeMulti,
+				License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer prog.Close()
+			ex, err := link.OpenExecutable(n.Gateway(t).Exe)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := ex.UprobeMulti([]string{"ngx_http_free_request"}, prog, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			return wrk(), Status{}
+		}
+		opts.Log = logr.Discard()
+		p, err := New(*opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		if err := p.Track(n.Gateway(t)); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		var seen int
+		go func() {
+			done <- p.Run(ctx, sinkFunc(func() { seen++ }))
+		}()
+		// learn the layout before measuring
+		client := &http.Client{}
+		for i := 0; i < 50 && p.Status().Mode != "ready"; i++ {
+			get(t, client, url)
+			time.Sleep(10 * time.Millisecond)
+		}
+		v := wrk()
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+		<-done
+		st := p.Status()
+		// Time spent inside the BPF programs (excludes the uprobe trap itself, ~0.5-1.3 us).
+		for name, prog := range map[string]*ebpf.Program{"free_request": p.objs.NginxreqFreeRequest,
+			"free_request_ret": p.objs.NginxreqFreeRequestRet, "lua_enter": p.objs.NginxreqLuaEnter,
+			"lua_exit": p.objs.NginxreqLuaExit} {
+			if ps, err := prog.Stats(); err == nil && ps.RunCount > 0 {
+				t.Logf("  %-16s %8d runs, %5.0f ns/run in BPF", name, ps.RunCount, float64(ps.Runtime.Nanoseconds())/float64(ps.RunCount))
+			}
+		}
+		return v, st
+	}
+	if c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err == nil {
+		defer c.Close()
+	}
+	names := []string{"none", "empty-uprobe", "probes", "probes+lua"}
+	res, cpuRes := map[string][]float64{}, map[string][]float64{}
+	for round := 0; round < 3; round++ {
+		for _, name := range names {
+			var v float64
+			var st Status
+			switch name {
+			case "none":
+				v, _ = run(nil)
+			case "empty-uprobe":
+				v, st = run(&Options{RingBufferBytes: -1})
+			case "probes":
+				v, st = run(&Options{})
+			case "probes+lua":
+				v, st = run(&Options{LuaPhases: true})
+			}
+			res[name] = append(res[name], v)
+			cpuRes[name] = append(cpuRes[name], lastCPU[len(lastCPU)-1])
+			t.Logf("round %d %-10s %8.0f req/s  %5.1f us worker CPU/request  decoded %d dropped %d errors %d",
+				round, name, v, lastCPU[len(lastCPU)-1], st.Decoded, st.Dropped, st.DecodeErrors)
+		}
+	}
+	med := func(xs []float64) float64 {
+		s := append([]float64(nil), xs...)
+		sort.Float64s(s)
+		return s[len(s)/2]
+	}
+	base := med(res["none"])
+	var sum []string
+	for _, name := range names {
+		sum = append(sum, fmt.Sprintf("%s %.0f req/s (%.2f), %.1f us CPU/req", name, med(res[name]), med(res[name])/base, med(cpuRes[name])))
+	}
+	t.Logf("median req/s (ratio to none): %s", strings.Join(sum, ", "))
+}
+
+type sinkFunc func()
+
+func (f sinkFunc) Observe(_ *model.Request) { f() }
+
+// TestDropsCounted: with a one-page ring buffer and nobody reading it, the kernel cannot
+// queue the events, and every lost one is counted.
+func TestDropsCounted(t *testing.T) {
+	requireOuter(t)
+	n := startNginx(t)
+	p, err := New(Options{RingBufferBytes: 4096, Log: testr.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Track(n.Gateway(t)); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{}
+	const reqs = 30
+	for i := 0; i < reqs; i++ {
+		get(t, client, fmt.Sprintf("http://127.0.0.1:%d/ok?i=%d", n.Port, i))
+	}
+	st := p.Status()
+	// A calibration event is ~2.8 KB: one fits in a page, the rest are dropped and counted.
+	if st.Dropped < reqs-2 || st.Dropped > reqs {
+		t.Fatalf("dropped %d of %d (status %+v)", st.Dropped, reqs, st)
+	}
+	t.Logf("dropped %d of %d", st.Dropped, reqs)
+}

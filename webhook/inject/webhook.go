@@ -68,6 +68,9 @@ type Webhook struct {
 	// decoding bounds the reviews being decoded at once, and so the webhook's memory: a
 	// review of a few MiB takes several times its size while it is decoded.
 	decoding chan struct{}
+	// injected is the Decision message of an injection, as a plain ([0]) and a native ([1])
+	// sidecar: built once, not per review.
+	injected [2]string
 }
 
 // maxDecoding is how many AdmissionReviews are read and decoded at once; more wait.
@@ -128,8 +131,12 @@ const eventQueueLen = 256
 // controller-runtime it is mgr.GetEventRecorder("kong-watcher-webhook"). cfg should have
 // passed Validate.
 func NewWebhook(cfg Config, recorder events.EventRecorder, log logr.Logger) *Webhook {
-	return &Webhook{cfg: cfg, recorder: recorder, log: log, eventQueue: make(chan func(), eventQueueLen),
+	w := &Webhook{cfg: cfg, recorder: recorder, log: log, eventQueue: make(chan func(), eventQueueLen),
 		decoding: make(chan struct{}, maxDecoding)}
+	for i, native := range []bool{false, true} {
+		w.injected[i] = fmt.Sprintf("injected kong-watcher agent %s as %s", cfg.AgentVersion, sidecarKind(native))
+	}
+	return w
 }
 
 // badRequest is an AdmissionReview the handler refuses with HTTP 400.
@@ -314,7 +321,10 @@ func (w *Webhook) mutate(ctx context.Context, pod *corev1.Pod, namespace string,
 	if d = w.admissible(ctx, pod, namespace, d); !d.Inject {
 		return d, skipWarnings(d), nil, nil
 	}
-	d.Message = fmt.Sprintf("injected kong-watcher agent %s as %s", w.cfg.AgentVersion, sidecarKind(isNative(pod)))
+	d.Message = w.injected[0]
+	if isNative(pod) {
+		d.Message = w.injected[1]
+	}
 	return d, warnings, patch, nil
 }
 
@@ -373,7 +383,7 @@ func buildPatch(pod *corev1.Pod, hadInit bool, volumesBefore int, before map[str
 		}
 		sort.Strings(keys) // stable patches and golden files
 		for _, k := range keys {
-			ops = append(ops, patchOp{"add", "/metadata/annotations/" + escapePointer(k), pod.Annotations[k]})
+			ops = append(ops, patchOp{"add", annotationPath(k), pod.Annotations[k]})
 		}
 	}
 	patch, err := json.Marshal(ops)
@@ -387,6 +397,24 @@ func buildPatch(pod *corev1.Pod, hadInit bool, volumesBefore int, before map[str
 var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
 
 func escapePointer(k string) string { return pointerEscaper.Replace(k) }
+
+// injectedPaths are the JSON pointers of the annotations Inject writes, built once: two
+// allocations fewer per annotation per review.
+var injectedPaths = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{kwv1.AnnotationInjected, AnnotationPrometheusScrape, AnnotationPrometheusPort, AnnotationPrometheusPath} {
+		m[k] = "/metadata/annotations/" + escapePointer(k)
+	}
+	return m
+}()
+
+// annotationPath is the JSON pointer of annotation k.
+func annotationPath(k string) string {
+	if p, ok := injectedPaths[k]; ok {
+		return p
+	}
+	return "/metadata/annotations/" + escapePointer(k)
+}
 
 // recordEvent records Injected or InjectionSkipped on the pod's controller (its ReplicaSet,
 // typically), built from the ownerReference so no API call is needed at admission time: the

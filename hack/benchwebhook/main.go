@@ -250,6 +250,7 @@ func run(rate int, dur time.Duration, satWorkers int, satDur time.Duration, conn
 	fmt.Printf("BENCH webhook_max_ms %.3f\n", benchkit.Millis(ol.max()))
 	fmt.Printf("BENCH webhook_cpu_us_per_review %.0f\n", benchkit.Micros(sat.cpuPerReview))
 	fmt.Printf("BENCH webhook_handler_cpu_us_per_review %.0f\n", benchkit.Micros(handlerCPU))
+	fmt.Printf("BENCH webhook_allocs_per_review %d\n", handlerAllocs)
 	fmt.Printf("BENCH webhook_reviews_per_sec %.0f\n", sat.achieved)
 	fmt.Printf("BENCH webhook_p50_ms %.3f\n", benchkit.Millis(ol.p(0.50)))
 	fmt.Printf("BENCH webhook_p99_ms %.3f\n", benchkit.Millis(ol.p(0.99)))
@@ -372,6 +373,15 @@ func checkOne(hc *http.Client, url string, body []byte) error {
 	fmt.Printf("sanity: review of %d bytes -> patch of %d bytes adding %s\n", len(b), len(rev.Response.Patch), kwv1.AgentContainerName)
 	return nil
 }
+
+// The webhook's targets: the latency an API server waits for at a busy rollout, and the CPU
+// and garbage per review that decide it on a loaded node.
+const (
+	targetP99Ms     = 3.0
+	targetHandlerUs = 150
+	goalHandlerUs   = 100
+	targetAllocs    = 300
+)
 
 // handlerOnly calls the injection handler n times in-process and returns the CPU time and
 // the allocations per call.
@@ -551,11 +561,16 @@ func (s summary) markdown() string {
 	fmt.Fprintf(&b, "The injection handler alone (`inject.Webhook.ServeHTTP` called in-process, no TLS, no HTTP\n")
 	fmt.Fprintf(&b, "server, no Events; also `go test -bench Handler ./hack/benchwebhook`): %.0f us CPU and %d\n", benchkit.Micros(s.handlerCPU), s.handlerAllocs)
 	fmt.Fprintf(&b, "allocations per review.\n\n")
-	verdict := "meets"
-	if benchkit.Millis(s.ol.p(.99)) > 5 {
-		verdict = "MISSES"
+	verdict := func(ok bool) string {
+		if ok {
+			return "meets"
+		}
+		return "MISSES"
 	}
-	fmt.Fprintf(&b, "Target: p99 <= 5 ms at 200 reviews/s: %s (p99 %.3f ms). The API server gives a webhook\n", verdict, benchkit.Millis(s.ol.p(.99)))
+	p99, cpu := benchkit.Millis(s.ol.p(.99)), benchkit.Micros(s.handlerCPU)
+	fmt.Fprintf(&b, "Targets: p99 <= %g ms at 200 reviews/s: %s (p99 %.3f ms); the handler's CPU <= %d us per review (goal %d): %s (%.0f us);\n",
+		targetP99Ms, verdict(p99 <= targetP99Ms), p99, targetHandlerUs, goalHandlerUs, verdict(cpu <= targetHandlerUs), cpu)
+	fmt.Fprintf(&b, "at most %d allocations per review: %s (%d). The API server gives a webhook\n", targetAllocs, verdict(s.handlerAllocs <= targetAllocs), s.handlerAllocs)
 	fmt.Fprintf(&b, "`timeoutSeconds: 5` (config/webhook); the webhook fails open, so even a miss delays, never blocks, a pod.\n")
 	return b.String()
 }

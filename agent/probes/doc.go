@@ -88,7 +88,7 @@
 //     *lua* module), the phase in the attach cookie, paired on a per-thread stack (4 deep)
 //     that takes a nested call's time out of its caller's (the header filter runs inside an
 //     access handler that answers with ngx.say/ngx.exit), and summed per request keyed by
-//     (tgid, r). A phase is counted in the requests where it ran Lua. The log phase
+//     (tgid, r). A phase is counted in the requests where its handler ran. The log phase
 //     runs inside free_request, after the entry probe, so in this mode the event is parked
 //     per thread and a uretprobe on free_request completes it. The time is the handlers'
 //     own: rewrite/access re-entries after a yield are summed, but content-phase code resumed

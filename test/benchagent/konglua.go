@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -48,7 +47,6 @@ func (b *bench) kongLuaRuns(ctx context.Context, t *target, url string, header h
 	}
 	b.logf("Lua phase timing on real Kong: paced %d req/s GET %s with the consumer's key, %d round(s) of %v per side, the agent with KONG_WATCHER_LUA_PHASES=off and =on alternating",
 		c.kongLuaRate, strings.TrimPrefix(url, "http://"+t.g.HTTPAddr), c.cpuRounds, c.cpuDur)
-	conns := b.pacedConns(c.kongLuaRate)
 	for r := 0; r < c.cpuRounds; r++ {
 		modes := []string{"off", "on"}
 		if r%2 == 1 {
@@ -60,15 +58,8 @@ func (b *bench) kongLuaRuns(ctx context.Context, t *target, url string, header h
 			if err := a.start(ctx, t.poke); err != nil {
 				return err
 			}
-			pacedH(ctx, url, header, c.kongLuaRate, c.warmup, conns)
+			cr, err := b.measurePaced(ctx, t, a, url, header, c.kongLuaRate, c.cpuDur, "Kong Lua "+mode)
 			b.checkDataPath("kong-lua "+mode, b.snap(a, time.Second))
-			os.Truncate(t.g.AccessLogPath(), 0) //nolint:errcheck
-			acct := b.startBPFAccounting(a.pid())
-			workers, _ := t.g.WorkerPIDs()
-			w0, a0, at0 := sampleCPU(workers), sampleCPU(pidList(a.pid())), sampleTasks(a.pid())
-			pr := pacedH(ctx, url, header, c.kongLuaRate, c.cpuDur, conns)
-			w1, a1, at1 := sampleCPU(workers), sampleCPU(pidList(a.pid())), sampleTasks(a.pid())
-			bs, bok := acct.stop()
 			if mode == "on" {
 				if st, err := a.settledStats(10 * time.Second); err == nil {
 					res.phases = st.Total.LuaPhasesMs
@@ -76,19 +67,13 @@ func (b *bench) kongLuaRuns(ctx context.Context, t *target, url string, header h
 			}
 			a.stop()
 			b.collectAgent(a)
-			if ctx.Err() != nil {
-				return ctx.Err()
+			if err != nil {
+				return err
 			}
-			wd := diffCPU(w0, w1)
-			kr := kongLuaRound{mode: mode, ok: pr.OK, bpfNs: math.NaN(), bpfRuns: math.NaN(),
-				workerUs:     perRequestUs(pct(wd.SchedSec, wd.WallSec), pr.OK, wd.WallSec),
-				agentPercent: pct(diffTasks(at0, at1), diffCPU(a0, a1).WallSec)}
-			if bok && pr.OK > 0 {
-				kr.bpfNs, kr.bpfRuns = float64(bs.RunNS)/float64(pr.OK), float64(bs.RunCnt)/float64(pr.OK)
-			}
-			kr.logLines, _ = countLines(t.g.AccessLogPath())
-			if pr.Failed > 0 {
-				b.note("Kong Lua %s run: %d of %d requests failed: %v", mode, pr.Failed, pr.Sent, pr.Errs)
+			kr := kongLuaRound{mode: mode, ok: cr.pr.OK, bpfNs: math.NaN(), bpfRuns: math.NaN(), logLines: cr.logLines,
+				workerUs: perRequestUs(cr.schedPct, cr.pr.OK, cr.wall), agentPercent: cr.agentPct}
+			if cr.bpfOK && cr.pr.OK > 0 {
+				kr.bpfNs, kr.bpfRuns = float64(cr.bpf.RunNS)/float64(cr.pr.OK), float64(cr.bpf.RunCnt)/float64(cr.pr.OK)
 			}
 			res.rounds = append(res.rounds, kr)
 			b.logf("  kong-lua round %d %-3s ok %d (log %d): workers %.1f us/request, BPF %.0f ns and %.1f runs/request, agent %.2f%% of a core",

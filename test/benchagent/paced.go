@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net/http"
 	"os"
 	"time"
 
@@ -58,9 +59,7 @@ func (a *bpfAccounting) stop() (bpfProgStats, bool) {
 
 // pacedRun runs one side of a paced CPU run on t at rate req/s to route.
 func (b *bench) pacedRun(ctx context.Context, t *target, rate int, route string, sd side, dur time.Duration) (pacedCPU, error) {
-	c := b.cfg
 	url := "http://" + t.g.HTTPAddr + route
-	conns := b.pacedConns(rate)
 	withAgent := sd == sideAgent && t.agent.enabled()
 	if withAgent && !t.agent.running() {
 		if err := t.agent.start(ctx, t.poke); err != nil {
@@ -68,19 +67,35 @@ func (b *bench) pacedRun(ctx context.Context, t *target, rate int, route string,
 		}
 		defer t.agent.stop()
 	}
-	paced(ctx, url, rate, c.warmup, conns)
+	var a *agentRunner
+	if withAgent {
+		a = t.agent
+	}
+	cr, err := b.measurePaced(ctx, t, a, url, nil, rate, dur, sd.String())
+	cr.route, cr.side = route, sd
+	return cr, err
+}
+
+// measurePaced warms t up and measures one paced run of rate req/s to url (with header) for
+// dur: the workers' CPU, and when a is given (running) the agent's CPU and its BPF programs'
+// run time. label names the run in the notes.
+func (b *bench) measurePaced(ctx context.Context, t *target, a *agentRunner, url string, header http.Header, rate int, dur time.Duration, label string) (pacedCPU, error) {
+	conns := b.pacedConns(rate)
+	pacedH(ctx, url, header, rate, b.cfg.warmup, conns)
 	os.Truncate(t.g.AccessLogPath(), 0) //nolint:errcheck
 	// BPF run-time accounting only around the agent side's measured run: it adds two clock
 	// reads per program run.
 	var acct *bpfAccounting
-	if withAgent {
-		acct = b.startBPFAccounting(t.agent.pid())
+	agentPID := 0
+	if a != nil {
+		agentPID = a.pid()
+		acct = b.startBPFAccounting(agentPID)
 	}
 	workers, _ := t.g.WorkerPIDs()
-	w0, a0, at0 := sampleCPU(workers), sampleCPU(pidList(t.agent.pid())), sampleTasks(t.agent.pid())
-	pr := paced(ctx, url, rate, dur, conns)
-	w1, a1, at1 := sampleCPU(workers), sampleCPU(pidList(t.agent.pid())), sampleTasks(t.agent.pid())
-	cr := pacedCPU{rate: rate, route: route, side: sd, pr: pr}
+	w0, a0, at0 := sampleCPU(workers), sampleCPU(pidList(agentPID)), sampleTasks(agentPID)
+	pr := pacedH(ctx, url, header, rate, dur, conns)
+	w1, a1, at1 := sampleCPU(workers), sampleCPU(pidList(agentPID)), sampleTasks(agentPID)
+	cr := pacedCPU{rate: rate, pr: pr}
 	if acct != nil {
 		cr.bpf, cr.bpfOK = acct.stop()
 	}
@@ -94,10 +109,10 @@ func (b *bench) pacedRun(ctx context.Context, t *target, rate int, route string,
 	cr.agentPct = pct(diffTasks(at0, at1), ad.WallSec)
 	cr.logLines, _ = countLines(t.g.AccessLogPath())
 	if pr.Failed > 0 {
-		b.note("paced %d req/s %s run: %d of %d requests failed: %v", rate, sd, pr.Failed, pr.Sent, pr.Errs)
+		b.note("paced %d req/s %s run: %d of %d requests failed: %v", rate, label, pr.Failed, pr.Sent, pr.Errs)
 	}
 	if pr.MaxLag > 100*time.Millisecond {
-		b.note("paced %d req/s %s run: the generator fell behind by up to %v", rate, sd, pr.MaxLag.Round(time.Millisecond))
+		b.note("paced %d req/s %s run: the generator fell behind by up to %v", rate, label, pr.MaxLag.Round(time.Millisecond))
 	}
 	return cr, nil
 }

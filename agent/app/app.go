@@ -108,7 +108,7 @@ func newPipeline(cfg Config, log logr.Logger, o Options) *Agent {
 	a.metrics.SetInfo(version.Version, "")
 	// Debug lines are capped per second: at Kong's rates one line per request would cost
 	// more than the probes; the overflow is counted in one line per second.
-	reqLog := report.NewRequestLogger(log.WithName("request"), report.RequestLogOptions{MaxPerSecond: 1000})
+	reqLog := report.NewRequestLogger(requestLog(log), report.RequestLogOptions{MaxPerSecond: 1000})
 	sinks := fanout{a.Aggregator, a.metrics}
 	if reqLog.Enabled() {
 		sinks = append(sinks, reqLog)
@@ -311,3 +311,7 @@ func (f fanout) Observe(r *model.Request) {
 		s.Observe(r)
 	}
 }
+
+// requestLog is the logger of the per-request log: the pipeline's sink writes to it, and the
+// data paths read what only it shows when it is on.
+func requestLog(log logr.Logger) logr.Logger { return log.WithName("request") }

@@ -13,6 +13,7 @@ import (
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/agent/probes"
+	"github.com/kong-watcher/kong-watcher/agent/report"
 	"github.com/kong-watcher/kong-watcher/agent/wire"
 )
 
@@ -62,10 +63,9 @@ func loadDataPaths(cfg Config, log logr.Logger) (dp dataPaths, err error) {
 		}
 	}()
 	if cfg.DataPath != DataPathWire {
-		// The client address costs two reads per request and only the per-request log
-		// (debug level) shows it.
+		// The client address costs two reads per request and only the request log shows it.
 		p, err := probes.New(probes.Options{LuaPhases: cfg.LuaPhases == LuaOn, Log: log.WithName("nginx-request"),
-			ClientAddr: log.WithName("request").V(1).Enabled()})
+			ClientAddr: report.RequestLogEnabled(requestLog(log))})
 		if err != nil {
 			if cfg.DataPath == DataPathNginx {
 				return dp, fmt.Errorf("nginx-request data path: %w", err)

@@ -87,6 +87,11 @@ type RequestLogger struct {
 
 var _ model.Sink = (*RequestLogger)(nil)
 
+// RequestLogEnabled reports whether a RequestLogger writing to log would write anything
+// (its debug level, V(1), is on): what a data path asks before reading what only the
+// request log shows.
+func RequestLogEnabled(log logr.Logger) bool { return log.V(1).Enabled() }
+
 // NewRequestLogger returns a RequestLogger writing to log.V(1).
 func NewRequestLogger(log logr.Logger, o RequestLogOptions) *RequestLogger {
 	mask := DefaultMask()
@@ -96,8 +101,7 @@ func NewRequestLogger(log logr.Logger, o RequestLogOptions) *RequestLogger {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	v := log.V(1)
-	return &RequestLogger{log: v, enabled: v.Enabled(), mask: mask, max: o.MaxPerSecond, now: o.Now}
+	return &RequestLogger{log: log.V(1), enabled: RequestLogEnabled(log), mask: mask, max: o.MaxPerSecond, now: o.Now}
 }
 
 // Enabled reports whether the logger writes anything (debug level was on at construction).

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"sort"
 	"strings"
 	"time"
 
+	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -109,18 +109,13 @@ func (r *kongLuaResult) summary() kongLuaSummary {
 	return s
 }
 
-// phaseRows renders the per-phase times, in Kong's order of the phases.
+// phaseRows renders the per-phase times, in the model's order of the phases.
 func (r *kongLuaResult) phaseRows() []string {
-	order := map[string]int{"rewrite": 0, "access": 1, "content": 2, "header_filter": 3, "body_filter": 4, "log": 5, "balancer": 6}
-	var names []string
-	for n := range r.phases {
-		names = append(names, n)
-	}
-	sort.Slice(names, func(i, j int) bool { return order[names[i]] < order[names[j]] })
 	var out []string
-	for _, n := range names {
-		l := r.phases[n]
-		out = append(out, fmt.Sprintf("%s: %d requests, p50 %.3f ms, p99 %.3f ms", n, l.Count, l.P50, l.P99))
+	for _, n := range model.LuaPhaseNames {
+		if l, ok := r.phases[n]; ok {
+			out = append(out, fmt.Sprintf("%s: %d requests, p50 %.3f ms, p99 %.3f ms", n, l.Count, l.P50, l.P99))
+		}
 	}
 	return out
 }

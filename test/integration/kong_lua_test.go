@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 	"github.com/kong-watcher/kong-watcher/test/fixture"
 )
@@ -93,7 +94,7 @@ func TestKongLuaPhases(t *testing.T) {
 	}
 	t.Logf("batch 2: %d proxy requests, %d proxied (%d failed), %d with a request line, %d aborted",
 		len(proxy), proxied, upstreamFailed, located, aborted)
-	for _, phase := range []string{"rewrite", "access", "content", "header_filter", "body_filter", "log", "balancer"} {
+	for _, phase := range model.LuaPhaseNames {
 		n, l := delta(phase)
 		t.Logf("%-13s %4d requests in batch 2; all so far: p50 %.3f ms, p99 %.3f ms, max %.3f ms", phase, n, l.P50, l.P99, l.Max)
 	}
@@ -160,7 +161,7 @@ func TestLuaPhasesOnEveryBuild(t *testing.T) {
 				t.Fatal(err)
 			}
 			want, aborted := fixtureLuaPhases(es[len(es1):])
-			for _, name := range []string{"rewrite", "access", "content", "header_filter", "body_filter", "log", "balancer"} {
+			for _, name := range model.LuaPhaseNames {
 				l := s.Total.LuaPhasesMs[name]
 				got := int(l.Count - before.LuaPhasesMs[name].Count)
 				t.Logf("%-13s batch 2: agent %d, access log %d; p50 %.3f ms, p99 %.3f ms", name, got, want[name], l.P50, l.P99)

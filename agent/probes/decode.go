@@ -14,18 +14,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Event kinds and flags: bpf/nginxreq.c's enums, as bpf2go generates them.
+// Event kinds and the flags decoding reads: bpf/nginxreq.c's enums, as bpf2go generates them.
 const (
 	evRequest = uint32(bpf.NginxReqNginxreqKindEV_REQUEST)
 	evCalib   = uint32(bpf.NginxReqNginxreqKindEV_CALIB)
 
-	fURITrunc    = uint32(bpf.NginxReqNginxreqFlagF_URI_TRUNC)
-	fHostTrunc   = uint32(bpf.NginxReqNginxreqFlagF_HOST_TRUNC)
-	fNoClock     = uint32(bpf.NginxReqNginxreqFlagF_NO_CLOCK)
-	fReadErr     = uint32(bpf.NginxReqNginxreqFlagF_READ_ERR)
-	fHasLua      = uint32(bpf.NginxReqNginxreqFlagF_HAS_LUA)
-	fCalibNoS    = uint32(bpf.NginxReqNginxreqFlagF_CALIB_NO_S)
-	fUpstreamBad = uint32(bpf.NginxReqNginxreqFlagF_UPSTREAM_BAD)
+	fHostTrunc = uint32(bpf.NginxReqNginxreqFlagF_HOST_TRUNC)
+	fNoClock   = uint32(bpf.NginxReqNginxreqFlagF_NO_CLOCK)
+	fHasLua    = uint32(bpf.NginxReqNginxreqFlagF_HAS_LUA)
 	// fHostServerName: the client sent no Host, so host is the server's server_name ($host).
 	fHostServerName = uint32(bpf.NginxReqNginxreqFlagF_HOST_SERVER_NAME)
 	// fListenErr: the accepting listener's address could not be read.

@@ -5,16 +5,33 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 )
 
 // Ring reads a BPF ring buffer whose programs batch wake-ups (BPF_RB_NO_WAKEUP until a
-// share of the ring is queued): the reader polls on a deadline so no event waits long.
+// share of the ring is queued): the reader drains it on a deadline so no event waits long.
+//
+// It waits in Go's netpoller, on a non-blocking duplicate of the map's descriptor, rather
+// than in ringbuf.Reader's epoll_wait. A goroutine blocked in a system call keeps its P, so
+// the runtime's sysmon thread never sleeps and, each time a wait outlasts 10 ms, takes the P
+// back and polls every 20 us again: thousands of thread wake-ups a second, a fifth of the
+// agent's CPU at saturation. Parked in the netpoller, an idle agent lets sysmon sleep.
 type Ring struct {
 	rd *ringbuf.Reader
+	// f and rc: the map's descriptor in the netpoller (nil: not pollable there; Read then
+	// waits in ringbuf.Reader).
+	f  *os.File
+	rc syscall.RawConn
+	// mu orders Close against looks at the ring's positions (ringbuf.Reader's
+	// AvailableBytes does not lock, and Close unmaps the ring).
+	mu     sync.Mutex
+	closed bool
 }
 
 // OpenRing opens the ring buffer map m.
@@ -23,7 +40,30 @@ func OpenRing(m *ebpf.Map) (*Ring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
-	return &Ring{rd: rd}, nil
+	r := &Ring{rd: rd}
+	r.f, r.rc = pollable(m.FD())
+	return r, nil
+}
+
+// pollable registers a duplicate of fd with Go's netpoller (nil, nil when it cannot be).
+func pollable(fd int) (*os.File, syscall.RawConn) {
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
+		return nil, nil
+	}
+	// A non-blocking descriptor is registered with the netpoller (edge-triggered); the ring
+	// buffer map's poll reports EPOLLIN while records are queued.
+	f := os.NewFile(uintptr(dup), "ringbuf")
+	rc, err := f.SyscallConn()
+	if err != nil || f.SetReadDeadline(time.Time{}) != nil { // ErrNoDeadline: not in the netpoller
+		f.Close()
+		return nil, nil
+	}
+	return f, rc
 }
 
 // drainCheck is how many records are read between looks at the clock while the ring is
@@ -35,13 +75,29 @@ const drainCheck = 64
 // housekeeping. The record's bytes are only valid during the call.
 func (r *Ring) Read(ctx context.Context, poll time.Duration, tick func(), record func(raw []byte)) error {
 	var rec ringbuf.Record
+	next := time.Now()
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		tick()
-		deadline := time.Now().Add(poll)
-		r.rd.SetDeadline(deadline)
+		if now := time.Now(); !now.Before(next) {
+			tick()
+			next = now.Add(poll)
+		}
+		if r.rc == nil {
+			// Wait in ringbuf.Reader until the deadline or a wake-up, then drain.
+			r.rd.SetDeadline(next)
+		} else {
+			if err := r.wait(next); err != nil {
+				if r.isClosed() {
+					return nil
+				}
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					return fmt.Errorf("wait for the ring buffer: %w", err)
+				}
+			}
+			r.rd.SetDeadline(time.Unix(1, 0)) // drain without waiting
+		}
 		for n := 1; ; n++ {
 			err := r.rd.ReadInto(&rec)
 			if err != nil {
@@ -54,15 +110,48 @@ func (r *Ring) Read(ctx context.Context, poll time.Duration, tick func(), record
 				return fmt.Errorf("read ring buffer: %w", err)
 			}
 			record(rec.RawSample)
-			if n%drainCheck == 0 && time.Now().After(deadline) {
+			if n%drainCheck == 0 && time.Now().After(next) {
 				break
 			}
 		}
 	}
 }
 
+// wait parks the goroutine in the netpoller until records are queued and the programs woke
+// the ring, or until deadline.
+func (r *Ring) wait(deadline time.Time) error {
+	if r.queued() {
+		return nil
+	}
+	if err := r.f.SetReadDeadline(deadline); err != nil {
+		return err
+	}
+	return r.rc.Read(func(uintptr) bool { return r.queued() })
+}
+
+// queued reports whether records wait in the ring (true once closed, so a wait ends).
+func (r *Ring) queued() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed || r.rd.AvailableBytes() > 0
+}
+
+func (r *Ring) isClosed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed
+}
+
 // Close makes Read return.
-func (r *Ring) Close() error { return r.rd.Close() }
+func (r *Ring) Close() error {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	if r.f != nil {
+		r.f.Close() // wakes a wait
+	}
+	return r.rd.Close()
+}
 
 // PerCPUSum is the sum over CPUs of entry key of a per-CPU array of counters: the drops and
 // other counts the BPF programs keep without contention. 0 when it cannot be read.
@@ -82,4 +171,11 @@ func PerCPUSum(m *ebpf.Map, key uint32) uint64 {
 }
 
 // AvailableBytes is how much the ring holds that the reader has not consumed.
-func (r *Ring) AvailableBytes() int { return r.rd.AvailableBytes() }
+func (r *Ring) AvailableBytes() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return 0
+	}
+	return r.rd.AvailableBytes()
+}

@@ -59,7 +59,8 @@ enum nginxreq_counter {
 	C_CALIB_DROP = 1,   /* ring buffer full: calibration event lost */
 	C_NS_ERR = 2,       /* bpf_get_ns_current_pid_tgid failed */
 	C_PENDING_LOST = 3, /* Lua mode: parked event not completed (map full) */
-	C_EVENTS = 4,       /* events submitted */
+	/* 4: unused (user space counts the events it reads; a per-event count here would
+	 * touch one more page per request) */
 	C_ADOPTED = 5,      /* untracked process accepted because its parent is a tracked master */
 	C_MAX = 8,
 };
@@ -122,7 +123,7 @@ struct nginxreq_event {
 	__u32 kind;
 	__u32 tgid; /* in the agent's PID namespace */
 	__u64 r;    /* request address: the request's identity within the worker */
-	__u64 ktime_ns; /* bpf_ktime_get_boot_ns() at free_request */
+	__u64 ktime_ns; /* bpf_ktime_get_boot_ns() at free_request, only with F_NO_CLOCK */
 	__u64 start_sec;
 	__u64 start_msec;
 	__u64 now_sec; /* nginx's cached clock (ngx_cached_time) */
@@ -315,26 +316,36 @@ struct {
 	__type(value, struct nginxreq_lua_acc);
 } nginxreq_lua_time SEC(".maps");
 
-/* A worker's listening sockets (ngx_listening_t) live as long as the worker: its kernel tgid
- * and the structure's address name one listener for good. */
-struct nginxreq_listener_key {
+/* What never changes in a process's life, keyed by its kernel tgid: its PID as the agent
+ * sees it (bpf_get_ns_current_pid_tgid costs as much as three reads of nginx's memory) and
+ * the listening sockets (ngx_listening_t) its requests came in on, which live as long as it
+ * does. The start time tells a later process that reuses the tgid from this one. Only
+ * tracked processes get an entry: the filter itself (nginxreq_procs) is still looked up on
+ * every request, so user space's changes to it take effect at once. */
+#define TASK_LISTENERS 4 /* a power of 2: indexes are masked with it */
+
+struct nginxreq_task_listener {
 	__u64 ls;
-	__u64 start;  /* the process's start time: a later process reusing the PID is another */
-	__u32 tgid;   /* kernel tgid */
+	__u16 family;
+	__u16 port; /* network order, as in the sockaddr */
 	__u32 _pad;
 };
 
-struct nginxreq_listener {
-	__u16 family;
-	__u16 port; /* network order, as in the sockaddr */
+struct nginxreq_task {
+	__u64 start;   /* the thread group leader's start_time */
+	__u32 tgid;    /* in the agent's PID namespace (or global, see lookup_proc) */
+	__u32 ns_mode; /* 1: tgid is from the agent's namespace */
+	__u32 nls;     /* listeners cached so far (the slots are reused round robin) */
+	__u32 _pad;
+	struct nginxreq_task_listener ls[TASK_LISTENERS];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
-	__type(key, struct nginxreq_listener_key);
-	__type(value, struct nginxreq_listener);
-} nginxreq_listeners SEC(".maps");
+	__type(key, __u32); /* kernel tgid */
+	__type(value, struct nginxreq_task);
+} nginxreq_tasks SEC(".maps");
 
 static __always_inline void count(__u32 idx)
 {
@@ -390,26 +401,42 @@ static __always_inline struct nginxreq_proc *adopt(__u32 tgid, int ns_mode)
 	return pp;
 }
 
-/* The calling process, if tracked. The map is keyed by the PID the agent sees, so a pod's
- * agent (its own PID namespace) and a host agent both work. */
-static __always_inline struct nginxreq_proc *lookup_proc(__u32 *tgid)
+/* The calling process, if tracked, and its entry in nginxreq_tasks (0 if it has none). The
+ * filter is keyed by the PID the agent sees, so a pod's agent (its own PID namespace) and a
+ * host agent both work. */
+static __always_inline struct nginxreq_proc *lookup_proc(__u32 *tgid, struct nginxreq_task **tp)
 {
-	struct bpf_pidns_info ns = {};
+	__u32 ktgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 start = bpf_get_current_task_btf()->group_leader->start_time;
+	struct nginxreq_task *t = bpf_map_lookup_elem(&nginxreq_tasks, &ktgid);
 	int ns_mode = 1;
-	if (bpf_get_ns_current_pid_tgid(agent_ns_dev, agent_ns_ino, &ns, sizeof(ns)) == 0) {
-		*tgid = ns.tgid;
-	} else if (agent_in_init_ns) {
-		/* nginx in a container, agent on the host: global PIDs are what it sees. */
-		*tgid = bpf_get_current_pid_tgid() >> 32;
-		ns_mode = 0;
+	if (t && t->start == start) {
+		*tgid = t->tgid;
+		ns_mode = t->ns_mode;
 	} else {
-		count(C_NS_ERR);
-		return 0;
+		struct bpf_pidns_info ns = {};
+		t = 0;
+		if (bpf_get_ns_current_pid_tgid(agent_ns_dev, agent_ns_ino, &ns, sizeof(ns)) == 0) {
+			*tgid = ns.tgid;
+		} else if (agent_in_init_ns) {
+			/* nginx in a container, agent on the host: global PIDs are what it sees. */
+			*tgid = ktgid;
+			ns_mode = 0;
+		} else {
+			count(C_NS_ERR);
+			return 0;
+		}
 	}
 	struct nginxreq_proc *p = bpf_map_lookup_elem(&nginxreq_procs, tgid);
-	if (p)
-		return p;
-	return adopt(*tgid, ns_mode);
+	if (!p)
+		p = adopt(*tgid, ns_mode);
+	if (p && !t) {
+		struct nginxreq_task v = {.start = start, .tgid = *tgid, .ns_mode = ns_mode};
+		bpf_map_update_elem(&nginxreq_tasks, &ktgid, &v, BPF_ANY);
+		t = bpf_map_lookup_elem(&nginxreq_tasks, &ktgid);
+	}
+	*tp = t;
+	return p;
 }
 
 static __always_inline void read_clock(struct nginxreq_event *e, struct nginxreq_proc *p)
@@ -423,21 +450,23 @@ static __always_inline void read_clock(struct nginxreq_event *e, struct nginxreq
 		return;
 	}
 	e->flags |= F_NO_CLOCK;
+	e->ktime_ns = bpf_ktime_get_boot_ns();
 }
 
-/* The listener's family and port: ls->sockaddr, then its first 4 bytes. */
-/* read_listener reads the listener's family and port: from the cache when this worker has
- * served that listener before (two dependent reads fewer per request). */
-static __always_inline void read_listener(struct nginxreq_event *e, __u64 ls)
+/* read_listener reads the listener's family and port (ls->sockaddr, then its first 4 bytes):
+ * from the process's cache when it has served that listener before, two dependent reads
+ * fewer per request. One process's requests run on one thread, so the cache has one writer. */
+static __always_inline void read_listener(struct nginxreq_event *e, __u64 ls, struct nginxreq_task *t)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct nginxreq_listener_key k = {.ls = ls, .tgid = bpf_get_current_pid_tgid() >> 32,
-					  .start = task->group_leader->start_time};
-	struct nginxreq_listener *cached = bpf_map_lookup_elem(&nginxreq_listeners, &k);
-	if (cached) {
-		e->family = cached->family;
-		e->local_port = cached->port;
-		return;
+	if (t) {
+#pragma unroll
+		for (int i = 0; i < TASK_LISTENERS; i++) {
+			if (t->ls[i].ls == ls && ls) {
+				e->family = t->ls[i].family;
+				e->local_port = t->ls[i].port;
+				return;
+			}
+		}
 	}
 	__u64 sa = 0;
 	if (!ls || bpf_probe_read_user(&sa, sizeof(sa), (void *)(ls + ngx_ls_to_sockaddr)) || !sa ||
@@ -445,12 +474,16 @@ static __always_inline void read_listener(struct nginxreq_event *e, __u64 ls)
 		e->flags |= F_LISTEN_ERR;
 		return;
 	}
-	struct nginxreq_listener v = {.family = e->family, .port = e->local_port};
-	bpf_map_update_elem(&nginxreq_listeners, &k, &v, BPF_ANY);
+	if (t) {
+		__u32 i = t->nls++ & (TASK_LISTENERS - 1);
+		t->ls[i].family = e->family;
+		t->ls[i].port = e->local_port;
+		t->ls[i].ls = ls;
+	}
 }
 
 static __always_inline void read_conn(struct nginxreq_event *e, __u64 c, __u32 sent_off, __u32 addr_off,
-				      __u32 listening_off, int want_addr)
+				      __u32 listening_off, int want_addr, struct nginxreq_task *t)
 {
 	__u64 addr[2] = {}; /* ngx_str_t: len, data */
 	__u64 v[2] = {};    /* listening, sent */
@@ -468,7 +501,7 @@ static __always_inline void read_conn(struct nginxreq_event *e, __u64 c, __u32 s
 			e->flags |= F_READ_ERR;
 		bpf_probe_read_user(v, sizeof(v[0]), (void *)(c + listening_off));
 	}
-	read_listener(e, v[0]);
+	read_listener(e, v[0], t);
 	if (want_addr && bpf_probe_read_user(addr, sizeof(addr), (void *)(c + addr_off)) == 0) {
 		e->addr_len = addr[0];
 		KW_READ_STR(e->addr, ADDR_LEN, addr[1], addr[0]);
@@ -567,24 +600,38 @@ static __always_inline __u32 read_server_name(char *dst, __u64 r, struct nginxre
 	return read_host(dst, cscf, l->cscf_name, flags);
 }
 
+/* The span read_upstream reads first: the ngx_array_t (40 bytes) and the start of the first
+ * element when the elements follow the header, as ngx_array_create allocates them. */
+#define UP_SPAN 64
+
 /* Sum response_time over the first tries of an ngx_array_t of ngx_http_upstream_state_t,
- * using the array's own element size as stride (72 in nginx, 112 in Kong 3.10+). */
+ * using the array's own element size as stride (72 in nginx, 112 in Kong 3.10+). The header
+ * and the first try's response_time come in one read when the elements follow the header. */
 static __always_inline int read_upstream(__u64 arr, __u32 rt_off, __u64 hdr[5], __u64 *sum)
 {
 	/* ngx_array_t: elts, nelts, size, nalloc, pool */
-	if (bpf_probe_read_user(hdr, 5 * sizeof(__u64), (void *)arr))
+	__u64 buf[UP_SPAN / 8];
+	int span = rt_off + 8 <= UP_SPAN - 40 && (rt_off & 7) == 0 &&
+		   bpf_probe_read_user(buf, sizeof(buf), (void *)arr) == 0;
+	if (!span && bpf_probe_read_user(buf, 5 * sizeof(__u64), (void *)arr))
 		return -1;
+#pragma unroll
+	for (int i = 0; i < 5; i++)
+		hdr[i] = buf[i];
 	if (hdr[1] == 0)
 		return 0;
 	if (hdr[2] < 16 || hdr[2] > 512 || hdr[1] > 64)
 		return -1;
+	span = span && hdr[0] == arr + 40;
 	__u64 total = 0;
 #pragma unroll
 	for (int i = 0; i < MAX_UP_TRIES; i++) {
 		if (i >= hdr[1])
 			break;
 		__u64 rt = 0;
-		if (bpf_probe_read_user(&rt, sizeof(rt), (void *)(hdr[0] + i * hdr[2] + rt_off)))
+		if (i == 0 && span)
+			rt = buf[((40 + rt_off) / 8) & (UP_SPAN / 8 - 1)];
+		else if (bpf_probe_read_user(&rt, sizeof(rt), (void *)(hdr[0] + i * hdr[2] + rt_off)))
 			return -1;
 		if (rt != (__u64)-1)
 			total += rt;
@@ -626,7 +673,8 @@ static long s_scan_cb(__u32 i, struct s_scan_ctx *c)
 }
 
 /* Fill a calibration event (reserved in the ring buffer, header already filled). */
-static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 now_sec, int want_addr)
+static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 now_sec, int want_addr,
+				      struct nginxreq_task *t)
 {
 	struct nginxreq_event *e = &cb->ev;
 
@@ -689,7 +737,7 @@ static __always_inline void calibrate(struct nginxreq_calib *cb, __u64 r, __u64 
 
 	__u64 c = 0;
 	bpf_probe_read_user(&c, sizeof(c), (void *)(r + ngx_r_to_conn));
-	read_conn(e, c, ngx_conn_sent, ngx_conn_addr, ngx_conn_listening, want_addr);
+	read_conn(e, c, ngx_conn_sent, ngx_conn_addr, ngx_conn_listening, want_addr, t);
 }
 
 static __always_inline void fill_common(struct nginxreq_event *e, struct nginxreq_proc *p, __u32 tgid, __u64 r,
@@ -698,7 +746,6 @@ static __always_inline void fill_common(struct nginxreq_event *e, struct nginxre
 	e->tgid = tgid;
 	e->r = r;
 	e->rc = rc;
-	e->ktime_ns = bpf_ktime_get_boot_ns();
 	e->layout_id = p->layout_id;
 	read_clock(e, p);
 }
@@ -708,7 +755,7 @@ static __always_inline void fill_common(struct nginxreq_event *e, struct nginxre
 
 /* The fast path: the layout is known. */
 static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, struct nginxreq_layout *l,
-					 const struct nginxreq_config *cfg)
+					 const struct nginxreq_config *cfg, struct nginxreq_task *t)
 {
 	e->kind = EV_REQUEST;
 	read_from_start(e, r, l->off_start, 1);
@@ -729,7 +776,7 @@ static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, stru
 		bpf_probe_read_user(&c, sizeof(c), (void *)(r + l->off_conn));
 		bpf_probe_read_user(&us, sizeof(us), (void *)(r + l->off_ustates));
 	}
-	read_conn(e, c, l->conn_sent, l->conn_addr, l->conn_listening, cfg->addr);
+	read_conn(e, c, l->conn_sent, l->conn_addr, l->conn_listening, cfg->addr, t);
 
 	if (us) {
 		__u64 hdr[5] = {}, sum = 0;
@@ -746,7 +793,8 @@ SEC("uprobe/ngx_http_free_request")
 int nginxreq_free_request(struct pt_regs *ctx)
 {
 	__u32 tgid = 0;
-	struct nginxreq_proc *p = lookup_proc(&tgid);
+	struct nginxreq_task *t = 0;
+	struct nginxreq_proc *p = lookup_proc(&tgid, &t);
 	if (!p)
 		return 0;
 	__u64 r = KW_PARM1(ctx);
@@ -770,9 +818,8 @@ int nginxreq_free_request(struct pt_regs *ctx)
 		}
 		__builtin_memset(cb, 0, sizeof(*cb) - SNAP_LEN);
 		fill_common(&cb->ev, p, tgid, r, rc);
-		calibrate(cb, r, cfg->now_sec, cfg->addr);
+		calibrate(cb, r, cfg->now_sec, cfg->addr, t);
 		bpf_ringbuf_submit(cb, wake_flags());
-		count(C_EVENTS);
 		return 0;
 	}
 
@@ -786,7 +833,7 @@ int nginxreq_free_request(struct pt_regs *ctx)
 			e = bpf_map_lookup_elem(&nginxreq_pending, &id);
 		if (e) {
 			fill_common(e, p, tgid, r, rc);
-			fill_request(e, r, l, cfg);
+			fill_request(e, r, l, cfg, t);
 			return 0;
 		}
 		count(C_PENDING_LOST); /* emit without Lua timing instead */
@@ -799,9 +846,8 @@ int nginxreq_free_request(struct pt_regs *ctx)
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	fill_common(e, p, tgid, r, rc);
-	fill_request(e, r, l, cfg);
+	fill_request(e, r, l, cfg, t);
 	bpf_ringbuf_submit(e, wake_flags());
-	count(C_EVENTS);
 	return 0;
 }
 
@@ -822,8 +868,6 @@ int nginxreq_free_request_ret(struct pt_regs *ctx)
 	}
 	if (bpf_ringbuf_output(&nginxreq_events, e, sizeof(*e), wake_flags()))
 		count(C_RING_DROP);
-	else
-		count(C_EVENTS);
 	if (acc)
 		bpf_map_delete_elem(&nginxreq_lua_time, &k);
 	bpf_map_delete_elem(&nginxreq_pending, &id);
@@ -835,7 +879,8 @@ SEC("uprobe/ngx_http_lua_handler")
 int nginxreq_lua_enter(struct pt_regs *ctx)
 {
 	__u32 tgid = 0;
-	struct nginxreq_proc *p = lookup_proc(&tgid);
+	struct nginxreq_task *t = 0;
+	struct nginxreq_proc *p = lookup_proc(&tgid, &t);
 	if (!p)
 		return 0;
 	__u32 lid = p->layout_id;

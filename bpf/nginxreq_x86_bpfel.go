@@ -45,7 +45,6 @@ const (
 	NginxReqNginxreqCounterC_CALIB_DROP   NginxReqNginxreqCounter = 1
 	NginxReqNginxreqCounterC_NS_ERR       NginxReqNginxreqCounter = 2
 	NginxReqNginxreqCounterC_PENDING_LOST NginxReqNginxreqCounter = 3
-	NginxReqNginxreqCounterC_EVENTS       NginxReqNginxreqCounter = 4
 	NginxReqNginxreqCounterC_ADOPTED      NginxReqNginxreqCounter = 5
 	NginxReqNginxreqCounterC_MAX          NginxReqNginxreqCounter = 8
 )
@@ -122,20 +121,6 @@ type NginxReqNginxreqLayout struct {
 	ConnListening uint32
 }
 
-type NginxReqNginxreqListener struct {
-	_      structs.HostLayout
-	Family uint16
-	Port   uint16
-}
-
-type NginxReqNginxreqListenerKey struct {
-	_     structs.HostLayout
-	Ls    uint64
-	Start uint64
-	Tgid  uint32
-	Pad   uint32
-}
-
 type NginxReqNginxreqLuaAcc struct {
 	_  structs.HostLayout
 	Ns [7]uint64
@@ -181,6 +166,22 @@ type NginxReqNginxreqProc struct {
 	Master         uint32
 }
 
+type NginxReqNginxreqTask struct {
+	_      structs.HostLayout
+	Start  uint64
+	Tgid   uint32
+	NsMode uint32
+	Nls    uint32
+	Pad    uint32
+	Ls     [4]struct {
+		_      structs.HostLayout
+		Ls     uint64
+		Family uint16
+		Port   uint16
+		Pad    uint32
+	}
+}
+
 type NginxReqNginxreqUpcand struct {
 	_     structs.HostLayout
 	Ptr   uint64
@@ -198,11 +199,11 @@ const (
 	NginxReqMapNginxreqCounters        = "nginxreq_counters"
 	NginxReqMapNginxreqEvents          = "nginxreq_events"
 	NginxReqMapNginxreqLayouts         = "nginxreq_layouts"
-	NginxReqMapNginxreqListeners       = "nginxreq_listeners"
 	NginxReqMapNginxreqLuaCalls        = "nginxreq_lua_calls"
 	NginxReqMapNginxreqLuaTime         = "nginxreq_lua_time"
 	NginxReqMapNginxreqPending         = "nginxreq_pending"
 	NginxReqMapNginxreqProcs           = "nginxreq_procs"
+	NginxReqMapNginxreqTasks           = "nginxreq_tasks"
 	NginxReqMapNginxreqZero            = "nginxreq_zero"
 	NginxReqProgNginxreqFreeRequest    = "nginxreq_free_request"
 	NginxReqProgNginxreqFreeRequestRet = "nginxreq_free_request_ret"
@@ -287,16 +288,16 @@ type NginxReqProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type NginxReqMapSpecs struct {
-	NginxreqCfg       *ebpf.MapSpec `ebpf:"nginxreq_cfg"`
-	NginxreqCounters  *ebpf.MapSpec `ebpf:"nginxreq_counters"`
-	NginxreqEvents    *ebpf.MapSpec `ebpf:"nginxreq_events"`
-	NginxreqLayouts   *ebpf.MapSpec `ebpf:"nginxreq_layouts"`
-	NginxreqListeners *ebpf.MapSpec `ebpf:"nginxreq_listeners"`
-	NginxreqLuaCalls  *ebpf.MapSpec `ebpf:"nginxreq_lua_calls"`
-	NginxreqLuaTime   *ebpf.MapSpec `ebpf:"nginxreq_lua_time"`
-	NginxreqPending   *ebpf.MapSpec `ebpf:"nginxreq_pending"`
-	NginxreqProcs     *ebpf.MapSpec `ebpf:"nginxreq_procs"`
-	NginxreqZero      *ebpf.MapSpec `ebpf:"nginxreq_zero"`
+	NginxreqCfg      *ebpf.MapSpec `ebpf:"nginxreq_cfg"`
+	NginxreqCounters *ebpf.MapSpec `ebpf:"nginxreq_counters"`
+	NginxreqEvents   *ebpf.MapSpec `ebpf:"nginxreq_events"`
+	NginxreqLayouts  *ebpf.MapSpec `ebpf:"nginxreq_layouts"`
+	NginxreqLuaCalls *ebpf.MapSpec `ebpf:"nginxreq_lua_calls"`
+	NginxreqLuaTime  *ebpf.MapSpec `ebpf:"nginxreq_lua_time"`
+	NginxreqPending  *ebpf.MapSpec `ebpf:"nginxreq_pending"`
+	NginxreqProcs    *ebpf.MapSpec `ebpf:"nginxreq_procs"`
+	NginxreqTasks    *ebpf.MapSpec `ebpf:"nginxreq_tasks"`
+	NginxreqZero     *ebpf.MapSpec `ebpf:"nginxreq_zero"`
 }
 
 // NginxReqVariableSpecs contains global variables before they are loaded into the kernel.
@@ -350,16 +351,16 @@ func (o *NginxReqObjects) Close() error {
 //
 // It can be passed to LoadNginxReqObjects or ebpf.CollectionSpec.LoadAndAssign.
 type NginxReqMaps struct {
-	NginxreqCfg       *ebpf.Map `ebpf:"nginxreq_cfg"`
-	NginxreqCounters  *ebpf.Map `ebpf:"nginxreq_counters"`
-	NginxreqEvents    *ebpf.Map `ebpf:"nginxreq_events"`
-	NginxreqLayouts   *ebpf.Map `ebpf:"nginxreq_layouts"`
-	NginxreqListeners *ebpf.Map `ebpf:"nginxreq_listeners"`
-	NginxreqLuaCalls  *ebpf.Map `ebpf:"nginxreq_lua_calls"`
-	NginxreqLuaTime   *ebpf.Map `ebpf:"nginxreq_lua_time"`
-	NginxreqPending   *ebpf.Map `ebpf:"nginxreq_pending"`
-	NginxreqProcs     *ebpf.Map `ebpf:"nginxreq_procs"`
-	NginxreqZero      *ebpf.Map `ebpf:"nginxreq_zero"`
+	NginxreqCfg      *ebpf.Map `ebpf:"nginxreq_cfg"`
+	NginxreqCounters *ebpf.Map `ebpf:"nginxreq_counters"`
+	NginxreqEvents   *ebpf.Map `ebpf:"nginxreq_events"`
+	NginxreqLayouts  *ebpf.Map `ebpf:"nginxreq_layouts"`
+	NginxreqLuaCalls *ebpf.Map `ebpf:"nginxreq_lua_calls"`
+	NginxreqLuaTime  *ebpf.Map `ebpf:"nginxreq_lua_time"`
+	NginxreqPending  *ebpf.Map `ebpf:"nginxreq_pending"`
+	NginxreqProcs    *ebpf.Map `ebpf:"nginxreq_procs"`
+	NginxreqTasks    *ebpf.Map `ebpf:"nginxreq_tasks"`
+	NginxreqZero     *ebpf.Map `ebpf:"nginxreq_zero"`
 }
 
 func (m *NginxReqMaps) Close() error {
@@ -368,11 +369,11 @@ func (m *NginxReqMaps) Close() error {
 		m.NginxreqCounters,
 		m.NginxreqEvents,
 		m.NginxreqLayouts,
-		m.NginxreqListeners,
 		m.NginxreqLuaCalls,
 		m.NginxreqLuaTime,
 		m.NginxreqPending,
 		m.NginxreqProcs,
+		m.NginxreqTasks,
 		m.NginxreqZero,
 	)
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
 )
 
@@ -449,4 +450,25 @@ func reportCPU(b *testing.B) func() {
 	}
 	start := cpu()
 	return func() { b.ReportMetric(float64(cpu()-start)/float64(b.N), "cpu-ns/op") }
+}
+
+// A route the agent computed once (model.Request.Route) counts exactly as the URI it came from.
+func TestObserveWithRoute(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	with, without := New(Options{Now: clk.Now}), New(Options{Now: clk.Now})
+	for i := range 500 {
+		r := req([]string{"GET", "POST"}[i%2], fmt.Sprintf("svc%d.example.com", i%5),
+			fmt.Sprintf("/api/v1/users/%d/orders?limit=%d", i*31, i), 200+i%4*100, time.Duration(1+i%40)*time.Millisecond)
+		r.URITruncated = i%7 == 0
+		without.Observe(r)
+		r.Route = pathnorm.AppendCut(nil, r.URI, r.URITruncated)
+		with.Observe(r)
+	}
+	a, b := with.Snapshot().Total, without.Snapshot().Total
+	show := func(s v1alpha1.Summary) string {
+		return fmt.Sprintf("%+v %+v %v %v %+v", s.Hosts, s.Paths, s.Methods, s.StatusCodes, s.LatencyMs)
+	}
+	if show(a) != show(b) || len(a.Paths) != 2 {
+		t.Fatalf("with the route:\n%s\nwithout:\n%s", show(a), show(b))
+	}
 }

@@ -9,10 +9,12 @@ import (
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
 	"github.com/kong-watcher/kong-watcher/agent/listeners"
 	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
 )
 
 // namer is the pipeline's first stage: it names each request's listener (model.Request's
-// Listener) with the names of the gateway whose process served it, then hands it on.
+// Listener) with the names of the gateway whose process served it, and its route (Route,
+// once for the aggregator and the metrics), then hands it on.
 type namer struct {
 	next     model.Sink
 	procRoot string
@@ -26,6 +28,11 @@ type namer struct {
 	// adopted holds PIDs not (yet) in byPID, named through their parent: workers a reload
 	// or a crash forked since discovery's last scan. Emptied whenever byPID is rebuilt.
 	adopted map[int]listeners.Set
+
+	// routeMu guards route, the buffer of the request being handed on (data paths may run
+	// side by side; the reporters after this stage serialise them anyway).
+	routeMu sync.Mutex
+	route   []byte
 }
 
 type namedGateway struct {
@@ -43,7 +50,11 @@ func newNamer(next model.Sink, procRoot string, override *listeners.Set) *namer 
 
 func (n *namer) Observe(r *model.Request) {
 	r.Listener = n.setOf(r.PID).Name(r.LocalPort, r.UnixListener, r.ListenerKnown)
+	n.routeMu.Lock()
+	r.Route = pathnorm.AppendCut(n.route[:0], r.URI, r.URITruncated)
 	n.next.Observe(r)
+	n.route, r.Route = r.Route, nil
+	n.routeMu.Unlock()
 }
 
 // setOf returns the names of the gateway process pid belongs to: its own gateway's, or its

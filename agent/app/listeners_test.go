@@ -12,6 +12,7 @@ import (
 	"github.com/kong-watcher/kong-watcher/agent/discovery"
 	"github.com/kong-watcher/kong-watcher/agent/listeners"
 	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
 )
 
 // A fake /proc: a Kong gateway (master 10, workers 11 and 12; 13 is a worker forked since the
@@ -140,5 +141,35 @@ func TestNamerDoesNotAllocate(t *testing.T) {
 	n.Observe(r)
 	if allocs := testing.AllocsPerRun(100, func() { n.Observe(r) }); allocs != 0 || r.Listener != "9000" {
 		t.Errorf("%v allocations, listener %q", allocs, r.Listener)
+	}
+}
+
+// The namer hands each request on with its route key computed once, the same the reporters
+// would compute, and takes it back afterwards (the buffer is reused).
+func TestNamerRoute(t *testing.T) {
+	root := fakeProcs(t)
+	n := newNamer(&recorder{}, root, nil)
+	var got []string
+	n.next = model.SinkFunc(func(r *model.Request) {
+		if r.Route == nil {
+			t.Fatalf("%q: no route", r.URI)
+		}
+		if want := pathnorm.AppendCut(nil, r.URI, r.URITruncated); string(r.Route) != string(want) {
+			t.Errorf("%q (cut %v): route %q, want %q", r.URI, r.URITruncated, r.Route, want)
+		}
+		got = append(got, string(r.Route))
+	})
+	for _, r := range []model.Request{
+		{URI: "/users/123?x=1"}, {URI: "/"}, {URI: "*"}, {URI: "http://h/a/b"}, {URI: "/users/adm", URITruncated: true},
+		{URI: "not a uri"}, {URI: ""},
+	} {
+		r.PID = 11
+		n.Observe(&r)
+		if r.Route != nil {
+			t.Errorf("%q: route left on the request after Observe", r.URI)
+		}
+	}
+	if len(got) != 7 || got[0] != "/users/{id}" {
+		t.Fatalf("routes %q", got)
 	}
 }

@@ -86,6 +86,10 @@ type Request struct {
 	// port number, ...), given by the agent from the gateway's configuration before the
 	// request reaches the aggregator and the metrics; "" counts as ListenerProxy.
 	Listener string
+	// Route is URI's route key (pathnorm.AppendCut), computed once by the agent for every
+	// reporter that keys on it; valid only while the request is being observed. nil: not
+	// computed, a reporter computes it itself.
+	Route []byte
 }
 
 // Listener names every data path and reporter shares.

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/kong-watcher/kong-watcher/agent/model"
+	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
 )
 
 func newTestMetrics(t testing.TB, o MetricsOptions) (*Metrics, *prometheus.Registry) {
@@ -492,5 +493,33 @@ func TestMetricsBoundedUnderRandomStream(t *testing.T) {
 		if got["host"][fmt.Sprintf("h%d", k)] == 0 {
 			t.Errorf("h%d has no series: %v", k, got["host"])
 		}
+	}
+}
+
+// A route the agent computed once (model.Request.Route) gives the same series as the URI.
+func TestMetricsObserveWithRoute(t *testing.T) {
+	with, regWith := newTestMetrics(t, MetricsOptions{})
+	without, regWithout := newTestMetrics(t, MetricsOptions{})
+	for i := range 300 {
+		r := &model.Request{Method: []string{"GET", "PUT"}[i%2], Host: fmt.Sprintf("h%d.example.com", i%4),
+			URI: fmt.Sprintf("/api/items/%d?q=%d", i*17, i), URITruncated: i%5 == 0, Status: 200 + i%3*100,
+			Latency: time.Duration(1+i%9) * time.Millisecond}
+		without.Observe(r)
+		r.Route = pathnorm.AppendCut(nil, r.URI, r.URITruncated)
+		with.Observe(r)
+	}
+	// The series and their values (not their creation times).
+	series := func(reg *prometheus.Registry) string {
+		var sb strings.Builder
+		for _, mf := range must(reg.Gather()) {
+			for _, m := range mf.GetMetric() {
+				fmt.Fprintf(&sb, "%s%v %v %v\n", mf.GetName(), m.GetLabel(), m.GetCounter().GetValue(), m.GetHistogram().GetSampleCount())
+			}
+		}
+		return sb.String()
+	}
+	a, b := series(regWith), series(regWithout)
+	if a != b || !strings.Contains(a, `value:"/api/items/{id}"`) {
+		t.Fatalf("with the route:\n%s\nwithout:\n%s", a, b)
 	}
 }

@@ -281,15 +281,32 @@ struct {
 } nginxreq_counters SEC(".maps");
 
 /* An all-zero event (never written): the initial value of a parked event, which is then
- * filled in place. Events are too big for the 512-byte stack, and a per-CPU scratch buffer
- * would be shared by two tasks if one were preempted inside the program (uprobe programs
- * run with migration, not preemption, disabled). */
+ * filled in place. Events are too big for the 512-byte stack, and a parked event lives from
+ * free_request's entry to its return, so it is the thread's, not the CPU's. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct nginxreq_event);
 } nginxreq_zero SEC(".maps");
+
+/* The event being built, per CPU, so that only the bytes the decoder needs reach the ring:
+ * a request record ends with its URI (the address after it only when the per-request log
+ * reads it), ~240 bytes instead of 456, written to the ring in one copy from memory that
+ * stays in cache. busy guards against a second task on this CPU (the program can be
+ * preempted, not migrated): that one builds its event in the ring instead. */
+struct nginxreq_scratch {
+	__u32 busy;
+	__u32 _pad;
+	struct nginxreq_event ev;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nginxreq_scratch);
+} nginxreq_scratch SEC(".maps");
 
 /* Lua mode: the event between free_request's entry and return, per thread (a call stack). */
 struct {
@@ -750,6 +767,16 @@ static __always_inline void fill_common(struct nginxreq_event *e, struct nginxre
 	read_clock(e, p);
 }
 
+/* The bytes of a request event the decoder reads: up to the end of the URI's copy, or the
+ * whole event when the client address follows it. */
+static __always_inline __u32 event_len(const struct nginxreq_event *e)
+{
+	if (e->addr_len)
+		return sizeof(*e);
+	__u32 n = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
+	return __builtin_offsetof(struct nginxreq_event, uri) + n;
+}
+
 /* The span of the connection + upstream_states read (a power of 2: indexes are masked). */
 #define CU_SPAN 128
 
@@ -839,6 +866,21 @@ int nginxreq_free_request(struct pt_regs *ctx)
 		count(C_PENDING_LOST); /* emit without Lua timing instead */
 	}
 
+	struct nginxreq_scratch *sc = bpf_map_lookup_elem(&nginxreq_scratch, &zero);
+	if (sc && !sc->busy) {
+		sc->busy = 1;
+		struct nginxreq_event *e = &sc->ev;
+		/* The strings' bytes beyond their lengths are never read: only the fields before
+		 * them need zeroing. */
+		__builtin_memset(e, 0, __builtin_offsetof(struct nginxreq_event, method));
+		fill_common(e, p, tgid, r, rc);
+		fill_request(e, r, l, cfg, t);
+		if (bpf_ringbuf_output(&nginxreq_events, e, event_len(e), wake_flags()))
+			count(C_RING_DROP);
+		sc->busy = 0;
+		return 0;
+	}
+
 	struct nginxreq_event *e = bpf_ringbuf_reserve(&nginxreq_events, sizeof(*e), 0);
 	if (!e) {
 		count(C_RING_DROP);
@@ -866,7 +908,7 @@ int nginxreq_free_request_ret(struct pt_regs *ctx)
 			e->lua_ns[i] = acc->ns[i] > 0xffffffffULL ? 0xffffffffU : (__u32)acc->ns[i];
 		e->flags |= F_HAS_LUA;
 	}
-	if (bpf_ringbuf_output(&nginxreq_events, e, sizeof(*e), wake_flags()))
+	if (bpf_ringbuf_output(&nginxreq_events, e, event_len(e), wake_flags()))
 		count(C_RING_DROP);
 	if (acc)
 		bpf_map_delete_elem(&nginxreq_lua_time, &k);

@@ -166,6 +166,13 @@ type NginxReqNginxreqProc struct {
 	Master         uint32
 }
 
+type NginxReqNginxreqScratch struct {
+	_    structs.HostLayout
+	Busy uint32
+	Pad  uint32
+	Ev   NginxReqNginxreqEvent
+}
+
 type NginxReqNginxreqTask struct {
 	_      structs.HostLayout
 	Start  uint64
@@ -203,6 +210,7 @@ const (
 	NginxReqMapNginxreqLuaTime         = "nginxreq_lua_time"
 	NginxReqMapNginxreqPending         = "nginxreq_pending"
 	NginxReqMapNginxreqProcs           = "nginxreq_procs"
+	NginxReqMapNginxreqScratch         = "nginxreq_scratch"
 	NginxReqMapNginxreqTasks           = "nginxreq_tasks"
 	NginxReqMapNginxreqZero            = "nginxreq_zero"
 	NginxReqProgNginxreqFreeRequest    = "nginxreq_free_request"
@@ -296,6 +304,7 @@ type NginxReqMapSpecs struct {
 	NginxreqLuaTime  *ebpf.MapSpec `ebpf:"nginxreq_lua_time"`
 	NginxreqPending  *ebpf.MapSpec `ebpf:"nginxreq_pending"`
 	NginxreqProcs    *ebpf.MapSpec `ebpf:"nginxreq_procs"`
+	NginxreqScratch  *ebpf.MapSpec `ebpf:"nginxreq_scratch"`
 	NginxreqTasks    *ebpf.MapSpec `ebpf:"nginxreq_tasks"`
 	NginxreqZero     *ebpf.MapSpec `ebpf:"nginxreq_zero"`
 }
@@ -359,6 +368,7 @@ type NginxReqMaps struct {
 	NginxreqLuaTime  *ebpf.Map `ebpf:"nginxreq_lua_time"`
 	NginxreqPending  *ebpf.Map `ebpf:"nginxreq_pending"`
 	NginxreqProcs    *ebpf.Map `ebpf:"nginxreq_procs"`
+	NginxreqScratch  *ebpf.Map `ebpf:"nginxreq_scratch"`
 	NginxreqTasks    *ebpf.Map `ebpf:"nginxreq_tasks"`
 	NginxreqZero     *ebpf.Map `ebpf:"nginxreq_zero"`
 }
@@ -373,6 +383,7 @@ func (m *NginxReqMaps) Close() error {
 		m.NginxreqLuaTime,
 		m.NginxreqPending,
 		m.NginxreqProcs,
+		m.NginxreqScratch,
 		m.NginxreqTasks,
 		m.NginxreqZero,
 	)

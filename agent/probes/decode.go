@@ -45,7 +45,18 @@ type (
 const (
 	eventSize = int(unsafe.Sizeof(rawEvent{}))
 	calibSize = int(unsafe.Sizeof(rawCalib{}))
+	// eventHead is the shortest request record: everything before the URI's bytes.
+	eventHead = int(unsafe.Offsetof(rawEvent{}.Uri))
 )
+
+// eventLen is the length of a request record whose fields are ev's: up to the end of the
+// URI's copy, or the whole event when it carries the client address.
+func eventLen(ev *rawEvent) int {
+	if ev.AddrLen > 0 {
+		return eventSize
+	}
+	return eventHead + min(int(ev.UriLen), len(ev.Uri))
+}
 
 // luaPhaseOf maps the BPF program's phase index (its attach cookie) to the model's.
 var luaPhaseOf = [bpf.NginxReqNginxreqLuaPhaseLUA_NPHASES]model.LuaPhase{
@@ -79,10 +90,16 @@ func parseRecord(raw []byte, into *record, calib *rawCalib) error {
 	into.kind = binary.LittleEndian.Uint32(raw)
 	switch into.kind {
 	case evRequest:
-		if len(raw) < eventSize {
-			return fmt.Errorf("request event: %w (%d < %d)", errShortRecord, len(raw), eventSize)
+		// The record ends where the decoder stops reading: after the URI's bytes, or after
+		// the client address when the per-request log is on (see event_len in nginxreq.c).
+		if len(raw) < eventHead {
+			return fmt.Errorf("request event: %w (%d < %d)", errShortRecord, len(raw), eventHead)
 		}
-		copy(unsafe.Slice((*byte)(unsafe.Pointer(&into.ev)), eventSize), raw)
+		n := copy(unsafe.Slice((*byte)(unsafe.Pointer(&into.ev)), eventSize), raw)
+		clear(unsafe.Slice((*byte)(unsafe.Pointer(&into.ev)), eventSize)[n:])
+		if need := eventLen(&into.ev); n < need {
+			return fmt.Errorf("request event: %w (%d bytes, its strings need %d)", errShortRecord, n, need)
+		}
 		into.calib = nil
 	case evCalib:
 		if len(raw) < calibSize {

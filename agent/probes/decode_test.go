@@ -2,6 +2,8 @@ package probes
 
 import (
 	"encoding/binary"
+	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -223,9 +225,51 @@ func bpfUp(ptr, nelts, size, pool, sum uint64) bpf.NginxReqNginxreqUpcand {
 	return bpf.NginxReqNginxreqUpcand{Ptr: ptr, Nelts: nelts, Size: size, Pool: pool, SumMs: sum}
 }
 
+// TestShortRecords: a request record ends where its strings do (the program sends no more),
+// decodes as the whole event would, and is refused when it is shorter than its own lengths.
+func TestShortRecords(t *testing.T) {
+	full := sampleEvent()
+	full.AddrLen = 0
+	bytesOf := func(ev *rawEvent) []byte { return unsafe.Slice((*byte)(unsafe.Pointer(ev)), eventSize) }
+	n := eventLen(&full)
+	if n != eventHead+len("/users/1?x=1") || n >= eventSize {
+		t.Fatalf("record of %d bytes for a %d-byte URI (head %d)", n, full.UriLen, eventHead)
+	}
+	var r record
+	var c rawCalib
+	// The record type is reused: a previous, whole event must leave nothing behind.
+	prev := sampleEvent()
+	prev.UriLen = setStr(prev.Uri[:], strings.Repeat("/x", 80))
+	if err := parseRecord(bytesOf(&prev), &r, &c); err != nil {
+		t.Fatal(err)
+	}
+	if err := parseRecord(bytesOf(&full)[:n], &r, &c); err != nil {
+		t.Fatal(err)
+	}
+	var got, want model.Request
+	clock{}.toRequest(&r.ev, r.ev.Status, &got)
+	clock{}.toRequest(&full, full.Status, &want)
+	if !reflect.DeepEqual(got, want) || r.ev.Addr != ([48]int8{}) || r.ev.Uri[n-eventHead] != 0 {
+		t.Fatalf("short record decoded as %+v, want %+v", got, want)
+	}
+	// Shorter than its URI, or cut before the address it says it has: refused.
+	if err := parseRecord(bytesOf(&full)[:n-1], &r, &c); !errors.Is(err, errShortRecord) {
+		t.Fatalf("record shorter than its URI: %v", err)
+	}
+	withAddr := sampleEvent()
+	if err := parseRecord(bytesOf(&withAddr)[:eventLen(&full)], &r, &c); !errors.Is(err, errShortRecord) {
+		t.Fatalf("record cut before its address: %v", err)
+	}
+	if err := parseRecord(bytesOf(&full)[:eventHead-1], &r, &c); !errors.Is(err, errShortRecord) {
+		t.Fatalf("record shorter than the head: %v", err)
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	ev := sampleEvent()
 	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), eventSize))
+	ev.AddrLen = 0
+	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), eventLen(&ev))) // as the program sends it
 	cb := new(rawCalib)
 	cb.Ev = sampleEvent()
 	cb.Ev.Kind = evCalib

@@ -14,14 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/go-logr/logr/testr"
 
 	"github.com/kong-watcher/kong-watcher/agent/aggregate"
+	"github.com/kong-watcher/kong-watcher/agent/kernel"
 	"github.com/kong-watcher/kong-watcher/agent/model"
 	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
-
-	"github.com/kong-watcher/kong-watcher/agent/kernel"
+	"github.com/kong-watcher/kong-watcher/bpf"
 )
 
 type collector struct {
@@ -399,5 +400,36 @@ func TestPerfEventFallback(t *testing.T) {
 	}
 	if lua == 0 {
 		t.Fatal("no Lua timing through perf-event uprobes")
+	}
+}
+
+// TestEventsBuiltInTheRing: when a CPU's scratch event is in use (a task preempted inside the
+// program), the program builds the event in the ring instead; that path is exact too. The
+// scratch is marked in use on every CPU from here, and stays so: the fast path never ran.
+func TestEventsBuiltInTheRing(t *testing.T) {
+	requireIntegration(t)
+	n := startNginx(t)
+	p, c := startProbes(t, n, Options{})
+	m := p.objs.NginxreqScratch
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy := make([]bpf.NginxReqNginxreqScratch, ncpu)
+	for i := range busy {
+		busy[i].Busy = 1
+	}
+	if err := m.Update(uint32(0), busy, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	checkAgainstLog(t, n, p, c, traffic(t, n, 5))
+	var after []bpf.NginxReqNginxreqScratch
+	if err := m.Lookup(uint32(0), &after); err != nil {
+		t.Fatal(err)
+	}
+	for cpu, v := range after {
+		if v.Busy != 1 {
+			t.Fatalf("CPU %d's scratch was used", cpu)
+		}
 	}
 }

@@ -171,6 +171,7 @@ type NginxReqNginxreqScratch struct {
 	Busy uint32
 	Pad  uint32
 	Ev   NginxReqNginxreqEvent
+	Rbuf [128]uint64
 }
 
 type NginxReqNginxreqTask struct {

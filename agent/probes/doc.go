@@ -15,12 +15,14 @@
 // upstream_states (response_time summed over up to 4 tries, stride = the array's own
 // element size) for $upstream_response_time, connection->sent ($bytes_sent; the HTTP/2
 // stream's fake connection carries the stream's bytes) and connection->addr_text. Each
-// request becomes one fixed-size 456-byte event in a BPF ring buffer; wake-ups are batched
-// (BPF_RB_NO_WAKEUP until a quarter of the ring is full) and Run polls every 150 ms.
+// request becomes one event in a BPF ring buffer, cut after its URI's bytes (the client
+// address follows only when it was read); wake-ups are batched (BPF_RB_NO_WAKEUP until a
+// quarter of the ring is full) and Run polls every 150 ms.
 // Lost events (ring full) are counted per CPU and reported in Status.Dropped.
 //
 // Processes are filtered in the kernel by the PID the agent sees: bpf_get_ns_current_pid_tgid
-// with the agent's own PID namespace (dev, ino set as load-time constants). When the agent
+// with the agent's own PID namespace (dev, ino set as load-time constants), once per process
+// (cached by kernel tgid and start time). When the agent
 // runs in the initial namespace and nginx in a container, the helper cannot match and the
 // program falls back to global PIDs (what such an agent sees in /proc).
 //

@@ -793,7 +793,8 @@ static __always_inline __u32 event_len(const struct nginxreq_event *e)
 static __always_inline int read_r_span(struct nginxreq_event *e, __u64 r, struct nginxreq_layout *l, __u64 *buf)
 {
 	__u32 lo = l->off_server, so = l->off_start - lo, sd = l->off_status - lo;
-	if (l->off_start <= lo || l->off_status <= lo || ((lo | so | sd) & 7) || so >= 512 || sd >= R_SPAN)
+	/* status must lie within the bytes read: the rest of buf holds an earlier request's. */
+	if (l->off_start <= lo || l->off_status <= lo || ((lo | so | sd) & 7) || so >= 512 || sd + 8 > so + 128)
 		return -1;
 	/* Checked above; masked again so that the verifier sees the bounds on what is used. */
 	kw_barrier_var(so);

@@ -1,6 +1,7 @@
 package probes
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	"github.com/kong-watcher/kong-watcher/agent/model"
@@ -9,15 +10,19 @@ import (
 )
 
 func (p *Probes) handle(raw []byte, r *record, req *model.Request, sink model.Sink) {
+	if len(raw) >= 4 && binary.LittleEndian.Uint32(raw) == evRequest {
+		// Nearly every record: no calibration buffer needed.
+		if err := parseRecord(raw, r, nil); err != nil {
+			p.decodeErrs.Add(1)
+			return
+		}
+		p.deliver(&r.ev, req, sink)
+		return
+	}
 	cb := p.calPool.Get().(*rawCalib)
 	if err := parseRecord(raw, r, cb); err != nil {
 		p.calPool.Put(cb)
 		p.decodeErrs.Add(1)
-		return
-	}
-	if r.kind == evRequest {
-		p.calPool.Put(cb)
-		p.deliver(&r.ev, req, sink)
 		return
 	}
 	p.calibs.Add(1)

@@ -81,8 +81,9 @@ type record struct {
 	calib *rawCalib // only for calibration events
 }
 
-// parseRecord copies a raw ring buffer record into a typed one. It never trusts the record's
-// contents beyond its length: strings are clamped when converted.
+// parseRecord copies a raw ring buffer record into a typed one, a calibration record into
+// calib (nil: refused). It never trusts the record's contents beyond its length: strings are
+// clamped when converted.
 func parseRecord(raw []byte, into *record, calib *rawCalib) error {
 	if len(raw) < 4 {
 		return errShortRecord
@@ -102,6 +103,9 @@ func parseRecord(raw []byte, into *record, calib *rawCalib) error {
 		}
 		into.calib = nil
 	case evCalib:
+		if calib == nil {
+			return errors.New("calibration event: no buffer for it")
+		}
 		if len(raw) < calibSize {
 			return fmt.Errorf("calibration event: %w (%d < %d)", errShortRecord, len(raw), calibSize)
 		}
@@ -138,8 +142,41 @@ func proto(v uint64) string {
 	return ""
 }
 
-// clock converts the kernel's boot-time clock to wall time.
-type clock struct{ bootToWall time.Duration }
+// clock turns events into requests: it converts the kernel's boot-time clock to wall time,
+// and hosts (nil: none) keeps the Host strings it made, so that the few hosts a gateway
+// serves are not allocated again for every request. Used by one goroutine at a time.
+type clock struct {
+	bootToWall time.Duration
+	hosts      *hostCache
+}
+
+// hostCache holds up to maxHosts Host strings; when full it starts again (a flood of
+// distinct hosts costs what it did without it).
+type hostCache struct{ m map[string]string }
+
+const maxHosts = 256
+
+func newHostCache() *hostCache { return &hostCache{m: make(map[string]string, maxHosts)} }
+
+// str is str(b, n) from the cache.
+func (h *hostCache) str(b []int8, n uint32) string {
+	if h == nil {
+		return str(b, n)
+	}
+	if int(n) < len(b) {
+		b = b[:n]
+	}
+	key := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(b))), len(b))
+	if s, ok := h.m[string(key)]; ok {
+		return s
+	}
+	if len(h.m) >= maxHosts {
+		clear(h.m)
+	}
+	s := string(key)
+	h.m[s] = s
+	return s
+}
 
 // toRequest fills out from a request event. status is headers_out.status (for calibration
 // events it comes from the snapshot).
@@ -162,7 +199,7 @@ func (c clock) toRequest(ev *rawEvent, status uint64, out *model.Request) {
 	} else {
 		out.Method = str(ev.Method[:], ev.MethodLen)
 	}
-	out.Host = str(ev.Host[:], ev.HostLen)
+	out.Host = c.hosts.str(ev.Host[:], ev.HostLen)
 	out.URI = str(ev.Uri[:], ev.UriLen)
 	// The record carries the real lengths: longer than the buffer means the value was cut
 	// (the buffers are model.MaxHostLen and model.MaxURILen bytes, see TestEventSizes).

@@ -3,6 +3,7 @@ package probes
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -385,5 +386,34 @@ func TestNginxOffsetsFitTheProgram(t *testing.T) {
 		len(cb.SnLen) != len(nginxlayout.ServerNameCandidates) {
 		t.Errorf("candidate arrays: record %d/%d/%d, nginxlayout %d/%d/%d", len(cb.Up), len(cb.HostLen), len(cb.SnLen),
 			len(nginxlayout.UpstreamCandidates), len(nginxlayout.StartDistances), len(nginxlayout.ServerNameCandidates))
+	}
+}
+
+// TestHostCache: the decoder hands out the same Host string for the same host instead of
+// allocating it again, stays bounded, and decodes exactly as without it.
+func TestHostCache(t *testing.T) {
+	ev := sampleEvent()
+	var plain, cached model.Request
+	c := clock{hosts: newHostCache()}
+	clock{}.toRequest(&ev, ev.Status, &plain)
+	c.toRequest(&ev, ev.Status, &cached)
+	if !reflect.DeepEqual(plain, cached) {
+		t.Fatalf("with the cache %+v, without %+v", cached, plain)
+	}
+	without := testing.AllocsPerRun(100, func() { clock{}.toRequest(&ev, ev.Status, &plain) })
+	with := testing.AllocsPerRun(100, func() { c.toRequest(&ev, ev.Status, &cached) })
+	if with != without-1 {
+		t.Fatalf("%v allocations per event with the cache, %v without", with, without)
+	}
+	for i := range 3 * maxHosts {
+		ev.HostLen = setStr(ev.Host[:], fmt.Sprintf("h%d.example.com", i))
+		c.toRequest(&ev, ev.Status, &cached)
+		if cached.Host != fmt.Sprintf("h%d.example.com", i) || len(c.hosts.m) > maxHosts {
+			t.Fatalf("host %q, %d cached", cached.Host, len(c.hosts.m))
+		}
+	}
+	var r record
+	if err := parseRecord([]byte{2, 0, 0, 0}, &r, nil); err == nil {
+		t.Fatal("a calibration record parsed without a buffer")
 	}
 }

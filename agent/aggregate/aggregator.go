@@ -130,11 +130,7 @@ func (a *Aggregator) Observe(r *model.Request) {
 	hostLen := len(buf)
 	buf = append(buf, Method(r.Method)...)
 	buf = append(buf, ' ')
-	if r.Route != nil {
-		buf = append(buf, r.Route...)
-	} else {
-		buf = pathnorm.AppendCut(buf, r.URI, r.URITruncated)
-	}
+	buf = r.AppendRoute(buf)
 	host := place(a.hosts, buf[:hostLen], &a.current.hosts, &a.total.hosts)
 	path := place(a.paths, buf[hostLen:], &a.current.paths, &a.total.paths)
 	a.current.observe(r, end, host, path)

@@ -1,10 +1,15 @@
 // Package model holds the HTTP model of the agent's pipeline: one Request is one client
 // request paired with its response, whichever data path (nginx's request object or the wire)
 // produced it. Decoders produce Requests; the aggregator and the per-request logger consume
-// them. It has no dependencies so every stage can be tested alone.
+// them. Its one dependency, agent/pathnorm (the route key), has none, so every stage can be
+// tested alone.
 package model
 
-import "time"
+import (
+	"time"
+
+	"github.com/kong-watcher/kong-watcher/agent/pathnorm"
+)
 
 // LuaPhase indexes Request.LuaPhases: the nginx phases in which the lua module runs code
 // (Kong runs its plugins in all but content, which serves its Admin and Status APIs).
@@ -90,6 +95,15 @@ type Request struct {
 	// reporter that keys on it; valid only while the request is being observed. nil: not
 	// computed, a reporter computes it itself.
 	Route []byte
+}
+
+// AppendRoute appends the request's route key to dst: Route when the agent computed it,
+// else URI's, computed here.
+func (r *Request) AppendRoute(dst []byte) []byte {
+	if r.Route != nil {
+		return append(dst, r.Route...)
+	}
+	return pathnorm.AppendCut(dst, r.URI, r.URITruncated)
 }
 
 // Listener names every data path and reporter shares.

@@ -227,13 +227,8 @@ func (m *Metrics) Observe(r *model.Request) {
 	children := m.listeners[listener]
 	buf := pathnorm.MarkCut(aggregate.AppendHost(m.buf[:0], r.Host), r.HostTruncated)
 	host := m.place(hostDim, buf)
-	path := int32(0)
-	if r.Route != nil {
-		path = m.place(pathDim, r.Route)
-	} else {
-		buf = pathnorm.AppendCut(buf[:0], r.URI, r.URITruncated)
-		path = m.place(pathDim, buf)
-	}
+	buf = r.AppendRoute(buf[:0])
+	path := m.place(pathDim, buf)
 	counter := m.counter(method, host, path, code, listener)
 	m.buf = buf
 	m.mu.Unlock()

@@ -119,11 +119,14 @@ func parseRecord(raw []byte, into *record, calib *rawCalib) error {
 }
 
 // str converts a C buffer holding the first bytes of a string of length n.
-func str(b []int8, n uint32) string {
+func str(b []int8, n uint32) string { return string(cbytes(b, n)) }
+
+// cbytes is the bytes of a C buffer holding the first bytes of a string of length n.
+func cbytes(b []int8, n uint32) []byte {
 	if int(n) < len(b) {
 		b = b[:n]
 	}
-	return string(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(b))), len(b)))
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(b))), len(b))
 }
 
 func proto(v uint64) string {
@@ -163,10 +166,7 @@ func (h *hostCache) str(b []int8, n uint32) string {
 	if h == nil {
 		return str(b, n)
 	}
-	if int(n) < len(b) {
-		b = b[:n]
-	}
-	key := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(b))), len(b))
+	key := cbytes(b, n)
 	if s, ok := h.m[string(key)]; ok {
 		return s
 	}

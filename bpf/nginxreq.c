@@ -290,15 +290,15 @@ struct {
 	__type(value, struct nginxreq_event);
 } nginxreq_zero SEC(".maps");
 
-/* The event being built, per CPU, so that only the bytes the decoder needs reach the ring:
- * a request record ends with its URI (the address after it only when the per-request log
- * reads it), ~240 bytes instead of 456, written to the ring in one copy from memory that
- * stays in cache. busy guards against a second task on this CPU (the program can be
- * preempted, not migrated): that one builds its event in the ring instead. */
 /* read_r_span's buffer for one read of r: headers_in.server to start_sec + 128 is 592 bytes
  * in nginx 1.22, 528 in 1.23-1.27 and 536 from 1.29.7. A power of 2: indexes are masked. */
 #define R_SPAN 1024
 
+/* The event being built, per CPU, so that only the bytes the decoder needs reach the ring:
+ * a request record ends with its URI (the address after it only when the per-request log
+ * reads it), ~250 bytes instead of 456, written to the ring in one copy from memory that
+ * stays in cache; and r's span (rbuf). busy guards against a second task on this CPU (the
+ * program can be preempted): that one builds its event in the ring instead. */
 struct nginxreq_scratch {
 	__u32 busy;
 	__u32 _pad;
@@ -531,9 +531,9 @@ static __always_inline void read_conn(struct nginxreq_event *e, __u64 c, __u32 s
 }
 
 /* start_sec, start_msec, method, http_version and the two strings at fixed distances from
- * start_sec (unparsed_uri at +96, method_name at +112): one 128-byte read instead of three. */
-/* by_bit: the layout is known (not calibration), so a known method's name can be left to
- * user space. */
+ * start_sec (unparsed_uri at +96, method_name at +112), from v, the 128 bytes of r from
+ * start_sec on: one read instead of three. by_bit: the layout is known (not calibration), so
+ * a known method's name can be left to user space. */
 static __always_inline void from_start(struct nginxreq_event *e, const __u64 *v, int by_bit)
 {
 	/* The indexes are the loader's constants; the masks keep them inside v for the verifier. */

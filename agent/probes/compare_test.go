@@ -135,6 +135,20 @@ func abs(x int64) int64 {
 	return x
 }
 
+// cutDiff says how a value the record holds at most max bytes of (got, marked cut or not)
+// differs from the log's want ("" when it matches): a longer value arrives as its marked
+// max-byte prefix, a shorter one whole and unmarked.
+func cutDiff(what, got string, cut bool, want string, max int) string {
+	if len(want) > max {
+		if !strings.HasPrefix(want, got) || len(got) != max || !cut {
+			return fmt.Sprintf("%s %q (cut %v) is not the marked %d-byte prefix of %q", what, got, cut, max, want)
+		}
+	} else if got != want || cut {
+		return fmt.Sprintf("%s %q (cut %v) != %q", what, got, cut, want)
+	}
+	return ""
+}
+
 // compare lists how r differs from the access log's l ("" when it matches); withAddr: the
 // probes read client addresses.
 func compare(l fixture.LogEntry, r model.Request, withAddr bool) string {
@@ -142,24 +156,15 @@ func compare(l fixture.LogEntry, r model.Request, withAddr bool) string {
 	if r.Status != l.Status {
 		d = append(d, fmt.Sprintf("status %d != %d", r.Status, l.Status))
 	}
-	// Without Host, $host is the server's server_name: the agent must report it too. A host
-	// longer than the record's buffer arrives cut, and says so.
-	if len(l.Host) > model.MaxHostLen {
-		if !strings.HasPrefix(l.Host, r.Host) || len(r.Host) != model.MaxHostLen || !r.HostTruncated {
-			d = append(d, fmt.Sprintf("host %q (cut %v) is not the marked %d-byte prefix of %q", r.Host, r.HostTruncated, model.MaxHostLen, l.Host))
-		}
-	} else if r.Host != l.Host || r.HostTruncated {
-		d = append(d, fmt.Sprintf("host %q (cut %v) != %q", r.Host, r.HostTruncated, l.Host))
+	// Without Host, $host is the server's server_name: the agent must report it too.
+	if s := cutDiff("host", r.Host, r.HostTruncated, l.Host, model.MaxHostLen); s != "" {
+		d = append(d, s)
 	}
 	if r.Method != l.Method {
 		d = append(d, fmt.Sprintf("method %q != %q", r.Method, l.Method))
 	}
-	if len(l.RequestURI) > model.MaxURILen {
-		if !strings.HasPrefix(l.RequestURI, r.URI) || len(r.URI) != model.MaxURILen || !r.URITruncated {
-			d = append(d, fmt.Sprintf("uri %q (cut %v) is not the marked %d-byte prefix of %q", r.URI, r.URITruncated, model.MaxURILen, l.RequestURI))
-		}
-	} else if r.URI != l.RequestURI || r.URITruncated {
-		d = append(d, fmt.Sprintf("uri %q (cut %v) != %q", r.URI, r.URITruncated, l.RequestURI))
+	if s := cutDiff("uri", r.URI, r.URITruncated, l.RequestURI, model.MaxURILen); s != "" {
+		d = append(d, s)
 	}
 	reqMs := l.RequestTime.Milliseconds()
 	if ms := r.Latency.Milliseconds(); latencyTolerance == 0 && ms != reqMs ||

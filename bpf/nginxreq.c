@@ -51,6 +51,7 @@ enum nginxreq_flag {
 	F_HOST_SERVER_NAME = 1 << 7, /* no Host: host is the server's server_name, as in $host */
 	F_LISTEN_ERR = 1 << 8,       /* the accepting listener's address could not be read */
 	F_METHOD_BIT = 1 << 9,       /* method not read: it is the name of method_bit's method */
+	F_HOST_IN_URI = 1 << 10,     /* host's bytes are in uri, from host_off on (host is unused) */
 };
 
 /* counters (per-CPU array indexes) */
@@ -147,6 +148,8 @@ struct nginxreq_event {
 	 * stream's connection copies listening from the client's. F_LISTEN_ERR: not read. */
 	__u16 family;
 	__u16 local_port;
+	__u32 host_off; /* F_HOST_IN_URI: where host's bytes start in uri */
+	__u32 _pad;
 	char method[METHOD_LEN];
 	char host[HOST_LEN];
 	char uri[URI_LEN];
@@ -290,13 +293,14 @@ struct {
 	__type(value, struct nginxreq_event);
 } nginxreq_zero SEC(".maps");
 
-/* read_r_span's buffer for one read of r: headers_in.server to start_sec + 128 is 592 bytes
- * in nginx 1.22, 528 in 1.23-1.27 and 536 from 1.29.7. A power of 2: indexes are masked. */
-#define R_SPAN 1024
+/* read_r_span's buffer for one read of r: r->connection to start_sec + 128 is 1,080 bytes in
+ * nginx 1.22 (headers_in.server to there 592; 528 in 1.23-1.27 and 536 from 1.29.7). A power
+ * of 2: indexes are masked. */
+#define R_SPAN 2048
 
 /* The event being built, per CPU, so that only the bytes the decoder needs reach the ring:
  * a request record ends with its URI (the address after it only when the per-request log
- * reads it), ~250 bytes instead of 456, written to the ring in one copy from memory that
+ * reads it), ~250 bytes instead of 464, written to the ring in one copy from memory that
  * stays in cache; and r's span (rbuf). busy guards against a second task on this CPU (the
  * program can be preempted): that one builds its event in the ring instead. */
 struct nginxreq_scratch {
@@ -428,8 +432,10 @@ static __always_inline struct nginxreq_proc *adopt(__u32 tgid, int ns_mode)
  * host agent both work. */
 static __always_inline struct nginxreq_proc *lookup_proc(__u32 *tgid, struct nginxreq_task **tp)
 {
-	__u32 ktgid = bpf_get_current_pid_tgid() >> 32;
-	__u64 start = bpf_get_current_task_btf()->group_leader->start_time;
+	/* Both from the task: one helper call where bpf_get_current_pid_tgid would be another. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 ktgid = task->tgid;
+	__u64 start = task->group_leader->start_time;
 	struct nginxreq_task *t = bpf_map_lookup_elem(&nginxreq_tasks, &ktgid);
 	int ns_mode = 1;
 	if (t && t->start == start) {
@@ -533,8 +539,9 @@ static __always_inline void read_conn(struct nginxreq_event *e, __u64 c, __u32 s
 /* start_sec, start_msec, method, http_version and the two strings at fixed distances from
  * start_sec (unparsed_uri at +96, method_name at +112), from v, the 128 bytes of r from
  * start_sec on: one read instead of three. by_bit: the layout is known (not calibration), so
- * a known method's name can be left to user space. */
-static __always_inline void from_start(struct nginxreq_event *e, const __u64 *v, int by_bit)
+ * a known method's name can be left to user space. uri: if set, the URI's bytes are not read
+ * and this gets their address. */
+static __always_inline void from_start(struct nginxreq_event *e, const __u64 *v, int by_bit, __u64 *uri)
 {
 	/* The indexes are the loader's constants; the masks keep them inside v for the verifier. */
 	__u32 iu = (ngx_s_to_unparsed_uri / 8) & 14, im = (ngx_s_to_method_name / 8) & 14;
@@ -545,7 +552,10 @@ static __always_inline void from_start(struct nginxreq_event *e, const __u64 *v,
 	e->uri_len = v[iu];
 	if (v[iu] > URI_LEN)
 		e->flags |= F_URI_TRUNC;
-	KW_READ_STR(e->uri, URI_LEN, v[iu + 1], v[iu]);
+	if (uri)
+		*uri = v[iu + 1]; /* the caller reads it (read_host_uri) */
+	else
+		KW_READ_STR(e->uri, URI_LEN, v[iu + 1], v[iu]);
 	e->method_len = v[im];
 	/* nginx names a method it knows by its bit only when the name is that method's
 	 * (case-sensitive parsing): user space writes the name, one read fewer per request. */
@@ -564,7 +574,7 @@ static __always_inline void read_from_start(struct nginxreq_event *e, __u64 r, _
 		e->flags |= F_READ_ERR;
 		return;
 	}
-	from_start(e, v, by_bit);
+	from_start(e, v, by_bit, 0);
 }
 
 /* host_from copies the ngx_str_t (len, data) into dst; it returns len (0: none). */
@@ -777,35 +787,84 @@ static __always_inline void fill_common(struct nginxreq_event *e, struct nginxre
 	read_clock(e, p);
 }
 
-/* The bytes of a request event the decoder reads: up to the end of the URI's copy, or the
- * whole event when the client address follows it. */
-static __always_inline __u32 event_len(const struct nginxreq_event *e)
+/* The bytes of a request event the decoder reads: up to the end of the URI's copy (or of the
+ * Host's, when it is in the URI's buffer), or the whole event when the client address follows it. */
+static __always_inline __u64 event_len(const struct nginxreq_event *e)
 {
 	if (e->addr_len)
 		return sizeof(*e);
-	__u32 n = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
+	__u64 n = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
+	if (e->flags & F_HOST_IN_URI) {
+		__u64 h = (__u64)e->host_off + (e->host_len < HOST_LEN ? e->host_len : HOST_LEN);
+		if (h > n)
+			n = h;
+	}
+	kw_barrier_var(n); /* keep the bound where the verifier sees it */
+	if (n > URI_LEN)
+		n = URI_LEN;
 	return __builtin_offsetof(struct nginxreq_event, uri) + n;
 }
 
-/* read_r_span reads headers_in.server, headers_out.status and the fields from start_sec on
- * (read_host_status's and read_from_start's) in one read of r into buf; -1: the layout does
- * not allow it or the read failed, nothing was set. */
-static __always_inline int read_r_span(struct nginxreq_event *e, __u64 r, struct nginxreq_layout *l, __u64 *buf)
+/* read_host_uri copies the URI (e->uri_len is set, its bytes are at uri) and the Host string
+ * (len, data) into e: in one read when the Host's bytes follow the URI's closely enough to fit
+ * in e->uri with them, as in most HTTP/1 requests (nginx keeps both in the client's header
+ * buffer, the request line first; an HTTP/2 :authority or a Host nginx rewrote lies
+ * elsewhere). The record then carries the bytes in between too and says where the Host's
+ * start (F_HOST_IN_URI, host_off). */
+static __always_inline void read_host_uri(struct nginxreq_event *e, __u64 len, __u64 data, __u64 uri)
 {
-	__u32 lo = l->off_server, so = l->off_start - lo, sd = l->off_status - lo;
+	__u64 ul = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
+	__u64 hl = len < HOST_LEN ? len : HOST_LEN;
+	if (len && len <= 0xffffffff && data >= uri + ul && data + hl <= uri + URI_LEN) {
+		__u64 span = data + hl - uri; /* at most URI_LEN, by the test above */
+		if (KW_READ_STR(e->uri, URI_LEN, uri, span)) {
+			e->host_len = len;
+			e->host_off = data - uri;
+			e->flags |= F_HOST_IN_URI;
+			if (len > HOST_LEN)
+				e->flags |= F_HOST_TRUNC;
+			return;
+		}
+	}
+	KW_READ_STR(e->uri, URI_LEN, uri, e->uri_len);
+	e->host_len = host_from(e->host, len, data, &e->flags);
+}
+
+/* read_r_span reads, in one read of r into buf, the fields from start_sec on (read_from_start's),
+ * headers_in.server and headers_out.status (read_host_status's) and, when the span from
+ * r->connection on still fits (every nginx checked: 1,080 bytes in 1.22), r->connection and
+ * r->upstream_states (*cu set): one read of nginx's memory where there were two.
+ * -1: the layout does not allow it or the read failed, nothing was set. */
+static __always_inline int read_r_span(struct nginxreq_event *e, __u64 r, struct nginxreq_layout *l, __u64 *buf,
+				       __u64 *c, __u64 *us, int *cu)
+{
+	*cu = l->off_conn < l->off_ustates && l->off_ustates < l->off_server && l->off_start > l->off_conn &&
+	      l->off_start - l->off_conn < R_SPAN / 2 && ((l->off_conn | l->off_ustates) & 7) == 0;
+	__u32 lo = *cu ? l->off_conn : l->off_server;
+	__u32 so = l->off_start - lo, sd = l->off_status - lo, sh = l->off_server - lo, su = l->off_ustates - lo;
 	/* status must lie within the bytes read: the rest of buf holds an earlier request's. */
-	if (l->off_start <= lo || l->off_status <= lo || ((lo | so | sd) & 7) || so >= 512 || sd + 8 > so + 128)
+	if (l->off_start <= l->off_server || l->off_status <= l->off_server || ((lo | so | sd | sh) & 7) ||
+	    so >= R_SPAN / 2 || sd + 8 > so + 128)
 		return -1;
 	/* Checked above; masked again so that the verifier sees the bounds on what is used. */
 	kw_barrier_var(so);
 	kw_barrier_var(sd);
-	so &= 511;
+	kw_barrier_var(sh);
+	kw_barrier_var(su);
+	so &= R_SPAN / 2 - 1;
 	sd &= R_SPAN - 8;
+	sh &= R_SPAN / 2 - 8;
+	su &= R_SPAN / 2 - 8;
 	if (bpf_probe_read_user(buf, so + 128, (void *)(r + lo)))
 		return -1;
-	e->host_len = host_from(e->host, buf[0], buf[1], &e->flags);
 	e->status = *(__u64 *)((void *)buf + sd);
-	from_start(e, (void *)buf + so, 1);
+	if (*cu) {
+		*c = buf[0];
+		*us = *(__u64 *)((void *)buf + su);
+	}
+	__u64 uri = 0;
+	from_start(e, (void *)buf + so, 1, &uri);
+	read_host_uri(e, *(__u64 *)((void *)buf + sh), *(__u64 *)((void *)buf + sh + 8), uri);
 	return 0;
 }
 
@@ -817,17 +876,22 @@ static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, stru
 					 const struct nginxreq_config *cfg, struct nginxreq_task *t, __u64 *rbuf)
 {
 	e->kind = EV_REQUEST;
-	if (!rbuf || read_r_span(e, r, l, rbuf)) {
+	__u64 c = 0, us = 0;
+	int cu = 0;
+	if (!rbuf || read_r_span(e, r, l, rbuf, &c, &us, &cu)) {
+		cu = 0;
 		read_from_start(e, r, l->off_start, 1);
 		read_host_status(e, r, l);
 	}
 	if (!e->host_len && l->cscf_name)
 		e->host_len = read_server_name(e->host, r, l, &e->flags);
 
-	/* r->connection and r->upstream_states (8 and 72 or 80): one read when close. */
-	__u64 c = 0, us = 0;
+	/* r->connection and r->upstream_states (8 and 72 or 80), unless the span had them: one
+	 * read when close. */
 	__u32 d = l->off_ustates - l->off_conn;
-	if (l->off_ustates > l->off_conn && d + 8 <= CU_SPAN && (d & 7) == 0) {
+	if (cu) {
+		/* read with the span */
+	} else if (l->off_ustates > l->off_conn && d + 8 <= CU_SPAN && (d & 7) == 0) {
 		__u64 buf[CU_SPAN / 8];
 		if (bpf_probe_read_user(buf, sizeof(buf), (void *)(r + l->off_conn)) == 0) {
 			c = buf[0];

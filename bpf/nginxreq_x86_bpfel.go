@@ -75,6 +75,8 @@ type NginxReqNginxreqEvent struct {
 	LayoutId      uint32
 	Family        uint16
 	LocalPort     uint16
+	HostOff       uint32
+	Pad           uint32
 	Method        [16]int8
 	Host          [64]int8
 	Uri           [160]int8
@@ -95,6 +97,7 @@ const (
 	NginxReqNginxreqFlagF_HOST_SERVER_NAME NginxReqNginxreqFlag = 128
 	NginxReqNginxreqFlagF_LISTEN_ERR       NginxReqNginxreqFlag = 256
 	NginxReqNginxreqFlagF_METHOD_BIT       NginxReqNginxreqFlag = 512
+	NginxReqNginxreqFlagF_HOST_IN_URI      NginxReqNginxreqFlag = 1024
 )
 
 type NginxReqNginxreqKind uint32
@@ -171,7 +174,7 @@ type NginxReqNginxreqScratch struct {
 	Busy uint32
 	Pad  uint32
 	Ev   NginxReqNginxreqEvent
-	Rbuf [128]uint64
+	Rbuf [256]uint64
 }
 
 type NginxReqNginxreqTask struct {

@@ -28,6 +28,8 @@ const (
 	fListenErr = uint32(bpf.NginxReqNginxreqFlagF_LISTEN_ERR)
 	// fMethodBit: the method was not read; it is the name of MethodBit's method.
 	fMethodBit = uint32(bpf.NginxReqNginxreqFlagF_METHOD_BIT)
+	// fHostInURI: the Host's bytes are in Uri from HostOff on (read with the URI's).
+	fHostInURI = uint32(bpf.NginxReqNginxreqFlagF_HOST_IN_URI)
 )
 
 // Address families of the listener's sockaddr.
@@ -50,12 +52,27 @@ const (
 )
 
 // eventLen is the length of a request record whose fields are ev's: up to the end of the
-// URI's copy, or the whole event when it carries the client address.
+// URI's copy (or of the Host's, when it is in the URI's buffer), or the whole event when it
+// carries the client address.
 func eventLen(ev *rawEvent) int {
 	if ev.AddrLen > 0 {
 		return eventSize
 	}
-	return eventHead + min(int(ev.UriLen), len(ev.Uri))
+	n := min(int(ev.UriLen), len(ev.Uri))
+	if ev.Flags&fHostInURI != 0 {
+		n = max(n, int(ev.HostOff)+min(int(ev.HostLen), len(ev.Host)))
+	}
+	return eventHead + min(n, len(ev.Uri))
+}
+
+// hostBuf is the buffer that holds ev's Host bytes: its own, or the URI's from HostOff on.
+// parseRecord has checked that they fit there.
+func hostBuf(ev *rawEvent) []int8 {
+	if ev.Flags&fHostInURI != 0 {
+		off := int(ev.HostOff)
+		return ev.Uri[off:min(off+len(ev.Host), len(ev.Uri))]
+	}
+	return ev.Host[:]
 }
 
 // luaPhaseOf maps the BPF program's phase index (its attach cookie) to the model's.
@@ -100,6 +117,10 @@ func parseRecord(raw []byte, into *record, calib *rawCalib) error {
 		clear(unsafe.Slice((*byte)(unsafe.Pointer(&into.ev)), eventSize)[n:])
 		if need := eventLen(&into.ev); n < need {
 			return fmt.Errorf("request event: %w (%d bytes, its strings need %d)", errShortRecord, n, need)
+		}
+		if ev := &into.ev; ev.Flags&fHostInURI != 0 &&
+			uint64(ev.HostOff)+uint64(min(ev.HostLen, uint32(len(ev.Host)))) > uint64(len(ev.Uri)) {
+			return fmt.Errorf("request event: its Host (%d bytes at %d) does not fit in its URI's buffer", ev.HostLen, ev.HostOff)
 		}
 		into.calib = nil
 	case evCalib:
@@ -199,7 +220,7 @@ func (c clock) toRequest(ev *rawEvent, status uint64, out *model.Request) {
 	} else {
 		out.Method = str(ev.Method[:], ev.MethodLen)
 	}
-	out.Host = c.hosts.str(ev.Host[:], ev.HostLen)
+	out.Host = c.hosts.str(hostBuf(ev), ev.HostLen)
 	out.URI = str(ev.Uri[:], ev.UriLen)
 	// The record carries the real lengths: longer than the buffer means the value was cut
 	// (the buffers are model.MaxHostLen and model.MaxURILen bytes, see TestEventSizes).

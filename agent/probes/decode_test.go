@@ -19,10 +19,10 @@ import (
 // The Go view of the C structs must not drift from bpf/nginxreq.c (bpf2go generates it, this
 // pins the sizes the C side was designed with: no implicit padding).
 func TestEventSizes(t *testing.T) {
-	if eventSize != 456 {
-		t.Fatalf("event is %d bytes, want 456", eventSize)
+	if eventSize != 464 {
+		t.Fatalf("event is %d bytes, want 464", eventSize)
 	}
-	if calibSize != 456+8+2*40+16+3*64+3*8+96+2*4+2*64+2048 {
+	if calibSize != 464+8+2*40+16+3*64+3*8+96+2*4+2*64+2048 {
 		t.Fatalf("calibration event is %d bytes", calibSize)
 	}
 	// Both data paths cut Host and URI at the same lengths: the record's buffers.
@@ -266,11 +266,72 @@ func TestShortRecords(t *testing.T) {
 	}
 }
 
+// hostInURI is sampleEvent as the program sends an HTTP/1 request whose Host it read with
+// the URI: one span of the client's header buffer, the Host's bytes at HostOff.
+func hostInURI(host string) rawEvent {
+	ev := sampleEvent()
+	ev.AddrLen = 0
+	ev.Host = [len(ev.Host)]int8{}
+	line := "/users/1?x=1 HTTP/1.1\r\nHost: "
+	setStr(ev.Uri[:], line+host)
+	ev.HostOff = uint32(len(line))
+	ev.HostLen = uint32(len(host))
+	ev.Flags |= fHostInURI
+	return ev
+}
+
+// TestHostInURI: a Host read with the URI decodes as one read apart, the record ends after
+// it, a long one is cut at the Host buffer's size, and one said to lie beyond the URI's
+// buffer is refused.
+func TestHostInURI(t *testing.T) {
+	bytesOf := func(ev *rawEvent) []byte { return unsafe.Slice((*byte)(unsafe.Pointer(ev)), eventSize) }
+	ev := hostInURI("api.example.com")
+	n := eventLen(&ev)
+	if want := eventHead + int(ev.HostOff) + len("api.example.com"); n != want {
+		t.Fatalf("record of %d bytes, want %d (to the Host's end)", n, want)
+	}
+	var r record
+	var c rawCalib
+	if err := parseRecord(bytesOf(&ev)[:n], &r, &c); err != nil {
+		t.Fatal(err)
+	}
+	var got, want model.Request
+	clock{hosts: newHostCache()}.toRequest(&r.ev, r.ev.Status, &got)
+	apart := sampleEvent()
+	apart.AddrLen = 0
+	clock{}.toRequest(&apart, apart.Status, &want)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("decoded as %+v, want %+v", got, want)
+	}
+	if err := parseRecord(bytesOf(&ev)[:n-1], &r, &c); !errors.Is(err, errShortRecord) {
+		t.Fatalf("record cut inside its Host: %v", err)
+	}
+
+	long := hostInURI(strings.Repeat("h", 100))
+	if err := parseRecord(bytesOf(&long)[:eventLen(&long)], &r, &c); err != nil {
+		t.Fatal(err)
+	}
+	clock{}.toRequest(&r.ev, r.ev.Status, &got)
+	if got.Host != strings.Repeat("h", model.MaxHostLen) || !got.HostTruncated {
+		t.Fatalf("long Host decoded as %q (cut %v)", got.Host, got.HostTruncated)
+	}
+
+	for _, off := range []uint32{model.MaxURILen - 14, model.MaxURILen, 1 << 31} {
+		bad := hostInURI("api.example.com")
+		bad.HostOff = off
+		if err := parseRecord(bytesOf(&bad), &r, &c); err == nil {
+			t.Errorf("Host at %d of the URI's %d bytes accepted", off, model.MaxURILen)
+		}
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	ev := sampleEvent()
 	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), eventSize))
 	ev.AddrLen = 0
 	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), eventLen(&ev))) // as the program sends it
+	in := hostInURI("api.example.com")
+	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&in)), eventLen(&in)))
 	cb := new(rawCalib)
 	cb.Ev = sampleEvent()
 	cb.Ev.Kind = evCalib

@@ -433,3 +433,85 @@ func TestEventsBuiltInTheRing(t *testing.T) {
 		}
 	}
 }
+
+// TestHostReadWithTheURI: on the fast path an HTTP/1 request's Host comes in the same read as
+// its URI (both in nginx's header buffer), and a Host nginx rewrote (lowercased into its
+// pool) is read apart; both decode as the access log has them.
+func TestHostReadWithTheURI(t *testing.T) {
+	requireIntegration(t)
+	n := startNginx(t)
+	p, c := startProbes(t, n, Options{})
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	defer client.CloseIdleConnections()
+	sent := 0
+	get := func(host string) {
+		t.Helper()
+		req, err := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/fast?q=1", n.Port), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		sent++
+	}
+	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no layout learnt: %+v", p.Status())
+		}
+		get("warmup.kw.test")
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The last event each CPU built is in its scratch: how many are host's, and how many of
+	// those had the Host read with the URI.
+	lastBuilt := func(host string) (n, folded int) {
+		t.Helper()
+		var per []bpf.NginxReqNginxreqScratch
+		if err := p.objs.NginxreqScratch.Lookup(uint32(0), &per); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range per {
+			if s.Ev.Kind == evRequest && str(hostBuf(&s.Ev), s.Ev.HostLen) == host {
+				n++
+				if s.Ev.Flags&fHostInURI != 0 {
+					folded++
+				}
+			}
+		}
+		return n, folded
+	}
+	for range 5 {
+		get("fold.kw.test")
+	}
+	if n, folded := lastBuilt("fold.kw.test"); n == 0 || folded != n {
+		t.Errorf("%d of the last %d requests with Host fold.kw.test had it read with the URI", folded, n)
+	}
+	for range 5 {
+		get("Apart.KW.test") // nginx lowercases it into a copy of its own
+	}
+	if n, folded := lastBuilt("apart.kw.test"); n == 0 || folded != 0 {
+		t.Errorf("%d of the last %d requests with a Host nginx rewrote had it read with the URI", folded, n)
+	}
+
+	lines, got := settle(t, n, c, 300*time.Millisecond)
+	if len(got) != len(lines) || len(lines) != sent {
+		t.Fatalf("sent %d requests, %d log lines, %d agent records", sent, len(lines), len(got))
+	}
+	used := make([]bool, len(got))
+	for _, l := range lines {
+		found := false
+		for i, r := range got {
+			if !used[i] && compare(l, r, true) == "" {
+				used[i], found = true, true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("no agent record matches log line %+v", l)
+		}
+	}
+}

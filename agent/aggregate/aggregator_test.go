@@ -405,6 +405,7 @@ func BenchmarkObserve(b *testing.B) {
 		reqs[i] = req([]string{"GET", "POST"}[i%2], fmt.Sprintf("svc%d.example.com", i%8),
 			fmt.Sprintf("/api/v1/users/%d/orders?limit=%d", i*7919, i), 200+i%3*100, time.Duration(1+i%50)*time.Millisecond)
 		reqs[i].HasUpstream, reqs[i].Upstream = true, time.Millisecond
+		reqs[i].Route = pathnorm.AppendCut(nil, reqs[i].URI, false) // as the agent's pipeline hands it on
 	}
 	b.ReportAllocs()
 	defer reportCPU(b)()

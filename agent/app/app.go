@@ -100,7 +100,7 @@ func newPipeline(cfg Config, log logr.Logger, o Options) *Agent {
 	a := &Agent{cfg: cfg, log: log, opts: o, gateways: map[discovery.GatewayID]*tracked{}, nginxFailed: map[exeKey]error{}}
 	a.Aggregator = aggregate.New(aggregate.Options{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
 	a.Registry = report.NewRegistry()
-	a.metrics = report.NewMetrics(report.MetricsOptions{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths})
+	a.metrics = report.NewMetrics(report.MetricsOptions{MaxHosts: cfg.MaxHosts, MaxPaths: cfg.MaxPaths, NativeHistograms: cfg.NativeHistograms})
 	if err := a.metrics.Register(a.Registry); err != nil {
 		// A bug (two metrics of one name): the agent counts on and serves the others.
 		log.Error(err, "registering metrics")

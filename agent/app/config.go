@@ -48,6 +48,8 @@ type Config struct {
 	LuaSampleEvery, LuaSampleFor time.Duration
 	// MaxHosts / MaxPaths bound the per-host and per-path rows; the rest fold into "other".
 	MaxHosts, MaxPaths int
+	// NativeHistograms: the latency histograms are native histograms too.
+	NativeHistograms bool
 	// ScanInterval is how often /proc is scanned for gateway changes.
 	ScanInterval time.Duration
 	// OnlyMasterPIDs, when set, restricts the agent to the gateways with these master PIDs
@@ -94,6 +96,7 @@ func FromEnv(lookup func(string) (string, bool)) (Config, error) {
 		field(&agentenv.LuaSampleFor, &c.LuaSampleFor),
 		field(&agentenv.MaxHosts, &c.MaxHosts),
 		field(&agentenv.MaxPaths, &c.MaxPaths),
+		field(&agentenv.NativeHistograms, &c.NativeHistograms),
 		field(&agentenv.Listeners, &c.Listeners),
 		field(&agentenv.TrafficStatsEventInterval, &c.TrafficStatsEventInterval),
 		field(&agentenv.HighErrorRateThreshold, &c.HighErrorRateThreshold),

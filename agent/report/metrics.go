@@ -29,6 +29,10 @@ type MetricsOptions struct {
 	// beyond it new combinations are counted under host="other", path="other" (at most
 	// 8 methods x 501 codes x the listener labels more).
 	MaxSeries int
+	// NativeHistograms: the latency histograms are also native histograms (exposed to a
+	// scraper that negotiates them). Off by default: they cost a sparse-bucket lookup and
+	// two more atomic additions per histogram per request, about a third of Observe.
+	NativeHistograms bool
 }
 
 // Listener labels: the gateway's listeners are few and come from its configuration, so the
@@ -120,13 +124,13 @@ func NewMetrics(o MetricsOptions) *Metrics {
 		if buckets == nil {
 			buckets = latencyBuckets
 		}
-		return prometheus.HistogramOpts{
-			Namespace: "kong_watcher", Name: name, Help: help, Buckets: buckets,
-			// Native histograms too, for servers that negotiate them: finer, same cost.
-			NativeHistogramBucketFactor:     1.1,
-			NativeHistogramMaxBucketNumber:  160,
-			NativeHistogramMinResetDuration: time.Hour,
+		opts := prometheus.HistogramOpts{Namespace: "kong_watcher", Name: name, Help: help, Buckets: buckets}
+		if o.NativeHistograms {
+			opts.NativeHistogramBucketFactor = 1.1
+			opts.NativeHistogramMaxBucketNumber = 160
+			opts.NativeHistogramMinResetDuration = time.Hour
 		}
+		return opts
 	}
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kong_watcher", Name: "requests_total",

@@ -196,6 +196,7 @@ func BenchmarkMetricsObserve(b *testing.B) {
 		reqs[i] = &model.Request{Method: []string{"GET", "POST"}[i%2], Host: fmt.Sprintf("svc%d.example.com", i%8),
 			URI: fmt.Sprintf("/api/v1/users/%d/orders?limit=%d", i*7919, i), Status: 200 + i%3*100,
 			Latency: time.Duration(1+i%50) * time.Millisecond, HasUpstream: true, Upstream: time.Millisecond}
+		reqs[i].Route = pathnorm.AppendCut(nil, reqs[i].URI, false) // as the agent's pipeline hands it on
 	}
 	b.ReportAllocs()
 	defer reportCPU(b)()

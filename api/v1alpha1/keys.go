@@ -82,12 +82,13 @@ const (
 	// EnvListeners overrides the listener names the agent learns from Kong's environment.
 	EnvListeners = "KONG_WATCHER_LISTENERS"
 	// The data path, Lua phase timing and the bounds of the host and path rows.
-	EnvDataPath       = "KONG_WATCHER_DATA_PATH"
-	EnvLuaPhases      = "KONG_WATCHER_LUA_PHASES"
-	EnvLuaSampleEvery = "KONG_WATCHER_LUA_SAMPLE_EVERY"
-	EnvLuaSampleFor   = "KONG_WATCHER_LUA_SAMPLE_FOR"
-	EnvMaxHosts       = "KONG_WATCHER_MAX_HOSTS"
-	EnvMaxPaths       = "KONG_WATCHER_MAX_PATHS"
+	EnvDataPath         = "KONG_WATCHER_DATA_PATH"
+	EnvLuaPhases        = "KONG_WATCHER_LUA_PHASES"
+	EnvLuaSampleEvery   = "KONG_WATCHER_LUA_SAMPLE_EVERY"
+	EnvLuaSampleFor     = "KONG_WATCHER_LUA_SAMPLE_FOR"
+	EnvMaxHosts         = "KONG_WATCHER_MAX_HOSTS"
+	EnvMaxPaths         = "KONG_WATCHER_MAX_PATHS"
+	EnvNativeHistograms = "KONG_WATCHER_NATIVE_HISTOGRAMS"
 	// For tests and debugging: where the processes are visible, and which gateways to follow.
 	EnvProcRoot = "KONG_WATCHER_PROC_ROOT"
 	EnvOnlyPIDs = "KONG_WATCHER_ONLY_PIDS"

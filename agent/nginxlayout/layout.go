@@ -284,16 +284,25 @@ func validVersion(v uint64) bool {
 
 func validMethodBit(m uint64) bool { return m != 0 && m <= 0x10000 && bits.OnesCount64(m) == 1 }
 
-// methodBits maps nginx's NGX_HTTP_* method bits (stable since 1.x; CONNECT added in 1.25).
-var methodBits = map[uint64]string{
-	0x0002: "GET", 0x0004: "HEAD", 0x0008: "POST", 0x0010: "PUT", 0x0020: "DELETE",
-	0x0040: "MKCOL", 0x0080: "COPY", 0x0100: "MOVE", 0x0200: "OPTIONS", 0x0400: "PROPFIND",
-	0x0800: "PROPPATCH", 0x1000: "LOCK", 0x2000: "UNLOCK", 0x4000: "PATCH", 0x8000: "TRACE",
-	0x10000: "CONNECT",
+// methodNames are nginx's NGX_HTTP_* method bits' names (stable since 1.x; CONNECT added in
+// 1.25), by the bit's position: bit 1 (0x0002) is GET. Bit 0 is NGX_HTTP_UNKNOWN.
+var methodNames = [...]string{
+	1: "GET", 2: "HEAD", 3: "POST", 4: "PUT", 5: "DELETE", 6: "MKCOL", 7: "COPY", 8: "MOVE",
+	9: "OPTIONS", 10: "PROPFIND", 11: "PROPPATCH", 12: "LOCK", 13: "UNLOCK", 14: "PATCH",
+	15: "TRACE", 16: "CONNECT",
 }
 
-// MethodForBit is the method name nginx uses for a method bit ("" for NGX_HTTP_UNKNOWN).
-func MethodForBit(m uint64) string { return methodBits[m] }
+// MethodForBit is the method name nginx uses for a method bit ("" for NGX_HTTP_UNKNOWN or
+// anything that is not one bit). Called for every request: an index, not a map lookup.
+func MethodForBit(m uint64) string {
+	if m&(m-1) != 0 {
+		return ""
+	}
+	if i := bits.TrailingZeros64(m); i < len(methodNames) {
+		return methodNames[i]
+	}
+	return ""
+}
 
 // ValidToken reports whether s is an RFC 9110 token (what a method name must be).
 func ValidToken(s string) bool {

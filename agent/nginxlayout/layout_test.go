@@ -393,3 +393,23 @@ func FuzzServerName(f *testing.F) {
 		}
 	})
 }
+
+func TestMethodForBit(t *testing.T) {
+	want := map[uint64]string{
+		0x0002: "GET", 0x0004: "HEAD", 0x0008: "POST", 0x0010: "PUT", 0x0020: "DELETE",
+		0x0040: "MKCOL", 0x0080: "COPY", 0x0100: "MOVE", 0x0200: "OPTIONS", 0x0400: "PROPFIND",
+		0x0800: "PROPPATCH", 0x1000: "LOCK", 0x2000: "UNLOCK", 0x4000: "PATCH", 0x8000: "TRACE",
+		0x10000: "CONNECT",
+	}
+	for bit := range 64 {
+		m := uint64(1) << bit
+		if got := MethodForBit(m); got != want[m] {
+			t.Errorf("MethodForBit(%#x) = %q, want %q", m, got, want[m])
+		}
+	}
+	for _, m := range []uint64{0, 0x0006, 0x10002, 0x30000, ^uint64(0)} {
+		if got := MethodForBit(m); got != "" {
+			t.Errorf("MethodForBit(%#x) = %q, want none", m, got)
+		}
+	}
+}

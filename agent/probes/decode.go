@@ -167,16 +167,22 @@ func proto(v uint64) string {
 }
 
 // clock turns events into requests: it converts the kernel's boot-time clock to wall time,
-// and hosts (nil: none) keeps the Host strings it made, so that the few hosts a gateway
-// serves are not allocated again for every request. Used by one goroutine at a time.
+// hosts (nil: none) keeps the Host strings it made, so that the few hosts a gateway serves
+// are not allocated again for every request, and uris (nil: none) is where the URIs' strings
+// are copied. Used by one goroutine at a time.
 type clock struct {
 	bootToWall time.Duration
 	hosts      *hostCache
+	uris       *stringSlab
 }
 
 // hostCache holds up to maxHosts Host strings; when full it starts again (a flood of
-// distinct hosts costs what it did without it).
-type hostCache struct{ m map[string]string }
+// distinct hosts costs what it did without it). last is the one it returned last: requests
+// in a row mostly share their Host, and a comparison is cheaper than a lookup.
+type hostCache struct {
+	m    map[string]string
+	last string
+}
 
 const maxHosts = 256
 
@@ -188,15 +194,40 @@ func (h *hostCache) str(b []int8, n uint32) string {
 		return str(b, n)
 	}
 	key := cbytes(b, n)
-	if s, ok := h.m[string(key)]; ok {
-		return s
+	if string(key) == h.last {
+		return h.last
 	}
-	if len(h.m) >= maxHosts {
-		clear(h.m)
+	s, ok := h.m[string(key)]
+	if !ok {
+		if len(h.m) >= maxHosts {
+			clear(h.m)
+		}
+		s = string(key)
+		h.m[s] = s
 	}
-	s := string(key)
-	h.m[s] = s
+	h.last = s
 	return s
+}
+
+// stringSlab copies strings into shared chunks: one allocation per slabChunk bytes of URIs
+// instead of one per request. A chunk's bytes are never written again once a string covers
+// them, and a chunk lives as long as any of its strings does.
+type stringSlab struct{ buf []byte }
+
+const slabChunk = 32 << 10
+
+// str is str(b, n), copied into the slab.
+func (s *stringSlab) str(b []int8, n uint32) string {
+	v := cbytes(b, n)
+	if s == nil || len(v) == 0 || len(v) > slabChunk/8 {
+		return string(v)
+	}
+	if len(v) > cap(s.buf)-len(s.buf) {
+		s.buf = make([]byte, 0, slabChunk)
+	}
+	off := len(s.buf)
+	s.buf = append(s.buf, v...)
+	return unsafe.String(&s.buf[off], len(v))
 }
 
 // toRequest fills out from a request event. status is headers_out.status (for calibration
@@ -221,7 +252,7 @@ func (c clock) toRequest(ev *rawEvent, status uint64, out *model.Request) {
 		out.Method = str(ev.Method[:], ev.MethodLen)
 	}
 	out.Host = c.hosts.str(hostBuf(ev), ev.HostLen)
-	out.URI = str(ev.Uri[:], ev.UriLen)
+	out.URI = c.uris.str(ev.Uri[:], ev.UriLen)
 	// The record carries the real lengths: longer than the buffer means the value was cut
 	// (the buffers are model.MaxHostLen and model.MaxURILen bytes, see TestEventSizes).
 	out.HostTruncated = int(ev.HostLen) > len(ev.Host)

@@ -174,7 +174,7 @@ func New(opts Options) (*Probes, error) {
 		p.objs.Close()
 		return nil, err
 	}
-	p.clk.hosts = newHostCache()
+	p.clk.hosts, p.clk.uris = newHostCache(), new(stringSlab)
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err == nil {
 		p.clk.bootToWall = time.Duration(opts.Now().UnixNano() - ts.Nano())

@@ -58,6 +58,10 @@ type Ranker struct {
 	light      int32 // the lightest slot, if lightOK
 	lightOK    bool
 	floor      uint64 // no slot weighs less (the weights only grow between halvings)
+	// last is the key that last had a slot, and lastSlot that slot while it holds it: requests
+	// in a row often share their host or route, and a comparison costs less than a lookup.
+	last     string
+	lastSlot int32
 }
 
 // NewRanker returns a Ranker with the given number of slots (at least 1).
@@ -96,7 +100,13 @@ func (r *Ranker) Observe(key []byte) (slot int, displaced string, moved bool) {
 	if r.n++; r.n >= r.decayEvery {
 		r.decay()
 	}
-	if s, ok := r.slots[string(key)]; ok {
+	s, ok := r.lastSlot, false
+	if string(key) == r.last && len(r.keys) > 0 && r.keys[s] == r.last {
+		ok = true
+	} else if s, ok = r.slots[string(key)]; ok {
+		r.last, r.lastSlot = r.keys[s], s
+	}
+	if ok {
 		r.weights[s]++
 		if r.seen[s] != r.epoch {
 			r.seen[s] = r.epoch

@@ -126,6 +126,47 @@ func TestRankerByWeight(t *testing.T) {
 	checkRanker(t, r)
 }
 
+// TestRankerLastKey: the key of the previous call is found without the index while it holds
+// its slot, and not once it has lost it, even when the key that took the slot is the only
+// other one seen since.
+func TestRankerLastKey(t *testing.T) {
+	r := NewRanker(1)
+	obs := func(k string) (int, string, bool) { return r.Observe([]byte(k)) }
+	for range 3 {
+		if slot, _, _ := obs("a"); slot != 0 {
+			t.Fatalf("a in slot %d", slot)
+		}
+	}
+	moved := false
+	for i := 0; !moved; i++ {
+		if i > 20 {
+			t.Fatal("b never took a's slot")
+		}
+		var slot int
+		if slot, _, moved = obs("b"); moved && slot != 0 {
+			t.Fatalf("b moved into slot %d", slot)
+		}
+	}
+	if slot, _, _ := obs("a"); slot != -1 {
+		t.Fatalf("a, displaced, counted in slot %d", slot)
+	}
+	for i := 0; r.Key(0) != "a"; i++ {
+		if i > 50 {
+			t.Fatal("a never took its slot back")
+		}
+		obs("a")
+	}
+	for range 3 {
+		if slot, _, moved := obs("a"); slot != 0 || moved {
+			t.Fatalf("a back in its slot: slot %d, moved %v", slot, moved)
+		}
+	}
+	if slot, _, _ := obs("b"); slot != -1 {
+		t.Fatalf("b, displaced, counted in slot %d", slot)
+	}
+	checkRanker(t, r)
+}
+
 // After a new epoch (the aggregator's Rotate) a new key takes an idle, light slot at its
 // first request, so the new window counts it exactly; a busy slot is not taken that way.
 func TestRankerIdleSlot(t *testing.T) {

@@ -32,6 +32,30 @@ func settle(t *testing.T, n *testNginx, c *collector, pause time.Duration) ([]fi
 	}
 }
 
+// pairWithLog waits for the sent requests' log lines and records, and pairs every log line
+// with a record that matches it (host, URI, cut flags, ...); it returns the records.
+func pairWithLog(t *testing.T, n *testNginx, c *collector, sent int) []model.Request {
+	t.Helper()
+	lines, got := settle(t, n, c, 300*time.Millisecond)
+	if len(got) != len(lines) || len(lines) != sent {
+		t.Fatalf("sent %d requests, %d log lines, %d agent records", sent, len(lines), len(got))
+	}
+	used := make([]bool, len(got))
+	for _, l := range lines {
+		found := false
+		for i, r := range got {
+			if !used[i] && compare(l, r, true) == "" {
+				used[i], found = true, true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("no agent record matches log line %+v", l)
+		}
+	}
+	return got
+}
+
 // checkAgainstLog compares the agent's records with nginx's access log line by line.
 func checkAgainstLog(t *testing.T, n *testNginx, p *Probes, c *collector, sent int) []model.Request {
 	t.Helper()

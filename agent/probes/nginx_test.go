@@ -314,24 +314,7 @@ func TestCutHostAndURI(t *testing.T) {
 	round()
 	round()
 
-	lines, got := settle(t, n, c, 300*time.Millisecond)
-	if len(got) != len(lines) || len(lines) != sent {
-		t.Fatalf("sent %d requests, %d log lines, %d agent records", sent, len(lines), len(got))
-	}
-	// Pair every log line with a record that matches it (host, URI, cut flags, ...).
-	used := make([]bool, len(got))
-	for _, l := range lines {
-		found := false
-		for i, r := range got {
-			if !used[i] && compare(l, r, true) == "" {
-				used[i], found = true, true
-				break
-			}
-		}
-		if !found {
-			t.Errorf("no agent record matches log line %+v", l)
-		}
-	}
+	got := pairWithLog(t, n, c, sent)
 	cutURI, cutHost := 0, 0
 	for _, r := range got {
 		if r.URITruncated {
@@ -497,21 +480,5 @@ func TestHostReadWithTheURI(t *testing.T) {
 		t.Errorf("%d of the last %d requests with a Host nginx rewrote had it read with the URI", folded, n)
 	}
 
-	lines, got := settle(t, n, c, 300*time.Millisecond)
-	if len(got) != len(lines) || len(lines) != sent {
-		t.Fatalf("sent %d requests, %d log lines, %d agent records", sent, len(lines), len(got))
-	}
-	used := make([]bool, len(got))
-	for _, l := range lines {
-		found := false
-		for i, r := range got {
-			if !used[i] && compare(l, r, true) == "" {
-				used[i], found = true, true
-				break
-			}
-		}
-		if !found {
-			t.Errorf("no agent record matches log line %+v", l)
-		}
-	}
+	pairWithLog(t, n, c, sent)
 }

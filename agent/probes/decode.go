@@ -131,6 +131,10 @@ func parseRecord(raw []byte, into *record, calib *rawCalib) error {
 			return fmt.Errorf("calibration event: %w (%d < %d)", errShortRecord, len(raw), calibSize)
 		}
 		copy(unsafe.Slice((*byte)(unsafe.Pointer(calib)), calibSize), raw)
+		if calib.Ev.Flags&fHostInURI != 0 {
+			// Its Host is decoded from the candidates (decodeCalib), never from the URI's buffer.
+			return errors.New("calibration event: flagged as carrying its Host in the URI's buffer")
+		}
 		into.ev = calib.Ev
 		into.calib = calib
 	default:

@@ -316,6 +316,12 @@ func TestHostInURI(t *testing.T) {
 		t.Fatalf("long Host decoded as %q (cut %v)", got.Host, got.HostTruncated)
 	}
 
+	cb := new(rawCalib)
+	cb.Ev = hostInURI("api.example.com")
+	cb.Ev.Kind, cb.Ev.HostOff = evCalib, 1<<31
+	if err := parseRecord(unsafe.Slice((*byte)(unsafe.Pointer(cb)), calibSize), &r, &c); err == nil {
+		t.Error("a calibration record flagged with its Host in the URI's buffer accepted")
+	}
 	for _, off := range []uint32{model.MaxURILen - 14, model.MaxURILen, 1 << 31} {
 		bad := hostInURI("api.example.com")
 		bad.HostOff = off
@@ -338,6 +344,10 @@ func FuzzDecode(f *testing.F) {
 	cb.S_off = 960
 	cb.SnapLen = 2048
 	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(cb)), calibSize))
+	flagged := *cb
+	flagged.Ev.Flags |= fHostInURI
+	flagged.Ev.HostOff = 1000
+	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&flagged)), calibSize))
 	f.Add([]byte{1, 0, 0, 0})
 	f.Add([]byte{2, 0, 0})
 	f.Fuzz(func(t *testing.T, raw []byte) {

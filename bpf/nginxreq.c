@@ -805,24 +805,33 @@ static __always_inline __u64 event_len(const struct nginxreq_event *e)
 	return __builtin_offsetof(struct nginxreq_event, uri) + n;
 }
 
+/* The most bytes between the URI's end and the Host's start that read_host_uri reads through:
+ * " HTTP/1.1\r\n" and "Host:" with up to 4 blanks. A header line before Host needs at least 4
+ * bytes more ("X:\r\n"), so no other header's value (a credential, a cookie) reaches the ring. */
+#define HOST_GAP 20
+
 /* read_host_uri copies the URI (e->uri_len is set, its bytes are at uri) and the Host string
- * (len, data) into e: in one read when the Host's bytes follow the URI's closely enough to fit
- * in e->uri with them, as in most HTTP/1 requests (nginx keeps both in the client's header
- * buffer, the request line first; an HTTP/2 :authority or a Host nginx rewrote lies
- * elsewhere). The record then carries the bytes in between too and says where the Host's
- * start (F_HOST_IN_URI, host_off). */
+ * (len, data) into e: in one read when the Host header is the request line's next line, as
+ * most HTTP/1 clients send it (nginx keeps both in the client's header buffer; an HTTP/2
+ * :authority or a Host nginx rewrote lies elsewhere) and the Host fits in e->uri after the URI.
+ * The record then carries the bytes in between too and says where the Host's start
+ * (F_HOST_IN_URI, host_off). The tests subtract only after checking the order, so garbage
+ * pointers cannot wrap around into a false fit. */
 static __always_inline void read_host_uri(struct nginxreq_event *e, __u64 len, __u64 data, __u64 uri)
 {
 	__u64 ul = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
 	__u64 hl = len < HOST_LEN ? len : HOST_LEN;
-	if (len && len <= 0xffffffff && data >= uri + ul && data + hl <= uri + URI_LEN) {
-		__u64 span = data + hl - uri; /* at most URI_LEN, by the test above */
+	if (len && len <= 0xffffffff && uri && data >= uri && data - uri >= ul && data - uri - ul <= HOST_GAP &&
+	    data - uri <= URI_LEN - hl) {
+		__u64 span = data - uri + hl; /* at most URI_LEN, by the test above */
 		if (KW_READ_STR(e->uri, URI_LEN, uri, span)) {
 			e->host_len = len;
 			e->host_off = data - uri;
 			e->flags |= F_HOST_IN_URI;
 			if (len > HOST_LEN)
 				e->flags |= F_HOST_TRUNC;
+			/* The record carries host[] unused: no earlier request's Host in it. */
+			__builtin_memset(e->host, 0, HOST_LEN);
 			return;
 		}
 	}

@@ -65,11 +65,12 @@ func eventLen(ev *rawEvent) int {
 	return eventHead + min(n, len(ev.Uri))
 }
 
-// hostBuf is the buffer that holds ev's Host bytes: its own, or the URI's from HostOff on.
-// parseRecord has checked that they fit there.
+// hostBuf is the buffer that holds ev's Host bytes: its own, or the URI's from HostOff on
+// (parseRecord refuses a record whose Host would not fit there).
 func hostBuf(ev *rawEvent) []int8 {
 	if ev.Flags&fHostInURI != 0 {
-		off := int(ev.HostOff)
+		// Clamped again: parked events recovered from the kernel's map skip parseRecord.
+		off := min(int(ev.HostOff), len(ev.Uri))
 		return ev.Uri[off:min(off+len(ev.Host), len(ev.Uri))]
 	}
 	return ev.Host[:]

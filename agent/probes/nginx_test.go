@@ -479,6 +479,21 @@ func TestHostReadWithTheURI(t *testing.T) {
 	if n, folded := lastBuilt("apart.kw.test"); n == 0 || folded != 0 {
 		t.Errorf("%d of the last %d requests with a Host nginx rewrote had it read with the URI", folded, n)
 	}
+	// A header line between the request line and Host: read apart, so that no other header's
+	// bytes reach the ring.
+	for range 5 {
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", n.Port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET /fast?q=1 HTTP/1.1\r\nX-Api-Key: not-for-the-ring\r\nHost: gap.kw.test\r\nConnection: close\r\n\r\n")
+		io.Copy(io.Discard, conn)
+		conn.Close()
+		sent++
+	}
+	if n, folded := lastBuilt("gap.kw.test"); n == 0 || folded != 0 {
+		t.Errorf("%d of the last %d requests with a header before Host had it read with the URI", folded, n)
+	}
 
 	pairWithLog(t, n, c, sent)
 }

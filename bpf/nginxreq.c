@@ -880,6 +880,23 @@ static __always_inline int read_r_span(struct nginxreq_event *e, __u64 r, struct
 /* The span of the connection + upstream_states read (a power of 2: indexes are masked). */
 #define CU_SPAN 128
 
+/* r->connection and r->upstream_states (8 and 72 or 80) when r's span did not bring them: one
+ * read when they are close. */
+static __always_inline void read_conn_ustates(__u64 r, struct nginxreq_layout *l, __u64 *c, __u64 *us)
+{
+	__u32 d = l->off_ustates - l->off_conn;
+	if (l->off_ustates > l->off_conn && d + 8 <= CU_SPAN && (d & 7) == 0) {
+		__u64 buf[CU_SPAN / 8];
+		if (bpf_probe_read_user(buf, sizeof(buf), (void *)(r + l->off_conn)) == 0) {
+			*c = buf[0];
+			*us = buf[(d / 8) & (CU_SPAN / 8 - 1)];
+		}
+		return;
+	}
+	bpf_probe_read_user(c, sizeof(*c), (void *)(r + l->off_conn));
+	bpf_probe_read_user(us, sizeof(*us), (void *)(r + l->off_ustates));
+}
+
 /* The fast path: the layout is known. */
 static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, struct nginxreq_layout *l,
 					 const struct nginxreq_config *cfg, struct nginxreq_task *t, __u64 *rbuf)
@@ -895,21 +912,8 @@ static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, stru
 	if (!e->host_len && l->cscf_name)
 		e->host_len = read_server_name(e->host, r, l, &e->flags);
 
-	/* r->connection and r->upstream_states (8 and 72 or 80), unless the span had them: one
-	 * read when close. */
-	__u32 d = l->off_ustates - l->off_conn;
-	if (cu) {
-		/* read with the span */
-	} else if (l->off_ustates > l->off_conn && d + 8 <= CU_SPAN && (d & 7) == 0) {
-		__u64 buf[CU_SPAN / 8];
-		if (bpf_probe_read_user(buf, sizeof(buf), (void *)(r + l->off_conn)) == 0) {
-			c = buf[0];
-			us = buf[(d / 8) & (CU_SPAN / 8 - 1)];
-		}
-	} else {
-		bpf_probe_read_user(&c, sizeof(c), (void *)(r + l->off_conn));
-		bpf_probe_read_user(&us, sizeof(us), (void *)(r + l->off_ustates));
-	}
+	if (!cu)
+		read_conn_ustates(r, l, &c, &us);
 	read_conn(e, c, l->conn_sent, l->conn_addr, l->conn_listening, cfg->addr, t);
 
 	if (us) {

@@ -295,13 +295,10 @@ var methodNames = [...]string{
 // MethodForBit is the method name nginx uses for a method bit ("" for NGX_HTTP_UNKNOWN or
 // anything that is not one bit). Called for every request: an index, not a map lookup.
 func MethodForBit(m uint64) string {
-	if m&(m-1) != 0 {
+	if !validMethodBit(m) {
 		return ""
 	}
-	if i := bits.TrailingZeros64(m); i < len(methodNames) {
-		return methodNames[i]
-	}
-	return ""
+	return methodNames[bits.TrailingZeros64(m)]
 }
 
 // ValidToken reports whether s is an RFC 9110 token (what a method name must be).

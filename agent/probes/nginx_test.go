@@ -87,6 +87,18 @@ func startProbesAs(t *testing.T, n *testNginx, opts Options) (*Probes, *collecto
 	return p, c
 }
 
+// sendRaw writes s on a new connection to nginx's port and reads until nginx closes it.
+func sendRaw(t *testing.T, port int, s string) {
+	t.Helper()
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte(s))
+	io.Copy(io.Discard, bufio.NewReader(c))
+}
+
 // traffic sends a mix of requests; every request with a URI carries a unique id so agent
 // records and log lines can be paired. It returns how many requests it made.
 func traffic(t *testing.T, n *testNginx, rounds int) int {
@@ -99,7 +111,6 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 	defer h2.CloseIdleConnections()
 	count := 0
 	id := 0
-	var rawTo func(port int, s string)
 	do := func(c *http.Client, method, url, host string, body io.Reader) {
 		t.Helper()
 		id++
@@ -127,17 +138,11 @@ func traffic(t *testing.T, n *testNginx, rounds int) int {
 		}
 		count++
 	}
-	raw := func(s string) { rawTo(n.Port, s) }
-	rawTo = func(port int, s string) {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.Write([]byte(s))
-		io.Copy(io.Discard, bufio.NewReader(c))
+	rawTo := func(port int, s string) {
+		sendRaw(t, port, s)
 		count++
 	}
+	raw := func(s string) { rawTo(n.Port, s) }
 	tlsBase := fmt.Sprintf("https://127.0.0.1:%d", n.TLSPort)
 	for i := 0; i < rounds; i++ {
 		do(h1, "GET", base+"/ok", "", nil)
@@ -482,13 +487,7 @@ func TestHostReadWithTheURI(t *testing.T) {
 	// A header line between the request line and Host: read apart, so that no other header's
 	// bytes reach the ring.
 	for range 5 {
-		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", n.Port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(conn, "GET /fast?q=1 HTTP/1.1\r\nX-Api-Key: not-for-the-ring\r\nHost: gap.kw.test\r\nConnection: close\r\n\r\n")
-		io.Copy(io.Discard, conn)
-		conn.Close()
+		sendRaw(t, n.Port, "GET /fast?q=1 HTTP/1.1\r\nX-Api-Key: not-for-the-ring\r\nHost: gap.kw.test\r\nConnection: close\r\n\r\n")
 		sent++
 	}
 	if n, folded := lastBuilt("gap.kw.test"); n == 0 || folded != 0 {

@@ -17,8 +17,8 @@
 // stream's fake connection carries the stream's bytes) and connection->addr_text. Each
 // request becomes one event in a BPF ring buffer, cut after its URI's bytes (or its Host's,
 // when an HTTP/1 request's Host header, the request line's next line, was read with its URI;
-// the client address follows only when it was read); wake-ups are batched (BPF_RB_NO_WAKEUP until a
-// quarter of the ring is full) and Run polls every 150 ms.
+// the client address follows only when it was read); wake-ups are batched
+// (BPF_RB_NO_WAKEUP until a quarter of the ring is full) and Run polls every 150 ms.
 // Lost events (ring full) are counted per CPU and reported in Status.Dropped.
 //
 // Processes are filtered in the kernel by the PID the agent sees: bpf_get_ns_current_pid_tgid

@@ -224,6 +224,9 @@ struct nginxreq_config {
 	__u64 now_sec; /* user space's wall clock, for the start_sec scan */
 	__u32 lua;     /* 1: park events for the free_request return probe */
 	__u32 addr;    /* 1: read the client's address (only the per-request log shows it) */
+	/* Changed by user space after each of its changes to nginxreq_procs: the copies of the
+	 * filter's entries in nginxreq_tasks are trusted only while it has not changed. */
+	__u64 procs_gen;
 };
 
 struct nginxreq_lua_frame {
@@ -346,8 +349,10 @@ struct {
  * sees it (bpf_get_ns_current_pid_tgid costs as much as three reads of nginx's memory) and
  * the listening sockets (ngx_listening_t) its requests came in on, which live as long as it
  * does. The start time tells a later process that reuses the tgid from this one. Only
- * tracked processes get an entry: the filter itself (nginxreq_procs) is still looked up on
- * every request, so user space's changes to it take effect at once. */
+ * tracked processes get an entry. It also holds a copy of the process's filter entry
+ * (nginxreq_procs), so a request costs one hash lookup, not two; the copy is used only while
+ * the config's procs_gen is the one it was taken under, so user space's changes to the
+ * filter take effect at the next request. */
 #define TASK_LISTENERS 4 /* a power of 2: indexes are masked with it */
 
 struct nginxreq_task_listener {
@@ -359,6 +364,8 @@ struct nginxreq_task_listener {
 
 struct nginxreq_task {
 	__u64 start;   /* the thread group leader's start_time */
+	__u64 gen;     /* procs_gen when proc was copied */
+	struct nginxreq_proc proc; /* the process's nginxreq_procs entry, as of gen */
 	__u32 tgid;    /* in the agent's PID namespace (or global, see lookup_proc) */
 	__u32 ns_mode; /* 1: tgid is from the agent's namespace */
 	__u32 nls;     /* listeners cached so far (the slots are reused round robin) */
@@ -427,10 +434,12 @@ static __always_inline struct nginxreq_proc *adopt(__u32 tgid, int ns_mode)
 	return pp;
 }
 
-/* The calling process, if tracked, and its entry in nginxreq_tasks (0 if it has none). The
- * filter is keyed by the PID the agent sees, so a pod's agent (its own PID namespace) and a
- * host agent both work. */
-static __always_inline struct nginxreq_proc *lookup_proc(__u32 *tgid, struct nginxreq_task **tp)
+/* The calling process's filter entry if it is tracked (0 if not), and its entry in
+ * nginxreq_tasks (0 if it has none). The filter is keyed by the PID the agent sees, so a
+ * pod's agent (its own PID namespace) and a host agent both work. gen is the config's
+ * procs_gen, read before the filter is: a copy taken under it is then never newer than the
+ * filter it was taken from. */
+static __always_inline struct nginxreq_proc *lookup_proc(__u64 gen, __u32 *tgid, struct nginxreq_task **tp)
 {
 	/* Both from the task: one helper call where bpf_get_current_pid_tgid would be another. */
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -440,6 +449,9 @@ static __always_inline struct nginxreq_proc *lookup_proc(__u32 *tgid, struct ngi
 	int ns_mode = 1;
 	if (t && t->start == start) {
 		*tgid = t->tgid;
+		*tp = t;
+		if (t->gen == gen)
+			return &t->proc;
 		ns_mode = t->ns_mode;
 	} else {
 		struct bpf_pidns_info ns = {};
@@ -458,8 +470,12 @@ static __always_inline struct nginxreq_proc *lookup_proc(__u32 *tgid, struct ngi
 	struct nginxreq_proc *p = bpf_map_lookup_elem(&nginxreq_procs, tgid);
 	if (!p)
 		p = adopt(*tgid, ns_mode);
-	if (p && !t) {
-		struct nginxreq_task v = {.start = start, .tgid = *tgid, .ns_mode = ns_mode};
+	if (p && t) {
+		/* One process's requests run on one thread: the copy has one writer. */
+		t->proc = *p;
+		t->gen = gen;
+	} else if (p) {
+		struct nginxreq_task v = {.start = start, .gen = gen, .proc = *p, .tgid = *tgid, .ns_mode = ns_mode};
 		bpf_map_update_elem(&nginxreq_tasks, &ktgid, &v, BPF_ANY);
 		t = bpf_map_lookup_elem(&nginxreq_tasks, &ktgid);
 	}
@@ -930,9 +946,13 @@ static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, stru
 SEC("uprobe/ngx_http_free_request")
 int nginxreq_free_request(struct pt_regs *ctx)
 {
+	__u32 zero = 0;
+	struct nginxreq_config *cfg = bpf_map_lookup_elem(&nginxreq_cfg, &zero);
+	if (!cfg)
+		return 0;
 	__u32 tgid = 0;
 	struct nginxreq_task *t = 0;
-	struct nginxreq_proc *p = lookup_proc(&tgid, &t);
+	struct nginxreq_proc *p = lookup_proc(cfg->procs_gen, &tgid, &t);
 	if (!p)
 		return 0;
 	__u64 r = KW_PARM1(ctx);
@@ -940,11 +960,9 @@ int nginxreq_free_request(struct pt_regs *ctx)
 	if (!r)
 		return 0;
 
-	__u32 zero = 0;
-	struct nginxreq_config *cfg = bpf_map_lookup_elem(&nginxreq_cfg, &zero);
 	__u32 lid = p->layout_id;
 	struct nginxreq_layout *l = bpf_map_lookup_elem(&nginxreq_layouts, &lid);
-	if (!l || !cfg)
+	if (!l)
 		return 0;
 
 	if (!l->ready) {
@@ -1031,9 +1049,13 @@ int nginxreq_free_request_ret(struct pt_regs *ctx)
 SEC("uprobe/ngx_http_lua_handler")
 int nginxreq_lua_enter(struct pt_regs *ctx)
 {
+	__u32 zero = 0;
+	struct nginxreq_config *cfg = bpf_map_lookup_elem(&nginxreq_cfg, &zero);
+	if (!cfg)
+		return 0;
 	__u32 tgid = 0;
 	struct nginxreq_task *t = 0;
-	struct nginxreq_proc *p = lookup_proc(&tgid, &t);
+	struct nginxreq_proc *p = lookup_proc(cfg->procs_gen, &tgid, &t);
 	if (!p)
 		return 0;
 	__u32 lid = p->layout_id;

@@ -32,10 +32,11 @@ type NginxReqNginxreqCalib struct {
 }
 
 type NginxReqNginxreqConfig struct {
-	_      structs.HostLayout
-	NowSec uint64
-	Lua    uint32
-	Addr   uint32
+	_        structs.HostLayout
+	NowSec   uint64
+	Lua      uint32
+	Addr     uint32
+	ProcsGen uint64
 }
 
 type NginxReqNginxreqCounter uint32
@@ -180,6 +181,8 @@ type NginxReqNginxreqScratch struct {
 type NginxReqNginxreqTask struct {
 	_      structs.HostLayout
 	Start  uint64
+	Gen    uint64
+	Proc   NginxReqNginxreqProc
 	Tgid   uint32
 	NsMode uint32
 	Nls    uint32

@@ -29,6 +29,7 @@ func (p *Probes) SetPIDs(id discovery.GatewayID, pids []int) {
 // them, and adds them to the filter itself (adopt() in bpf/nginxreq.c). Adopted entries of
 // processes that are gone (or no longer the master's children) are removed here.
 func (p *Probes) setPIDsLocked(g *gateway, pids []int) error {
+	defer p.filterChangedLocked()
 	master := g.gw.Master.PID
 	want := map[int]bool{master: true}
 	for _, pid := range pids {
@@ -76,6 +77,7 @@ func (p *Probes) setPIDsLocked(g *gateway, pids []int) error {
 // removePIDsLocked takes all of a gateway's entries out of the kernel filter: the master,
 // the workers and those the kernel adopted.
 func (p *Probes) removePIDsLocked(g *gateway) {
+	defer p.filterChangedLocked()
 	for _, pid := range p.adoptedLocked(g, nil) {
 		p.objs.NginxreqProcs.Delete(uint32(pid))
 	}
@@ -86,6 +88,18 @@ func (p *Probes) removePIDsLocked(g *gateway) {
 		delete(p.pidOwner, pid)
 	}
 	g.pids, g.req = map[int]bool{}, map[int]bool{}
+}
+
+// filterChangedLocked tells the programs that the kernel filter (nginxreq_procs) may have
+// changed: they keep a copy of a process's entry and use it only while the config's
+// procs_gen stays the same. Called after every change, so a process taken out of the filter
+// is not counted from its next request on.
+func (p *Probes) filterChangedLocked() {
+	p.procsGen++
+	if err := p.objs.NginxreqCfg.Put(uint32(0), p.config(p.opts.Now())); err != nil {
+		p.lastErr = err.Error()
+		p.log().Error(err, "write BPF config after a change of the process filter")
+	}
 }
 
 // reapAdoptedLocked removes the entries the kernel adopted for the gateway whose process is

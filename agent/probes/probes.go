@@ -135,6 +135,7 @@ type Probes struct {
 	decoded, decodeErrs, calibs, ignored atomic.Uint64
 
 	lua      bool       // Lua phase probes on (Options.LuaPhases, then SetLuaPhases)
+	procsGen uint64     // the config's procs_gen: see filterChangedLocked
 	leftover []rawEvent // parked events recovered when Lua timing was switched off
 }
 
@@ -217,7 +218,7 @@ func (p *Probes) Run(ctx context.Context, sink model.Sink) error {
 }
 
 func (p *Probes) config(now time.Time) *bpf.NginxReqNginxreqConfig {
-	cfg := &bpf.NginxReqNginxreqConfig{NowSec: uint64(now.Unix())}
+	cfg := &bpf.NginxReqNginxreqConfig{NowSec: uint64(now.Unix()), ProcsGen: p.procsGen}
 	if p.lua {
 		cfg.Lua = 1
 	}

@@ -345,13 +345,13 @@ struct {
 	__type(value, struct nginxreq_lua_acc);
 } nginxreq_lua_time SEC(".maps");
 
-/* What never changes in a process's life, keyed by its kernel tgid: its PID as the agent
- * sees it (bpf_get_ns_current_pid_tgid costs as much as three reads of nginx's memory) and
- * the listening sockets (ngx_listening_t) its requests came in on, which live as long as it
- * does. The start time tells a later process that reuses the tgid from this one. Only
- * tracked processes get an entry. It also holds a copy of the process's filter entry
- * (nginxreq_procs), so a request costs one hash lookup, not two; the copy is used only while
- * the config's procs_gen is the one it was taken under, so user space's changes to the
+/* What never changes in a process's life, kept in its thread group leader's task storage (so
+ * it lives and dies with the process, and finding it costs no hash lookup): its PID as the
+ * agent sees it (bpf_get_ns_current_pid_tgid costs as much as three reads of nginx's memory)
+ * and the listening sockets (ngx_listening_t) its requests came in on, which live as long as
+ * it does. Only tracked processes get an entry. It also holds a copy of the process's filter
+ * entry (nginxreq_procs), so a request looks up no hash map at all; the copy is used only
+ * while the config's procs_gen is the one it was taken under, so user space's changes to the
  * filter take effect at the next request. */
 #define TASK_LISTENERS 4 /* a power of 2: indexes are masked with it */
 
@@ -363,7 +363,6 @@ struct nginxreq_task_listener {
 };
 
 struct nginxreq_task {
-	__u64 start;   /* the thread group leader's start_time */
 	__u64 gen;     /* procs_gen when proc was copied */
 	struct nginxreq_proc proc; /* the process's nginxreq_procs entry, as of gen */
 	__u32 tgid;    /* in the agent's PID namespace (or global, see lookup_proc) */
@@ -374,9 +373,9 @@ struct nginxreq_task {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32); /* kernel tgid */
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for task storage */
+	__type(key, int);
 	__type(value, struct nginxreq_task);
 } nginxreq_tasks SEC(".maps");
 
@@ -441,13 +440,11 @@ static __always_inline struct nginxreq_proc *adopt(__u32 tgid, int ns_mode)
  * filter it was taken from. */
 static __always_inline struct nginxreq_proc *lookup_proc(__u64 gen, __u32 *tgid, struct nginxreq_task **tp)
 {
-	/* Both from the task: one helper call where bpf_get_current_pid_tgid would be another. */
 	struct task_struct *task = bpf_get_current_task_btf();
-	__u32 ktgid = task->tgid;
-	__u64 start = task->group_leader->start_time;
-	struct nginxreq_task *t = bpf_map_lookup_elem(&nginxreq_tasks, &ktgid);
+	struct task_struct *leader = task->group_leader;
+	struct nginxreq_task *t = bpf_task_storage_get(&nginxreq_tasks, leader, 0, 0);
 	int ns_mode = 1;
-	if (t && t->start == start) {
+	if (t) {
 		*tgid = t->tgid;
 		*tp = t;
 		if (t->gen == gen)
@@ -455,7 +452,7 @@ static __always_inline struct nginxreq_proc *lookup_proc(__u64 gen, __u32 *tgid,
 		ns_mode = t->ns_mode;
 	} else {
 		struct bpf_pidns_info ns = {};
-		t = 0;
+		__u32 ktgid = task->tgid;
 		if (bpf_get_ns_current_pid_tgid(agent_ns_dev, agent_ns_ino, &ns, sizeof(ns)) == 0) {
 			*tgid = ns.tgid;
 		} else if (agent_in_init_ns) {
@@ -470,14 +467,18 @@ static __always_inline struct nginxreq_proc *lookup_proc(__u64 gen, __u32 *tgid,
 	struct nginxreq_proc *p = bpf_map_lookup_elem(&nginxreq_procs, tgid);
 	if (!p)
 		p = adopt(*tgid, ns_mode);
+	if (p && !t) {
+		/* Created zeroed: no listener cached yet. */
+		t = bpf_task_storage_get(&nginxreq_tasks, leader, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (t) {
+			t->tgid = *tgid;
+			t->ns_mode = ns_mode;
+		}
+	}
 	if (p && t) {
 		/* One process's requests run on one thread: the copy has one writer. */
 		t->proc = *p;
 		t->gen = gen;
-	} else if (p) {
-		struct nginxreq_task v = {.start = start, .gen = gen, .proc = *p, .tgid = *tgid, .ns_mode = ns_mode};
-		bpf_map_update_elem(&nginxreq_tasks, &ktgid, &v, BPF_ANY);
-		t = bpf_map_lookup_elem(&nginxreq_tasks, &ktgid);
 	}
 	*tp = t;
 	return p;

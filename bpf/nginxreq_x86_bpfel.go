@@ -180,7 +180,6 @@ type NginxReqNginxreqScratch struct {
 
 type NginxReqNginxreqTask struct {
 	_      structs.HostLayout
-	Start  uint64
 	Gen    uint64
 	Proc   NginxReqNginxreqProc
 	Tgid   uint32

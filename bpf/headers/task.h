@@ -1,5 +1,5 @@
-/* The few kernel task fields nginxreq reads to find a process's parent and tell a process
- * from an earlier one with the same PID, as CO-RE
+/* The few kernel task fields nginxreq reads to find a process's parent and its thread group
+ * leader (whose task storage holds the process's entry), as CO-RE
  * (preserve_access_index) declarations: libbpf/cilium relocate the offsets against the running
  * kernel's BTF (/sys/kernel/btf/vmlinux) at load time, so no vmlinux.h is needed. Only the
  * fields used are declared; names and types are the kernel's (checked against 6.18's BTF:
@@ -29,7 +29,6 @@ struct pid {
 
 struct task_struct {
 	int tgid;
-	unsigned long long start_time;
 	struct task_struct *real_parent;
 	struct task_struct *group_leader;
 	struct pid *thread_pid;

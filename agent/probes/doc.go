@@ -22,10 +22,12 @@
 // Lost events (ring full) are counted per CPU and reported in Status.Dropped.
 //
 // Processes are filtered in the kernel by the PID the agent sees: bpf_get_ns_current_pid_tgid
-// with the agent's own PID namespace (dev, ino set as load-time constants), once per process
-// (cached by kernel tgid and start time). When the agent
-// runs in the initial namespace and nginx in a container, the helper cannot match and the
-// program falls back to global PIDs (what such an agent sees in /proc).
+// with the agent's own PID namespace (dev, ino set as load-time constants), once per process:
+// the PID and a copy of the process's filter entry are kept in its thread group leader's task
+// storage, the copy used while the config's procs_gen is unchanged (SetPIDs and Untrack move
+// it), so a request looks up no hash map. When the agent runs in the initial namespace and
+// nginx in a container, the helper cannot match and the program falls back to global PIDs
+// (what such an agent sees in /proc).
 //
 // New workers are not lost while user space has not listed them yet (nginx forks them at
 // start, on reload and to replace a crashed one; discovery scans /proc once a second): the

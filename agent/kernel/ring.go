@@ -32,7 +32,20 @@ type Ring struct {
 	// AvailableBytes does not lock, and Close unmaps the ring).
 	mu     sync.Mutex
 	closed bool
+	// idlePoll and idleAfter: see IdlePoll (fields, so tests can shorten them).
+	idlePoll, idleAfter time.Duration
 }
+
+// After IdleAfter without a record, Read polls every IdlePoll instead of its caller's shorter
+// interval, until records come again. With no traffic the poll is much of what the agent does
+// (each wake-up also wakes the Go runtime's other threads). The first records after a quiet
+// spell wait at most IdlePoll for the reader, less when the programs wake it because enough
+// is queued: well inside the second /stats takes to refresh, so two refreshes with the same
+// total still mean that nothing is pending.
+const (
+	IdlePoll  = 500 * time.Millisecond
+	IdleAfter = 2 * time.Second
+)
 
 // OpenRing opens the ring buffer map m.
 func OpenRing(m *ebpf.Map) (*Ring, error) {
@@ -40,7 +53,7 @@ func OpenRing(m *ebpf.Map) (*Ring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
-	r := &Ring{rd: rd}
+	r := &Ring{rd: rd, idlePoll: IdlePoll, idleAfter: IdleAfter}
 	r.f, r.rc = pollable(m.FD())
 	return r, nil
 }
@@ -71,18 +84,20 @@ func pollable(fd int) (*os.File, syscall.RawConn) {
 const drainCheck = 64
 
 // Read hands every record to record until ctx ends or the ring is closed. tick runs first
-// and then about once per poll interval, whether records came or not: the caller's
-// housekeeping. The record's bytes are only valid during the call.
+// and then about once per poll interval (IdlePoll after IdleAfter without records), whether
+// records came or not: the caller's housekeeping. The record's bytes are only valid during
+// the call.
 func (r *Ring) Read(ctx context.Context, poll time.Duration, tick func(), record func(raw []byte)) error {
 	var rec ringbuf.Record
 	next := time.Now()
+	lastRecord := next
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
 		if now := time.Now(); !now.Before(next) {
 			tick()
-			next = now.Add(poll)
+			next = now.Add(r.interval(poll, now.Sub(lastRecord)))
 		}
 		if r.rc == nil {
 			// Wait in ringbuf.Reader until the deadline or a wake-up, then drain.
@@ -98,7 +113,8 @@ func (r *Ring) Read(ctx context.Context, poll time.Duration, tick func(), record
 			}
 			r.rd.SetDeadline(time.Unix(1, 0)) // drain without waiting
 		}
-		for n := 1; ; n++ {
+		n := 0
+		for ; ; n++ {
 			err := r.rd.ReadInto(&rec)
 			if err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -110,11 +126,27 @@ func (r *Ring) Read(ctx context.Context, poll time.Duration, tick func(), record
 				return fmt.Errorf("read ring buffer: %w", err)
 			}
 			record(rec.RawSample)
-			if n%drainCheck == 0 && time.Now().After(next) {
+			if (n+1)%drainCheck == 0 && time.Now().After(next) {
+				n++
 				break
 			}
 		}
+		if n > 0 {
+			// Records again: back to the caller's interval if a quiet spell had set a longer one.
+			lastRecord = time.Now()
+			if soon := lastRecord.Add(poll); soon.Before(next) {
+				next = soon
+			}
+		}
 	}
+}
+
+// interval is the time to the next poll when the last record came quiet ago.
+func (r *Ring) interval(poll, quiet time.Duration) time.Duration {
+	if quiet >= r.idleAfter && r.idlePoll > poll {
+		return r.idlePoll
+	}
+	return poll
 }
 
 // wait parks the goroutine in the netpoller until records are queued and the programs woke

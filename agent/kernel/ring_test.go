@@ -133,6 +133,80 @@ func TestRingWakesInNetpoller(t *testing.T) {
 	}
 }
 
+// TestRingIdlePoll: after IdleAfter without a record the reader polls every IdlePoll, a
+// record written without a wake-up is still read at the next of those polls, and records
+// (also those a wake-up brings in the middle of a long interval) bring the caller's interval
+// back.
+func TestRingIdlePoll(t *testing.T) {
+	m := newRing(t)
+	r, err := OpenRing(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.idlePoll, r.idleAfter = 3*time.Second, 300*time.Millisecond
+	const (
+		poll             = 20 * time.Millisecond
+		bpfRBNoWakeup    = 1
+		bpfRBForceWakeup = 2
+	)
+	quiet, forced := ringProducer(t, m, bpfRBNoWakeup), ringProducer(t, m, bpfRBForceWakeup)
+	got := make(chan uint64, 16)
+	var ticks atomic.Int32
+	go r.Read(context.Background(), poll, func() { ticks.Add(1) }, func(raw []byte) { //nolint:errcheck
+		got <- binary.LittleEndian.Uint64(raw)
+	})
+	read := func(want uint64, within time.Duration, what string) {
+		t.Helper()
+		start := time.Now()
+		select {
+		case v := <-got:
+			if v != want {
+				t.Fatalf("record %d, want %d", v, want)
+			}
+			t.Logf("%s: read after %v", what, time.Since(start).Round(time.Millisecond))
+		case <-time.After(within):
+			t.Fatalf("%s: not read within %v", what, within)
+		}
+	}
+
+	// Polls every 20 ms for the first 300 ms, then one at 3.3 s: none in the second second.
+	time.Sleep(time.Second)
+	before := ticks.Load()
+	time.Sleep(time.Second)
+	if n := ticks.Load() - before; n > 1 {
+		t.Fatalf("%d polls in a second of quiet after IdleAfter (%v); want at most one, every %v", n, r.idleAfter, r.idlePoll)
+	}
+	produce(t, quiet, 40)
+	read(40, r.idlePoll+2*time.Second, "a record written without a wake-up during a quiet spell")
+
+	// Quiet again (the next poll in 3 s), then a wake-up in the middle of that interval: the
+	// reader must not go back to sleep until the end of it, so a record written without a
+	// wake-up soon after is read within the caller's interval, not at the idle poll.
+	time.Sleep(time.Second)
+	produce(t, forced, 45)
+	read(45, r.idlePoll/2, "a record with a forced wake-up")
+	time.Sleep(200 * time.Millisecond)
+	produce(t, quiet, 50)
+	read(50, r.idlePoll/2, "a record without a wake-up after a woken one")
+}
+
+func TestRingInterval(t *testing.T) {
+	r := &Ring{idlePoll: IdlePoll, idleAfter: IdleAfter}
+	for _, c := range []struct{ poll, quiet, want time.Duration }{
+		{150 * time.Millisecond, 0, 150 * time.Millisecond},
+		{150 * time.Millisecond, IdleAfter - 1, 150 * time.Millisecond},
+		{150 * time.Millisecond, IdleAfter, IdlePoll},
+		{20 * time.Millisecond, time.Hour, IdlePoll},
+		// A caller's interval longer than IdlePoll is kept.
+		{5 * time.Second, time.Hour, 5 * time.Second},
+	} {
+		if got := r.interval(c.poll, c.quiet); got != c.want {
+			t.Errorf("interval(%v, quiet %v) = %v, want %v", c.poll, c.quiet, got, c.want)
+		}
+	}
+}
+
 // TestRingReadEndsWithContext: a parked Read returns by the next poll deadline once its
 // context ends, and AvailableBytes is safe after Close.
 func TestRingReadEndsWithContext(t *testing.T) {

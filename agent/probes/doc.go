@@ -18,7 +18,8 @@
 // request becomes one event in a BPF ring buffer, cut after its URI's bytes (or its Host's,
 // when an HTTP/1 request's Host header, the request line's next line, was read with its URI;
 // the client address follows only when it was read); wake-ups are batched
-// (BPF_RB_NO_WAKEUP until a quarter of the ring is full) and Run polls every 150 ms.
+// (BPF_RB_NO_WAKEUP until a quarter of the ring is full) and Run polls every 150 ms (every
+// 500 ms after 2 s without a record: kernel.IdlePoll).
 // Lost events (ring full) are counted per CPU and reported in Status.Dropped.
 //
 // Processes are filtered in the kernel by the PID the agent sees: bpf_get_ns_current_pid_tgid

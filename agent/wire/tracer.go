@@ -492,7 +492,7 @@ func (t *Tracer) Run(ctx context.Context, sink model.Sink) error {
 }
 
 // pollInterval bounds how long an event waits in the ring (its programs batch wake-ups),
-// and how stale Status's parser counters are.
+// and how stale Status's parser counters are (kernel.IdlePoll after a quiet spell).
 const pollInterval = 20 * time.Millisecond
 
 // now is the time on the chunks' clock (CLOCK_MONOTONIC, shifted like their stamps).

@@ -52,6 +52,7 @@ enum nginxreq_flag {
 	F_LISTEN_ERR = 1 << 8,       /* the accepting listener's address could not be read */
 	F_METHOD_BIT = 1 << 9,       /* method not read: it is the name of method_bit's method */
 	F_HOST_IN_URI = 1 << 10,     /* host's bytes are in uri, from host_off on (host is unused) */
+	F_HOST_FOLDED = 1 << 11,     /* ... read in the URI's read: the request line's next line */
 };
 
 /* counters (per-CPU array indexes) */
@@ -151,8 +152,11 @@ struct nginxreq_event {
 	__u32 host_off; /* F_HOST_IN_URI: where host's bytes start in uri */
 	__u32 _pad;
 	char method[METHOD_LEN];
-	char host[HOST_LEN];
+	/* The strings, in the order that lets a record end where its bytes do: the URI, and the
+	 * Host after it in the same buffer whenever both fit (F_HOST_IN_URI); host only for a
+	 * Host that does not fit there (then the record ends after it). */
 	char uri[URI_LEN];
+	char host[HOST_LEN];
 	char addr[ADDR_LEN];
 };
 
@@ -594,6 +598,30 @@ static __always_inline void read_from_start(struct nginxreq_event *e, __u64 r, _
 	from_start(e, v, by_bit, 0);
 }
 
+/* put_host copies the Host (the ngx_str_t len, data) into e, whose URI is there already: into
+ * uri's buffer right after the URI's bytes when both fit (F_HOST_IN_URI, host_off), so the
+ * record ends after the Host and host[] is not sent; otherwise into host[]. */
+static __always_inline void put_host(struct nginxreq_event *e, __u64 len, __u64 data)
+{
+	if (!len || len > 0xffffffff)
+		return;
+	e->host_len = len;
+	if (len > HOST_LEN)
+		e->flags |= F_HOST_TRUNC;
+	__u32 hl = len < HOST_LEN ? len : HOST_LEN;
+	__u32 ul = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
+	if (ul + hl <= URI_LEN) {
+		kw_barrier_var(ul);
+		if (ul > URI_LEN) /* known already; for the verifier */
+			return;
+		e->host_off = ul;
+		e->flags |= F_HOST_IN_URI;
+		KW_READ_STR(e->uri + ul, HOST_LEN, data, hl);
+		return;
+	}
+	KW_READ_STR(e->host, HOST_LEN, data, hl);
+}
+
 /* host_from copies the ngx_str_t (len, data) into dst; it returns len (0: none). */
 static __always_inline __u32 host_from(char *dst, __u64 len, __u64 data, __u32 *flags)
 {
@@ -628,14 +656,16 @@ static __always_inline void read_host_status(struct nginxreq_event *e, __u64 r, 
 			e->flags |= F_READ_ERR;
 			return;
 		}
-		e->host_len = host_from(e->host, buf[0], buf[1], &e->flags);
+		put_host(e, buf[0], buf[1]);
 		__u32 i = d / 8;
 		kw_barrier_var(i);
 		if (i < HS_SPAN / 8)
 			e->status = buf[i];
 		return;
 	}
-	e->host_len = read_host(e->host, r, l->off_server, &e->flags);
+	__u64 str[2] = {};
+	if (bpf_probe_read_user(str, sizeof(str), (void *)(r + l->off_server)) == 0)
+		put_host(e, str[0], str[1]);
 	if (bpf_probe_read_user(&e->status, sizeof(e->status), (void *)(r + l->off_status)))
 		e->flags |= F_READ_ERR;
 }
@@ -643,15 +673,16 @@ static __always_inline void read_host_status(struct nginxreq_event *e, __u64 r, 
 /* $host when the client sent no Host (headers_in.server empty): the server_name of the
  * server that handled the request, ((ngx_http_core_srv_conf_t *) r->srv_conf[0])->server_name.
  * Only on that (rare) path, so the common path costs nothing more. */
-static __always_inline __u32 read_server_name(char *dst, __u64 r, struct nginxreq_layout *l, __u32 *flags)
+static __always_inline void read_server_name(struct nginxreq_event *e, __u64 r, struct nginxreq_layout *l)
 {
-	__u64 sc = 0, cscf = 0;
+	__u64 sc = 0, cscf = 0, str[2] = {};
 	if (bpf_probe_read_user(&sc, sizeof(sc), (void *)(r + l->off_srv_conf)) || !sc)
-		return 0;
+		return;
 	if (bpf_probe_read_user(&cscf, sizeof(cscf), (void *)sc) || !cscf)
-		return 0;
-	*flags |= F_HOST_SERVER_NAME;
-	return read_host(dst, cscf, l->cscf_name, flags);
+		return;
+	e->flags |= F_HOST_SERVER_NAME;
+	if (bpf_probe_read_user(str, sizeof(str), (void *)(cscf + l->cscf_name)) == 0)
+		put_host(e, str[0], str[1]);
 }
 
 /* The span read_upstream reads first: the ngx_array_t (40 bytes) and the start of the first
@@ -804,15 +835,23 @@ static __always_inline void fill_common(struct nginxreq_event *e, struct nginxre
 	read_clock(e, p);
 }
 
-/* The bytes of a request event the decoder reads: up to the end of the URI's copy (or of the
- * Host's, when it is in the URI's buffer), or the whole event when the client address follows it. */
+/* The bytes of a request event the decoder reads: up to the end of the URI's copy or of the
+ * Host's in the URI's buffer, to the end of host[]'s copy when the Host is there, or the whole
+ * event when the client address follows it. */
 static __always_inline __u64 event_len(const struct nginxreq_event *e)
 {
 	if (e->addr_len)
 		return sizeof(*e);
+	__u64 hl = e->host_len < HOST_LEN ? e->host_len : HOST_LEN;
+	if (hl && !(e->flags & F_HOST_IN_URI)) {
+		kw_barrier_var(hl);
+		if (hl > HOST_LEN)
+			hl = HOST_LEN;
+		return __builtin_offsetof(struct nginxreq_event, host) + hl;
+	}
 	__u64 n = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
 	if (e->flags & F_HOST_IN_URI) {
-		__u64 h = (__u64)e->host_off + (e->host_len < HOST_LEN ? e->host_len : HOST_LEN);
+		__u64 h = (__u64)e->host_off + hl;
 		if (h > n)
 			n = h;
 	}
@@ -844,16 +883,14 @@ static __always_inline void read_host_uri(struct nginxreq_event *e, __u64 len, _
 		if (KW_READ_STR(e->uri, URI_LEN, uri, span)) {
 			e->host_len = len;
 			e->host_off = data - uri;
-			e->flags |= F_HOST_IN_URI;
+			e->flags |= F_HOST_IN_URI | F_HOST_FOLDED;
 			if (len > HOST_LEN)
 				e->flags |= F_HOST_TRUNC;
-			/* The record carries host[] unused: no earlier request's Host in it. */
-			__builtin_memset(e->host, 0, HOST_LEN);
 			return;
 		}
 	}
 	KW_READ_STR(e->uri, URI_LEN, uri, e->uri_len);
-	e->host_len = host_from(e->host, len, data, &e->flags);
+	put_host(e, len, data);
 }
 
 /* read_r_span reads, in one read of r into buf, the fields from start_sec on (read_from_start's),
@@ -927,7 +964,7 @@ static __always_inline void fill_request(struct nginxreq_event *e, __u64 r, stru
 		read_host_status(e, r, l);
 	}
 	if (!e->host_len && l->cscf_name)
-		e->host_len = read_server_name(e->host, r, l, &e->flags);
+		read_server_name(e, r, l);
 
 	if (!cu)
 		read_conn_ustates(r, l, &c, &us);

@@ -79,8 +79,8 @@ type NginxReqNginxreqEvent struct {
 	HostOff       uint32
 	Pad           uint32
 	Method        [16]int8
-	Host          [64]int8
 	Uri           [160]int8
+	Host          [64]int8
 	Addr          [48]int8
 	_             [4]byte
 }
@@ -99,6 +99,7 @@ const (
 	NginxReqNginxreqFlagF_LISTEN_ERR       NginxReqNginxreqFlag = 256
 	NginxReqNginxreqFlagF_METHOD_BIT       NginxReqNginxreqFlag = 512
 	NginxReqNginxreqFlagF_HOST_IN_URI      NginxReqNginxreqFlag = 1024
+	NginxReqNginxreqFlagF_HOST_FOLDED      NginxReqNginxreqFlag = 2048
 )
 
 type NginxReqNginxreqKind uint32

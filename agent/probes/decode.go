@@ -28,8 +28,10 @@ const (
 	fListenErr = uint32(bpf.NginxReqNginxreqFlagF_LISTEN_ERR)
 	// fMethodBit: the method was not read; it is the name of MethodBit's method.
 	fMethodBit = uint32(bpf.NginxReqNginxreqFlagF_METHOD_BIT)
-	// fHostInURI: the Host's bytes are in Uri from HostOff on (read with the URI's).
-	fHostInURI = uint32(bpf.NginxReqNginxreqFlagF_HOST_IN_URI)
+	// fHostInURI: the Host's bytes are in Uri from HostOff on (right after the URI's, or read
+	// with them: fHostFolded).
+	fHostInURI  = uint32(bpf.NginxReqNginxreqFlagF_HOST_IN_URI)
+	fHostFolded = uint32(bpf.NginxReqNginxreqFlagF_HOST_FOLDED)
 )
 
 // Address families of the listener's sockaddr.
@@ -49,18 +51,25 @@ const (
 	calibSize = int(unsafe.Sizeof(rawCalib{}))
 	// eventHead is the shortest request record: everything before the URI's bytes.
 	eventHead = int(unsafe.Offsetof(rawEvent{}.Uri))
+	// hostAt is where the Host's own buffer starts (used when it did not fit after the URI).
+	hostAt = int(unsafe.Offsetof(rawEvent{}.Host))
 )
 
-// eventLen is the length of a request record whose fields are ev's: up to the end of the
-// URI's copy (or of the Host's, when it is in the URI's buffer), or the whole event when it
-// carries the client address.
+// eventLen is the length of a request record whose fields are ev's (event_len in
+// nginxreq.c): up to the end of the URI's copy or of the Host's in the URI's buffer, to the
+// end of the Host's own buffer's copy when it is there, or the whole event when it carries the
+// client address.
 func eventLen(ev *rawEvent) int {
 	if ev.AddrLen > 0 {
 		return eventSize
 	}
+	hl := min(int(ev.HostLen), len(ev.Host))
+	if hl > 0 && ev.Flags&fHostInURI == 0 {
+		return hostAt + hl
+	}
 	n := min(int(ev.UriLen), len(ev.Uri))
 	if ev.Flags&fHostInURI != 0 {
-		n = max(n, int(ev.HostOff)+min(int(ev.HostLen), len(ev.Host)))
+		n = max(n, int(ev.HostOff)+hl)
 	}
 	return eventHead + min(n, len(ev.Uri))
 }

@@ -228,13 +228,24 @@ func bpfUp(ptr, nelts, size, pool, sum uint64) bpf.NginxReqNginxreqUpcand {
 
 // TestShortRecords: a request record ends where its strings do (the program sends no more),
 // decodes as the whole event would, and is refused when it is shorter than its own lengths.
+// hostAfterURI moves ev's Host from its own buffer to right after the URI's bytes, as the
+// program places a Host it read apart when both fit.
+func hostAfterURI(ev *rawEvent) {
+	ul, hl := min(int(ev.UriLen), len(ev.Uri)), min(int(ev.HostLen), len(ev.Host))
+	copy(ev.Uri[ul:], ev.Host[:hl])
+	ev.Host = [len(ev.Host)]int8{}
+	ev.HostOff = uint32(ul)
+	ev.Flags |= fHostInURI
+}
+
 func TestShortRecords(t *testing.T) {
 	full := sampleEvent()
 	full.AddrLen = 0
+	hostAfterURI(&full)
 	bytesOf := func(ev *rawEvent) []byte { return unsafe.Slice((*byte)(unsafe.Pointer(ev)), eventSize) }
 	n := eventLen(&full)
-	if n != eventHead+len("/users/1?x=1") || n >= eventSize {
-		t.Fatalf("record of %d bytes for a %d-byte URI (head %d)", n, full.UriLen, eventHead)
+	if n != eventHead+len("/users/1?x=1")+len("api.example.com") || n >= eventSize {
+		t.Fatalf("record of %d bytes for a %d-byte URI and a %d-byte Host (head %d)", n, full.UriLen, full.HostLen, eventHead)
 	}
 	var r record
 	var c rawCalib
@@ -263,6 +274,27 @@ func TestShortRecords(t *testing.T) {
 	}
 	if err := parseRecord(bytesOf(&full)[:eventHead-1], &r, &c); !errors.Is(err, errShortRecord) {
 		t.Fatalf("record shorter than the head: %v", err)
+	}
+
+	// A Host that does not fit after a long URI stays in its own buffer: the record ends after
+	// it, and one cut inside it is refused.
+	long := sampleEvent()
+	long.AddrLen = 0
+	long.UriLen = setStr(long.Uri[:], "/"+strings.Repeat("u", model.MaxURILen-10))
+	n = eventLen(&long)
+	if n != hostAt+len("api.example.com") {
+		t.Fatalf("record of %d bytes for a Host in its own buffer, want %d", n, hostAt+len("api.example.com"))
+	}
+	if err := parseRecord(bytesOf(&long)[:n], &r, &c); err != nil {
+		t.Fatal(err)
+	}
+	clock{}.toRequest(&r.ev, r.ev.Status, &got)
+	clock{}.toRequest(&long, long.Status, &want)
+	if !reflect.DeepEqual(got, want) || got.Host != "api.example.com" {
+		t.Fatalf("record with the Host in its own buffer decoded as %+v, want %+v", got, want)
+	}
+	if err := parseRecord(bytesOf(&long)[:n-1], &r, &c); !errors.Is(err, errShortRecord) {
+		t.Fatalf("record cut inside its own Host buffer: %v", err)
 	}
 }
 
@@ -335,7 +367,10 @@ func FuzzDecode(f *testing.F) {
 	ev := sampleEvent()
 	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), eventSize))
 	ev.AddrLen = 0
-	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), eventLen(&ev))) // as the program sends it
+	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), eventLen(&ev)))
+	after := ev
+	hostAfterURI(&after)
+	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&after)), eventLen(&after))) // as the program sends it
 	in := hostInURI("api.example.com")
 	f.Add(unsafe.Slice((*byte)(unsafe.Pointer(&in)), eventLen(&in)))
 	cb := new(rawCalib)

@@ -424,7 +424,8 @@ func TestEventsBuiltInTheRing(t *testing.T) {
 
 // TestHostReadWithTheURI: on the fast path an HTTP/1 request's Host comes in the same read as
 // its URI (both in nginx's header buffer), and a Host nginx rewrote (lowercased into its
-// pool) is read apart; both decode as the access log has them.
+// pool) is read apart and placed right after the URI's bytes; both decode as the access log
+// has them.
 func TestHostReadWithTheURI(t *testing.T) {
 	requireIntegration(t)
 	n := startNginx(t)
@@ -454,35 +455,41 @@ func TestHostReadWithTheURI(t *testing.T) {
 		get("warmup.kw.test")
 		time.Sleep(20 * time.Millisecond)
 	}
-	// The last event each CPU built is in its scratch: how many are host's, and how many of
-	// those had the Host read with the URI.
-	lastBuilt := func(host string) (n, folded int) {
+	// The last event each CPU built is in its scratch: how many are host's, how many of those
+	// had the Host read with the URI, and how many had it read apart and placed right after
+	// the URI's bytes (so that, without the client address, the record ends there).
+	lastBuilt := func(host string) (n, folded, placed int) {
 		t.Helper()
 		var per []bpf.NginxReqNginxreqScratch
 		if err := p.objs.NginxreqScratch.Lookup(uint32(0), &per); err != nil {
 			t.Fatal(err)
 		}
 		for _, s := range per {
-			if s.Ev.Kind == evRequest && str(hostBuf(&s.Ev), s.Ev.HostLen) == host {
-				n++
-				if s.Ev.Flags&fHostInURI != 0 {
-					folded++
-				}
+			ev := &s.Ev
+			if ev.Kind != evRequest || str(hostBuf(ev), ev.HostLen) != host {
+				continue
+			}
+			n++
+			switch {
+			case ev.Flags&fHostFolded != 0:
+				folded++
+			case ev.Flags&fHostInURI != 0 && ev.HostOff == ev.UriLen:
+				placed++
 			}
 		}
-		return n, folded
+		return n, folded, placed
 	}
 	for range 5 {
 		get("fold.kw.test")
 	}
-	if n, folded := lastBuilt("fold.kw.test"); n == 0 || folded != n {
+	if n, folded, _ := lastBuilt("fold.kw.test"); n == 0 || folded != n {
 		t.Errorf("%d of the last %d requests with Host fold.kw.test had it read with the URI", folded, n)
 	}
 	for range 5 {
 		get("Apart.KW.test") // nginx lowercases it into a copy of its own
 	}
-	if n, folded := lastBuilt("apart.kw.test"); n == 0 || folded != 0 {
-		t.Errorf("%d of the last %d requests with a Host nginx rewrote had it read with the URI", folded, n)
+	if n, folded, placed := lastBuilt("apart.kw.test"); n == 0 || folded != 0 || placed != n {
+		t.Errorf("of the last %d requests with a Host nginx rewrote, %d had it read with the URI and %d right after it", n, folded, placed)
 	}
 	// A header line between the request line and Host: read apart, so that no other header's
 	// bytes reach the ring.
@@ -490,8 +497,8 @@ func TestHostReadWithTheURI(t *testing.T) {
 		sendRaw(t, n.Port, "GET /fast?q=1 HTTP/1.1\r\nX-Api-Key: not-for-the-ring\r\nHost: gap.kw.test\r\nConnection: close\r\n\r\n")
 		sent++
 	}
-	if n, folded := lastBuilt("gap.kw.test"); n == 0 || folded != 0 {
-		t.Errorf("%d of the last %d requests with a header before Host had it read with the URI", folded, n)
+	if n, folded, placed := lastBuilt("gap.kw.test"); n == 0 || folded != 0 || placed != n {
+		t.Errorf("of the last %d requests with a header before Host, %d had it read with the URI and %d right after it", n, folded, placed)
 	}
 
 	pairWithLog(t, n, c, sent)

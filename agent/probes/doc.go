@@ -15,9 +15,11 @@
 // upstream_states (response_time summed over up to 4 tries, stride = the array's own
 // element size) for $upstream_response_time, connection->sent ($bytes_sent; the HTTP/2
 // stream's fake connection carries the stream's bytes) and connection->addr_text. Each
-// request becomes one event in a BPF ring buffer, cut after its URI's bytes (or its Host's,
-// when an HTTP/1 request's Host header, the request line's next line, was read with its URI;
-// the client address follows only when it was read); wake-ups are batched
+// request becomes one event in a BPF ring buffer, cut after its Host's bytes: they follow the
+// URI's in the URI's buffer, read with them when an HTTP/1 request's Host header is the
+// request line's next line, or put right after them (a Host that does not fit there has a
+// buffer of its own, after the URI's); the client address follows only when it was read.
+// Wake-ups are batched
 // (BPF_RB_NO_WAKEUP until a quarter of the ring is full) and Run polls every 150 ms (every
 // 500 ms after 2 s without a record: kernel.IdlePoll).
 // Lost events (ring full) are counted per CPU and reported in Status.Dropped.

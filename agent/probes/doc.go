@@ -19,9 +19,8 @@
 // URI's in the URI's buffer, read with them when an HTTP/1 request's Host header is the
 // request line's next line, or put right after them (a Host that does not fit there has a
 // buffer of its own, after the URI's); the client address follows only when it was read.
-// Wake-ups are batched
-// (BPF_RB_NO_WAKEUP until a quarter of the ring is full) and Run polls every 150 ms (every
-// 500 ms after 2 s without a record: kernel.IdlePoll).
+// Wake-ups are batched (BPF_RB_NO_WAKEUP until a quarter of the ring is full) and Run polls
+// every 150 ms (every 500 ms after 2 s without a record: kernel.IdlePoll).
 // Lost events (ring full) are counted per CPU and reported in Status.Dropped.
 //
 // Processes are filtered in the kernel by the PID the agent sees: bpf_get_ns_current_pid_tgid

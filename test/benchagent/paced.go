@@ -67,6 +67,12 @@ func (b *bench) pacedRun(ctx context.Context, t *target, rate int, route string,
 		}
 		defer t.agent.stop()
 	}
+	if sd == sideFloor {
+		if err := t.floor.start(ctx); err != nil {
+			return pacedCPU{}, err
+		}
+		defer t.floor.stop()
+	}
 	var a *agentRunner
 	if withAgent {
 		a = t.agent
@@ -136,12 +142,14 @@ func perRequestUs(pctCore float64, requests int, wall float64) float64 {
 	return pctCore / 100 * wall / float64(requests) * 1e6
 }
 
-// cpuRuns measures the CPU of the workers (and of the agent) at a fixed paced rate, both sides.
+// cpuRuns measures the CPU of the workers (and of the agent) at a fixed paced rate, every
+// side: what the floor's empty program costs the workers at that rate too, since a trap on a
+// cold path costs more than at saturation.
 func (b *bench) cpuRuns(ctx context.Context, t *target) error {
 	c := b.cfg
 	b.logf("CPU at a fixed %d req/s: paced open-loop GET %s over %d keep-alive connections, %v per side", c.cpuRate, c.kongRoute, b.pacedConns(c.cpuRate), c.cpuDur)
 	for r := 0; r < c.cpuRounds; r++ {
-		for _, sd := range order([]side{sideNone, sideAgent}, r) {
+		for _, sd := range order(b.sides(t), r) {
 			cr, err := b.pacedRun(ctx, t, c.cpuRate, c.kongRoute, sd, c.cpuDur)
 			if err != nil {
 				return err

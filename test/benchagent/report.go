@@ -186,16 +186,21 @@ type cpuSummary struct {
 	rate                               float64 // achieved req/s
 	usPerReq, schedUsPerReq            float64 // extra CPU per request, top-down
 	woMin, woMax                       float64 // spread of the none side: the noise floor
-	agentPct, agentUs                  spread  // the agent process at cpuRate: % of a core, us/request
-	hitsPerReq, bpfNsPerReq            spread  // at cpuRate
-	high                               bool
-	highPct, highUs, highBpfNs         spread // at highRate
-	highLag                            time.Duration
+	// The floor side (an empty program on the same uprobe): the workers' extra CPU it causes,
+	// and the agent's extra above it (hasFloor: floor runs were made).
+	hasFloor                       bool
+	floorExtra, floorUsPerReq      float64
+	aboveFloor, aboveFloorUsPerReq float64
+	agentPct, agentUs              spread // the agent process at cpuRate: % of a core, us/request
+	hitsPerReq, bpfNsPerReq        spread // at cpuRate
+	high                           bool
+	highPct, highUs, highBpfNs     spread // at highRate
+	highLag                        time.Duration
 }
 
 func (b *bench) cpuSummary() cpuSummary {
 	c := b.cfg
-	var wo, wi, swo, swi, rates, ap, au, hits, bns, hp, hu, hb []float64
+	var wo, wi, swo, swi, fl, rates, ap, au, hits, bns, hp, hu, hb []float64
 	var s cpuSummary
 	for _, r := range b.cpu {
 		perReq := perRequestUs(r.agentPct, r.pr.OK, r.wall)
@@ -211,10 +216,13 @@ func (b *bench) cpuSummary() cpuSummary {
 			}
 			continue
 		}
-		if r.side == sideNone {
+		switch r.side {
+		case sideNone:
 			wo = append(wo, r.workersPct)
 			swo = append(swo, r.schedPct)
-		} else {
+		case sideFloor:
+			fl = append(fl, r.workersPct) // bpftrace itself idles: its program runs in the workers
+		default:
 			wi = append(wi, r.workersPct+r.agentPct)
 			swi = append(swi, r.schedPct+r.agentPct)
 			ap = append(ap, r.agentPct)
@@ -243,6 +251,15 @@ func (b *bench) cpuSummary() cpuSummary {
 	if s.rate > 0 {
 		s.usPerReq = s.extra / 100 / s.rate * 1e6
 		s.schedUsPerReq = s.schedXtra / 100 / s.rate * 1e6
+	}
+	if len(fl) > 0 {
+		s.hasFloor = true
+		s.floorExtra = median(fl) - s.without
+		s.aboveFloor = s.extra - s.floorExtra
+		if s.rate > 0 {
+			s.floorUsPerReq = s.floorExtra / 100 / s.rate * 1e6
+			s.aboveFloorUsPerReq = s.aboveFloor / 100 / s.rate * 1e6
+		}
 	}
 	return s
 }
@@ -343,6 +360,10 @@ func (b *bench) report() reportOut {
 			c.cpuRate, c.kongRoute, cs.without, cs.with, cs.extra, cs.usPerReq, targetExtraCPUPct, cpuVerdict)
 		fmt.Fprintf(&t, "  noise: the workers' CPU over the runs without the agent spans %.2f%% to %.2f%%; with schedstat: extra %.2f%%, %.1f us/request\n",
 			cs.woMin, cs.woMax, cs.schedXtra, cs.schedUsPerReq)
+		if cs.hasFloor {
+			fmt.Fprintf(&t, "  the floor (an empty program on the same uprobe) at that rate: extra %.2f%%, %.1f us/request; the agent above it: %.2f%%, %.1f us/request\n",
+				cs.floorExtra, cs.floorUsPerReq, cs.aboveFloor, cs.aboveFloorUsPerReq)
+		}
 	}
 	if agentOn && len(b.cpu) > 0 {
 		fmt.Fprintf(&t, "agent process CPU: %s%% of a core at %d req/s (%s us/request); %s%% at %d req/s on %s (%s us/request); %s%% with no traffic\n",
@@ -422,6 +443,8 @@ func (b *bench) report() reportOut {
 	fmt.Fprintf(&bl, "BENCH agent_cpu_percent_%s %s\n", rateName(c.highRate), f(cs.highPct.med, 2))
 	fmt.Fprintf(&bl, "BENCH agent_cpu_percent_idle %s\n", na(b.idleAgentPct >= 0, f(b.idleAgentPct, 2)))
 	fmt.Fprintf(&bl, "BENCH extra_cpu_pct_at_%drps %s\n", c.cpuRate, na(cs.ok, f(cs.extra, 2)))
+	fmt.Fprintf(&bl, "BENCH floor_extra_cpu_pct_at_%drps %s\n", c.cpuRate, na(cs.ok && cs.hasFloor, f(cs.floorExtra, 2)))
+	fmt.Fprintf(&bl, "BENCH extra_cpu_pct_above_floor_at_%drps %s\n", c.cpuRate, na(cs.ok && cs.hasFloor, f(cs.aboveFloor, 2)))
 	fmt.Fprintf(&bl, "BENCH agent_rss_mib %s\n", na(agentOn, f(benchkit.MiB(hwm), 1)))
 	fmt.Fprintf(&bl, "BENCH dropped_events_at_%drps %s\n", c.dropRate, na(agentOn && d.done, fmt.Sprint(d.droppedTotal)))
 	fmt.Fprintf(&bl, "BENCH agent_counted_pct_at_%drps %s\n", c.dropRate, na(agentOn && d.done, f(countPct, 2)))

@@ -105,6 +105,10 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 	if cs.ok {
 		w("| workers + agent minus workers alone, paced %d req/s (top-down) | %.2f%% of a core (%.1f us/request; schedstat: %.2f%%); the workers alone span %.2f%% to %.2f%% over the none runs |\n",
 			c.cpuRate, cs.extra, cs.usPerReq, cs.schedXtra, cs.woMin, cs.woMax)
+		if cs.hasFloor {
+			w("| the same for the floor's empty program, and the agent above it, paced %d req/s | floor %.2f%% of a core (%.1f us/request); the agent above the floor %.2f%% (%.1f us/request) |\n",
+				c.cpuRate, cs.floorExtra, cs.floorUsPerReq, cs.aboveFloor, cs.aboveFloorUsPerReq)
+		}
 	}
 	if c.agentBin != "" {
 		w("| agent memory, VmHWM (peak of all %d agent processes) | %.1f MiB (target <= %.0f MiB: %s) |\n", b.agentStarts, benchkit.MiB(hwm), targetRSSMiB, passMiss(rssOK))

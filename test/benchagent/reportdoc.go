@@ -134,7 +134,8 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 	}
 	w("\nThe agent's CPU is its threads' on-CPU time (`/proc/<pid>/task/*/schedstat`, ns) over the requests\n")
 	w("answered, by an open-loop paced generator in the harness (Go, keep-alive connections, %d round(s) of %v\n", c.cpuRounds, c.cpuDur)
-	w("at %d req/s alternating with runs without the agent, %d of %v at %d req/s); it includes its fixed cost\n", c.cpuRate, c.highRounds, c.cpuDur, c.highRate)
+	w("at %d req/s in turn with runs without the agent and runs with the floor's empty program, %d of %v at\n", c.cpuRate, c.highRounds, c.cpuDur)
+	w("%d req/s); it includes its fixed cost\n", c.highRate)
 	w("(the no-traffic figure). The BPF run time is what the kernel accounts to the agent's programs\n")
 	w("(BPF_ENABLE_STATS, the switch behind `kernel.bpf_stats_enabled`, held only around those runs and\n")
 	w("released even if the harness dies; it adds two clock reads per program run, so it is off in the\n")

@@ -126,17 +126,24 @@ func (r *Ring) Read(ctx context.Context, poll time.Duration, tick func(), record
 				return fmt.Errorf("read ring buffer: %w", err)
 			}
 			record(rec.RawSample)
+			if n == 0 {
+				// Records again: back to the caller's interval if a quiet spell had set a
+				// longer one. ringbuf.Reader waits for its deadline once the ring is empty, so
+				// on that path the deadline moves too.
+				if soon := time.Now().Add(poll); soon.Before(next) {
+					next = soon
+					if r.rc == nil {
+						r.rd.SetDeadline(next)
+					}
+				}
+			}
 			if (n+1)%drainCheck == 0 && time.Now().After(next) {
 				n++
 				break
 			}
 		}
 		if n > 0 {
-			// Records again: back to the caller's interval if a quiet spell had set a longer one.
 			lastRecord = time.Now()
-			if soon := lastRecord.Add(poll); soon.Before(next) {
-				next = soon
-			}
 		}
 	}
 }

@@ -136,14 +136,27 @@ func TestRingWakesInNetpoller(t *testing.T) {
 // TestRingIdlePoll: after IdleAfter without a record the reader polls every IdlePoll, a
 // record written without a wake-up is still read at the next of those polls, and records
 // (also those a wake-up brings in the middle of a long interval) bring the caller's interval
-// back.
+// back; parked in the netpoller, and waiting in ringbuf.Reader (the path without it).
 func TestRingIdlePoll(t *testing.T) {
+	for _, netpoller := range []bool{true, false} {
+		name := "netpoller"
+		if !netpoller {
+			name = "ringbuf.Reader"
+		}
+		t.Run(name, func(t *testing.T) { testRingIdlePoll(t, netpoller) })
+	}
+}
+
+func testRingIdlePoll(t *testing.T, netpoller bool) {
 	m := newRing(t)
 	r, err := OpenRing(m)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
+	if !netpoller {
+		r.rc = nil
+	}
 	r.idlePoll, r.idleAfter = 3*time.Second, 300*time.Millisecond
 	const (
 		poll             = 20 * time.Millisecond

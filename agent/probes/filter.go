@@ -29,6 +29,8 @@ func (p *Probes) SetPIDs(id discovery.GatewayID, pids []int) {
 // them, and adds them to the filter itself (adopt() in bpf/nginxreq.c). Adopted entries of
 // processes that are gone (or no longer the master's children) are removed here.
 func (p *Probes) setPIDsLocked(g *gateway, pids []int) error {
+	// Once for the removals (before the new entries' load bases are read from /proc), once for
+	// the entries put.
 	defer p.filterChangedLocked()
 	master := g.gw.Master.PID
 	want := map[int]bool{master: true}
@@ -42,6 +44,7 @@ func (p *Probes) setPIDsLocked(g *gateway, pids []int) error {
 			delete(g.pids, pid)
 		}
 	}
+	p.filterChangedLocked()
 	for pid := range g.req {
 		delete(p.pidOwner, pid)
 	}
@@ -78,10 +81,12 @@ func (p *Probes) setPIDsLocked(g *gateway, pids []int) error {
 // the workers and those the kernel adopted.
 func (p *Probes) removePIDsLocked(g *gateway) {
 	defer p.filterChangedLocked()
-	for _, pid := range p.adoptedLocked(g, nil) {
+	// The master's entry first: with it gone the kernel adopts no more of its children, so the
+	// adopted entries listed next are all there are.
+	for pid := range g.pids {
 		p.objs.NginxreqProcs.Delete(uint32(pid))
 	}
-	for pid := range g.pids {
+	for _, pid := range p.adoptedLocked(g, nil) {
 		p.objs.NginxreqProcs.Delete(uint32(pid))
 	}
 	for pid := range g.req {

@@ -152,13 +152,16 @@ struct nginxreq_event {
 	__u32 host_off; /* F_HOST_IN_URI: where host's bytes start in uri */
 	__u32 _pad;
 	char method[METHOD_LEN];
-	/* The strings, in the order that lets a record end where its bytes do: the URI, and the
-	 * Host after it in the same buffer whenever both fit (F_HOST_IN_URI); host only for a
-	 * Host that does not fit there (then the record ends after it). */
+	/* uri and host are one buffer for the strings, so that a record ends where its bytes do:
+	 * the URI's bytes from uri on, then the Host's at host_off (F_HOST_IN_URI), right after
+	 * them or, read with them, after the request line; a Host after a long URI runs on into
+	 * host. Only calibration events, which carry no Host, leave host to user space. */
 	char uri[URI_LEN];
 	char host[HOST_LEN];
 	char addr[ADDR_LEN];
 };
+_Static_assert(__builtin_offsetof(struct nginxreq_event, host) == __builtin_offsetof(struct nginxreq_event, uri) + URI_LEN,
+	       "the Host's bytes may run on from uri into host");
 
 struct nginxreq_upcand {
 	__u64 ptr;   /* value at r+U */
@@ -598,28 +601,23 @@ static __always_inline void read_from_start(struct nginxreq_event *e, __u64 r, _
 	from_start(e, v, by_bit, 0);
 }
 
-/* put_host copies the Host (the ngx_str_t len, data) into e, whose URI is there already: into
- * uri's buffer right after the URI's bytes when both fit (F_HOST_IN_URI, host_off), so the
- * record ends after the Host and host[] is not sent; otherwise into host[]. */
+/* put_host copies the Host (the ngx_str_t len, data) into e, whose URI is there already:
+ * right after the URI's bytes (F_HOST_IN_URI, host_off), running on into host when the URI is
+ * long, so the record ends after the Host and carries no byte of an earlier request. */
 static __always_inline void put_host(struct nginxreq_event *e, __u64 len, __u64 data)
 {
 	if (!len || len > 0xffffffff)
 		return;
+	__u32 ul = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
+	kw_barrier_var(ul);
+	if (ul > URI_LEN) /* known already; for the verifier */
+		return;
 	e->host_len = len;
 	if (len > HOST_LEN)
 		e->flags |= F_HOST_TRUNC;
-	__u32 hl = len < HOST_LEN ? len : HOST_LEN;
-	__u32 ul = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
-	if (ul + hl <= URI_LEN) {
-		kw_barrier_var(ul);
-		if (ul > URI_LEN) /* known already; for the verifier */
-			return;
-		e->host_off = ul;
-		e->flags |= F_HOST_IN_URI;
-		KW_READ_STR(e->uri + ul, HOST_LEN, data, hl);
-		return;
-	}
-	KW_READ_STR(e->host, HOST_LEN, data, hl);
+	e->host_off = ul;
+	e->flags |= F_HOST_IN_URI;
+	KW_READ_STR(e->uri + ul, HOST_LEN, data, len);
 }
 
 /* host_from copies the ngx_str_t (len, data) into dst; it returns len (0: none). */
@@ -836,28 +834,20 @@ static __always_inline void fill_common(struct nginxreq_event *e, struct nginxre
 }
 
 /* The bytes of a request event the decoder reads: up to the end of the URI's copy or of the
- * Host's in the URI's buffer, to the end of host[]'s copy when the Host is there, or the whole
- * event when the client address follows it. */
+ * Host's after it, or the whole event when the client address follows it. */
 static __always_inline __u64 event_len(const struct nginxreq_event *e)
 {
 	if (e->addr_len)
 		return sizeof(*e);
-	__u64 hl = e->host_len < HOST_LEN ? e->host_len : HOST_LEN;
-	if (hl && !(e->flags & F_HOST_IN_URI)) {
-		kw_barrier_var(hl);
-		if (hl > HOST_LEN)
-			hl = HOST_LEN;
-		return __builtin_offsetof(struct nginxreq_event, host) + hl;
-	}
 	__u64 n = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
 	if (e->flags & F_HOST_IN_URI) {
-		__u64 h = (__u64)e->host_off + hl;
+		__u64 h = (__u64)e->host_off + (e->host_len < HOST_LEN ? e->host_len : HOST_LEN);
 		if (h > n)
 			n = h;
 	}
 	kw_barrier_var(n); /* keep the bound where the verifier sees it */
-	if (n > URI_LEN)
-		n = URI_LEN;
+	if (n > URI_LEN + HOST_LEN)
+		n = URI_LEN + HOST_LEN;
 	return __builtin_offsetof(struct nginxreq_event, uri) + n;
 }
 
@@ -1037,9 +1027,12 @@ int nginxreq_free_request(struct pt_regs *ctx)
 	if (sc && !sc->busy) {
 		sc->busy = 1;
 		struct nginxreq_event *e = &sc->ev;
-		/* The strings' bytes beyond their lengths are never read: only the fields before
-		 * them need zeroing. */
-		__builtin_memset(e, 0, __builtin_offsetof(struct nginxreq_event, method));
+		/* The strings' bytes beyond their lengths are never read and, unless the client
+		 * address follows them, never sent: only the fields before them need zeroing. */
+		if (cfg->addr)
+			__builtin_memset(e, 0, sizeof(*e));
+		else
+			__builtin_memset(e, 0, __builtin_offsetof(struct nginxreq_event, method));
 		fill_common(e, p, tgid, r, rc);
 		fill_request(e, r, l, cfg, t, sc->rbuf);
 		if (bpf_ringbuf_output(&nginxreq_events, e, event_len(e), wake_flags()))

@@ -28,8 +28,8 @@ const (
 	fListenErr = uint32(bpf.NginxReqNginxreqFlagF_LISTEN_ERR)
 	// fMethodBit: the method was not read; it is the name of MethodBit's method.
 	fMethodBit = uint32(bpf.NginxReqNginxreqFlagF_METHOD_BIT)
-	// fHostInURI: the Host's bytes are in Uri from HostOff on (right after the URI's, or read
-	// with them: fHostFolded).
+	// fHostInURI: the Host's bytes are in the strings (Uri, running on into Host) from HostOff
+	// on: right after the URI's, or read with them (fHostFolded).
 	fHostInURI  = uint32(bpf.NginxReqNginxreqFlagF_HOST_IN_URI)
 	fHostFolded = uint32(bpf.NginxReqNginxreqFlagF_HOST_FOLDED)
 )
@@ -51,36 +51,35 @@ const (
 	calibSize = int(unsafe.Sizeof(rawCalib{}))
 	// eventHead is the shortest request record: everything before the URI's bytes.
 	eventHead = int(unsafe.Offsetof(rawEvent{}.Uri))
-	// hostAt is where the Host's own buffer starts (used when it did not fit after the URI).
-	hostAt = int(unsafe.Offsetof(rawEvent{}.Host))
+	// strsLen is the strings' buffer: Uri and Host, one after the other (TestEventSizes).
+	strsLen = len(rawEvent{}.Uri) + len(rawEvent{}.Host)
 )
 
+// strs is ev's strings' buffer: the URI's bytes, then the Host's at HostOff.
+func strs(ev *rawEvent) []int8 { return unsafe.Slice(&ev.Uri[0], strsLen) }
+
 // eventLen is the length of a request record whose fields are ev's (event_len in
-// nginxreq.c): up to the end of the URI's copy or of the Host's in the URI's buffer, to the
-// end of the Host's own buffer's copy when it is there, or the whole event when it carries the
-// client address.
+// nginxreq.c): up to the end of the URI's copy or of the Host's after it, or the whole event
+// when it carries the client address.
 func eventLen(ev *rawEvent) int {
 	if ev.AddrLen > 0 {
 		return eventSize
 	}
-	hl := min(int(ev.HostLen), len(ev.Host))
-	if hl > 0 && ev.Flags&fHostInURI == 0 {
-		return hostAt + hl
-	}
 	n := min(int(ev.UriLen), len(ev.Uri))
 	if ev.Flags&fHostInURI != 0 {
-		n = max(n, int(ev.HostOff)+hl)
+		n = max(n, int(min(ev.HostOff, uint32(strsLen)))+min(int(ev.HostLen), len(ev.Host)))
 	}
-	return eventHead + min(n, len(ev.Uri))
+	return eventHead + min(n, strsLen)
 }
 
-// hostBuf is the buffer that holds ev's Host bytes: its own, or the URI's from HostOff on
-// (parseRecord refuses a record whose Host would not fit there).
+// hostBuf is the buffer that holds ev's Host bytes: the strings' from HostOff on (parseRecord
+// refuses a record whose Host would not fit there), or Host for a calibration event's.
 func hostBuf(ev *rawEvent) []int8 {
 	if ev.Flags&fHostInURI != 0 {
 		// Clamped again: parked events recovered from the kernel's map skip parseRecord.
-		off := min(int(ev.HostOff), len(ev.Uri))
-		return ev.Uri[off:min(off+len(ev.Host), len(ev.Uri))]
+		all := strs(ev)
+		off := min(int(ev.HostOff), len(all))
+		return all[off:min(off+len(ev.Host), len(all))]
 	}
 	return ev.Host[:]
 }
@@ -129,8 +128,8 @@ func parseRecord(raw []byte, into *record, calib *rawCalib) error {
 			return fmt.Errorf("request event: %w (%d bytes, its strings need %d)", errShortRecord, n, need)
 		}
 		if ev := &into.ev; ev.Flags&fHostInURI != 0 &&
-			uint64(ev.HostOff)+uint64(min(ev.HostLen, uint32(len(ev.Host)))) > uint64(len(ev.Uri)) {
-			return fmt.Errorf("request event: its Host (%d bytes at %d) does not fit in its URI's buffer", ev.HostLen, ev.HostOff)
+			uint64(ev.HostOff)+uint64(min(ev.HostLen, uint32(len(ev.Host)))) > uint64(strsLen) {
+			return fmt.Errorf("request event: its Host (%d bytes at %d) does not fit in its strings' buffer", ev.HostLen, ev.HostOff)
 		}
 		into.calib = nil
 	case evCalib:

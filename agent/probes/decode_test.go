@@ -30,6 +30,10 @@ func TestEventSizes(t *testing.T) {
 	if len(ev.Host) != model.MaxHostLen || len(ev.Uri) != model.MaxURILen {
 		t.Fatalf("host/uri buffers %d/%d bytes, model says %d/%d", len(ev.Host), len(ev.Uri), model.MaxHostLen, model.MaxURILen)
 	}
+	// The strings' buffer: a Host after a long URI runs on from Uri into Host.
+	if unsafe.Offsetof(ev.Host) != unsafe.Offsetof(ev.Uri)+uintptr(len(ev.Uri)) {
+		t.Fatalf("Host at %d, not right after Uri (%d + %d)", unsafe.Offsetof(ev.Host), unsafe.Offsetof(ev.Uri), len(ev.Uri))
+	}
 }
 
 func setStr(dst []int8, s string) uint32 {
@@ -229,11 +233,12 @@ func bpfUp(ptr, nelts, size, pool, sum uint64) bpf.NginxReqNginxreqUpcand {
 // TestShortRecords: a request record ends where its strings do (the program sends no more),
 // decodes as the whole event would, and is refused when it is shorter than its own lengths.
 // hostAfterURI moves ev's Host from its own buffer to right after the URI's bytes, as the
-// program places a Host it read apart when both fit.
+// program places a Host it read apart (running on into Host after a long URI).
 func hostAfterURI(ev *rawEvent) {
 	ul, hl := min(int(ev.UriLen), len(ev.Uri)), min(int(ev.HostLen), len(ev.Host))
-	copy(ev.Uri[ul:], ev.Host[:hl])
+	host := ev.Host
 	ev.Host = [len(ev.Host)]int8{}
+	copy(strs(ev)[ul:], host[:hl])
 	ev.HostOff = uint32(ul)
 	ev.Flags |= fHostInURI
 }
@@ -276,25 +281,28 @@ func TestShortRecords(t *testing.T) {
 		t.Fatalf("record shorter than the head: %v", err)
 	}
 
-	// A Host that does not fit after a long URI stays in its own buffer: the record ends after
-	// it, and one cut inside it is refused.
+	// After a long URI the Host runs on into Host's buffer: the record still ends after it,
+	// and one cut inside it is refused.
 	long := sampleEvent()
 	long.AddrLen = 0
-	long.UriLen = setStr(long.Uri[:], "/"+strings.Repeat("u", model.MaxURILen-10))
+	uri := "/" + strings.Repeat("u", model.MaxURILen-11)
+	long.UriLen = setStr(long.Uri[:], uri)
+	apart := long
+	hostAfterURI(&long)
 	n = eventLen(&long)
-	if n != hostAt+len("api.example.com") {
-		t.Fatalf("record of %d bytes for a Host in its own buffer, want %d", n, hostAt+len("api.example.com"))
+	if want := eventHead + len(uri) + len("api.example.com"); n != want {
+		t.Fatalf("record of %d bytes for a Host after a %d-byte URI, want %d", n, len(uri), want)
 	}
 	if err := parseRecord(bytesOf(&long)[:n], &r, &c); err != nil {
 		t.Fatal(err)
 	}
 	clock{}.toRequest(&r.ev, r.ev.Status, &got)
-	clock{}.toRequest(&long, long.Status, &want)
-	if !reflect.DeepEqual(got, want) || got.Host != "api.example.com" {
-		t.Fatalf("record with the Host in its own buffer decoded as %+v, want %+v", got, want)
+	clock{}.toRequest(&apart, apart.Status, &want)
+	if !reflect.DeepEqual(got, want) || got.Host != "api.example.com" || got.URI != uri {
+		t.Fatalf("record with the Host after a long URI decoded as %+v, want %+v", got, want)
 	}
 	if err := parseRecord(bytesOf(&long)[:n-1], &r, &c); !errors.Is(err, errShortRecord) {
-		t.Fatalf("record cut inside its own Host buffer: %v", err)
+		t.Fatalf("record cut inside its Host: %v", err)
 	}
 }
 
@@ -354,11 +362,11 @@ func TestHostInURI(t *testing.T) {
 	if err := parseRecord(unsafe.Slice((*byte)(unsafe.Pointer(cb)), calibSize), &r, &c); err == nil {
 		t.Error("a calibration record flagged with its Host in the URI's buffer accepted")
 	}
-	for _, off := range []uint32{model.MaxURILen - 14, model.MaxURILen, 1 << 31} {
+	for _, off := range []uint32{uint32(strsLen) - 14, uint32(strsLen), 1 << 31} {
 		bad := hostInURI("api.example.com")
 		bad.HostOff = off
 		if err := parseRecord(bytesOf(&bad), &r, &c); err == nil {
-			t.Errorf("Host at %d of the URI's %d bytes accepted", off, model.MaxURILen)
+			t.Errorf("Host at %d of the strings' %d bytes accepted", off, strsLen)
 		}
 	}
 }

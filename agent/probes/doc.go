@@ -17,8 +17,8 @@
 // stream's fake connection carries the stream's bytes) and connection->addr_text. Each
 // request becomes one event in a BPF ring buffer, cut after its Host's bytes: they follow the
 // URI's in the URI's buffer, read with them when an HTTP/1 request's Host header is the
-// request line's next line, or put right after them (a Host that does not fit there has a
-// buffer of its own, after the URI's); the client address follows only when it was read.
+// request line's next line, or put right after them (after a long URI it runs on into the
+// Host's buffer, which follows the URI's); the client address follows only when it was read.
 // Wake-ups are batched (BPF_RB_NO_WAKEUP until a quarter of the ring is full) and Run polls
 // every 150 ms (every 500 ms after 2 s without a record: kernel.IdlePoll).
 // Lost events (ring full) are counted per CPU and reported in Status.Dropped.

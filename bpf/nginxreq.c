@@ -51,7 +51,7 @@ enum nginxreq_flag {
 	F_HOST_SERVER_NAME = 1 << 7, /* no Host: host is the server's server_name, as in $host */
 	F_LISTEN_ERR = 1 << 8,       /* the accepting listener's address could not be read */
 	F_METHOD_BIT = 1 << 9,       /* method not read: it is the name of method_bit's method */
-	F_HOST_IN_URI = 1 << 10,     /* host's bytes are in uri, from host_off on (host is unused) */
+	F_HOST_IN_URI = 1 << 10,     /* host's bytes are in uri (running on into host) from host_off on */
 	F_HOST_FOLDED = 1 << 11,     /* ... read in the URI's read: the request line's next line */
 };
 
@@ -620,6 +620,14 @@ static __always_inline void put_host(struct nginxreq_event *e, __u64 len, __u64 
 	KW_READ_STR(e->uri + ul, HOST_LEN, data, len);
 }
 
+/* read_put_host reads the ngx_str_t at addr and puts it into e as the Host (put_host). */
+static __always_inline void read_put_host(struct nginxreq_event *e, __u64 addr)
+{
+	__u64 str[2] = {};
+	if (bpf_probe_read_user(str, sizeof(str), (void *)addr) == 0)
+		put_host(e, str[0], str[1]);
+}
+
 /* host_from copies the ngx_str_t (len, data) into dst; it returns len (0: none). */
 static __always_inline __u32 host_from(char *dst, __u64 len, __u64 data, __u32 *flags)
 {
@@ -661,9 +669,7 @@ static __always_inline void read_host_status(struct nginxreq_event *e, __u64 r, 
 			e->status = buf[i];
 		return;
 	}
-	__u64 str[2] = {};
-	if (bpf_probe_read_user(str, sizeof(str), (void *)(r + l->off_server)) == 0)
-		put_host(e, str[0], str[1]);
+	read_put_host(e, r + l->off_server);
 	if (bpf_probe_read_user(&e->status, sizeof(e->status), (void *)(r + l->off_status)))
 		e->flags |= F_READ_ERR;
 }
@@ -673,14 +679,13 @@ static __always_inline void read_host_status(struct nginxreq_event *e, __u64 r, 
  * Only on that (rare) path, so the common path costs nothing more. */
 static __always_inline void read_server_name(struct nginxreq_event *e, __u64 r, struct nginxreq_layout *l)
 {
-	__u64 sc = 0, cscf = 0, str[2] = {};
+	__u64 sc = 0, cscf = 0;
 	if (bpf_probe_read_user(&sc, sizeof(sc), (void *)(r + l->off_srv_conf)) || !sc)
 		return;
 	if (bpf_probe_read_user(&cscf, sizeof(cscf), (void *)sc) || !cscf)
 		return;
 	e->flags |= F_HOST_SERVER_NAME;
-	if (bpf_probe_read_user(str, sizeof(str), (void *)(cscf + l->cscf_name)) == 0)
-		put_host(e, str[0], str[1]);
+	read_put_host(e, cscf + l->cscf_name);
 }
 
 /* The span read_upstream reads first: the ngx_array_t (40 bytes) and the start of the first

@@ -113,8 +113,8 @@ func (r *Ring) Read(ctx context.Context, poll time.Duration, tick func(), record
 			}
 			r.rd.SetDeadline(time.Unix(1, 0)) // drain without waiting
 		}
-		n := 0
-		for ; ; n++ {
+		n := 0 // records read in this drain
+		for {
 			err := r.rd.ReadInto(&rec)
 			if err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -126,7 +126,8 @@ func (r *Ring) Read(ctx context.Context, poll time.Duration, tick func(), record
 				return fmt.Errorf("read ring buffer: %w", err)
 			}
 			record(rec.RawSample)
-			if n == 0 {
+			n++
+			if n == 1 {
 				// Records again: back to the caller's interval if a quiet spell had set a
 				// longer one. ringbuf.Reader waits for its deadline once the ring is empty, so
 				// on that path the deadline moves too.
@@ -137,8 +138,7 @@ func (r *Ring) Read(ctx context.Context, poll time.Duration, tick func(), record
 					}
 				}
 			}
-			if (n+1)%drainCheck == 0 && time.Now().After(next) {
-				n++
+			if n%drainCheck == 0 && time.Now().After(next) {
 				break
 			}
 		}

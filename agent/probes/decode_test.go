@@ -230,8 +230,6 @@ func bpfUp(ptr, nelts, size, pool, sum uint64) bpf.NginxReqNginxreqUpcand {
 	return bpf.NginxReqNginxreqUpcand{Ptr: ptr, Nelts: nelts, Size: size, Pool: pool, SumMs: sum}
 }
 
-// TestShortRecords: a request record ends where its strings do (the program sends no more),
-// decodes as the whole event would, and is refused when it is shorter than its own lengths.
 // hostAfterURI moves ev's Host from its own buffer to right after the URI's bytes, as the
 // program places a Host it read apart (running on into Host after a long URI).
 func hostAfterURI(ev *rawEvent) {
@@ -243,6 +241,8 @@ func hostAfterURI(ev *rawEvent) {
 	ev.Flags |= fHostInURI
 }
 
+// TestShortRecords: a request record ends where its strings do (the program sends no more),
+// decodes as the whole event would, and is refused when it is shorter than its own lengths.
 func TestShortRecords(t *testing.T) {
 	full := sampleEvent()
 	full.AddrLen = 0

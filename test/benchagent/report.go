@@ -248,17 +248,17 @@ func (b *bench) cpuSummary() cpuSummary {
 	s.schedXtra = s.schedWith - s.schedWithout
 	w := spreadOf(wo)
 	s.woMin, s.woMax = w.min, w.max
+	// A share of a core at the achieved rate, per request, in us.
+	usPerReq := func(pctCore float64) float64 { return pctCore / 100 / s.rate * 1e6 }
 	if s.rate > 0 {
-		s.usPerReq = s.extra / 100 / s.rate * 1e6
-		s.schedUsPerReq = s.schedXtra / 100 / s.rate * 1e6
+		s.usPerReq, s.schedUsPerReq = usPerReq(s.extra), usPerReq(s.schedXtra)
 	}
 	if len(fl) > 0 {
 		s.hasFloor = true
 		s.floorExtra = median(fl) - s.without
 		s.aboveFloor = s.extra - s.floorExtra
 		if s.rate > 0 {
-			s.floorUsPerReq = s.floorExtra / 100 / s.rate * 1e6
-			s.aboveFloorUsPerReq = s.aboveFloor / 100 / s.rate * 1e6
+			s.floorUsPerReq, s.aboveFloorUsPerReq = usPerReq(s.floorExtra), usPerReq(s.aboveFloor)
 		}
 	}
 	return s

@@ -84,7 +84,7 @@ demo: ## Start the Kong-like gateway fixture, drive traffic, run the agent, show
 	hack/demo.sh $(DEMO_ARGS)
 
 .PHONY: bench
-bench: build ## The agent's cost beside an empty uprobe's (the floor) on the fixture and real Kong; CPU, BPF time (prints only, ~13 min).
+bench: build ## The agent's cost beside an empty uprobe's (the floor) on the fixture and real Kong; CPU, BPF time (prints only, ~18 min).
 	hack/bench-agent.sh
 
 .PHONY: bench-docs

@@ -7,8 +7,11 @@
 # four routes (Kong-like Lua + proxy, `return 200`, HTTP/1.1 over TLS, HTTP/2 with h2load),
 # alternates rounds of three sides: none (no probe), floor (an EMPTY BPF program on the same
 # uprobe, ngx_http_free_request, attached with bpftrace: what any one-trap design pays here)
-# and agent (bin/kong-watcher-agent). Then the agent's own CPU per request at paced 2,000 and
-# 20,000 req/s, its BPF run time per request at saturation, its memory, and exact counting
+# and agent (bin/kong-watcher-agent). On the Kong-like route also paired runs: two gateways of
+# one worker each under load at the same time, the agent on one and the floor on the other,
+# then swapped, so that a burst of other work on the machine slows both alike (BENCH
+# kong_like_paired_*). Then the agent's own CPU per request at paced 2,000 and 20,000 req/s,
+# its BPF run time per request at saturation, its memory, and exact counting
 # with no dropped event at a paced 5,000 req/s; then the same three sides on real Kong 3.8.1
 # (hack/kong.sh's build, when it is built: `make kong`) on a key-auth + rate-limiting +
 # request-transformer route after a 25 s warm-up, and on that route what Lua phase timing costs
@@ -16,7 +19,7 @@
 # Ends with `BENCH <figure> <value>` lines.
 # Exit status 1 when the agent's count differs from the access log or it dropped events (the
 # throughput targets are printed, not enforced, unless BENCH_ARGS=-strict).
-# Default run: about 13 minutes on this 2-vCPU VM (9 without real Kong; BENCH_ROUNDS=3: about 10);
+# Default run: about 18 minutes on this 2-vCPU VM (14 without real Kong; BENCH_ROUNDS=3: about 15);
 # BENCH_QUICK=1: about 2.
 #
 # Environment:

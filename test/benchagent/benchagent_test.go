@@ -111,3 +111,65 @@ func TestKongConfig(t *testing.T) {
 		t.Error("no error without a backend service")
 	}
 }
+
+func TestPairRatios(t *testing.T) {
+	// Gateway A is 10% faster than B whatever runs on it; the agent costs 2% against the floor,
+	// the floor 1% against none; round 2 runs during a burst that halves both gateways.
+	run := func(round int, a, b side, burst float64) pairResult {
+		cost := map[side]float64{sideNone: 1, sideFloor: 0.99, sideAgent: 0.99 * 0.98}
+		ra, rb := 11000*cost[a]*burst, 10000*cost[b]*burst
+		return pairResult{round: round, cfg: pairCfg{a, b}, a: loadResult{RPS: ra, Requests: int(ra * 4)},
+			b: loadResult{RPS: rb, Requests: int(rb * 4)}, wall: 4, ncpu: 2}
+	}
+	var rs []pairResult
+	for r, burst := range []float64{1, 0.5, 1} {
+		for _, pc := range pairCfgs {
+			rs = append(rs, run(r+1, pc.a, pc.b, burst))
+		}
+	}
+	rs = append(rs, run(4, sideAgent, sideFloor, 1)) // a round without its swapped run counts for nothing
+	for _, c := range []struct {
+		x, y side
+		want float64
+	}{{sideAgent, sideFloor, 0.98}, {sideFloor, sideNone, 0.99}} {
+		got := pairRatios(rs, c.x, c.y)
+		if len(got) != 3 {
+			t.Fatalf("%v/%v: %d rounds, want 3", c.x, c.y, len(got))
+		}
+		for _, v := range got {
+			if math.Abs(v-c.want) > 1e-9 {
+				t.Errorf("%v/%v = %v, want %v", c.x, c.y, v, c.want)
+			}
+		}
+	}
+
+	// The agent process: 0.1 s of CPU over 4 s on 2 CPUs while its gateway served 40,000 of
+	// 80,000 requests: 2.5 us per request of its own against 100 us of the machine's.
+	pr := pairResult{cfg: pairCfg{sideFloor, sideAgent}, a: loadResult{Requests: 40000}, b: loadResult{Requests: 40000},
+		agentCPU: 0.1, wall: 4, ncpu: 2}
+	if v, ok := agentShare(pr); !ok || math.Abs(v-0.025) > 1e-9 {
+		t.Errorf("agentShare = %v, %v; want 0.025", v, ok)
+	}
+	if _, ok := agentShare(pairResult{cfg: pairCfg{sideFloor, sideNone}}); ok {
+		t.Error("agentShare without an agent side")
+	}
+
+	for i := range rs {
+		if rs[i].cfg.a == sideAgent || rs[i].cfg.b == sideAgent {
+			rs[i].agentCPU = 0.001
+		}
+	}
+	s := summarisePairs(rs, 0.02)
+	if !s.ok || s.rounds != 3 {
+		t.Fatalf("summary: ok %v rounds %d", s.ok, s.rounds)
+	}
+	if s.workers.med != s.workers.min || math.Abs(s.workers.med-0.98) > 1e-9 {
+		t.Errorf("workers = %v, want 0.98 in every round", s.workers)
+	}
+	if !(s.agentFloor.med < 0.98) || s.share.med <= 0 {
+		t.Errorf("the agent process's share is not subtracted: %v - %v = %v", s.workers, s.share, s.agentFloor)
+	}
+	if want := 0.99 * (1 - s.agentFloor.med); math.Abs(s.gap-want) > 1e-9 || s.met != (s.gap <= 0.02) {
+		t.Errorf("gap %v met %v, want %v", s.gap, s.met, want)
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -61,6 +62,8 @@ type config struct {
 	kongConns            int
 	kongDur              time.Duration
 	kongLuaRate          int
+	pairedRounds         int
+	pairedDur            time.Duration
 	docPath              string
 	writeDoc             bool
 	luaPhases            string
@@ -106,6 +109,8 @@ func run() int {
 	flag.IntVar(&c.kongConns, "kong-conns", 50, "wrk -c on real Kong")
 	flag.DurationVar(&c.kongDur, "kong-duration", 5*time.Second, "measured time of one side of one round on real Kong")
 	flag.IntVar(&c.kongLuaRate, "kong-lua-rate", 1000, "paced req/s on real Kong of the Lua phase timing cost runs (agent with Lua timing off vs on, -cpu-rounds rounds of -cpu-duration; 0 = skip)")
+	flag.IntVar(&c.pairedRounds, "paired-rounds", 6, "rounds of the paired runs on the Kong-like route: two gateways at once, agent against floor and floor against none, each both ways (0 = skip)")
+	flag.DurationVar(&c.pairedDur, "paired-duration", 4*time.Second, "measured time of one paired run")
 	flag.StringVar(&c.docPath, "doc", "docs/benchmarks.md", "the file whose \"## Agent\" section -write-doc rewrites")
 	flag.BoolVar(&c.writeDoc, "write-doc", false, "rewrite the doc section after a run that counted exactly (never in -quick or A/A mode); make bench-docs sets it")
 	flag.StringVar(&c.luaPhases, "lua-phases", "", "KONG_WATCHER_LUA_PHASES for the agent (off|on|sampled; empty = the agent's default)")
@@ -119,6 +124,7 @@ func run() int {
 		c.rounds, c.dur, c.warmup = 1, 2*time.Second, time.Second
 		c.cpuDur, c.dropDur, c.cpuRounds, c.highRounds, c.satDur = 3*time.Second, 3*time.Second, 1, 1, 3*time.Second
 		c.kongWarmup, c.kongRounds, c.kongDur = 5*time.Second, 1, 2*time.Second
+		c.pairedRounds, c.pairedDur = min(c.pairedRounds, 1), 2*time.Second
 		c.writeDoc = false
 	}
 	if c.agentBin == "none" {
@@ -280,6 +286,7 @@ type bench struct {
 	scens        []scenario
 	tool         loadTool
 	rounds       []roundResult
+	pairs        []pairResult
 	cpu          []pacedCPU
 	idleAgentPct float64 // the agent's CPU with no traffic, % of a core (-1 = not measured)
 	sat          satResult
@@ -520,6 +527,11 @@ func (b *bench) fixtureRuns(ctx context.Context) (err error) {
 		}
 	}
 
+	if slices.ContainsFunc(scens, func(s scenario) bool { return s.name == "kong_like" }) {
+		if err := b.pairedRuns(ctx, all["kong_like"]); err != nil {
+			return fmt.Errorf("paired runs: %w", err)
+		}
+	}
 	if err := b.cpuRuns(ctx, t); err != nil {
 		return fmt.Errorf("CPU measurement: %w", err)
 	}

@@ -333,6 +333,20 @@ func (b *bench) report() reportOut {
 	if b.floorNote != "" {
 		fmt.Fprintf(&t, "no floor side: %s\n", b.floorNote)
 	}
+	ps := summarisePairs(b.pairs, pairedSlack)
+	if ps.ok {
+		if !ps.met {
+			b.missed++
+		}
+		fmt.Fprintf(&t, "paired gateways (kong_like, %d round(s) of %v, both gateways measured at once):\n", ps.rounds, c.pairedDur)
+		fmt.Fprintf(&t, "  agent/floor, workers' side (A/B ratios) %s; the agent process's share %s (%.2f us/request); together %s, mean %s +- %s (standard error)\n",
+			ps.workers.fmt(3), ps.share.fmt(4), ps.meanAgentUs, ps.agentFloor.fmt(3), f(ps.mean, 3), f(ps.se, 3))
+		fmt.Fprintf(&t, "  floor/none %s; so floor ratio - agent ratio = %s +- %s [target <= %.2f: %s]\n",
+			ps.floorNone.fmt(3), f(ps.gap, 3), f(ps.gapSE, 3), ps.slack, passMiss(ps.met))
+		if ps.errors > 0 {
+			fmt.Fprintf(&t, "  (%d socket errors / non-2xx responses over the paired runs)\n", ps.errors)
+		}
+	}
 	if b.kong.skipped != "" {
 		fmt.Fprintf(&t, "kong: SKIPPED: %s\n", b.kong.skipped)
 	} else if len(b.kong.warmup) > 0 {
@@ -432,6 +446,12 @@ func (b *bench) report() reportOut {
 		fmt.Fprintf(&bl, "BENCH %s_agent_cost_over_trap %s\n", n, na(ok && s.hasFloor, f(s.costOverTrap, 2)))
 		fmt.Fprintf(&bl, "BENCH %s_agent_us_above_floor %s\n", n, na(ok && s.hasFloor, f(s.aboveUs.med, 2)))
 	}
+	fmt.Fprintf(&bl, "BENCH kong_like_paired_agent_vs_floor %s\n", na(ps.ok, f(ps.agentFloor.med, 3)))
+	fmt.Fprintf(&bl, "BENCH kong_like_paired_agent_vs_floor_se %s\n", na(ps.ok, f(ps.se, 3)))
+	fmt.Fprintf(&bl, "BENCH kong_like_paired_workers_agent_vs_floor %s\n", na(ps.ok, f(ps.workers.med, 3)))
+	fmt.Fprintf(&bl, "BENCH kong_like_paired_agent_process_share %s\n", na(ps.ok, f(ps.share.med, 4)))
+	fmt.Fprintf(&bl, "BENCH kong_like_paired_floor_vs_none %s\n", na(ps.ok, f(ps.floorNone.med, 3)))
+	fmt.Fprintf(&bl, "BENCH kong_like_paired_gap %s\n", na(ps.ok, f(ps.gap, 3)))
 	fmt.Fprintf(&bl, "BENCH bpf_ns_per_request %s\n", na(agentOn, f(satBpfNs, 0)))
 	fmt.Fprintf(&bl, "BENCH bpf_ns_per_request_%s %s\n", rateName(c.cpuRate), f(cs.bpfNsPerReq.med, 0))
 	fmt.Fprintf(&bl, "BENCH bpf_ns_per_request_%s %s\n", rateName(c.highRate), f(cs.highBpfNs.med, 0))
@@ -457,7 +477,7 @@ func (b *bench) report() reportOut {
 	fmt.Fprintf(&bl, "BENCH counting_failures %d\n", len(b.broken))
 	fmt.Fprintf(&bl, "BENCH targets_missed %d\n", b.missed)
 
-	b.writeDoc(&doc, sums, cs, hwm, rssOK, countPct, cpuVerdict, satBpfNs, satAgentUs, satHits)
+	b.writeDoc(&doc, sums, cs, ps, hwm, rssOK, countPct, cpuVerdict, satBpfNs, satAgentUs, satHits)
 	return reportOut{table: t.String(), doc: doc.String(), bench: bl.String()}
 }
 

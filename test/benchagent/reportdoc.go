@@ -11,7 +11,7 @@ import (
 	"github.com/kong-watcher/kong-watcher/test/benchkit"
 )
 
-func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary, hwm uint64, rssOK bool, countPct float64, cpuVerdict string, satBpfNs, satAgentUs, satHits float64) {
+func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary, ps pairedSummary, hwm uint64, rssOK bool, countPct float64, cpuVerdict string, satBpfNs, satAgentUs, satHits float64) {
 	c := b.cfg
 	d := b.drop
 	now := time.Now().UTC()
@@ -92,6 +92,21 @@ func (b *bench) writeDoc(doc *strings.Builder, sums []scenSummary, cs cpuSummary
 	w("the floor ratio is not below 1). \"agent CPU\" is the agent process's own, %% of one core, during its rounds.\n")
 	w("The HTTP/2 load runs h2load in batches of %d requests per connection: nginx ends an HTTP/2 connection\n", h2loadPerConn)
 	w("after `keepalive_requests` (1000) with a GOAWAY, after which h2load opens no new one.\n\n")
+	if ps.ok {
+		w("**Paired gateways** (the Kong-like target, measured without the machine's bursts): two copies of the\n")
+		w("fixture, one worker each and each with its own copies of nginx and its modules, serve `wrk -t1 -c%d` on\n", max(1, c.wrkConns/2))
+		w("%s at the same time; one has the agent, the other the floor's empty program, then the two swap (and\n", c.kongRoute)
+		w("the same for the floor against none). A burst of other work slows both gateways at once, so each run's\n")
+		w("A/B ratio is free of it, and a swapped pair cancels any difference between the gateways. The agent\n")
+		w("process takes its CPU from both gateways alike, so its share of the machine's CPU per request of its\n")
+		w("gateway is measured (its threads' schedstat) and subtracted. The load generators are not pinned here. %d round(s) of %v per run:\n\n", ps.rounds, c.pairedDur)
+		w("| figure | median (lowest-highest) |\n|---|---|\n")
+		w("| agent / floor, the workers' side (A/B ratios) | %s |\n", ps.workers)
+		w("| the agent process's share, subtracted | %s (%.2f us per request) |\n", ps.share.fmt(4), ps.meanAgentUs)
+		w("| agent / floor | **%s** (mean %s, standard error %s) |\n", ps.agentFloor, f(ps.mean, 3), f(ps.se, 3))
+		w("| floor / none | %s |\n", ps.floorNone)
+		w("| floor ratio - agent ratio (floor / none x (1 - agent / floor)) | **%s** +- %s: target <= %.2f %s |\n\n", f(ps.gap, 3), f(ps.gapSE, 3), ps.slack, passMiss(ps.met))
+	}
 
 	w("| figure | value |\n|---|---|\n")
 	w("| BPF run time per request at saturation (kong_like under wrk, the kernel's run-time accounting on) | **%s ns** (%s program runs per request, %.0f req/s) |\n", f(satBpfNs, 0), f(satHits, 2), b.sat.load.RPS)

@@ -601,33 +601,6 @@ static __always_inline void read_from_start(struct nginxreq_event *e, __u64 r, _
 	from_start(e, v, by_bit, 0);
 }
 
-/* put_host copies the Host (the ngx_str_t len, data) into e, whose URI is there already:
- * right after the URI's bytes (F_HOST_IN_URI, host_off), running on into host when the URI is
- * long, so the record ends after the Host and carries no byte of an earlier request. */
-static __always_inline void put_host(struct nginxreq_event *e, __u64 len, __u64 data)
-{
-	if (!len || len > 0xffffffff)
-		return;
-	__u32 ul = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
-	kw_barrier_var(ul);
-	if (ul > URI_LEN) /* known already; for the verifier */
-		return;
-	e->host_len = len;
-	if (len > HOST_LEN)
-		e->flags |= F_HOST_TRUNC;
-	e->host_off = ul;
-	e->flags |= F_HOST_IN_URI;
-	KW_READ_STR(e->uri + ul, HOST_LEN, data, len);
-}
-
-/* read_put_host reads the ngx_str_t at addr and puts it into e as the Host (put_host). */
-static __always_inline void read_put_host(struct nginxreq_event *e, __u64 addr)
-{
-	__u64 str[2] = {};
-	if (bpf_probe_read_user(str, sizeof(str), (void *)addr) == 0)
-		put_host(e, str[0], str[1]);
-}
-
 /* host_from copies the ngx_str_t (len, data) into dst; it returns len (0: none). */
 static __always_inline __u32 host_from(char *dst, __u64 len, __u64 data, __u32 *flags)
 {
@@ -645,6 +618,30 @@ static __always_inline __u32 read_host(char *dst, __u64 r, __u32 off, __u32 *fla
 	if (bpf_probe_read_user(str, sizeof(str), (void *)(r + off)))
 		return 0;
 	return host_from(dst, str[0], str[1], flags);
+}
+
+/* put_host copies the Host (the ngx_str_t len, data) into e, whose URI is there already:
+ * right after the URI's bytes (F_HOST_IN_URI, host_off), running on into host when the URI is
+ * long, so the record ends after the Host and carries no byte of an earlier request. */
+static __always_inline void put_host(struct nginxreq_event *e, __u64 len, __u64 data)
+{
+	__u32 ul = e->uri_len < URI_LEN ? e->uri_len : URI_LEN;
+	kw_barrier_var(ul);
+	if (!len || ul > URI_LEN) /* ul's bound is known already; for the verifier */
+		return;
+	e->host_len = host_from(e->uri + ul, len, data, &e->flags);
+	if (e->host_len) {
+		e->host_off = ul;
+		e->flags |= F_HOST_IN_URI;
+	}
+}
+
+/* read_put_host reads the ngx_str_t at addr and puts it into e as the Host (put_host). */
+static __always_inline void read_put_host(struct nginxreq_event *e, __u64 addr)
+{
+	__u64 str[2] = {};
+	if (bpf_probe_read_user(str, sizeof(str), (void *)addr) == 0)
+		put_host(e, str[0], str[1]);
 }
 
 /* The span read_host_status reads at once: headers_in.server to headers_out.status is 152

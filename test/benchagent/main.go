@@ -233,6 +233,24 @@ type target struct {
 	dur   time.Duration // measured time of a side
 }
 
+// startSide starts what side sd runs on t: the agent (when there is one) or the floor's
+// bpftrace. stop ends it again.
+func (t *target) startSide(ctx context.Context, sd side) (stop func(), err error) {
+	switch {
+	case sd == sideAgent && t.agent.enabled():
+		if err := t.agent.start(ctx, t.poke); err != nil {
+			return nil, err
+		}
+		return t.agent.stop, nil
+	case sd == sideFloor:
+		if err := t.floor.start(ctx); err != nil {
+			return nil, err
+		}
+		return t.floor.stop, nil
+	}
+	return func() {}, nil
+}
+
 // roundResult is one measured run of one side.
 type roundResult struct {
 	target       string
@@ -528,7 +546,7 @@ func (b *bench) fixtureRuns(ctx context.Context) (err error) {
 	}
 
 	if slices.ContainsFunc(scens, func(s scenario) bool { return s.name == "kong_like" }) {
-		if err := b.pairedRuns(ctx, all["kong_like"]); err != nil {
+		if err := b.pairedRuns(ctx); err != nil {
 			return fmt.Errorf("paired runs: %w", err)
 		}
 	}

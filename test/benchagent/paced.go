@@ -61,17 +61,12 @@ func (a *bpfAccounting) stop() (bpfProgStats, bool) {
 func (b *bench) pacedRun(ctx context.Context, t *target, rate int, route string, sd side, dur time.Duration) (pacedCPU, error) {
 	url := "http://" + t.g.HTTPAddr + route
 	withAgent := sd == sideAgent && t.agent.enabled()
-	if withAgent && !t.agent.running() {
-		if err := t.agent.start(ctx, t.poke); err != nil {
+	if !(withAgent && t.agent.running()) {
+		stop, err := t.startSide(ctx, sd)
+		if err != nil {
 			return pacedCPU{}, err
 		}
-		defer t.agent.stop()
-	}
-	if sd == sideFloor {
-		if err := t.floor.start(ctx); err != nil {
-			return pacedCPU{}, err
-		}
-		defer t.floor.stop()
+		defer stop()
 	}
 	var a *agentRunner
 	if withAgent {

@@ -152,9 +152,10 @@ func summarisePairs(rs []pairResult, slack float64) pairedSummary {
 		if len(shares[k]) == 0 {
 			continue
 		}
+		share := mean(shares[k])
 		w = append(w, wv[i])
-		sh = append(sh, mean(shares[k]))
-		af = append(af, wv[i]-mean(shares[k]))
+		sh = append(sh, share)
+		af = append(af, wv[i]-share)
 	}
 	if len(w) == 0 || len(fn) == 0 {
 		return s
@@ -193,17 +194,16 @@ func stdErr(xs []float64) float64 {
 	return math.Sqrt(ss/float64(len(xs)-1)) / math.Sqrt(float64(len(xs)))
 }
 
-// pairGateway is one of the two gateways with the agent and the floor for it.
+// pairGateway is one of the two gateways, with the agent and the floor for it, and the URL
+// of the route its load goes to.
 type pairGateway struct {
-	g     *fixture.Gateway
-	agent *agentRunner
-	floor *floorRunner
-	url   string
+	*target
+	url string
 }
 
 // pairedRuns runs the paired rounds on the Kong-like route (nothing without the agent or the
 // floor, or with -paired-rounds 0).
-func (b *bench) pairedRuns(ctx context.Context, kong scenario) (err error) {
+func (b *bench) pairedRuns(ctx context.Context) (err error) {
 	c := b.cfg
 	if c.pairedRounds <= 0 || c.agentBin == "" || b.fx == nil || !b.fx.floor.enabled() {
 		return nil
@@ -233,8 +233,8 @@ func (b *bench) pairedRuns(ctx context.Context, kong scenario) (err error) {
 	// not the same one from run to run; pinned each beside the other gateway's worker, they
 	// starve the workers, and a cost in the workers no longer shows in throughput.
 	unpinned := loadTool{}
-	b.logf("paired gateways (%s): two gateways of one worker each, wrk -t1 -c%d on each at once (not pinned); %d round(s) of %v per run: %v",
-		kong.name, conns, c.pairedRounds, c.pairedDur, pairCfgs)
+	b.logf("paired gateways (kong_like): two gateways of one worker each, wrk -t1 -c%d on each at once (not pinned); %d round(s) of %v per run: %v",
+		conns, c.pairedRounds, c.pairedDur, pairCfgs)
 	load := func(d time.Duration) ([2]loadResult, error) {
 		var res [2]loadResult
 		var errs [2]error
@@ -291,8 +291,9 @@ func (b *bench) startPairGateway(ctx context.Context, name string) (*pairGateway
 	if err != nil {
 		return nil, err
 	}
-	return &pairGateway{g: g, agent: b.newAgent(name, g.MasterPID()), floor: b.newFloor(name, g.MasterPID()),
-		url: "http://" + g.HTTPAddr + b.cfg.kongRoute}, nil
+	url := "http://" + g.HTTPAddr + b.cfg.kongRoute
+	return &pairGateway{target: &target{name: name, g: g, agent: b.newAgent(name, g.MasterPID()),
+		floor: b.newFloor(name, g.MasterPID()), poke: poker(url, nil)}, url: url}, nil
 }
 
 // pairRun is one paired run: the sides started, both gateways warmed up and measured at once,
@@ -302,19 +303,13 @@ func (b *bench) pairRun(ctx context.Context, gws [2]*pairGateway, pc pairCfg, ro
 	pr := pairResult{round: round, cfg: pc, ncpu: runtime.NumCPU()}
 	var ag *pairGateway
 	for i, sd := range [2]side{pc.a, pc.b} {
-		pg := gws[i]
-		switch sd {
-		case sideAgent:
-			if err := pg.agent.start(ctx, poker(pg.url, nil)); err != nil {
-				return pr, err
-			}
-			defer pg.agent.stop()
-			ag = pg
-		case sideFloor:
-			if err := pg.floor.start(ctx); err != nil {
-				return pr, err
-			}
-			defer pg.floor.stop()
+		stop, err := gws[i].startSide(ctx, sd)
+		if err != nil {
+			return pr, err
+		}
+		defer stop()
+		if sd == sideAgent {
+			ag = gws[i]
 		}
 	}
 	if _, err := load(b.cfg.warmup); err != nil {
@@ -345,13 +340,8 @@ func (b *bench) pairRun(ctx context.Context, gws [2]*pairGateway, pc pairCfg, ro
 		after := b.snap(ag.agent, 3*time.Second)
 		b.checkDataPath(fmt.Sprintf("paired round %d", round), after)
 		logged, _ := countLines(ag.g.AccessLogPath())
-		switch {
-		case !before.ok || !after.ok:
-			b.fail("paired round %d %v: the agent's /stats could not be read around the run", round, pc)
-		case int64(after.requests-before.requests) != int64(logged) || after.dropped != before.dropped:
-			b.fail("paired round %d %v: the agent counted %d requests and dropped %d events; the access log has %d",
-				round, pc, after.requests-before.requests, after.dropped-before.dropped, logged)
-		}
+		requests, dropped := countedBetween(before, after)
+		b.checkCount(fmt.Sprintf("paired round %d %v", round, pc), requests, dropped, logged)
 	}
 	return pr, nil
 }

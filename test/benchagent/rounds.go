@@ -24,12 +24,7 @@ func (b *bench) roundSet(ctx context.Context, t *target, s scenario, rounds int)
 				b.logf("    errors: %s", errorLines(rr.load.Raw))
 			}
 			if rr.side == sideAgent && t.agent.enabled() {
-				switch {
-				case rr.counted < 0:
-					b.fail("%s %s round %d: the agent's /stats could not be read around the run", t.name, s.name, r+1)
-				case rr.counted != int64(rr.logLines) || rr.dropped != 0:
-					b.fail("%s %s round %d: the agent counted %d requests and dropped %d events; the access log has %d", t.name, s.name, r+1, rr.counted, rr.dropped, rr.logLines)
-				}
+				b.checkCount(fmt.Sprintf("%s %s round %d", t.name, s.name, r+1), rr.counted, rr.dropped, rr.logLines)
 			}
 		}
 	}
@@ -55,18 +50,11 @@ func (b *bench) roundExtra(t *target, rr roundResult) string {
 func (b *bench) throughputRun(ctx context.Context, t *target, s scenario, round int, sd side) (roundResult, error) {
 	rr := roundResult{target: t.name, scenario: s.name, round: round + 1, side: sd, counted: -1, dropped: -1}
 	withAgent := sd == sideAgent && t.agent.enabled()
-	if withAgent {
-		if err := t.agent.start(ctx, t.poke); err != nil {
-			return rr, err
-		}
-		defer t.agent.stop()
+	stop, err := t.startSide(ctx, sd)
+	if err != nil {
+		return rr, err
 	}
-	if sd == sideFloor {
-		if err := t.floor.start(ctx); err != nil {
-			return rr, err
-		}
-		defer t.floor.stop()
-	}
+	defer stop()
 	if _, err := s.run(ctx, b.cfg.warmup); err != nil {
 		return rr, fmt.Errorf("warm-up: %w", err)
 	}
@@ -106,11 +94,7 @@ func (b *bench) throughputRun(ctx context.Context, t *target, s scenario, round 
 		if withAgent {
 			after := b.snap(t.agent, 3*time.Second)
 			b.checkDataPath(fmt.Sprintf("%s round %d", s.name, round+1), after)
-			rr.counted, rr.dropped = -1, -1
-			if before.ok && after.ok {
-				rr.counted = int64(after.requests) - int64(before.requests)
-				rr.dropped = int64(after.dropped) - int64(before.dropped)
-			}
+			rr.counted, rr.dropped = countedBetween(before, after)
 		}
 		if len(workers) < 2 || rr.busiest <= maxWorkerShare || attempt == maxAttempts {
 			break
@@ -119,6 +103,26 @@ func (b *bench) throughputRun(ctx context.Context, t *target, s scenario, round 
 	}
 	rr.logLines, _ = countLines(t.g.AccessLogPath())
 	return rr, nil
+}
+
+// countedBetween is the requests the agent counted and the events it dropped between two
+// snaps (-1, -1 when either could not be read).
+func countedBetween(before, after statsSnap) (requests, dropped int64) {
+	if !before.ok || !after.ok {
+		return -1, -1
+	}
+	return int64(after.requests) - int64(before.requests), int64(after.dropped) - int64(before.dropped)
+}
+
+// checkCount fails the run when the agent's count of a measured run (countedBetween's)
+// differs from the logged lines of the access log, or it dropped events.
+func (b *bench) checkCount(what string, requests, dropped int64, logged int) {
+	switch {
+	case requests < 0:
+		b.fail("%s: the agent's /stats could not be read around the run", what)
+	case requests != int64(logged) || dropped != 0:
+		b.fail("%s: the agent counted %d requests and dropped %d events; the access log has %d", what, requests, dropped, logged)
+	}
 }
 
 type statsSnap struct {

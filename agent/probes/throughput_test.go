@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -193,4 +194,70 @@ func TestDropsCounted(t *testing.T) {
 		t.Fatalf("dropped %d of %d (status %+v)", st.Dropped, reqs, st)
 	}
 	t.Logf("dropped %d of %d", st.Dropped, reqs)
+}
+
+// TestBurstWakesReader: the reader drains on a deadline (pollInterval) and the programs wake
+// it early only once a quarter of the ring is queued (wakeup_bytes). Under wrk, far more than
+// the ring holds arrives within one deadline, so nothing must be lost: the wake-ups must come
+// in time.
+func TestBurstWakesReader(t *testing.T) {
+	requireOuter(t, "wrk")
+	n := startNginx(t)
+	const ring = 256 << 10
+	p, err := New(Options{RingBufferBytes: ring, Log: testr.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Track(n.Gateway(t)); err != nil {
+		t.Fatal(err)
+	}
+	var seen atomic.Uint64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, sinkFunc(func() { seen.Add(1) })) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	url := fmt.Sprintf("http://127.0.0.1:%d/ok", n.Port)
+	client := &http.Client{}
+	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no layout: %+v", p.Status())
+		}
+		get(t, client, url)
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The warm-up's records, once they have all come (within a poll or two).
+	time.Sleep(3 * pollInterval)
+	base := seen.Load()
+
+	out, err := exec.Command("wrk", "-t1", "-c10", "-d3s", url).CombinedOutput()
+	if err != nil {
+		t.Fatalf("wrk: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`([0-9]+) requests in ([0-9.]+)s`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("wrk printed no request count:\n%s", out)
+	}
+	sent, _ := strconv.ParseUint(string(m[1]), 10, 64)
+	secs, _ := strconv.ParseFloat(string(m[2]), 64)
+	// The test only says something if a deadline's worth of records overflows the ring.
+	perDeadline := float64(sent) / secs * pollInterval.Seconds() * 200 // bytes, ~200 a record
+	if perDeadline < 2*ring {
+		t.Skipf("too slow to fill the ring between two deadlines: %.0f req/s", float64(sent)/secs)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for seen.Load()-base < sent && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	st := p.Status()
+	if st.Dropped != 0 || seen.Load()-base < sent {
+		t.Fatalf("wrk sent %d requests (%.0f/s), %d reached the sink, %d dropped (ring %d bytes)", sent,
+			float64(sent)/secs, seen.Load()-base, st.Dropped, ring)
+	}
+	t.Logf("%d requests (%.0f/s) through a %d-byte ring, none dropped", sent, float64(sent)/secs, ring)
 }

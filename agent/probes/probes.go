@@ -120,6 +120,7 @@ type Probes struct {
 	objs bpf.NginxReqObjects
 	mode string // kernel.ModeMulti or kernel.ModePerf
 	ring *kernel.Ring
+	poll time.Duration // the reader's deadline between two drains (pollInterval; a test lengthens it)
 	clk  clock
 
 	mu       sync.Mutex
@@ -163,7 +164,7 @@ func New(opts Options) (*Probes, error) {
 	consts["wakeup_bytes"] = uint64(size / 4)
 	maps.Copy(consts, nginxOffsets())
 
-	p := &Probes{opts: opts, bins: map[binKey]*nginxBin{}, byID: map[uint32]*nginxBin{},
+	p := &Probes{opts: opts, poll: pollInterval, bins: map[binKey]*nginxBin{}, byID: map[uint32]*nginxBin{},
 		gws: map[discovery.GatewayID]*gateway{}, pidOwner: map[int]discovery.GatewayID{}, lua: opts.LuaPhases}
 	p.calPool.New = func() any { return new(rawCalib) }
 	p.mode, err = kernel.LoadAndAssign(spec, &p.objs, kernel.Load{Name: "nginxreq", Ring: "nginxreq_events",
@@ -214,7 +215,7 @@ func (p *Probes) Run(ctx context.Context, sink model.Sink) error {
 			p.deliver(&left[i], &req, sink)
 		}
 	}
-	return p.ring.Read(ctx, pollInterval, tick, func(raw []byte) { p.handle(raw, &r, &req, sink) })
+	return p.ring.Read(ctx, p.poll, tick, func(raw []byte) { p.handle(raw, &r, &req, sink) })
 }
 
 func (p *Probes) config(now time.Time) *bpf.NginxReqNginxreqConfig {

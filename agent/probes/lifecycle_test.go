@@ -29,6 +29,21 @@ func get(t *testing.T, c *http.Client, url string) {
 	resp.Body.Close()
 }
 
+// warmUntilReady calls send until p has learnt the layout (calibration's records carry less
+// than the hot path's), for at most 10 s, and returns how many times it called it.
+func warmUntilReady(t *testing.T, p *Probes, send func()) int {
+	t.Helper()
+	warm := 0
+	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; warm++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no layout learnt after %d requests: %+v", warm, p.Status())
+		}
+		send()
+		time.Sleep(20 * time.Millisecond)
+	}
+	return warm
+}
+
 // TestTrackSetPIDsUntrack: the kernel filter follows SetPIDs (plus the master, whose
 // children the kernel adopts), and Untrack removes everything and detaches.
 func TestTrackSetPIDsUntrack(t *testing.T) {
@@ -208,13 +223,7 @@ func TestSetLuaPhases(t *testing.T) {
 			answered++
 		}
 	}
-	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; {
-		if time.Now().After(deadline) {
-			t.Fatalf("no layout: %+v", p.Status())
-		}
-		send("warm", 1)
-		time.Sleep(20 * time.Millisecond)
-	}
+	warmUntilReady(t, p, func() { send("warm", 1) })
 	send("off1", 20)
 	if err := p.SetLuaPhases(true); err != nil {
 		t.Fatal(err)

@@ -24,18 +24,8 @@ func TestLuaPhases(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 	// Calibration events carry no Lua timing: warm up until the layout is learnt.
-	warm := 0
-	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; warm++ {
-		if time.Now().After(deadline) {
-			t.Fatalf("no layout learnt: %+v", p.Status())
-		}
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/warmup", n.Port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		time.Sleep(20 * time.Millisecond)
-	}
+	client := &http.Client{}
+	warm := warmUntilReady(t, p, func() { get(t, client, fmt.Sprintf("http://127.0.0.1:%d/warmup", n.Port)) })
 	sent := traffic(t, n, 10) + warm
 	got := checkAgainstLog(t, n, p, c, sent)
 	phases, other, balanced, denied := 0, 0, 0, 0

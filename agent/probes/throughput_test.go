@@ -34,8 +34,6 @@ func TestThroughput(t *testing.T) {
 	requireIntegration(t, "wrk")
 	n := startNginx(t)
 	url := fmt.Sprintf("http://127.0.0.1:%d/ok", n.Port)
-	re := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
-	reN := regexp.MustCompile(`([0-9]+) requests in`)
 	workers := n.Workers()
 	// nginx workers' CPU time (user+sys, clock ticks): the uprobe traps are charged to them,
 	// and CPU per request is far less sensitive than req/s to the other tenants of this VM.
@@ -56,18 +54,9 @@ func TestThroughput(t *testing.T) {
 	var lastCPU []float64
 	wrk := func() float64 {
 		c0 := cpu()
-		out, err := exec.Command("wrk", "-t1", "-c20", "-d5s", url).CombinedOutput()
-		if err != nil {
-			t.Fatalf("wrk: %v\n%s", err, out)
-		}
-		m, mn := re.FindSubmatch(out), reN.FindSubmatch(out)
-		if m == nil || mn == nil {
-			t.Fatalf("wrk output: %s", out)
-		}
-		v, _ := strconv.ParseFloat(string(m[1]), 64)
-		reqs, _ := strconv.ParseFloat(string(mn[1]), 64)
-		lastCPU = append(lastCPU, float64(cpu()-c0)*1e4/reqs) // ticks are 10 ms: us per request
-		return v
+		w := runWrk(t, 20, "5s", url)
+		lastCPU = append(lastCPU, float64(cpu()-c0)*1e4/float64(w.requests)) // ticks are 10 ms: us per request
+		return w.rps
 	}
 	run := func(opts *Options) (float64, Status) {
 		if opts == nil {
@@ -166,6 +155,35 @@ func TestThroughput(t *testing.T) {
 	t.Logf("median req/s (ratio to none): %s", strings.Join(sum, ", "))
 }
 
+// wrkRun is what wrk reported: the requests it counted, over how long, and req/s.
+type wrkRun struct {
+	requests  uint64
+	secs, rps float64
+}
+
+var (
+	wrkCount = regexp.MustCompile(`([0-9]+) requests in ([0-9.]+)s`)
+	wrkRate  = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+)
+
+// runWrk runs `wrk -t1 -c<conns> -d<dur> url` and parses its report.
+func runWrk(t *testing.T, conns int, dur, url string) wrkRun {
+	t.Helper()
+	out, err := exec.Command("wrk", "-t1", fmt.Sprintf("-c%d", conns), "-d"+dur, url).CombinedOutput()
+	if err != nil {
+		t.Fatalf("wrk: %v\n%s", err, out)
+	}
+	mc, mr := wrkCount.FindSubmatch(out), wrkRate.FindSubmatch(out)
+	if mc == nil || mr == nil {
+		t.Fatalf("wrk output: %s", out)
+	}
+	var w wrkRun
+	w.requests, _ = strconv.ParseUint(string(mc[1]), 10, 64)
+	w.secs, _ = strconv.ParseFloat(string(mc[2]), 64)
+	w.rps, _ = strconv.ParseFloat(string(mr[1]), 64)
+	return w
+}
+
 type sinkFunc func()
 
 func (f sinkFunc) Observe(_ *model.Request) { f() }
@@ -226,27 +244,13 @@ func TestBurstWakesReader(t *testing.T) {
 	}()
 	url := fmt.Sprintf("http://127.0.0.1:%d/ok", n.Port)
 	client := &http.Client{}
-	for deadline := time.Now().Add(10 * time.Second); p.Status().Mode != "ready"; {
-		if time.Now().After(deadline) {
-			t.Fatalf("no layout: %+v", p.Status())
-		}
-		get(t, client, url)
-		time.Sleep(10 * time.Millisecond)
-	}
+	warmUntilReady(t, p, func() { get(t, client, url) })
 	// The warm-up's records, once they have all come (at the next deadline).
 	time.Sleep(p.poll + 500*time.Millisecond)
 	base := seen.Load()
 
-	out, err := exec.Command("wrk", "-t1", "-c10", "-d2s", url).CombinedOutput()
-	if err != nil {
-		t.Fatalf("wrk: %v\n%s", err, out)
-	}
-	m := regexp.MustCompile(`([0-9]+) requests in ([0-9.]+)s`).FindSubmatch(out)
-	if m == nil {
-		t.Fatalf("wrk printed no request count:\n%s", out)
-	}
-	sent, _ := strconv.ParseUint(string(m[1]), 10, 64)
-	secs, _ := strconv.ParseFloat(string(m[2]), 64)
+	w := runWrk(t, 10, "2s", url)
+	sent, secs := w.requests, w.secs
 	// The test only says something if a deadline's worth of records overflows the ring.
 	perDeadline := float64(sent) / secs * p.poll.Seconds() * 150 // bytes, 150 or more a record
 	if perDeadline < 2*ring {

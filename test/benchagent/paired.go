@@ -93,18 +93,21 @@ func pairRatiosBy(rs []pairResult, x, y side) ([]int, []float64) {
 	return ks, out
 }
 
+// agentRequests is the requests the gateway with the agent served in r (0: no agent).
+func (r pairResult) agentRequests() float64 {
+	switch {
+	case r.cfg.a == sideAgent:
+		return float64(r.a.Requests)
+	case r.cfg.b == sideAgent:
+		return float64(r.b.Requests)
+	}
+	return 0
+}
+
 // agentShare is the agent process's CPU per request of its gateway as a fraction of the
 // machine's CPU per request: the part of throughput it would take from its gateway alone.
 func agentShare(r pairResult) (float64, bool) {
-	var mine float64
-	switch {
-	case r.cfg.a == sideAgent:
-		mine = float64(r.a.Requests)
-	case r.cfg.b == sideAgent:
-		mine = float64(r.b.Requests)
-	default:
-		return 0, false
-	}
+	mine := r.agentRequests()
 	total := float64(r.a.Requests + r.b.Requests)
 	if mine <= 0 || r.wall <= 0 || r.ncpu <= 0 {
 		return 0, false
@@ -140,11 +143,7 @@ func summarisePairs(rs []pairResult, slack float64) pairedSummary {
 		s.errors += r.a.Errors + r.b.Errors
 		if v, ok := agentShare(r); ok {
 			shares[r.round] = append(shares[r.round], v)
-			n := r.a.Requests
-			if r.cfg.b == sideAgent {
-				n = r.b.Requests
-			}
-			us = append(us, r.agentCPU/float64(n)*1e6)
+			us = append(us, r.agentCPU/r.agentRequests()*1e6)
 		}
 	}
 	var w, sh, af []float64

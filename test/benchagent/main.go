@@ -109,9 +109,9 @@ func run() int {
 	flag.IntVar(&c.kongConns, "kong-conns", 50, "wrk -c on real Kong")
 	flag.DurationVar(&c.kongDur, "kong-duration", 5*time.Second, "measured time of one side of one round on real Kong")
 	flag.IntVar(&c.kongLuaRate, "kong-lua-rate", 1000, "paced req/s on real Kong of the Lua phase timing cost runs (agent with Lua timing off vs on, -cpu-rounds rounds of -cpu-duration; 0 = skip)")
-	// 16: one run's estimate of the Kong-like gap then has a standard error of ~0.003. With 6 or 8
-	// it was ~0.005, as wide as the runs' spread (0.006-0.026 around ~0.016) and a quarter of
-	// the 0.02 the target allows, so a single run could not tell a hit from a miss.
+	// 16: runs of 6-8 rounds had standard errors of 0.003-0.007 on the Kong-like gap, which sits
+	// ~0.005 below the 0.02 the target allows, and their spread was about what those errors
+	// predict. More rounds per run are what narrows a single run's verdict.
 	flag.IntVar(&c.pairedRounds, "paired-rounds", 16, "rounds of the paired runs on the Kong-like route: two gateways at once, agent against floor and floor against none, each both ways (0 = skip)")
 	flag.DurationVar(&c.pairedDur, "paired-duration", 4*time.Second, "measured time of one paired run")
 	flag.StringVar(&c.docPath, "doc", "docs/benchmarks.md", "the file whose \"## Agent\" section -write-doc rewrites")

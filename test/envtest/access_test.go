@@ -223,6 +223,8 @@ func TestWebhookMayOnlyDryRunPods(t *testing.T) {
 		[2]string{"ServiceAccount", "kong-watcher-webhook"},
 		[2]string{"ClusterRole", "kong-watcher-webhook-role"},
 		[2]string{"ClusterRoleBinding", "kong-watcher-webhook-rolebinding"},
+		[2]string{"ClusterRole", "kong-watcher-webhook-dry-run-role"},
+		[2]string{"ClusterRoleBinding", "kong-watcher-webhook-dry-run-rolebinding"},
 		[2]string{"ValidatingAdmissionPolicy", "kong-watcher-webhook-dry-run-only"},
 		[2]string{"ValidatingAdmissionPolicyBinding", "kong-watcher-webhook-dry-run-only"})
 	const ns = "kw-dry-run"

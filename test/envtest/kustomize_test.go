@@ -2,7 +2,9 @@ package envtest
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -242,6 +244,71 @@ func TestKustomizeDefault(t *testing.T) {
 	}
 }
 
+// checkBinding checks that the ClusterRoleBinding name binds role to the manager's service
+// account only.
+func checkBinding(t *testing.T, objs rendered, name, role string) {
+	t.Helper()
+	var crb rbacv1.ClusterRoleBinding
+	objs.get(t, "ClusterRoleBinding", name, &crb)
+	if crb.RoleRef.Name != role || len(crb.Subjects) != 1 || crb.Subjects[0].Kind != "ServiceAccount" ||
+		crb.Subjects[0].Name != "kong-watcher-webhook" || crb.Subjects[0].Namespace != app.DefaultNamespace {
+		t.Errorf("ClusterRoleBinding %s = %+v, want %s for the manager's service account only", name, crb, role)
+	}
+}
+
+// TestKustomizeBefore130: the overlay for API servers without ValidatingAdmissionPolicy renders
+// config/default less the policies and the right that only a policy confines (create pods),
+// and starts the webhook without the dry runs that right was for.
+func TestKustomizeBefore130(t *testing.T) {
+	def, objs := kustomize(t, "default"), kustomize(t, "before-1.30")
+	gone := map[string]bool{
+		"ClusterRole/kong-watcher-webhook-dry-run-role":               true,
+		"ClusterRoleBinding/kong-watcher-webhook-dry-run-rolebinding": true,
+	}
+	for _, u := range def {
+		if strings.HasPrefix(u.GetKind(), "ValidatingAdmissionPolicy") {
+			gone[u.GetKind()+"/"+u.GetName()] = true
+		}
+	}
+	if len(gone) != 2+6 {
+		t.Fatalf("config/default renders %d policies and bindings, want 6: revisit config/before-1.30", len(gone)-2)
+	}
+	kept := map[string]bool{}
+	for _, u := range objs {
+		k := u.GetKind() + "/" + u.GetName()
+		kept[k] = true
+		if gone[k] || strings.HasPrefix(u.GetKind(), "ValidatingAdmissionPolicy") {
+			t.Errorf("config/before-1.30 renders %s", k)
+		}
+		if u.GetKind() == "ClusterRole" || u.GetKind() == "Role" {
+			var r rbacv1.ClusterRole
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &r); err != nil {
+				t.Fatal(err)
+			}
+			if grants(r.Rules, "", "pods", "create", "") {
+				t.Errorf("config/before-1.30: %s grants create on pods", k)
+			}
+		}
+	}
+	for _, u := range def {
+		if k := u.GetKind() + "/" + u.GetName(); !gone[k] && !kept[k] {
+			t.Errorf("config/before-1.30 lacks %s", k)
+		}
+	}
+	var d appsv1.Deployment
+	objs.get(t, "Deployment", "kong-watcher-webhook", &d)
+	o := app.NewOptions()
+	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o.BindFlags(fs)
+	if err := fs.Parse(d.Spec.Template.Spec.Containers[0].Args); err != nil {
+		t.Fatal(err)
+	}
+	if o.VerifyInjectedPods {
+		t.Errorf("config/before-1.30 starts the webhook with --verify-injected-pods: it has no right to dry-run pods")
+	}
+}
+
 // deref prints a pointer's value ("<nil>" when unset).
 func deref[T any](p *T) any {
 	if p == nil {
@@ -402,15 +469,14 @@ func TestKustomizeManagerRights(t *testing.T) {
 		"admissionregistration.k8s.io/mutatingwebhookconfigurations/watch":  true,
 		"admissionregistration.k8s.io/mutatingwebhookconfigurations/update": true,
 		"admissionregistration.k8s.io/mutatingwebhookconfigurations/patch":  true,
-		"/pods/create": true, "/pods/get": true, "/pods/list": true, "/pods/watch": true, "/pods/patch": true,
-		"apps/replicasets/get": true, "apps/replicasets/list": true, "apps/replicasets/watch": true,
+		"/pods/get": true, "/pods/list": true, "/pods/watch": true, "/pods/patch": true,
+		"apps/replicasets/list": true, "apps/replicasets/watch": true,
 		"authentication.k8s.io/tokenreviews/create": true,
-		// The policies' markers, not API resources.
-		"kong-watcher.io/injectors/dry-run-pods":     true,
+		// The statistics policy's marker, not an API resource.
 		"kong-watcher.io/reporters/write-statistics": true,
 	}
 	for _, w := range []string{"deployments", "statefulsets", "daemonsets"} {
-		for _, v := range []string{"get", "list", "watch", "patch"} {
+		for _, v := range []string{"get", "patch"} {
 			want["apps/"+w+"/"+v] = true
 		}
 	}
@@ -442,16 +508,26 @@ func TestKustomizeManagerRights(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"delete", "update", "create"} {
-		if grants(cr.Rules, "apps", "deployments", bad, "") || (bad != "create" && grants(cr.Rules, "", "pods", bad, "")) {
+		if grants(cr.Rules, "apps", "deployments", bad, "") || grants(cr.Rules, "", "pods", bad, "") {
 			t.Errorf("manager ClusterRole may %s pods or deployments", bad)
 		}
 	}
-	var crb rbacv1.ClusterRoleBinding
-	objs.get(t, "ClusterRoleBinding", "kong-watcher-webhook-rolebinding", &crb)
-	if crb.RoleRef.Name != cr.Name || len(crb.Subjects) != 1 || crb.Subjects[0].Kind != "ServiceAccount" ||
-		crb.Subjects[0].Name != "kong-watcher-webhook" || crb.Subjects[0].Namespace != app.DefaultNamespace {
-		t.Errorf("ClusterRoleBinding = %+v, want %s for the manager's service account only", crb, cr.Name)
+	checkBinding(t, objs, "kong-watcher-webhook-rolebinding", cr.Name)
+
+	// The dry runs' right to create pods is a role of its own, which the dry-run policy's
+	// objects come with (config/before-1.30 leaves all of them out).
+	var dr rbacv1.ClusterRole
+	objs.get(t, "ClusterRole", "kong-watcher-webhook-dry-run-role", &dr)
+	if len(dr.Rules) != 2 || !grants(dr.Rules, "", "pods", "create", "") ||
+		!grants(dr.Rules, "kong-watcher.io", "injectors", "dry-run-pods", "") {
+		t.Errorf("dry-run ClusterRole rules = %+v, want pods create and the injectors marker only", dr.Rules)
 	}
+	for _, r := range dr.Rules {
+		if len(r.Verbs) != 1 || len(r.Resources) != 1 || len(r.APIGroups) != 1 || len(r.ResourceNames) != 0 {
+			t.Errorf("dry-run ClusterRole rule %+v: one group, resource and verb each", r)
+		}
+	}
+	checkBinding(t, objs, "kong-watcher-webhook-dry-run-rolebinding", dr.Name)
 
 	// Kong's service account gets nothing: the only RBAC objects are the manager's, and every
 	// binding names the manager's service account in its own namespace.

@@ -100,6 +100,7 @@ func Run(ctx context.Context, cfg *rest.Config, o *Options, log logr.Logger) err
 	}
 
 	o.Agent.Report.CA = newFileCache(filepath.Join(o.WebhookCertPath, certs.CAFileName)).read
+	fitSidecarMode(cfg, o, log)
 	hook := inject.NewWebhook(o.Agent, mgr.GetEventRecorder(EventSource), log.WithName("inject"))
 	if o.VerifyInjectedPods {
 		// A client of its own: protobuf (pods are big, and this runs inside an admission's

@@ -225,8 +225,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Agent.StatsInterval, "agent-stats-interval", o.Agent.StatsInterval,
 		agentFlag(&agentenv.StatsInterval, v1alpha1.AnnotationStatsInterval, "", false))
 	fs.BoolVar(&o.Agent.NativeSidecar, "agent-native-sidecar", o.Agent.NativeSidecar,
-		"Inject the agent as a native sidecar (init container with restartPolicy Always, Kubernetes >= 1.29); "+
-			"false: a plain container. Per pod: annotation "+v1alpha1.AnnotationNativeSidecar+".")
+		"Inject the agent as a native sidecar (init container with restartPolicy Always, Kubernetes >= 1.29; "+
+			"turned off at start when the API server is older); false: a plain container. Per pod: annotation "+
+			v1alpha1.AnnotationNativeSidecar+".")
 	fs.BoolVar(&o.Agent.Privileged, "agent-privileged", o.Agent.Privileged,
 		"Escape hatch: run the agent privileged (kernels without uprobe_multi, < 6.6). Default: capabilities BPF, PERFMON, SYS_PTRACE only.")
 	fs.StringVar(&o.Agent.HighErrorRateThreshold, "agent-high-error-rate-threshold", o.Agent.HighErrorRateThreshold,

@@ -44,6 +44,9 @@ const (
 	// ReasonMetricsPortConflict: a container of the pod already declares the agent's metrics
 	// port; the agent could not bind it.
 	ReasonMetricsPortConflict = "MetricsPortConflict"
+	// ReasonVolumeNameConflict: the pod already has a volume of the name of one the agent
+	// adds (its report token's); the API server would refuse the pod with two.
+	ReasonVolumeNameConflict = "VolumeNameConflict"
 	// ReasonNoContainers: the pod has no containers: it is invalid, there is no Kong to watch.
 	ReasonNoContainers = "NoContainers"
 	// ReasonSidecarWouldNotEnd: the pod runs to completion (restartPolicy Never or OnFailure)
@@ -109,6 +112,10 @@ func Decide(pod *corev1.Pod, namespace string, cfg Config) Decision {
 		return Decision{Reason: ReasonMetricsPortConflict,
 			Message: fmt.Sprintf("container %q already declares port %d, the agent's metrics port", c, cfg.MetricsPort)}
 	}
+	if v, ok := volumeNameUser(pod, cfg); ok {
+		return Decision{Reason: ReasonVolumeNameConflict,
+			Message: fmt.Sprintf("pod already has a volume named %q, the name of the agent's report token volume", v)}
+	}
 	s, warnings := podSettings(pod, cfg)
 	if !s.nativeSidecar && pod.Spec.RestartPolicy != "" && pod.Spec.RestartPolicy != corev1.RestartPolicyAlways {
 		return Decision{Reason: ReasonSidecarWouldNotEnd, Warning: true, Warnings: warnings,
@@ -164,6 +171,21 @@ func metricsPortUser(pod *corev1.Pod, port int32) (string, bool) {
 		}
 	}
 	return check(sidecars)
+}
+
+// volumeNameUser returns a volume of the pod named like one Inject would add. Inject adds the
+// report token's volume once the manager's CA is known, which can happen between Decide and
+// Inject: with reporting configured, the name is taken to be needed either way.
+func volumeNameUser(pod *corev1.Pod, cfg Config) (string, bool) {
+	if cfg.Report.URL == "" {
+		return "", false
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == kwv1.TokenVolumeName {
+			return v.Name, true
+		}
+	}
+	return "", false
 }
 
 func sidecarKind(native bool) string {

@@ -72,6 +72,11 @@ var goldenCases = []goldenCase{
 		event: kwv1.ReasonInjectionSkipped, warnings: []string{`kong-watcher.io/inject="True" is not "true"`}},
 	{name: "metrics-port-conflict", pod: "metrics-port-conflict", namespace: "kong", reason: ReasonMetricsPortConflict,
 		event: kwv1.ReasonInjectionSkipped},
+	{name: "token-volume-conflict", pod: "token-volume-conflict", namespace: "kong", reason: ReasonVolumeNameConflict,
+		event: kwv1.ReasonInjectionSkipped},
+	// Without reporting the agent adds no volume: the pod's own keeps its name.
+	{name: "token-volume-no-reporting", pod: "token-volume-conflict", namespace: "kong",
+		cfg: func(c *Config) { c.Report = ReportConfig{} }, reason: ReasonInject, event: kwv1.ReasonInjected, native: true},
 	{name: "privileged", pod: "kong", namespace: "kong", cfg: func(c *Config) { c.Privileged = true },
 		reason: ReasonInject, event: kwv1.ReasonInjected, native: true},
 	// The report token is a projected volume of its own: automountServiceAccountToken false

@@ -150,7 +150,8 @@ func caBundle(r ReportConfig) string {
 // projected service-account token with the manager's own audience, bound to this pod, rotated
 // by the kubelet, mounted in the agent container only. It is not the API server's token:
 // presented to the API server it is refused, and the pod's automountServiceAccountToken
-// setting (which governs that one) is left as the user set it.
+// setting (which governs that one) is left as the user set it. Decide skips a pod that already
+// has a volume of the token volume's name (volumeNameUser): keep the two in step.
 func addReporting(pod *corev1.Pod, agent *corev1.Container, r ReportConfig, ca string) {
 	exp := r.TokenExpirationSeconds
 	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{

@@ -187,6 +187,12 @@ func TestDecideReasons(t *testing.T) {
 		{"port used by a plain init container is free later", labelled(func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "i", Ports: []corev1.ContainerPort{{ContainerPort: 9464}}}}
 		}), "kong", ReasonInject, false},
+		{"token volume name taken", labelled(func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "config"}, {Name: kwv1.TokenVolumeName}}
+		}), "kong", ReasonVolumeNameConflict, false},
+		{"other volumes are no conflict", labelled(func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "config"}, {Name: kwv1.TokenVolumeName + "-2"}}
+		}), "kong", ReasonInject, false},
 		{"same port over UDP is no conflict", labelled(func(p *corev1.Pod) {
 			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9464, Protocol: corev1.ProtocolUDP}}
 		}), "kong", ReasonInject, false},

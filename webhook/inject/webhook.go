@@ -20,6 +20,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/events"
 	sigsjson "sigs.k8s.io/json"
 
@@ -419,9 +420,10 @@ func annotationPath(k string) string {
 // recordEvent records Injected or InjectionSkipped on the pod's controller (its ReplicaSet,
 // typically), built from the ownerReference so no API call is needed at admission time: the
 // pod itself has no name yet at CREATE and no UID. Unlabelled pods and re-invocations
-// (AlreadyInjected) get no Event: they are not news to anyone.
+// (AlreadyInjected) get no Event: they are not news to anyone. Nor do pods without a
+// workload controller (eventOwner): their creator still gets the warnings.
 func (w *Webhook) recordEvent(pod *corev1.Pod, namespace string, owner *metav1.OwnerReference, d Decision) {
-	if w.recorder == nil || owner == nil {
+	if w.recorder == nil || !eventOwner(owner) {
 		return
 	}
 	switch d.Reason {
@@ -434,9 +436,6 @@ func (w *Webhook) recordEvent(pod *corev1.Pod, namespace string, owner *metav1.O
 		Name:       owner.Name,
 		Namespace:  namespace,
 		UID:        owner.UID,
-	}
-	if owner.APIVersion == "v1" && owner.Kind == "Node" {
-		ref.Namespace = "" // mirror pods of static pods are owned by their (cluster-scoped) Node
 	}
 	reason, note, eventType := kwv1.ReasonInjected, fmt.Sprintf("%s into pod %s", d.Message, podName(pod)), corev1.EventTypeNormal
 	if d.Warning {
@@ -454,6 +453,36 @@ func (w *Webhook) recordEvent(pod *corev1.Pod, namespace string, owner *metav1.O
 		}()
 		w.recorder.Eventf(ref, nil, eventType, reason, "Inject", "%s", truncate(note, maxEventNote))
 	})
+}
+
+// workloadGroups are the API groups of the namespaced workload kinds that own pods, and
+// whose Events the webhook records.
+var workloadGroups = map[string]string{
+	"ReplicaSet":            "apps",
+	"StatefulSet":           "apps",
+	"DaemonSet":             "apps",
+	"Deployment":            "apps",
+	"Job":                   "batch",
+	"CronJob":               "batch",
+	"ReplicationController": "",
+}
+
+// eventOwner reports whether owner, the pod's controller, is a workload the Event may be
+// about. The ownerReference is the pod creator's word, not checked by the API server: an
+// Event about whatever it names would let anyone who may create a pod have the webhook write
+// their text about any object. A cluster-scoped owner (a Node, as a mirror pod has) would even
+// put it in the "default" namespace. A workload kind is namespaced, so the Event stays in the
+// pod's namespace, about an object of that namespace.
+func eventOwner(owner *metav1.OwnerReference) bool {
+	if owner == nil || owner.Name == "" {
+		return false
+	}
+	group, ok := workloadGroups[owner.Kind]
+	if !ok {
+		return false
+	}
+	gv, err := schema.ParseGroupVersion(owner.APIVersion)
+	return err == nil && gv.Group == group && gv.Version != ""
 }
 
 // enqueueEvent hands an Event to the recording goroutine without ever waiting for it.

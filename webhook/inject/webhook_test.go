@@ -204,6 +204,65 @@ func TestStuckRecorderDoesNotBlockAdmission(t *testing.T) {
 	}
 }
 
+// TestEventsOnlyOnWorkloadOwners: the pod's ownerReference is its creator's word, so the
+// Event about the decision goes only to a namespaced workload kind, in the pod's namespace.
+// Any other owner (a cluster-scoped Node, a kind of another group) gets none, whatever the
+// decision; the pod is injected or skipped all the same.
+func TestEventsOnlyOnWorkloadOwners(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		apiVersion string
+		kind       string
+		event      bool
+	}{
+		{"ReplicaSet", "apps/v1", "ReplicaSet", true},
+		{"StatefulSet", "apps/v1", "StatefulSet", true},
+		{"DaemonSet", "apps/v1", "DaemonSet", true},
+		{"Job", "batch/v1", "Job", true},
+		{"ReplicationController", "v1", "ReplicationController", true},
+		{"Node", "v1", "Node", false},
+		{"Namespace", "v1", "Namespace", false},
+		{"unknown kind", "gateway.example.com/v1", "KongGateway", false},
+		{"workload kind of another group", "evil.example.com/v1", "ReplicaSet", false},
+		{"workload kind without a version", "apps", "ReplicaSet", false},
+	} {
+		for _, pod := range []string{"kong", "metrics-port-conflict"} {
+			t.Run(tc.name+"/"+pod, func(t *testing.T) {
+				p := decodeTestPod(t, podJSON(t, pod))
+				yes := true
+				p.OwnerReferences = []metav1.OwnerReference{{APIVersion: tc.apiVersion, Kind: tc.kind,
+					Name: "worker-1", UID: "0b6f3a2e-2222-4c4c-9d9d-000000000001", Controller: &yes}}
+				raw, err := json.Marshal(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rec := &captureRecorder{}
+				w := NewWebhook(testConfig(), rec, testr.New(t))
+				resp := admissionResponse(t, post(w, reviewBody(t, "u-owner", admissionv1.Create, "tenant-a", raw)), "u-owner")
+				flushEvents(t, w)
+				if injected := len(resp.Patch) > 0; injected != (pod == "kong") {
+					t.Errorf("patched %v: the owner must not change the decision", injected)
+				}
+				events := rec.recorded()
+				if !tc.event {
+					if len(events) != 0 {
+						t.Errorf("events %+v about a %s %s, want none", events, tc.apiVersion, tc.kind)
+					}
+					return
+				}
+				if len(events) != 1 {
+					t.Fatalf("events %+v, want one on the %s", events, tc.kind)
+				}
+				r := events[0].regarding
+				if r == nil || r.APIVersion != tc.apiVersion || r.Kind != tc.kind || r.Name != "worker-1" ||
+					r.Namespace != "tenant-a" || r.UID != p.OwnerReferences[0].UID {
+					t.Errorf("event regarding %+v, want the %s worker-1 in namespace tenant-a", r, tc.kind)
+				}
+			})
+		}
+	}
+}
+
 func TestPodWithoutContainersIsLeftAlone(t *testing.T) {
 	// A patch appending to a list the request does not have would not apply, and the API
 	// server rejects a pod whose patch fails whatever the failurePolicy: no patch at all.

@@ -4,9 +4,14 @@
 // statistics annotations of that pod, and the Events it asked for. So Kong's service account
 // needs no rights, and an agent can only ever write its own pod's kong-watcher.io/* statistics.
 //
+// Only injected pods report: a verified token whose pod carries neither the webhook's
+// kong-watcher.io/injected annotation nor an agent container is refused (403), so no other
+// pod can make the manager write on it.
+//
 // Every refusal is answered with a status and a one-line reason, logged (rate-limited) and
 // counted; nothing is written for it. Work per report is bounded: the body size, the decoded
-// shape, the reports in progress at once, and the TokenReviews per second.
+// shape, the reports in progress at once, the TokenReviews per second, and the reports per
+// pod (about two per stats interval, with a burst; more are answered 429 with Retry-After).
 package ingest
 
 import (
@@ -15,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -22,6 +28,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/hashicorp/golang-lru/v2/expirable"
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -50,6 +58,12 @@ type Options struct {
 	MaxStatsJSON int
 	// RequestTimeout bounds the API calls of one report.
 	RequestTimeout time.Duration
+	// PodReportBurst is how many reports a pod may send back to back (<= 0: 10); beyond it a
+	// pod may send one every half stats interval (its agent's, at most half the default).
+	PodReportBurst int
+	// MaxTrackedPods bounds the pods whose report rate is remembered (<= 0: 4,096); the least
+	// recently reporting are forgotten first.
+	MaxTrackedPods int
 	Log            logr.Logger
 	// Observe, when set, hears the outcome of every report (metrics).
 	Observe func(result string)
@@ -59,6 +73,10 @@ type Options struct {
 type Handler struct {
 	o   Options
 	sem chan struct{}
+
+	limMu    sync.Mutex
+	limiters *expirable.LRU[types.UID, *rate.Limiter]
+	now      func() time.Time
 
 	logMu   sync.Mutex
 	lastLog map[string]time.Time // refusal reason class -> last logged
@@ -72,7 +90,18 @@ func NewHandler(o Options) *Handler {
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 10 * time.Second
 	}
-	return &Handler{o: o, sem: make(chan struct{}, o.MaxInFlight), lastLog: map[string]time.Time{}}
+	if o.PodReportBurst <= 0 {
+		o.PodReportBurst = 10
+	}
+	if o.MaxTrackedPods <= 0 {
+		o.MaxTrackedPods = 4096
+	}
+	h := &Handler{o: o, sem: make(chan struct{}, o.MaxInFlight), lastLog: map[string]time.Time{},
+		limiters: expirable.NewLRU[types.UID, *rate.Limiter](o.MaxTrackedPods, nil, limiterIdleTTL(o.PodReportBurst)), now: time.Now}
+	if o.Auth != nil && o.Client != nil {
+		o.Auth.admit = h.admit
+	}
+	return h
 }
 
 // bodyReadTimeout bounds how long a client may take to send its report.
@@ -120,6 +149,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		case http.StatusTooManyRequests:
 			w.Header().Set("Retry-After", "5")
 			result = ResultBusy
+		case http.StatusForbidden:
+			result = ResultForbidden
+		case http.StatusGone:
+			result = ResultPodGone
 		case http.StatusServiceUnavailable, http.StatusInternalServerError:
 			result = ResultError
 		}
@@ -127,6 +160,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	who := id.Namespace + "/" + id.Pod
+	if wait, ok := h.allow(id); !ok {
+		secs := int(math.Ceil(wait.Seconds()))
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		h.refuse(w, req, http.StatusTooManyRequests, ResultBusy,
+			fmt.Sprintf("pod %s reports too often (more than %d back to back, then one every %s); retry in %ds",
+				who, h.o.PodReportBurst, reportPeriod(id), secs), who)
+		return
+	}
 	if ct := req.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		h.refuse(w, req, http.StatusUnsupportedMediaType, ResultBadRequest, "want Content-Type application/json", who)
 		return

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -28,6 +29,9 @@ type Identity struct {
 	ServiceAccount string
 	// Expires is when the token stops being valid.
 	Expires time.Time
+	// ReportInterval is how often the pod's agent reports (its STATS_INTERVAL), read from the
+	// pod when the token was first verified; 0 when the pod was not read.
+	ReportInterval time.Duration
 }
 
 // AuthError is a refused token: Status is the HTTP status to answer with.
@@ -77,10 +81,21 @@ func DefaultAuthOptions(audience string) AuthOptions {
 type Authenticator struct {
 	o       AuthOptions
 	reviews authnclient.TokenReviewInterface
-	ok      *expirable.LRU[[sha256.Size]byte, Identity]
+	ok      *expirable.LRU[[sha256.Size]byte, verdict]
 	bad     *expirable.LRU[[sha256.Size]byte, string]
 	limiter *rate.Limiter
 	now     func() time.Time
+	// admit, when set (NewHandler sets it), decides once per newly verified token whether its
+	// pod may report at all; it may fill in the identity. A refusal with status 403 is cached
+	// with the identity; any other error is not (the next report asks again).
+	admit func(ctx context.Context, id *Identity) error
+}
+
+// verdict is what the cache remembers of a verified token: its identity, and the reason its
+// pod may not report (nil: it may).
+type verdict struct {
+	id      Identity
+	refusal *AuthError
 }
 
 // NewAuthenticator returns an Authenticator asking reviews (a clientset's
@@ -89,7 +104,7 @@ func NewAuthenticator(reviews authnclient.TokenReviewInterface, o AuthOptions) *
 	return &Authenticator{
 		o:       o,
 		reviews: reviews,
-		ok:      expirable.NewLRU[[sha256.Size]byte, Identity](o.CacheSize, nil, o.MaxCacheAge),
+		ok:      expirable.NewLRU[[sha256.Size]byte, verdict](o.CacheSize, nil, o.MaxCacheAge),
 		bad:     expirable.NewLRU[[sha256.Size]byte, string](o.CacheSize, nil, o.RefusedCacheAge),
 		limiter: rate.NewLimiter(rate.Limit(o.ReviewsPerSecond), o.ReviewBurst),
 		now:     time.Now,
@@ -153,8 +168,11 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identit
 		return Identity{}, err
 	}
 	key := sha256.Sum256([]byte(token))
-	if id, ok := a.ok.Get(key); ok && id.Expires.After(now) {
-		return id, nil
+	if v, ok := a.ok.Get(key); ok && v.id.Expires.After(now) {
+		if v.refusal != nil {
+			return Identity{}, v.refusal
+		}
+		return v.id, nil
 	}
 	if why, ok := a.bad.Get(key); ok {
 		return Identity{}, refused(401, "%s", why)
@@ -173,7 +191,16 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identit
 		return Identity{}, refused(401, "%s", why)
 	}
 	id.Expires = exp
-	a.ok.Add(key, id) // the LRU's own TTL (MaxCacheAge) caps how long it is trusted
+	if a.admit != nil {
+		if err := a.admit(ctx, &id); err != nil {
+			var ae *AuthError
+			if errors.As(err, &ae) && ae.Status == http.StatusForbidden {
+				a.ok.Add(key, verdict{id: id, refusal: ae})
+			}
+			return Identity{}, err
+		}
+	}
+	a.ok.Add(key, verdict{id: id}) // the LRU's own TTL (MaxCacheAge) caps how long it is trusted
 	return id, nil
 }
 

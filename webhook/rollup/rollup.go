@@ -182,10 +182,10 @@ func newRollup(apps kubernetes.Interface, meta metadata.Interface, rec events.Ev
 		o.Namespace, 0, cache.Indexers{}, labelled).Informer()
 	r.replicas = metadatainformer.NewFilteredMetadataInformer(meta, appsv1.SchemeGroupVersion.WithResource("replicasets"),
 		o.Namespace, 0, cache.Indexers{}, labelled).Informer()
-	if err := r.pods.SetTransform(trim(v1alpha1.AnnotationStats)); err != nil {
+	if err := r.pods.SetTransform(trim(v1alpha1.AnnotationStats, maxPodStatsJSON)); err != nil {
 		return nil, err
 	}
-	if err := r.replicas.SetTransform(trim("")); err != nil {
+	if err := r.replicas.SetTransform(trim("", 0)); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -227,10 +227,16 @@ func (r *Rollup) watch(ctx context.Context) bool {
 	return cache.WaitForCacheSync(ctx.Done(), r.pods.HasSynced, r.replicas.HasSynced)
 }
 
+// maxPodStatsJSON bounds a pod's kong-watcher.io/stats annotation as the manager writes it
+// (report.StatsJSON with ingest's default bound). A longer one was written by someone else:
+// anyone who can create labelled pods could otherwise park up to 256 KiB per pod in the cache.
+const maxPodStatsJSON = report.DefaultMaxStatsJSON
+
 // trim keeps what the rollup reads of a pod or ReplicaSet: name, namespace, UID, controller
-// reference, and the annotation keep (none for ""). Managed fields, labels and the other
-// annotations would only cost memory.
-func trim(keep string) cache.TransformFunc {
+// reference, and the annotation keep (none for ""), emptied when longer than maxLen bytes (the
+// pod is then skipped as malformed). Managed fields, labels and the other annotations would
+// only cost memory.
+func trim(keep string, maxLen int) cache.TransformFunc {
 	return func(obj any) (any, error) {
 		m, ok := obj.(*metav1.PartialObjectMetadata)
 		if !ok {
@@ -242,6 +248,9 @@ func trim(keep string) cache.TransformFunc {
 			out.OwnerReferences = []metav1.OwnerReference{*ref}
 		}
 		if v, ok := m.Annotations[keep]; ok && keep != "" {
+			if len(v) > maxLen {
+				v = ""
+			}
 			out.Annotations = map[string]string{keep: v}
 		}
 		return out, nil
@@ -351,7 +360,11 @@ func (r *Rollup) rollup(ctx context.Context, w workloadRef, pods []*metav1.Parti
 	log := r.log.WithValues("workload", w.Kind+"/"+w.Namespace+"/"+w.Name)
 	docs := make([]v1alpha1.Stats, 0, len(pods))
 	for _, p := range pods {
-		s, err := aggregate.ParseStats(p.Annotations[v1alpha1.AnnotationStats])
+		v := p.Annotations[v1alpha1.AnnotationStats]
+		s, err := aggregate.ParseStats(v)
+		if v == "" {
+			err = fmt.Errorf("empty, or longer than the %d bytes the manager writes", maxPodStatsJSON)
+		}
 		if err != nil {
 			r.skipMalformed(log, p, err)
 			continue

@@ -160,6 +160,8 @@ func TestTick(t *testing.T) {
 		meta("v1", "Pod", "kong-stale", rs, stale),
 		meta("v1", "Pod", "kong-bad", rs, `{"apiVersion":"kong-watcher.io/v1alpha1","kind":"Stats","total":{"requests":-1}}`),
 		meta("v1", "Pod", "kong-new", rs, ""), // not reporting yet
+		// Valid, but longer than the manager ever writes: not the agent's, not cached, skipped.
+		meta("v1", "Pod", "kong-big", rs, a+strings.Repeat(" ", maxPodStatsJSON)),
 		meta("v1", "Pod", "db-0", controller("StatefulSet", "db"), statsAt(t, now0, 10, 0, time.Millisecond)),
 		meta("v1", "Pod", "edge-x", controller("DaemonSet", "edge"), statsAt(t, now0, 5, 0, time.Millisecond)),
 		meta("v1", "Pod", "job-x", controller("Job", "x"), a),
@@ -329,12 +331,29 @@ func TestTrimKeepsOnlyWhatIsRead(t *testing.T) {
 	p := meta("v1", "Pod", "p", controller("ReplicaSet", "rs"), "{}")
 	p.OwnerReferences = append(p.OwnerReferences, metav1.OwnerReference{Name: "not-controller"})
 	p.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
-	out, _ := trim(v1alpha1.AnnotationStats)(p)
+	out, _ := trim(v1alpha1.AnnotationStats, maxPodStatsJSON)(p)
 	m := out.(*metav1.PartialObjectMetadata)
 	if len(m.Annotations) != 1 || len(m.OwnerReferences) != 1 || m.ManagedFields != nil || m.Labels != nil || m.UID != p.UID {
 		t.Errorf("trimmed = %+v", m)
 	}
 	if fmt.Sprint(m.OwnerReferences[0].Name) != "rs" {
 		t.Errorf("owner %v", m.OwnerReferences)
+	}
+}
+
+// TestTrimDropsOversizedStats: the cache keeps a pod's stats annotation only up to the bound
+// the manager writes it with; a longer one (written by whoever can patch or create the pod) is
+// emptied, so it costs no memory and the pod is skipped as malformed.
+func TestTrimDropsOversizedStats(t *testing.T) {
+	for _, tc := range []struct {
+		size int
+		kept bool
+	}{{maxPodStatsJSON, true}, {maxPodStatsJSON + 1, false}, {250 << 10, false}} {
+		v := strings.Repeat("x", tc.size)
+		out, _ := trim(v1alpha1.AnnotationStats, maxPodStatsJSON)(meta("v1", "Pod", "p", controller("ReplicaSet", "rs"), v))
+		got, ok := out.(*metav1.PartialObjectMetadata).Annotations[v1alpha1.AnnotationStats]
+		if !ok || (got == v) != tc.kept || !tc.kept && got != "" {
+			t.Errorf("%d bytes: kept %d bytes (present %v), want kept %v", tc.size, len(got), ok, tc.kept)
+		}
 	}
 }

@@ -44,7 +44,7 @@ func TestReportEndpointRefusesBadInput(t *testing.T) {
 		p, err := c.admin.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "kong"},
 				Annotations: map[string]string{"user/note": "keep"}},
-			Spec: corev1.PodSpec{ServiceAccountName: "kong", Containers: []corev1.Container{{Name: "proxy", Image: "kong:3.9"}}},
+			Spec: corev1.PodSpec{ServiceAccountName: "kong", Containers: []corev1.Container{{Name: "proxy", Image: "kong:3.9"}, {Name: v1alpha1.AgentContainerName, Image: "agent"}}},
 		}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -64,7 +64,7 @@ func TestReportEndpointRefusesBadInput(t *testing.T) {
 	}
 	podA, podB := newPod("kong-a"), newPod("kong-b")
 
-	m := startManager(t, c, "127.0.0.1:0", func(o *ingest.Options) { o.MaxInFlight = 4 })
+	m := startManager(t, c, "127.0.0.1:0", func(o *ingest.Options) { o.MaxInFlight = 4; o.PodReportBurst = 1 << 20 })
 	tokA := agentToken(t, c, podA)
 
 	report := func(pod string, requests uint64, note string, mod func(*v1alpha1.Report)) []byte {

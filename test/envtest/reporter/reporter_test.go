@@ -173,7 +173,7 @@ func TestReporterAgainstRealAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	m := startManager(t, c, "127.0.0.1:0", nil)
+	m := startManager(t, c, "127.0.0.1:0", fastAgent)
 	stats := &syntheticStats{}
 	stats.set(1200, 3, 40)
 	logs := &logBuf{}
@@ -318,7 +318,7 @@ func TestReporterAgainstRealAPIServer(t *testing.T) {
 	if stats.calls.Load() == calls {
 		t.Errorf("the agent stopped reading its stats while the manager was away")
 	}
-	m = startManager(t, c, m.addr, nil)
+	m = startManager(t, c, m.addr, fastAgent)
 	total := stats.get().Total.Requests
 	eventually(t, 30*time.Second, "the latest stats after the manager's restart", reported(total))
 	eventually(t, 30*time.Second, "the alert raised while the manager was away", func() bool { return reasons()[v1alpha1.ReasonHighErrorRate] == 2 })
@@ -409,3 +409,6 @@ func updateDocs(t *testing.T, env *envtest.Environment) {
 	}
 	t.Logf("wrote kubectl describe output to %s", doc)
 }
+
+// fastAgent: the agent here reports every 500ms, faster than a real agent may (1s at least).
+func fastAgent(o *ingest.Options) { o.PodReportBurst = 1 << 20 }

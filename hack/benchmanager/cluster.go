@@ -456,6 +456,8 @@ func startManager(bin, dir, kubeconfig, certDir string, idx int) (*manager, erro
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", m.probePort),
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", m.metricsPort),
 		"--disable-cert-rotation", "--webhook-cert-path="+certDir,
+		// Every simulated agent reports from 127.0.0.1, where a cluster gives each pod an address.
+		"--report-reviews-per-address=0",
 	)
 	m.cmd.Env = append(os.Environ(), "POD_NAMESPACE="+managerNamespace, "KUBECONFIG="+kubeconfig,
 		"AGENT_IMAGE=kong-watcher/agent:bench")

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -141,7 +142,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		h.refuse(w, req, http.StatusUnauthorized, ResultUnauthorized, "no bearer token", "")
 		return
 	}
-	id, err := h.o.Auth.Authenticate(ctx, token)
+	source, _, _ := net.SplitHostPort(req.RemoteAddr)
+	id, err := h.o.Auth.AuthenticateFrom(ctx, token, source)
 	if err != nil {
 		status := statusOf(err)
 		result := ResultUnauthorized

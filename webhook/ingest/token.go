@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -68,13 +69,22 @@ type AuthOptions struct {
 	// costs the API server at most this much.
 	ReviewsPerSecond float64
 	ReviewBurst      int
+	// SourceReviewsPerSecond and SourceReviewBurst bound the TokenReviews one client address
+	// may cause (AuthenticateFrom), within the bound above: the pre-check cannot tell a forged
+	// token with well-formed claims from a real one, and without this one client sending new
+	// ones would spend the whole budget and keep every new agent token out.
+	SourceReviewsPerSecond float64
+	SourceReviewBurst      int
 }
 
 // DefaultAuthOptions: a cache for 4,096 pods (each agent's token is reviewed once per rotation,
 // ~every 48 minutes, per manager replica) and at most 20 TokenReviews a second.
 func DefaultAuthOptions(audience string) AuthOptions {
 	return AuthOptions{Audience: audience, CacheSize: 4096, MaxCacheAge: 10 * time.Minute,
-		RefusedCacheAge: time.Minute, ReviewsPerSecond: 20, ReviewBurst: 100}
+		RefusedCacheAge: time.Minute, ReviewsPerSecond: 20, ReviewBurst: 100,
+		// An agent's token is new once per rotation and per manager start: a pod (one address)
+		// needs one review at a time, and these leave the rest of the budget to other pods.
+		SourceReviewsPerSecond: 2, SourceReviewBurst: 10}
 }
 
 // Authenticator verifies report tokens with TokenReview, caching the answers.
@@ -84,6 +94,8 @@ type Authenticator struct {
 	ok      *expirable.LRU[[sha256.Size]byte, verdict]
 	bad     *expirable.LRU[[sha256.Size]byte, string]
 	limiter *rate.Limiter
+	sources *expirable.LRU[string, *rate.Limiter] // per client address; nil: no such bound
+	srcMu   sync.Mutex
 	now     func() time.Time
 	// admit, when set (NewHandler sets it), decides once per newly verified token whether its
 	// pod may report at all; it may fill in the identity. A refusal with status 403 is cached
@@ -101,7 +113,7 @@ type verdict struct {
 // NewAuthenticator returns an Authenticator asking reviews (a clientset's
 // AuthenticationV1().TokenReviews()).
 func NewAuthenticator(reviews authnclient.TokenReviewInterface, o AuthOptions) *Authenticator {
-	return &Authenticator{
+	a := &Authenticator{
 		o:       o,
 		reviews: reviews,
 		ok:      expirable.NewLRU[[sha256.Size]byte, verdict](o.CacheSize, nil, o.MaxCacheAge),
@@ -109,6 +121,27 @@ func NewAuthenticator(reviews authnclient.TokenReviewInterface, o AuthOptions) *
 		limiter: rate.NewLimiter(rate.Limit(o.ReviewsPerSecond), o.ReviewBurst),
 		now:     time.Now,
 	}
+	if o.SourceReviewsPerSecond > 0 && o.SourceReviewBurst > 0 {
+		// An idle address's bucket is full again after burst/rate: forgetting it then loses nothing.
+		idle := time.Duration(float64(o.SourceReviewBurst)/o.SourceReviewsPerSecond*float64(time.Second)) + time.Second
+		a.sources = expirable.NewLRU[string, *rate.Limiter](o.CacheSize, nil, idle)
+	}
+	return a
+}
+
+// sourceAllows spends one of source's reviews ("" or no bound: always allowed).
+func (a *Authenticator) sourceAllows(source string) bool {
+	if a.sources == nil || source == "" {
+		return true
+	}
+	a.srcMu.Lock()
+	defer a.srcMu.Unlock()
+	l, ok := a.sources.Get(source)
+	if !ok {
+		l = rate.NewLimiter(rate.Limit(a.o.SourceReviewsPerSecond), a.o.SourceReviewBurst)
+		a.sources.Add(source, l)
+	}
+	return l.Allow()
 }
 
 // claims are the parts of a Kubernetes service-account JWT the pre-check reads.
@@ -162,6 +195,12 @@ func Precheck(token, audience string, now time.Time) (time.Time, error) {
 
 // Authenticate verifies token and returns the pod it is bound to.
 func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identity, error) {
+	return a.AuthenticateFrom(ctx, token, "")
+}
+
+// AuthenticateFrom is Authenticate for a token sent from the client address source, whose
+// TokenReviews are bounded on their own as well (AuthOptions.SourceReviewsPerSecond).
+func (a *Authenticator) AuthenticateFrom(ctx context.Context, token, source string) (Identity, error) {
 	now := a.now()
 	exp, err := Precheck(token, a.o.Audience, now)
 	if err != nil {
@@ -176,6 +215,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identit
 	}
 	if why, ok := a.bad.Get(key); ok {
 		return Identity{}, refused(401, "%s", why)
+	}
+	if !a.sourceAllows(source) {
+		return Identity{}, refused(429, "too many new tokens from this address to review; retry later")
 	}
 	if !a.limiter.Allow() {
 		return Identity{}, refused(429, "too many new tokens to review; retry later")

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -244,4 +245,45 @@ func TestAuthenticate(t *testing.T) {
 			t.Errorf("outcomes %v with %d reviews, want 2 accepted, 3 x 429, 2 reviews", got, f.n.Load())
 		}
 	})
+}
+
+// TestSourceReviewLimit: one address sending forged tokens (well-formed claims, which the
+// pre-check cannot tell from real ones) spends only its own share of the TokenReviews; a new
+// agent token from another address is still reviewed.
+func TestSourceReviewLimit(t *testing.T) {
+	bound := map[string]authnv1.ExtraValue{extraPodName: {"kong-0"}, extraPodUID: {"uid-0"}}
+	status := func(err error) int {
+		var ae *AuthError
+		if errors.As(err, &ae) {
+			return ae.Status
+		}
+		return 0
+	}
+	f := &fakeReviews{answer: reviewOf("system:serviceaccount:kong:kong", bound, v1alpha1.ReportAudience)}
+	o := DefaultAuthOptions(v1alpha1.ReportAudience)
+	o.ReviewsPerSecond, o.ReviewBurst = 0.001, 20
+	o.SourceReviewsPerSecond, o.SourceReviewBurst = 0.001, 3
+	a := NewAuthenticator(f, o)
+	a.now = func() time.Time { return testNow }
+	tok := func(i int) string {
+		return signed(t, jose.ES256, testKey, podToken(func(c *tokenClaims) { c.ID = "t" + strconv.Itoa(i) }))
+	}
+	got := map[int]int{}
+	for i := range 30 {
+		_, err := a.AuthenticateFrom(t.Context(), tok(i), "10.0.0.66")
+		got[status(err)]++
+	}
+	if got[0] != 3 || got[429] != 27 || f.n.Load() != 3 {
+		t.Errorf("one address, 30 new tokens: outcomes %v with %d reviews, want 3 reviewed, 27 x 429", got, f.n.Load())
+	}
+	if _, err := a.AuthenticateFrom(t.Context(), tok(100), "10.0.0.7"); err != nil {
+		t.Errorf("a new token from another address: %v", err)
+	}
+	// Without an address (Authenticate) only the overall bound applies.
+	if _, err := a.Authenticate(t.Context(), tok(101)); err != nil {
+		t.Errorf("a new token without an address: %v", err)
+	}
+	if f.n.Load() != 5 {
+		t.Errorf("%d TokenReviews, want 5", f.n.Load())
+	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kong-watcher/kong-watcher/api/agentenv"
 	"github.com/kong-watcher/kong-watcher/api/v1alpha1"
+	"github.com/kong-watcher/kong-watcher/webhook/ingest"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
 )
 
@@ -71,6 +72,9 @@ type Options struct {
 	ReportTokenTTL time.Duration
 	// ReportMaxInFlight bounds the reports one replica handles at once.
 	ReportMaxInFlight int
+	// ReportReviewsPerAddress bounds the TokenReviews of new report tokens from one client
+	// address, per second (0: only the overall bound).
+	ReportReviewsPerAddress float64
 	// RollupInterval is how often the workloads' combined stats are recomputed;
 	// RollupTrafficStatsInterval how often a TrafficStats Event is recorded on a workload.
 	RollupInterval, RollupTrafficStatsInterval time.Duration
@@ -108,6 +112,7 @@ func NewOptions() *Options {
 		ReportAudience:             v1alpha1.ReportAudience,
 		ReportTokenTTL:             time.Hour,
 		ReportMaxInFlight:          32,
+		ReportReviewsPerAddress:    ingest.DefaultAuthOptions("").SourceReviewsPerSecond,
 		RollupInterval:             30 * time.Second,
 		RollupTrafficStatsInterval: 5 * time.Minute,
 		AgentCPURequest:            quantity(agent.Resources.Requests, corev1.ResourceCPU),
@@ -184,6 +189,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 		"How often a TrafficStats Event is recorded on a workload (0: never).")
 	fs.IntVar(&o.ReportMaxInFlight, "report-max-in-flight", o.ReportMaxInFlight,
 		"Reports one replica handles at once; more are answered 429 and retried by the agent.")
+	fs.Float64Var(&o.ReportReviewsPerAddress, "report-reviews-per-address", o.ReportReviewsPerAddress,
+		"TokenReviews per second that new report tokens from one client address may cause (a burst of 5x), "+
+			"so that forged tokens from one place cannot use up the 20 a second of all (0: no such bound).")
 	fs.BoolVar(&o.VerifyInjectedPods, "verify-injected-pods", o.VerifyInjectedPods,
 		"Dry-run every injected pod against the API server first and create it without the agent when it would be "+
 			"refused (Pod Security, quotas, policy engines). Needs the create-pods right the ValidatingAdmissionPolicy "+
@@ -312,6 +320,9 @@ func (o *Options) Complete() error {
 	}
 	if u, err := url.Parse(o.ManagerURL); err != nil || u.Scheme != "https" || u.Host == "" {
 		errs = append(errs, fmt.Errorf("--manager-url=%q: want an https:// URL", o.ManagerURL))
+	}
+	if o.ReportReviewsPerAddress < 0 {
+		errs = append(errs, fmt.Errorf("--report-reviews-per-address=%v must not be negative", o.ReportReviewsPerAddress))
 	}
 	if o.ReportAudience == "" {
 		errs = append(errs, errors.New("--report-token-audience must not be empty"))

@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"sync"
@@ -41,8 +42,11 @@ func newReportHandler(cfg *rest.Config, o *Options, rec events.EventRecorder, lo
 	if err != nil {
 		return nil, fmt.Errorf("creating the report client: %w", err)
 	}
+	ao := ingest.DefaultAuthOptions(o.ReportAudience)
+	ao.SourceReviewsPerSecond = o.ReportReviewsPerAddress
+	ao.SourceReviewBurst = int(math.Ceil(5 * o.ReportReviewsPerAddress))
 	return ingest.NewHandler(ingest.Options{
-		Auth:        ingest.NewAuthenticator(cs.AuthenticationV1().TokenReviews(), ingest.DefaultAuthOptions(o.ReportAudience)),
+		Auth:        ingest.NewAuthenticator(cs.AuthenticationV1().TokenReviews(), ao),
 		Client:      cs,
 		Recorder:    rec,
 		MaxInFlight: o.ReportMaxInFlight,

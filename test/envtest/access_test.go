@@ -213,23 +213,32 @@ func TestAgentContainerAccess(t *testing.T) {
 
 // TestWebhookMayOnlyDryRunPods: the webhook's identity (its rendered ClusterRole, which has
 // `create pods` for the admission check) can create pods only as dry runs.
-func TestWebhookMayOnlyDryRunPods(t *testing.T) {
-	_, cfg := startEnv(t)
-	ctx := t.Context()
+// webhookIdentity installs the webhook's service account with its rendered ClusterRoles (and
+// the extra rendered objects), creates the namespace ns, and returns a controller-runtime
+// client and a clientset as admin and a clientset as the webhook.
+func webhookIdentity(t *testing.T, cfg *rest.Config, ns string, extra ...[2]string) (client.Client, *kubernetes.Clientset, *kubernetes.Clientset) {
+	t.Helper()
 	c := newClient(t, cfg)
 	admin := kubernetes.NewForConfigOrDie(cfg)
 	ensureNamespace(t, c, app.DefaultNamespace)
-	applyRendered(t, c,
-		[2]string{"ServiceAccount", "kong-watcher-webhook"},
-		[2]string{"ClusterRole", "kong-watcher-webhook-role"},
-		[2]string{"ClusterRoleBinding", "kong-watcher-webhook-rolebinding"},
-		[2]string{"ClusterRole", "kong-watcher-webhook-dry-run-role"},
-		[2]string{"ClusterRoleBinding", "kong-watcher-webhook-dry-run-rolebinding"},
+	applyRendered(t, c, append([][2]string{
+		{"ServiceAccount", "kong-watcher-webhook"},
+		{"ClusterRole", "kong-watcher-webhook-role"},
+		{"ClusterRoleBinding", "kong-watcher-webhook-rolebinding"},
+		{"ClusterRole", "kong-watcher-webhook-dry-run-role"},
+		{"ClusterRoleBinding", "kong-watcher-webhook-dry-run-rolebinding"},
+	}, extra...)...)
+	ensureNamespace(t, c, ns)
+	return c, admin, tokenClient(t, t.Context(), admin, cfg, app.DefaultNamespace, "kong-watcher-webhook", nil)
+}
+
+func TestWebhookMayOnlyDryRunPods(t *testing.T) {
+	_, cfg := startEnv(t)
+	ctx := t.Context()
+	const ns = "kw-dry-run"
+	_, admin, webhook := webhookIdentity(t, cfg, ns,
 		[2]string{"ValidatingAdmissionPolicy", "kong-watcher-webhook-dry-run-only"},
 		[2]string{"ValidatingAdmissionPolicyBinding", "kong-watcher-webhook-dry-run-only"})
-	const ns = "kw-dry-run"
-	ensureNamespace(t, c, ns)
-	webhook := tokenClient(t, ctx, admin, cfg, app.DefaultNamespace, "kong-watcher-webhook", nil)
 	pod := func(name string) *corev1.Pod {
 		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "proxy", Image: "kong:3.9"}}}}

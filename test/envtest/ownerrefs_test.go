@@ -9,10 +9,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/kong-watcher/kong-watcher/cmd/webhook/app"
 	"github.com/kong-watcher/kong-watcher/webhook/inject"
 
 	"github.com/kong-watcher/kong-watcher/test/fixture"
@@ -45,18 +43,8 @@ func TestAdmissionCheckUnderOwnerReferencesPermissionEnforcement(t *testing.T) {
 	})
 
 	ctx := t.Context()
-	c := newClient(t, cfg)
-	admin := kubernetes.NewForConfigOrDie(cfg)
-	ensureNamespace(t, c, app.DefaultNamespace)
-	applyRendered(t, c,
-		[2]string{"ServiceAccount", "kong-watcher-webhook"},
-		[2]string{"ClusterRole", "kong-watcher-webhook-role"},
-		[2]string{"ClusterRoleBinding", "kong-watcher-webhook-rolebinding"},
-		[2]string{"ClusterRole", "kong-watcher-webhook-dry-run-role"},
-		[2]string{"ClusterRoleBinding", "kong-watcher-webhook-dry-run-rolebinding"})
 	const ns = "kw-owner-refs"
-	ensureNamespace(t, c, ns)
-	webhook := tokenClient(t, ctx, admin, cfg, app.DefaultNamespace, "kong-watcher-webhook", nil)
+	c, admin, webhook := webhookIdentity(t, cfg, ns)
 
 	yes := true
 	rs := &appsv1.ReplicaSet{

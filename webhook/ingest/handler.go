@@ -29,8 +29,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/hashicorp/golang-lru/v2/expirable"
-	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -75,8 +73,7 @@ type Handler struct {
 	o   Options
 	sem chan struct{}
 
-	limMu    sync.Mutex
-	limiters *expirable.LRU[types.UID, *rate.Limiter]
+	limiters *keyedLimiters[types.UID] // per pod
 	now      func() time.Time
 
 	logMu   sync.Mutex
@@ -98,7 +95,7 @@ func NewHandler(o Options) *Handler {
 		o.MaxTrackedPods = 4096
 	}
 	h := &Handler{o: o, sem: make(chan struct{}, o.MaxInFlight), lastLog: map[string]time.Time{},
-		limiters: expirable.NewLRU[types.UID, *rate.Limiter](o.MaxTrackedPods, nil, limiterIdleTTL(o.PodReportBurst)), now: time.Now}
+		limiters: newKeyedLimiters[types.UID](o.MaxTrackedPods, limiterIdleTTL(o.PodReportBurst)), now: time.Now}
 	if o.Auth != nil && o.Client != nil {
 		o.Auth.admit = h.admit
 	}

@@ -305,7 +305,7 @@ func TestPodLimitersBounded(t *testing.T) {
 	for i := range 5 {
 		rt.h.allow(Identity{PodUID: types.UID(fmt.Sprint("uid-", i))})
 	}
-	if n := rt.h.limiters.Len(); n != 2 {
+	if n := rt.h.limiters.len(); n != 2 {
 		t.Errorf("%d limiters kept, want 2", n)
 	}
 }

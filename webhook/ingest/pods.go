@@ -108,13 +108,9 @@ func limiterIdleTTL(burst int) time.Duration {
 // with the TokenReviews: one pod posting back to back must not starve the others.
 func (h *Handler) allow(id Identity) (time.Duration, bool) {
 	now := h.now()
-	h.limMu.Lock()
-	lim, ok := h.limiters.Get(id.PodUID)
-	if !ok {
-		lim = rate.NewLimiter(rate.Every(reportPeriod(id)), h.o.PodReportBurst)
-	}
-	h.limiters.Add(id.PodUID, lim) // (again: an active pod's entry does not expire)
-	h.limMu.Unlock()
+	lim := h.limiters.get(id.PodUID, func() *rate.Limiter {
+		return rate.NewLimiter(rate.Every(reportPeriod(id)), h.o.PodReportBurst)
+	})
 	r := lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -94,8 +93,7 @@ type Authenticator struct {
 	ok      *expirable.LRU[[sha256.Size]byte, verdict]
 	bad     *expirable.LRU[[sha256.Size]byte, string]
 	limiter *rate.Limiter
-	sources *expirable.LRU[string, *rate.Limiter] // per client address; nil: no such bound
-	srcMu   sync.Mutex
+	sources *keyedLimiters[string] // per client address; nil: no such bound
 	now     func() time.Time
 	// admit, when set (NewHandler sets it), decides once per newly verified token whether its
 	// pod may report at all; it may fill in the identity. A refusal with status 403 is cached
@@ -124,7 +122,7 @@ func NewAuthenticator(reviews authnclient.TokenReviewInterface, o AuthOptions) *
 	if o.SourceReviewsPerSecond > 0 && o.SourceReviewBurst > 0 {
 		// An idle address's bucket is full again after burst/rate: forgetting it then loses nothing.
 		idle := time.Duration(float64(o.SourceReviewBurst)/o.SourceReviewsPerSecond*float64(time.Second)) + time.Second
-		a.sources = expirable.NewLRU[string, *rate.Limiter](o.CacheSize, nil, idle)
+		a.sources = newKeyedLimiters[string](o.CacheSize, idle)
 	}
 	return a
 }
@@ -134,14 +132,9 @@ func (a *Authenticator) sourceAllows(source string) bool {
 	if a.sources == nil || source == "" {
 		return true
 	}
-	a.srcMu.Lock()
-	defer a.srcMu.Unlock()
-	l, ok := a.sources.Get(source)
-	if !ok {
-		l = rate.NewLimiter(rate.Limit(a.o.SourceReviewsPerSecond), a.o.SourceReviewBurst)
-		a.sources.Add(source, l)
-	}
-	return l.Allow()
+	return a.sources.get(source, func() *rate.Limiter {
+		return rate.NewLimiter(rate.Limit(a.o.SourceReviewsPerSecond), a.o.SourceReviewBurst)
+	}).Allow()
 }
 
 // claims are the parts of a Kubernetes service-account JWT the pre-check reads.

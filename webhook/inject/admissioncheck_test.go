@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/utils/ptr"
 )
 
 // TestDryRunOmitsBlockOwnerDeletion: the dry run asks about the injected pod without
@@ -31,7 +32,7 @@ func TestDryRunOmitsBlockOwnerDeletion(t *testing.T) {
 
 	raw := podJSON(t, "kong")
 	request := decodeTestPod(t, raw)
-	if len(request.OwnerReferences) == 0 || !ptrTrue(request.OwnerReferences[0].BlockOwnerDeletion) {
+	if len(request.OwnerReferences) == 0 || !ptr.Deref(request.OwnerReferences[0].BlockOwnerDeletion, false) {
 		t.Fatal("testdata/pods/kong.yaml should have an owner reference with blockOwnerDeletion: true")
 	}
 	resp := admissionResponse(t, post(w, reviewBody(t, "u-owned", admissionv1.Create, "kong", raw)), "u-owned")
@@ -80,12 +81,10 @@ func TestDryRunPodLeavesPodAlone(t *testing.T) {
 			t.Errorf("owner %s/%s keeps blockOwnerDeletion %v", ref.Kind, ref.Name, *ref.BlockOwnerDeletion)
 		}
 	}
-	if len(out.OwnerReferences) != 3 || !ptrTrue(out.OwnerReferences[0].Controller) {
+	if len(out.OwnerReferences) != 3 || !ptr.Deref(out.OwnerReferences[0].Controller, false) {
 		t.Errorf("owner references %+v, want the same three with the controller kept", out.OwnerReferences)
 	}
 	if !apiequality.Semantic.DeepEqual(pod, before) {
 		t.Errorf("dryRunPod changed its argument: %+v, was %+v", pod.OwnerReferences, before.OwnerReferences)
 	}
 }
-
-func ptrTrue(b *bool) bool { return b != nil && *b }
